@@ -1,0 +1,23 @@
+"""``doctor``: what works on this machine, as data (``cli`` renders it)."""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import asdict
+
+from vllm_ep_kit import backends
+from vllm_ep_kit.testing import probes
+
+
+def collect() -> dict:
+    """Run every probe once; return a JSON-ready report."""
+    checks = [probes.gpus(), probes.nvlink(), probes.mnnvl_handles(), probes.ptrace(),
+              probes.flashinfer_comm(), probes.vllm()]
+    return {
+        "host": {"hostname": platform.node(), "platform": platform.platform(),
+                 "cpus": os.cpu_count()},
+        "versions": probes.versions(),
+        "capabilities": [c.as_dict() for c in checks],
+        "backends": [asdict(b) for b in backends.usability()],
+    }

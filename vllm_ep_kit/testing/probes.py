@@ -1,0 +1,286 @@
+"""Capability probes: what this machine can run, each with the reason why not.
+
+Used by the pytest markers (skip with a precise reason) and by ``doctor``.
+Every probe returns a :class:`Probe`; none raises.  Probes that need CUDA use
+NVML and the CUDA driver API directly so the calling process never creates a
+CUDA context (spawned ranks must be able to own their GPUs).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import importlib.util
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+
+CAP_SYS_PTRACE_BIT = 19
+# pidfd_open / pidfd_getfd share numbers across x86_64 and aarch64 (asm-generic).
+SYS_PIDFD_OPEN = 434
+SYS_PIDFD_GETFD = 438
+
+
+@dataclass
+class Probe:
+    name: str
+    ok: bool
+    detail: str
+    data: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- versions
+
+def package_version(dist_name: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist_name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def versions() -> dict[str, str | None]:
+    info = {
+        "python": platform.python_version(),
+        "vllm-ep-kit": package_version("vllm-ep-kit"),
+        "torch": package_version("torch"),
+        "vllm": package_version("vllm"),
+        "flashinfer-python": package_version("flashinfer-python"),
+    }
+    try:
+        import torch
+
+        info["torch.cuda"] = torch.version.cuda
+        nccl = torch.cuda.nccl.version() if torch.cuda.is_available() else None
+        info["nccl"] = ".".join(map(str, nccl)) if nccl else None
+    except Exception:  # noqa: BLE001 (a probe never raises)
+        info["torch.cuda"] = None
+    return info
+
+
+# --------------------------------------------------------------------------- GPUs
+
+@functools.cache
+def gpus() -> Probe:
+    """GPU count and names through NVML (no CUDA context)."""
+    try:
+        import pynvml
+    except ImportError:
+        return Probe("gpus", False, "nvidia-ml-py (pynvml) not installed", {"count": 0})
+    try:
+        pynvml.nvmlInit()
+    except Exception as exc:  # noqa: BLE001
+        return Probe("gpus", False, f"no NVIDIA driver ({exc})", {"count": 0})
+    try:
+        count = pynvml.nvmlDeviceGetCount()
+        names = [_str(pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i)))
+                 for i in range(count)]
+        driver = _str(pynvml.nvmlSystemGetDriverVersion())
+    finally:
+        pynvml.nvmlShutdown()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        ids = [v for v in visible.split(",") if v.strip() and v.strip() != "-1"]
+        count = min(count, len(ids))
+        names = names[:count]
+    detail = f"{count} GPU(s)" + (f": {', '.join(names)}; driver {driver}" if count else "")
+    return Probe("gpus", count > 0, detail, {"count": count, "names": names})
+
+
+def gpu_count() -> int:
+    return gpus().data.get("count", 0)
+
+
+def _str(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@functools.cache
+def nvlink() -> Probe:
+    """Active NVLinks per GPU (NVML) and peer access between every GPU pair."""
+    count = gpu_count()
+    if count < 2:
+        return Probe("nvlink", False, f"needs 2 GPUs, {count} visible", {"links": {}})
+    import pynvml
+
+    links: dict[int, int] = {}
+    pynvml.nvmlInit()
+    try:
+        for i in range(count):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            active = 0
+            for link in range(pynvml.NVML_NVLINK_MAX_LINKS):
+                try:
+                    if pynvml.nvmlDeviceGetNvLinkState(handle, link):
+                        active += 1
+                except pynvml.NVMLError:
+                    break
+            links[i] = active
+    finally:
+        pynvml.nvmlShutdown()
+    peers = _peer_access_matrix(count)
+    all_peer = all(peers[i][j] for i in range(count) for j in range(count) if i != j)
+    ok = all(n > 0 for n in links.values()) and all_peer
+    detail = (f"active NVLinks per GPU {links}; peer access between all pairs: "
+              f"{'yes' if all_peer else 'no'}")
+    return Probe("nvlink", ok, detail, {"links": links, "peer_access": peers})
+
+
+def _peer_access_matrix(count: int) -> list[list[bool]]:
+    drv = _cuda_driver()
+    if drv is None:
+        return [[False] * count for _ in range(count)]
+    matrix = []
+    for i in range(count):
+        row = []
+        for j in range(count):
+            if i == j:
+                row.append(True)
+                continue
+            err, can = drv.cuDeviceCanAccessPeer(_dev(drv, i), _dev(drv, j))
+            row.append(bool(can) and int(err) == 0)
+        matrix.append(row)
+    return matrix
+
+
+def _cuda_driver():
+    try:
+        from cuda.bindings import driver
+    except ImportError:
+        return None
+    (err,) = driver.cuInit(0)
+    return driver if int(err) == 0 else None
+
+
+def _dev(drv, index: int):
+    err, dev = drv.cuDeviceGet(index)
+    if int(err) != 0:
+        raise RuntimeError(f"cuDeviceGet({index}) failed: {err}")
+    return dev
+
+
+@functools.cache
+def mnnvl_handles() -> Probe:
+    """Whether GPU memory can be shared by fabric handle or by POSIX fd."""
+    if gpu_count() < 1:
+        return Probe("mnnvl_handles", False, "no GPU visible", {})
+    drv = _cuda_driver()
+    if drv is None:
+        return Probe("mnnvl_handles", False,
+                     "cuda-bindings missing or cuInit failed: cannot query handle types", {})
+    attr = drv.CUdevice_attribute
+    dev = _dev(drv, 0)
+    found = {}
+    for key, name in (("fabric", "CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_FABRIC_SUPPORTED"),
+                      ("posix_fd",
+                       "CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED")):
+        err, value = drv.cuDeviceGetAttribute(getattr(attr, name), dev)
+        found[key] = bool(value) and int(err) == 0
+    ok = found["fabric"] or found["posix_fd"]
+    detail = (f"fabric handles: {'yes' if found['fabric'] else 'no'}; "
+              f"POSIX-fd handles: {'yes' if found['posix_fd'] else 'no'}")
+    if not found["fabric"] and found["posix_fd"]:
+        detail += " (exchange needs pidfd_getfd: see ptrace)"
+    return Probe("mnnvl_handles", ok, detail, found)
+
+
+# --------------------------------------------------------------------------- ptrace
+
+def _cap_eff() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+def _yama_scope() -> str:
+    try:
+        with open("/proc/sys/kernel/yama/ptrace_scope") as f:
+            return f.read().strip()
+    except OSError:
+        return "n/a"
+
+
+_GETFD_CHILD = r"""
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+pid = int(sys.argv[1])
+pidfd = libc.syscall(%d, pid, 0)
+if pidfd < 0:
+    print("pidfd_open", os.strerror(ctypes.get_errno())); sys.exit(2)
+fd = libc.syscall(%d, pidfd, 0, 0)
+if fd < 0:
+    print("pidfd_getfd", os.strerror(ctypes.get_errno())); sys.exit(3)
+print("ok")
+""" % (SYS_PIDFD_OPEN, SYS_PIDFD_GETFD)
+
+
+@functools.cache
+def ptrace() -> Probe:
+    """CAP_SYS_PTRACE, and whether pidfd_getfd works between sibling processes.
+
+    FlashInfer's POSIX-fd handle exchange takes a peer's fd with pidfd_getfd,
+    which needs ptrace access to a process that is not an ancestor: test
+    exactly that, between two children of this process.
+    """
+    has_cap = bool(_cap_eff() >> CAP_SYS_PTRACE_BIT & 1)
+    data = {"cap_sys_ptrace": has_cap, "yama_ptrace_scope": _yama_scope()}
+    if sys.platform != "linux":
+        return Probe("ptrace", False, "pidfd_getfd needs Linux", data)
+    sibling = subprocess.Popen(["sleep", "30"], stdin=subprocess.PIPE)
+    try:
+        result = subprocess.run([sys.executable, "-c", _GETFD_CHILD, str(sibling.pid)],
+                                capture_output=True, text=True, timeout=30)
+    finally:
+        sibling.kill()
+        sibling.wait()
+    works = result.returncode == 0
+    data["pidfd_getfd"] = works
+    reason = result.stdout.strip() or result.stderr.strip()[-200:]
+    detail = (f"CAP_SYS_PTRACE {'present' if has_cap else 'missing'}; "
+              f"yama ptrace_scope {data['yama_ptrace_scope']}; pidfd_getfd between "
+              f"siblings {'works' if works else 'fails: ' + reason}")
+    return Probe("ptrace", works, detail, data)
+
+
+# --------------------------------------------------------------------------- packages
+
+@functools.cache
+def flashinfer_comm() -> Probe:
+    version = package_version("flashinfer-python")
+    if version is None:
+        return Probe("flashinfer", False, "flashinfer-python not installed", {})
+    try:
+        import flashinfer.comm  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 (report the import failure itself)
+        return Probe("flashinfer", False,
+                     f"flashinfer-python {version}: import flashinfer.comm failed: "
+                     f"{type(exc).__name__}: {exc}", {"version": version})
+    return Probe("flashinfer", True, f"flashinfer-python {version}: flashinfer.comm imports",
+                 {"version": version})
+
+
+@functools.cache
+def vllm() -> Probe:
+    version = package_version("vllm")
+    if version is None:
+        return Probe("vllm", False, "vllm not installed", {})
+    try:
+        import vllm.distributed.parallel_state  # noqa: F401
+    except Exception as exc:  # noqa: BLE001
+        return Probe("vllm", False, f"vllm {version}: import failed: {type(exc).__name__}: "
+                     f"{exc}", {"version": version})
+    return Probe("vllm", True, f"vllm {version} imports", {"version": version})
+
+
+def module_available(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+

@@ -1,0 +1,77 @@
+"""pytest plugin (entry point ``pytest11``): capability markers and strict mode.
+
+Markers::
+
+    @pytest.mark.gpus(4)         # at least 4 CUDA GPUs visible
+    @pytest.mark.nvlink          # NVLink peer access between all visible GPUs
+    @pytest.mark.ptrace          # pidfd_getfd between sibling processes works
+    @pytest.mark.mnnvl_handles   # fabric or POSIX-fd GPU memory handles
+    @pytest.mark.flashinfer      # flashinfer.comm imports
+    @pytest.mark.vllm            # vllm imports
+
+An unmet marker skips with the probe's reason; ``--ep-strict`` (or
+``VLLM_EP_KIT_STRICT=1``) turns those skips, and skips reported by ranks,
+into failures, for CI jobs that must really run them.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from vllm_ep_kit.testing import probes
+from vllm_ep_kit.testing.skips import STRICT_ENV, skip_or_fail
+
+MARKERS = {
+    "gpus(n)": "needs at least n CUDA GPUs",
+    "nvlink": "needs NVLink peer access between all visible GPUs",
+    "ptrace": "needs pidfd_getfd between sibling processes (CAP_SYS_PTRACE)",
+    "mnnvl_handles": "needs fabric or POSIX-fd GPU memory handle support",
+    "flashinfer": "needs flashinfer.comm to import",
+    "vllm": "needs vllm to import",
+}
+
+_PROBE_FOR_MARKER = {
+    "nvlink": probes.nvlink,
+    "ptrace": probes.ptrace,
+    "mnnvl_handles": probes.mnnvl_handles,
+    "flashinfer": probes.flashinfer_comm,
+    "vllm": probes.vllm,
+}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("vllm-ep-kit")
+    group.addoption("--ep-strict", action="store_true", default=False,
+                    help="fail, rather than skip, tests whose required GPUs or "
+                         f"capabilities are missing (same as {STRICT_ENV}=1)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, doc in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {doc}")
+    if config.getoption("--ep-strict"):
+        os.environ[STRICT_ENV] = "1"  # spawned ranks inherit it
+
+
+def unmet_requirements(item: pytest.Item) -> list[str]:
+    """Reasons the item cannot run here, one per unmet marker."""
+    reasons = []
+    for mark in item.iter_markers(name="gpus"):
+        need = mark.args[0] if mark.args else mark.kwargs.get("n", 1)
+        have = probes.gpu_count()
+        if have < need:
+            reasons.append(f"needs {need} CUDA GPUs, {have} visible")
+    for name, probe in _PROBE_FOR_MARKER.items():
+        if item.get_closest_marker(name) is not None:
+            result = probe()
+            if not result.ok:
+                reasons.append(f"{name}: {result.detail}")
+    return reasons
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    reasons = unmet_requirements(item)
+    if reasons:
+        skip_or_fail("; ".join(reasons))

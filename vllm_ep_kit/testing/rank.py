@@ -1,0 +1,222 @@
+"""What runs inside one rank: set-up, the test function, and its report.
+
+A rank reports through files in the run's work directory rather than a
+multiprocessing queue: a rank killed mid-write (SIGSEGV, the watchdog) cannot
+corrupt a file the parent reads after it died, and no semaphore-backed queue
+leaves a resource-tracker process behind.
+
+Files per rank ``r``: ``rank{r}.log`` (stdout+stderr, including faulthandler's
+crash trace), ``rank{r}.beat`` (touched on progress; its mtime is the
+heartbeat), ``rank{r}.stacks`` (all-thread stacks written on SIGUSR1 when the
+watchdog fires) and ``rank{r}.result`` (pickled outcome, written last).
+"""
+
+from __future__ import annotations
+
+import datetime
+import faulthandler
+import os
+import pickle
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from vllm_ep_kit.layout import ParallelLayout
+
+STACK_DUMP_SIGNAL = signal.SIGUSR1
+
+
+@dataclass
+class RankSpec:
+    """Everything a spawned rank needs, picklable."""
+
+    fn: Callable[..., Any]
+    args: tuple
+    kwargs: dict
+    rank: int
+    world_size: int
+    workdir: str
+    backend: str  # "gloo" or "nccl"
+    master_addr: str
+    master_port: int
+    timeout_s: float
+    layout: ParallelLayout | None = None  # set: bring up vLLM's parallel state
+    all2all_backend: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class RankOutcome:
+    status: str  # "ok" | "error" | "skip"
+    value: Any = None
+    error_type: str = ""
+    message: str = ""
+    traceback: str = ""
+    exit_code: int = 0
+    at: float = field(default_factory=time.time)  # wall-clock time of the outcome
+
+
+class RankContext:
+    """Handed to the test function as its first argument."""
+
+    def __init__(self, rank: int, world_size: int, local_rank: int, backend: str,
+                 workdir: str | None, layout: ParallelLayout | None):
+        self.rank = rank
+        self.world_size = world_size
+        self.local_rank = local_rank
+        self.backend = backend
+        self.layout = layout
+        self.vllm_config = None
+        self._beat = Path(workdir, f"rank{rank}.beat") if workdir else None
+        self._on_beat: Callable[[], None] | None = None
+
+    @property
+    def device(self):
+        import torch
+
+        if self.backend == "nccl":
+            return torch.device("cuda", self.local_rank)
+        return torch.device("cpu")
+
+    def heartbeat(self) -> None:
+        """Tell the watchdog this rank is making progress (call between cases)."""
+        if self._beat is not None:
+            os.utime(self._beat)
+        if self._on_beat is not None:
+            self._on_beat()
+
+
+def _is_skip(exc: BaseException) -> bool:
+    """pytest.skip() inside a rank (pytest stays optional for the CLI)."""
+    try:
+        from _pytest.outcomes import Skipped
+    except ImportError:
+        return False
+    return isinstance(exc, Skipped)
+
+
+def outcome_from_exception(exc: BaseException) -> RankOutcome:
+    if _is_skip(exc):
+        return RankOutcome(status="skip", message=str(getattr(exc, "msg", exc)))
+    code = 1
+    if isinstance(exc, SystemExit):
+        code = exc.code if isinstance(exc.code, int) else 1
+    return RankOutcome(
+        status="error",
+        error_type=type(exc).__name__,
+        message=str(exc),
+        traceback="".join(traceback.format_exception(exc)),
+        exit_code=code,
+    )
+
+
+def init_world(backend: str, rank: int, world_size: int, master_addr: str, master_port: int,
+               timeout_s: float, local_rank: int):
+    """Join the parent's rendezvous store, create the default process group, return the store."""
+    import torch
+    import torch.distributed as dist
+
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+    store = dist.TCPStore(master_addr, master_port, is_master=False, timeout=timeout)
+    dist.init_process_group(backend, store=dist.PrefixStore("world", store), rank=rank,
+                            world_size=world_size, timeout=timeout)
+    return store
+
+
+def wait_for_all_outcomes(store, world_size: int) -> None:
+    """Exit barrier: a rank that finished stays alive until every rank has an outcome.
+
+    Tearing down a process group while peers still use it turns their hang or
+    failure into a misleading "connection closed" error; the parent kills
+    ranks still waiting here if another rank never finishes.
+    """
+    store.add("finished", 1)
+    while store.add("finished", 0) < world_size:
+        time.sleep(0.05)
+
+
+def run_in_context(spec_fn, ctx: RankContext, args, kwargs, layout, all2all_backend):
+    """Run the test function, inside vLLM's parallel state when a layout is given."""
+    if layout is None:
+        return spec_fn(ctx, *args, **kwargs)
+    from vllm_ep_kit.testing.vllm_state import vllm_parallel_state
+
+    device = "cuda" if ctx.backend == "nccl" else "cpu"
+    with vllm_parallel_state(layout, ctx.rank, ctx.local_rank, ctx.backend, device,
+                             all2all_backend) as config:
+        ctx.vllm_config = config
+        ctx.heartbeat()
+        return spec_fn(ctx, *args, **kwargs)
+
+
+def _redirect_output(log_path: Path) -> None:
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def rank_main(spec: RankSpec) -> None:
+    """Entry point of a spawned rank.  Always ends in ``os._exit``."""
+    os.setpgid(0, 0)  # own process group: teardown reaches every descendant
+    work = Path(spec.workdir)
+    _redirect_output(work / f"rank{spec.rank}.log")
+    faulthandler.enable(file=sys.stderr, all_threads=True)
+    stacks = open(work / f"rank{spec.rank}.stacks", "w")  # noqa: SIM115 (kept open for the handler)
+    faulthandler.register(STACK_DUMP_SIGNAL, file=stacks, all_threads=True, chain=False)
+    os.environ.update(spec.env)
+    (work / f"rank{spec.rank}.beat").touch()
+
+    ctx = RankContext(spec.rank, spec.world_size, spec.rank, spec.backend, spec.workdir,
+                      spec.layout)
+    store = None
+    try:
+        store = init_world(spec.backend, spec.rank, spec.world_size, spec.master_addr,
+                   spec.master_port, spec.timeout_s, ctx.local_rank)
+        ctx.heartbeat()
+        value = run_in_context(spec.fn, ctx, spec.args, spec.kwargs, spec.layout,
+                               spec.all2all_backend)
+        outcome = RankOutcome(status="ok", value=value)
+    except BaseException as exc:  # noqa: BLE001 (report everything, SystemExit included)
+        outcome = outcome_from_exception(exc)
+        traceback.print_exc()
+    _write_outcome(work / f"rank{spec.rank}.result", outcome)
+    if outcome.status != "error" and store is not None:
+        wait_for_all_outcomes(store, spec.world_size)
+        _destroy_world_quietly()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # os._exit: interpreter shutdown can block in NCCL/gloo destructors when a
+    # peer is gone; the outcome is already on disk.
+    os._exit(outcome.exit_code if outcome.status == "error" else 0)
+
+
+def _write_outcome(path: Path, outcome: RankOutcome) -> None:
+    tmp = path.with_suffix(".tmp")
+    try:
+        data = pickle.dumps(outcome)
+    except Exception as exc:  # an unpicklable return value or exception detail
+        data = pickle.dumps(RankOutcome(
+            status="error", error_type=type(exc).__name__,
+            message=f"rank outcome could not be pickled: {exc}",
+            traceback=outcome.traceback, exit_code=1))
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _destroy_world_quietly() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 (already reported; exiting anyway)
+            pass

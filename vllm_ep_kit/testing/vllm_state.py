@@ -1,0 +1,78 @@
+"""Bring up vLLM's real parallel state inside a rank that already has a world group.
+
+The harness initialises ``torch.distributed`` itself (race-free store, or
+torchrun's env://).  vLLM's ``init_distributed_environment`` then sees an
+initialised default group and only builds its world coordinator, and
+``initialize_model_parallel`` carves TP/DP/EP groups out of it exactly as in
+``vllm serve``.  On a CPU-only machine ``DeviceConfig(device="cpu")`` is what
+lets ``VllmConfig`` build (measured with vLLM 0.32.0).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from vllm_ep_kit.layout import ParallelLayout
+
+
+def build_vllm_config(layout: ParallelLayout, rank: int, device: str, all2all_backend: str | None):
+    """A ``VllmConfig`` describing ``layout`` as seen from global ``rank``."""
+    from vllm.config import DeviceConfig, ParallelConfig, VllmConfig
+
+    kwargs = dict(
+        tensor_parallel_size=layout.tp,
+        data_parallel_size=layout.dp,
+        data_parallel_rank=layout.dp_rank(rank),
+        prefill_context_parallel_size=layout.pcp,
+        enable_expert_parallel=layout.enable_ep,
+        # The harness owns process creation: keep vLLM from planning its own.
+        distributed_executor_backend="mp" if layout.world_size > 1 else "uni",
+    )
+    if all2all_backend is not None:
+        kwargs["all2all_backend"] = all2all_backend
+    parallel = ParallelConfig(**kwargs)
+    return VllmConfig(parallel_config=parallel, device_config=DeviceConfig(device=device))
+
+
+@contextlib.contextmanager
+def vllm_parallel_state(
+    layout: ParallelLayout,
+    rank: int,
+    local_rank: int,
+    backend: str,
+    device: str,
+    all2all_backend: str | None = None,
+) -> Iterator[object]:
+    """Yield the ``VllmConfig`` with vLLM's groups built; tear them down after."""
+    import torch.distributed as dist
+    from vllm.config import set_current_vllm_config
+    from vllm.distributed import parallel_state as ps
+
+    if not dist.is_initialized():
+        raise RuntimeError("vllm_parallel_state needs torch.distributed initialised first")
+    if dist.get_world_size() != layout.world_size:
+        raise RuntimeError(
+            f"layout {layout.describe()} needs {layout.world_size} ranks, "
+            f"the world group has {dist.get_world_size()}"
+        )
+    config = build_vllm_config(layout, rank, device, all2all_backend)
+    with set_current_vllm_config(config):
+        ps.init_distributed_environment(
+            world_size=layout.world_size,
+            rank=rank,
+            local_rank=local_rank,
+            backend=backend,
+        )
+        ps.initialize_model_parallel(
+            tensor_model_parallel_size=layout.tp,
+            prefill_context_model_parallel_size=layout.pcp,
+        )
+        try:
+            yield config
+        finally:
+            # Only vLLM's groups: the world process group belongs to the harness.
+            ps.destroy_model_parallel()
+            if ps._WORLD is not None:
+                ps._WORLD.destroy()
+                ps._WORLD = None
