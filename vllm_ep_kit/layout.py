@@ -54,6 +54,11 @@ class ParallelLayout:
         """vLLM's ``use_sequence_parallel_moe``: EP wider than TP and TP > 1."""
         return self.enable_ep and self.ep_size > self.tp and self.tp > 1
 
+    @property
+    def uses_all2all(self) -> bool:
+        """vLLM's ``ParallelConfig.use_all2all``: when an all-to-all manager exists."""
+        return self.dp > 1 or self.is_sequence_parallel or (self.enable_ep and self.pcp > 1)
+
     def tp_rank(self, rank: int) -> int:
         return rank % self.tp
 
