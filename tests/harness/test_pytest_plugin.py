@@ -1,0 +1,51 @@
+"""Capability markers skip with a precise reason, and fail in strict mode."""
+
+import pytest
+
+from vllm_ep_kit.testing import probes
+
+CASES = """
+import pytest
+
+@pytest.mark.gpus(64)
+def test_needs_many_gpus():
+    pass
+
+def test_plain():
+    pass
+"""
+
+
+def test_unmet_gpu_marker_skips_with_reason(pytester):
+    pytester.makepyfile(CASES)
+    result = pytester.runpytest("-rs")
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines([f"*needs 64 CUDA GPUs, {probes.gpu_count()} visible*"])
+
+
+def test_strict_flag_turns_the_skip_into_a_failure(pytester, monkeypatch):
+    monkeypatch.delenv("VLLM_EP_KIT_STRICT", raising=False)
+    pytester.makepyfile(CASES)
+    result = pytester.runpytest("--ep-strict")
+    result.assert_outcomes(passed=1, errors=1)  # fails in setup, before the test body
+    result.stdout.fnmatch_lines(["*strict mode*required capability missing*needs 64 CUDA GPUs*"])
+
+
+def test_strict_env_turns_the_skip_into_a_failure(pytester, monkeypatch):
+    monkeypatch.setenv("VLLM_EP_KIT_STRICT", "1")
+    pytester.makepyfile(CASES)
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1, errors=1)
+
+
+@pytest.mark.skipif(probes.gpu_count() >= 2, reason="machine has 2+ GPUs")
+def test_nvlink_probe_reason_without_gpus():
+    probe = probes.nvlink()
+    assert not probe.ok
+    assert "needs 2 GPUs" in probe.detail
+
+
+def test_ptrace_probe_reports_cap_and_pidfd_getfd():
+    probe = probes.ptrace()
+    assert set(probe.data) >= {"cap_sys_ptrace", "yama_ptrace_scope", "pidfd_getfd"}
+    assert ("works" in probe.detail) == probe.ok

@@ -1,0 +1,27 @@
+"""The same rank functions under torchrun (env:// rendezvous), as on multi-node MNNVL."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+
+HERE = Path(__file__).parent
+
+
+def test_run_ranks_runs_in_process_under_torchrun(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    env["VLLM_EP_KIT_STRICT"] = "0"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "--log-dir", str(tmp_path / "logs"), "--tee", "3",
+           "-m", "pytest", str(HERE / "torchrun_case.py"), "-q", "-p", "no:cacheprovider",
+           "-rs"]
+    result = subprocess.run(cmd, cwd=HERE.parent.parent, env=env, capture_output=True,
+                            text=True, timeout=300)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-4000:]
+    # Both torchrun processes ran the suite: two in-process passes and a skip each.
+    assert out.count("2 passed, 1 skipped") == 2, out[-4000:]
+    assert out.count("needs 3 ranks, this torchrun job has 2") >= 2, out[-4000:]
+    assert not psutil.Process().children(recursive=True)
