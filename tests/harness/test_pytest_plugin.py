@@ -16,8 +16,17 @@ def test_plain():
 """
 
 
-def test_unmet_gpu_marker_skips_with_reason(pytester):
+def _cases(pytester):
+    """The cases plus a conftest that loads the plugin as tests/conftest.py does."""
+    from pathlib import Path
+
+    pytester.makeconftest((Path(__file__).parents[1] / "conftest.py").read_text()
+                          .replace('["pytester"] + ', ""))
     pytester.makepyfile(CASES)
+
+
+def test_unmet_gpu_marker_skips_with_reason(pytester):
+    _cases(pytester)
     result = pytester.runpytest("-rs")
     result.assert_outcomes(passed=1, skipped=1)
     result.stdout.fnmatch_lines([f"*needs 64 CUDA GPUs, {probes.gpu_count()} visible*"])
@@ -25,7 +34,7 @@ def test_unmet_gpu_marker_skips_with_reason(pytester):
 
 def test_strict_flag_turns_the_skip_into_a_failure(pytester, monkeypatch):
     monkeypatch.delenv("VLLM_EP_KIT_STRICT", raising=False)
-    pytester.makepyfile(CASES)
+    _cases(pytester)
     result = pytester.runpytest("--ep-strict")
     result.assert_outcomes(passed=1, errors=1)  # fails in setup, before the test body
     result.stdout.fnmatch_lines(["*strict mode*required capability missing*needs 64 CUDA GPUs*"])
@@ -33,7 +42,7 @@ def test_strict_flag_turns_the_skip_into_a_failure(pytester, monkeypatch):
 
 def test_strict_env_turns_the_skip_into_a_failure(pytester, monkeypatch):
     monkeypatch.setenv("VLLM_EP_KIT_STRICT", "1")
-    pytester.makepyfile(CASES)
+    _cases(pytester)
     result = pytester.runpytest()
     result.assert_outcomes(passed=1, errors=1)
 

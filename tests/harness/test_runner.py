@@ -22,13 +22,15 @@ import torch.distributed as dist
 from vllm_ep_kit.testing import RankFailures, run_ranks
 from vllm_ep_kit.testing.ports import PortInUseError
 
+from .conftest import new_processes
+
 WORLD_SIZES = [2, 4]
 
 
 # ----------------------------------------------------------------- rank functions
 
 def rank_all_reduce(ctx, scale):
-    t = torch.tensor([float(ctx.rank + 1)])
+    t = torch.tensor([float(ctx.rank + 1)], device=ctx.device)
     dist.all_reduce(t)
     return {"rank": ctx.rank, "sum": t.item() * scale, "pgid": os.getpgid(0)}
 
@@ -95,41 +97,16 @@ def rank_skips(ctx):
 
 # ----------------------------------------------------------------- helpers
 
-def _new_processes(before: set[int]) -> list[psutil.Process]:
-    """Live descendants of this process not in ``before`` (multiprocessing's
-    resource tracker excepted: it is a per-interpreter helper, not a rank)."""
-    found = []
-    for proc in psutil.Process().children(recursive=True):
-        try:
-            if proc.pid in before or proc.status() == psutil.STATUS_ZOMBIE:
-                continue
-            if "resource_tracker" in " ".join(proc.cmdline()):
-                continue
-        except psutil.NoSuchProcess:
-            continue
-        found.append(proc)
-    return found
-
-
-@pytest.fixture
-def no_leftovers():
-    """Assert that no process started during the test outlives it."""
-    before = {p.pid for p in psutil.Process().children(recursive=True)}
-    yield
-    extra = _new_processes(before)
-    assert not extra, f"processes left behind: {[(p.pid, p.cmdline()) for p in extra]}"
-
-
 def test_leftover_check_sees_a_leftover():
     """The orphan check used by every test above can fail."""
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     sleeper = subprocess.Popen(["sleep", "30"])
     try:
-        assert [p.pid for p in _new_processes(before)] == [sleeper.pid]
+        assert [p.pid for p in new_processes(before)] == [sleeper.pid]
     finally:
         sleeper.kill()
         sleeper.wait()
-    assert _new_processes(before) == []
+    assert new_processes(before) == []
 
 
 def _section(message: str, rank: int) -> str:
@@ -271,6 +248,13 @@ def test_nccl_without_gpus_skips_with_reason(monkeypatch):
     monkeypatch.delenv("VLLM_EP_KIT_STRICT", raising=False)
     with pytest.raises(pytest.skip.Exception, match="needs 2 CUDA GPUs, 0 visible"):
         run_ranks(rank_all_reduce, 2, 1.0, backend="nccl")
+
+
+@pytest.mark.parametrize("world_size", [pytest.param(n, marks=pytest.mark.gpus(n), id=f"{n}gpu")
+                                        for n in (1, 2, 4)])
+def test_nccl_ranks_on_gpus(world_size, no_leftovers):
+    values = run_ranks(rank_all_reduce, world_size, 1.0, backend="nccl", timeout_s=120)
+    assert [v["sum"] for v in values] == [sum(range(1, world_size + 1))] * world_size
 
 
 def test_signal_names_are_readable():
