@@ -58,3 +58,12 @@ def test_ptrace_probe_reports_cap_and_pidfd_getfd():
     probe = probes.ptrace()
     assert set(probe.data) >= {"cap_sys_ptrace", "yama_ptrace_scope", "pidfd_getfd"}
     assert ("works" in probe.detail) == probe.ok
+
+
+def test_strict_flag_does_not_leak_into_the_calling_process(pytester, monkeypatch):
+    import os
+
+    monkeypatch.delenv("VLLM_EP_KIT_STRICT", raising=False)
+    _cases(pytester)
+    pytester.runpytest("--ep-strict")
+    assert "VLLM_EP_KIT_STRICT" not in os.environ

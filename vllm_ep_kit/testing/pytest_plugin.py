@@ -23,6 +23,8 @@ import pytest
 from vllm_ep_kit.testing import probes
 from vllm_ep_kit.testing.skips import STRICT_ENV, skip_or_fail
 
+_PREVIOUS_STRICT = pytest.StashKey[str | None]()
+
 MARKERS = {
     "gpus(n)": "needs at least n CUDA GPUs",
     "nvlink": "needs NVLink peer access between all visible GPUs",
@@ -52,7 +54,18 @@ def pytest_configure(config: pytest.Config) -> None:
     for name, doc in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {doc}")
     if config.getoption("--ep-strict"):
+        config.stash[_PREVIOUS_STRICT] = os.environ.get(STRICT_ENV)
         os.environ[STRICT_ENV] = "1"  # spawned ranks inherit it
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Give the environment back (matters when pytest runs in-process, e.g. pytester)."""
+    if _PREVIOUS_STRICT in config.stash:
+        previous = config.stash[_PREVIOUS_STRICT]
+        if previous is None:
+            os.environ.pop(STRICT_ENV, None)
+        else:
+            os.environ[STRICT_ENV] = previous
 
 
 def unmet_requirements(item: pytest.Item) -> list[str]:
