@@ -1,0 +1,152 @@
+"""vLLM's FlashInfer NVLink all-to-all managers (upstream PRs 35241 and 40893).
+
+CPU part (runs in CI over gloo): vLLM's real managers, with only FlashInfer's
+MNNVL allocation layer replaced by a recorder, must put the MNNVL workspace on
+the EP group (DP x PCP x TP), allocate once under repeated ``ensure`` calls,
+and allocate again after cleanup.  ``test_ep_group_check_fails_when_fix_reverted``
+runs the same check against the pre-fix behaviour and requires it to fail.
+
+GPU part: the same lifecycle with FlashInfer's real allocator (device memory
+measured), and dispatch + combine through the real kernels compared with the
+reference (see ``vllm_ep_kit.reference``).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+from vllm_ep_kit.layout import ParallelLayout
+from vllm_ep_kit.mnnvl_managers import (
+    build_manager,
+    ensure_workspace,
+    mnnvl_on_dp_group,
+)
+from vllm_ep_kit.testing import run_ranks
+from vllm_ep_kit.testing.flashinfer_recorder import (
+    FlashInferAllocationRecorder,
+    workspace_group_findings,
+)
+
+KINDS = ["two_sided", "one_sided"]
+LAYOUTS = [ParallelLayout(tp=1, dp=2), ParallelLayout(tp=2, dp=2), ParallelLayout(tp=1, dp=4)]
+LAYOUT_IDS = [layout.describe() for layout in LAYOUTS]
+
+
+# ----------------------------------------------------------------- rank functions
+
+LIFECYCLE = ("ensure", "ensure", "ensure", "cleanup", "ensure")
+ALLOCATIONS_PER_INIT = {"two_sided": 2, "one_sided": 1}  # workspace (+ prepare workspace)
+
+
+def recorded_lifecycle(kind, steps, reverted_fix=False):
+    """Run manager steps under the recorder; report allocations after each step."""
+    import contextlib
+
+    from vllm.distributed import parallel_state as ps
+
+    recorder = FlashInferAllocationRecorder()
+    mutant = mnnvl_on_dp_group() if reverted_fix else contextlib.nullcontext()
+    history = []
+    with recorder.installed(), mutant:
+        manager = build_manager(kind)
+        for step in steps:
+            if step == "ensure":
+                ensure_workspace(manager, kind)
+            else:
+                manager.cleanup()
+            history.append({"step": step, "allocations": len(recorder.allocations),
+                            "initialized": bool(manager.initialized)})
+        manager.cleanup()
+    return {"history": history,
+            "findings": workspace_group_findings(recorder.allocations,
+                                                 list(ps.get_ep_group().ranks))}
+
+
+def rank_manager_checks(ctx):
+    """Every CPU check of both managers in one rank start (vLLM imports are slow)."""
+    from vllm.distributed import parallel_state as ps
+
+    out = {"ep_ranks": list(ps.get_ep_group().ranks),
+           "dp_ranks": list(ps.get_dp_group().ranks)}
+    for kind in KINDS:
+        out[kind] = recorded_lifecycle(kind, LIFECYCLE)
+        ctx.heartbeat()
+        out[kind + ":reverted"] = recorded_lifecycle(kind, ("ensure",), reverted_fix=True)
+        ctx.heartbeat()
+    return out
+
+
+@functools.cache
+def manager_check_results(layout: ParallelLayout) -> tuple:
+    """One multi-rank run per layout, shared by the tests below."""
+    return tuple(run_ranks(rank_manager_checks, layout.world_size, backend="gloo",
+                           layout=layout, timeout_s=240))
+
+
+# ----------------------------------------------------------------- CPU tests
+
+@pytest.mark.flashinfer
+def test_flashinfer_comm_api_present():
+    """The FlashInfer names vLLM's managers use exist in the installed FlashInfer."""
+    import flashinfer.comm as comm
+    from flashinfer.comm import mnnvl, trtllm_alltoall, trtllm_moe_alltoall
+
+    assert hasattr(comm, "Mapping")
+    assert hasattr(mnnvl, "MnnvlConfig") and hasattr(mnnvl, "CommBackend")
+    for name in ("get_moe_workspaces", "get_moe_prepare_workspace"):
+        assert callable(getattr(trtllm_alltoall.MnnvlMoe, name))
+    for name in ("dispatch", "combine"):
+        assert callable(getattr(trtllm_moe_alltoall.MoeAlltoAll, name))
+    assert callable(trtllm_moe_alltoall.moe_a2a_get_workspace_size_per_rank)
+
+
+@pytest.mark.vllm
+@pytest.mark.flashinfer
+@pytest.mark.parametrize("layout", LAYOUTS, ids=LAYOUT_IDS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_workspace_spans_ep_group(kind, layout):
+    for rank, result in enumerate(manager_check_results(layout)):
+        assert result["ep_ranks"] == layout.ep_group_ranks(rank)
+        assert result[kind]["findings"] == [], f"rank {rank}: {result[kind]['findings']}"
+
+
+@pytest.mark.vllm
+@pytest.mark.flashinfer
+@pytest.mark.parametrize("kind", KINDS)
+def test_ep_group_check_fails_when_fix_reverted(kind):
+    """Negative control: the check above must catch the pre-fix DP-group workspace.
+
+    With TP=2 x DP=2 the DP group has 2 ranks and the EP group 4; vLLM before
+    the fix sized the MNNVL workspace to the former.
+    """
+    for result in manager_check_results(ParallelLayout(tp=2, dp=2)):
+        assert result["dp_ranks"] != result["ep_ranks"]
+        findings = " | ".join(result[kind + ":reverted"]["findings"])
+        assert f"MNNVL communicator spans ranks {result['dp_ranks']}" in findings
+        assert "workspace has 2 rows, the kernel asserts one per EP rank (4)" in findings
+
+
+@pytest.mark.vllm
+@pytest.mark.flashinfer
+@pytest.mark.parametrize("kind", KINDS)
+def test_ensure_initialized_allocates_once(kind):
+    per_init = ALLOCATIONS_PER_INIT[kind]
+    for result in manager_check_results(ParallelLayout(tp=1, dp=2)):
+        history = result[kind]["history"][:3]
+        assert [h["step"] for h in history] == ["ensure"] * 3
+        assert [h["allocations"] for h in history] == [per_init] * 3
+
+
+@pytest.mark.vllm
+@pytest.mark.flashinfer
+@pytest.mark.parametrize("kind", KINDS)
+def test_reinitialize_after_cleanup(kind):
+    per_init = ALLOCATIONS_PER_INIT[kind]
+    for result in manager_check_results(ParallelLayout(tp=1, dp=2)):
+        history = result[kind]["history"][2:]
+        assert [h["step"] for h in history] == ["ensure", "cleanup", "ensure"]
+        assert [h["initialized"] for h in history] == [True, False, True]
+        assert [h["allocations"] for h in history] == [per_init, per_init, 2 * per_init]
+        assert result[kind]["findings"] == []
