@@ -17,6 +17,7 @@ import functools
 
 import pytest
 
+from vllm_ep_kit.ep_check import plan_cases, rank_agrs_check, token_counts
 from vllm_ep_kit.layout import ParallelLayout
 from vllm_ep_kit.mnnvl_managers import (
     build_manager,
@@ -150,3 +151,51 @@ def test_reinitialize_after_cleanup(kind):
         assert [h["initialized"] for h in history] == [True, False, True]
         assert [h["allocations"] for h in history] == [per_init, per_init, 2 * per_init]
         assert result[kind]["findings"] == []
+
+
+# ----------------------------------------------------------------- dispatch + combine (AGRS)
+
+AGRS_LAYOUTS = [ParallelLayout(tp=1, dp=2), ParallelLayout(tp=1, dp=4),
+                ParallelLayout(tp=2, dp=2)]
+
+
+def rank_agrs_with_local_only_combine(ctx, cases):
+    """A mutant combine that keeps this rank's partial and never sums the others'."""
+    from vllm.distributed.device_communicators.all2all import AgRsAll2AllManager
+
+    def combine(self, hidden_states, is_sequence_parallel=False):
+        group = self._get_comm_group(is_sequence_parallel)
+        sizes = self._get_sizes(0, group) if self.dp_world_size > 1 else None
+        start = sum(sizes[: group.rank_in_group])
+        return hidden_states[start: start + sizes[group.rank_in_group]]
+
+    AgRsAll2AllManager.combine = combine
+    return rank_agrs_check(ctx, cases)
+
+
+@pytest.mark.vllm
+@pytest.mark.parametrize("layout", AGRS_LAYOUTS, ids=[lay.describe() for lay in AGRS_LAYOUTS])
+def test_agrs_dispatch_combine_matches_reference(layout):
+    """vLLM's AGRS manager vs the oracle: even, uneven and zero-token ranks, bf16 and fp32."""
+    cases = plan_cases(layout, ("bf16", "fp32"))
+    results = run_ranks(rank_agrs_check, layout.world_size, cases, backend="gloo",
+                        layout=layout, timeout_s=240)
+    assert token_counts("zero", layout.dp) in {c.tokens for c in cases}  # a rank with none
+    for rank, per_rank in enumerate(results):
+        assert len(per_rank) == len(cases)
+        for case, result in zip(cases, per_rank):
+            assert result.dispatch_exact, f"rank {rank} {case.describe()}: dispatch differs"
+            assert result.passed, f"rank {rank} {case.describe()}: max error {result.max_error}"
+
+
+@pytest.mark.vllm
+def test_agrs_check_catches_a_combine_that_drops_peers():
+    """Negative control: the check must fail when combine loses other ranks' experts."""
+    layout = ParallelLayout(tp=1, dp=2)
+    cases = plan_cases(layout, ("fp32",), ("uneven",))
+    results = run_ranks(rank_agrs_with_local_only_combine, 2, cases, backend="gloo",
+                        layout=layout, timeout_s=240)
+    for per_rank in results:
+        assert [r.dispatch_exact for r in per_rank] == [True]  # dispatch untouched
+        assert [r.passed for r in per_rank] == [False]
+        assert per_rank[0].max_error > 0.1

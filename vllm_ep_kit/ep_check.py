@@ -1,0 +1,152 @@
+"""EP correctness: dispatch + combine through a real vLLM all-to-all backend vs the oracle.
+
+``plan_cases`` says what to run; ``rank_agrs_check`` runs inside each rank
+(vLLM's parallel state already built by the harness) and returns one
+:class:`CaseResult` per case.  The CLI's ``check`` and the tests call these.
+
+For the all-gather/reduce-scatter backend the flow is vLLM's own: the MoE
+layer's input is (in sequence-parallel layouts) chunked across TP with
+``sequence_parallel_chunk``, ``AgRsAll2AllManager.dispatch`` gathers it over
+the DP group (EP group under SP), each rank computes its own experts'
+partial output, ``combine`` reduce-scatters it back, and the layer either
+all-reduces over TP or (SP) all-gathers over TP.  The gathered tokens are
+checked exactly against every source's regenerated inputs; the final output
+against the fp32 reference within the dtype's tolerance.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from vllm_ep_kit.layout import ParallelLayout
+from vllm_ep_kit.reference.moe import (
+    RoutingCase,
+    Tokens,
+    concat_tokens,
+    max_error,
+    moe_partial,
+    moe_reference,
+    source_tokens,
+    within_tolerance,
+)
+
+DEFAULT_TOKEN_PATTERNS = ("even", "uneven", "zero")
+
+
+@dataclass
+class CaseResult:
+    backend: str
+    layout: str
+    dtype: str
+    tokens: str
+    dispatch_exact: bool
+    max_error: float
+    passed: bool
+    seconds: float
+    note: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def token_counts(pattern: str, num_sources: int) -> tuple[int, ...]:
+    """Per-source token counts: even, uneven, or with a source holding none."""
+    if pattern == "even":
+        return (8,) * num_sources
+    if pattern == "uneven":
+        return tuple(3 + 5 * i for i in range(num_sources))
+    if pattern == "zero":
+        return tuple(0 if i == num_sources - 1 else 6 + i for i in range(num_sources))
+    raise ValueError(f"token pattern {pattern!r}: expected one of {DEFAULT_TOKEN_PATTERNS}")
+
+
+def plan_cases(layout: ParallelLayout, dtypes: tuple[str, ...],
+               patterns: tuple[str, ...] = DEFAULT_TOKEN_PATTERNS) -> list[RoutingCase]:
+    """Cases for one layout; token counts are per DP rank."""
+    return [RoutingCase(tokens=token_counts(p, layout.dp), dtype=d, num_experts=4 * layout.ep_size)
+            for d in dtypes for p in patterns]
+
+
+def agrs_applicable(layout: ParallelLayout) -> str:
+    """Empty if vLLM uses an all-to-all here, else why the case is not applicable."""
+    if not layout.uses_all2all:
+        return "no all-to-all in this layout (DP=1 without sequence parallelism)"
+    if layout.pcp > 1:
+        return "PCP layouts are not covered yet"
+    return ""
+
+
+def _rank_input(case: RoutingCase, layout: ParallelLayout, rank: int, sp: bool) -> Tokens:
+    """The MoE input of global ``rank``: its DP rank's tokens, TP-chunked under SP."""
+    full = source_tokens(case, layout.dp_rank(rank))
+    if not sp:
+        return full
+    tp, tp_rank = layout.tp, layout.tp_rank(rank)
+    chunk = -(-full.x.shape[0] // tp)  # ceil, as vLLM's sequence_parallel_chunk pads
+
+    def take(t: torch.Tensor) -> torch.Tensor:
+        padded = torch.zeros((chunk * tp,) + tuple(t.shape[1:]), dtype=t.dtype)
+        padded[: t.shape[0]] = t
+        return padded[tp_rank * chunk: (tp_rank + 1) * chunk]
+
+    return Tokens(x=take(full.x), topk_ids=take(full.topk_ids), topk_weights=take(full.topk_weights))
+
+
+def rank_agrs_check(ctx, cases: list[RoutingCase]) -> list[CaseResult]:
+    """Run every case through vLLM's ``AgRsAll2AllManager`` on this rank."""
+    from vllm.distributed import parallel_state as ps
+    from vllm.distributed.device_communicators.all2all import AgRsAll2AllManager
+    from vllm.forward_context import get_forward_context, set_forward_context
+    from vllm.model_executor.models.utils import sequence_parallel_chunk_impl
+
+    from vllm_ep_kit.testing.gloo_collectives import ensure_v_collectives
+
+    layout: ParallelLayout = ctx.layout
+    sp = bool(ctx.vllm_config.parallel_config.use_sequence_parallel_moe)
+    for group in (ps.get_dp_group(), ps.get_ep_group(), ps.get_tp_group()):
+        if ctx.backend == "gloo":
+            ensure_v_collectives(group)
+    ep = ps.get_ep_group()
+    manager = AgRsAll2AllManager(ep.cpu_group)
+    comm = ep if sp else ps.get_dp_group()
+    results = []
+    for case in cases:
+        start = time.perf_counter()
+        mine = _rank_input(case, layout, ctx.rank, sp)
+        full = source_tokens(case, layout.dp_rank(ctx.rank))
+        if sp:  # vLLM's own chunking must agree with the oracle's
+            chunked = sequence_parallel_chunk_impl(full.x.to(ctx.device))
+            assert torch.equal(chunked.cpu(), mine.x), "sequence_parallel_chunk disagrees"
+        dev = ctx.device
+        counts = torch.tensor(case.tokens, dtype=torch.int32)
+        with set_forward_context(None, ctx.vllm_config, num_tokens=case.tokens[layout.dp_rank(
+                ctx.rank)], num_tokens_across_dp=counts):
+            dp_meta = get_forward_context().dp_metadata
+            with dp_meta.sp_local_sizes(layout.tp if sp else 1):
+                gx, gw, gids = manager.dispatch(mine.x.to(dev), mine.topk_weights.to(dev),
+                                                mine.topk_ids.to(dev), is_sequence_parallel=sp)
+                expected = concat_tokens([_rank_input(case, layout, g, sp)
+                                          for g in comm.ranks])
+                exact = (torch.equal(gx.cpu(), expected.x)
+                         and torch.equal(gids.cpu(), expected.topk_ids)
+                         and torch.equal(gw.cpu(), expected.topk_weights))
+                received = Tokens(x=gx.cpu(), topk_ids=gids.cpu(), topk_weights=gw.cpu())
+                partial = moe_partial(received, case.num_experts, layout.ep_size,
+                                      ep.rank_in_group).to(case.torch_dtype)
+                out = manager.combine(partial.to(dev), is_sequence_parallel=sp)
+        if sp:
+            out = ps.get_tp_group().all_gather(out, dim=0)[: full.x.shape[0]]
+        elif layout.tp > 1:
+            out = ps.get_tp_group().all_reduce(out)
+        want = moe_reference(full, case.num_experts)
+        err = max_error(out.cpu(), want)
+        ok = exact and within_tolerance(out.cpu(), want, case.dtype)
+        results.append(CaseResult(
+            backend="allgather_reducescatter", layout=layout.describe(), dtype=case.dtype,
+            tokens=str(list(case.tokens)), dispatch_exact=exact, max_error=err, passed=ok,
+            seconds=time.perf_counter() - start))
+        ctx.heartbeat()
+    return results

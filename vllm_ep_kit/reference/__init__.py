@@ -1,0 +1,1 @@
+"""Reference computations shared by tests, ``check`` and ``bench``."""

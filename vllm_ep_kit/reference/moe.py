@@ -1,0 +1,111 @@
+"""The exact MoE oracle: deterministic inputs, experts with known outputs, fp32 sums.
+
+Shared by tests, ``check`` and ``bench``.  Every rank can regenerate every
+other rank's inputs from (seed, source id), so expected results never depend
+on the communication being tested.  Experts are ``f_e(x) = s_e * x`` with
+scales exactly representable in bf16, so a token routed to the wrong expert
+or rank changes the result by far more than any rounding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# Combine tolerances (atol = rtol) per payload dtype; dispatch must be exact.
+TOLERANCE = {"bf16": 2e-2, "fp16": 2e-3, "fp32": 1e-5}
+
+
+@dataclass(frozen=True)
+class RoutingCase:
+    """One dispatch + combine problem; ``tokens[i]`` is source i's token count."""
+
+    tokens: tuple[int, ...]
+    num_experts: int = 16
+    top_k: int = 4
+    hidden: int = 64
+    dtype: str = "bf16"
+    seed: int = 1234
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype={self.dtype!r}: expected one of {sorted(DTYPES)}")
+        if not 1 <= self.top_k <= self.num_experts:
+            raise ValueError(f"top_k={self.top_k}: expected 1..num_experts={self.num_experts}")
+        if any(n < 0 for n in self.tokens):
+            raise ValueError(f"tokens={self.tokens}: counts must be >= 0")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    def describe(self) -> str:
+        return (f"tokens={list(self.tokens)} E={self.num_experts} k={self.top_k} "
+                f"h={self.hidden} {self.dtype}")
+
+
+@dataclass
+class Tokens:
+    x: torch.Tensor  # [n, hidden] in the case's dtype
+    topk_ids: torch.Tensor  # [n, top_k] int32, distinct experts per token
+    topk_weights: torch.Tensor  # [n, top_k] float32, each row sums to 1
+
+
+def source_tokens(case: RoutingCase, source: int) -> Tokens:
+    """The tokens of source ``source`` (a DP rank, or a rank in DP mode)."""
+    n = case.tokens[source]
+    gen = torch.Generator().manual_seed(case.seed * 1000003 + source)
+    x = torch.randn(n, case.hidden, generator=gen).to(case.torch_dtype)
+    ids = torch.stack([torch.randperm(case.num_experts, generator=gen)[: case.top_k]
+                       for _ in range(n)]) if n else torch.empty(0, case.top_k, dtype=torch.long)
+    weights = torch.rand(n, case.top_k, generator=gen) + 0.1
+    weights = weights / weights.sum(dim=1, keepdim=True)
+    return Tokens(x=x, topk_ids=ids.to(torch.int32), topk_weights=weights.float())
+
+
+def expert_scales(num_experts: int) -> torch.Tensor:
+    """s_e = 1 + (e mod 7) / 8: distinct neighbours, exact in bf16."""
+    return 1.0 + (torch.arange(num_experts) % 7).float() / 8.0
+
+
+def expert_owner(num_experts: int, ep_size: int) -> torch.Tensor:
+    """EP rank owning each global expert (contiguous blocks, as vLLM places them)."""
+    if num_experts % ep_size:
+        raise ValueError(f"num_experts={num_experts} is not divisible by ep_size={ep_size}")
+    return torch.arange(num_experts) // (num_experts // ep_size)
+
+
+def moe_partial(tokens: Tokens, num_experts: int, ep_size: int,
+                ep_rank: int | None) -> torch.Tensor:
+    """fp32 sum over routed experts owned by ``ep_rank`` (all experts if None)."""
+    scales = expert_scales(num_experts)
+    ids = tokens.topk_ids.long()
+    coeff = tokens.topk_weights * scales[ids]
+    if ep_rank is not None:
+        coeff = coeff * (expert_owner(num_experts, ep_size)[ids] == ep_rank).float()
+    return tokens.x.float() * coeff.sum(dim=1, keepdim=True)
+
+
+def moe_reference(tokens: Tokens, num_experts: int) -> torch.Tensor:
+    """The full MoE output of every token, in fp32."""
+    return moe_partial(tokens, num_experts, 1, None)
+
+
+def concat_tokens(parts: list[Tokens]) -> Tokens:
+    return Tokens(x=torch.cat([p.x for p in parts]),
+                  topk_ids=torch.cat([p.topk_ids for p in parts]),
+                  topk_weights=torch.cat([p.topk_weights for p in parts]))
+
+
+def max_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    if actual.numel() == 0:
+        return 0.0
+    return float((actual.float() - expected.float()).abs().max())
+
+
+def within_tolerance(actual: torch.Tensor, expected: torch.Tensor, dtype: str) -> bool:
+    tol = TOLERANCE[dtype]
+    return actual.shape == expected.shape and bool(
+        torch.allclose(actual.float(), expected.float(), atol=tol, rtol=tol))
