@@ -1,4 +1,4 @@
-# Two entry points (see README): `make doctor` and `make test`.
+# Two entry points (see README): `make check` and `make test` (`make doctor` too).
 # Each creates .venv on first use; later runs reuse it until requirements change.
 PYTHON ?= python3.11
 VENV   ?= .venv
@@ -13,6 +13,9 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml requirements/*.txt scripts/install_venv.sh
 	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/install_venv.sh
 	touch $(STAMP)
+
+check: $(STAMP)
+	$(BIN)/vllm-ep-kit check
 
 doctor: $(STAMP)
 	$(BIN)/vllm-ep-kit doctor

@@ -51,6 +51,73 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+
+
+def _str_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from vllm_ep_kit import backends, ep_check
+    from vllm_ep_kit.testing import probes
+
+    console = Console(width=args.width, stderr=args.json)
+    try:
+        plan = ep_check.make_plan(args.world_sizes, args.tp, args.backends, args.dtypes,
+                                  gpu_count=probes.gpu_count(),
+                                  usable=backends.usable_backend_names())
+    except ep_check.CheckArgumentError as exc:
+        print(f"vllm-ep-kit check: error: {exc}", file=sys.stderr)
+        return 2
+    if not plan.backends:
+        print("vllm-ep-kit check: error: no checkable all-to-all backend is usable here "
+              "(see `vllm-ep-kit doctor`)", file=sys.stderr)
+        return 2
+    for layout, why in plan.skipped:
+        console.print(f"[yellow]not run[/yellow] {layout}: {why}")
+    total = len(plan.backends) * sum(len(ep_check.plan_cases(lay, plan.dtypes))
+                                     for lay in plan.layouts)
+    done = 0
+
+    def on_start(backend, layout, n_cases):
+        console.print(f"starting {backend} on {layout.world_size} ranks ({layout.describe()}, "
+                      f"{plan.device_backend}): {n_cases} cases")
+
+    def on_result(result):
+        nonlocal done
+        done += 1
+        mark = "[green]pass[/green]" if result.passed else "[red]FAIL[/red]"
+        console.print(f"[{done}/{total}] {result.backend} {result.layout} {result.dtype} "
+                      f"tokens={result.tokens}: {mark} (max error {result.max_error:.3g}, "
+                      f"{result.seconds * 1e3:.1f} ms)")
+
+    results = ep_check.run_check(plan, on_result=on_result, on_start=on_start,
+                                 timeout_s=args.timeout)
+    if args.json:
+        json.dump({"results": [r.as_dict() for r in results],
+                   "not_run": [{"layout": lay, "reason": why} for lay, why in plan.skipped]},
+                  sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        table = Table(title="EP dispatch + combine vs reference")
+        for col in ("backend", "layout", "dtype", "tokens", "dispatch exact", "max error",
+                    "result", "time (ms)"):
+            table.add_column(col)
+        for r in results:
+            table.add_row(r.backend, r.layout, r.dtype, r.tokens, OK if r.dispatch_exact else NO,
+                          f"{r.max_error:.3g}", "[green]pass[/green]" if r.passed
+                          else "[red]FAIL[/red]", f"{r.seconds * 1e3:.1f}")
+        console.print(table)
+    failed = sum(not r.passed for r in results)
+    console.print(f"{len(results) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vllm-ep-kit",
@@ -62,6 +129,22 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
     doctor.add_argument("--width", type=int, default=None, help="table width in columns")
     doctor.set_defaults(func=cmd_doctor)
+
+    check = sub.add_parser("check", help="EP correctness: dispatch + combine of every usable "
+                           "all-to-all backend against the exact reference")
+    check.add_argument("--world-sizes", type=_int_list, default=[2, 4], metavar="N[,N]",
+                       help="ranks per run (default 2,4; one GPU each where GPUs exist)")
+    check.add_argument("--tp", type=_int_list, default=[1, 2], metavar="N[,N]",
+                       help="tensor-parallel sizes; DP fills the rest (default 1,2)")
+    check.add_argument("--backends", type=_str_list, default=None, metavar="NAME[,NAME]",
+                       help="all-to-all backends (default: every usable checkable one)")
+    check.add_argument("--dtypes", type=_str_list, default=["bf16", "fp32"],
+                       metavar="D[,D]", help="payload dtypes (default bf16,fp32)")
+    check.add_argument("--timeout", type=float, default=300.0,
+                       help="watchdog: seconds without progress before ranks are stopped")
+    check.add_argument("--json", action="store_true", help="machine-readable results")
+    check.add_argument("--width", type=int, default=None, help="table width in columns")
+    check.set_defaults(func=cmd_check)
     return parser
 
 

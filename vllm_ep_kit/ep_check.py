@@ -150,3 +150,97 @@ def rank_agrs_check(ctx, cases: list[RoutingCase]) -> list[CaseResult]:
             seconds=time.perf_counter() - start))
         ctx.heartbeat()
     return results
+
+
+# ----------------------------------------------------------------- the check command
+
+CHECKABLE_BACKENDS = ("allgather_reducescatter",)
+
+
+class CheckArgumentError(ValueError):
+    """A bad ``check`` argument; the message names it."""
+
+
+@dataclass(frozen=True)
+class CheckPlan:
+    layouts: tuple[ParallelLayout, ...]
+    skipped: tuple[tuple[str, str], ...]  # (layout, reason) not run
+    backends: tuple[str, ...]
+    dtypes: tuple[str, ...]
+    device_backend: str  # "gloo" or "nccl"
+
+
+def make_plan(world_sizes: list[int], tps: list[int], backends: list[str] | None,
+              dtypes: list[str], gpu_count: int, usable: list[str]) -> CheckPlan:
+    """Validate ``check``'s arguments and decide what to run."""
+    from vllm_ep_kit.backends import BACKENDS
+    from vllm_ep_kit.reference.moe import DTYPES
+
+    known = [b.name for b in BACKENDS]
+    for name in backends or []:
+        if name not in known:
+            raise CheckArgumentError(f"--backends: unknown backend {name!r}; expected one of "
+                                     f"{', '.join(known)}")
+    for dtype in dtypes:
+        if dtype not in DTYPES:
+            raise CheckArgumentError(f"--dtypes: unknown dtype {dtype!r}; expected one of "
+                                     f"{', '.join(DTYPES)}")
+    for size in world_sizes:
+        if size < 2:
+            raise CheckArgumentError(f"--world-sizes: {size} is too small; all-to-all needs "
+                                     "at least 2 ranks")
+        if gpu_count and size > gpu_count:
+            raise CheckArgumentError(f"--world-sizes: {size} ranks but only {gpu_count} GPUs "
+                                     "visible (one rank per GPU)")
+    layouts, skipped = [], []
+    for size in world_sizes:
+        for tp in tps:
+            if tp < 1 or size % tp:
+                raise CheckArgumentError(f"--tp: world size {size} is not divisible by tp={tp}")
+            layout = ParallelLayout.for_world(size, tp=tp)
+            why = agrs_applicable(layout)
+            (skipped.append((layout.describe(), why)) if why else layouts.append(layout))
+    chosen = list(backends) if backends else [b for b in usable if b in CHECKABLE_BACKENDS]
+    for name in chosen:
+        if name not in usable:
+            raise CheckArgumentError(f"--backends: {name} is not usable on this machine "
+                                     "(see `vllm-ep-kit doctor`)")
+    runnable = tuple(b for b in chosen if b in CHECKABLE_BACKENDS)
+    for name in chosen:
+        if name not in CHECKABLE_BACKENDS:
+            skipped.append(("*", f"{name}: dispatch/combine check not implemented yet"))
+    return CheckPlan(layouts=tuple(layouts), skipped=tuple(skipped), backends=runnable,
+                     dtypes=tuple(dtypes), device_backend="nccl" if gpu_count else "gloo")
+
+
+def run_check(plan: CheckPlan, on_result=None, on_start=None,
+              timeout_s: float = 300.0) -> list[CaseResult]:
+    """Run the plan; call ``on_start(layout, n_cases)`` and ``on_result(result)`` as it goes.
+
+    A case passes only if it passed on every rank; the reported error is the
+    largest over ranks.
+    """
+    from vllm_ep_kit.testing import run_ranks
+
+    merged_all = []
+    for backend in plan.backends:
+        for layout in plan.layouts:
+            cases = plan_cases(layout, plan.dtypes)
+            if on_start:
+                on_start(backend, layout, len(cases))
+            per_rank = run_ranks(rank_agrs_check, layout.world_size, cases,
+                                 backend=plan.device_backend, layout=layout,
+                                 all2all_backend=backend, timeout_s=timeout_s)
+            for i in range(len(cases)):
+                rows = [results[i] for results in per_rank]
+                merged = CaseResult(
+                    backend=backend, layout=rows[0].layout, dtype=rows[0].dtype,
+                    tokens=rows[0].tokens,
+                    dispatch_exact=all(r.dispatch_exact for r in rows),
+                    max_error=max(r.max_error for r in rows),
+                    passed=all(r.passed for r in rows),
+                    seconds=max(r.seconds for r in rows))
+                merged_all.append(merged)
+                if on_result:
+                    on_result(merged)
+    return merged_all

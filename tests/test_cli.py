@@ -1,0 +1,69 @@
+"""The command line: argument errors name the argument; doctor and check produce data."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from vllm_ep_kit.ep_check import CheckArgumentError, make_plan
+
+USABLE = ["allgather_reducescatter", "naive"]
+
+
+def cli(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "vllm_ep_kit.cli", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"tps": [3]}, "--tp: world size 2 is not divisible by tp=3"),
+    ({"backends": ["nope"]}, "--backends: unknown backend 'nope'"),
+    ({"dtypes": ["int3"]}, "--dtypes: unknown dtype 'int3'"),
+    ({"world_sizes": [8], "gpu_count": 4}, "--world-sizes: 8 ranks but only 4 GPUs visible"),
+    ({"world_sizes": [1]}, "--world-sizes: 1 is too small"),
+    ({"backends": ["flashinfer_nvlink_one_sided"]},
+     "--backends: flashinfer_nvlink_one_sided is not usable on this machine"),
+])
+def test_check_argument_errors_name_the_argument(kwargs, message):
+    args = {"world_sizes": [2], "tps": [1], "backends": None, "dtypes": ["bf16"],
+            "gpu_count": 0, "usable": USABLE} | kwargs
+    with pytest.raises(CheckArgumentError, match=message.replace("(", r"\(")):
+        make_plan(args["world_sizes"], args["tps"], args["backends"], args["dtypes"],
+                  gpu_count=args["gpu_count"], usable=args["usable"])
+
+
+def test_plan_lists_layouts_without_all_to_all_as_not_run():
+    plan = make_plan([2, 4], [1, 2], None, ["bf16"], gpu_count=0, usable=USABLE)
+    assert [lay.describe() for lay in plan.layouts] == ["tp=1,dp=2,ep=2", "tp=1,dp=4,ep=4",
+                                                        "tp=2,dp=2,ep=4,sp"]
+    assert plan.skipped == (("tp=2,dp=1,ep=2", "no all-to-all in this layout (DP=1 without "
+                             "sequence parallelism)"),)
+    assert plan.backends == ("allgather_reducescatter",) and plan.device_backend == "gloo"
+
+
+def test_cli_bad_argument_is_one_line_with_exit_2():
+    result = cli("check", "--tp", "3", "--world-sizes", "4")
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("vllm-ep-kit check: error: --tp: world size 4 is not "
+                                     "divisible by tp=3")
+
+
+@pytest.mark.vllm
+def test_cli_check_json_end_to_end():
+    result = cli("check", "--world-sizes", "2", "--tp", "1", "--dtypes", "fp32", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(result.stdout)
+    rows = data["results"]
+    assert len(rows) == 3 and all(r["passed"] and r["dispatch_exact"] for r in rows)
+    assert "[3/3]" in result.stderr  # progress lines go to stderr with --json
+
+
+def test_cli_doctor_json():
+    result = cli("doctor", "--json", timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(result.stdout)
+    assert {c["name"] for c in data["capabilities"]} == {
+        "gpus", "nvlink", "mnnvl_handles", "ptrace", "flashinfer", "vllm"}
+    assert {"torch", "vllm", "flashinfer-python"} <= set(data["versions"])
+    assert any(b["name"] == "flashinfer_nvlink_one_sided" for b in data["backends"])
