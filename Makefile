@@ -20,8 +20,16 @@ check: $(STAMP)
 doctor: $(STAMP)
 	$(BIN)/vllm-ep-kit doctor
 
-test: $(STAMP)
-	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+# An affected vLLM release's sources, for the hotfix tests (docs/patches.md).
+AFFECTED_VLLM := 0.19.1
+AFFECTED_DIR  := .cache/vllm-$(AFFECTED_VLLM)
+AFFECTED_DEPS := diskcache==5.6.3 gguf==0.19.0 openai-harmony==0.0.8
+
+$(AFFECTED_DIR)/VERSION: scripts/fetch_vllm_sources.sh | $(STAMP)
+	bash scripts/fetch_vllm_sources.sh $(AFFECTED_VLLM) $(AFFECTED_DIR) $(AFFECTED_DEPS)
+
+test: $(STAMP) $(AFFECTED_DIR)/VERSION
+	VLLM_EP_KIT_AFFECTED_VLLM=$(CURDIR)/$(AFFECTED_DIR) $(BIN)/python -m pytest tests $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV)

@@ -38,6 +38,19 @@ def _print_doctor(report: dict, console: Console) -> None:
         table.add_row(row["name"], OK if row["usable"] else NO, why)
     console.print(table)
 
+    fixes = Table(title="Hotfixes (vllm.general_plugins)", show_header=True)
+    fixes.add_column("patch")
+    fixes.add_column("status")
+    fixes.add_column("why", overflow="fold")
+    fixes.add_column("upstream")
+    colour = {"applied": "green", "not needed": "dim", "needed": "yellow",
+              "refused": "red", "error": "red"}
+    for row in report["patches"]:
+        status = row["status"]
+        fixes.add_row(row["name"], f"[{colour.get(status, 'white')}]{status}[/]", row["reason"],
+                      row["upstream"])
+    console.print(fixes)
+
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from vllm_ep_kit import doctor

@@ -20,4 +20,16 @@ def collect() -> dict:
         "versions": probes.versions(),
         "capabilities": [c.as_dict() for c in checks],
         "backends": [asdict(b) for b in backends.usability()],
+        "patches": _patch_statuses(),
     }
+
+
+def _patch_statuses() -> list[dict]:
+    """What the hotfix plugin does with the installed vLLM (probed in this process)."""
+    from vllm_ep_kit import patches
+
+    try:
+        return [s.as_dict() for s in patches.apply_all()]
+    except (patches.PatchConfigError, patches.RequiredPatchError) as exc:
+        return [{"name": "(configuration)", "status": "error", "reason": str(exc),
+                 "upstream": "", "affected": ""}]

@@ -50,14 +50,32 @@ def build_manager(kind: str, cpu_group=None):
     return cls(cpu_group if cpu_group is not None else ps.get_ep_group().cpu_group)
 
 
+def one_sided_initialize_kwargs(manager, shape: WorkspaceShape) -> dict:
+    """Arguments for the one-sided ``initialize`` of the installed vLLM.
+
+    vLLM 0.18-0.21 take (max_num_tokens, top_k, num_experts, hidden_size);
+    later releases add the per-token payload sizes.  Pass what it accepts.
+    """
+    import inspect
+
+    accepted = inspect.signature(manager.initialize).parameters
+    values = {"max_num_tokens": shape.max_num_tokens, "top_k": shape.top_k,
+              "num_experts": shape.num_experts, "hidden_size": shape.hidden_size,
+              "x_bytes_per_token": shape.x_bytes_per_token,
+              "x_sf_bytes_per_token": shape.x_sf_bytes_per_token}
+    unknown = [n for n, p in accepted.items()
+               if n not in values and p.default is inspect.Parameter.empty]
+    if unknown:
+        raise TypeError(f"{type(manager).__name__}.initialize needs {unknown}, "
+                        "which this vllm-ep-kit does not know how to supply")
+    return {k: v for k, v in values.items() if k in accepted}
+
+
 def ensure_workspace(manager, kind: str, shape: WorkspaceShape = WorkspaceShape()) -> bool:
     """Make sure the workspace exists, through the manager's own entry point."""
     if check_kind(kind) == "two_sided":
         return bool(manager.ensure_alltoall_workspace_initialized())
-    manager.initialize(max_num_tokens=shape.max_num_tokens, top_k=shape.top_k,
-                       num_experts=shape.num_experts, hidden_size=shape.hidden_size,
-                       x_bytes_per_token=shape.x_bytes_per_token,
-                       x_sf_bytes_per_token=shape.x_sf_bytes_per_token)
+    manager.initialize(**one_sided_initialize_kwargs(manager, shape))
     return bool(manager.initialized)
 
 

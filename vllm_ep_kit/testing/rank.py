@@ -47,6 +47,7 @@ class RankSpec:
     layout: ParallelLayout | None = None  # set: bring up vLLM's parallel state
     all2all_backend: str | None = None
     env: dict[str, str] = field(default_factory=dict)
+    python_path: tuple[str, ...] = ()  # put first on sys.path (e.g. another vLLM's sources)
 
 
 @dataclass
@@ -173,6 +174,10 @@ def rank_main(spec: RankSpec) -> None:
     stacks = open(work / f"rank{spec.rank}.stacks", "w")  # noqa: SIM115 (kept open for the handler)
     faulthandler.register(STACK_DUMP_SIGNAL, file=stacks, all_threads=True, chain=False)
     os.environ.update(spec.env)
+    if spec.python_path:
+        sys.path[:0] = list(spec.python_path)
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            [*spec.python_path, *filter(None, [os.environ.get("PYTHONPATH")])])
     (work / f"rank{spec.rank}.beat").touch()
 
     ctx = RankContext(spec.rank, spec.world_size, spec.rank, spec.backend, spec.workdir,

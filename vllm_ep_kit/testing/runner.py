@@ -134,6 +134,7 @@ def run_ranks(
     all2all_backend: str | None = None,
     master_port: int = 0,
     env: dict[str, str] | None = None,
+    python_path: tuple[str, ...] | list[str] = (),
     **kwargs: Any,
 ) -> list[Any]:
     """Run ``fn(ctx, *args, **kwargs)`` on ``world_size`` ranks; return their values.
@@ -175,7 +176,8 @@ def run_ranks(
             spec = RankSpec(fn=fn, args=args, kwargs=kwargs, rank=rank, world_size=world_size,
                             workdir=workdir, backend=backend, master_addr=rendezvous.host,
                             master_port=rendezvous.port, timeout_s=max(timeout_s, 60.0),
-                            layout=layout, all2all_backend=all2all_backend, env=child_env)
+                            layout=layout, all2all_backend=all2all_backend, env=child_env,
+                            python_path=tuple(str(p) for p in python_path))
             proc = ctx.Process(target=rank_main, args=(spec,), name=f"rank{rank}")
             proc.start()
             live.append(_Live(proc=proc, report=RankReport(rank=rank)))

@@ -1,0 +1,176 @@
+"""Hotfix mnnvl_workspace_ep_group (upstream PR 40893) against real vLLM code.
+
+The pinned vLLM already has the fix: the probe must say "not needed" and the
+plugin must change nothing.  vLLM 0.19.1 (an affected release, its Python
+sources run side by side on the same torch) must be detected, patched, and
+afterwards put the MNNVL workspace on the EP group; with the patch disabled
+the same check must fail.  A worker started through vLLM's own
+``WorkerWrapperBase.init_worker`` must have the patch applied.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from vllm_ep_kit.layout import ParallelLayout
+from vllm_ep_kit.testing import run_ranks
+
+pytestmark = [pytest.mark.vllm, pytest.mark.flashinfer]
+
+PATCH = "mnnvl_workspace_ep_group"
+KINDS = ("two_sided", "one_sided")
+
+
+class RecordingWorker:
+    """Stands in for vLLM's worker class: records what the plugin did in this process."""
+
+    def __init__(self, *args, **kwargs):
+        import os
+
+        from vllm_ep_kit import patches
+        from vllm.distributed.device_communicators import all2all
+
+        RecordingWorker.seen = {
+            "pid": os.getpid(),
+            "statuses": [s.as_dict() for s in patches.statuses() or []],
+            "initialize_patched": {
+                kind: bool(getattr(getattr(all2all, cls).initialize,
+                                   "__vllm_ep_kit_ep_group__", False))
+                for kind, cls in (("two_sided", "FlashInferNVLinkTwoSidedManager"),
+                                  ("one_sided", "FlashInferNVLinkOneSidedManager"))},
+        }
+
+
+def rank_patch_and_check(ctx, apply_plugin):
+    """Plugin (as vLLM loads it) then the EP-group check of both managers."""
+    import vllm
+
+    from tests.distributed.test_mnnvl_alltoall import recorded_lifecycle
+    from vllm_ep_kit import patches
+
+    statuses = [s.as_dict() for s in patches.apply_all()] if apply_plugin else []
+    findings = {kind: recorded_lifecycle(kind, ("ensure",))["findings"] for kind in KINDS}
+    return {"vllm": vllm.__version__, "statuses": statuses, "findings": findings}
+
+
+def rank_worker_init(ctx):
+    """Start a worker through vLLM's own init path, which loads general plugins."""
+    import os
+
+    from vllm.v1.worker.worker_base import WorkerWrapperBase
+
+    import types
+
+    config = ctx.vllm_config
+    config.parallel_config.worker_cls = f"{__name__}.RecordingWorker"
+    # No model here: init_worker reads only whether multimodal caching is on.
+    object.__setattr__(config, "model_config", types.SimpleNamespace(multimodal_config=None))
+    wrapper = WorkerWrapperBase(rpc_rank=0)
+    wrapper.init_worker([{"vllm_config": config}])
+    assert RecordingWorker.seen["pid"] == os.getpid()
+    return RecordingWorker.seen
+
+
+def test_not_needed_on_pinned_vllm_and_nothing_changes():
+    code = ("import json; from vllm.distributed.device_communicators import all2all as a;"
+            "before = (a.FlashInferNVLinkTwoSidedManager.initialize,"
+            " a.FlashInferNVLinkOneSidedManager.initialize);"
+            "from vllm_ep_kit import patches; st = patches.apply_all();"
+            "after = (a.FlashInferNVLinkTwoSidedManager.initialize,"
+            " a.FlashInferNVLinkOneSidedManager.initialize);"
+            "print(json.dumps({'st': [s.as_dict() for s in st], 'same': before == after}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    data = json.loads(out.stdout.strip().splitlines()[-1])
+    status = next(s for s in data["st"] if s["name"] == PATCH)
+    assert status["status"] == "not needed", status
+    assert data["same"]
+
+
+@pytest.mark.parametrize("apply_plugin", [True, False], ids=["patched", "patch-disabled"])
+def test_affected_release_is_detected_and_fixed(affected_vllm_path, apply_plugin):
+    layout = ParallelLayout(tp=2, dp=2)
+    results = run_ranks(rank_patch_and_check, 4, apply_plugin, backend="gloo", layout=layout,
+                        python_path=affected_vllm_path, timeout_s=300)
+    for rank, result in enumerate(results):
+        assert result["vllm"] == "0.19.1"
+        if apply_plugin:
+            status = next(s for s in result["statuses"] if s["name"] == PATCH)
+            assert status["status"] == "applied", status
+            assert "DP group in: one_sided, two_sided" in status["reason"]
+            assert result["findings"] == {kind: [] for kind in KINDS}, f"rank {rank}"
+        else:  # the same check fails without the patch: the bug is real here
+            for kind in KINDS:
+                assert any("workspace has 2 rows" in f for f in result["findings"][kind])
+
+
+def test_disabled_by_env_reports_needed(affected_vllm_path, monkeypatch):
+    monkeypatch.setenv("VLLM_EP_KIT_PATCHES_DISABLE", PATCH)
+    layout = ParallelLayout(tp=2, dp=2)
+    results = run_ranks(rank_patch_and_check, 4, True, backend="gloo", layout=layout,
+                        python_path=affected_vllm_path, timeout_s=300)
+    status = next(s for s in results[0]["statuses"] if s["name"] == PATCH)
+    assert status["status"] == "needed" and "disabled by configuration" in status["reason"]
+    assert results[0]["findings"]["two_sided"]
+
+
+def test_spawned_vllm_worker_has_the_patch(affected_vllm_path):
+    layout = ParallelLayout(tp=1, dp=2)
+    results = run_ranks(rank_worker_init, 2, backend="gloo", layout=layout,
+                        python_path=affected_vllm_path, timeout_s=300)
+    for seen in results:
+        status = next(s for s in seen["statuses"] if s["name"] == PATCH)
+        assert status["status"] == "applied"
+        assert seen["initialize_patched"] == {"two_sided": True, "one_sided": True}
+    assert len({seen["pid"] for seen in results}) == 2  # each worker process on its own
+
+
+@pytest.mark.parametrize(("variable", "value", "message"), [
+    ("VLLM_EP_KIT_PATCHES_DISABLE", "no_such_patch",
+     "VLLM_EP_KIT_PATCHES_DISABLE: unknown patch name(s) no_such_patch; known: "),
+    ("VLLM_EP_KIT_PATCHES_REQUIRE", "mnnvl_workspace_ep_group,typo",
+     "VLLM_EP_KIT_PATCHES_REQUIRE: unknown patch name(s) typo; known: "),
+])
+def test_bad_configuration_is_a_clear_error(variable, value, message):
+    code = "from vllm_ep_kit import patches; patches.register()"
+    env = {**__import__("os").environ, variable: value}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert out.returncode != 0
+    assert "PatchConfigError: " + message in out.stderr
+
+
+def test_conflicting_disable_and_require_is_an_error():
+    code = "from vllm_ep_kit import patches; patches.register()"
+    env = {**__import__("os").environ,
+           "VLLM_EP_KIT_PATCHES_REQUIRE": PATCH, "VLLM_EP_KIT_PATCHES_DISABLE": PATCH}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert out.returncode != 0
+    assert "both name mnnvl_workspace_ep_group" in out.stderr
+
+
+def test_required_patch_that_is_refused_fails_fast(monkeypatch):
+    """A required patch whose probe meets unknown vLLM code stops the process."""
+    from vllm_ep_kit import patches
+    from vllm_ep_kit.patches.base import Patch, UnrecognisedShape
+
+    class UnknownShape(Patch):
+        name = "unknown_shape"
+
+        def probe(self):
+            raise UnrecognisedShape("manager class has no initialize()")
+
+    monkeypatch.setattr(patches, "all_patches", lambda: [UnknownShape()])
+    monkeypatch.setenv("VLLM_EP_KIT_PATCHES_REQUIRE", "unknown_shape")
+    with pytest.raises(patches.RequiredPatchError,
+                       match="required patch unknown_shape is refused: unrecognised vLLM "
+                             "code: manager class has no initialize"):
+        patches.apply_all(force=True)
+    monkeypatch.delenv("VLLM_EP_KIT_PATCHES_REQUIRE")
+    assert patches.apply_all(force=True)[0].status == "refused"  # logged, nothing patched

@@ -1,0 +1,83 @@
+"""What every hotfix is: a behavioural probe, an apply step, and a verdict.
+
+A patch never trusts a version string.  ``probe()`` exercises the installed
+vLLM code and answers "bug present", "bug absent", or raises
+:class:`UnrecognisedShape` when the code is not what the patch knows; only a
+present bug is patched, and the probe is run again afterwards to verify the
+fix took (else the patch is undone and refused).  Depends on vLLM only.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+logger = logging.getLogger("vllm_ep_kit.patches")
+
+NOT_NEEDED = "not needed"
+APPLIED = "applied"
+NEEDED = "needed"  # bug present, patch disabled by configuration
+REFUSED = "refused"  # bug status unknown or fix could not be verified: nothing changed
+DISABLED = "disabled"
+
+
+class UnrecognisedShape(Exception):
+    """The installed vLLM code differs from what the patch was written for."""
+
+
+@dataclass
+class PatchStatus:
+    name: str
+    status: str
+    reason: str
+    upstream: str
+    affected: str
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class Patch:
+    """Subclass and fill in the class attributes and the three methods."""
+
+    name: str = ""
+    summary: str = ""
+    upstream: str = ""  # upstream PR
+    affected: str = ""  # releases found affected (see docs/patches.md)
+
+    def probe(self) -> tuple[bool, str]:
+        """(bug present?, what was observed).  May raise UnrecognisedShape."""
+        raise NotImplementedError
+
+    def apply(self) -> None:
+        raise NotImplementedError
+
+    def revert(self) -> None:
+        raise NotImplementedError
+
+    def status(self, value: str, reason: str) -> PatchStatus:
+        return PatchStatus(self.name, value, reason, self.upstream, self.affected)
+
+    def run(self, enabled: bool) -> PatchStatus:
+        """Probe, apply when needed and enabled, verify.  Never raises for the bug itself."""
+        try:
+            present, observed = self.probe()
+        except UnrecognisedShape as exc:
+            logger.warning("vllm-ep-kit patch %s: not applied, unrecognised vLLM code: %s",
+                           self.name, exc)
+            return self.status(REFUSED, f"unrecognised vLLM code: {exc}")
+        if not present:
+            return self.status(NOT_NEEDED, observed)
+        if not enabled:
+            return self.status(NEEDED, f"{observed}; disabled by configuration")
+        self.apply()
+        try:
+            still, after = self.probe()
+        except UnrecognisedShape as exc:
+            still, after = True, f"probe failed after patching: {exc}"
+        if still:
+            self.revert()
+            logger.warning("vllm-ep-kit patch %s: fix did not verify (%s); reverted",
+                           self.name, after)
+            return self.status(REFUSED, f"fix did not verify: {after}")
+        return self.status(APPLIED, f"{observed}; after patch: {after}")
