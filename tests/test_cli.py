@@ -67,5 +67,6 @@ def test_cli_doctor_json():
         "gpus", "nvlink", "mnnvl_handles", "ptrace", "flashinfer", "vllm"}
     assert {"torch", "vllm", "flashinfer-python"} <= set(data["versions"])
     assert any(b["name"] == "flashinfer_nvlink_one_sided" for b in data["backends"])
-    assert [p["name"] for p in data["patches"]] == ["mnnvl_workspace_ep_group"]
-    assert data["patches"][0]["status"] in ("not needed", "refused")
+    assert [p["name"] for p in data["patches"]] == ["mnnvl_workspace_ep_group",
+                                                    "two_sided_dispatch_x_sf_guard"]
+    assert all(p["status"] == "not needed" for p in data["patches"])  # the pin has both fixes

@@ -32,8 +32,11 @@ class RequiredPatchError(RuntimeError):
 
 def all_patches() -> list[Patch]:
     from vllm_ep_kit.patches.vllm.distributed.device_communicators import all2all
+    from vllm_ep_kit.patches.vllm.model_executor.layers.fused_moe.prepare_finalize import (
+        flashinfer_nvlink_two_sided,
+    )
 
-    return list(all2all.PATCHES)
+    return [*all2all.PATCHES, *flashinfer_nvlink_two_sided.PATCHES]
 
 
 def _names_from_env(variable: str, known: list[str]) -> set[str]:

@@ -9,6 +9,7 @@ fix took (else the patch is undone and refused).  Depends on vLLM only.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -81,3 +82,20 @@ class Patch:
                            self.name, after)
             return self.status(REFUSED, f"fix did not verify: {after}")
         return self.status(APPLIED, f"{observed}; after patch: {after}")
+
+
+@contextlib.contextmanager
+def swapped(owner, **names):
+    """Temporarily replace attributes of a module or class (restored on exit)."""
+    missing = object()
+    saved = {name: getattr(owner, name, missing) for name in names}
+    for name, value in names.items():
+        setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is missing:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, value)

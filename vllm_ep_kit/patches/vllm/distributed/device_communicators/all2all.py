@@ -30,29 +30,13 @@ over gloo: the EP-group check fails without the patch and passes with it).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import types
 
 from vllm_ep_kit.mnnvl_managers import MANAGER_CLASSES, WorkspaceShape, one_sided_initialize_kwargs
-from vllm_ep_kit.patches.base import Patch, UnrecognisedShape
+from vllm_ep_kit.patches.base import Patch, UnrecognisedShape, swapped
 
 _PATCHED_ATTR = "__vllm_ep_kit_ep_group__"
-
-
-@contextlib.contextmanager
-def _swapped(module, **names):
-    saved = {name: getattr(module, name) for name in names if hasattr(module, name)}
-    for name, value in names.items():
-        setattr(module, name, value)
-    try:
-        yield
-    finally:
-        for name in names:
-            if name in saved:
-                setattr(module, name, saved[name])
-            else:
-                delattr(module, name)
 
 
 class _Recorder:
@@ -127,9 +111,9 @@ def observed_mnnvl_group(kind: str) -> str:
                         MoeAlltoAll=rec.MoeAlltoAll, dist=fake_dist,
                         moe_a2a_get_workspace_size_per_rank=lambda *a, **k: 0)
     try:
-        with _swapped(all2all, **module_names), \
-                _swapped(mnnvl_compat, CustomCommunicator=rec.Communicator), \
-                _swapped(torch.accelerator, empty_cache=lambda: None):
+        with swapped(all2all, **module_names), \
+                swapped(mnnvl_compat, CustomCommunicator=rec.Communicator), \
+                swapped(torch.accelerator, empty_cache=lambda: None):
             if kind == "two_sided":
                 manager.initialize(world_size=2, rank=0, gpus_per_node=2)
             else:
@@ -175,7 +159,7 @@ class MnnvlWorkspaceOnEpGroup(Patch):
             @functools.wraps(original)
             def initialize(self, *args, _original=original, **kwargs):
                 own = types.SimpleNamespace(cpu_group=self.cpu_group)
-                with _swapped(all2all, get_dp_group=lambda: own):
+                with swapped(all2all, get_dp_group=lambda: own):
                     return _original(self, *args, **kwargs)
 
             setattr(initialize, _PATCHED_ATTR, True)

@@ -1,0 +1,86 @@
+"""Hotfix two_sided_dispatch_x_sf_guard (upstream PR 41299) against real vLLM code.
+
+vLLM 0.19.1's real ``flashinfer_alltoall_dispatch`` with its real input
+quantisation (no quantisation: no scales) and FlashInfer's two-sided kernels
+replaced by a payload recorder: without the patch ``None`` reaches the
+all-to-all; with it only the activations travel and ``x_sf`` comes back None.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from vllm_ep_kit.testing import run_ranks
+
+pytestmark = [pytest.mark.vllm, pytest.mark.flashinfer]
+
+PATCH = "two_sided_dispatch_x_sf_guard"
+
+
+def rank_dispatch_without_scales(ctx, apply_plugin):
+    import importlib
+    import types
+
+    import torch
+    import vllm
+
+    from vllm_ep_kit import patches
+    from vllm_ep_kit.patches.base import swapped
+    from vllm_ep_kit.patches.vllm.model_executor.layers.fused_moe.prepare_finalize import (
+        flashinfer_nvlink_two_sided as fix,
+    )
+
+    statuses = {s.name: s.status for s in patches.apply_all()} if apply_plugin else {}
+    module = importlib.import_module(fix.MODULE)
+    recorder = fix._PayloadRecorder()
+    manager = types.SimpleNamespace(ensure_alltoall_workspace_initialized=lambda: True,
+                                    rank=0, world_size=2, workspace_tensor=None,
+                                    prepare_workspace_tensor=None)
+    quant = types.SimpleNamespace(quant_dtype=None, per_act_token_quant=False,
+                                  block_shape=None, is_scale_swizzled=False, mx_alignment=None)
+    x = torch.randn(3, 16, dtype=torch.bfloat16)
+    outcome = {"vllm": vllm.__version__, "statuses": statuses}
+    with swapped(fix._flashinfer_alltoall_module(), MnnvlMoe=recorder.MnnvlMoe):
+        try:
+            result = module.flashinfer_alltoall_dispatch(
+                manager, [3, 3], x, None, torch.zeros(3, 2, dtype=torch.int32),
+                torch.full((3, 2), 0.5), 2, 4, quant)
+            outcome["error"] = ""
+            outcome["x_equal"] = bool(torch.equal(result[3], x))
+            outcome["x_sf"] = None if result[4] is None else "tensor"
+        except TypeError as exc:
+            outcome["error"] = str(exc)
+    outcome["payloads"] = ["none" if p is None else "tensor" for p in recorder.payloads]
+    return outcome
+
+
+@pytest.mark.parametrize("apply_plugin", [True, False], ids=["patched", "patch-disabled"])
+def test_affected_release_sends_no_scale_payload_when_patched(affected_vllm_path, apply_plugin):
+    (result,) = run_ranks(rank_dispatch_without_scales, 1, apply_plugin, backend="gloo",
+                          python_path=affected_vllm_path, timeout_s=300)
+    assert result["vllm"] == "0.19.1"
+    if apply_plugin:
+        assert result["statuses"][PATCH] == "applied"
+        assert result["error"] == ""
+        assert result["payloads"] == ["tensor"]  # activations only, no scale all-to-all
+        assert result["x_equal"] and result["x_sf"] is None
+    else:  # the bug, reproduced: None handed to FlashInfer's all-to-all
+        assert result["payloads"] == ["tensor", "none"]
+        assert "got None as its payload" in result["error"]
+
+
+def test_not_needed_on_pinned_vllm():
+    code = ("import json; from vllm_ep_kit import patches;"
+            "from vllm.model_executor.layers.fused_moe.prepare_finalize import "
+            "flashinfer_nvlink_two_sided as m; before = m.flashinfer_alltoall_dispatch;"
+            "st = {s.name: s.status for s in patches.apply_all()};"
+            "print(json.dumps({'st': st, 'same': before is m.flashinfer_alltoall_dispatch}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    data = json.loads(out.stdout.strip().splitlines()[-1])
+    assert data["st"][PATCH] == "not needed" and data["same"]

@@ -1,0 +1,1 @@
+"""Mirrors vLLM's package path; one module per patched upstream module."""

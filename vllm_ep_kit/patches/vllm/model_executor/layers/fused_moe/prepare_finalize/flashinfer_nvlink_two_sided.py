@@ -1,0 +1,160 @@
+"""Hotfix for ``vllm/model_executor/layers/fused_moe/prepare_finalize/flashinfer_nvlink_two_sided.py``.
+
+Symptom: with ``--all2all-backend flashinfer_nvlink_two_sided`` and a MoE
+whose input quantisation yields no activation scales (``x_sf is None``, e.g.
+unquantised activations), the first dispatch fails inside FlashInfer's
+``MnnvlMoe.mnnvl_moe_alltoallv``, which is handed ``None`` as its payload.
+
+Root cause: ``flashinfer_alltoall_dispatch`` sends ``x_sf`` through a second
+all-to-all (and, for NVFP4, swizzles it) without checking that it exists.
+
+Upstream: vllm-project/vllm PR 41299 (the ``x_sf`` guard landed with the
+sequence-parallel MoE change).  Affected releases: see docs/patches.md.
+
+Detection (behavioural): the installed ``flashinfer_alltoall_dispatch`` runs
+with a stub manager, input quantisation answering "no scales", and FlashInfer's
+``MnnvlMoe`` replaced by a recorder of all-to-all payloads; the bug is present
+if ``None`` reaches an all-to-all.
+
+Fix: while ``flashinfer_alltoall_dispatch`` runs, FlashInfer's
+``MnnvlMoe.mnnvl_moe_alltoallv`` returns ``None`` for a ``None`` payload
+(nothing to send) and behaves as before otherwise.  The NVFP4 swizzle needs no
+guard in these releases: on the non-deferred path NVFP4 quantisation always
+returns scales.
+
+Proof: ``tests/patches/test_flashinfer_two_sided_x_sf.py``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import inspect
+import types
+
+from vllm_ep_kit.patches.base import Patch, UnrecognisedShape, swapped
+
+MODULE = "vllm.model_executor.layers.fused_moe.prepare_finalize.flashinfer_nvlink_two_sided"
+FUNCTION = "flashinfer_alltoall_dispatch"
+_PATCHED_ATTR = "__vllm_ep_kit_x_sf_guard__"
+
+
+def _flashinfer_alltoall_module():
+    return importlib.import_module("flashinfer.comm.trtllm_alltoall")
+
+
+def none_passthrough(mnnvl_moe_cls):
+    """``mnnvl_moe_cls`` whose ``mnnvl_moe_alltoallv(None, ...)`` returns None."""
+    original = mnnvl_moe_cls.mnnvl_moe_alltoallv
+
+    class GuardedMnnvlMoe(mnnvl_moe_cls):
+        @staticmethod
+        def mnnvl_moe_alltoallv(x, *args, **kwargs):
+            return None if x is None else original(x, *args, **kwargs)
+
+    return GuardedMnnvlMoe
+
+
+class _PayloadRecorder:
+    """FlashInfer's two-sided kernels, replaced: records each all-to-all payload."""
+
+    def __init__(self):
+        self.payloads = []
+        recorder = self
+
+        class MnnvlMoe:
+            @staticmethod
+            def mnnvl_moe_alltoallv_prepare_without_allgather(topk_ids, topk_weights, *args,
+                                                              **kwargs):
+                return object(), topk_ids, topk_weights, None
+
+            @staticmethod
+            def mnnvl_moe_alltoallv(x, *args, **kwargs):
+                recorder.payloads.append(x)
+                if x is None:
+                    raise TypeError("mnnvl_moe_alltoallv() got None as its payload")
+                return x
+
+        self.MnnvlMoe = MnnvlMoe
+
+
+def scale_payloads_when_no_scales() -> list[str]:
+    """Payload kinds the installed dispatch sends when quantisation gives no scales."""
+    import torch
+
+    try:
+        module = importlib.import_module(MODULE)
+        fi = _flashinfer_alltoall_module()
+    except Exception as exc:  # noqa: BLE001
+        raise UnrecognisedShape(f"cannot import {MODULE} or FlashInfer: {exc}") from exc
+    dispatch = getattr(module, FUNCTION, None)
+    if dispatch is None or not hasattr(module, "moe_kernel_quantize_input"):
+        raise UnrecognisedShape(f"{MODULE} has no {FUNCTION} / moe_kernel_quantize_input")
+    rec = _PayloadRecorder()
+    manager = types.SimpleNamespace(ensure_alltoall_workspace_initialized=lambda: True,
+                                    rank=0, world_size=2, workspace_tensor=None,
+                                    prepare_workspace_tensor=None)
+    quant = types.SimpleNamespace(quant_dtype=None, per_act_token_quant=False, block_shape=None,
+                                  is_scale_swizzled=False, mx_alignment=None)
+    values = dict(all2all_manager=manager, global_num_tokens_cpu=[2, 2],
+                  x=torch.zeros(2, 8), gs=None, topk_ids=torch.zeros(2, 2, dtype=torch.int32),
+                  topk_weights=torch.zeros(2, 2), top_k=2, num_experts=4, quant_config=quant)
+    params = inspect.signature(dispatch).parameters
+    required = [n for n, p in params.items() if p.default is inspect.Parameter.empty]
+    unknown = [n for n in required if n not in values]
+    if unknown:
+        raise UnrecognisedShape(f"{FUNCTION} takes {unknown}, which the probe does not know")
+    kwargs = {n: v for n, v in values.items() if n in params}
+    try:
+        with swapped(fi, MnnvlMoe=rec.MnnvlMoe), \
+                swapped(module, moe_kernel_quantize_input=lambda x, *a, **k: (x, None)):
+            dispatch(**kwargs)
+    except TypeError as exc:
+        if "got None as its payload" not in str(exc):
+            raise UnrecognisedShape(f"{FUNCTION} failed under the probe: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001
+        raise UnrecognisedShape(f"{FUNCTION} failed under the probe: "
+                                f"{type(exc).__name__}: {exc}") from exc
+    return ["none" if p is None else "tensor" for p in rec.payloads]
+
+
+class TwoSidedDispatchXsfGuard(Patch):
+    name = "two_sided_dispatch_x_sf_guard"
+    summary = "FlashInfer two-sided dispatch: no scale all-to-all when x_sf is None"
+    upstream = "vllm-project/vllm#41299"
+    affected = "0.18.0 - 0.21.0 (probe results in docs/patches.md)"
+
+    def probe(self) -> tuple[bool, str]:
+        for package in ("vllm", "flashinfer"):
+            if importlib.util.find_spec(package) is None:
+                return False, f"{package} not installed: the two-sided backend cannot run"
+        payloads = scale_payloads_when_no_scales()
+        if "none" in payloads:
+            return True, "with no activation scales, None was sent through an all-to-all"
+        return False, f"with no activation scales, dispatch sent only {payloads}"
+
+    def apply(self) -> None:
+        module = importlib.import_module(MODULE)
+        original = getattr(module, FUNCTION)
+        if getattr(original, _PATCHED_ATTR, False):
+            return
+
+        @functools.wraps(original)
+        def guarded(*args, **kwargs):
+            fi = _flashinfer_alltoall_module()
+            with swapped(fi, MnnvlMoe=none_passthrough(fi.MnnvlMoe)):
+                return original(*args, **kwargs)
+
+        setattr(guarded, _PATCHED_ATTR, True)
+        guarded.__vllm_ep_kit_original__ = original
+        setattr(module, FUNCTION, guarded)
+
+    def revert(self) -> None:
+        module = importlib.import_module(MODULE)
+        current = getattr(module, FUNCTION)
+        if getattr(current, _PATCHED_ATTR, False):
+            setattr(module, FUNCTION, current.__vllm_ep_kit_original__)
+
+
+PATCHES = [TwoSidedDispatchXsfGuard()]
