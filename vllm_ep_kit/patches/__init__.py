@@ -31,12 +31,15 @@ class RequiredPatchError(RuntimeError):
 
 
 def all_patches() -> list[Patch]:
-    from vllm_ep_kit.patches.vllm.distributed.device_communicators import all2all
+    from vllm_ep_kit.patches.vllm.distributed.device_communicators import (
+        all2all,
+        cuda_communicator,
+    )
     from vllm_ep_kit.patches.vllm.model_executor.layers.fused_moe.prepare_finalize import (
         flashinfer_nvlink_two_sided,
     )
 
-    return [*all2all.PATCHES, *flashinfer_nvlink_two_sided.PATCHES]
+    return [*all2all.PATCHES, *flashinfer_nvlink_two_sided.PATCHES, *cuda_communicator.PATCHES]
 
 
 def _names_from_env(variable: str, known: list[str]) -> set[str]:

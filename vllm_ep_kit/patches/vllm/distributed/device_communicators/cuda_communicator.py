@@ -1,0 +1,134 @@
+"""Hotfix for ``vllm/distributed/device_communicators/cuda_communicator.py``: clear reduce_scatterv asserts.
+
+Symptom: a DP/EP size mismatch in the MoE combine (``reduce_scatterv``) stops
+the server with a bare ``AssertionError`` (or ``3 == 2``), saying neither which
+sizes disagree nor on which rank.
+
+Root cause: ``CudaCommunicator.reduce_scatterv`` checks ``len(sizes) ==
+world_size``, ``rows == sum(sizes)`` and ``rows % world_size == 0`` with asserts
+that carry no (or no useful) message.
+
+Upstream: vllm-project/vllm PR 41299 ("reduce_scatterv asserts now say which
+sizes disagree").  Still bare in 0.32.0 (probe result in docs/patches.md).
+
+Detection (behavioural): ``reduce_scatterv`` of the installed class runs on a
+bare communicator (2 ranks, NCCL replaced by a stub that must not be reached)
+with sizes that do not add up; the bug is present if the AssertionError's
+message does not name the sizes and the row count.
+
+Fix: the same three checks run first with messages that state the sizes, the
+row count, the world size and the rank; then the original method runs.
+Still ``AssertionError``, so callers that catch it behave as before.
+
+Proof: ``tests/patches/test_cuda_communicator_asserts.py``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import inspect
+import types
+
+from vllm_ep_kit.patches.base import Patch, UnrecognisedShape
+
+MODULE = "vllm.distributed.device_communicators.cuda_communicator"
+METHODS = ("reduce_scatterv", "reduce_scatterv_into_output")
+_PATCHED_ATTR = "__vllm_ep_kit_rs_asserts__"
+
+
+def check_reduce_scatterv_sizes(input_, dim: int, sizes, world_size: int, rank: int) -> None:
+    """Raise AssertionError naming what disagrees (same conditions as vLLM's asserts)."""
+    if dim < 0:
+        dim += input_.dim()
+    rows = input_.movedim(0, dim).shape[0]  # the row count vLLM's code checks
+    where = f"reduce_scatterv on rank {rank} of {world_size} (dim={dim})"
+    if sizes is not None:
+        if len(sizes) != world_size:
+            raise AssertionError(f"{where}: got {len(sizes)} sizes {list(sizes)}, "
+                                 f"need one per rank ({world_size})")
+        if rows != sum(sizes):
+            raise AssertionError(f"{where}: sizes {list(sizes)} sum to {sum(sizes)} but the "
+                                 f"input has {rows} rows")
+    elif rows % world_size:
+        raise AssertionError(f"{where}: {rows} input rows do not split evenly over "
+                             f"{world_size} ranks and no sizes were given")
+
+
+def _bare_communicator(cls):
+    comm = cls.__new__(cls)
+
+    def unreachable(*args, **kwargs):
+        raise RuntimeError("probe reached NCCL")
+
+    stub = types.SimpleNamespace(disabled=False, reduce_scatter=unreachable,
+                                 reduce_scatterv=unreachable)
+    comm.__dict__.update(world_size=2, rank=0, rank_in_group=0, pynccl_comm=stub,
+                         ca_comm=None, qr_comm=None, symm_mem_comm=None, aiter_ar_comm=None,
+                         use_custom_op_call=False)
+    return comm
+
+
+def assertion_message_for_bad_sizes() -> str:
+    import torch
+
+    try:
+        cls = importlib.import_module(MODULE).CudaCommunicator
+    except Exception as exc:  # noqa: BLE001
+        raise UnrecognisedShape(f"cannot import {MODULE}: {exc}") from exc
+    try:
+        cls.reduce_scatterv(_bare_communicator(cls), torch.zeros(12, 4), 0, [3, 8])
+    except AssertionError as exc:
+        return str(exc)
+    except Exception as exc:  # noqa: BLE001
+        raise UnrecognisedShape(f"reduce_scatterv under the probe raised "
+                                f"{type(exc).__name__}: {exc}") from exc
+    raise UnrecognisedShape("reduce_scatterv accepted sizes that do not add up")
+
+
+class ReduceScattervAsserts(Patch):
+    name = "reduce_scatterv_asserts"
+    summary = "reduce_scatterv: assertion messages that state the sizes that disagree"
+    upstream = "vllm-project/vllm#41299"
+    affected = "every release probed, 0.18.0 - 0.32.0 (docs/patches.md)"
+
+    def probe(self) -> tuple[bool, str]:
+        if importlib.util.find_spec("vllm") is None:
+            return False, "vllm not installed"
+        message = assertion_message_for_bad_sizes()
+        if "[3, 8]" in message and "12" in message:
+            return False, f"the AssertionError names the sizes: {message!r}"
+        return True, f"sizes [3, 8] vs 12 rows gave AssertionError({message!r})"
+
+    def apply(self) -> None:
+        cls = importlib.import_module(MODULE).CudaCommunicator
+        for method in METHODS:
+            original = getattr(cls, method, None)
+            if original is None or getattr(original, _PATCHED_ATTR, False):
+                continue
+
+            signature = inspect.signature(original)
+
+            @functools.wraps(original)
+            def checked(self, *args, _original=original, _signature=signature, **kwargs):
+                bound = _signature.bind(self, *args, **kwargs)
+                bound.apply_defaults()
+                check_reduce_scatterv_sizes(bound.arguments["input_"], bound.arguments["dim"],
+                                            bound.arguments["sizes"], self.world_size,
+                                            self.rank_in_group)
+                return _original(self, *args, **kwargs)
+
+            setattr(checked, _PATCHED_ATTR, True)
+            checked.__vllm_ep_kit_original__ = original
+            setattr(cls, method, checked)
+
+    def revert(self) -> None:
+        cls = importlib.import_module(MODULE).CudaCommunicator
+        for method in METHODS:
+            current = getattr(cls, method, None)
+            if current is not None and getattr(current, _PATCHED_ATTR, False):
+                setattr(cls, method, current.__vllm_ep_kit_original__)
+
+
+PATCHES = [ReduceScattervAsserts()]
