@@ -131,6 +131,27 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_lint_ci(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from vllm_ep_kit.buildkite.lint import lint
+
+    root = Path(args.root)
+    if not root.is_dir():
+        print(f"vllm-ep-kit lint-ci: error: --root: {root} is not a directory", file=sys.stderr)
+        return 2
+    missing = [f for f in args.files if not Path(f).is_file()]
+    if missing:
+        print(f"vllm-ep-kit lint-ci: error: FILES: no such file: {', '.join(missing)}",
+              file=sys.stderr)
+        return 2
+    findings = lint(root, [Path(f) for f in args.files] or None)
+    for finding in findings:
+        print(finding.format())
+    print(f"lint-ci: {len(findings)} finding(s)", file=sys.stderr)
+    return 1 if findings else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vllm-ep-kit",
@@ -158,6 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="machine-readable results")
     check.add_argument("--width", type=int, default=None, help="table width in columns")
     check.set_defaults(func=cmd_check)
+
+    lint_ci = sub.add_parser("lint-ci", help="lint Buildkite test areas: schema, paths, "
+                             "dependencies, gated branches, flag spelling, devices, labels")
+    lint_ci.add_argument("files", nargs="*", metavar="FILES",
+                         help="test-area files (default: .buildkite/test_areas/*.yaml)")
+    lint_ci.add_argument("--root", default=".", help="repository root (default: .)")
+    lint_ci.set_defaults(func=cmd_lint_ci)
     return parser
 
 

@@ -1,0 +1,133 @@
+"""lint-ci passes on this repository and catches each upstream defect when planted.
+
+Each test copies the repository's CI-relevant files into a temporary tree,
+plants one defect (as upstream PR 40623's review found them, plus a missing
+file), and requires a finding of the right rule at the right place.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vllm_ep_kit.buildkite.lint import lint
+
+REPO = Path(__file__).resolve().parents[2]
+COPIED = [".buildkite", "scripts", "tests", "vllm_ep_kit", "requirements"]
+
+
+@pytest.fixture
+def tree(tmp_path) -> Path:
+    for name in COPIED:
+        shutil.copytree(REPO / name, tmp_path / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return tmp_path
+
+
+def edit(path: Path, old: str, new: str) -> int:
+    """Replace ``old`` (must occur) and return the 1-based line where it was."""
+    text = path.read_text()
+    assert old in text, f"{old!r} not in {path}"
+    line = text[: text.index(old)].count("\n") + 1
+    path.write_text(text.replace(old, new, 1))
+    return line
+
+
+def rules_at(findings, rule):
+    return [f for f in findings if f.rule == rule]
+
+
+def test_repository_is_clean():
+    findings = lint(REPO)
+    assert findings == [], "\n".join(f.format() for f in findings)
+
+
+def test_gated_array_never_enabled(tree):
+    edit(tree / ".buildkite/test_areas/disaggregated.yaml",
+         "      - SW_ATTN=1 bash scripts/disaggregated/config_sweep_accuracy_test.sh\n", "")
+    edit(tree / ".buildkite/test_areas/e2e_integration.yaml", " SW_ATTN=1 SW_HMA=1", " SW_HMA=1")
+    (finding,) = rules_at(lint(tree), "gated-branch")
+    assert finding.path == "scripts/disaggregated/config_sweep_accuracy_test.sh"
+    script = (tree / finding.path).read_text().splitlines()
+    assert "SW_ATTN" in script[finding.line - 1]  # points at the gating condition
+    assert "branch gated by SW_ATTN is never enabled" in finding.message
+    assert "SW_ATTN=1 bash" in finding.hint
+
+
+def test_flag_spelled_true_instead_of_1(tree):
+    line = edit(tree / ".buildkite/test_areas/distributed.yaml",
+                "VLLM_EP_KIT_STRICT=1 pytest -v tests/distributed/test_mnnvl_alltoall.py\n"
+                "      - vllm-ep-kit check",
+                "VLLM_EP_KIT_STRICT=True pytest -v tests/distributed/test_mnnvl_alltoall.py\n"
+                "      - vllm-ep-kit check")
+    (finding,) = rules_at(lint(tree), "flag-spelling")
+    assert (finding.path, finding.line) == (".buildkite/test_areas/distributed.yaml", line)
+    assert "VLLM_EP_KIT_STRICT=True while other steps spell it 1/0" in finding.message
+
+
+def test_true_does_not_open_a_branch_that_tests_for_1(tree):
+    edit(tree / ".buildkite/test_areas/disaggregated.yaml", "- SW_HMA=1 bash", "- SW_HMA=True bash")
+    edit(tree / ".buildkite/test_areas/e2e_integration.yaml", " SW_HMA=1", "")
+    (finding,) = rules_at(lint(tree), "gated-branch")
+    assert "SW_HMA is never enabled: steps set it only to True, the script tests == 1" \
+        in finding.message
+
+
+def test_missing_device(tree):
+    line = edit(tree / ".buildkite/test_areas/disaggregated.yaml",
+                "  - label: Disaggregated accuracy sweep, DP/EP\n    key: disagg-sweep-dpep\n"
+                "    timeout_in_minutes: 60\n    device: h100\n",
+                "  - label: Disaggregated accuracy sweep, DP/EP\n    key: disagg-sweep-dpep\n"
+                "    timeout_in_minutes: 60\n")
+    (finding,) = rules_at(lint(tree), "gpu-device")
+    assert (finding.path, finding.line) == (".buildkite/test_areas/disaggregated.yaml", line)
+    assert "names no device" in finding.message
+
+
+def test_missing_dependency(tree):
+    area = tree / ".buildkite/test_areas/distributed.yaml"
+    text = area.read_text()
+    block = text.split("  - label: EP kit harness (CPU)")[1].split("  - label:")[0]
+    area.write_text(text.replace(block, block.replace("      - vllm_ep_kit/testing/\n", ""), 1))
+    (finding,) = rules_at(lint(tree), "dependencies")
+    assert "EP kit harness (CPU)" in finding.message
+    assert "vllm_ep_kit/testing/" in finding.message + finding.hint
+    lines = area.read_text().splitlines()
+    assert lines[finding.line - 2].strip() == "source_file_dependencies:"  # at its list
+
+
+def test_step_runs_a_file_that_does_not_exist(tree):
+    line = edit(tree / ".buildkite/test_areas/distributed.yaml", "pytest -v tests/harness\n",
+                "pytest -v tests/harness/test_no_such_file.py\n")
+    (finding,) = rules_at(lint(tree), "path-exists")
+    assert finding.line == line
+    assert "tests/harness/test_no_such_file.py, which does not exist" in finding.message
+
+
+def test_duplicate_label_and_schema_violation(tree):
+    edit(tree / ".buildkite/test_areas/disaggregated.yaml", "label: Disaggregated accuracy sweep, TP",
+         "label: CI lint")
+    edit(tree / ".buildkite/test_areas/e2e_integration.yaml", "    timeout_in_minutes: 10\n",
+         "    timeout_in_minutes: 10\n    gpus: 2\n")
+    findings = lint(tree)
+    assert any("label 'CI lint' is already used" in f.message
+               for f in rules_at(findings, "unique-labels"))
+    (schema,) = rules_at(findings, "schema")
+    assert "'gpus' was unexpected" in schema.message
+
+
+def test_cli_exit_codes_and_format(tree):
+    edit(tree / ".buildkite/test_areas/distributed.yaml", "pytest -v tests/harness\n",
+         "pytest -v tests/harness/missing.py\n")
+    bad = subprocess.run([sys.executable, "-m", "vllm_ep_kit.cli", "lint-ci", "--root", str(tree)],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1
+    assert bad.stdout.startswith(".buildkite/test_areas/distributed.yaml:")
+    assert ": path-exists: " in bad.stdout and "(fix: " in bad.stdout
+    good = subprocess.run([sys.executable, "-m", "vllm_ep_kit.cli", "lint-ci", "--root",
+                           str(REPO)], capture_output=True, text=True, timeout=120)
+    assert good.returncode == 0, good.stdout

@@ -1,0 +1,130 @@
+"""A step's ``source_file_dependencies`` cover everything its tests import from this repo.
+
+Buildkite runs a step only when a listed path changes; a test whose helper
+module is not listed does not run when that helper changes.  The import
+closure of each test file (plus the conftest.py files pytest loads for it) is
+read with ``ast``; tests that import vLLM must also depend on the vLLM pin,
+``requirements/common.txt`` (a vLLM upgrade must rerun them).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from vllm_ep_kit.buildkite.commands import parse_commands
+
+RULE = "dependencies"
+VLLM_PIN = "requirements/common.txt"
+
+
+def _module_file(root: Path, dotted: str) -> Path | None:
+    base = root.joinpath(*dotted.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imports(root: Path, path: Path) -> tuple[set[Path], bool]:
+    """Repo files imported by ``path``, and whether it imports vllm."""
+    try:
+        tree = ast.parse(path.read_text(), filename=str(path))
+    except SyntaxError:
+        return set(), False
+    package = ".".join(path.relative_to(root).with_suffix("").parts[:-1])
+    found, uses_vllm = set(), False
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(p for p in parts if p)
+                module = f"{base}.{node.module}" if node.module else base
+            else:
+                module = node.module or ""
+            names = [module] + [f"{module}.{alias.name}" for alias in node.names]
+        for name in names:
+            if name == "vllm" or name.startswith("vllm."):
+                uses_vllm = True
+            target = _module_file(root, name) if name else None
+            if target is not None:
+                found.add(target)
+    return found, uses_vllm
+
+
+def closure(root: Path, start: list[Path]) -> tuple[set[Path], bool]:
+    todo, seen, uses_vllm = list(start), set(), False
+    for test in start:  # conftest.py files pytest loads on the way to the test
+        for parent in test.parents:
+            if parent == root.parent:
+                break
+            if (parent / "conftest.py").is_file():
+                todo.append(parent / "conftest.py")
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        found, vllm_here = _imports(root, path)
+        uses_vllm |= vllm_here
+        todo.extend(found - seen)
+    return seen, uses_vllm
+
+
+def _covered(rel: str, deps: list[str]) -> bool:
+    included = [d for d in deps if not d.startswith("!")]
+    excluded = [d[1:] for d in deps if d.startswith("!")]
+
+    def under(entry: str) -> bool:
+        entry = entry.rstrip("/")
+        return rel == entry or rel.startswith(entry + "/")
+
+    return any(under(d) for d in included) and not any(under(d) for d in excluded)
+
+
+def _test_files(root: Path, paths: list[str]) -> list[Path]:
+    files = []
+    for path in paths:
+        full = root / path
+        if full.is_dir():
+            files.extend(sorted(full.rglob("test_*.py")))
+        elif full.suffix == ".py" and full.is_file():
+            files.append(full)
+    return files
+
+
+def check(ctx) -> list:
+    findings = []
+    for area in ctx.areas:
+        for i, step in enumerate(area.steps):
+            runs = [p for info in parse_commands(step.get("commands", []), step.get("env"))
+                    for p in info.files]
+            tests = _test_files(ctx.root, runs)
+            scripts = [ctx.root / p for p in runs if p.endswith(".sh") and (ctx.root / p).is_file()]
+            if not tests and not scripts:
+                continue
+            deps = step.get("source_file_dependencies")
+            label = step.get("label")
+            if not deps:
+                findings.append(area.finding(
+                    ("steps", i), RULE, f"step {label!r} declares no source_file_dependencies",
+                    "list the tests, helpers and scripts it runs"))
+                continue
+            files, uses_vllm = closure(ctx.root, tests)
+            needed = {str(f.relative_to(ctx.root)) for f in files | set(scripts)}
+            if uses_vllm:
+                needed.add(VLLM_PIN)
+            missing = sorted(rel for rel in needed if not _covered(rel, deps))
+            if missing:
+                shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more"
+                                                  if len(missing) > 5 else "")
+                suggest = missing if len(missing) <= 3 else sorted(
+                    {str(Path(m).parent) + "/" for m in missing})
+                findings.append(area.finding(
+                    ("steps", i, "source_file_dependencies"), RULE,
+                    f"step {label!r} runs code not in its source_file_dependencies: {shown}",
+                    "add " + ", ".join(suggest[:5])))
+    return findings

@@ -1,0 +1,45 @@
+"""A boolean flag is spelled one way everywhere (``1`` or ``true``, not ``True`` here and ``1`` there).
+
+Scripts often test ``[[ $FLAG == 1 ]]``: a step that writes ``FLAG=True`` then
+silently runs the other branch.  Upstream's disaggregated split did exactly that.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from vllm_ep_kit.buildkite.commands import parse_commands
+
+RULE = "flag-spelling"
+SPELLINGS = {"1": "1/0", "0": "1/0", "true": "true/false", "false": "true/false",
+             "True": "True/False", "False": "True/False", "yes": "yes/no", "no": "yes/no",
+             "on": "on/off", "off": "on/off"}
+
+
+def check(ctx) -> list:
+    uses = defaultdict(list)  # name -> [(style, value, area, keys)]
+    for area in ctx.areas:
+        for i, step in enumerate(area.steps):
+            for info in parse_commands(step.get("commands", [])):
+                for name, value in info.env.items():
+                    if value in SPELLINGS:
+                        uses[name].append((SPELLINGS[value], value, area,
+                                           ("steps", i, "commands", info.index)))
+            for name, value in (step.get("env") or {}).items():
+                value = str(value) if not isinstance(value, bool) else str(value).lower()
+                if value in SPELLINGS:
+                    uses[name].append((SPELLINGS[value], value, area, ("steps", i, "env", name)))
+    findings = []
+    for name, entries in uses.items():
+        styles = defaultdict(int)
+        for style, *_ in entries:
+            styles[style] += 1
+        if len(styles) < 2:
+            continue
+        usual = max(styles, key=lambda s: (styles[s], s == "1/0"))
+        for style, value, area, keys in entries:
+            if style != usual:
+                findings.append(area.finding(
+                    keys, RULE, f"{name}={value} while other steps spell it {usual}",
+                    f"write {name} as {usual.split('/')[0]} / {usual.split('/')[1]}"))
+    return findings

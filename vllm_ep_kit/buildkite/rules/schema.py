@@ -1,0 +1,26 @@
+"""Every test-area file matches the JSON schema of vLLM's test-area format."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+import jsonschema
+
+RULE = "schema"
+
+
+def load_schema() -> dict:
+    return json.loads(resources.files("vllm_ep_kit.buildkite").joinpath("schema.json").read_text())
+
+
+def check(ctx) -> list:
+    validator = jsonschema.Draft202012Validator(load_schema())
+    findings = []
+    for area in ctx.areas:
+        for error in sorted(validator.iter_errors(area.data), key=lambda e: list(e.path)):
+            keys = tuple(error.absolute_path)
+            where = "/".join(str(k) for k in keys) or "(top level)"
+            findings.append(area.finding(keys, RULE, f"{where}: {error.message}",
+                                         "see vllm_ep_kit/buildkite/schema.json"))
+    return findings
