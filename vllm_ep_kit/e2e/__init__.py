@@ -1,0 +1,1 @@
+"""End-to-end accuracy runs against a served model (GPU CI scripts and their CPU tests)."""
