@@ -152,6 +152,30 @@ def cmd_lint_ci(args: argparse.Namespace) -> int:
     return 1 if findings else 0
 
 
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from vllm_ep_kit import bundle
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        print(f"vllm-ep-kit bundle: error: OUT: {out} exists and is not empty", file=sys.stderr)
+        return 2
+    for name, value in (("--have", args.have), ("--jit-cache", args.jit_cache)):
+        if value is not None and not Path(value).exists():
+            print(f"vllm-ep-kit bundle: error: {name}: {value} does not exist", file=sys.stderr)
+            return 2
+    have = bundle.read_have(Path(args.have) if args.have else None)
+    have |= {bundle.normalise(n) for n in args.skip}
+    plan = bundle.plan(include_vllm=args.vllm, have=have)
+    manifest = bundle.write(plan, out, args.python_version, args.platform,
+                            Path(args.jit_cache) if args.jit_cache else None,
+                            progress=lambda m: print(m, file=sys.stderr))
+    print(json.dumps(manifest, indent=2))
+    print(f"bundle ready: on the target run `source {out}/bootstrap.sh`", file=sys.stderr)
+    return 1 if manifest["wheel_failures"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vllm-ep-kit",
@@ -186,6 +210,21 @@ def build_parser() -> argparse.ArgumentParser:
                          help="test-area files (default: .buildkite/test_areas/*.yaml)")
     lint_ci.add_argument("--root", default=".", help="repository root (default: .)")
     lint_ci.set_defaults(func=cmd_lint_ci)
+
+    bundle = sub.add_parser("bundle", help="folder for an air-gapped GPU host with torch: "
+                            "pruned FlashInfer, optional vLLM sources, traced wheels, bootstrap")
+    bundle.add_argument("out", metavar="OUT", help="empty or new folder to write")
+    bundle.add_argument("--python-version", default="3.12", help="target Python (default 3.12)")
+    bundle.add_argument("--platform", default="manylinux_2_28_x86_64",
+                        help="target wheel platform (default manylinux_2_28_x86_64)")
+    bundle.add_argument("--have", default=None, metavar="FILE",
+                        help="the target's `pip freeze` (or one name per line): not shipped")
+    bundle.add_argument("--skip", default=[], type=_str_list, metavar="DIST[,DIST]",
+                        help="distributions not to ship (e.g. optional heavy ones)")
+    bundle.add_argument("--vllm", action="store_true", help="include vLLM's Python sources")
+    bundle.add_argument("--jit-cache", default=None, metavar="DIR",
+                        help="a FlashInfer JIT cache built on a matching host, to ship along")
+    bundle.set_defaults(func=cmd_bundle)
     return parser
 
 

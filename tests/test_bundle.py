@@ -1,0 +1,57 @@
+"""bundle: the FlashInfer tree is pruned by FlashInfer's own JIT specs and #include closure."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from vllm_ep_kit import bundle
+
+pytestmark = pytest.mark.flashinfer
+
+
+@pytest.fixture(scope="module")
+def flashinfer_tree():
+    return bundle.flashinfer_files()
+
+
+def test_jit_sources_and_their_headers_are_in_the_tree(flashinfer_tree):
+    root, files = flashinfer_tree
+    sources, _ = bundle.flashinfer_jit_inputs()
+    names = {f.relative_to(root).as_posix() for f in files}
+    for source in sources:
+        assert source.resolve().relative_to(root.resolve()).as_posix() in names
+    assert "data/csrc/trtllm_moe_alltoall.cu" in names
+    headers = [n for n in names if n.startswith("data/") and n.endswith((".h", ".cuh"))]
+    assert headers, "no header reached by the #include scan"
+    # The pruning is real: a small part of FlashInfer's 258 MB of CUDA sources.
+    data_bytes = sum(f.stat().st_size for f in files if "data" in f.relative_to(root).parts)
+    assert data_bytes < 20e6
+
+
+def test_include_closure_follows_quoted_and_angle_includes(tmp_path):
+    inc = tmp_path / "inc"
+    (inc / "lib").mkdir(parents=True)
+    (inc / "lib" / "a.h").write_text('#include "b.h"\n')
+    (inc / "lib" / "b.h").write_text("#include <cuda_runtime.h>\n")  # outside: ignored
+    (inc / "unused.h").write_text("")
+    src = tmp_path / "k.cu"
+    src.write_text("#include <lib/a.h>\nint main() {}\n")
+    found = bundle.include_closure([src], [inc])
+    assert found == {src, (inc / "lib" / "a.h").resolve(), (inc / "lib" / "b.h").resolve()}
+
+
+def test_have_file_parsing(tmp_path):
+    have = tmp_path / "freeze.txt"
+    have.write_text("# comment\ntorch==2.11.0\nTyping_Extensions>=4\nnumpy @ file:///x\n\n")
+    assert bundle.read_have(have) == {"torch", "typing-extensions", "numpy"}
+
+
+def test_cli_refuses_a_non_empty_out(tmp_path):
+    (tmp_path / "x").write_text("")
+    result = subprocess.run([sys.executable, "-m", "vllm_ep_kit.cli", "bundle", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert f"OUT: {tmp_path} exists and is not empty" in result.stderr
