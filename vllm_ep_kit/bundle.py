@@ -16,13 +16,14 @@ The result is a folder with ``site/`` (to put on PYTHONPATH), ``wheels/`` and
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from vllm_ep_kit.fresh_python import run_json
 
 INCLUDE = re.compile(r'^\s*#\s*include\s*[<"]([^>"]+)[>"]', re.MULTILINE)
 FLASHINFER_COMM_SPECS = ("gen_comm_alltoall_module", "gen_moe_alltoall_module")
@@ -55,12 +56,7 @@ def flashinfer_jit_inputs(arch: str = "9.0a") -> tuple[list[Path], list[Path]]:
             "    out['src'] += [str(s) for s in spec.sources]\n"
             "    out['inc'] += [str(s) for s in (spec.extra_include_dirs or [])]\n"
             "print(json.dumps(out))")
-    env = {**os.environ, "FLASHINFER_CUDA_ARCH_LIST": arch}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env=env, timeout=300)
-    if result.returncode:
-        raise RuntimeError(f"reading FlashInfer's JIT specs failed: {result.stderr[-2000:]}")
-    data = json.loads(result.stdout.strip().splitlines()[-1])
+    data = run_json(code, env={"FLASHINFER_CUDA_ARCH_LIST": arch})
     return [Path(p) for p in data["src"]], [Path(p) for p in data["inc"]]
 
 
@@ -101,11 +97,7 @@ def traced_distributions(modules: tuple[str, ...]) -> dict[str, str]:
             "owners = md.packages_distributions()\n"
             "dists = {d for t in tops for d in owners.get(t, [])}\n"
             "print(json.dumps({d: md.version(d) for d in sorted(dists)}))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=600)
-    if result.returncode:
-        raise RuntimeError(f"import trace failed: {result.stderr[-2000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_json(code, timeout_s=600)
 
 
 def normalise(name: str) -> str:

@@ -10,12 +10,12 @@ the same check must fail.  A worker started through vLLM's own
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
 import pytest
 
+from vllm_ep_kit.fresh_python import run_json
 from vllm_ep_kit.layout import ParallelLayout
 from vllm_ep_kit.testing import run_ranks
 
@@ -83,10 +83,7 @@ def test_not_needed_on_pinned_vllm_and_nothing_changes():
             "after = (a.FlashInferNVLinkTwoSidedManager.initialize,"
             " a.FlashInferNVLinkOneSidedManager.initialize);"
             "print(json.dumps({'st': [s.as_dict() for s in st], 'same': before == after}))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    data = json.loads(out.stdout.strip().splitlines()[-1])
+    data = run_json(code)
     status = next(s for s in data["st"] if s["name"] == PATCH)
     assert status["status"] == "not needed", status
     assert data["same"]

@@ -7,12 +7,9 @@ vLLM and for 0.19.1, with the plugin on and with the patch disabled.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
+
+from vllm_ep_kit.fresh_python import run_json
 
 pytestmark = pytest.mark.vllm
 
@@ -35,21 +32,13 @@ for label, rows, sizes in (("sum", 12, [3, 8]), ("count", 11, [3, 8, 0]),
         out["errors"][label] = "AssertionError: " + str(exc)
     except Exception:  # past the size checks, the stub communicator cannot go on
         out["errors"][label] = "past the size checks"
-print("RESULT " + json.dumps(out))
+print(json.dumps(out))
 """ % PATCH
 
 
 def run_program(python_path=(), disable=False):
-    env = dict(os.environ)
-    if python_path:
-        env["PYTHONPATH"] = os.pathsep.join([*python_path, env.get("PYTHONPATH", "")])
-    if disable:
-        env["VLLM_EP_KIT_PATCHES_DISABLE"] = PATCH
-    out = subprocess.run([sys.executable, "-c", PROGRAM], capture_output=True, text=True,
-                         timeout=300, env=env)
-    assert out.returncode == 0, out.stderr[-3000:]
-    line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
+    env = {"VLLM_EP_KIT_PATCHES_DISABLE": PATCH} if disable else {}
+    return run_json(PROGRAM, env=env, python_path=python_path)
 
 
 def assert_clear_messages(errors):

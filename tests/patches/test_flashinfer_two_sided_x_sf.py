@@ -8,12 +8,9 @@ all-to-all; with it only the activations travel and ``x_sf`` comes back None.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
 
+from vllm_ep_kit.fresh_python import run_json
 from vllm_ep_kit.testing import run_ranks
 
 pytestmark = [pytest.mark.vllm, pytest.mark.flashinfer]
@@ -79,8 +76,5 @@ def test_not_needed_on_pinned_vllm():
             "flashinfer_nvlink_two_sided as m; before = m.flashinfer_alltoall_dispatch;"
             "st = {s.name: s.status for s in patches.apply_all()};"
             "print(json.dumps({'st': st, 'same': before is m.flashinfer_alltoall_dispatch}))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    data = json.loads(out.stdout.strip().splitlines()[-1])
+    data = run_json(code)
     assert data["st"][PATCH] == "not needed" and data["same"]

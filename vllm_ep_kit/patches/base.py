@@ -10,6 +10,7 @@ fix took (else the patch is undone and refused).  Depends on vLLM only.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -99,3 +100,31 @@ def swapped(owner, **names):
                 delattr(owner, name)
             else:
                 setattr(owner, name, value)
+
+
+ORIGINAL_ATTR = "__vllm_ep_kit_original__"
+
+
+def missing_package(*names: str) -> str | None:
+    """The first of ``names`` that is not installed, else None."""
+    import importlib.util
+
+    return next((n for n in names if importlib.util.find_spec(n) is None), None)
+
+
+def wrap(owner, attr: str, make_wrapper, marker: str) -> None:
+    """Replace ``owner.attr`` by ``make_wrapper(original)``, once (idempotent)."""
+    original = getattr(owner, attr)
+    if getattr(original, marker, False):
+        return
+    wrapper = functools.wraps(original)(make_wrapper(original))
+    setattr(wrapper, marker, True)
+    setattr(wrapper, ORIGINAL_ATTR, original)
+    setattr(owner, attr, wrapper)
+
+
+def unwrap(owner, attr: str, marker: str) -> None:
+    """Undo :func:`wrap` (no-op if ``owner.attr`` is not our wrapper)."""
+    current = getattr(owner, attr, None)
+    if current is not None and getattr(current, marker, False):
+        setattr(owner, attr, getattr(current, ORIGINAL_ATTR))

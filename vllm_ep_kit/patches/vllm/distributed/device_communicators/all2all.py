@@ -30,11 +30,17 @@ over gloo: the EP-group check fails without the patch and passes with it).
 
 from __future__ import annotations
 
-import functools
 import types
 
 from vllm_ep_kit.mnnvl_managers import MANAGER_CLASSES, WorkspaceShape, one_sided_initialize_kwargs
-from vllm_ep_kit.patches.base import Patch, UnrecognisedShape, swapped
+from vllm_ep_kit.patches.base import (
+    Patch,
+    UnrecognisedShape,
+    missing_package,
+    swapped,
+    unwrap,
+    wrap,
+)
 
 _PATCHED_ATTR = "__vllm_ep_kit_ep_group__"
 
@@ -136,11 +142,9 @@ class MnnvlWorkspaceOnEpGroup(Patch):
     affected = "0.18.0, 0.19.0, 0.19.1"
 
     def probe(self) -> tuple[bool, str]:
-        import importlib.util
-
-        for package in ("vllm", "flashinfer"):
-            if importlib.util.find_spec(package) is None:
-                return False, f"{package} not installed: the FlashInfer NVLink managers cannot run"
+        missing = missing_package("vllm", "flashinfer")
+        if missing:
+            return False, f"{missing} not installed: the FlashInfer NVLink managers cannot run"
         seen = {kind: observed_mnnvl_group(kind) for kind in MANAGER_CLASSES}
         buggy = sorted(kind for kind, group in seen.items() if group == "dp")
         if buggy:
@@ -150,29 +154,21 @@ class MnnvlWorkspaceOnEpGroup(Patch):
     def apply(self) -> None:
         from vllm.distributed.device_communicators import all2all
 
-        for cls_name in MANAGER_CLASSES.values():
-            cls = getattr(all2all, cls_name)
-            original = cls.initialize
-            if getattr(original, _PATCHED_ATTR, False):
-                continue  # idempotent
-
-            @functools.wraps(original)
-            def initialize(self, *args, _original=original, **kwargs):
+        def own_group_initialize(original):
+            def initialize(self, *args, **kwargs):
                 own = types.SimpleNamespace(cpu_group=self.cpu_group)
                 with swapped(all2all, get_dp_group=lambda: own):
-                    return _original(self, *args, **kwargs)
+                    return original(self, *args, **kwargs)
+            return initialize
 
-            setattr(initialize, _PATCHED_ATTR, True)
-            initialize.__vllm_ep_kit_original__ = original
-            cls.initialize = initialize
+        for cls_name in MANAGER_CLASSES.values():
+            wrap(getattr(all2all, cls_name), "initialize", own_group_initialize, _PATCHED_ATTR)
 
     def revert(self) -> None:
         from vllm.distributed.device_communicators import all2all
 
         for cls_name in MANAGER_CLASSES.values():
-            cls = getattr(all2all, cls_name)
-            if getattr(cls.initialize, _PATCHED_ATTR, False):
-                cls.initialize = cls.initialize.__vllm_ep_kit_original__
+            unwrap(getattr(all2all, cls_name), "initialize", _PATCHED_ATTR)
 
 
 PATCHES = [MnnvlWorkspaceOnEpGroup()]

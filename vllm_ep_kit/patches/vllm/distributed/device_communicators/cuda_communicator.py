@@ -25,13 +25,11 @@ Proof: ``tests/patches/test_cuda_communicator_asserts.py``.
 
 from __future__ import annotations
 
-import functools
 import importlib
-import importlib.util
 import inspect
 import types
 
-from vllm_ep_kit.patches.base import Patch, UnrecognisedShape
+from vllm_ep_kit.patches.base import Patch, UnrecognisedShape, missing_package, unwrap, wrap
 
 MODULE = "vllm.distributed.device_communicators.cuda_communicator"
 METHODS = ("reduce_scatterv", "reduce_scatterv_into_output")
@@ -94,7 +92,7 @@ class ReduceScattervAsserts(Patch):
     affected = "every release probed, 0.18.0 - 0.32.0 (docs/patches.md)"
 
     def probe(self) -> tuple[bool, str]:
-        if importlib.util.find_spec("vllm") is None:
+        if missing_package("vllm"):
             return False, "vllm not installed"
         message = assertion_message_for_bad_sizes()
         if "[3, 8]" in message and "12" in message:
@@ -102,33 +100,27 @@ class ReduceScattervAsserts(Patch):
         return True, f"sizes [3, 8] vs 12 rows gave AssertionError({message!r})"
 
     def apply(self) -> None:
-        cls = importlib.import_module(MODULE).CudaCommunicator
-        for method in METHODS:
-            original = getattr(cls, method, None)
-            if original is None or getattr(original, _PATCHED_ATTR, False):
-                continue
-
+        def checked(original):
             signature = inspect.signature(original)
 
-            @functools.wraps(original)
-            def checked(self, *args, _original=original, _signature=signature, **kwargs):
-                bound = _signature.bind(self, *args, **kwargs)
+            def method(self, *args, **kwargs):
+                bound = signature.bind(self, *args, **kwargs)
                 bound.apply_defaults()
                 check_reduce_scatterv_sizes(bound.arguments["input_"], bound.arguments["dim"],
                                             bound.arguments["sizes"], self.world_size,
                                             self.rank_in_group)
-                return _original(self, *args, **kwargs)
+                return original(self, *args, **kwargs)
+            return method
 
-            setattr(checked, _PATCHED_ATTR, True)
-            checked.__vllm_ep_kit_original__ = original
-            setattr(cls, method, checked)
+        cls = importlib.import_module(MODULE).CudaCommunicator
+        for name in METHODS:
+            if hasattr(cls, name):
+                wrap(cls, name, checked, _PATCHED_ATTR)
 
     def revert(self) -> None:
         cls = importlib.import_module(MODULE).CudaCommunicator
-        for method in METHODS:
-            current = getattr(cls, method, None)
-            if current is not None and getattr(current, _PATCHED_ATTR, False):
-                setattr(cls, method, current.__vllm_ep_kit_original__)
+        for name in METHODS:
+            unwrap(cls, name, _PATCHED_ATTR)
 
 
 PATCHES = [ReduceScattervAsserts()]

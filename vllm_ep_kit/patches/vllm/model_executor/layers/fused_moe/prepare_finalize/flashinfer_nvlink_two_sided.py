@@ -27,13 +27,18 @@ Proof: ``tests/patches/test_flashinfer_two_sided_x_sf.py``.
 
 from __future__ import annotations
 
-import functools
 import importlib
-import importlib.util
 import inspect
 import types
 
-from vllm_ep_kit.patches.base import Patch, UnrecognisedShape, swapped
+from vllm_ep_kit.patches.base import (
+    Patch,
+    UnrecognisedShape,
+    missing_package,
+    swapped,
+    unwrap,
+    wrap,
+)
 
 MODULE = "vllm.model_executor.layers.fused_moe.prepare_finalize.flashinfer_nvlink_two_sided"
 FUNCTION = "flashinfer_alltoall_dispatch"
@@ -126,35 +131,26 @@ class TwoSidedDispatchXsfGuard(Patch):
     affected = "0.18.0 - 0.21.0 (probe results in docs/patches.md)"
 
     def probe(self) -> tuple[bool, str]:
-        for package in ("vllm", "flashinfer"):
-            if importlib.util.find_spec(package) is None:
-                return False, f"{package} not installed: the two-sided backend cannot run"
+        missing = missing_package("vllm", "flashinfer")
+        if missing:
+            return False, f"{missing} not installed: the two-sided backend cannot run"
         payloads = scale_payloads_when_no_scales()
         if "none" in payloads:
             return True, "with no activation scales, None was sent through an all-to-all"
         return False, f"with no activation scales, dispatch sent only {payloads}"
 
     def apply(self) -> None:
-        module = importlib.import_module(MODULE)
-        original = getattr(module, FUNCTION)
-        if getattr(original, _PATCHED_ATTR, False):
-            return
+        def guarded(original):
+            def dispatch(*args, **kwargs):
+                fi = _flashinfer_alltoall_module()
+                with swapped(fi, MnnvlMoe=none_passthrough(fi.MnnvlMoe)):
+                    return original(*args, **kwargs)
+            return dispatch
 
-        @functools.wraps(original)
-        def guarded(*args, **kwargs):
-            fi = _flashinfer_alltoall_module()
-            with swapped(fi, MnnvlMoe=none_passthrough(fi.MnnvlMoe)):
-                return original(*args, **kwargs)
-
-        setattr(guarded, _PATCHED_ATTR, True)
-        guarded.__vllm_ep_kit_original__ = original
-        setattr(module, FUNCTION, guarded)
+        wrap(importlib.import_module(MODULE), FUNCTION, guarded, _PATCHED_ATTR)
 
     def revert(self) -> None:
-        module = importlib.import_module(MODULE)
-        current = getattr(module, FUNCTION)
-        if getattr(current, _PATCHED_ATTR, False):
-            setattr(module, FUNCTION, current.__vllm_ep_kit_original__)
+        unwrap(importlib.import_module(MODULE), FUNCTION, _PATCHED_ATTR)
 
 
 PATCHES = [TwoSidedDispatchXsfGuard()]
