@@ -250,32 +250,37 @@ def ptrace() -> Probe:
 
 # --------------------------------------------------------------------------- packages
 
+def _importable(label: str, dist_name: str, module: str, what: str) -> Probe:
+    """Import ``module``; the version from package metadata, else from the module.
+
+    Metadata alone is not enough: a ``vllm-ep-kit bundle`` puts sources on
+    PYTHONPATH without dist-info, and an installed package may fail to import.
+    """
+    import importlib
+
+    version = package_version(dist_name)
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # noqa: BLE001 (report the import failure itself)
+        if version is None and isinstance(exc, ModuleNotFoundError) and \
+                exc.name == module.split(".")[0]:
+            return Probe(label, False, f"{dist_name} not installed", {})
+        return Probe(label, False, f"{dist_name} {version or '(no metadata)'}: import {module} "
+                     f"failed: {type(exc).__name__}: {exc}", {"version": version})
+    root = importlib.import_module(module.split(".")[0])
+    version = version or getattr(root, "__version__", None) or "unknown version"
+    return Probe(label, True, f"{dist_name} {version}: {what}", {"version": version})
+
+
 @functools.cache
 def flashinfer_comm() -> Probe:
-    version = package_version("flashinfer-python")
-    if version is None:
-        return Probe("flashinfer", False, "flashinfer-python not installed", {})
-    try:
-        import flashinfer.comm  # noqa: F401
-    except Exception as exc:  # noqa: BLE001 (report the import failure itself)
-        return Probe("flashinfer", False,
-                     f"flashinfer-python {version}: import flashinfer.comm failed: "
-                     f"{type(exc).__name__}: {exc}", {"version": version})
-    return Probe("flashinfer", True, f"flashinfer-python {version}: flashinfer.comm imports",
-                 {"version": version})
+    return _importable("flashinfer", "flashinfer-python", "flashinfer.comm",
+                       "flashinfer.comm imports")
 
 
 @functools.cache
 def vllm() -> Probe:
-    version = package_version("vllm")
-    if version is None:
-        return Probe("vllm", False, "vllm not installed", {})
-    try:
-        import vllm.distributed.parallel_state  # noqa: F401
-    except Exception as exc:  # noqa: BLE001
-        return Probe("vllm", False, f"vllm {version}: import failed: {type(exc).__name__}: "
-                     f"{exc}", {"version": version})
-    return Probe("vllm", True, f"vllm {version} imports", {"version": version})
+    return _importable("vllm", "vllm", "vllm.distributed.parallel_state", "imports")
 
 
 def module_available(name: str) -> bool:
