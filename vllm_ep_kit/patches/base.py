@@ -46,6 +46,7 @@ class Patch:
     summary: str = ""
     upstream: str = ""  # upstream PR
     affected: str = ""  # releases found affected (see docs/patches.md)
+    requires: tuple[str, ...] = ("vllm",)  # without these the patched code cannot run
 
     def probe(self) -> tuple[bool, str]:
         """(bug present?, what was observed).  May raise UnrecognisedShape."""
@@ -62,6 +63,9 @@ class Patch:
 
     def run(self, enabled: bool) -> PatchStatus:
         """Probe, apply when needed and enabled, verify.  Never raises for the bug itself."""
+        missing = missing_package(*self.requires)
+        if missing:
+            return self.status(NOT_NEEDED, f"{missing} not installed: the patched code cannot run")
         try:
             present, observed = self.probe()
         except UnrecognisedShape as exc:

@@ -48,8 +48,9 @@ def versions() -> dict[str, str | None]:
         "python": platform.python_version(),
         "vllm-ep-kit": package_version("vllm-ep-kit"),
         "torch": package_version("torch"),
-        "vllm": package_version("vllm"),
-        "flashinfer-python": package_version("flashinfer-python"),
+        "vllm": package_version("vllm") or vllm().data.get("version"),
+        "flashinfer-python": (package_version("flashinfer-python")
+                              or flashinfer_comm().data.get("version")),
     }
     try:
         import torch

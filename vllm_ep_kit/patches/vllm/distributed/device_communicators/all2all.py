@@ -36,7 +36,6 @@ from vllm_ep_kit.mnnvl_managers import MANAGER_CLASSES, WorkspaceShape, one_side
 from vllm_ep_kit.patches.base import (
     Patch,
     UnrecognisedShape,
-    missing_package,
     swapped,
     unwrap,
     wrap,
@@ -140,11 +139,9 @@ class MnnvlWorkspaceOnEpGroup(Patch):
     summary = "FlashInfer NVLink managers: MNNVL communicator and workspace on the EP group"
     upstream = "vllm-project/vllm#40893"
     affected = "0.18.0, 0.19.0, 0.19.1"
+    requires = ("vllm", "flashinfer")
 
     def probe(self) -> tuple[bool, str]:
-        missing = missing_package("vllm", "flashinfer")
-        if missing:
-            return False, f"{missing} not installed: the FlashInfer NVLink managers cannot run"
         seen = {kind: observed_mnnvl_group(kind) for kind in MANAGER_CLASSES}
         buggy = sorted(kind for kind, group in seen.items() if group == "dp")
         if buggy:

@@ -34,7 +34,6 @@ import types
 from vllm_ep_kit.patches.base import (
     Patch,
     UnrecognisedShape,
-    missing_package,
     swapped,
     unwrap,
     wrap,
@@ -129,11 +128,9 @@ class TwoSidedDispatchXsfGuard(Patch):
     summary = "FlashInfer two-sided dispatch: no scale all-to-all when x_sf is None"
     upstream = "vllm-project/vllm#41299"
     affected = "0.18.0 - 0.21.0 (probe results in docs/patches.md)"
+    requires = ("vllm", "flashinfer")
 
     def probe(self) -> tuple[bool, str]:
-        missing = missing_package("vllm", "flashinfer")
-        if missing:
-            return False, f"{missing} not installed: the two-sided backend cannot run"
         payloads = scale_payloads_when_no_scales()
         if "none" in payloads:
             return True, "with no activation scales, None was sent through an all-to-all"
