@@ -124,3 +124,59 @@ def rank_one_sided_roundtrip(ctx, cases: list[RoutingCase],
         dist.barrier()
         ctx.heartbeat()
     return results
+
+
+def rank_two_sided_roundtrip(ctx, cases: list[RoutingCase]) -> list[dict]:
+    """The same check through FlashInfer's two-sided ``MnnvlMoe`` (alltoallv) kernels.
+
+    ``prepare`` routes top-k ids and weights to the ranks owning the experts
+    and returns them aligned with the rows ``alltoallv`` delivers; each
+    destination computes its experts' partial per received row (ids it does
+    not own, or the out-of-range marker, contribute nothing) and ``combine``
+    sums the rows back per source token.
+    """
+    from flashinfer.comm import Mapping
+    from flashinfer.comm.mnnvl import MnnvlConfig
+    from flashinfer.comm.trtllm_alltoall import MnnvlMoe
+
+    world, rank = ctx.world_size, ctx.rank
+    device = torch.device("cuda", rank % torch.cuda.device_count())
+    torch.cuda.set_device(device)
+    mapping = Mapping(world, rank, torch.cuda.device_count(), tp_size=world)
+    config = MnnvlConfig(comm_backend=_comm_backend(dist.group.WORLD),
+                         fabric_page_size=1 << 29, allocation_granularity=0)
+    workspace = MnnvlMoe.get_moe_workspaces(mapping, config)
+    prepare_workspace = MnnvlMoe.get_moe_prepare_workspace(mapping, config)
+    results = []
+    for case in cases:
+        start = time.perf_counter()
+        max_tokens = max(max(case.tokens), 1)
+        mine = source_tokens(case, rank)
+        x, ids, w = (mine.x.to(device), mine.topk_ids.to(device),
+                     mine.topk_weights.to(device))
+        info, recv_ids, recv_w, _ = MnnvlMoe.mnnvl_moe_alltoallv_prepare_without_allgather(
+            ids, w, None, prepare_workspace, max_tokens, rank, world, case.num_experts,
+            case.num_experts, case.top_k)
+        recv_x = MnnvlMoe.mnnvl_moe_alltoallv(x, info, workspace, rank, world)
+        rows = recv_x.shape[0]
+        recv_ids, recv_w = recv_ids[:rows].long(), recv_w[:rows].view(torch.float32)
+        owner = expert_owner(case.num_experts, world).to(device)
+        scales = expert_scales(case.num_experts).to(device)
+        valid = (recv_ids >= 0) & (recv_ids < case.num_experts)
+        safe = recv_ids.clamp(0, case.num_experts - 1)
+        mask = (valid & (owner[safe] == rank)).float()
+        coeff = (recv_w.float() * scales[safe] * mask).sum(-1)
+        partial = (recv_x.float() * coeff.unsqueeze(-1)).to(case.torch_dtype)
+        out = MnnvlMoe.mnnvl_moe_alltoallv_combine(partial, info, workspace, ep_rank=rank,
+                                                   ep_size=world, top_k=case.top_k,
+                                                   token_count=mine.x.shape[0])
+        torch.cuda.synchronize()
+        want = moe_reference(mine, case.num_experts)
+        got = out[: mine.x.shape[0]].float().cpu()
+        results.append({"case": case.describe(), "received_rows": rows,
+                        "max_error": max_error(got, want),
+                        "passed": within_tolerance(got, want, case.dtype),
+                        "seconds": time.perf_counter() - start})
+        dist.barrier()
+        ctx.heartbeat()
+    return results

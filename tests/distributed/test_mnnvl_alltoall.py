@@ -18,7 +18,11 @@ import functools
 import pytest
 
 from vllm_ep_kit.ep_check import plan_cases, rank_agrs_check, token_counts
-from vllm_ep_kit.flashinfer_direct import default_cases, rank_one_sided_roundtrip
+from vllm_ep_kit.flashinfer_direct import (
+    default_cases,
+    rank_one_sided_roundtrip,
+    rank_two_sided_roundtrip,
+)
 from vllm_ep_kit.layout import ParallelLayout
 from vllm_ep_kit.reference.moe import RoutingCase
 from vllm_ep_kit.mnnvl_managers import (
@@ -231,3 +235,17 @@ def test_flashinfer_kernel_check_catches_double_counting():
     cases = [RoutingCase(tokens=(32, 32), hidden=256, num_experts=16, top_k=4, dtype="fp32")]
     results = run_ranks(rank_one_sided_roundtrip, 2, cases, True, backend="gloo", timeout_s=600)
     assert not any(r["passed"] for per_rank in results for r in per_rank)
+
+
+@pytest.mark.flashinfer
+@pytest.mark.mnnvl_handles
+@pytest.mark.ptrace
+@pytest.mark.nvlink
+@pytest.mark.gpus(2)
+def test_flashinfer_two_sided_kernel_vs_oracle():
+    """FlashInfer's MnnvlMoe alltoallv (real kernels) prepare + dispatch + combine vs the oracle."""
+    results = run_ranks(rank_two_sided_roundtrip, 2, default_cases(2), backend="gloo",
+                        timeout_s=600)
+    for rank, per_rank in enumerate(results):
+        for result in per_rank:
+            assert result["passed"], f"rank {rank} {result}"
