@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import psutil
+
 from vllm_ep_kit.layout import ParallelLayout
 from vllm_ep_kit.testing import proctree, torchrun
 from vllm_ep_kit.testing.ports import open_rendezvous
@@ -120,7 +122,9 @@ class _Live:
     proc: multiprocessing.process.BaseProcess
     report: RankReport
     pgid: int | None = None
-    pids_seen: set[int] = field(default_factory=set)
+    # Descendants seen while running, as psutil objects: unlike bare pids they
+    # refuse to signal a process that reused the pid after ours exited.
+    seen: dict[int, psutil.Process] = field(default_factory=dict)
 
 
 def run_ranks(
@@ -215,7 +219,8 @@ def _supervise(live: list[_Live], workdir: Path, timeout_s: float, grace_s: floa
             if item.proc.pid is not None and item.pgid is None:
                 item.pgid = item.proc.pid  # rank_main makes pid its own group leader
             if item.proc.exitcode is None:
-                item.pids_seen.update(p.pid for p in proctree.descendants(item.proc.pid))
+                for child in proctree.descendants(item.proc.pid):
+                    item.seen.setdefault(child.pid, child)
                 running.append(item)
             elif item.report.exit_code is None:
                 item.report.exit_code = item.proc.exitcode
@@ -286,15 +291,7 @@ def _teardown(live: list[_Live]) -> None:
     pgids = {item.pgid for item in live if item.pgid is not None}
     for item in live:
         item.report.killed_at_teardown = item.proc.exitcode is None
-    stragglers = []
-    for item in live:
-        for pid in item.pids_seen:
-            try:
-                import psutil
-
-                stragglers.append(psutil.Process(pid))
-            except Exception:  # noqa: BLE001 (already gone)
-                continue
+    stragglers = [proc for item in live for proc in item.seen.values()]
     proctree.kill_groups(pgids, stragglers)
     for item in live:
         item.proc.join(timeout=10)
