@@ -35,11 +35,29 @@ def test_check_argument_errors_name_the_argument(kwargs, message):
 
 def test_plan_lists_layouts_without_all_to_all_as_not_run():
     plan = make_plan([2, 4], [1, 2], None, ["bf16"], gpu_count=0, usable=USABLE)
-    assert [lay.describe() for lay in plan.layouts] == ["tp=1,dp=2,ep=2", "tp=1,dp=4,ep=4",
-                                                        "tp=2,dp=2,ep=4,sp"]
-    assert plan.skipped == (("tp=2,dp=1,ep=2", "no all-to-all in this layout (DP=1 without "
-                             "sequence parallelism)"),)
+    assert [run.layout.describe() for run in plan.runs] == ["tp=1,dp=2,ep=2", "tp=1,dp=4,ep=4",
+                                                            "tp=2,dp=2,ep=4,sp"]
+    assert plan.skipped == (("allgather_reducescatter tp=2,dp=1,ep=2", "no all-to-all in this "
+                             "layout (DP=1 without sequence parallelism)"),)
     assert plan.backends == ("allgather_reducescatter",) and plan.device_backend == "gloo"
+
+
+def test_plan_on_gpus_adds_flashinfer_backends_with_fp8_only_where_covered():
+    usable = USABLE + ["flashinfer_nvlink_two_sided", "flashinfer_nvlink_one_sided"]
+    plan = make_plan([2], [1, 2], None, ["bf16", "fp8"], gpu_count=2, usable=usable)
+    got = {(run.backend, run.layout.describe()): sorted({c.dtype for c in run.cases})
+           for run in plan.runs}
+    assert got == {("allgather_reducescatter", "tp=1,dp=2,ep=2"): ["bf16"],
+                   ("flashinfer_nvlink_two_sided", "tp=1,dp=2,ep=2"): ["bf16", "fp8"],
+                   ("flashinfer_nvlink_two_sided", "tp=2,dp=1,ep=2"): ["bf16", "fp8"],
+                   ("flashinfer_nvlink_one_sided", "tp=1,dp=2,ep=2"): ["bf16", "fp8"],
+                   ("flashinfer_nvlink_one_sided", "tp=2,dp=1,ep=2"): ["bf16", "fp8"]}
+    assert ("allgather_reducescatter fp8", "payload dtype not covered by this backend's check "
+            "(covers bf16, fp16, fp32)") in plan.skipped
+    assert plan.device_backend == "nccl"
+    for run in plan.runs:  # FlashInfer: one token source per EP rank
+        if run.backend != "allgather_reducescatter":
+            assert all(len(c.tokens) == run.layout.ep_size for c in run.cases)
 
 
 def test_cli_bad_argument_is_one_line_with_exit_2():
@@ -70,4 +88,5 @@ def test_cli_doctor_json():
     statuses = {p["name"]: p["status"] for p in data["patches"]}
     assert statuses == {"mnnvl_workspace_ep_group": "not needed",  # the pin has these fixes
                         "two_sided_dispatch_x_sf_guard": "not needed",
-                        "reduce_scatterv_asserts": "applied"}  # 0.32.0 still lacks this one
+                        "reduce_scatterv_asserts": "applied",  # 0.32.0 still lacks this one
+                        "nixl_ep_tcp_store_group": "not needed"}

@@ -24,11 +24,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vllm_ep_kit.fresh_python import run_json
+from vllm_ep_kit.import_closure import minimal_distributions, normalise
 
 INCLUDE = re.compile(r'^\s*#\s*include\s*[<"]([^>"]+)[>"]', re.MULTILINE)
 FLASHINFER_COMM_SPECS = ("gen_comm_alltoall_module", "gen_moe_alltoall_module")
 TRACE_MODULES = ("flashinfer.comm", "flashinfer.comm.mnnvl", "flashinfer.comm.trtllm_alltoall",
-                 "flashinfer.comm.trtllm_moe_alltoall", "flashinfer.jit")
+                 "flashinfer.comm.trtllm_moe_alltoall", "flashinfer.jit",
+                 "vllm_ep_kit.testing", "vllm_ep_kit.flashinfer_direct")
+# What the GPU tests import from vLLM: config, parallel state, the CUDA platform and
+# communicator, the all-to-all managers (and this kit's modules that drive them).
+VLLM_TRACE_MODULES = ("vllm.config", "vllm.distributed.parallel_state",
+                      "vllm.distributed.device_communicators.all2all",
+                      "vllm.distributed.device_communicators.cuda_communicator",
+                      "vllm.platforms.cuda", "vllm_ep_kit.testing.vllm_state",
+                      "vllm_ep_kit.ep_check", "vllm_ep_kit.manager_roundtrip")
+# Compiled kernel modules vLLM's CUDA platform imports unconditionally.  They are
+# not shipped (79 MB, built for another torch); an empty module stands in so the
+# managers, which never call those ops, import.  A call to one of their ops fails
+# loudly (torch.ops has no such op), it never runs something else.
+VLLM_KERNEL_STUBS = ("_C_stable_libtorch",)
 
 
 @dataclass
@@ -37,6 +51,7 @@ class BundlePlan:
     flashinfer_root: Path | None = None
     vllm_root: Path | None = None
     distributions: dict[str, str] = field(default_factory=dict)  # name -> version to ship
+    reasons: dict[str, str] = field(default_factory=dict)  # name -> why it is needed
 
 
 def _package_root(name: str) -> Path:
@@ -89,21 +104,6 @@ def flashinfer_files() -> tuple[Path, list[Path]]:
     return root, sorted(files)
 
 
-def traced_distributions(modules: tuple[str, ...]) -> dict[str, str]:
-    """Distributions whose modules get imported by importing ``modules`` (fresh interpreter)."""
-    code = ("import importlib, importlib.metadata as md, json, sys\n"
-            f"for m in {list(modules)!r}: importlib.import_module(m)\n"
-            "tops = {n.split('.')[0] for n in sys.modules}\n"
-            "owners = md.packages_distributions()\n"
-            "dists = {d for t in tops for d in owners.get(t, [])}\n"
-            "print(json.dumps({d: md.version(d) for d in sorted(dists)}))")
-    return run_json(code, timeout_s=600)
-
-
-def normalise(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def read_have(path: Path | None) -> set[str]:
     """Distribution names the target already has (``pip freeze`` / one name per line)."""
     if path is None:
@@ -116,16 +116,57 @@ def read_have(path: Path | None) -> set[str]:
     return names
 
 
-def plan(include_vllm: bool, have: set[str], extra_modules: tuple[str, ...] = ()) -> BundlePlan:
+def plan(include_vllm: bool, have: set[str], extra_modules: tuple[str, ...] = (),
+         progress=lambda message: None) -> BundlePlan:
+    """What to ship: FlashInfer's pruned tree, optionally vLLM, and the import closure."""
     result = BundlePlan()
     result.flashinfer_root, result.flashinfer_files = flashinfer_files()
     modules = TRACE_MODULES + extra_modules
+    stubs: tuple[str, ...] = ()
     if include_vllm:
         result.vllm_root = _package_root("vllm")
-    shipped_as_source = {"flashinfer-python", "vllm"}
-    result.distributions = {d: v for d, v in traced_distributions(modules).items()
-                            if normalise(d) not in have and normalise(d) not in shipped_as_source}
+        modules += VLLM_TRACE_MODULES
+        stubs = tuple(f"vllm.{name}" for name in VLLM_KERNEL_STUBS)
+    closure = minimal_distributions(modules, have, always={"flashinfer-python", "vllm"},
+                                    extra_path=(str(Path(__file__).resolve().parents[1]),),
+                                    stubs=stubs, progress=progress)
+    result.distributions = closure.needed
+    result.reasons = closure.reasons
     return result
+
+
+def copy_python_sources(root: Path, target: Path) -> int:
+    """Copy the ``*.py`` files of a package tree (no binaries, data or caches)."""
+    count = 0
+    for path in root.rglob("*.py"):
+        if "__pycache__" in path.parts:
+            continue
+        dest = target / path.relative_to(root)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, dest)
+        count += 1
+    return count
+
+
+def compatible_platforms(platform: str) -> list[str]:
+    """``platform`` plus the older manylinux tags a manylinux_2_N host also accepts."""
+    match = re.fullmatch(r"manylinux_2_(\d+)_(\w+)", platform)
+    tags = [platform]
+    if match:
+        glibc, arch = int(match.group(1)), match.group(2)
+        tags += [f"manylinux_2_{n}_{arch}" for n in range(glibc - 1, 4, -1)]
+        tags += [f"manylinux{alias}_{arch}" for alias, n in (("2014", 17), ("2010", 12),
+                                                              ("1", 5)) if n <= glibc]
+    return tags + ["any"]
+
+
+def _download(name: str, spec: str, wheels: Path, python_version: str,
+              platform_args: list[str]) -> tuple[bool, list[str]]:
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+           "--only-binary=:all:", "--python-version", python_version, *platform_args,
+           "-d", str(wheels), f"{name}{spec}"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    return not result.returncode, result.stderr.strip().splitlines()[-1:] or ["failed"]
 
 
 def write(bundle: BundlePlan, out: Path, python_version: str, platform: str,
@@ -141,26 +182,38 @@ def write(bundle: BundlePlan, out: Path, python_version: str, platform: str,
         shutil.copy2(path, target)
     progress(f"bundle: flashinfer: {len(bundle.flashinfer_files)} files")
     if bundle.vllm_root is not None:
-        shutil.copytree(bundle.vllm_root, site / "vllm", dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("*.so", "__pycache__"))
-        progress("bundle: vllm Python sources copied (compiled kernels left out)")
-    failed = {}
+        count = copy_python_sources(bundle.vllm_root, site / "vllm")
+        for name in VLLM_KERNEL_STUBS:
+            (site / "vllm" / f"{name}.py").write_text(
+                f'"""Stand-in written by vllm-ep-kit bundle: vLLM\'s compiled {name} is not '
+                'shipped; its ops are absent."""\n')
+        progress(f"bundle: vllm: {count} Python files (compiled kernels and data left out), "
+                 f"stubs for {', '.join(VLLM_KERNEL_STUBS)}")
+    failed, substituted = {}, {}
+    platform_args = [arg for tag in compatible_platforms(platform) for arg in ("--platform", tag)]
     for name, version in sorted(bundle.distributions.items()):
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-               "--only-binary=:all:", "--python-version", python_version,
-               "--platform", platform, "--platform", "any", "-d", str(wheels),
-               f"{name}=={version}"]
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        if result.returncode:
-            failed[name] = result.stderr.strip().splitlines()[-1:] or ["failed"]
-        progress(f"bundle: wheel {name}=={version}: {'ok' if not result.returncode else 'FAILED'}")
+        ok, error = _download(name, f"=={version}", wheels, python_version, platform_args)
+        if not ok:  # this exact version has no wheel for the target: take the newest that does
+            ok, _ = _download(name, "", wheels, python_version, platform_args)
+            if ok:
+                got = sorted(wheels.glob(f"{name.replace('-', '_')}-*.whl"),
+                             key=lambda p: p.stat().st_mtime)
+                substituted[name] = {"wanted": version,
+                                     "shipped": got[-1].name.split("-")[1] if got else "?"}
+            else:
+                failed[name] = error
+        note = "ok" if name not in failed and name not in substituted else \
+            f"substituted {substituted[name]['shipped']}" if name in substituted else "FAILED"
+        progress(f"bundle: wheel {name}=={version}: {note}")
     if jit_cache is not None:
         shutil.copytree(jit_cache, out / "jit_cache", dirs_exist_ok=True)
     (out / "bootstrap.sh").write_text(BOOTSTRAP)
     manifest = {"python_version": python_version, "platform": platform,
                 "flashinfer_files": len(bundle.flashinfer_files),
                 "vllm": bundle.vllm_root is not None, "wheels": bundle.distributions,
-                "wheel_failures": failed, "jit_cache": jit_cache is not None}
+                "why": bundle.reasons,
+                "wheel_substitutions": substituted, "wheel_failures": failed,
+                "jit_cache": jit_cache is not None}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
 

@@ -93,8 +93,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 2
     for layout, why in plan.skipped:
         console.print(f"[yellow]not run[/yellow] {layout}: {why}")
-    total = len(plan.backends) * sum(len(ep_check.plan_cases(lay, plan.dtypes))
-                                     for lay in plan.layouts)
+    total = sum(len(run.cases) for run in plan.runs)
     done = 0
 
     def on_start(backend, layout, n_cases):
@@ -122,7 +121,8 @@ def cmd_check(args: argparse.Namespace) -> int:
                     "result", "time (ms)"):
             table.add_column(col)
         for r in results:
-            table.add_row(r.backend, r.layout, r.dtype, r.tokens, OK if r.dispatch_exact else NO,
+            table.add_row(r.backend, r.layout, r.dtype, r.tokens, "n/a" if r.dispatch_exact is None
+                          else OK if r.dispatch_exact else NO,
                           f"{r.max_error:.3g}", "[green]pass[/green]" if r.passed
                           else "[red]FAIL[/red]", f"{r.seconds * 1e3:.1f}")
         console.print(table)
@@ -167,7 +167,8 @@ def cmd_bundle(args: argparse.Namespace) -> int:
             return 2
     have = bundle.read_have(Path(args.have) if args.have else None)
     have |= {bundle.normalise(n) for n in args.skip}
-    plan = bundle.plan(include_vllm=args.vllm, have=have)
+    plan = bundle.plan(include_vllm=args.vllm, have=have,
+                       progress=lambda m: print(m, file=sys.stderr))
     manifest = bundle.write(plan, out, args.python_version, args.platform,
                             Path(args.jit_cache) if args.jit_cache else None,
                             progress=lambda m: print(m, file=sys.stderr))

@@ -42,7 +42,7 @@ class CaseResult:
     layout: str
     dtype: str
     tokens: str
-    dispatch_exact: bool
+    dispatch_exact: bool | None  # None: not observable separately (checked via combine)
     max_error: float
     passed: bool
     seconds: float
@@ -154,7 +154,15 @@ def rank_agrs_check(ctx, cases: list[RoutingCase]) -> list[CaseResult]:
 
 # ----------------------------------------------------------------- the check command
 
-CHECKABLE_BACKENDS = ("allgather_reducescatter",)
+# Payload dtypes each checkable backend's check covers.  AGRS moves hidden states
+# through vLLM's dispatch, which has no scale tensor: fp8 + scales is checked on
+# the FlashInfer backends, which carry scales as a second payload.
+CHECKABLE_BACKENDS = {
+    "allgather_reducescatter": ("bf16", "fp16", "fp32"),
+    "flashinfer_nvlink_two_sided": ("bf16", "fp16", "fp32", "fp8"),
+    "flashinfer_nvlink_one_sided": ("bf16", "fp16", "fp32", "fp8"),
+}
+FLASHINFER_HIDDEN = 512  # fp8 scale rows must be 16-byte aligned: hidden % 512 == 0
 
 
 class CheckArgumentError(ValueError):
@@ -162,12 +170,44 @@ class CheckArgumentError(ValueError):
 
 
 @dataclass(frozen=True)
+class CheckRun:
+    """One multi-rank start: a backend on a layout with its cases."""
+
+    backend: str
+    layout: ParallelLayout
+    cases: tuple[RoutingCase, ...]
+
+
+@dataclass(frozen=True)
 class CheckPlan:
-    layouts: tuple[ParallelLayout, ...]
-    skipped: tuple[tuple[str, str], ...]  # (layout, reason) not run
-    backends: tuple[str, ...]
-    dtypes: tuple[str, ...]
+    runs: tuple[CheckRun, ...]
+    skipped: tuple[tuple[str, str], ...]  # (what, reason) not run
     device_backend: str  # "gloo" or "nccl"
+
+    @property
+    def backends(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(run.backend for run in self.runs))
+
+
+def backend_cases(backend: str, layout: ParallelLayout,
+                  dtypes: tuple[str, ...]) -> list[RoutingCase]:
+    """The cases ``backend`` runs on ``layout`` (its supported dtypes only)."""
+    supported = [d for d in dtypes if d in CHECKABLE_BACKENDS[backend]]
+    if backend == "allgather_reducescatter":
+        return plan_cases(layout, tuple(supported))
+    # FlashInfer: every EP rank is a source of its own tokens.
+    return [RoutingCase(tokens=token_counts(p, layout.ep_size), dtype=d,
+                        num_experts=4 * layout.ep_size, hidden=FLASHINFER_HIDDEN)
+            for d in supported for p in DEFAULT_TOKEN_PATTERNS]
+
+
+def applicable(backend: str, layout: ParallelLayout) -> str:
+    """Empty if ``backend`` has an all-to-all to check on ``layout``, else why not."""
+    if backend == "allgather_reducescatter":
+        return agrs_applicable(layout)
+    if layout.ep_size < 2:
+        return "EP group of one rank: nothing to exchange"
+    return ""
 
 
 def make_plan(world_sizes: list[int], tps: list[int], backends: list[str] | None,
@@ -192,30 +232,41 @@ def make_plan(world_sizes: list[int], tps: list[int], backends: list[str] | None
         if gpu_count and size > gpu_count:
             raise CheckArgumentError(f"--world-sizes: {size} ranks but only {gpu_count} GPUs "
                                      "visible (one rank per GPU)")
-    layouts, skipped = [], []
+    layouts = []
     for size in world_sizes:
         for tp in tps:
             if tp < 1 or size % tp:
                 raise CheckArgumentError(f"--tp: world size {size} is not divisible by tp={tp}")
-            layout = ParallelLayout.for_world(size, tp=tp)
-            why = agrs_applicable(layout)
-            (skipped.append((layout.describe(), why)) if why else layouts.append(layout))
+            layouts.append(ParallelLayout.for_world(size, tp=tp))
     chosen = list(backends) if backends else [b for b in usable if b in CHECKABLE_BACKENDS]
     for name in chosen:
         if name not in usable:
             raise CheckArgumentError(f"--backends: {name} is not usable on this machine "
                                      "(see `vllm-ep-kit doctor`)")
-    runnable = tuple(b for b in chosen if b in CHECKABLE_BACKENDS)
+    runs, skipped = [], []
     for name in chosen:
         if name not in CHECKABLE_BACKENDS:
-            skipped.append(("*", f"{name}: dispatch/combine check not implemented yet"))
-    return CheckPlan(layouts=tuple(layouts), skipped=tuple(skipped), backends=runnable,
-                     dtypes=tuple(dtypes), device_backend="nccl" if gpu_count else "gloo")
+            skipped.append((name, "dispatch/combine check not implemented yet"))
+            continue
+        unsupported = [d for d in dtypes if d not in CHECKABLE_BACKENDS[name]]
+        if unsupported:
+            skipped.append((f"{name} {','.join(unsupported)}",
+                            f"payload dtype not covered by this backend's check (covers "
+                            f"{', '.join(CHECKABLE_BACKENDS[name])})"))
+        for layout in layouts:
+            why = applicable(name, layout)
+            cases = backend_cases(name, layout, tuple(dtypes))
+            if why:
+                skipped.append((f"{name} {layout.describe()}", why))
+            elif cases:
+                runs.append(CheckRun(name, layout, tuple(cases)))
+    return CheckPlan(runs=tuple(runs), skipped=tuple(skipped),
+                     device_backend="nccl" if gpu_count else "gloo")
 
 
 def run_check(plan: CheckPlan, on_result=None, on_start=None,
               timeout_s: float = 300.0) -> list[CaseResult]:
-    """Run the plan; call ``on_start(layout, n_cases)`` and ``on_result(result)`` as it goes.
+    """Run the plan; call ``on_start(backend, layout, n_cases)`` and ``on_result(result)``.
 
     A case passes only if it passed on every rank; the reported error is the
     largest over ranks.
@@ -223,24 +274,30 @@ def run_check(plan: CheckPlan, on_result=None, on_start=None,
     from vllm_ep_kit.testing import run_ranks
 
     merged_all = []
-    for backend in plan.backends:
-        for layout in plan.layouts:
-            cases = plan_cases(layout, plan.dtypes)
-            if on_start:
-                on_start(backend, layout, len(cases))
-            per_rank = run_ranks(rank_agrs_check, layout.world_size, cases,
-                                 backend=plan.device_backend, layout=layout,
-                                 all2all_backend=backend, timeout_s=timeout_s)
-            for i in range(len(cases)):
-                rows = [results[i] for results in per_rank]
-                merged = CaseResult(
-                    backend=backend, layout=rows[0].layout, dtype=rows[0].dtype,
-                    tokens=rows[0].tokens,
-                    dispatch_exact=all(r.dispatch_exact for r in rows),
-                    max_error=max(r.max_error for r in rows),
-                    passed=all(r.passed for r in rows),
-                    seconds=max(r.seconds for r in rows))
-                merged_all.append(merged)
-                if on_result:
-                    on_result(merged)
+    for run in plan.runs:
+        if on_start:
+            on_start(run.backend, run.layout, len(run.cases))
+        if run.backend == "allgather_reducescatter":
+            fn, args = rank_agrs_check, (list(run.cases),)
+        else:
+            from vllm_ep_kit.manager_roundtrip import rank_manager_roundtrip
+            from vllm_ep_kit.mnnvl_managers import kind_of_backend
+
+            fn, args = rank_manager_roundtrip, (kind_of_backend(run.backend), list(run.cases))
+        per_rank = run_ranks(fn, run.layout.world_size, *args, backend=plan.device_backend,
+                             layout=run.layout, all2all_backend=run.backend,
+                             timeout_s=timeout_s)
+        for i in range(len(run.cases)):
+            rows = [results[i] for results in per_rank]
+            merged = CaseResult(
+                backend=run.backend, layout=rows[0].layout, dtype=rows[0].dtype,
+                tokens=rows[0].tokens,
+                dispatch_exact=None if rows[0].dispatch_exact is None
+                else all(r.dispatch_exact for r in rows),
+                max_error=max(r.max_error for r in rows),
+                passed=all(r.passed for r in rows),
+                seconds=max(r.seconds for r in rows), note=rows[0].note)
+            merged_all.append(merged)
+            if on_result:
+                on_result(merged)
     return merged_all

@@ -20,6 +20,7 @@ import torch.distributed as dist
 
 from vllm_ep_kit.reference.moe import (
     RoutingCase,
+    dequantize_fp8,
     expert_owner,
     expert_scales,
     max_error,
@@ -29,13 +30,18 @@ from vllm_ep_kit.reference.moe import (
 )
 
 
-def default_cases(world: int) -> list[RoutingCase]:
-    """Even (64 x 2048 bf16, top-4 of 16), uneven, one rank empty, and an fp32 case."""
-    return [RoutingCase(tokens=(64,) * world, hidden=2048, num_experts=16, top_k=4),
-            RoutingCase(tokens=tuple(3 + 4 * r for r in range(world)), hidden=256),
-            RoutingCase(tokens=tuple(0 if r == world - 1 else 7 for r in range(world)),
-                        hidden=256),
-            RoutingCase(tokens=(16,) * world, hidden=512, dtype="fp32")]
+def default_cases(world: int, fp8: bool = True) -> list[RoutingCase]:
+    """Even (64 x 2048 bf16, top-4 of 16), uneven, one rank empty, fp32, and fp8 + scales."""
+    cases = [RoutingCase(tokens=(64,) * world, hidden=2048, num_experts=16, top_k=4),
+             RoutingCase(tokens=tuple(3 + 4 * r for r in range(world)), hidden=256),
+             RoutingCase(tokens=tuple(0 if r == world - 1 else 7 for r in range(world)),
+                         hidden=256),
+             RoutingCase(tokens=(16,) * world, hidden=512, dtype="fp32")]
+    if fp8:
+        cases += [RoutingCase(tokens=(64,) * world, hidden=2048, dtype="fp8"),
+                  RoutingCase(tokens=tuple(0 if r == 0 else 5 + r for r in range(world)),
+                              hidden=512, dtype="fp8")]
+    return cases
 
 
 def _comm_backend(group):
@@ -68,80 +74,143 @@ def _comm_backend(group):
     return GlooCommBackend()
 
 
-def rank_one_sided_roundtrip(ctx, cases: list[RoutingCase],
-                             ignore_ownership: bool = False) -> list[dict]:
-    """Dispatch + expert partials + combine through ``MoeAlltoAll`` for every case.
+def _local_inputs(case: RoutingCase, rank: int, device: torch.device):
+    """This source's tokens, on ``device``; fp8 hidden states travel as bytes + scales."""
+    mine = source_tokens(case, rank)
+    x = mine.x.to(device)
+    payload = [x.view(torch.uint8) if case.dtype == "fp8" else x]
+    if mine.x_scale is not None:
+        payload.append(mine.x_scale.to(device))
+    return mine, payload, mine.topk_ids.to(device), mine.topk_weights.to(device)
 
-    ``ignore_ownership`` is a negative control: every rank then applies all of a
-    token's experts, so tokens sent to two ranks are counted twice.
+
+def _expert_partial(case: RoutingCase, recv_x: torch.Tensor, recv_scale, recv_ids: torch.Tensor,
+                    recv_w: torch.Tensor, rank: int, world: int,
+                    ignore_ownership: bool = False) -> torch.Tensor:
+    """This rank's experts' output for every received row (unowned/invalid ids add 0)."""
+    device = recv_x.device
+    owner = expert_owner(case.num_experts, world).to(device)
+    scales = expert_scales(case.num_experts).to(device)
+    ids = recv_ids.long()
+    valid = (ids >= 0) & (ids < case.num_experts)  # unsent slots hold junk or a marker
+    safe = ids.clamp(0, case.num_experts - 1)
+    mask = valid.float() if ignore_ownership else (valid & (owner[safe] == rank)).float()
+    coeff = (recv_w.float() * scales[safe] * mask).sum(-1)
+    values = dequantize_fp8(recv_x.view(torch.float8_e4m3fn), recv_scale) \
+        if case.dtype == "fp8" else recv_x.float()
+    return (values * coeff.unsqueeze(-1)).to(case.combine_dtype)
+
+
+def _result(case: RoutingCase, mine, out: torch.Tensor, start: float, **extra) -> dict:
+    torch.cuda.synchronize()
+    want = moe_reference(mine, case.num_experts)
+    got = out[: mine.x.shape[0]].float().cpu()
+    return {"case": case.describe(), "dtype": case.dtype, "tokens": list(case.tokens),
+            "max_error": max_error(got, want), "passed": within_tolerance(got, want, case.dtype),
+            "seconds": time.perf_counter() - start, **extra}
+
+
+def one_sided_case(a2a, case: RoutingCase, rank: int, world: int, device: torch.device,
+                   ignore_ownership: bool = False, combine=None) -> dict:
+    """One dispatch + expert partials + combine through a ``MoeAlltoAll``.
+
+    ``combine(payload, max_tokens)`` overrides ``a2a.combine`` (vLLM's manager
+    has its own ``combine_into``).  ``ignore_ownership`` is a negative control:
+    every rank applies all of a token's experts, so tokens sent to two ranks
+    are counted twice.
     """
-    from flashinfer.comm import Mapping
-    from flashinfer.comm.mnnvl import MnnvlConfig
-    from flashinfer.comm.trtllm_moe_alltoall import (
-        MoeAlltoAll,
-        moe_a2a_get_workspace_size_per_rank,
-    )
+    start = time.perf_counter()
+    max_tokens = max(max(case.tokens), 1)
+    mine, payload, ids, w = _local_inputs(case, rank, device)
+    received = a2a.dispatch(ids, [*payload, ids, w], max_tokens)
+    recv_x, recv_scale = received[0], (received[1] if case.dtype == "fp8" else None)
+    recv_ids, recv_w = received[-2], received[-1]
+    partial = _expert_partial(case, recv_x, recv_scale, recv_ids, recv_w, rank, world,
+                              ignore_ownership)
+    out = (combine or a2a.combine)(partial, max_tokens)
+    return _result(case, mine, out, start)
 
-    world, rank = ctx.world_size, ctx.rank
+
+def two_sided_case(workspace, prepare_workspace, case: RoutingCase, rank: int, world: int,
+                   device: torch.device, ignore_ownership: bool = False) -> dict:
+    """One prepare + dispatch + expert partials + combine through ``MnnvlMoe`` (alltoallv).
+
+    ``prepare`` routes top-k ids and weights to the ranks owning the experts
+    and returns them aligned with the rows ``alltoallv`` delivers; fp8 scales
+    travel in a second ``alltoallv`` with the same routing info, as vLLM's
+    two-sided dispatch sends ``x_sf``.
+    """
+    from flashinfer.comm.trtllm_alltoall import MnnvlMoe
+
+    start = time.perf_counter()
+    max_tokens = max(max(case.tokens), 1)
+    mine, payload, ids, w = _local_inputs(case, rank, device)
+    info, recv_ids, recv_w, _ = MnnvlMoe.mnnvl_moe_alltoallv_prepare_without_allgather(
+        ids, w, None, prepare_workspace, max_tokens, rank, world, case.num_experts,
+        case.num_experts, case.top_k)
+    recv_x = MnnvlMoe.mnnvl_moe_alltoallv(payload[0], info, workspace, rank, world)
+    recv_scale = MnnvlMoe.mnnvl_moe_alltoallv(payload[1], info, workspace, rank, world) \
+        if case.dtype == "fp8" else None
+    rows = recv_x.shape[0]
+    partial = _expert_partial(case, recv_x, recv_scale, recv_ids[:rows],
+                              recv_w[:rows].view(torch.float32), rank, world, ignore_ownership)
+    out = MnnvlMoe.mnnvl_moe_alltoallv_combine(partial, info, workspace, ep_rank=rank,
+                                               ep_size=world, top_k=case.top_k,
+                                               token_count=mine.x.shape[0])
+    return _result(case, mine, out, start, received_rows=rows)
+
+
+def _bind_device(rank: int) -> torch.device:
     device = torch.device("cuda", rank % torch.cuda.device_count())
     torch.cuda.set_device(device)
-    group = dist.group.WORLD
+    return device
+
+
+def one_sided_workspace_size(case: RoutingCase, world: int) -> int:
+    from flashinfer.comm.trtllm_moe_alltoall import moe_a2a_get_workspace_size_per_rank
+
+    x_bytes = case.hidden * torch.tensor([], dtype=case.torch_dtype).element_size()
+    combine_bytes = case.hidden * torch.tensor([], dtype=case.combine_dtype).element_size()
+    return moe_a2a_get_workspace_size_per_rank(
+        ep_size=world, max_num_tokens=max(max(case.tokens), 1),
+        total_dispatch_payload_size_per_token=x_bytes + case.scale_bytes_per_token
+        + case.top_k * 8,
+        combine_payload_size_per_token=combine_bytes)
+
+
+def rank_one_sided_roundtrip(ctx, cases: list[RoutingCase],
+                             ignore_ownership: bool = False) -> list[dict]:
+    """Every case through a ``MoeAlltoAll`` built here on the world group (no vLLM)."""
+    from flashinfer.comm import Mapping
+    from flashinfer.comm.mnnvl import MnnvlConfig
+    from flashinfer.comm.trtllm_moe_alltoall import MoeAlltoAll
+
+    world, rank = ctx.world_size, ctx.rank
+    device = _bind_device(rank)
     results = []
     for case in cases:
-        start = time.perf_counter()
-        max_tokens = max(max(case.tokens), 1)
-        elem = torch.tensor([], dtype=case.torch_dtype).element_size()
-        per_token = case.hidden * elem + case.top_k * 8
-        size = moe_a2a_get_workspace_size_per_rank(
-            ep_size=world, max_num_tokens=max_tokens,
-            total_dispatch_payload_size_per_token=per_token,
-            combine_payload_size_per_token=case.hidden * elem)
         mapping = Mapping(world, rank, torch.cuda.device_count(), tp_size=world,
                           moe_ep_size=world)
-        a2a = MoeAlltoAll(mapping=mapping, max_num_tokens=max_tokens, top_k=case.top_k,
-                          num_experts=case.num_experts, workspace_size_per_rank=size,
-                          mnnvl_config=MnnvlConfig(comm_backend=_comm_backend(group)))
-        mine = source_tokens(case, rank)
-        x, ids, w = (mine.x.to(device), mine.topk_ids.to(device),
-                     mine.topk_weights.to(device))
-        recv_x, recv_ids, recv_w = a2a.dispatch(ids, [x, ids, w], max_tokens)
-        # Partial output of this rank's experts for every received slot.
-        owner = expert_owner(case.num_experts, world).to(device)
-        scales = expert_scales(case.num_experts).to(device)
-        safe = recv_ids.long().clamp(0, case.num_experts - 1)  # unsent slots hold junk
-        mask = torch.ones_like(safe, dtype=torch.float) if ignore_ownership \
-            else (owner[safe] == rank).float()
-        coeff = (recv_w.float() * scales[safe] * mask).sum(-1)
-        partial = (recv_x.float() * coeff.unsqueeze(-1)).to(case.torch_dtype)
-        out = a2a.combine(partial, max_tokens)
-        torch.cuda.synchronize()
-        want = moe_reference(mine, case.num_experts)
-        got = out[: mine.x.shape[0]].float().cpu()
-        results.append({"case": case.describe(), "max_error": max_error(got, want),
-                        "passed": within_tolerance(got, want, case.dtype),
-                        "seconds": time.perf_counter() - start})
+        a2a = MoeAlltoAll(mapping=mapping, max_num_tokens=max(max(case.tokens), 1),
+                          top_k=case.top_k, num_experts=case.num_experts,
+                          workspace_size_per_rank=one_sided_workspace_size(case, world),
+                          mnnvl_config=MnnvlConfig(comm_backend=_comm_backend(dist.group.WORLD)))
+        results.append(one_sided_case(a2a, case, rank, world, device, ignore_ownership))
         del a2a
         dist.barrier()
         ctx.heartbeat()
     return results
 
 
-def rank_two_sided_roundtrip(ctx, cases: list[RoutingCase]) -> list[dict]:
-    """The same check through FlashInfer's two-sided ``MnnvlMoe`` (alltoallv) kernels.
-
-    ``prepare`` routes top-k ids and weights to the ranks owning the experts
-    and returns them aligned with the rows ``alltoallv`` delivers; each
-    destination computes its experts' partial per received row (ids it does
-    not own, or the out-of-range marker, contribute nothing) and ``combine``
-    sums the rows back per source token.
-    """
+def rank_two_sided_roundtrip(ctx, cases: list[RoutingCase],
+                             ignore_ownership: bool = False) -> list[dict]:
+    """Every case through ``MnnvlMoe`` workspaces built here on the world group (no vLLM)."""
     from flashinfer.comm import Mapping
     from flashinfer.comm.mnnvl import MnnvlConfig
     from flashinfer.comm.trtllm_alltoall import MnnvlMoe
 
     world, rank = ctx.world_size, ctx.rank
-    device = torch.device("cuda", rank % torch.cuda.device_count())
-    torch.cuda.set_device(device)
+    device = _bind_device(rank)
     mapping = Mapping(world, rank, torch.cuda.device_count(), tp_size=world)
     config = MnnvlConfig(comm_backend=_comm_backend(dist.group.WORLD),
                          fabric_page_size=1 << 29, allocation_granularity=0)
@@ -149,34 +218,8 @@ def rank_two_sided_roundtrip(ctx, cases: list[RoutingCase]) -> list[dict]:
     prepare_workspace = MnnvlMoe.get_moe_prepare_workspace(mapping, config)
     results = []
     for case in cases:
-        start = time.perf_counter()
-        max_tokens = max(max(case.tokens), 1)
-        mine = source_tokens(case, rank)
-        x, ids, w = (mine.x.to(device), mine.topk_ids.to(device),
-                     mine.topk_weights.to(device))
-        info, recv_ids, recv_w, _ = MnnvlMoe.mnnvl_moe_alltoallv_prepare_without_allgather(
-            ids, w, None, prepare_workspace, max_tokens, rank, world, case.num_experts,
-            case.num_experts, case.top_k)
-        recv_x = MnnvlMoe.mnnvl_moe_alltoallv(x, info, workspace, rank, world)
-        rows = recv_x.shape[0]
-        recv_ids, recv_w = recv_ids[:rows].long(), recv_w[:rows].view(torch.float32)
-        owner = expert_owner(case.num_experts, world).to(device)
-        scales = expert_scales(case.num_experts).to(device)
-        valid = (recv_ids >= 0) & (recv_ids < case.num_experts)
-        safe = recv_ids.clamp(0, case.num_experts - 1)
-        mask = (valid & (owner[safe] == rank)).float()
-        coeff = (recv_w.float() * scales[safe] * mask).sum(-1)
-        partial = (recv_x.float() * coeff.unsqueeze(-1)).to(case.torch_dtype)
-        out = MnnvlMoe.mnnvl_moe_alltoallv_combine(partial, info, workspace, ep_rank=rank,
-                                                   ep_size=world, top_k=case.top_k,
-                                                   token_count=mine.x.shape[0])
-        torch.cuda.synchronize()
-        want = moe_reference(mine, case.num_experts)
-        got = out[: mine.x.shape[0]].float().cpu()
-        results.append({"case": case.describe(), "received_rows": rows,
-                        "max_error": max_error(got, want),
-                        "passed": within_tolerance(got, want, case.dtype),
-                        "seconds": time.perf_counter() - start})
+        results.append(two_sided_case(workspace, prepare_workspace, case, rank, world, device,
+                                      ignore_ownership))
         dist.barrier()
         ctx.heartbeat()
     return results

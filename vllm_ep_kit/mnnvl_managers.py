@@ -35,6 +35,14 @@ class WorkspaceShape:
     x_sf_bytes_per_token: int = 0
 
 
+def kind_of_backend(backend: str) -> str:
+    """``flashinfer_nvlink_one_sided`` -> ``one_sided`` (and two-sided)."""
+    for kind, name in BACKEND_FOR_KIND.items():
+        if name == backend:
+            return kind
+    raise ValueError(f"backend={backend!r}: not a FlashInfer NVLink backend")
+
+
 def check_kind(kind: str) -> str:
     if kind not in MANAGER_CLASSES:
         raise ValueError(f"kind={kind!r}: expected one of {sorted(MANAGER_CLASSES)}")

@@ -24,12 +24,18 @@ from vllm_ep_kit.flashinfer_direct import (
     rank_two_sided_roundtrip,
 )
 from vllm_ep_kit.layout import ParallelLayout
-from vllm_ep_kit.reference.moe import RoutingCase
+from vllm_ep_kit.manager_roundtrip import (
+    lifecycle_findings,
+    rank_manager_lifecycle,
+    rank_manager_roundtrip,
+)
 from vllm_ep_kit.mnnvl_managers import (
+    BACKEND_FOR_KIND,
     build_manager,
     ensure_workspace,
     mnnvl_on_dp_group,
 )
+from vllm_ep_kit.reference.moe import RoutingCase
 from vllm_ep_kit.testing import run_ranks
 from vllm_ep_kit.testing.flashinfer_recorder import (
     FlashInferAllocationRecorder,
@@ -242,6 +248,18 @@ def test_flashinfer_kernel_check_catches_double_counting():
 @pytest.mark.ptrace
 @pytest.mark.nvlink
 @pytest.mark.gpus(2)
+def test_flashinfer_two_sided_kernel_check_catches_double_counting():
+    """Negative control for the two-sided kernels: ignoring expert ownership must fail."""
+    cases = [RoutingCase(tokens=(32, 32), hidden=512, num_experts=16, top_k=4, dtype="fp32")]
+    results = run_ranks(rank_two_sided_roundtrip, 2, cases, True, backend="gloo", timeout_s=600)
+    assert not any(r["passed"] for per_rank in results for r in per_rank)
+
+
+@pytest.mark.flashinfer
+@pytest.mark.mnnvl_handles
+@pytest.mark.ptrace
+@pytest.mark.nvlink
+@pytest.mark.gpus(2)
 def test_flashinfer_two_sided_kernel_vs_oracle():
     """FlashInfer's MnnvlMoe alltoallv (real kernels) prepare + dispatch + combine vs the oracle."""
     results = run_ranks(rank_two_sided_roundtrip, 2, default_cases(2), backend="gloo",
@@ -249,3 +267,73 @@ def test_flashinfer_two_sided_kernel_vs_oracle():
     for rank, per_rank in enumerate(results):
         for result in per_rank:
             assert result["passed"], f"rank {rank} {result}"
+
+
+# ----------------------------------------------------------------- vLLM's managers on GPUs
+
+# DP mode (EP = DP) and TP mode (EP = TP, DP = 1) on 2 GPUs; TP=2 x DP=2 needs 4.
+GPU_LAYOUTS = [pytest.param(ParallelLayout(tp=1, dp=2), marks=pytest.mark.gpus(2), id="tp1dp2"),
+               pytest.param(ParallelLayout(tp=2, dp=1), marks=pytest.mark.gpus(2), id="tp2dp1"),
+               pytest.param(ParallelLayout(tp=2, dp=2), marks=pytest.mark.gpus(4), id="tp2dp2")]
+MANAGER_GPU_MARKS = (pytest.mark.vllm, pytest.mark.flashinfer, pytest.mark.mnnvl_handles,
+                     pytest.mark.ptrace, pytest.mark.nvlink)
+
+
+def gpu_manager_test(fn):
+    for mark in MANAGER_GPU_MARKS:
+        fn = mark(fn)
+    return fn
+
+
+def run_on_gpus(fn, layout: ParallelLayout, kind: str, *args):
+    return run_ranks(fn, layout.world_size, kind, *args, backend="nccl", layout=layout,
+                     all2all_backend=BACKEND_FOR_KIND[kind], timeout_s=600)
+
+
+@gpu_manager_test
+@pytest.mark.parametrize("layout", GPU_LAYOUTS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_vllm_manager_lifecycle_on_gpus(kind, layout):
+    """Initialise over NVLink, ensure x3 (no second allocation), cleanup, re-initialise:
+    one workspace row per EP rank, device memory back to its level (cudaMemGetInfo)."""
+    results = run_on_gpus(rank_manager_lifecycle, layout, kind)
+    for rank, result in enumerate(results):
+        assert result["ep_size"] == layout.ep_size
+        assert lifecycle_findings(result) == [], f"rank {rank}: {result}"
+
+
+@gpu_manager_test
+@pytest.mark.gpus(2)
+@pytest.mark.parametrize("kind", KINDS)
+def test_vllm_manager_lifecycle_check_fails_when_fix_reverted(kind):
+    """Negative control on real allocations: TP mode has a 1-rank DP group, so the
+    pre-fix DP-group communicator gives a 1-row workspace for a 2-rank EP group."""
+    results = run_on_gpus(rank_manager_lifecycle, ParallelLayout(tp=2, dp=1), kind, True)
+    for result in results:
+        assert result["dp_size"] == 1 and result["ep_size"] == 2
+        assert any("workspace has 1 rows, EP group has 2 ranks" in finding
+                   for finding in lifecycle_findings(result)), result
+
+
+@gpu_manager_test
+@pytest.mark.parametrize("layout", GPU_LAYOUTS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_vllm_manager_dispatch_combine_vs_oracle(kind, layout):
+    """The manager's workspaces + FlashInfer's kernels vs the oracle: bf16 64x2048,
+    uneven, a rank with no tokens, fp32, fp8 with block scales."""
+    cases = default_cases(layout.ep_size)
+    results = run_on_gpus(rank_manager_roundtrip, layout, kind, cases)
+    for rank, per_rank in enumerate(results):
+        assert len(per_rank) == len(cases)
+        for case, result in zip(cases, per_rank):
+            assert result.passed, f"rank {rank} {case.describe()}: max error {result.max_error}"
+
+
+@gpu_manager_test
+@pytest.mark.gpus(2)
+@pytest.mark.parametrize("kind", KINDS)
+def test_vllm_manager_check_catches_double_counting(kind):
+    """Negative control through the managers: ignoring expert ownership must fail."""
+    cases = [RoutingCase(tokens=(32, 32), hidden=512, num_experts=16, top_k=4, dtype="fp32")]
+    results = run_on_gpus(rank_manager_roundtrip, ParallelLayout(tp=1, dp=2), kind, cases, True)
+    assert not any(r.passed for per_rank in results for r in per_rank)

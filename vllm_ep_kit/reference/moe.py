@@ -13,9 +13,14 @@ from dataclasses import dataclass
 
 import torch
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-# Combine tolerances (atol = rtol) per payload dtype; dispatch must be exact.
-TOLERANCE = {"bf16": 2e-2, "fp16": 2e-3, "fp32": 1e-5}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
+          "fp8": torch.float8_e4m3fn}
+# Combine tolerances (atol = rtol) per payload dtype; dispatch must be exact.  fp8
+# payloads (per-token scales) are combined in bf16 and compared with the reference
+# of the *dequantised* inputs, so only the bf16 combine rounds: bf16's tolerance.
+TOLERANCE = {"bf16": 2e-2, "fp16": 2e-3, "fp32": 1e-5, "fp8": 2e-2}
+FP8_MAX = 448.0  # largest finite float8_e4m3fn
+FP8_GROUP = 128  # fp8 scales per (token, 128 hidden columns), as vLLM's block-fp8 activations
 
 
 @dataclass(frozen=True)
@@ -34,12 +39,25 @@ class RoutingCase:
             raise ValueError(f"dtype={self.dtype!r}: expected one of {sorted(DTYPES)}")
         if not 1 <= self.top_k <= self.num_experts:
             raise ValueError(f"top_k={self.top_k}: expected 1..num_experts={self.num_experts}")
+        if self.dtype == "fp8" and self.hidden % (4 * FP8_GROUP):
+            raise ValueError(f"hidden={self.hidden}: fp8 cases need a multiple of "
+                             f"{4 * FP8_GROUP} (scale rows must be 16-byte aligned)")
         if any(n < 0 for n in self.tokens):
             raise ValueError(f"tokens={self.tokens}: counts must be >= 0")
 
     @property
     def torch_dtype(self) -> torch.dtype:
+        """The dispatched hidden-state payload's dtype."""
         return DTYPES[self.dtype]
+
+    @property
+    def combine_dtype(self) -> torch.dtype:
+        """The expert output's dtype (fp8 inputs produce bf16 outputs)."""
+        return torch.bfloat16 if self.dtype == "fp8" else DTYPES[self.dtype]
+
+    @property
+    def scale_bytes_per_token(self) -> int:
+        return 4 * self.hidden // FP8_GROUP if self.dtype == "fp8" else 0
 
     def describe(self) -> str:
         return (f"tokens={list(self.tokens)} E={self.num_experts} k={self.top_k} "
@@ -51,18 +69,36 @@ class Tokens:
     x: torch.Tensor  # [n, hidden] in the case's dtype
     topk_ids: torch.Tensor  # [n, top_k] int32, distinct experts per token
     topk_weights: torch.Tensor  # [n, top_k] float32, each row sums to 1
+    x_scale: torch.Tensor | None = None  # [n, hidden / FP8_GROUP] float32, for fp8 ``x``
+
+    def values(self) -> torch.Tensor:
+        """The hidden states in fp32 (dequantised when ``x`` is fp8)."""
+        return self.x.float() if self.x_scale is None else dequantize_fp8(self.x, self.x_scale)
+
+
+def quantize_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Group-wise absmax fp8 (e4m3): (values, fp32 scales [n, hidden / FP8_GROUP])."""
+    groups = x.float().unflatten(1, (-1, FP8_GROUP))
+    scale = (groups.abs().amax(dim=2) / FP8_MAX).clamp(min=1e-12)
+    return (groups / scale.unsqueeze(2)).flatten(1).to(torch.float8_e4m3fn), scale
+
+
+def dequantize_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x.float() * scale.float().repeat_interleave(FP8_GROUP, dim=1)
 
 
 def source_tokens(case: RoutingCase, source: int) -> Tokens:
     """The tokens of source ``source`` (a DP rank, or a rank in DP mode)."""
     n = case.tokens[source]
     gen = torch.Generator().manual_seed(case.seed * 1000003 + source)
-    x = torch.randn(n, case.hidden, generator=gen).to(case.torch_dtype)
+    x = torch.randn(n, case.hidden, generator=gen)
+    x, x_scale = quantize_fp8(x) if case.dtype == "fp8" else (x.to(case.torch_dtype), None)
     ids = torch.stack([torch.randperm(case.num_experts, generator=gen)[: case.top_k]
                        for _ in range(n)]) if n else torch.empty(0, case.top_k, dtype=torch.long)
     weights = torch.rand(n, case.top_k, generator=gen) + 0.1
     weights = weights / weights.sum(dim=1, keepdim=True)
-    return Tokens(x=x, topk_ids=ids.to(torch.int32), topk_weights=weights.float())
+    return Tokens(x=x, topk_ids=ids.to(torch.int32), topk_weights=weights.float(),
+                  x_scale=x_scale)
 
 
 def expert_scales(num_experts: int) -> torch.Tensor:
@@ -85,7 +121,7 @@ def moe_partial(tokens: Tokens, num_experts: int, ep_size: int,
     coeff = tokens.topk_weights * scales[ids]
     if ep_rank is not None:
         coeff = coeff * (expert_owner(num_experts, ep_size)[ids] == ep_rank).float()
-    return tokens.x.float() * coeff.sum(dim=1, keepdim=True)
+    return tokens.values() * coeff.sum(dim=1, keepdim=True)
 
 
 def moe_reference(tokens: Tokens, num_experts: int) -> torch.Tensor:
@@ -94,9 +130,11 @@ def moe_reference(tokens: Tokens, num_experts: int) -> torch.Tensor:
 
 
 def concat_tokens(parts: list[Tokens]) -> Tokens:
+    scales = [p.x_scale for p in parts]
     return Tokens(x=torch.cat([p.x for p in parts]),
                   topk_ids=torch.cat([p.topk_ids for p in parts]),
-                  topk_weights=torch.cat([p.topk_weights for p in parts]))
+                  topk_weights=torch.cat([p.topk_weights for p in parts]),
+                  x_scale=None if any(s is None for s in scales) else torch.cat(scales))
 
 
 def max_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

@@ -1,4 +1,6 @@
-"""Hotfix for ``vllm/distributed/device_communicators/all2all.py``: MNNVL workspace on the EP group.
+"""Hotfixes for ``vllm/distributed/device_communicators/all2all.py``.
+
+1. ``mnnvl_workspace_ep_group``: MNNVL workspace on the EP group.
 
 Symptom: ``vllm serve --enable-expert-parallel --all2all-backend
 flashinfer_nvlink_one_sided`` (or ``_two_sided``) with TP>1 and DP>1 dies at
@@ -26,6 +28,34 @@ answers the manager's own group, which is the one line that differs.
 
 Proof: ``tests/patches/test_all2all_ep_group.py`` (runs vLLM 0.19.1's sources
 over gloo: the EP-group check fails without the patch and passes with it).
+
+2. ``nixl_ep_tcp_store_group``: a clear error when the NIXL EP manager has no TCP store.
+
+Symptom: ``--all2all-backend nixl_ep`` without elastic EP dies at the first MoE
+layer with ``AttributeError: 'NoneType' object has no attribute 'store'``,
+which names neither the manager nor what is missing.
+
+Root cause: ``NixlEPAll2AllManager`` hands ``self.tcp_store_group.store`` to
+NIXL's ``Buffer`` (``_init_buffer`` / ``_update_buffer``), but vLLM passes a
+``tcp_store_group`` only for stateless (elastic EP) groups; otherwise it is None.
+
+Upstream: vllm-project/vllm PR 41299 (the manager checks it is given); later
+releases build a ``StatelessProcessGroup`` from the CPU group's store instead.
+Affected releases: 0.19.1 measured (its sources); 0.32.0 measured not affected.
+
+Detection (behavioural): the manager is constructed with a stand-in CPU group
+and ``tcp_store_group=None`` (vLLM's group getters and any
+``StatelessProcessGroup`` replaced by recorders); if it keeps None, its
+``_init_buffer`` runs against a recording ``nixl_ep.Buffer`` stand-in: an
+``AttributeError`` on None is the bug, an error naming ``tcp_store_group`` or a
+store of its own means no bug.
+
+Fix: ``__init__`` raises a ``ValueError`` naming the manager, the missing
+``tcp_store_group`` and what provides it, before any buffer is touched.
+
+Proof: ``tests/patches/test_all2all_nixl_ep.py`` (vLLM 0.19.1's sources: the
+unpatched manager fails with the AttributeError, the patched one with the
+clear error; the pinned vLLM is left untouched).
 """
 
 from __future__ import annotations
@@ -168,4 +198,143 @@ class MnnvlWorkspaceOnEpGroup(Patch):
             unwrap(getattr(all2all, cls_name), "initialize", _PATCHED_ATTR)
 
 
-PATCHES = [MnnvlWorkspaceOnEpGroup()]
+_NIXL_ATTR = "__vllm_ep_kit_nixl_tcp_store__"
+NIXL_MISSING_STORE = (
+    "NixlEPAll2AllManager needs tcp_store_group (a StatelessProcessGroup whose TCP store "
+    "NIXL's Buffer uses to exchange connection metadata) but got None: this vLLM passes one "
+    "only for stateless (elastic EP) process groups. Enable elastic EP, or use a vLLM "
+    "release whose NIXL EP manager creates its own store (0.32.0 does).")
+
+
+class _FakeCpuGroup:
+    """Enough of a ProcessGroup for ``All2AllManagerBase.__init__``."""
+
+    def rank(self) -> int:
+        return 0
+
+    def size(self) -> int:
+        return 2
+
+    def get_group_store(self):
+        return object()
+
+
+class _RecordingBuffer:
+    """Stands in for ``nixl_ep.Buffer``: accepts everything, records the store it got."""
+
+    stores: list = []
+
+    def __init__(self, rank=0, tcp_store_group=None, **kwargs):
+        _RecordingBuffer.stores.append(tcp_store_group)
+
+    @staticmethod
+    def get_rdma_size_hint(**kwargs) -> int:
+        return 0
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+def observed_nixl_store_handling() -> str:
+    """'own' (the manager makes a store), 'clear' (it says tcp_store_group is missing),
+    or 'attribute-error' (the bug).  Raises UnrecognisedShape otherwise."""
+    import sys
+
+    try:
+        from vllm.distributed import parallel_state
+        from vllm.distributed.device_communicators import all2all
+    except Exception as exc:  # noqa: BLE001
+        raise UnrecognisedShape(f"cannot import vLLM's all2all module: {exc}")
+    cls = getattr(all2all, "NixlEPAll2AllManager", None)
+    if cls is None:
+        raise UnrecognisedShape("vLLM has no NixlEPAll2AllManager")
+    group = types.SimpleNamespace(rank_in_group=0, world_size=1, cpu_group=None)
+    made = []
+
+    class RecordingStatelessGroup:
+        def __init__(self, *args, **kwargs):
+            made.append(kwargs)
+            self.store = object()
+
+    module_names = {}
+    if hasattr(all2all, "StatelessProcessGroup"):
+        module_names["StatelessProcessGroup"] = RecordingStatelessGroup
+    if hasattr(all2all, "dist"):  # PrefixStore over the stand-in group's store
+        module_names["dist"] = types.SimpleNamespace(PrefixStore=lambda prefix, store: object(),
+                                                     barrier=lambda *a, **k: None)
+    fake_module = types.ModuleType("nixl_ep")
+    fake_module.Buffer = _RecordingBuffer
+    saved_module = sys.modules.get("nixl_ep")
+    sys.modules["nixl_ep"] = fake_module
+    try:
+        with swapped(parallel_state, get_dp_group=lambda: group, get_tp_group=lambda: group,
+                     in_the_same_node_as=lambda *a, **k: [True, True]), \
+                swapped(all2all, **module_names):
+            try:
+                manager = cls(_FakeCpuGroup(), None)
+            except (ValueError, AssertionError) as exc:
+                if "tcp_store_group" in str(exc):
+                    return "clear"
+                raise UnrecognisedShape(f"constructor failed: {type(exc).__name__}: {exc}")
+            if getattr(manager, "tcp_store_group", None) is not None:
+                return "own"
+            manager.__dict__.setdefault("max_num_ep_ranks", 2)
+            try:
+                manager._init_buffer(max_num_tokens_per_dp_rank=1, token_hidden_size=8,
+                                     num_experts_per_rank=1)
+            except AttributeError as exc:
+                if "NoneType" in str(exc) and "store" in str(exc):
+                    return "attribute-error"
+                raise UnrecognisedShape(f"_init_buffer: {exc}")
+            except (ValueError, AssertionError) as exc:
+                if "tcp_store_group" in str(exc):
+                    return "clear"
+                raise UnrecognisedShape(f"_init_buffer: {type(exc).__name__}: {exc}")
+            raise UnrecognisedShape("_init_buffer ran without a tcp_store_group")
+    except UnrecognisedShape:
+        raise
+    except Exception as exc:  # noqa: BLE001 (any surprise means: unknown code)
+        raise UnrecognisedShape(f"NixlEPAll2AllManager under the probe: "
+                                f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        cls._buffer = None
+        if saved_module is None:
+            sys.modules.pop("nixl_ep", None)
+        else:
+            sys.modules["nixl_ep"] = saved_module
+
+
+class NixlEpTcpStoreGroupRequired(Patch):
+    name = "nixl_ep_tcp_store_group"
+    summary = "NIXL EP manager: clear error when tcp_store_group is missing"
+    upstream = "vllm-project/vllm#41299"
+    affected = "0.19.1 (measured); 0.32.0 not affected"
+
+    def probe(self) -> tuple[bool, str]:
+        seen = observed_nixl_store_handling()
+        if seen == "attribute-error":
+            return True, ("without tcp_store_group the manager fails at its first buffer with "
+                          "AttributeError on None")
+        if seen == "clear":
+            return False, "the manager reports a missing tcp_store_group clearly"
+        return False, "the manager creates its own TCP store when none is given"
+
+    def apply(self) -> None:
+        from vllm.distributed.device_communicators import all2all
+
+        def checked_init(original):
+            def __init__(self, cpu_group, tcp_store_group=None, *args, **kwargs):
+                if tcp_store_group is None:
+                    raise ValueError(NIXL_MISSING_STORE)
+                original(self, cpu_group, tcp_store_group, *args, **kwargs)
+            return __init__
+
+        wrap(all2all.NixlEPAll2AllManager, "__init__", checked_init, _NIXL_ATTR)
+
+    def revert(self) -> None:
+        from vllm.distributed.device_communicators import all2all
+
+        unwrap(all2all.NixlEPAll2AllManager, "__init__", _NIXL_ATTR)
+
+
+PATCHES = [MnnvlWorkspaceOnEpGroup(), NixlEpTcpStoreGroupRequired()]
