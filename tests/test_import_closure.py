@@ -48,3 +48,14 @@ def test_manylinux_tag_expansion():
     assert tags[0] == "manylinux_2_28_x86_64" and "manylinux_2_17_x86_64" in tags
     assert "manylinux2014_x86_64" in tags and tags[-1] == "any"
     assert compatible_platforms("macosx_11_0_arm64") == ["macosx_11_0_arm64", "any"]
+
+
+def test_a_skipped_distribution_that_is_needed_is_an_error(tmp_path):
+    import pytest
+
+    site = tmp_path / "site"
+    site.mkdir()
+    make_dist(site, "app", "import core\n")
+    make_dist(site, "core", "")
+    with pytest.raises(RuntimeError, match="core is needed .* but is skipped"):
+        minimal_distributions(("app",), have=set(), site_paths=[str(site)], skip={"core"})

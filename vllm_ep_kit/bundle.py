@@ -117,8 +117,12 @@ def read_have(path: Path | None) -> set[str]:
 
 
 def plan(include_vllm: bool, have: set[str], extra_modules: tuple[str, ...] = (),
-         progress=lambda message: None) -> BundlePlan:
-    """What to ship: FlashInfer's pruned tree, optionally vLLM, and the import closure."""
+         skip: set[str] = frozenset(), progress=lambda message: None) -> BundlePlan:
+    """What to ship: FlashInfer's pruned tree, optionally vLLM, and the import closure.
+
+    ``have``: distributions the target has (their requirements too); ``skip``: never
+    ship these, and do not assume anything they require is there.
+    """
     result = BundlePlan()
     result.flashinfer_root, result.flashinfer_files = flashinfer_files()
     modules = TRACE_MODULES + extra_modules
@@ -127,7 +131,7 @@ def plan(include_vllm: bool, have: set[str], extra_modules: tuple[str, ...] = ()
         result.vllm_root = _package_root("vllm")
         modules += VLLM_TRACE_MODULES
         stubs = tuple(f"vllm.{name}" for name in VLLM_KERNEL_STUBS)
-    closure = minimal_distributions(modules, have, always={"flashinfer-python", "vllm"},
+    closure = minimal_distributions(modules, have, always={"flashinfer-python", "vllm"}, skip=skip,
                                     extra_path=(str(Path(__file__).resolve().parents[1]),),
                                     stubs=stubs, progress=progress)
     result.distributions = closure.needed

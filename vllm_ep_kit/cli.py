@@ -166,8 +166,8 @@ def cmd_bundle(args: argparse.Namespace) -> int:
             print(f"vllm-ep-kit bundle: error: {name}: {value} does not exist", file=sys.stderr)
             return 2
     have = bundle.read_have(Path(args.have) if args.have else None)
-    have |= {bundle.normalise(n) for n in args.skip}
     plan = bundle.plan(include_vllm=args.vllm, have=have,
+                       skip={bundle.normalise(n) for n in args.skip},
                        progress=lambda m: print(m, file=sys.stderr))
     manifest = bundle.write(plan, out, args.python_version, args.platform,
                             Path(args.jit_cache) if args.jit_cache else None,

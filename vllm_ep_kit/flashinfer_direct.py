@@ -87,14 +87,22 @@ def _local_inputs(case: RoutingCase, rank: int, device: torch.device):
 def _expert_partial(case: RoutingCase, recv_x: torch.Tensor, recv_scale, recv_ids: torch.Tensor,
                     recv_w: torch.Tensor, rank: int, world: int,
                     ignore_ownership: bool = False) -> torch.Tensor:
-    """This rank's experts' output for every received row (unowned/invalid ids add 0)."""
+    """This rank's experts' output for every received row (unowned/invalid ids add 0).
+
+    ``ignore_ownership`` is the negative control: every slot is applied, so
+    tokens are counted on every rank they reach (and markers as experts).
+    """
     device = recv_x.device
     owner = expert_owner(case.num_experts, world).to(device)
     scales = expert_scales(case.num_experts).to(device)
     ids = recv_ids.long()
-    valid = (ids >= 0) & (ids < case.num_experts)  # unsent slots hold junk or a marker
-    safe = ids.clamp(0, case.num_experts - 1)
-    mask = valid.float() if ignore_ownership else (valid & (owner[safe] == rank)).float()
+    if ignore_ownership:  # negative control: every slot counts, whatever id or marker it holds
+        safe = ids.remainder(case.num_experts)
+        mask = torch.ones_like(safe, dtype=torch.float)
+    else:
+        valid = (ids >= 0) & (ids < case.num_experts)  # unsent slots hold junk or a marker
+        safe = ids.clamp(0, case.num_experts - 1)
+        mask = (valid & (owner[safe] == rank)).float()
     coeff = (recv_w.float() * scales[safe] * mask).sum(-1)
     values = dequantize_fp8(recv_x.view(torch.float8_e4m3fn), recv_scale) \
         if case.dtype == "fp8" else recv_x.float()
@@ -115,9 +123,7 @@ def one_sided_case(a2a, case: RoutingCase, rank: int, world: int, device: torch.
     """One dispatch + expert partials + combine through a ``MoeAlltoAll``.
 
     ``combine(payload, max_tokens)`` overrides ``a2a.combine`` (vLLM's manager
-    has its own ``combine_into``).  ``ignore_ownership`` is a negative control:
-    every rank applies all of a token's experts, so tokens sent to two ranks
-    are counted twice.
+    has its own ``combine_into``).  ``ignore_ownership``: see ``_expert_partial``.
     """
     start = time.perf_counter()
     max_tokens = max(max(case.tokens), 1)

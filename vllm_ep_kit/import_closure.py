@@ -145,17 +145,20 @@ def with_requirements(names: set[str], paths: list[str] | None = None) -> set[st
 def minimal_distributions(modules: tuple[str, ...], have: set[str], always: set[str] = frozenset(),
                           extra_path: tuple[str, ...] = (), stubs: tuple[str, ...] = (),
                           max_rounds: int = 80, progress=lambda message: None,
-                          site_paths: list[str] | None = None) -> Closure:
+                          site_paths: list[str] | None = None,
+                          skip: set[str] = frozenset()) -> Closure:
     """Distributions beyond ``have`` that importing ``modules`` cannot do without.
 
     ``always`` are present on the target in another form (shipped as sources);
     ``stubs`` are module names replaced by empty modules (compiled kernels not
     shipped); ``extra_path`` goes first on the interpreter's path (this checkout);
-    ``site_paths`` replaces this interpreter's site-packages as the source.
+    ``site_paths`` replaces this interpreter's site-packages as the source;
+    ``skip`` are absent on the target and must not be shipped: an error if needed.
     """
     index = SiteIndex(site_paths)
-    present = (with_requirements({normalise(n) for n in have}, site_paths)
-               | {normalise(n) for n in always}) & set(index.versions)
+    skip = {normalise(n) for n in skip}
+    present = ((with_requirements({normalise(n) for n in have}, site_paths)
+                | {normalise(n) for n in always}) - skip) & set(index.versions)
     closure = Closure()
     pruned = False
     code = PROBE.replace("STUBS", repr(list(stubs))).replace("MODULES", repr(list(modules)))
@@ -187,12 +190,15 @@ def minimal_distributions(modules: tuple[str, ...], have: set[str], always: set[
             continue
         missing = outcome["missing"]
         owner = index.owner_of_module(missing)
+        if owner in skip:
+            raise RuntimeError(f"{owner} is needed ({missing} imported at "
+                               f"{', '.join(outcome['importer'])}) but is skipped")
         if owner is None or owner in present or owner in closure.needed:
             raise RuntimeError(f"{missing!r} is imported ({outcome['importer']}) but no "
                                "installed distribution provides it here")
         # The owner and what it declares it requires (pip would install those too).
         extra = {owner} if pruned else with_requirements({owner}, site_paths)
-        for name in sorted(extra & set(index.versions)):
+        for name in sorted((extra - skip) & set(index.versions)):
             if name in present or name in closure.needed:
                 continue
             closure.needed[name] = index.versions[name]

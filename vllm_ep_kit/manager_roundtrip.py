@@ -34,6 +34,10 @@ from vllm_ep_kit.mnnvl_managers import (
 from vllm_ep_kit.reference.moe import RoutingCase
 
 MIB = 1 << 20
+# vLLM's one-sided manager sizes FlashInfer's combine region as hidden * 2 bytes: its
+# combine payload is bf16 (fp8 inputs are combined in bf16 too).  Measured: an fp32
+# payload fails FlashInfer's "workspace insufficient for combine payload region" check.
+MANAGER_COMBINE_DTYPES = (torch.bfloat16,)
 
 
 def free_device_bytes() -> int:
@@ -102,7 +106,11 @@ def rank_manager_lifecycle(ctx, kind: str, reverted_fix: bool = False) -> dict:
     with mutant:
         for index, (step, step_shape) in enumerate(plan):
             if step == "ensure":
-                ensure_workspace(manager, kind, step_shape)
+                try:
+                    ensure_workspace(manager, kind, step_shape)
+                except RuntimeError as exc:  # e.g. FlashInfer's own workspace-size check
+                    steps.append({"step": f"{index + 1}. ensure", "error": str(exc)})
+                    break
                 label = "ensure" if step_shape is shape else \
                     f"ensure max_num_tokens={step_shape.max_num_tokens}"
             else:
@@ -117,19 +125,23 @@ def rank_manager_lifecycle(ctx, kind: str, reverted_fix: bool = False) -> dict:
 def lifecycle_findings(result: dict, tolerance_mib: float = 8.0) -> list[str]:
     """What is wrong with one rank's lifecycle record (empty: all good).
 
-    - every workspace has one row per EP rank;
+    - every ensure succeeds and its workspace has one row per EP rank;
     - repeated ensures neither allocate nor move the workspace;
-    - after a cleanup and a new ensure, usage is what the first ensure used
-      (no growth across re-initialisation);
-    - after the final cleanup usage is back to the level before (within
-      ``tolerance_mib``).
+    - a re-initialisation after cleanup uses what the first ensure used
+      (no growth across cleanup / re-initialise cycles).
+    Whether cleanup gives the memory back is :func:`release_findings`.
     """
     findings = []
     steps = result["steps"]
     for step in steps:
-        if step["initialized"] and step["rows"] != result["ep_size"]:
+        if "error" in step:
+            findings.append(f"{step['step']} failed: {step['error']}")
+        elif step["initialized"] and step["rows"] != result["ep_size"]:
             findings.append(f"{step['step']}: workspace has {step['rows']} rows, "
                             f"EP group has {result['ep_size']} ranks")
+    steps = [s for s in steps if "error" not in s]
+    if not steps:
+        return findings
     first = steps[0]
     for step in steps[1:3]:
         if step["step"].endswith("ensure") and (step["address"] != first["address"] or abs(
@@ -137,16 +149,20 @@ def lifecycle_findings(result: dict, tolerance_mib: float = 8.0) -> list[str]:
             findings.append(f"{step['step']}: repeated ensure re-allocated ({first['used_mib']}"
                             f" -> {step['used_mib']} MiB, address changed: "
                             f"{step['address'] != first['address']})")
-    reinit = [s for s in steps[3:] if s["step"].endswith(". ensure")]
-    for step in reinit:
+    for step in [s for s in steps[3:] if s["step"].endswith(". ensure")]:
         if abs(step["used_mib"] - first["used_mib"]) > tolerance_mib:
             findings.append(f"{step['step']}: re-initialised workspace uses {step['used_mib']} "
                             f"MiB, the first used {first['used_mib']} MiB")
-    last = steps[-1]
-    if abs(last["used_mib"]) > tolerance_mib:
-        findings.append(f"{last['step']}: {last['used_mib']} MiB still in use after cleanup "
-                        f"(tolerance {tolerance_mib} MiB)")
     return findings
+
+
+def release_findings(result: dict, tolerance_mib: float = 1.0) -> list[str]:
+    """Device memory still held after the final cleanup (empty: back to the level before)."""
+    last = result["steps"][-1]
+    if last.get("initialized", True) or abs(last["used_mib"]) <= tolerance_mib:
+        return []
+    return [f"{last['step']}: {last['used_mib']} MiB still in use after cleanup "
+            f"(tolerance {tolerance_mib} MiB)"]
 
 
 def _one_sided_shape(case: RoutingCase) -> WorkspaceShape:
@@ -181,6 +197,9 @@ def rank_manager_roundtrip(ctx, kind: str, cases: list[RoutingCase],
                              f"EP group has {world} ranks")
         start = time.perf_counter()
         if kind == "one_sided":
+            if case.combine_dtype not in MANAGER_COMBINE_DTYPES:
+                raise ValueError(f"case {case.describe()}: vLLM's one-sided manager combines "
+                                 f"{MANAGER_COMBINE_DTYPES} payloads only")
             ensure_workspace(manager, kind, _one_sided_shape(case))
 
             def combine(payload, max_tokens):

@@ -25,9 +25,11 @@ from vllm_ep_kit.flashinfer_direct import (
 )
 from vllm_ep_kit.layout import ParallelLayout
 from vllm_ep_kit.manager_roundtrip import (
+    MANAGER_COMBINE_DTYPES,
     lifecycle_findings,
     rank_manager_lifecycle,
     rank_manager_roundtrip,
+    release_findings,
 )
 from vllm_ep_kit.mnnvl_managers import (
     BACKEND_FOR_KIND,
@@ -295,7 +297,7 @@ def run_on_gpus(fn, layout: ParallelLayout, kind: str, *args):
 @pytest.mark.parametrize("kind", KINDS)
 def test_vllm_manager_lifecycle_on_gpus(kind, layout):
     """Initialise over NVLink, ensure x3 (no second allocation), cleanup, re-initialise:
-    one workspace row per EP rank, device memory back to its level (cudaMemGetInfo)."""
+    one workspace row per EP rank, no growth across re-initialisation (cudaMemGetInfo)."""
     results = run_on_gpus(rank_manager_lifecycle, layout, kind)
     for rank, result in enumerate(results):
         assert result["ep_size"] == layout.ep_size
@@ -304,15 +306,38 @@ def test_vllm_manager_lifecycle_on_gpus(kind, layout):
 
 @gpu_manager_test
 @pytest.mark.gpus(2)
+@pytest.mark.xfail(strict=True, reason=(
+    "measured on 2x H200 (docs/gpu-validation.md run #7): FlashInfer keeps MNNVL workspaces "
+    "in class-level caches (MnnvlMoe.moe_workspace for two-sided, MoeAlltoAll."
+    "_WORKSPACE_CACHE keyed by size for one-sided); vLLM's cleanup drops only its own "
+    "references, so memory stays in use, and a one-sided workspace grown to a larger size "
+    "keeps the smaller one too"))
+@pytest.mark.parametrize("kind", KINDS)
+def test_vllm_manager_cleanup_returns_device_memory(kind):
+    """After the last cleanup, device memory is back to its level before the first ensure."""
+    results = run_on_gpus(rank_manager_lifecycle, ParallelLayout(tp=1, dp=2), kind)
+    for rank, result in enumerate(results):
+        assert release_findings(result) == [], f"rank {rank}: {result['steps'][-1]}"
+
+
+@gpu_manager_test
+@pytest.mark.gpus(2)
 @pytest.mark.parametrize("kind", KINDS)
 def test_vllm_manager_lifecycle_check_fails_when_fix_reverted(kind):
     """Negative control on real allocations: TP mode has a 1-rank DP group, so the
-    pre-fix DP-group communicator gives a 1-row workspace for a 2-rank EP group."""
+    pre-fix DP-group communicator gives a 1-row workspace for a 2-rank EP group
+    (the one-sided manager's FlashInfer constructor refuses it outright)."""
     results = run_on_gpus(rank_manager_lifecycle, ParallelLayout(tp=2, dp=1), kind, True)
     for result in results:
         assert result["dp_size"] == 1 and result["ep_size"] == 2
-        assert any("workspace has 1 rows, EP group has 2 ranks" in finding
-                   for finding in lifecycle_findings(result)), result
+        findings = " | ".join(lifecycle_findings(result))
+        assert ("workspace has 1 rows, EP group has 2 ranks" in findings
+                or "workspace first dim must equal ep_size" in findings), result
+
+
+def manager_cases(ep_size: int) -> list[RoutingCase]:
+    """The default cases whose combine payload vLLM's managers are built for."""
+    return [c for c in default_cases(ep_size) if c.combine_dtype in MANAGER_COMBINE_DTYPES]
 
 
 @gpu_manager_test
@@ -320,8 +345,8 @@ def test_vllm_manager_lifecycle_check_fails_when_fix_reverted(kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_vllm_manager_dispatch_combine_vs_oracle(kind, layout):
     """The manager's workspaces + FlashInfer's kernels vs the oracle: bf16 64x2048,
-    uneven, a rank with no tokens, fp32, fp8 with block scales."""
-    cases = default_cases(layout.ep_size)
+    uneven, a rank with no tokens, fp8 with block scales (two-sided also fp32)."""
+    cases = manager_cases(layout.ep_size) if kind == "one_sided" else default_cases(layout.ep_size)
     results = run_on_gpus(rank_manager_roundtrip, layout, kind, cases)
     for rank, per_rank in enumerate(results):
         assert len(per_rank) == len(cases)
@@ -334,6 +359,6 @@ def test_vllm_manager_dispatch_combine_vs_oracle(kind, layout):
 @pytest.mark.parametrize("kind", KINDS)
 def test_vllm_manager_check_catches_double_counting(kind):
     """Negative control through the managers: ignoring expert ownership must fail."""
-    cases = [RoutingCase(tokens=(32, 32), hidden=512, num_experts=16, top_k=4, dtype="fp32")]
+    cases = [RoutingCase(tokens=(32, 32), hidden=512, num_experts=16, top_k=4)]
     results = run_on_gpus(rank_manager_roundtrip, ParallelLayout(tp=1, dp=2), kind, cases, True)
     assert not any(r.passed for per_rank in results for r in per_rank)

@@ -84,7 +84,8 @@ def quantize_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def dequantize_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x.float() * scale.float().repeat_interleave(FP8_GROUP, dim=1)
+    """fp32 values of group-quantised ``x`` (the last dimension holds the groups)."""
+    return x.float() * scale.float().repeat_interleave(FP8_GROUP, dim=-1)
 
 
 def source_tokens(case: RoutingCase, source: int) -> Tokens:

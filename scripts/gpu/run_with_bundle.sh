@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Run pytest on an air-gapped GPU host from the repository root, using a bundle made by
+# Run a command on an air-gapped GPU host from the repository root, using a bundle made by
 # `vllm-ep-kit bundle device/bundle --vllm ...` (tarred as device/bundle.tar.xz) and the
-# committed FlashInfer JIT cache.  Arguments go to pytest.  docs/gpu-validation.md lists
-# the runs made this way.
+# committed FlashInfer JIT cache, e.g.
+#   scripts/gpu/run_with_bundle.sh python3 -m pytest tests/distributed -v
+# docs/gpu-validation.md lists the runs made this way.
 set -euo pipefail
 bundle_tar=${VLLM_EP_KIT_BUNDLE:-device/bundle.tar.xz}
 work=${VLLM_EP_KIT_GPU_WORK:-/tmp/vllm-ep-kit-gpu}
@@ -22,4 +23,4 @@ export FLASHINFER_WORKSPACE_BASE="$work/flashinfer-workspace"
 export PYTHONPATH="$PWD:$PYTHONPATH"
 export NCCL_NVLS_ENABLE=0
 python3 -c 'import torch, vllm, flashinfer; print("torch", torch.__version__, "vllm", vllm.__version__, "flashinfer", flashinfer.__version__, "gpus", torch.cuda.device_count())'
-exec python3 -m pytest "$@"
+exec "$@"
