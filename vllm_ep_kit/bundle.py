@@ -152,6 +152,26 @@ def copy_python_sources(root: Path, target: Path) -> int:
     return count
 
 
+def _installed_version(name: str) -> str:
+    import importlib.metadata
+
+    return importlib.metadata.version(name)
+
+
+def write_dist_info(site: Path, name: str, version: str) -> None:
+    """Distribution metadata for a package shipped as sources.
+
+    vLLM reads its own distribution version to pick the platform: without it
+    (``importlib.metadata`` finds no ``vllm``) CUDA is not detected and vLLM
+    runs with its unspecified platform, without CUDA device communicators
+    (measured on the H200 host, docs/gpu-validation.md run #8).
+    """
+    info = site / f"{name}-{version}.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    (info / "INSTALLER").write_text("vllm-ep-kit bundle\n")
+
+
 def compatible_platforms(platform: str) -> list[str]:
     """``platform`` plus the older manylinux tags a manylinux_2_N host also accepts."""
     match = re.fullmatch(r"manylinux_2_(\d+)_(\w+)", platform)
@@ -191,6 +211,7 @@ def write(bundle: BundlePlan, out: Path, python_version: str, platform: str,
             (site / "vllm" / f"{name}.py").write_text(
                 f'"""Stand-in written by vllm-ep-kit bundle: vLLM\'s compiled {name} is not '
                 'shipped; its ops are absent."""\n')
+        write_dist_info(site, "vllm", _installed_version("vllm"))
         progress(f"bundle: vllm: {count} Python files (compiled kernels and data left out), "
                  f"stubs for {', '.join(VLLM_KERNEL_STUBS)}")
     failed, substituted = {}, {}

@@ -287,9 +287,10 @@ def gpu_manager_test(fn):
     return fn
 
 
-def run_on_gpus(fn, layout: ParallelLayout, kind: str, *args):
+def run_on_gpus(fn, layout: ParallelLayout, kind: str, *args, timeout_s: float = 420):
+    """``timeout_s`` covers a first FlashInfer JIT build (up to ~200 s measured)."""
     return run_ranks(fn, layout.world_size, kind, *args, backend="nccl", layout=layout,
-                     all2all_backend=BACKEND_FOR_KIND[kind], timeout_s=600)
+                     all2all_backend=BACKEND_FOR_KIND[kind], timeout_s=timeout_s)
 
 
 @gpu_manager_test
@@ -327,7 +328,8 @@ def test_vllm_manager_lifecycle_check_fails_when_fix_reverted(kind):
     """Negative control on real allocations: TP mode has a 1-rank DP group, so the
     pre-fix DP-group communicator gives a 1-row workspace for a 2-rank EP group
     (the one-sided manager's FlashInfer constructor refuses it outright)."""
-    results = run_on_gpus(rank_manager_lifecycle, ParallelLayout(tp=2, dp=1), kind, True)
+    results = run_on_gpus(rank_manager_lifecycle, ParallelLayout(tp=2, dp=1), kind, True,
+                          timeout_s=150)
     for result in results:
         assert result["dp_size"] == 1 and result["ep_size"] == 2
         findings = " | ".join(lifecycle_findings(result))
