@@ -100,7 +100,6 @@ def rank_agrs_check(ctx, cases: list[RoutingCase]) -> list[CaseResult]:
     from vllm.distributed import parallel_state as ps
     from vllm.distributed.device_communicators.all2all import AgRsAll2AllManager
     from vllm.forward_context import get_forward_context, set_forward_context
-    from vllm.model_executor.models.utils import sequence_parallel_chunk_impl
 
     from vllm_ep_kit.testing.gloo_collectives import ensure_v_collectives
 
@@ -118,6 +117,10 @@ def rank_agrs_check(ctx, cases: list[RoutingCase]) -> list[CaseResult]:
         mine = _rank_input(case, layout, ctx.rank, sp)
         full = source_tokens(case, layout.dp_rank(ctx.rank))
         if sp:  # vLLM's own chunking must agree with the oracle's
+            # Imported only here: vLLM's models package queries compiled ops at import
+            # time, which a GPU host running vLLM's Python sources alone does not have.
+            from vllm.model_executor.models.utils import sequence_parallel_chunk_impl
+
             chunked = sequence_parallel_chunk_impl(full.x.to(ctx.device))
             assert torch.equal(chunked.cpu(), mine.x), "sequence_parallel_chunk disagrees"
         dev = ctx.device
