@@ -1,0 +1,205 @@
+"""The MoE layer test matrix as data, and the sequence-parallel (SP) wrapper.
+
+``PARALLEL_COMBOS`` are the layouts a MoE layer runs in; SP holds where vLLM's
+``ParallelConfig.use_sequence_parallel_moe`` says so (EP wider than TP, TP > 1,
+and a backend that takes SP inputs).  ``BACKEND_SUPPORT`` says which all-to-all
+backend supports which activation quantisation and whether it takes SP
+inputs; :func:`cell_outcome` turns a (backend, quantisation, layout) cell into
+"run" or a stated reason, so every cell is either exercised or skipped with
+the reason from the table.
+
+:func:`sp_moe_forward` is the SP wrapper: split tokens across TP with vLLM's
+``sequence_parallel_chunk``, run the layer, all-gather over TP with
+``tensor_model_parallel_all_gather``, and trim the chunk padding so uneven
+token counts round-trip exactly.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from vllm_ep_kit.layout import ParallelLayout
+from vllm_ep_kit.reference.mlp_moe import MlpExperts, layer_close, mlp_moe_partial, \
+    mlp_moe_reference
+from vllm_ep_kit.reference.moe import RoutingCase, max_error, source_tokens
+
+PARALLEL_COMBOS: dict[str, ParallelLayout] = {
+    "dp2-ep": ParallelLayout(tp=1, dp=2),
+    "tp2-ep": ParallelLayout(tp=2, dp=1),
+    "dp4-ep": ParallelLayout(tp=1, dp=4),
+    "tp2-dp2-ep-sp": ParallelLayout(tp=2, dp=2),
+}
+
+
+@dataclass(frozen=True)
+class BackendSupport:
+    quants: tuple[str, ...]  # activation dtypes the backend's MoE path takes
+    takes_sp: bool  # in vLLM's use_sequence_parallel_moe list
+    cpu_ok: bool = False  # runs over gloo on a CPU-only machine
+    needs: str = ""  # what it needs beyond a CUDA GPU (one line)
+
+
+BACKEND_SUPPORT: dict[str, BackendSupport] = {
+    "allgather_reducescatter": BackendSupport(("bf16", "fp32", "fp8"), takes_sp=True,
+                                              cpu_ok=True),
+    "flashinfer_nvlink_one_sided": BackendSupport(("bf16", "fp8", "nvfp4"), takes_sp=True,
+                                                  needs="2+ GPUs with NVLink, FlashInfer"),
+    "flashinfer_nvlink_two_sided": BackendSupport(("bf16", "fp8", "nvfp4"), takes_sp=False,
+                                                  needs="2+ GPUs with NVLink, FlashInfer"),
+    "deepep_high_throughput": BackendSupport(("bf16", "fp8"), takes_sp=True, needs="deep_ep"),
+    "deepep_low_latency": BackendSupport(("bf16", "fp8"), takes_sp=True, needs="deep_ep"),
+}
+QUANTS = ("fp32", "bf16", "fp8", "nvfp4")
+# What this machine-independent suite can compute on CPU: fp8 and nvfp4 expert
+# kernels exist only on GPUs (nvfp4 needs Blackwell).
+CPU_QUANTS = ("fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class MoeLayerCell:
+    backend: str
+    quant: str
+    combo: str
+
+    @property
+    def layout(self) -> ParallelLayout:
+        return PARALLEL_COMBOS[self.combo]
+
+    @property
+    def is_sequence_parallel(self) -> bool:
+        """vLLM's rule: the layout is SP-shaped and the backend takes SP inputs."""
+        return self.layout.is_sequence_parallel and BACKEND_SUPPORT[self.backend].takes_sp
+
+    @property
+    def id(self) -> str:
+        return f"{self.backend}-{self.quant}-{self.combo}"
+
+
+def all_cells() -> list[MoeLayerCell]:
+    return [MoeLayerCell(b, q, c) for b in BACKEND_SUPPORT for q in QUANTS
+            for c in PARALLEL_COMBOS]
+
+
+NOT_APPLICABLE = "not applicable"  # the table rules the cell out everywhere
+NOT_HERE = "not runnable here"  # possible, but this machine lacks what it needs
+
+
+def cell_outcome(cell: MoeLayerCell, gpu_count: int) -> tuple[str, str]:
+    """("", "") to run the cell here, else (NOT_APPLICABLE or NOT_HERE, reason)."""
+    support = BACKEND_SUPPORT[cell.backend]
+    if cell.quant not in support.quants:
+        return NOT_APPLICABLE, f"{cell.backend} does not take {cell.quant} activations"
+    if cell.layout.is_sequence_parallel and not support.takes_sp:
+        return NOT_APPLICABLE, (f"{cell.backend} takes no sequence-parallel inputs (not in "
+                                "vLLM's use_sequence_parallel_moe list)")
+    if gpu_count == 0:
+        if not support.cpu_ok:
+            return NOT_HERE, f"{cell.backend} needs {support.needs or 'CUDA GPUs'}"
+        if cell.quant not in CPU_QUANTS:
+            return NOT_HERE, f"{cell.quant} expert kernels need a GPU"
+        return "", ""
+    return NOT_HERE, f"GPU layer cases are not implemented yet (issue 6): {cell.backend}"
+
+
+def layer_cases(layout: ParallelLayout, quant: str) -> list[RoutingCase]:
+    """Even, uneven and zero-token DP ranks (token counts per DP rank)."""
+    dp = layout.dp
+    patterns = [(5,) * dp, tuple(3 + 4 * i for i in range(dp)),
+                tuple(0 if i == dp - 1 else 7 for i in range(dp))]
+    return [RoutingCase(tokens=t, num_experts=4 * layout.ep_size, top_k=2, hidden=64,
+                        dtype=quant) for t in patterns]
+
+
+def sp_moe_forward(layer, x: torch.Tensor, *per_token: torch.Tensor, trim: bool = True
+                   ) -> torch.Tensor:
+    """Split ``x`` (and per-token routing tensors) across TP, run ``layer``, gather, trim.
+
+    ``trim=False`` keeps the chunk padding (the upstream wrapper's behaviour):
+    the output then has ``ceil(n / tp) * tp`` rows for ``n`` tokens.
+    """
+    from vllm.distributed import tensor_model_parallel_all_gather
+    from vllm.model_executor.models.utils import sequence_parallel_chunk
+
+    num_tokens = x.shape[0]
+    chunks = [sequence_parallel_chunk(t) for t in (x, *per_token)]
+    out = tensor_model_parallel_all_gather(layer(*chunks).contiguous(), 0)
+    return out[:num_tokens] if trim else out
+
+
+def rank_moe_layer(ctx, cell: MoeLayerCell, cases: list[RoutingCase],
+                   trim: bool = True) -> list[dict]:
+    """The MoE layer on this rank through vLLM's parallel state, vs the fp32 reference.
+
+    Dispatch and combine are vLLM's ``AgRsAll2AllManager`` (under SP over the
+    EP group, else the DP group); where vLLM has no all-to-all (DP=1, no SP)
+    every rank has all tokens and the EP ranks' partials are all-reduced over
+    TP, as vLLM's layer does.  Experts are the torch SiLU-MLP reference run in
+    the case's dtype for this rank's experts only.
+    """
+    from vllm.distributed import parallel_state as ps
+    from vllm.distributed.device_communicators.all2all import AgRsAll2AllManager
+    from vllm.forward_context import get_forward_context, set_forward_context
+
+    from vllm_ep_kit.reference.moe import Tokens
+    from vllm_ep_kit.testing.gloo_collectives import ensure_v_collectives
+
+    layout: ParallelLayout = ctx.layout
+    sp = bool(ctx.vllm_config.parallel_config.use_sequence_parallel_moe)
+    if sp != cell.is_sequence_parallel:
+        raise AssertionError(f"vLLM says use_sequence_parallel_moe={sp} for {cell.id}, "
+                             f"the table says {cell.is_sequence_parallel}")
+    if ctx.backend == "gloo":
+        for group in (ps.get_dp_group(), ps.get_ep_group(), ps.get_tp_group()):
+            ensure_v_collectives(group)
+    ep = ps.get_ep_group()
+    manager = AgRsAll2AllManager(ep.cpu_group) if layout.uses_all2all else None
+    results = []
+    for case in cases:
+        start = time.perf_counter()
+        experts = MlpExperts(case.num_experts, case.hidden)
+        full = source_tokens(case, layout.dp_rank(ctx.rank))
+        compute = case.torch_dtype if case.dtype != "fp8" else torch.bfloat16
+        counts = torch.tensor(case.tokens, dtype=torch.int32)
+
+        def layer(x, ids, weights):
+            received = Tokens(x=x, topk_ids=ids, topk_weights=weights)
+            if manager is not None:
+                gx, gw, gids = manager.dispatch(x, weights, ids, is_sequence_parallel=sp)
+                received = Tokens(x=gx, topk_ids=gids, topk_weights=gw)
+            partial = mlp_moe_partial(received, experts, layout.ep_size, ep.rank_in_group,
+                                      dtype=compute).to(case.torch_dtype)
+            if manager is not None:
+                return manager.combine(partial, is_sequence_parallel=sp)
+            return ps.get_tp_group().all_reduce(partial)
+
+        with set_forward_context(None, ctx.vllm_config,
+                                 num_tokens=case.tokens[layout.dp_rank(ctx.rank)],
+                                 num_tokens_across_dp=counts):
+            dp_meta = get_forward_context().dp_metadata
+            sizes = dp_meta.sp_local_sizes(layout.tp if sp else 1) if dp_meta else None
+            with sizes if sizes is not None else _null():
+                if sp:
+                    out = sp_moe_forward(layer, full.x, full.topk_ids, full.topk_weights,
+                                         trim=trim)
+                else:
+                    out = layer(full.x, full.topk_ids, full.topk_weights)
+                    if manager is not None and layout.tp > 1:
+                        out = ps.get_tp_group().all_reduce(out)
+        want = mlp_moe_reference(full, experts)
+        results.append({"case": case.describe(), "rows": int(out.shape[0]),
+                        "tokens": int(full.x.shape[0]),
+                        "max_error": max_error(out, want) if out.shape == want.shape
+                        else float("inf"),
+                        "passed": layer_close(out, want, case.dtype),
+                        "seconds": time.perf_counter() - start})
+        ctx.heartbeat()
+    return results
+
+
+def _null():
+    import contextlib
+
+    return contextlib.nullcontext()

@@ -1,0 +1,76 @@
+"""The fp32 MoE reference with real expert weights (SiLU-gated MLPs), for MoE layer tests.
+
+The dispatch/combine oracle in ``moe.py`` uses scalar experts so that any
+misrouting shows; a layer test also needs the arithmetic a MoE layer does:
+``f_e(x) = W2_e (silu(W1_e x) * W3_e x)`` summed over the routed experts with
+the router weights.  Weights are regenerated from a seed on every rank, so the
+reference is computed on one process from the same weights the ranks use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vllm_ep_kit.reference.moe import Tokens, expert_owner
+
+# (atol, rtol) of a MoE layer's output against this fp32 reference, per activation dtype.
+# fp8 is upstream's value for its MoE layer tests (vLLM PR 41299 moved it from 6e-2).
+LAYER_TOLERANCE = {"fp32": (1e-4, 1e-4), "bf16": (2e-2, 2e-2), "fp8": (6.5e-2, 6.5e-2)}
+
+
+@dataclass(frozen=True)
+class MlpExperts:
+    """``num_experts`` SiLU-gated MLPs hidden -> intermediate -> hidden."""
+
+    num_experts: int
+    hidden: int
+    intermediate: int = 32
+    seed: int = 4321
+
+    def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(w13 [E, 2I, H], w2 [E, H, I]) in fp32, the same on every rank."""
+        gen = torch.Generator().manual_seed(self.seed)
+        w13 = torch.randn(self.num_experts, 2 * self.intermediate, self.hidden,
+                          generator=gen) / self.hidden ** 0.5
+        w2 = torch.randn(self.num_experts, self.hidden, self.intermediate,
+                         generator=gen) / self.intermediate ** 0.5
+        return w13, w2
+
+
+def mlp_moe_partial(tokens: Tokens, experts: MlpExperts, ep_size: int = 1,
+                    ep_rank: int | None = None, dtype: torch.dtype = torch.float32
+                    ) -> torch.Tensor:
+    """Sum over routed experts owned by ``ep_rank`` (all if None) of weight * f_e(x), fp32 out.
+
+    ``dtype`` is the precision the expert matmuls run in (the layer under test
+    may compute in bf16; the reference uses fp32).
+    """
+    w13, w2 = (w.to(dtype) for w in experts.weights())
+    x = tokens.values().to(dtype)
+    ids = tokens.topk_ids.long()
+    out = torch.zeros(x.shape[0], experts.hidden, dtype=torch.float32)
+    owner = expert_owner(experts.num_experts, ep_size)
+    inter = experts.intermediate
+    for e in range(experts.num_experts):
+        if ep_rank is not None and int(owner[e]) != ep_rank:
+            continue
+        rows, slots = (ids == e).nonzero(as_tuple=True)
+        if rows.numel() == 0:
+            continue
+        h = x[rows] @ w13[e].T
+        y = (torch.nn.functional.silu(h[:, :inter]) * h[:, inter:]) @ w2[e].T
+        out.index_add_(0, rows, y.float() * tokens.topk_weights[rows, slots].unsqueeze(1))
+    return out
+
+
+def mlp_moe_reference(tokens: Tokens, experts: MlpExperts) -> torch.Tensor:
+    """The full MoE output of every token in fp32, on one process."""
+    return mlp_moe_partial(tokens, experts)
+
+
+def layer_close(actual: torch.Tensor, expected: torch.Tensor, dtype: str) -> bool:
+    atol, rtol = LAYER_TOLERANCE[dtype]
+    return actual.shape == expected.shape and bool(
+        torch.allclose(actual.float(), expected.float(), atol=atol, rtol=rtol))
