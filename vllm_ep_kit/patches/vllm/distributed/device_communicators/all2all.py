@@ -39,9 +39,9 @@ Root cause: ``NixlEPAll2AllManager`` hands ``self.tcp_store_group.store`` to
 NIXL's ``Buffer`` (``_init_buffer`` / ``_update_buffer``), but vLLM passes a
 ``tcp_store_group`` only for stateless (elastic EP) groups; otherwise it is None.
 
-Upstream: vllm-project/vllm PR 41299 (the manager checks it is given); later
-releases build a ``StatelessProcessGroup`` from the CPU group's store instead.
-Affected releases: 0.19.1 measured (its sources); 0.32.0 measured not affected.
+Upstream: vllm-project/vllm PR 41299 (the manager asserts it is given, 0.22.0);
+from 0.24.0 it builds a ``StatelessProcessGroup`` from the CPU group's store instead.
+Affected releases (probed on each release's sources): 0.18.0 - 0.21.0.
 
 Detection (behavioural): the manager is constructed with a stand-in CPU group
 and ``tcp_store_group=None`` (vLLM's group getters and any
@@ -235,6 +235,16 @@ class _RecordingBuffer:
         return lambda *args, **kwargs: None
 
 
+def _names_tcp_store_group(exc: BaseException) -> bool:
+    """The error, or the source line that raised it (a bare ``assert tcp_store_group ...``
+    as upstream's fix has), names ``tcp_store_group``."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    return "tcp_store_group" in str(exc) or bool(frames and "tcp_store_group" in
+                                                 (frames[-1].line or ""))
+
+
 def observed_nixl_store_handling() -> str:
     """'own' (the manager makes a store), 'clear' (it says tcp_store_group is missing),
     or 'attribute-error' (the bug).  Raises UnrecognisedShape otherwise."""
@@ -273,7 +283,7 @@ def observed_nixl_store_handling() -> str:
             try:
                 manager = cls(_FakeCpuGroup(), None)
             except (ValueError, AssertionError) as exc:
-                if "tcp_store_group" in str(exc):
+                if _names_tcp_store_group(exc):
                     return "clear"
                 raise UnrecognisedShape(f"constructor failed: {type(exc).__name__}: {exc}")
             if getattr(manager, "tcp_store_group", None) is not None:
@@ -287,7 +297,7 @@ def observed_nixl_store_handling() -> str:
                     return "attribute-error"
                 raise UnrecognisedShape(f"_init_buffer: {exc}")
             except (ValueError, AssertionError) as exc:
-                if "tcp_store_group" in str(exc):
+                if _names_tcp_store_group(exc):
                     return "clear"
                 raise UnrecognisedShape(f"_init_buffer: {type(exc).__name__}: {exc}")
             raise UnrecognisedShape("_init_buffer ran without a tcp_store_group")
@@ -308,7 +318,7 @@ class NixlEpTcpStoreGroupRequired(Patch):
     name = "nixl_ep_tcp_store_group"
     summary = "NIXL EP manager: clear error when tcp_store_group is missing"
     upstream = "vllm-project/vllm#41299"
-    affected = "0.19.1 (measured); 0.32.0 not affected"
+    affected = "0.18.0 - 0.21.0 (fixed in 0.22.0)"
 
     def probe(self) -> tuple[bool, str]:
         seen = observed_nixl_store_handling()
