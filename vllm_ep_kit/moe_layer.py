@@ -16,6 +16,7 @@ token counts round-trip exactly.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 
@@ -180,7 +181,7 @@ def rank_moe_layer(ctx, cell: MoeLayerCell, cases: list[RoutingCase],
                                  num_tokens_across_dp=counts):
             dp_meta = get_forward_context().dp_metadata
             sizes = dp_meta.sp_local_sizes(layout.tp if sp else 1) if dp_meta else None
-            with sizes if sizes is not None else _null():
+            with sizes if sizes is not None else contextlib.nullcontext():
                 if sp:
                     out = sp_moe_forward(layer, full.x, full.topk_ids, full.topk_weights,
                                          trim=trim)
@@ -197,9 +198,3 @@ def rank_moe_layer(ctx, cell: MoeLayerCell, cases: list[RoutingCase],
                         "seconds": time.perf_counter() - start})
         ctx.heartbeat()
     return results
-
-
-def _null():
-    import contextlib
-
-    return contextlib.nullcontext()
