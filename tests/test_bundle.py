@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -55,3 +57,41 @@ def test_cli_refuses_a_non_empty_out(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert f"OUT: {tmp_path} exists and is not empty" in result.stderr
+
+
+def _tiny_wheel(directory: Path) -> Path:
+    """A one-module wheel (``ep_kit_probe_pkg``), enough for pip to install."""
+    import zipfile
+
+    wheel = directory / "ep_kit_probe_pkg-1.0-py3-none-any.whl"
+    info = "ep_kit_probe_pkg-1.0.dist-info"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("ep_kit_probe_pkg.py", "VALUE = 42\n")
+        zf.writestr(f"{info}/METADATA", "Metadata-Version: 2.1\nName: ep_kit_probe_pkg\n"
+                    "Version: 1.0\n")
+        zf.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: "
+                    "true\nTag: py3-none-any\n")
+        zf.writestr(f"{info}/RECORD", "")
+    return wheel
+
+
+def test_bootstrap_installs_the_wheels_once(tmp_path):
+    """Sourcing the bootstrap puts the wheels on the path; sourcing it again (one shell per
+    test command on a GPU host) does not reinstall them."""
+    from vllm_ep_kit.bundle import BOOTSTRAP
+
+    bundle, site = tmp_path / "bundle", tmp_path / "site"
+    (bundle / "wheels").mkdir(parents=True)
+    (bundle / "site").mkdir()
+    _tiny_wheel(bundle / "wheels")
+    (bundle / "bootstrap.sh").write_text(BOOTSTRAP)
+    env = {**os.environ, "VLLM_EP_KIT_SITE": str(site),
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    run = ["bash", "-c", f"source {bundle}/bootstrap.sh && python3 -c "
+           "'import ep_kit_probe_pkg as p; print(p.VALUE)'"]
+    first = subprocess.run(run, env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0 and first.stdout.strip() == "42", first.stderr
+    assert len(list(site.glob(".installed-*"))) == 1
+    (site / "ep_kit_probe_pkg.py").unlink()  # a reinstall would bring it back
+    second = subprocess.run(run, env=env, capture_output=True, text=True, timeout=120)
+    assert second.returncode != 0 and "No module named 'ep_kit_probe_pkg'" in second.stderr

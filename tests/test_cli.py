@@ -90,3 +90,18 @@ def test_cli_doctor_json():
                         "two_sided_dispatch_x_sf_guard": "not needed",
                         "reduce_scatterv_asserts": "applied",  # 0.32.0 still lacks this one
                         "nixl_ep_tcp_store_group": "not needed"}
+
+
+@pytest.mark.vllm
+def test_cli_check_reports_failed_ranks_as_failed_rows_and_goes_on():
+    """Ranks stopped by the watchdog (a 2 s limit cannot fit vLLM's start-up) fail every
+    case of the run with the ranks' reason; check exits 1 and prints the ranks' report."""
+    result = cli("check", "--world-sizes", "2", "--tp", "1", "--dtypes", "fp32", "--timeout",
+                 "2", "--json")
+    assert result.returncode == 1, result.stderr[-3000:]
+    rows = json.loads(result.stdout)["results"]
+    assert len(rows) == 3
+    assert all(not r["passed"] and r["max_error"] is None and "watchdog" in r["note"]
+               for r in rows), rows
+    assert "allgather_reducescatter on tp=1,dp=2,ep=2 failed" in result.stderr
+    assert "ranks failed" in result.stderr  # the runner's full report, not only a summary

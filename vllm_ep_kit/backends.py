@@ -20,13 +20,14 @@ class BackendNeeds:
     nvlink: bool = False
     mnnvl_handles: bool = False
     modules: tuple[str, ...] = ()  # importable modules it needs (e.g. deep_ep)
+    pynccl: bool = False  # on GPUs its collectives go through vLLM's PyNccl
     note: str = ""
 
 
 BACKENDS: tuple[BackendNeeds, ...] = (
-    BackendNeeds("allgather_reducescatter", cpu_ok=True,
+    BackendNeeds("allgather_reducescatter", cpu_ok=True, pynccl=True,
                  note="all-gather dispatch, reduce-scatter combine (the AGRS reference)"),
-    BackendNeeds("naive", cpu_ok=True, note="served by the allgather_reducescatter manager"),
+    BackendNeeds("naive", cpu_ok=True, pynccl=True, note="served by the allgather_reducescatter manager"),
     BackendNeeds("flashinfer_nvlink_two_sided", min_gpus=2, nvlink=True, mnnvl_handles=True,
                  modules=("flashinfer.comm",), note="FlashInfer MnnvlMoe alltoallv"),
     BackendNeeds("flashinfer_nvlink_one_sided", min_gpus=2, nvlink=True, mnnvl_handles=True,
@@ -68,6 +69,8 @@ def _unmet(needs: BackendNeeds) -> str:
                 return fi.detail
         elif not probes.module_available(module):
             return f"Python module {module!r} not installed"
+    if needs.pynccl and not probes.vllm_pynccl().ok:
+        return probes.vllm_pynccl().detail
     return ""
 
 

@@ -248,8 +248,13 @@ BOOTSTRAP = """#!/usr/bin/env bash
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 site=${VLLM_EP_KIT_SITE:-/tmp/vllm-ep-kit-site}
 mkdir -p "$site"
+# Install once per wheel set: sourcing again (one shell per test command) is then instant.
 if compgen -G "$here/wheels/*.whl" > /dev/null; then
-    python3 -m pip install --quiet --no-deps --no-index --target "$site" "$here"/wheels/*.whl
+    stamp="$site/.installed-$(cd "$here/wheels" && ls -- *.whl | md5sum | cut -c1-16)"
+    if [ ! -f "$stamp" ]; then
+        python3 -m pip install --quiet --no-deps --no-index --target "$site" "$here"/wheels/*.whl
+        touch "$stamp"
+    fi
 fi
 if [ -d "$here/jit_cache" ]; then
     export FLASHINFER_WORKSPACE_BASE="$here/jit_cache"

@@ -106,10 +106,15 @@ def cmd_check(args: argparse.Namespace) -> int:
         mark = "[green]pass[/green]" if result.passed else "[red]FAIL[/red]"
         console.print(f"[{done}/{total}] {result.backend} {result.layout} {result.dtype} "
                       f"tokens={result.tokens}: {mark} (max error {result.max_error:.3g}, "
-                      f"{result.seconds * 1e3:.1f} ms)")
+                      f"{result.seconds * 1e3:.1f} ms)"
+                      + (f" {result.note}" if not result.passed and result.note else ""))
+
+    def on_error(run, message):
+        console.print(f"[red]{run.backend} on {run.layout.describe()} failed:[/red]")
+        console.print(message, markup=False, highlight=False)
 
     results = ep_check.run_check(plan, on_result=on_result, on_start=on_start,
-                                 timeout_s=args.timeout)
+                                 on_error=on_error, timeout_s=args.timeout)
     if args.json:
         json.dump({"results": [r.as_dict() for r in results],
                    "not_run": [{"layout": lay, "reason": why} for lay, why in plan.skipped]},
@@ -120,11 +125,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         for col in ("backend", "layout", "dtype", "tokens", "dispatch exact", "max error",
                     "result", "time (ms)"):
             table.add_column(col)
+        table.add_column("why it failed", overflow="fold")
         for r in results:
             table.add_row(r.backend, r.layout, r.dtype, r.tokens, "n/a" if r.dispatch_exact is None
                           else OK if r.dispatch_exact else NO,
                           f"{r.max_error:.3g}", "[green]pass[/green]" if r.passed
-                          else "[red]FAIL[/red]", f"{r.seconds * 1e3:.1f}")
+                          else "[red]FAIL[/red]", f"{r.seconds * 1e3:.1f}",
+                          "" if r.passed else r.note)
         console.print(table)
     failed = sum(not r.passed for r in results)
     console.print(f"{len(results) - failed} passed, {failed} failed")

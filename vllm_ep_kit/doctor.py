@@ -14,6 +14,8 @@ def collect() -> dict:
     """Run every probe once; return a JSON-ready report."""
     checks = [probes.gpus(), probes.nvlink(), probes.mnnvl_handles(), probes.ptrace(),
               probes.flashinfer_comm(), probes.vllm()]
+    if probes.gpu_count():
+        checks.append(probes.vllm_pynccl())
     return {
         "host": {"hostname": platform.node(), "platform": platform.platform(),
                  "cpus": os.cpu_count()},

@@ -16,6 +16,7 @@ against the fp32 reference within the dtype's tolerance.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 
@@ -49,7 +50,11 @@ class CaseResult:
     note: str = ""
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """JSON-ready (a case that never produced an output has no error: null)."""
+        data = asdict(self)
+        if not math.isfinite(data["max_error"]):
+            data["max_error"] = None
+        return data
 
 
 def token_counts(pattern: str, num_sources: int) -> tuple[int, ...]:
@@ -268,14 +273,25 @@ def make_plan(world_sizes: list[int], tps: list[int], backends: list[str] | None
                      device_backend="nccl" if gpu_count else "gloo")
 
 
-def run_check(plan: CheckPlan, on_result=None, on_start=None,
+def failure_summary(exc) -> str:
+    """The first failing rank's line of a ``RankFailures`` message."""
+    for line in str(exc).splitlines():
+        if line.startswith("--- rank"):
+            return line.strip("- ")
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def run_check(plan: CheckPlan, on_result=None, on_start=None, on_error=None,
               timeout_s: float = 300.0) -> list[CaseResult]:
     """Run the plan; call ``on_start(backend, layout, n_cases)`` and ``on_result(result)``.
+
+    When a run's ranks fail, ``on_error(run, message)`` gets the ranks' full
+    report and each of the run's cases is reported failed with its first line.
 
     A case passes only if it passed on every rank; the reported error is the
     largest over ranks.
     """
-    from vllm_ep_kit.testing import run_ranks
+    from vllm_ep_kit.testing import RankFailures, run_ranks
 
     merged_all = []
     for run in plan.runs:
@@ -288,9 +304,25 @@ def run_check(plan: CheckPlan, on_result=None, on_start=None,
             from vllm_ep_kit.mnnvl_managers import kind_of_backend
 
             fn, args = rank_manager_roundtrip, (kind_of_backend(run.backend), list(run.cases))
-        per_rank = run_ranks(fn, run.layout.world_size, *args, backend=plan.device_backend,
-                             layout=run.layout, all2all_backend=run.backend,
-                             timeout_s=timeout_s)
+        try:
+            per_rank = run_ranks(fn, run.layout.world_size, *args, backend=plan.device_backend,
+                                 layout=run.layout, all2all_backend=run.backend,
+                                 timeout_s=timeout_s)
+        except RankFailures as exc:
+            # One broken backend must not hide the others: every case of this run
+            # fails with the ranks' first error, and the full text goes to on_error.
+            if on_error:
+                on_error(run, str(exc))
+            why = failure_summary(exc)
+            for case in run.cases:
+                merged = CaseResult(backend=run.backend, layout=run.layout.describe(),
+                                    dtype=case.dtype, tokens=str(list(case.tokens)),
+                                    dispatch_exact=None, max_error=float("nan"),
+                                    passed=False, seconds=0.0, note=why)
+                merged_all.append(merged)
+                if on_result:
+                    on_result(merged)
+            continue
         for i in range(len(run.cases)):
             rows = [results[i] for results in per_rank]
             merged = CaseResult(

@@ -6,16 +6,25 @@
 # docs/gpu-validation.md lists the runs made this way.
 set -euo pipefail
 bundle_tar=${VLLM_EP_KIT_BUNDLE:-device/bundle.tar.xz}
+# The committed JIT cache records absolute source paths under this folder: another
+# folder makes FlashInfer rebuild its modules (minutes; assets/flashinfer-jit/README.md).
 work=${VLLM_EP_KIT_GPU_WORK:-/tmp/vllm-ep-kit-gpu}
 if [ ! -f "$bundle_tar" ]; then
     echo "run_tests.sh: bundle $bundle_tar not found (VLLM_EP_KIT_BUNDLE)" >&2
     exit 2
 fi
 mkdir -p "$work/unpacked" "$work/flashinfer-workspace"
-tar xJf "$bundle_tar" -C "$work/unpacked"
-for cache in assets/flashinfer-jit/*.tar.xz; do
-    tar xJf "$cache" -C "$work/flashinfer-workspace"
-done
+# Unpack once per bundle: later calls in the same job reuse the tree (and the JIT
+# cache, which may have grown since).
+stamp="$work/unpacked/.from-$(stat -c %s-%Y "$bundle_tar")"
+if [ ! -f "$stamp" ]; then
+    echo "run_with_bundle.sh: unpacking $bundle_tar" >&2
+    tar xJf "$bundle_tar" -C "$work/unpacked"
+    for cache in assets/flashinfer-jit/*.tar.xz; do
+        tar xJf "$cache" -C "$work/flashinfer-workspace"
+    done
+    touch "$stamp"
+fi
 # shellcheck source=/dev/null
 source "$work/unpacked/bundle/bootstrap.sh"
 export FLASHINFER_CUDA_ARCH_LIST=${FLASHINFER_CUDA_ARCH_LIST:-9.0a}

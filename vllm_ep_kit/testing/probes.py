@@ -284,6 +284,46 @@ def vllm() -> Probe:
     return _importable("vllm", "vllm", "vllm.distributed.parallel_state", "imports")
 
 
+@functools.cache
+def vllm_pynccl() -> Probe:
+    """vLLM's own NCCL wrapper (PyNccl) accepts this host's NCCL library.
+
+    On CUDA, vLLM's device communicators do all-gatherv / reduce-scatterv
+    through PyNccl; if its loader rejects the NCCL library (e.g. vLLM 0.32.0
+    requires ``ncclCommSuspend``, NCCL >= 2.29.7, while torch 2.11 ships 2.28.9)
+    PyNccl is silently disabled and the AGRS all-to-all fails an assert.
+    """
+    import ctypes
+
+    label = "vllm pynccl"
+    try:
+        from vllm.distributed.device_communicators.pynccl_wrapper import NCCLLibrary
+        from vllm.utils.nccl import find_nccl_library
+    except Exception as exc:  # noqa: BLE001 (older vLLM layouts, or vLLM not importable)
+        return Probe(label, False, f"vLLM's NCCL wrapper not importable: "
+                     f"{type(exc).__name__}: {exc}")
+    try:
+        so_file = find_nccl_library()
+        lib = ctypes.CDLL(so_file)
+    except (ValueError, OSError) as exc:
+        return Probe(label, False, f"no NCCL library for vLLM: {exc}")
+    version = ctypes.c_int()
+    nccl = "unknown NCCL version"
+    if hasattr(lib, "ncclGetVersion") and lib.ncclGetVersion(ctypes.byref(version)) == 0:
+        code = version.value
+        nccl = f"NCCL {code // 10000}.{code // 100 % 100}.{code % 100}"
+    missing = [f.name for f in NCCLLibrary.exported_functions if not hasattr(lib, f.name)]
+    try:
+        NCCLLibrary(so_file)
+    except Exception as exc:  # noqa: BLE001 (the loader's own verdict)
+        return Probe(label, False, f"vLLM's PyNccl rejects {so_file} ({nccl}): "
+                     f"{type(exc).__name__}: {exc}; functions it lacks: {', '.join(missing)}",
+                     {"nccl": nccl, "missing": missing})
+    return Probe(label, True, f"{so_file} ({nccl}) has what vLLM's PyNccl needs"
+                 + (f" (optional ones absent: {', '.join(missing)})" if missing else ""),
+                 {"nccl": nccl, "missing": missing})
+
+
 def module_available(name: str) -> bool:
     try:
         return importlib.util.find_spec(name) is not None

@@ -19,6 +19,7 @@ from vllm_ep_kit.layout import ParallelLayout
 def build_vllm_config(layout: ParallelLayout, rank: int, device: str, all2all_backend: str | None):
     """A ``VllmConfig`` describing ``layout`` as seen from global ``rank``."""
     from vllm.config import DeviceConfig, ParallelConfig, VllmConfig
+    from vllm.config.vllm import OptimizationLevel
 
     kwargs = dict(
         tensor_parallel_size=layout.tp,
@@ -32,7 +33,12 @@ def build_vllm_config(layout: ParallelLayout, rank: int, device: str, all2all_ba
     if all2all_backend is not None:
         kwargs["all2all_backend"] = all2all_backend
     parallel = ParallelConfig(**kwargs)
-    return VllmConfig(parallel_config=parallel, device_config=DeviceConfig(device=device))
+    # -O0: the harness compiles nothing.  Higher levels make VllmConfig plan fusion
+    # passes (for TP > 1 on CUDA, all-reduce + RMSNorm) whose import looks up vLLM's
+    # compiled custom ops, which a sources-only install lacks (measured on 2x H200:
+    # "'_OpNamespace' '_C' object has no attribute 'rotary_embedding'").
+    return VllmConfig(parallel_config=parallel, device_config=DeviceConfig(device=device),
+                      optimization_level=OptimizationLevel.O0)
 
 
 @contextlib.contextmanager
