@@ -105,3 +105,14 @@ def test_cli_check_reports_failed_ranks_as_failed_rows_and_goes_on():
                for r in rows), rows
     assert "allgather_reducescatter on tp=1,dp=2,ep=2 failed" in result.stderr
     assert "ranks failed" in result.stderr  # the runner's full report, not only a summary
+
+
+def test_plan_names_checkable_backends_that_are_not_usable_here():
+    """A GPU host whose NCCL vLLM's PyNccl rejects: AGRS is listed as not run, with why."""
+    usable = ["flashinfer_nvlink_two_sided", "flashinfer_nvlink_one_sided"]
+    why = "vLLM's PyNccl rejects libnccl.so.2 (NCCL 2.28.9)"
+    plan = make_plan([2], [1], None, ["bf16"], gpu_count=2, usable=usable,
+                     unusable={"allgather_reducescatter": why, "deepep_low_latency": "no"})
+    assert ("allgather_reducescatter", f"not usable here: {why}") in plan.skipped
+    assert not any(name.startswith("deepep") for name, _ in plan.skipped)  # not checkable
+    assert plan.backends == ("flashinfer_nvlink_two_sided", "flashinfer_nvlink_one_sided")

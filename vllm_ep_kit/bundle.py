@@ -253,6 +253,9 @@ if compgen -G "$here/wheels/*.whl" > /dev/null; then
     stamp="$site/.installed-$(cd "$here/wheels" && ls -- *.whl | md5sum | cut -c1-16)"
     if [ ! -f "$stamp" ]; then
         python3 -m pip install --quiet --no-deps --no-index --target "$site" "$here"/wheels/*.whl
+        # pip stamps files with the install time; FlashInfer's JIT (ninja) compares header
+        # mtimes (tvm-ffi's) with a carried build cache, so give them a fixed old one.
+        find "$site" -exec touch -h -d 2000-01-01T00:00:00Z {} +
         touch "$stamp"
     fi
 fi

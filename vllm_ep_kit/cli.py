@@ -83,7 +83,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     try:
         plan = ep_check.make_plan(args.world_sizes, args.tp, args.backends, args.dtypes,
                                   gpu_count=probes.gpu_count(),
-                                  usable=backends.usable_backend_names())
+                                  usable=backends.usable_backend_names(),
+                                  unusable={row.name: row.reason for row in backends.usability()
+                                            if not row.usable})
     except ep_check.CheckArgumentError as exc:
         print(f"vllm-ep-kit check: error: {exc}", file=sys.stderr)
         return 2

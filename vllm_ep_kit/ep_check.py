@@ -220,8 +220,13 @@ def applicable(backend: str, layout: ParallelLayout) -> str:
 
 
 def make_plan(world_sizes: list[int], tps: list[int], backends: list[str] | None,
-              dtypes: list[str], gpu_count: int, usable: list[str]) -> CheckPlan:
-    """Validate ``check``'s arguments and decide what to run."""
+              dtypes: list[str], gpu_count: int, usable: list[str],
+              unusable: dict[str, str] | None = None) -> CheckPlan:
+    """Validate ``check``'s arguments and decide what to run.
+
+    ``unusable`` (backend -> why) lists, as not run, the checkable backends
+    that the default selection leaves out on this machine.
+    """
     from vllm_ep_kit.backends import BACKENDS
     from vllm_ep_kit.reference.moe import DTYPES
 
@@ -253,6 +258,9 @@ def make_plan(world_sizes: list[int], tps: list[int], backends: list[str] | None
             raise CheckArgumentError(f"--backends: {name} is not usable on this machine "
                                      "(see `vllm-ep-kit doctor`)")
     runs, skipped = [], []
+    if not backends:
+        skipped += [(name, f"not usable here: {why}") for name, why in (unusable or {}).items()
+                    if name in CHECKABLE_BACKENDS]
     for name in chosen:
         if name not in CHECKABLE_BACKENDS:
             skipped.append((name, "dispatch/combine check not implemented yet"))

@@ -20,6 +20,7 @@ import torch.distributed as dist
 
 from vllm_ep_kit.reference.moe import (
     RoutingCase,
+    Tokens,
     dequantize_fp8,
     expert_owner,
     expert_scales,
@@ -86,12 +87,16 @@ def _local_inputs(case: RoutingCase, rank: int, device: torch.device):
 
 def _expert_partial(case: RoutingCase, recv_x: torch.Tensor, recv_scale, recv_ids: torch.Tensor,
                     recv_w: torch.Tensor, rank: int, world: int,
-                    ignore_ownership: bool = False) -> torch.Tensor:
+                    ignore_ownership: bool = False, experts=None) -> torch.Tensor:
     """This rank's experts' output for every received row (unowned/invalid ids add 0).
 
     ``ignore_ownership`` is the negative control: every slot is applied, so
     tokens are counted on every rank they reach (and markers as experts).
+    ``experts`` (an ``MlpExperts``): real SiLU-MLP experts instead of the
+    oracle's scalar ones, computed in bf16 (fp32 for fp32 cases) as a layer would.
     """
+    if experts is not None:
+        return _mlp_partial(case, recv_x, recv_scale, recv_ids, recv_w, rank, world, experts)
     device = recv_x.device
     owner = expert_owner(case.num_experts, world).to(device)
     scales = expert_scales(case.num_experts).to(device)
@@ -109,21 +114,50 @@ def _expert_partial(case: RoutingCase, recv_x: torch.Tensor, recv_scale, recv_id
     return (values * coeff.unsqueeze(-1)).to(case.combine_dtype)
 
 
-def _result(case: RoutingCase, mine, out: torch.Tensor, start: float, **extra) -> dict:
+def _mlp_partial(case: RoutingCase, recv_x, recv_scale, recv_ids, recv_w, rank: int, world: int,
+                 experts) -> torch.Tensor:
+    """The MLP experts of this rank over the received rows (any leading shape)."""
+    from vllm_ep_kit.reference.mlp_moe import mlp_moe_partial
+
+    lead = recv_x.shape[:-1]
+    x = recv_x.reshape(-1, recv_x.shape[-1])
+    if case.dtype == "fp8":
+        scale = recv_scale.reshape(-1, recv_scale.shape[-1])
+        values = dequantize_fp8(x.view(torch.float8_e4m3fn), scale)
+    else:
+        values = x
+    received = Tokens(x=values, topk_ids=recv_ids.reshape(-1, case.top_k),
+                      topk_weights=recv_w.reshape(-1, case.top_k))
+    compute = torch.float32 if case.dtype == "fp32" else torch.bfloat16
+    partial = mlp_moe_partial(received, experts, world, rank, dtype=compute)
+    return partial.reshape(*lead, -1).to(case.combine_dtype)
+
+
+def _result(case: RoutingCase, mine, out: torch.Tensor, start: float, experts=None,
+            **extra) -> dict:
+    """Compare with the oracle, or with the fp32 MLP MoE when ``experts`` are given."""
+    from vllm_ep_kit.reference.mlp_moe import layer_close, mlp_moe_reference
+
     torch.cuda.synchronize()
-    want = moe_reference(mine, case.num_experts)
     got = out[: mine.x.shape[0]].float().cpu()
+    if experts is None:
+        want = moe_reference(mine, case.num_experts)
+        passed = within_tolerance(got, want, case.dtype)
+    else:
+        want = mlp_moe_reference(mine, experts)
+        passed = layer_close(got, want, case.dtype)
     return {"case": case.describe(), "dtype": case.dtype, "tokens": list(case.tokens),
-            "max_error": max_error(got, want), "passed": within_tolerance(got, want, case.dtype),
+            "max_error": max_error(got, want), "passed": passed,
             "seconds": time.perf_counter() - start, **extra}
 
 
 def one_sided_case(a2a, case: RoutingCase, rank: int, world: int, device: torch.device,
-                   ignore_ownership: bool = False, combine=None) -> dict:
+                   ignore_ownership: bool = False, combine=None, experts=None) -> dict:
     """One dispatch + expert partials + combine through a ``MoeAlltoAll``.
 
     ``combine(payload, max_tokens)`` overrides ``a2a.combine`` (vLLM's manager
-    has its own ``combine_into``).  ``ignore_ownership``: see ``_expert_partial``.
+    has its own ``combine_into``).  ``ignore_ownership``, ``experts``: see
+    ``_expert_partial``.
     """
     start = time.perf_counter()
     max_tokens = max(max(case.tokens), 1)
@@ -132,13 +166,13 @@ def one_sided_case(a2a, case: RoutingCase, rank: int, world: int, device: torch.
     recv_x, recv_scale = received[0], (received[1] if case.dtype == "fp8" else None)
     recv_ids, recv_w = received[-2], received[-1]
     partial = _expert_partial(case, recv_x, recv_scale, recv_ids, recv_w, rank, world,
-                              ignore_ownership)
+                              ignore_ownership, experts)
     out = (combine or a2a.combine)(partial, max_tokens)
-    return _result(case, mine, out, start)
+    return _result(case, mine, out, start, experts)
 
 
 def two_sided_case(workspace, prepare_workspace, case: RoutingCase, rank: int, world: int,
-                   device: torch.device, ignore_ownership: bool = False) -> dict:
+                   device: torch.device, ignore_ownership: bool = False, experts=None) -> dict:
     """One prepare + dispatch + expert partials + combine through ``MnnvlMoe`` (alltoallv).
 
     ``prepare`` routes top-k ids and weights to the ranks owning the experts
@@ -159,11 +193,12 @@ def two_sided_case(workspace, prepare_workspace, case: RoutingCase, rank: int, w
         if case.dtype == "fp8" else None
     rows = recv_x.shape[0]
     partial = _expert_partial(case, recv_x, recv_scale, recv_ids[:rows],
-                              recv_w[:rows].view(torch.float32), rank, world, ignore_ownership)
+                              recv_w[:rows].view(torch.float32), rank, world, ignore_ownership,
+                              experts)
     out = MnnvlMoe.mnnvl_moe_alltoallv_combine(partial, info, workspace, ep_rank=rank,
                                                ep_size=world, top_k=case.top_k,
                                                token_count=mine.x.shape[0])
-    return _result(case, mine, out, start, received_rows=rows)
+    return _result(case, mine, out, start, experts, received_rows=rows)
 
 
 def _bind_device(rank: int) -> torch.device:

@@ -174,7 +174,8 @@ def _one_sided_shape(case: RoutingCase) -> WorkspaceShape:
 
 
 def rank_manager_roundtrip(ctx, kind: str, cases: list[RoutingCase],
-                           ignore_ownership: bool = False) -> list[CaseResult]:
+                           ignore_ownership: bool = False, mlp_experts: bool = False
+                           ) -> list[CaseResult]:
     """Every case through the manager's own workspace and FlashInfer's kernels.
 
     One-sided: the manager is (re)initialised per case through vLLM's
@@ -183,7 +184,11 @@ def rank_manager_roundtrip(ctx, kind: str, cases: list[RoutingCase],
     manager's ``ensure_alltoall_workspace_initialized`` builds the workspaces
     that FlashInfer's prepare / alltoallv / combine then use.  ``ignore_ownership``
     is the negative control (tokens counted once per destination rank).
+    ``mlp_experts``: SiLU-MLP experts vs the fp32 MLP MoE (the MoE layer
+    matrix) instead of the oracle's scalar experts.
     """
+    from vllm_ep_kit.reference.mlp_moe import MlpExperts
+
     from vllm.distributed import parallel_state as ps
 
     ep = ps.get_ep_group()
@@ -196,6 +201,7 @@ def rank_manager_roundtrip(ctx, kind: str, cases: list[RoutingCase],
             raise ValueError(f"case {case.describe()}: {len(case.tokens)} sources, "
                              f"EP group has {world} ranks")
         start = time.perf_counter()
+        experts = MlpExperts(case.num_experts, case.hidden) if mlp_experts else None
         if kind == "one_sided":
             if case.combine_dtype not in MANAGER_COMBINE_DTYPES:
                 raise ValueError(f"case {case.describe()}: vLLM's one-sided manager combines "
@@ -209,12 +215,12 @@ def rank_manager_roundtrip(ctx, kind: str, cases: list[RoutingCase],
                 return out
 
             row = one_sided_case(manager.moe_alltoall, case, rank, world, device,
-                                 ignore_ownership, combine=combine)
+                                 ignore_ownership, combine=combine, experts=experts)
         else:
             if not ensure_workspace(manager, kind):
                 raise RuntimeError("two-sided manager did not initialise its workspace")
             row = two_sided_case(manager.workspace_tensor, manager.prepare_workspace_tensor,
-                                 case, rank, world, device, ignore_ownership)
+                                 case, rank, world, device, ignore_ownership, experts)
         results.append(CaseResult(
             backend=BACKEND_FOR_KIND[kind], layout=ctx.layout.describe(), dtype=case.dtype,
             tokens=str(list(case.tokens)), dispatch_exact=None, max_error=row["max_error"],

@@ -102,7 +102,30 @@ def cell_outcome(cell: MoeLayerCell, gpu_count: int) -> tuple[str, str]:
         if cell.quant not in CPU_QUANTS:
             return NOT_HERE, f"{cell.quant} expert kernels need a GPU"
         return "", ""
-    return NOT_HERE, f"GPU layer cases are not implemented yet (issue 6): {cell.backend}"
+    return _gpu_outcome(cell, gpu_count)
+
+
+FLASHINFER_BACKENDS = ("flashinfer_nvlink_one_sided", "flashinfer_nvlink_two_sided")
+
+
+def _gpu_outcome(cell: MoeLayerCell, gpu_count: int) -> tuple[str, str]:
+    """On GPUs: one rank per GPU, the backend usable here, and a path we have written."""
+    from vllm_ep_kit.backends import usability
+
+    if cell.layout.world_size > gpu_count:
+        return NOT_HERE, f"needs {cell.layout.world_size} GPUs, {gpu_count} visible"
+    if cell.quant == "nvfp4":
+        return NOT_HERE, "nvfp4 needs Blackwell GPUs and vLLM's compiled nvfp4 kernels"
+    status = {row.name: row for row in usability()}[cell.backend]
+    if not status.usable:
+        return NOT_HERE, f"{cell.backend} not usable here: {status.reason}"
+    if cell.backend in FLASHINFER_BACKENDS:
+        if cell.is_sequence_parallel:
+            return NOT_HERE, ("the SP chunking around FlashInfer's all-to-all is not written "
+                              "yet (issue 6)")
+    elif cell.quant == "fp8":
+        return NOT_HERE, "fp8 scales through the AGRS layer path are not written yet (issue 6)"
+    return "", ""
 
 
 def layer_cases(layout: ParallelLayout, quant: str) -> list[RoutingCase]:
@@ -110,7 +133,9 @@ def layer_cases(layout: ParallelLayout, quant: str) -> list[RoutingCase]:
     dp = layout.dp
     patterns = [(5,) * dp, tuple(3 + 4 * i for i in range(dp)),
                 tuple(0 if i == dp - 1 else 7 for i in range(dp))]
-    return [RoutingCase(tokens=t, num_experts=4 * layout.ep_size, top_k=2, hidden=64,
+    # fp8 rows carry one scale per 128 columns, 16-byte aligned: hidden 512.
+    hidden = 512 if quant == "fp8" else 64
+    return [RoutingCase(tokens=t, num_experts=4 * layout.ep_size, top_k=2, hidden=hidden,
                         dtype=quant) for t in patterns]
 
 
@@ -152,6 +177,10 @@ def rank_moe_layer(ctx, cell: MoeLayerCell, cases: list[RoutingCase],
     if sp != cell.is_sequence_parallel:
         raise AssertionError(f"vLLM says use_sequence_parallel_moe={sp} for {cell.id}, "
                              f"the table says {cell.is_sequence_parallel}")
+    if cell.backend in FLASHINFER_BACKENDS and layout.uses_all2all:
+        return _flashinfer_layer(ctx, cell, cases)
+    device = torch.device("cuda", torch.cuda.current_device()) if ctx.backend == "nccl" \
+        else torch.device("cpu")
     if ctx.backend == "gloo":
         for group in (ps.get_dp_group(), ps.get_ep_group(), ps.get_tp_group()):
             ensure_v_collectives(group)
@@ -161,7 +190,9 @@ def rank_moe_layer(ctx, cell: MoeLayerCell, cases: list[RoutingCase],
     for case in cases:
         start = time.perf_counter()
         experts = MlpExperts(case.num_experts, case.hidden)
-        full = source_tokens(case, layout.dp_rank(ctx.rank))
+        source = source_tokens(case, layout.dp_rank(ctx.rank))
+        full = Tokens(x=source.x.to(device), topk_ids=source.topk_ids.to(device),
+                      topk_weights=source.topk_weights.to(device))
         compute = case.torch_dtype if case.dtype != "fp8" else torch.bfloat16
         counts = torch.tensor(case.tokens, dtype=torch.int32)
 
@@ -189,7 +220,8 @@ def rank_moe_layer(ctx, cell: MoeLayerCell, cases: list[RoutingCase],
                     out = layer(full.x, full.topk_ids, full.topk_weights)
                     if manager is not None and layout.tp > 1:
                         out = ps.get_tp_group().all_reduce(out)
-        want = mlp_moe_reference(full, experts)
+        want = mlp_moe_reference(source, experts)
+        out = out.cpu()
         results.append({"case": case.describe(), "rows": int(out.shape[0]),
                         "tokens": int(full.x.shape[0]),
                         "max_error": max_error(out, want) if out.shape == want.shape
@@ -198,3 +230,21 @@ def rank_moe_layer(ctx, cell: MoeLayerCell, cases: list[RoutingCase],
                         "seconds": time.perf_counter() - start})
         ctx.heartbeat()
     return results
+
+
+def _flashinfer_layer(ctx, cell: MoeLayerCell, cases: list[RoutingCase]) -> list[dict]:
+    """A FlashInfer NVLink cell: vLLM's manager moves the tokens, MLP experts compute.
+
+    The dispatch / combine are the manager's workspace and FlashInfer's kernels
+    (as in ``check``); each EP rank applies its own SiLU-MLP experts to what it
+    received, and each source's combined rows are compared with the fp32 MLP
+    MoE of its tokens.
+    """
+    from vllm_ep_kit.manager_roundtrip import rank_manager_roundtrip
+    from vllm_ep_kit.mnnvl_managers import kind_of_backend
+
+    rows = rank_manager_roundtrip(ctx, kind_of_backend(cell.backend), cases, mlp_experts=True)
+    rank = ctx.layout.dp_rank(ctx.rank)
+    return [{"case": case.describe(), "rows": case.tokens[rank], "tokens": case.tokens[rank],
+             "max_error": row.max_error, "passed": row.passed, "seconds": row.seconds}
+            for case, row in zip(cases, rows)]

@@ -45,12 +45,13 @@ def mlp_moe_partial(tokens: Tokens, experts: MlpExperts, ep_size: int = 1,
     """Sum over routed experts owned by ``ep_rank`` (all if None) of weight * f_e(x), fp32 out.
 
     ``dtype`` is the precision the expert matmuls run in (the layer under test
-    may compute in bf16; the reference uses fp32).
+    may compute in bf16; the reference uses fp32).  Runs where ``tokens`` are
+    (CPU or GPU); ids outside [0, num_experts) match no expert and add 0.
     """
-    w13, w2 = (w.to(dtype) for w in experts.weights())
     x = tokens.values().to(dtype)
+    w13, w2 = (w.to(device=x.device, dtype=dtype) for w in experts.weights())
     ids = tokens.topk_ids.long()
-    out = torch.zeros(x.shape[0], experts.hidden, dtype=torch.float32)
+    out = torch.zeros(x.shape[0], experts.hidden, dtype=torch.float32, device=x.device)
     owner = expert_owner(experts.num_experts, ep_size)
     inter = experts.intermediate
     for e in range(experts.num_experts):
@@ -61,7 +62,8 @@ def mlp_moe_partial(tokens: Tokens, experts: MlpExperts, ep_size: int = 1,
             continue
         h = x[rows] @ w13[e].T
         y = (torch.nn.functional.silu(h[:, :inter]) * h[:, inter:]) @ w2[e].T
-        out.index_add_(0, rows, y.float() * tokens.topk_weights[rows, slots].unsqueeze(1))
+        weight = tokens.topk_weights[rows, slots].float().unsqueeze(1)
+        out.index_add_(0, rows, y.float() * weight)
     return out
 
 

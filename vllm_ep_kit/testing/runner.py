@@ -163,6 +163,8 @@ def run_ranks(
         raise ValueError(f"backend={backend!r}: expected 'gloo' or 'nccl'")
     if backend == "nccl":
         _require_gpus(world_size)
+    elif layout is not None:
+        _require_cpu_host_or_gpus(world_size)
 
     if torchrun.active():
         return torchrun.run_here(fn, world_size, args, kwargs, backend=backend,
@@ -207,6 +209,21 @@ def _require_gpus(world_size: int) -> None:
     have = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if have < world_size:
         skip_or_fail(f"needs {world_size} CUDA GPUs, {have} visible")
+
+
+def _require_cpu_host_or_gpus(world_size: int) -> None:
+    """A gloo world with vLLM's parallel state, on a host that has GPUs.
+
+    There vLLM picks its CUDA platform and binds rank r to ``cuda:r`` whatever
+    the process-group backend (measured on 2x H200: 4 gloo ranks fail with
+    "invalid device ordinal" on ranks 2 and 3), so the case needs a GPU per rank.
+    """
+    import torch
+
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if 0 < have < world_size:
+        skip_or_fail(f"vLLM's CUDA platform binds each of the {world_size} ranks to its own "
+                     f"GPU, {have} visible (this gloo case runs on CPU-only hosts)")
 
 
 def _supervise(live: list[_Live], workdir: Path, timeout_s: float, grace_s: float) -> None:

@@ -11,6 +11,7 @@ lets ``VllmConfig`` build (measured with vLLM 0.32.0).
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 from vllm_ep_kit.layout import ParallelLayout
@@ -41,6 +42,27 @@ def build_vllm_config(layout: ParallelLayout, rank: int, device: str, all2all_ba
                       optimization_level=OptimizationLevel.O0)
 
 
+def vllm_has_compiled_ops() -> bool:
+    """Whether vLLM's compiled custom ops are registered (absent in a sources-only bundle)."""
+    import torch
+
+    try:
+        import vllm._custom_ops  # noqa: F401 (loads the extensions when present)
+    except ImportError:
+        return False
+    return hasattr(torch.ops._C, "rotary_embedding")
+
+
+def sources_only_environment() -> dict[str, str]:
+    """Environment that keeps a sources-only vLLM off paths needing its compiled ops.
+
+    vLLM's TP-group FlashInfer all-reduce imports the all-reduce fusion pass,
+    which looks up compiled ops at import (measured on 2x H200 with the bundle).
+    The all-to-all under test does not depend on which all-reduce TP uses.
+    """
+    return {"VLLM_ALLREDUCE_USE_FLASHINFER": "0"}
+
+
 @contextlib.contextmanager
 def vllm_parallel_state(
     layout: ParallelLayout,
@@ -62,6 +84,9 @@ def vllm_parallel_state(
             f"layout {layout.describe()} needs {layout.world_size} ranks, "
             f"the world group has {dist.get_world_size()}"
         )
+    if device != "cpu" and not vllm_has_compiled_ops():
+        for name, value in sources_only_environment().items():
+            os.environ.setdefault(name, value)  # this rank process only
     config = build_vllm_config(layout, rank, device, all2all_backend)
     with set_current_vllm_config(config):
         ps.init_distributed_environment(
