@@ -192,17 +192,20 @@ def rank_moe_layer(ctx, cell: MoeLayerCell, cases: list[RoutingCase],
         experts = MlpExperts(case.num_experts, case.hidden)
         source = source_tokens(case, layout.dp_rank(ctx.rank))
         full = Tokens(x=source.x.to(device), topk_ids=source.topk_ids.to(device),
-                      topk_weights=source.topk_weights.to(device))
+                      topk_weights=source.topk_weights.to(device),
+                      x_scale=None if source.x_scale is None else source.x_scale.to(device))
         compute = case.torch_dtype if case.dtype != "fp8" else torch.bfloat16
         counts = torch.tensor(case.tokens, dtype=torch.int32)
 
         def layer(x, ids, weights):
-            received = Tokens(x=x, topk_ids=ids, topk_weights=weights)
+            # Without an all-to-all the rows are this rank's own: fp8 keeps its scales.
+            received = Tokens(x=x, topk_ids=ids, topk_weights=weights,
+                              x_scale=None if sp else full.x_scale)
             if manager is not None:
                 gx, gw, gids = manager.dispatch(x, weights, ids, is_sequence_parallel=sp)
                 received = Tokens(x=gx, topk_ids=gids, topk_weights=gw)
             partial = mlp_moe_partial(received, experts, layout.ep_size, ep.rank_in_group,
-                                      dtype=compute).to(case.torch_dtype)
+                                      dtype=compute).to(case.combine_dtype)
             if manager is not None:
                 return manager.combine(partial, is_sequence_parallel=sp)
             return ps.get_tp_group().all_reduce(partial)

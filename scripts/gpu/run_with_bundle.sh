@@ -23,15 +23,14 @@ if [ ! -f "$stamp" ]; then
     for cache in assets/flashinfer-jit/*.tar.xz; do
         tar xJf "$cache" -C "$work/flashinfer-workspace"
     done
+    # The bootstrap of this checkout (installs wheels once, pins their mtimes) replaces
+    # the one the bundle was made with, so older bundles get its fixes too.
+    python3 -c 'import sys; sys.path.insert(0, "."); from vllm_ep_kit.bundle import BOOTSTRAP; print(BOOTSTRAP, end="")' \
+        > "$work/unpacked/bundle/bootstrap.sh"
     touch "$stamp"
 fi
 # shellcheck source=/dev/null
 source "$work/unpacked/bundle/bootstrap.sh"
-# Bundles made before 2026-11-24 leave pip's install-time mtimes on the wheels' files,
-# which makes FlashInfer's JIT rebuild despite the committed cache (measured: ~3.5 min a
-# run); the bootstrap now pins them, this does it for older bundles (which reinstall on
-# every source, so pin every time).
-find "${VLLM_EP_KIT_SITE:-/tmp/vllm-ep-kit-site}" -exec touch -h -d 2000-01-01T00:00:00Z {} +
 export FLASHINFER_CUDA_ARCH_LIST=${FLASHINFER_CUDA_ARCH_LIST:-9.0a}
 export FLASHINFER_WORKSPACE_BASE="$work/flashinfer-workspace"
 export PYTHONPATH="$PWD:$PYTHONPATH"
