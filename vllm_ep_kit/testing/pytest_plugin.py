@@ -21,9 +21,11 @@ import os
 import pytest
 
 from vllm_ep_kit.testing import probes
+from vllm_ep_kit.testing.pool import POOL_ENV
 from vllm_ep_kit.testing.skips import STRICT_ENV, skip_or_fail
 
 _PREVIOUS_STRICT = pytest.StashKey[str | None]()
+_PREVIOUS_POOL = pytest.StashKey[str | None]()
 
 MARKERS = {
     "gpus(n)": "needs at least n CUDA GPUs",
@@ -48,6 +50,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--ep-strict", action="store_true", default=False,
                     help="fail, rather than skip, tests whose required GPUs or "
                          f"capabilities are missing (same as {STRICT_ENV}=1)")
+    group.addoption("--ep-pool", action="store_true", default=False,
+                    help="run multi-rank tests in persistent rank pools, one per (world size, "
+                         f"backend, layout), torn down on failure (same as {POOL_ENV}=1)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -56,10 +61,22 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("--ep-strict"):
         config.stash[_PREVIOUS_STRICT] = os.environ.get(STRICT_ENV)
         os.environ[STRICT_ENV] = "1"  # spawned ranks inherit it
+    if config.getoption("--ep-pool"):
+        config.stash[_PREVIOUS_POOL] = os.environ.get(POOL_ENV)
+        os.environ[POOL_ENV] = "1"
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     """Give the environment back (matters when pytest runs in-process, e.g. pytester)."""
+    from vllm_ep_kit.testing import pool
+
+    pool.close_all()
+    if _PREVIOUS_POOL in config.stash:
+        previous = config.stash[_PREVIOUS_POOL]
+        if previous is None:
+            os.environ.pop(POOL_ENV, None)
+        else:
+            os.environ[POOL_ENV] = previous
     if _PREVIOUS_STRICT in config.stash:
         previous = config.stash[_PREVIOUS_STRICT]
         if previous is None:

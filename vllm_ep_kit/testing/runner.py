@@ -166,6 +166,12 @@ def run_ranks(
     elif layout is not None:
         _require_cpu_host_or_gpus(world_size)
 
+    from vllm_ep_kit.testing import pool
+
+    if pool.pool_enabled() and not torchrun.active() and not master_port and not env \
+            and not python_path:
+        return pool.pooled_run(fn, pool.PoolKey(world_size, backend, layout, all2all_backend),
+                               args, kwargs, timeout_s, failure_grace_s)
     if torchrun.active():
         return torchrun.run_here(fn, world_size, args, kwargs, backend=backend,
                                  timeout_s=timeout_s, layout=layout,

@@ -1,0 +1,155 @@
+"""The persistent rank pool: reuse, isolation, teardown after a failure or a hang, no orphans.
+
+All on CPU over gloo with real processes; each check looks at the processes
+themselves (pids, psutil), not at the pool's own bookkeeping alone.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from vllm_ep_kit.layout import ParallelLayout
+from vllm_ep_kit.testing import RankFailures, run_ranks
+from vllm_ep_kit.testing.pool import POOL_ENV, PoolKey, RankPool, pooled_run
+
+KEY = PoolKey(world_size=2, backend="gloo")
+
+
+def whoami(ctx):
+    return os.getpid(), ctx.rank
+
+
+def set_env_and_report(ctx, name):
+    before = os.environ.get(name)
+    os.environ[name] = "leaked"
+    return before
+
+
+def fail_on_rank(ctx, bad_rank):
+    if ctx.rank == bad_rank:
+        raise ValueError(f"rank {ctx.rank} was told to fail")
+    return ctx.rank
+
+
+def hang_on_rank(ctx, bad_rank):
+    if ctx.rank == bad_rank:
+        time.sleep(3600)  # a hang: no heartbeat
+    return ctx.rank
+
+
+def destroy_world(ctx):
+    import torch.distributed as dist
+
+    dist.destroy_process_group()
+
+
+def spawn_grandchild(ctx):
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+    return child.pid
+
+
+def vllm_group_sizes(ctx):
+    from vllm.distributed import parallel_state as ps
+
+    return os.getpid(), ps.get_dp_group().world_size, ps.get_ep_group().world_size
+
+
+def gone(pids) -> bool:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        alive = [p for p in pids if psutil.pid_exists(p)
+                 and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        if not alive:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.fixture
+def pool():
+    pool = RankPool(KEY)
+    yield pool
+    pool.close()
+    assert gone(pool.pids)
+
+
+def test_pool_reuses_its_processes(pool):
+    first = pool.run(whoami)
+    second = pool.run(whoami)
+    assert first == second and [rank for _, rank in first] == [0, 1]
+    assert {pid for pid, _ in first} == set(pool.pids) and os.getpid() not in pool.pids
+    assert pool.tasks_run == 2
+
+
+def test_environment_changes_do_not_leak_into_the_next_task(pool):
+    assert pool.run(set_env_and_report, "EP_KIT_POOL_PROBE") == [None, None]
+    assert pool.run(set_env_and_report, "EP_KIT_POOL_PROBE") == [None, None]
+
+
+def test_failure_tears_the_pool_down_with_the_rank_error(pool):
+    pids = pool.pids
+    with pytest.raises(RankFailures) as info:
+        pool.run(fail_on_rank, 1, failure_grace_s=5)
+    text = str(info.value)
+    assert "rank 1: raised ValueError: rank 1 was told to fail" in text
+    assert "the rank pool for 2 ranks, gloo" in text and "torn down" in text
+    assert info.value.failed_ranks == [1]  # rank 0 finished its task: not blamed
+    assert pool.closed and gone(pids)
+
+
+def test_hang_is_stopped_with_stacks_and_the_next_run_gets_a_fresh_pool():
+    first = pooled_run(whoami, KEY, (), {}, timeout_s=60, failure_grace_s=5)
+    started = time.monotonic()
+    with pytest.raises(RankFailures) as info:
+        pooled_run(hang_on_rank, KEY, (0,), {}, timeout_s=3, failure_grace_s=60)
+    assert time.monotonic() - started < 30
+    text = str(info.value)
+    assert "rank 0: stopped by watchdog: no progress for 3 s" in text
+    assert "hang_on_rank" in text  # the stuck rank's Python stack
+    assert gone([pid for pid, _ in first])
+    fresh = pooled_run(whoami, KEY, (), {}, timeout_s=60, failure_grace_s=5)
+    assert not {pid for pid, _ in fresh} & {pid for pid, _ in first}
+    pooled_run(whoami, KEY, (), {}, timeout_s=60, failure_grace_s=5)
+
+
+def test_a_task_that_breaks_the_world_group_fails_the_isolation_check(pool):
+    with pytest.raises(RankFailures) as info:
+        pool.run(destroy_world, failure_grace_s=5)
+    assert "destroyed or replaced the world process group" in str(info.value)
+    assert pool.closed
+
+
+def test_closing_leaves_no_orphans(pool):
+    grandchildren = pool.run(spawn_grandchild)
+    assert all(psutil.pid_exists(pid) for pid in grandchildren)
+    pool.close()
+    assert gone(grandchildren) and gone(pool.pids)
+
+
+def test_run_ranks_goes_through_the_pool_when_asked(monkeypatch):
+    monkeypatch.setenv(POOL_ENV, "1")
+    first = run_ranks(whoami, 2, backend="gloo")
+    second = run_ranks(whoami, 2, backend="gloo")
+    assert first == second
+    monkeypatch.delenv(POOL_ENV)
+    third = run_ranks(whoami, 2, backend="gloo")  # a process per call again
+    assert not {pid for pid, _ in third} & {pid for pid, _ in first}
+
+
+@pytest.mark.vllm
+def test_pool_keeps_vllm_parallel_state_between_tasks():
+    key = PoolKey(2, "gloo", ParallelLayout(tp=1, dp=2), "allgather_reducescatter")
+    pool = RankPool(key)
+    try:
+        first = pool.run(vllm_group_sizes, timeout_s=120)
+        second = pool.run(vllm_group_sizes, timeout_s=120)
+        assert first == second and all(sizes == 2 for _, dp, sizes in first for sizes in (dp,))
+    finally:
+        pool.close()
+    assert gone(pool.pids)

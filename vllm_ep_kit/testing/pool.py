@@ -1,0 +1,359 @@
+"""A persistent pool of ranks: start once per (world size, backend, layout), run many tests.
+
+``run_ranks`` pays process start, ``torch.distributed`` and vLLM start-up (and
+on GPUs CUDA, NCCL and FlashInfer module loading) for every test.  A
+:class:`RankPool` keeps one set of rank processes, with the world group and
+vLLM's parallel state built once, and runs test functions in them one after
+another.  The failure contract is ``run_ranks``'s: a task that fails or hangs
+on any rank raises :class:`RankFailures` with every rank's report (exceptions,
+stacks of stuck ranks), and the pool is torn down (whole process groups killed,
+checked with psutil) so the next test gets a fresh one.
+
+Isolation between tasks: each rank restores ``os.environ`` after a task and
+then proves the pool still works (a world all-reduce; vLLM's groups still
+built with their sizes); a rank that fails that check fails the task.
+
+Selected for every multi-rank test by ``VLLM_EP_KIT_POOL=1`` (pytest
+``--ep-pool``), through ``run_ranks``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import faulthandler
+import itertools
+import multiprocessing
+import multiprocessing.connection
+import os
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from vllm_ep_kit.layout import ParallelLayout
+from vllm_ep_kit.testing import proctree
+from vllm_ep_kit.testing.ports import open_rendezvous
+from vllm_ep_kit.testing.rank import (
+    STACK_DUMP_SIGNAL,
+    RankContext,
+    RankOutcome,
+    RankSpec,
+    _redirect_output,
+    init_world,
+    outcome_from_exception,
+)
+
+POOL_ENV = "VLLM_EP_KIT_POOL"  # "1": run_ranks goes through a persistent pool
+POLL_S = 0.05
+
+
+def pool_enabled() -> bool:
+    return os.environ.get(POOL_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class PoolKey:
+    world_size: int
+    backend: str
+    layout: ParallelLayout | None = None
+    all2all_backend: str | None = None
+
+
+# ----------------------------------------------------------------------------- rank side
+
+def _isolation_check(ctx: RankContext, layout: ParallelLayout | None) -> None:
+    """Local half of the check: the world group and vLLM's groups are still built."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() != ctx.world_size:
+        raise RuntimeError("the task destroyed or replaced the world process group")
+    if layout is not None:
+        from vllm.distributed import parallel_state as ps
+
+        if not ps.model_parallel_is_initialized():
+            raise RuntimeError("the task tore down vLLM's parallel state")
+        got = (ps.get_tp_group().world_size, ps.get_dp_group().world_size,
+               ps.get_ep_group().world_size)
+        if got != (layout.tp, layout.dp, layout.ep_size):
+            raise RuntimeError(f"vLLM's (TP, DP, EP) group sizes became {got}, "
+                               f"expected {(layout.tp, layout.dp, layout.ep_size)}")
+
+
+def _collective_check(ctx: RankContext) -> None:
+    """Collective half, run only once every rank finished its task: the group still works."""
+    import torch
+    import torch.distributed as dist
+
+    one = torch.ones(1, device=ctx.device)
+    dist.all_reduce(one)
+    if int(one.item()) != ctx.world_size:
+        raise RuntimeError(f"world all-reduce gave {one.item()}, expected {ctx.world_size}")
+
+
+def pool_rank_main(spec: RankSpec, conn) -> None:
+    """A pooled rank: set up once, then run tasks from ``conn`` until told to stop."""
+    os.setpgid(0, 0)
+    work = Path(spec.workdir)
+    _redirect_output(work / f"rank{spec.rank}.log")
+    faulthandler.enable(file=sys.stderr, all_threads=True)
+    stacks = open(work / f"rank{spec.rank}.stacks", "w")  # noqa: SIM115 (kept for the handler)
+    faulthandler.register(STACK_DUMP_SIGNAL, file=stacks, all_threads=True, chain=False)
+    os.environ.update(spec.env)
+    (work / f"rank{spec.rank}.beat").touch()
+    ctx = RankContext(spec.rank, spec.world_size, spec.rank, spec.backend, spec.workdir,
+                      spec.layout)
+    with contextlib.ExitStack() as stack:
+        try:
+            init_world(spec.backend, spec.rank, spec.world_size, spec.master_addr,
+                       spec.master_port, spec.timeout_s, ctx.local_rank)
+            if spec.layout is not None:
+                from vllm_ep_kit.testing.vllm_state import vllm_parallel_state
+
+                device = "cuda" if spec.backend == "nccl" else "cpu"
+                ctx.vllm_config = stack.enter_context(vllm_parallel_state(
+                    spec.layout, spec.rank, ctx.local_rank, spec.backend, device,
+                    spec.all2all_backend))
+            conn.send(("ready", None))
+        except BaseException as exc:  # noqa: BLE001 (start-up failure is a report too)
+            traceback.print_exc()
+            conn.send(("ready", outcome_from_exception(exc)))
+            os._exit(1)
+        while True:
+            message = conn.recv()
+            if message is None:
+                break
+            if message[0] == "check":
+                try:
+                    _collective_check(ctx)
+                    outcome = RankOutcome(status="ok")
+                except BaseException as exc:  # noqa: BLE001
+                    outcome = outcome_from_exception(exc)
+                conn.send((message, outcome))
+                continue
+            _, task_id, fn, args, kwargs = message
+            ctx.heartbeat()
+            saved_env = dict(os.environ)
+            try:
+                value = fn(ctx, *args, **kwargs)
+                _isolation_check(ctx, spec.layout)
+                outcome = RankOutcome(status="ok", value=value)
+            except BaseException as exc:  # noqa: BLE001
+                outcome = outcome_from_exception(exc)
+                if outcome.status == "error":
+                    traceback.print_exc()
+            finally:
+                os.environ.clear()
+                os.environ.update(saved_env)
+            try:
+                conn.send((task_id, outcome))
+            except Exception as exc:  # noqa: BLE001 (e.g. an unpicklable return value)
+                conn.send((task_id, RankOutcome(
+                    status="error", error_type=type(exc).__name__,
+                    message=f"rank outcome could not be sent: {exc}", exit_code=1)))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+# ----------------------------------------------------------------------------- parent side
+
+class PoolBroken(RuntimeError):
+    """The pool was torn down; make a new one."""
+
+
+class RankPool:
+    """World-size many rank processes that run tasks until a failure or :meth:`close`."""
+
+    def __init__(self, key: PoolKey, start_timeout_s: float = 300.0, env: dict | None = None):
+        from vllm_ep_kit.testing.runner import _Live, RankReport
+
+        self.key = key
+        self.tasks_run = 0
+        self._ids = itertools.count()
+        self._rendezvous = open_rendezvous(timeout_s=max(start_timeout_s, 60.0))
+        self._workdir = Path(tempfile.mkdtemp(prefix="vllm-ep-kit-pool-"))
+        ctx = multiprocessing.get_context("spawn")
+        self._live: list = []
+        self._conns: list = []
+        child_env = dict(env or {})
+        child_env.setdefault("NCCL_NVLS_ENABLE", "0")
+        self.closed = False
+        try:
+            for rank in range(key.world_size):
+                spec = RankSpec(fn=None, args=(), kwargs={}, rank=rank,
+                                world_size=key.world_size, workdir=str(self._workdir),
+                                backend=key.backend, master_addr=self._rendezvous.host,
+                                master_port=self._rendezvous.port,
+                                timeout_s=max(start_timeout_s, 60.0), layout=key.layout,
+                                all2all_backend=key.all2all_backend, env=child_env)
+                parent_end, child_end = ctx.Pipe()
+                proc = ctx.Process(target=pool_rank_main, args=(spec, child_end),
+                                   name=f"pool-rank{rank}")
+                proc.start()
+                child_end.close()
+                self._live.append(_Live(proc=proc, report=RankReport(rank=rank)))
+                self._conns.append(parent_end)
+            self._await("ready", start_timeout_s, grace_s=30.0)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def pids(self) -> list[int]:
+        return [item.proc.pid for item in self._live]
+
+    def run(self, fn: Callable[..., Any], *args, timeout_s: float = 300.0,
+            failure_grace_s: float = 30.0, **kwargs) -> list[Any]:
+        """``fn(ctx, *args, **kwargs)`` on every rank; values, or RankFailures (pool closed)."""
+        if self.closed:
+            raise PoolBroken("this pool was torn down")
+        task_id = next(self._ids)
+        for conn in self._conns:
+            conn.send(("task", task_id, fn, args, kwargs))
+        outcomes = self._await(task_id, timeout_s, failure_grace_s)
+        # Every rank is done: prove the world group still works before the next test.
+        for conn in self._conns:
+            conn.send(("check", task_id))
+        self._await(("check", task_id), timeout_s, failure_grace_s)
+        self.tasks_run += 1
+        skipped = [o.message for o in outcomes if o.status == "skip"]
+        if skipped:
+            from vllm_ep_kit.testing.skips import skip_or_fail
+
+            skip_or_fail("; ".join(sorted(set(skipped))))
+        return [o.value for o in outcomes]
+
+    def _await(self, tag, timeout_s: float, grace_s: float) -> list[RankOutcome]:
+        """Collect one message per rank; on any failure tear down and raise RankFailures."""
+        from vllm_ep_kit.testing.runner import (
+            RankFailures,
+            _collect,
+            _last_beat,
+            _stop_stuck,
+            format_failures,
+        )
+
+        got: dict[int, RankOutcome | None] = {}
+        first_failure_at = None
+        for item in self._live:
+            item.report.outcome = None
+            item.report.hung = ""
+            (self._workdir / f"rank{item.report.rank}.beat").touch()
+        while len(got) < len(self._live):
+            waiting = [i for i in range(len(self._live)) if i not in got]
+            ready = multiprocessing.connection.wait(
+                [self._conns[i] for i in waiting] + [self._live[i].proc.sentinel
+                                                     for i in waiting], timeout=POLL_S)
+            for i in waiting:
+                item, conn = self._live[i], self._conns[i]
+                if conn in ready or conn.poll():
+                    try:
+                        message_tag, outcome = conn.recv()
+                    except (EOFError, OSError):  # the rank died: its exit is the report
+                        item.proc.join(timeout=1.0)
+                        item.report.exit_code = item.proc.exitcode
+                        item.report.seen_exit_at = time.time()
+                        got[i] = None
+                        first_failure_at = first_failure_at or time.monotonic()
+                        continue
+                    if message_tag != tag:
+                        continue
+                    got[i] = item.report.outcome = outcome or RankOutcome(status="ok")
+                    if got[i].status == "error":
+                        first_failure_at = first_failure_at or time.monotonic()
+                elif item.proc.exitcode is not None:
+                    item.report.exit_code = item.proc.exitcode
+                    item.report.seen_exit_at = time.time()
+                    got[i] = None
+                    first_failure_at = first_failure_at or time.monotonic()
+            pending = [self._live[i] for i in range(len(self._live)) if i not in got]
+            now = time.monotonic()
+            if pending and first_failure_at is not None and now - first_failure_at > grace_s:
+                _stop_stuck(pending, self._workdir,
+                            f"still running {grace_s:.0f} s after another rank failed")
+                break
+            stale = [it for it in pending
+                     if now - _last_beat(self._workdir, it.report.rank) > timeout_s]
+            if stale:
+                _stop_stuck(pending, self._workdir, f"no progress for {timeout_s:.0f} s")
+                break
+        failed = first_failure_at is not None or len(got) < len(self._live)
+        if not failed:
+            return [got[i] for i in range(len(self._live))]
+        reports = [item.report for item in self._live]
+        self.close(keep_workdir=True)
+        _collect(reports, self._workdir)  # stacks of stuck ranks, log tails
+        for i, report in enumerate(reports):
+            report.outcome = got.get(i)
+        failing = sorted((r for r in reports if r.failed), key=lambda r: (r.failed_at, r.rank))
+        for later in failing[1:]:
+            later.after = failing[0].rank
+        shutil.rmtree(self._workdir, ignore_errors=True)
+        raise RankFailures(format_failures(failing, self.key.world_size, self.key.backend)
+                           + f"\n(the rank pool for {describe(self.key)} was torn down)",
+                           failing)
+
+    def close(self, keep_workdir: bool = False) -> None:
+        """Stop the ranks (politely, then by killing their process groups); idempotent."""
+        from vllm_ep_kit.testing.runner import _teardown
+
+        if self.closed:
+            return
+        self.closed = True
+        for conn in self._conns:
+            with contextlib.suppress(Exception):
+                conn.send(None)
+        deadline = time.monotonic() + 5.0
+        for item in self._live:
+            item.proc.join(timeout=max(0.0, deadline - time.monotonic()))
+            if item.proc.pid is not None:
+                item.pgid = item.proc.pid
+                for child in proctree.descendants(item.proc.pid):
+                    item.seen.setdefault(child.pid, child)
+        _teardown(self._live)
+        for conn in self._conns:
+            conn.close()
+        self._rendezvous.close()
+        if not keep_workdir:  # a failed task's report still reads the rank logs
+            shutil.rmtree(self._workdir, ignore_errors=True)
+
+
+def describe(key: PoolKey) -> str:
+    layout = key.layout.describe() if key.layout is not None else "no vLLM state"
+    return f"{key.world_size} ranks, {key.backend}, {layout}, {key.all2all_backend or '-'}"
+
+
+# ----------------------------------------------------------------------------- registry
+
+_POOLS: dict[PoolKey, RankPool] = {}
+
+
+def pooled_run(fn: Callable[..., Any], key: PoolKey, args: tuple, kwargs: dict,
+               timeout_s: float, failure_grace_s: float) -> list[Any]:
+    """Run on the pool for ``key``, starting one if there is none (or it was torn down)."""
+    pool = _POOLS.get(key)
+    if pool is None or pool.closed:
+        pool = _POOLS[key] = RankPool(key, start_timeout_s=max(timeout_s, 60.0))
+    try:
+        return pool.run(fn, *args, timeout_s=timeout_s, failure_grace_s=failure_grace_s,
+                        **kwargs)
+    finally:
+        if pool.closed:
+            _POOLS.pop(key, None)
+
+
+def live_pools() -> list[RankPool]:
+    return [pool for pool in _POOLS.values() if not pool.closed]
+
+
+@atexit.register
+def close_all() -> None:
+    """Tear every pool down (pytest session end, interpreter exit)."""
+    while _POOLS:
+        _, pool = _POOLS.popitem()
+        pool.close()
