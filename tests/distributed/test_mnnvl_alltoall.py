@@ -288,9 +288,15 @@ def gpu_manager_test(fn):
 
 
 def run_on_gpus(fn, layout: ParallelLayout, kind: str, *args, timeout_s: float = 420):
-    """``timeout_s`` covers a first FlashInfer JIT build (up to ~200 s measured)."""
+    """``timeout_s`` covers a first FlashInfer JIT build (up to ~200 s measured).
+
+    The lifecycle functions measure device memory and FlashInfer's process-wide
+    workspace caches, which a pooled rank would carry over from earlier tests:
+    they always get fresh processes.
+    """
     return run_ranks(fn, layout.world_size, kind, *args, backend="nccl", layout=layout,
-                     all2all_backend=BACKEND_FOR_KIND[kind], timeout_s=timeout_s)
+                     all2all_backend=BACKEND_FOR_KIND[kind], timeout_s=timeout_s,
+                     fresh_processes=fn is rank_manager_lifecycle)
 
 
 @gpu_manager_test

@@ -139,6 +139,7 @@ def run_ranks(
     master_port: int = 0,
     env: dict[str, str] | None = None,
     python_path: tuple[str, ...] | list[str] = (),
+    fresh_processes: bool = False,
     **kwargs: Any,
 ) -> list[Any]:
     """Run ``fn(ctx, *args, **kwargs)`` on ``world_size`` ranks; return their values.
@@ -148,6 +149,10 @@ def run_ranks(
     ``ctx.heartbeat()``.  ``failure_grace_s`` is how long the other ranks get
     to finish after one has failed before they are declared stuck.  With
     ``layout`` set, vLLM's parallel state (TP/DP/EP groups) is built first.
+    Under ``VLLM_EP_KIT_POOL=1`` the ranks come from a persistent pool
+    (``pool``), unless ``fresh_processes`` (a test measuring process-wide
+    state, e.g. device memory or library caches) or ``env`` / ``python_path``
+    / ``master_port`` ask for processes of their own.
     """
     if not callable(fn):
         raise TypeError(f"fn={fn!r}: expected a callable")
@@ -168,8 +173,8 @@ def run_ranks(
 
     from vllm_ep_kit.testing import pool
 
-    if pool.pool_enabled() and not torchrun.active() and not master_port and not env \
-            and not python_path:
+    if pool.pool_enabled() and not fresh_processes and not torchrun.active() \
+            and not master_port and not env and not python_path:
         return pool.pooled_run(fn, pool.PoolKey(world_size, backend, layout, all2all_backend),
                                args, kwargs, timeout_s, failure_grace_s)
     if torchrun.active():
