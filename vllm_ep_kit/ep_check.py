@@ -103,19 +103,19 @@ def _rank_input(case: RoutingCase, layout: ParallelLayout, rank: int, sp: bool) 
 def rank_agrs_check(ctx, cases: list[RoutingCase]) -> list[CaseResult]:
     """Run every case through vLLM's ``AgRsAll2AllManager`` on this rank."""
     from vllm.distributed import parallel_state as ps
-    from vllm.distributed.device_communicators.all2all import AgRsAll2AllManager
-    from vllm.forward_context import get_forward_context, set_forward_context
 
-    from vllm_ep_kit.testing.gloo_collectives import ensure_v_collectives
+    from vllm_ep_kit.agrs_plumbing import (
+        agrs_manager,
+        dp_forward_context,
+        gather_sp_chunks,
+        reduce_tp_partials,
+    )
 
     layout: ParallelLayout = ctx.layout
-    sp = bool(ctx.vllm_config.parallel_config.use_sequence_parallel_moe)
-    for group in (ps.get_dp_group(), ps.get_ep_group(), ps.get_tp_group()):
-        if ctx.backend == "gloo":
-            ensure_v_collectives(group)
+    manager, sp = agrs_manager(ctx)
     ep = ps.get_ep_group()
-    manager = AgRsAll2AllManager(ep.cpu_group)
     comm = ep if sp else ps.get_dp_group()
+    dev = ctx.device
     results = []
     for case in cases:
         start = time.perf_counter()
@@ -126,29 +126,21 @@ def rank_agrs_check(ctx, cases: list[RoutingCase]) -> list[CaseResult]:
             # time, which a GPU host running vLLM's Python sources alone does not have.
             from vllm.model_executor.models.utils import sequence_parallel_chunk_impl
 
-            chunked = sequence_parallel_chunk_impl(full.x.to(ctx.device))
+            chunked = sequence_parallel_chunk_impl(full.x.to(dev))
             assert torch.equal(chunked.cpu(), mine.x), "sequence_parallel_chunk disagrees"
-        dev = ctx.device
-        counts = torch.tensor(case.tokens, dtype=torch.int32)
-        with set_forward_context(None, ctx.vllm_config, num_tokens=case.tokens[layout.dp_rank(
-                ctx.rank)], num_tokens_across_dp=counts):
-            dp_meta = get_forward_context().dp_metadata
-            with dp_meta.sp_local_sizes(layout.tp if sp else 1):
-                gx, gw, gids = manager.dispatch(mine.x.to(dev), mine.topk_weights.to(dev),
-                                                mine.topk_ids.to(dev), is_sequence_parallel=sp)
-                expected = concat_tokens([_rank_input(case, layout, g, sp)
-                                          for g in comm.ranks])
-                exact = (torch.equal(gx.cpu(), expected.x)
-                         and torch.equal(gids.cpu(), expected.topk_ids)
-                         and torch.equal(gw.cpu(), expected.topk_weights))
-                received = Tokens(x=gx.cpu(), topk_ids=gids.cpu(), topk_weights=gw.cpu())
-                partial = moe_partial(received, case.num_experts, layout.ep_size,
-                                      ep.rank_in_group).to(case.torch_dtype)
-                out = manager.combine(partial.to(dev), is_sequence_parallel=sp)
-        if sp:
-            out = ps.get_tp_group().all_gather(out, dim=0)[: full.x.shape[0]]
-        elif layout.tp > 1:
-            out = ps.get_tp_group().all_reduce(out)
+        with dp_forward_context(ctx, case.tokens, sp):
+            gx, gw, gids = manager.dispatch(mine.x.to(dev), mine.topk_weights.to(dev),
+                                            mine.topk_ids.to(dev), is_sequence_parallel=sp)
+            expected = concat_tokens([_rank_input(case, layout, g, sp) for g in comm.ranks])
+            exact = (torch.equal(gx.cpu(), expected.x)
+                     and torch.equal(gids.cpu(), expected.topk_ids)
+                     and torch.equal(gw.cpu(), expected.topk_weights))
+            received = Tokens(x=gx.cpu(), topk_ids=gids.cpu(), topk_weights=gw.cpu())
+            partial = moe_partial(received, case.num_experts, layout.ep_size,
+                                  ep.rank_in_group).to(case.torch_dtype)
+            out = manager.combine(partial.to(dev), is_sequence_parallel=sp)
+        out = gather_sp_chunks(out, full.x.shape[0]) if sp else \
+            reduce_tp_partials(out, layout.tp)
         want = moe_reference(full, case.num_experts)
         err = max_error(out.cpu(), want)
         ok = exact and within_tolerance(out.cpu(), want, case.dtype)

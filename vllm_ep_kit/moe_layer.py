@@ -16,7 +16,6 @@ token counts round-trip exactly.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass
 
@@ -146,13 +145,12 @@ def sp_moe_forward(layer, x: torch.Tensor, *per_token: torch.Tensor, trim: bool 
     ``trim=False`` keeps the chunk padding (the upstream wrapper's behaviour):
     the output then has ``ceil(n / tp) * tp`` rows for ``n`` tokens.
     """
-    from vllm.distributed import tensor_model_parallel_all_gather
     from vllm.model_executor.models.utils import sequence_parallel_chunk
 
-    num_tokens = x.shape[0]
+    from vllm_ep_kit.agrs_plumbing import gather_sp_chunks
+
     chunks = [sequence_parallel_chunk(t) for t in (x, *per_token)]
-    out = tensor_model_parallel_all_gather(layer(*chunks).contiguous(), 0)
-    return out[:num_tokens] if trim else out
+    return gather_sp_chunks(layer(*chunks), x.shape[0], trim=trim)
 
 
 def rank_moe_layer(ctx, cell: MoeLayerCell, cases: list[RoutingCase],
@@ -166,11 +164,9 @@ def rank_moe_layer(ctx, cell: MoeLayerCell, cases: list[RoutingCase],
     the case's dtype for this rank's experts only.
     """
     from vllm.distributed import parallel_state as ps
-    from vllm.distributed.device_communicators.all2all import AgRsAll2AllManager
-    from vllm.forward_context import get_forward_context, set_forward_context
 
+    from vllm_ep_kit.agrs_plumbing import agrs_manager, dp_forward_context, reduce_tp_partials
     from vllm_ep_kit.reference.moe import Tokens
-    from vllm_ep_kit.testing.gloo_collectives import ensure_v_collectives
 
     layout: ParallelLayout = ctx.layout
     sp = bool(ctx.vllm_config.parallel_config.use_sequence_parallel_moe)
@@ -179,13 +175,9 @@ def rank_moe_layer(ctx, cell: MoeLayerCell, cases: list[RoutingCase],
                              f"the table says {cell.is_sequence_parallel}")
     if cell.backend in FLASHINFER_BACKENDS and layout.uses_all2all:
         return _flashinfer_layer(ctx, cell, cases)
-    device = torch.device("cuda", torch.cuda.current_device()) if ctx.backend == "nccl" \
-        else torch.device("cpu")
-    if ctx.backend == "gloo":
-        for group in (ps.get_dp_group(), ps.get_ep_group(), ps.get_tp_group()):
-            ensure_v_collectives(group)
+    device = ctx.device
+    manager, sp = agrs_manager(ctx)
     ep = ps.get_ep_group()
-    manager = AgRsAll2AllManager(ep.cpu_group) if layout.uses_all2all else None
     results = []
     for case in cases:
         start = time.perf_counter()
@@ -195,7 +187,6 @@ def rank_moe_layer(ctx, cell: MoeLayerCell, cases: list[RoutingCase],
                       topk_weights=source.topk_weights.to(device),
                       x_scale=None if source.x_scale is None else source.x_scale.to(device))
         compute = case.torch_dtype if case.dtype != "fp8" else torch.bfloat16
-        counts = torch.tensor(case.tokens, dtype=torch.int32)
 
         def layer(x, ids, weights):
             # Without an all-to-all the rows are this rank's own: fp8 keeps its scales.
@@ -208,21 +199,16 @@ def rank_moe_layer(ctx, cell: MoeLayerCell, cases: list[RoutingCase],
                                       dtype=compute).to(case.combine_dtype)
             if manager is not None:
                 return manager.combine(partial, is_sequence_parallel=sp)
-            return ps.get_tp_group().all_reduce(partial)
+            return reduce_tp_partials(partial, layout.tp)
 
-        with set_forward_context(None, ctx.vllm_config,
-                                 num_tokens=case.tokens[layout.dp_rank(ctx.rank)],
-                                 num_tokens_across_dp=counts):
-            dp_meta = get_forward_context().dp_metadata
-            sizes = dp_meta.sp_local_sizes(layout.tp if sp else 1) if dp_meta else None
-            with sizes if sizes is not None else contextlib.nullcontext():
-                if sp:
-                    out = sp_moe_forward(layer, full.x, full.topk_ids, full.topk_weights,
-                                         trim=trim)
-                else:
-                    out = layer(full.x, full.topk_ids, full.topk_weights)
-                    if manager is not None and layout.tp > 1:
-                        out = ps.get_tp_group().all_reduce(out)
+        with dp_forward_context(ctx, case.tokens, sp):
+            if sp:
+                out = sp_moe_forward(layer, full.x, full.topk_ids, full.topk_weights,
+                                     trim=trim)
+            else:
+                out = layer(full.x, full.topk_ids, full.topk_weights)
+                if manager is not None:
+                    out = reduce_tp_partials(out, layout.tp)
         want = mlp_moe_reference(source, experts)
         out = out.cpu()
         results.append({"case": case.describe(), "rows": int(out.shape[0]),

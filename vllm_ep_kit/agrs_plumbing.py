@@ -1,0 +1,63 @@
+"""The rank-side plumbing around vLLM's AGRS all-to-all, shared by ``check`` and the layer matrix.
+
+Both drive vLLM's ``AgRsAll2AllManager`` inside vLLM's parallel state the way
+a MoE layer does: the manager on the EP group's CPU group, a forward context
+carrying every DP rank's token count (and, under sequence parallelism, each
+TP rank's chunk size), and after combine either the TP all-gather of the SP
+chunks trimmed back to the token count or, without SP, the TP all-reduce of
+the EP partials.  ``ep_check`` adds exact dispatch checks with the scalar
+oracle; ``moe_layer`` runs SiLU-MLP experts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+
+def agrs_manager(ctx):
+    """(vLLM's AGRS manager, or None where the layout has no all-to-all; SP on?)."""
+    from vllm.distributed import parallel_state as ps
+    from vllm.distributed.device_communicators.all2all import AgRsAll2AllManager
+
+    from vllm_ep_kit.testing.gloo_collectives import ensure_v_collectives
+
+    sp = bool(ctx.vllm_config.parallel_config.use_sequence_parallel_moe)
+    if ctx.backend == "gloo":
+        for group in (ps.get_dp_group(), ps.get_ep_group(), ps.get_tp_group()):
+            ensure_v_collectives(group)
+    manager = AgRsAll2AllManager(ps.get_ep_group().cpu_group) \
+        if ctx.layout.uses_all2all else None
+    return manager, sp
+
+
+@contextlib.contextmanager
+def dp_forward_context(ctx, tokens: tuple[int, ...], sp: bool) -> Iterator[None]:
+    """vLLM's forward context for one step with ``tokens`` per DP rank."""
+    from vllm.forward_context import get_forward_context, set_forward_context
+
+    layout = ctx.layout
+    counts = torch.tensor(tokens, dtype=torch.int32)
+    with set_forward_context(None, ctx.vllm_config, num_tokens=tokens[layout.dp_rank(ctx.rank)],
+                             num_tokens_across_dp=counts):
+        dp_meta = get_forward_context().dp_metadata
+        sizes = dp_meta.sp_local_sizes(layout.tp if sp else 1) if dp_meta else None
+        with sizes if sizes is not None else contextlib.nullcontext():
+            yield
+
+
+def gather_sp_chunks(out: torch.Tensor, num_tokens: int, trim: bool = True) -> torch.Tensor:
+    """All-gather the TP ranks' SP chunks; ``trim`` drops the chunk padding rows."""
+    from vllm.distributed import tensor_model_parallel_all_gather
+
+    gathered = tensor_model_parallel_all_gather(out.contiguous(), 0)
+    return gathered[:num_tokens] if trim else gathered
+
+
+def reduce_tp_partials(out: torch.Tensor, tp: int) -> torch.Tensor:
+    """Without SP every TP rank holds the same tokens: sum the EP partials over TP."""
+    from vllm.distributed import parallel_state as ps
+
+    return ps.get_tp_group().all_reduce(out) if tp > 1 else out
