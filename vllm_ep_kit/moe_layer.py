@@ -176,7 +176,7 @@ def rank_moe_layer(ctx, cell: MoeLayerCell, cases: list[RoutingCase],
     if cell.backend in FLASHINFER_BACKENDS and layout.uses_all2all:
         return _flashinfer_layer(ctx, cell, cases)
     device = ctx.device
-    manager, sp = agrs_manager(ctx)
+    manager, _ = agrs_manager(ctx)  # its SP verdict is ``sp``, checked above
     ep = ps.get_ep_group()
     results = []
     for case in cases:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import faulthandler
 import itertools
 import multiprocessing
 import multiprocessing.connection
@@ -39,13 +38,12 @@ from vllm_ep_kit.layout import ParallelLayout
 from vllm_ep_kit.testing import proctree
 from vllm_ep_kit.testing.ports import open_rendezvous
 from vllm_ep_kit.testing.rank import (
-    STACK_DUMP_SIGNAL,
     RankContext,
     RankOutcome,
     RankSpec,
-    _redirect_output,
     init_world,
     outcome_from_exception,
+    prepare_rank_process,
 )
 
 POOL_ENV = "VLLM_EP_KIT_POOL"  # "1": run_ranks goes through a persistent pool
@@ -97,16 +95,7 @@ def _collective_check(ctx: RankContext) -> None:
 
 def pool_rank_main(spec: RankSpec, conn) -> None:
     """A pooled rank: set up once, then run tasks from ``conn`` until told to stop."""
-    os.setpgid(0, 0)
-    work = Path(spec.workdir)
-    _redirect_output(work / f"rank{spec.rank}.log")
-    faulthandler.enable(file=sys.stderr, all_threads=True)
-    stacks = open(work / f"rank{spec.rank}.stacks", "w")  # noqa: SIM115 (kept for the handler)
-    faulthandler.register(STACK_DUMP_SIGNAL, file=stacks, all_threads=True, chain=False)
-    os.environ.update(spec.env)
-    (work / f"rank{spec.rank}.beat").touch()
-    ctx = RankContext(spec.rank, spec.world_size, spec.rank, spec.backend, spec.workdir,
-                      spec.layout)
+    ctx = prepare_rank_process(spec)
     with contextlib.ExitStack() as stack:
         try:
             init_world(spec.backend, spec.rank, spec.world_size, spec.master_addr,

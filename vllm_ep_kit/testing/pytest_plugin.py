@@ -24,8 +24,10 @@ from vllm_ep_kit.testing import probes
 from vllm_ep_kit.testing.pool import POOL_ENV
 from vllm_ep_kit.testing.skips import STRICT_ENV, skip_or_fail
 
-_PREVIOUS_STRICT = pytest.StashKey[str | None]()
-_PREVIOUS_POOL = pytest.StashKey[str | None]()
+# Command-line flags that set an environment variable (spawned ranks inherit it), with
+# the stash key keeping the variable's previous value for pytest_unconfigure.
+_ENV_FLAGS = {"--ep-strict": (STRICT_ENV, pytest.StashKey[str | None]()),
+              "--ep-pool": (POOL_ENV, pytest.StashKey[str | None]())}
 
 MARKERS = {
     "gpus(n)": "needs at least n CUDA GPUs",
@@ -58,12 +60,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     for name, doc in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {doc}")
-    if config.getoption("--ep-strict"):
-        config.stash[_PREVIOUS_STRICT] = os.environ.get(STRICT_ENV)
-        os.environ[STRICT_ENV] = "1"  # spawned ranks inherit it
-    if config.getoption("--ep-pool"):
-        config.stash[_PREVIOUS_POOL] = os.environ.get(POOL_ENV)
-        os.environ[POOL_ENV] = "1"
+    for flag, (env, previous) in _ENV_FLAGS.items():
+        if config.getoption(flag):
+            config.stash[previous] = os.environ.get(env)
+            os.environ[env] = "1"
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -71,18 +71,12 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     from vllm_ep_kit.testing import pool
 
     pool.close_all()
-    if _PREVIOUS_POOL in config.stash:
-        previous = config.stash[_PREVIOUS_POOL]
-        if previous is None:
-            os.environ.pop(POOL_ENV, None)
-        else:
-            os.environ[POOL_ENV] = previous
-    if _PREVIOUS_STRICT in config.stash:
-        previous = config.stash[_PREVIOUS_STRICT]
-        if previous is None:
-            os.environ.pop(STRICT_ENV, None)
-        else:
-            os.environ[STRICT_ENV] = previous
+    for env, previous in _ENV_FLAGS.values():
+        if previous in config.stash:
+            if config.stash[previous] is None:
+                os.environ.pop(env, None)
+            else:
+                os.environ[env] = config.stash[previous]
 
 
 def unmet_requirements(item: pytest.Item) -> list[str]:

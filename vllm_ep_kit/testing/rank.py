@@ -165,9 +165,14 @@ def _redirect_output(log_path: Path) -> None:
     os.close(fd)
 
 
-def rank_main(spec: RankSpec) -> None:
-    """Entry point of a spawned rank.  Always ends in ``os._exit``."""
-    os.setpgid(0, 0)  # own process group: teardown reaches every descendant
+def prepare_rank_process(spec: RankSpec) -> RankContext:
+    """Set up a spawned rank process (also a pooled one) and return its context.
+
+    Own process group (teardown reaches every descendant), output to the
+    rank's log, crash traces and on-demand stacks through faulthandler, the
+    spec's environment and import path, and a first heartbeat.
+    """
+    os.setpgid(0, 0)
     work = Path(spec.workdir)
     _redirect_output(work / f"rank{spec.rank}.log")
     faulthandler.enable(file=sys.stderr, all_threads=True)
@@ -179,9 +184,14 @@ def rank_main(spec: RankSpec) -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join(
             [*spec.python_path, *filter(None, [os.environ.get("PYTHONPATH")])])
     (work / f"rank{spec.rank}.beat").touch()
+    return RankContext(spec.rank, spec.world_size, spec.rank, spec.backend, spec.workdir,
+                       spec.layout)
 
-    ctx = RankContext(spec.rank, spec.world_size, spec.rank, spec.backend, spec.workdir,
-                      spec.layout)
+
+def rank_main(spec: RankSpec) -> None:
+    """Entry point of a spawned rank.  Always ends in ``os._exit``."""
+    ctx = prepare_rank_process(spec)
+    work = Path(spec.workdir)
     store = None
     try:
         store = init_world(spec.backend, spec.rank, spec.world_size, spec.master_addr,

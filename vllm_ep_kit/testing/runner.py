@@ -214,10 +214,14 @@ def default_backend() -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
-def _require_gpus(world_size: int) -> None:
+def _visible_gpus() -> int:
     import torch
 
-    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _require_gpus(world_size: int) -> None:
+    have = _visible_gpus()
     if have < world_size:
         skip_or_fail(f"needs {world_size} CUDA GPUs, {have} visible")
 
@@ -229,9 +233,7 @@ def _require_cpu_host_or_gpus(world_size: int) -> None:
     the process-group backend (measured on 2x H200: 4 gloo ranks fail with
     "invalid device ordinal" on ranks 2 and 3), so the case needs a GPU per rank.
     """
-    import torch
-
-    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    have = _visible_gpus()
     if 0 < have < world_size:
         skip_or_fail(f"vLLM's CUDA platform binds each of the {world_size} ranks to its own "
                      f"GPU, {have} visible (this gloo case runs on CPU-only hosts)")

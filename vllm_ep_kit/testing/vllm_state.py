@@ -53,14 +53,11 @@ def vllm_has_compiled_ops() -> bool:
     return hasattr(torch.ops._C, "rotary_embedding")
 
 
-def sources_only_environment() -> dict[str, str]:
-    """Environment that keeps a sources-only vLLM off paths needing its compiled ops.
-
-    vLLM's TP-group FlashInfer all-reduce imports the all-reduce fusion pass,
-    which looks up compiled ops at import (measured on 2x H200 with the bundle).
-    The all-to-all under test does not depend on which all-reduce TP uses.
-    """
-    return {"VLLM_ALLREDUCE_USE_FLASHINFER": "0"}
+# Environment that keeps a sources-only vLLM off paths needing its compiled ops:
+# vLLM's TP-group FlashInfer all-reduce imports the all-reduce fusion pass, which
+# looks up compiled ops at import (measured on 2x H200 with the bundle).  The
+# all-to-all under test does not depend on which all-reduce TP uses.
+SOURCES_ONLY_ENV = {"VLLM_ALLREDUCE_USE_FLASHINFER": "0"}
 
 
 @contextlib.contextmanager
@@ -85,7 +82,7 @@ def vllm_parallel_state(
             f"the world group has {dist.get_world_size()}"
         )
     if device != "cpu" and not vllm_has_compiled_ops():
-        for name, value in sources_only_environment().items():
+        for name, value in SOURCES_ONLY_ENV.items():
             os.environ.setdefault(name, value)  # this rank process only
     config = build_vllm_config(layout, rank, device, all2all_backend)
     with set_current_vllm_config(config):
