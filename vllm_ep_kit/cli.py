@@ -140,6 +140,135 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _bench_table(report: dict, console: Console) -> None:
+    table = Table(title=f"Dispatch + combine, {report['meta'].get('world_size', '?')} ranks "
+                        f"({report['meta'].get('timer', '')})")
+    for col in ("backend", "hidden", "dtype", "tokens/rank", "dispatch ms", "combine ms",
+                "total ms", "GB/s", "vs all_to_all", "vs link", "round trip"):
+        table.add_column(col, justify="right" if col not in ("backend", "dtype") else "left")
+
+    def num(value, fmt):
+        return "-" if value is None else format(value, fmt)
+
+    for r in report["results"]:
+        check = {"ok": "[green]ok[/green]", "FAILED": "[red]FAILED[/red]"}.get(
+            r["check"], "[dim]not checked[/dim]")
+        table.add_row(r["backend"], str(r["hidden"]), r["dtype"], str(r["tokens"]),
+                      num(r["dispatch_ms"], ".3f"), num(r["combine_ms"], ".3f"),
+                      num(r["total_ms"], ".3f"), num(r["gbps"], ".3g"),
+                      num(r["vs_baseline"], ".2f") + ("x" if r["vs_baseline"] else ""),
+                      num(r["vs_link"] and 100 * r["vs_link"], ".0f")
+                      + ("%" if r["vs_link"] else ""), check)
+    console.print(table)
+    for link in report.get("links", []):
+        console.print(f"link limit ({link['backend']} run): "
+                      + (f"{link['gbps']:.1f} GB/s peer copy (slowest GPU)" if link.get("gbps")
+                         else f"not measured: {link.get('why', '')}"))
+
+
+def _bench_plot(report: dict, path, console: Console) -> None:
+    from vllm_ep_kit.bench.plot import plot_report
+
+    try:
+        console.print(f"plot: {plot_report(report, path)}")
+    except ImportError:
+        console.print("[yellow]plot not drawn:[/yellow] matplotlib is not installed here; "
+                      f"elsewhere run `vllm-ep-kit bench --from-json {path.with_suffix('.json')}`")
+    except ValueError as exc:
+        console.print(f"[yellow]plot not drawn:[/yellow] {exc}")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import datetime
+    from pathlib import Path
+
+    from vllm_ep_kit import backends
+    from vllm_ep_kit.bench import plan as bench_plan
+    from vllm_ep_kit.bench.sweep import run_bench
+    from vllm_ep_kit.testing import probes
+
+    console = Console(width=args.width, stderr=args.json)
+    if args.from_json:
+        source = Path(args.from_json)
+        try:
+            report = json.loads(source.read_text())
+            report["results"], report["meta"]
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"vllm-ep-kit bench: error: --from-json: {source}: not a bench report "
+                  f"({exc})", file=sys.stderr)
+            return 2
+        _bench_table(report, console)
+        _bench_plot(report, source.with_suffix(".png"), console)
+        return 0
+    gpu = probes.gpus()
+    gpu_count = gpu.data.get("count", 0)
+    world = args.world_size or max(gpu_count, 2)
+    tokens = args.tokens or (list(bench_plan.DEFAULT_TOKENS) if gpu_count else [1, 16, 256])
+    hiddens = args.hidden or (list(bench_plan.DEFAULT_HIDDEN) if gpu_count else [2048])
+    settings = bench_plan.BenchSettings(top_k=args.top_k, num_experts=args.experts,
+                                        warmup=args.warmup, repeats=args.repeats)
+    status = backends.usability()
+    try:
+        plan = bench_plan.make_bench_plan(
+            world, args.backends, tokens, hiddens, args.dtypes, settings, gpu_count,
+            usable=[row.name for row in status if row.usable],
+            unusable={row.name: row.reason for row in status if not row.usable})
+    except bench_plan.BenchArgumentError as exc:
+        print(f"vllm-ep-kit bench: error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out or datetime.datetime.now().strftime("bench-%Y%m%d-%H%M%S"))
+    if out.exists() and any(out.iterdir()):
+        print(f"vllm-ep-kit bench: error: --out: {out} exists and is not empty", file=sys.stderr)
+        return 2
+    for what, why in plan.skipped:
+        console.print(f"[yellow]not run[/yellow] {what}: {why}")
+    if not plan.runs:
+        print("vllm-ep-kit bench: error: no benchmarkable all-to-all backend is usable here "
+              "(see `vllm-ep-kit doctor`)", file=sys.stderr)
+        return 2
+    timer = "CUDA events" if gpu_count else "wall clock on CPU ranks (gloo): not GPU figures"
+    console.print(f"bench: {world} ranks, {timer}, {settings.warmup} warm-up + "
+                  f"{settings.repeats} timed repeats per point; writing {out}")
+
+    def on_start(run):
+        console.print(f"starting {run.backend} on {world} ranks ({run.layout.describe()}, "
+                      f"{plan.device_backend}): {len(run.points)} points, each beside "
+                      f"{bench_plan.BASELINE}")
+
+    def on_point(run, row, done):
+        console.print(f"[{done}/{len(run.points)}] {run.backend} hidden={row['hidden']} "
+                      f"{row['dtype']} tokens={row['tokens']}: {row['total_ms']:.3f} ms "
+                      f"(baseline {row['baseline_ms']:.3f} ms), round trip {row['check']}")
+
+    def on_error(run, message):
+        console.print(f"[red]{run.backend} failed:[/red]")
+        console.print(message, markup=False, highlight=False)
+
+    measured = run_bench(plan, out / "partial", on_start=on_start, on_point=on_point,
+                         on_error=on_error, timeout_s=args.timeout)
+    report = {"meta": {"command": " ".join(["vllm-ep-kit", *sys.argv[1:]]),
+                       "date": datetime.datetime.now().isoformat(timespec="seconds"),
+                       "world_size": world, "device": gpu.detail if gpu_count else "CPU",
+                       "timer": timer, "transport": plan.device_backend,
+                       "versions": probes.versions(), "settings": settings.__dict__},
+              **measured, "not_run": [{"what": w, "why": y} for w, y in plan.skipped]}
+    (out / "bench.json").write_text(json.dumps(report, indent=2))
+    if args.json:
+        json.dump(report, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        _bench_table(report, console)
+    _bench_plot(report, out / "bench.png", console)
+    console.print(f"results: {out / 'bench.json'}")
+    bad = [r for r in report["results"] if r["check"] == "FAILED"]
+    for failure in report["failures"]:
+        console.print(f"[red]{failure['backend']}: failed after {failure['points_measured']}/"
+                      f"{failure['points_planned']} points: {failure['error']}[/red]")
+    if bad:
+        console.print(f"[red]{len(bad)} point(s) failed the round-trip check[/red]")
+    return 1 if bad or report["failures"] else 0
+
+
 def cmd_lint_ci(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -213,6 +342,33 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="machine-readable results")
     check.add_argument("--width", type=int, default=None, help="table width in columns")
     check.set_defaults(func=cmd_check)
+
+    bench = sub.add_parser("bench", help="dispatch + combine latency and bandwidth of every "
+                           "usable all-to-all backend beside all_to_all_single and the link limit")
+    bench.add_argument("--world-size", type=int, default=None,
+                       help="ranks (default: every visible GPU, at least 2)")
+    bench.add_argument("--backends", type=_str_list, default=None, metavar="NAME[,NAME]",
+                       help="backends (default: every usable benchmarkable one)")
+    bench.add_argument("--tokens", type=_int_list, default=None, metavar="N[,N]",
+                       help="tokens per rank (default 1,2,4..8192 on GPUs; 1,16,256 on CPU)")
+    bench.add_argument("--hidden", type=_int_list, default=None, metavar="H[,H]",
+                       help="hidden sizes (default 2048,7168 on GPUs; 2048 on CPU)")
+    bench.add_argument("--dtypes", type=_str_list, default=["bf16", "fp8"], metavar="D[,D]",
+                       help="payload dtypes (default bf16,fp8; fp8 carries block scales)")
+    bench.add_argument("--top-k", type=int, default=8, help="experts per token (default 8)")
+    bench.add_argument("--experts", type=int, default=256, help="experts (default 256)")
+    bench.add_argument("--warmup", type=int, default=5, help="untimed repeats per point")
+    bench.add_argument("--repeats", type=int, default=20, help="timed repeats (median)")
+    bench.add_argument("--out", default=None, metavar="DIR",
+                       help="new folder for bench.json, bench.png and per-rank partial rows "
+                       "(default bench-<date>-<time>)")
+    bench.add_argument("--from-json", default=None, metavar="FILE",
+                       help="print and plot a saved bench.json instead of measuring")
+    bench.add_argument("--timeout", type=float, default=300.0,
+                       help="watchdog: seconds without progress before ranks are stopped")
+    bench.add_argument("--json", action="store_true", help="machine-readable results")
+    bench.add_argument("--width", type=int, default=None, help="table width in columns")
+    bench.set_defaults(func=cmd_bench)
 
     lint_ci = sub.add_parser("lint-ci", help="lint Buildkite test areas: schema, paths, "
                              "dependencies, gated branches, flag spelling, devices, labels")

@@ -1,0 +1,119 @@
+"""What ``bench`` runs: validated arguments, one run per backend, and what is left out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vllm_ep_kit.layout import ParallelLayout
+from vllm_ep_kit.reference.moe import FP8_GROUP
+
+# Backends bench can drive, with the payload dtypes it drives them with.  AGRS
+# carries fp8 block scales as vLLM's quantised dispatch does (``extra_tensors``).
+BENCH_BACKENDS = {
+    "allgather_reducescatter": ("bf16", "fp8"),
+    "flashinfer_nvlink_two_sided": ("bf16", "fp8"),
+    "flashinfer_nvlink_one_sided": ("bf16", "fp8"),
+}
+BASELINE = "torch_all_to_all"  # all_to_all_single over the world group (NCCL on GPUs)
+DEFAULT_TOKENS = tuple(2 ** i for i in range(14))  # 1 .. 8192 per rank
+DEFAULT_HIDDEN = (2048, 7168)
+DEFAULT_DTYPES = ("bf16", "fp8")
+DEFAULT_TOP_K = 8
+DEFAULT_EXPERTS = 256
+
+
+class BenchArgumentError(ValueError):
+    """A bad ``bench`` argument; the message names it."""
+
+
+@dataclass(frozen=True)
+class BenchPoint:
+    tokens: int  # per rank
+    hidden: int
+    dtype: str
+
+    def describe(self) -> str:
+        return f"tokens={self.tokens} hidden={self.hidden} {self.dtype}"
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    top_k: int = DEFAULT_TOP_K
+    num_experts: int = DEFAULT_EXPERTS
+    warmup: int = 5
+    repeats: int = 20
+    link_mib: int = 256  # peer-copy buffer for the link limit
+
+
+@dataclass(frozen=True)
+class BenchRun:
+    """One set of ranks: a backend's sweep, each point beside the baseline."""
+
+    backend: str
+    layout: ParallelLayout
+    points: tuple[BenchPoint, ...]
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    runs: tuple[BenchRun, ...]
+    skipped: tuple[tuple[str, str], ...]  # (what, why) not run
+    device_backend: str  # "nccl" or "gloo"
+    settings: BenchSettings
+
+
+def make_bench_plan(world_size: int, backends: list[str] | None, tokens: list[int],
+                    hiddens: list[int], dtypes: list[str], settings: BenchSettings,
+                    gpu_count: int, usable: list[str],
+                    unusable: dict[str, str] | None = None) -> BenchPlan:
+    """Validate ``bench``'s arguments (errors name the argument) and plan the runs."""
+    if world_size < 2:
+        raise BenchArgumentError(f"--world-size: {world_size} is too small; all-to-all needs "
+                                 "at least 2 ranks")
+    if gpu_count and world_size > gpu_count:
+        raise BenchArgumentError(f"--world-size: {world_size} ranks but only {gpu_count} GPUs "
+                                 "visible (one rank per GPU)")
+    for name in backends or []:
+        if name not in BENCH_BACKENDS:
+            raise BenchArgumentError(f"--backends: unknown backend {name!r}; expected one of "
+                                     f"{', '.join(BENCH_BACKENDS)}")
+        if name not in usable:
+            raise BenchArgumentError(f"--backends: {name} is not usable on this machine: "
+                                     f"{(unusable or {}).get(name, 'see `vllm-ep-kit doctor`')}")
+    if not tokens or any(n < 1 for n in tokens):
+        raise BenchArgumentError(f"--tokens: {tokens}: expected token counts >= 1 per rank")
+    if not hiddens or any(h < 1 for h in hiddens):
+        raise BenchArgumentError(f"--hidden: {hiddens}: expected sizes >= 1")
+    known = sorted({d for ds in BENCH_BACKENDS.values() for d in ds})
+    for dtype in dtypes:
+        if dtype not in known:
+            raise BenchArgumentError(f"--dtypes: unknown dtype {dtype!r}; expected one of "
+                                     f"{', '.join(known)}")
+    if "fp8" in dtypes:
+        bad = [h for h in hiddens if h % (4 * FP8_GROUP)]
+        if bad:
+            raise BenchArgumentError(f"--hidden: {bad} with fp8: block scales need hidden to be "
+                                     f"a multiple of {4 * FP8_GROUP} (16-byte scale rows)")
+    if not 1 <= settings.top_k <= settings.num_experts:
+        raise BenchArgumentError(f"--top-k: {settings.top_k}: expected 1..--experts "
+                                 f"({settings.num_experts})")
+    if settings.num_experts % world_size:
+        raise BenchArgumentError(f"--experts: {settings.num_experts} is not divisible by the "
+                                 f"world size {world_size} (experts split evenly over EP ranks)")
+    if settings.repeats < 1 or settings.warmup < 0:
+        raise BenchArgumentError(f"--repeats/--warmup: {settings.repeats}/{settings.warmup}: "
+                                 "expected repeats >= 1 and warmup >= 0")
+    chosen = list(backends) if backends else [b for b in BENCH_BACKENDS if b in usable]
+    skipped = [] if backends else [(name, f"not usable here: {why}")
+                                   for name, why in (unusable or {}).items()
+                                   if name in BENCH_BACKENDS]
+    layout = ParallelLayout.for_world(world_size, tp=1)  # DP mode: EP group = every rank
+    runs = []
+    for name in chosen:
+        taken = [d for d in dtypes if d in BENCH_BACKENDS[name]]
+        points = tuple(BenchPoint(n, h, d) for h in hiddens for d in taken
+                       for n in sorted(set(tokens)))
+        if points:
+            runs.append(BenchRun(name, layout, points))
+    return BenchPlan(runs=tuple(runs), skipped=tuple(skipped),
+                     device_backend="nccl" if gpu_count else "gloo", settings=settings)
