@@ -203,14 +203,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     gpu = probes.gpus()
     gpu_count = gpu.data.get("count", 0)
     world = args.world_size or max(gpu_count, 2)
-    tokens = args.tokens or (list(bench_plan.DEFAULT_TOKENS) if gpu_count else [1, 16, 256])
-    hiddens = args.hidden or (list(bench_plan.DEFAULT_HIDDEN) if gpu_count else [2048])
-    settings = bench_plan.BenchSettings(top_k=args.top_k, num_experts=args.experts,
-                                        warmup=args.warmup, repeats=args.repeats)
+    tokens = args.tokens or list(bench_plan.DEFAULT_TOKENS if gpu_count
+                                 else bench_plan.CPU_DEFAULT_TOKENS)
+    hiddens = args.hidden or list(bench_plan.DEFAULT_HIDDEN if gpu_count
+                                  else bench_plan.CPU_DEFAULT_HIDDEN)
+    dtypes = args.dtypes or list(bench_plan.DEFAULT_DTYPES)
+    given = {"top_k": args.top_k, "num_experts": args.experts, "warmup": args.warmup,
+             "repeats": args.repeats}
+    settings = bench_plan.BenchSettings(**{k: v for k, v in given.items() if v is not None})
     status = backends.usability()
     try:
         plan = bench_plan.make_bench_plan(
-            world, args.backends, tokens, hiddens, args.dtypes, settings, gpu_count,
+            world, args.backends, tokens, hiddens, dtypes, settings, gpu_count,
             usable=[row.name for row in status if row.usable],
             unusable={row.name: row.reason for row in status if not row.usable})
     except bench_plan.BenchArgumentError as exc:
@@ -353,12 +357,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="tokens per rank (default 1,2,4..8192 on GPUs; 1,16,256 on CPU)")
     bench.add_argument("--hidden", type=_int_list, default=None, metavar="H[,H]",
                        help="hidden sizes (default 2048,7168 on GPUs; 2048 on CPU)")
-    bench.add_argument("--dtypes", type=_str_list, default=["bf16", "fp8"], metavar="D[,D]",
+    bench.add_argument("--dtypes", type=_str_list, default=None, metavar="D[,D]",
                        help="payload dtypes (default bf16,fp8; fp8 carries block scales)")
-    bench.add_argument("--top-k", type=int, default=8, help="experts per token (default 8)")
-    bench.add_argument("--experts", type=int, default=256, help="experts (default 256)")
-    bench.add_argument("--warmup", type=int, default=5, help="untimed repeats per point")
-    bench.add_argument("--repeats", type=int, default=20, help="timed repeats (median)")
+    bench.add_argument("--top-k", type=int, default=None, help="experts per token (default 8)")
+    bench.add_argument("--experts", type=int, default=None, help="experts (default 256)")
+    bench.add_argument("--warmup", type=int, default=None,
+                       help="untimed repeats per point (default 5)")
+    bench.add_argument("--repeats", type=int, default=None,
+                       help="timed repeats, median taken (default 20)")
     bench.add_argument("--out", default=None, metavar="DIR",
                        help="new folder for bench.json, bench.png and per-rank partial rows "
                        "(default bench-<date>-<time>)")

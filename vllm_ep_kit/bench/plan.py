@@ -17,6 +17,9 @@ BENCH_BACKENDS = {
 BASELINE = "torch_all_to_all"  # all_to_all_single over the world group (NCCL on GPUs)
 DEFAULT_TOKENS = tuple(2 ** i for i in range(14))  # 1 .. 8192 per rank
 DEFAULT_HIDDEN = (2048, 7168)
+# CPU-only machines (gloo, wall clock): a smoke run, not a measurement.
+CPU_DEFAULT_TOKENS = (1, 16, 256)
+CPU_DEFAULT_HIDDEN = (2048,)
 DEFAULT_DTYPES = ("bf16", "fp8")
 DEFAULT_TOP_K = 8
 DEFAULT_EXPERTS = 256

@@ -17,7 +17,7 @@ import torch
 
 from vllm_ep_kit.bench import drivers
 from vllm_ep_kit.bench.plan import BASELINE, BenchRun, BenchSettings
-from vllm_ep_kit.bench.timing import peer_copy_gbps, sync_ranks, time_stages
+from vllm_ep_kit.bench.timing import peer_copy_gbps, time_stages
 from vllm_ep_kit.bench.traffic import rank_inputs
 
 
@@ -58,7 +58,7 @@ def rank_bench(ctx, run: BenchRun, settings: BenchSettings, partial_dir: str) ->
     rank, world = ep.rank_in_group, ep.world_size
     cuda = ctx.backend == "nccl"
     cpu_group = ep.cpu_group
-    link = peer_copy_gbps(rank, world, settings.link_mib, settings.repeats, cpu_group) if cuda \
+    link = peer_copy_gbps(settings.link_mib, settings.repeats, cpu_group) if cuda \
         else {"gbps": None, "why": "CPU ranks (gloo): no GPU link to measure"}
     ctx.heartbeat()
     manager = None if run.backend == "allgather_reducescatter" else _manager(run, settings)
@@ -70,7 +70,6 @@ def rank_bench(ctx, run: BenchRun, settings: BenchSettings, partial_dir: str) ->
         base = drivers.baseline(inputs, point, settings, rank, ctx.device, group=None)
         with prepared.context:
             error = prepared.check()
-            sync_ranks(cuda, cpu_group)
             times = time_stages(prepared.stages, settings.warmup, settings.repeats, cuda,
                                 cpu_group)
         base_times = time_stages(base.stages, settings.warmup, settings.repeats, cuda, cpu_group)

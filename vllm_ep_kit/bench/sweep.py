@@ -15,13 +15,19 @@ from vllm_ep_kit.bench.rank import rank_bench
 from vllm_ep_kit.bench.report import link_summary, merge_ranks, read_partial_rows
 
 
+def _show_new(run: BenchRun, rows: list[dict], shown: set, on_point) -> None:
+    """``on_point`` for each row not shown yet (``shown``: (hidden, dtype, tokens) keys)."""
+    for row in rows:
+        key = (row["hidden"], row["dtype"], row["tokens"])
+        if key not in shown:
+            shown.add(key)
+            on_point(run, row, len(shown))
+
+
 def _watch(run: BenchRun, partial_dir: Path, world: int, shown: set, on_point, stop) -> None:
     while not stop.wait(0.5):
-        for row in merge_ranks(read_partial_rows(partial_dir, run.backend), world, None):
-            key = (row["hidden"], row["dtype"], row["tokens"])
-            if key not in shown:
-                shown.add(key)
-                on_point(run, row, len(shown))
+        _show_new(run, merge_ranks(read_partial_rows(partial_dir, run.backend), world, None),
+                  shown, on_point)
 
 
 def run_bench(plan: BenchPlan, partial_dir: Path, on_start=None, on_point=None,
@@ -42,9 +48,10 @@ def run_bench(plan: BenchPlan, partial_dir: Path, on_start=None, on_point=None,
         if on_start:
             on_start(run)
         shown: set = set()
+        show = on_point or (lambda *a: None)
         stop = threading.Event()
         watcher = threading.Thread(target=_watch, daemon=True, args=(
-            run, partial_dir, world, shown, on_point or (lambda *a: None), stop))
+            run, partial_dir, world, shown, show, stop))
         watcher.start()
         try:
             per_rank = run_ranks(rank_bench, world, run, plan.settings, str(partial_dir),
@@ -63,11 +70,7 @@ def run_bench(plan: BenchPlan, partial_dir: Path, on_start=None, on_point=None,
         finally:
             stop.set()
             watcher.join()
-        for row in rows:
-            key = (row["hidden"], row["dtype"], row["tokens"])
-            if key not in shown and on_point:
-                shown.add(key)
-                on_point(run, row, len(shown))
+        _show_new(run, rows, shown, show)
         results += rows
         links.append({"backend": run.backend, **link})
     return {"results": results, "links": links, "failures": failures}

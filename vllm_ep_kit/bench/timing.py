@@ -68,7 +68,7 @@ def time_stages(stages: list[Stage], warmup: int, repeats: int, cuda: bool, cpu_
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def peer_copy_gbps(rank: int, world: int, mib: int, repeats: int, cpu_group) -> dict:
+def peer_copy_gbps(mib: int, repeats: int, cpu_group) -> dict:
     """This GPU's write bandwidth to the next rank's GPU, every rank copying at once.
 
     The link limit for an all-to-all's bytes: each GPU pushes a buffer over
