@@ -116,8 +116,11 @@ def _expert_partial(case: RoutingCase, recv_x: torch.Tensor, recv_scale, recv_id
 
 def _mlp_partial(case: RoutingCase, recv_x, recv_scale, recv_ids, recv_w, rank: int, world: int,
                  experts) -> torch.Tensor:
-    """The MLP experts of this rank over the received rows (any leading shape)."""
-    from vllm_ep_kit.reference.mlp_moe import mlp_moe_partial
+    """The MLP experts of this rank over the received rows (any leading shape).
+
+    vLLM's ``fused_experts`` where its kernels load, else the torch reference.
+    """
+    from vllm_ep_kit.vllm_experts import default_impl, expert_partial
 
     lead = recv_x.shape[:-1]
     x = recv_x.reshape(-1, recv_x.shape[-1])
@@ -129,7 +132,8 @@ def _mlp_partial(case: RoutingCase, recv_x, recv_scale, recv_ids, recv_w, rank: 
     received = Tokens(x=values, topk_ids=recv_ids.reshape(-1, case.top_k),
                       topk_weights=recv_w.reshape(-1, case.top_k))
     compute = torch.float32 if case.dtype == "fp32" else torch.bfloat16
-    partial = mlp_moe_partial(received, experts, world, rank, dtype=compute)
+    partial = expert_partial(default_impl(values.device), received, experts, world, rank,
+                             dtype=compute)
     return partial.reshape(*lead, -1).to(case.combine_dtype)
 
 

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import torch
 
 from vllm_ep_kit.layout import ParallelLayout
-from vllm_ep_kit.reference.mlp_moe import MlpExperts, layer_close, mlp_moe_partial, \
-    mlp_moe_reference
+from vllm_ep_kit.reference.mlp_moe import MlpExperts, layer_close, mlp_moe_reference
 from vllm_ep_kit.reference.moe import RoutingCase, max_error, source_tokens
+from vllm_ep_kit.vllm_experts import default_impl, expert_partial, tolerance_key
 
 PARALLEL_COMBOS: dict[str, ParallelLayout] = {
     "dp2-ep": ParallelLayout(tp=1, dp=2),
@@ -160,8 +160,9 @@ def rank_moe_layer(ctx, cell: MoeLayerCell, cases: list[RoutingCase],
     Dispatch and combine are vLLM's ``AgRsAll2AllManager`` (under SP over the
     EP group, else the DP group); where vLLM has no all-to-all (DP=1, no SP)
     every rank has all tokens and the EP ranks' partials are all-reduced over
-    TP, as vLLM's layer does.  Experts are the torch SiLU-MLP reference run in
-    the case's dtype for this rank's experts only.
+    TP, as vLLM's layer does.  Experts are this rank's SiLU-MLP experts in the
+    case's dtype: vLLM's ``fused_experts`` kernels on GPUs where they load, the
+    torch reference elsewhere (each row records which, ``experts``).
     """
     from vllm.distributed import parallel_state as ps
 
@@ -178,6 +179,7 @@ def rank_moe_layer(ctx, cell: MoeLayerCell, cases: list[RoutingCase],
     device = ctx.device
     manager, _ = agrs_manager(ctx)  # its SP verdict is ``sp``, checked above
     ep = ps.get_ep_group()
+    impl = default_impl(device)
     results = []
     for case in cases:
         start = time.perf_counter()
@@ -195,8 +197,8 @@ def rank_moe_layer(ctx, cell: MoeLayerCell, cases: list[RoutingCase],
             if manager is not None:
                 gx, gw, gids = manager.dispatch(x, weights, ids, is_sequence_parallel=sp)
                 received = Tokens(x=gx, topk_ids=gids, topk_weights=gw)
-            partial = mlp_moe_partial(received, experts, layout.ep_size, ep.rank_in_group,
-                                      dtype=compute).to(case.combine_dtype)
+            partial = expert_partial(impl, received, experts, layout.ep_size,
+                                     ep.rank_in_group, dtype=compute).to(case.combine_dtype)
             if manager is not None:
                 return manager.combine(partial, is_sequence_parallel=sp)
             return reduce_tp_partials(partial, layout.tp)
@@ -215,7 +217,8 @@ def rank_moe_layer(ctx, cell: MoeLayerCell, cases: list[RoutingCase],
                         "tokens": int(full.x.shape[0]),
                         "max_error": max_error(out, want) if out.shape == want.shape
                         else float("inf"),
-                        "passed": layer_close(out, want, case.dtype),
+                        "passed": layer_close(out, want, tolerance_key(impl, case.dtype)),
+                        "experts": impl,
                         "seconds": time.perf_counter() - start})
         ctx.heartbeat()
     return results
@@ -235,5 +238,6 @@ def _flashinfer_layer(ctx, cell: MoeLayerCell, cases: list[RoutingCase]) -> list
     rows = rank_manager_roundtrip(ctx, kind_of_backend(cell.backend), cases, mlp_experts=True)
     rank = ctx.layout.dp_rank(ctx.rank)
     return [{"case": case.describe(), "rows": case.tokens[rank], "tokens": case.tokens[rank],
-             "max_error": row.max_error, "passed": row.passed, "seconds": row.seconds}
+             "max_error": row.max_error, "passed": row.passed, "seconds": row.seconds,
+             "experts": default_impl(ctx.device)}
             for case, row in zip(cases, rows)]

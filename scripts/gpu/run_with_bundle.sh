@@ -29,6 +29,29 @@ if [ ! -f "$stamp" ]; then
         > "$work/unpacked/bundle/bootstrap.sh"
     touch "$stamp"
 fi
+# vLLM's compiled kernels (the bundle ships stubs): VLLM_EP_KIT_VLLM_KERNELS names a folder
+# holding _C_stable_libtorch.abi3.so[.xz] and/or _moe_C_stable_libtorch.abi3.so[.xz]
+# (each near the 64 MiB carry limit: stage them there in separate calls).
+if [ -n "${VLLM_EP_KIT_VLLM_KERNELS:-}" ]; then
+    vllm_dir="$work/unpacked/bundle/site/vllm"
+    found=0
+    for lib in "$VLLM_EP_KIT_VLLM_KERNELS"/*.abi3.so "$VLLM_EP_KIT_VLLM_KERNELS"/*.abi3.so.xz; do
+        [ -f "$lib" ] || continue
+        name=$(basename "$lib" .xz)
+        if [ ! -f "$vllm_dir/$name" ]; then
+            echo "run_with_bundle.sh: installing vLLM kernel library $name" >&2
+            if [ "${lib%.xz}" != "$lib" ]; then xz -dc "$lib" > "$vllm_dir/$name.part"
+            else cp "$lib" "$vllm_dir/$name.part"; fi
+            mv "$vllm_dir/$name.part" "$vllm_dir/$name"
+        fi
+        rm -f "$vllm_dir/${name%%.*}.py"  # the bundle's stand-in module of that name
+        found=$((found + 1))
+    done
+    if [ "$found" -eq 0 ]; then
+        echo "run_with_bundle.sh: no *.abi3.so[.xz] in VLLM_EP_KIT_VLLM_KERNELS=$VLLM_EP_KIT_VLLM_KERNELS" >&2
+        exit 2
+    fi
+fi
 # shellcheck source=/dev/null
 source "$work/unpacked/bundle/bootstrap.sh"
 export FLASHINFER_CUDA_ARCH_LIST=${FLASHINFER_CUDA_ARCH_LIST:-9.0a}

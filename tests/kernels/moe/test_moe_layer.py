@@ -14,8 +14,10 @@ from __future__ import annotations
 import functools
 
 import pytest
+import torch
 
 from vllm_ep_kit.backends import BACKENDS
+from vllm_ep_kit.layout import ParallelLayout
 from vllm_ep_kit.moe_layer import (
     BACKEND_SUPPORT,
     NOT_APPLICABLE,
@@ -26,7 +28,18 @@ from vllm_ep_kit.moe_layer import (
     layer_cases,
     rank_moe_layer,
 )
+from vllm_ep_kit.reference.mlp_moe import MlpExperts, mlp_moe_partial, softmax_topk
+from vllm_ep_kit.reference.moe import RoutingCase, source_tokens
 from vllm_ep_kit.testing import probes, run_ranks, skip_or_fail
+from vllm_ep_kit.vllm_experts import (
+    default_impl,
+    expert_partial,
+    kernels_missing,
+    local_expert_map,
+    rank_expert_partials,
+    rank_fused_moe_layer,
+    tolerance_key,
+)
 
 pytestmark = pytest.mark.vllm
 
@@ -90,3 +103,87 @@ def test_sp_layer_fails_without_the_trim():
     uneven = [r for per_rank in results for r in per_rank if r["tokens"] % 2]
     assert uneven, "the cases need an odd token count on some rank"
     assert all(r["rows"] == r["tokens"] + 1 and not r["passed"] for r in uneven)
+
+
+@pytest.mark.parametrize("ep_size", [1, 2, 4])
+def test_expert_map_matches_vllms_linear_placement(ep_size):
+    """Our EP expert map is vLLM's ``determine_expert_map`` plus one never-owned slot."""
+    from vllm.model_executor.layers.fused_moe.expert_map_manager import determine_expert_map
+
+    for rank in range(ep_size):
+        local, ours = local_expert_map(16, ep_size, rank, torch.device("cpu"))
+        count, theirs, _ = determine_expert_map(ep_size, rank, 16)
+        assert local.numel() == count
+        assert int(ours[16]) == -1
+        if theirs is None:  # vLLM builds no map without EP: every expert is local, in order
+            assert ours[:16].tolist() == list(range(16))
+        else:
+            assert ours[:16].tolist() == theirs.tolist()
+
+
+def test_expert_impl_choice_and_dispatch_on_cpu():
+    """On CPU the torch reference runs; an unknown impl names the choices."""
+    case = RoutingCase(tokens=(9,), num_experts=8, top_k=2, hidden=64)
+    tokens, experts = source_tokens(case, 0), MlpExperts(8, 64)
+    if not torch.cuda.is_available():
+        assert kernels_missing() == "no CUDA GPU"
+    assert default_impl(torch.device("cpu")) == "torch"
+    assert torch.equal(expert_partial("torch", tokens, experts, 2, 1, dtype=torch.float32),
+                       mlp_moe_partial(tokens, experts, 2, 1))
+    with pytest.raises(ValueError, match="impl='triton'.*torch.*vllm"):
+        expert_partial("triton", tokens, experts)
+    assert tolerance_key("vllm", "fp32") == "tf32"
+    assert tolerance_key("torch", "fp32") == "fp32"
+    assert tolerance_key("vllm", "bf16") == "bf16"
+
+
+def test_softmax_topk_renormalises_the_top_experts():
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.0], [5.0, -1.0, 4.0, 0.0]])
+    weights, ids = softmax_topk(logits, 2)
+    assert ids.tolist() == [[1, 3], [0, 2]] and ids.dtype == torch.int32
+    assert torch.allclose(weights.sum(dim=1), torch.ones(2))
+    assert torch.allclose(weights[0], torch.softmax(torch.tensor([3.0, 2.0]), dim=0))
+
+
+# vLLM's own expert kernels and MoE layer on one GPU (issue 6, item 5).  The multi-rank
+# cells above use the same kernels on GPUs where they load (rows record "experts").
+EXPERT_DTYPES = ("bf16", "fp32", "fp8")
+EXPERT_EP_SIZES = (1, 2, 4)
+
+
+@functools.cache
+def expert_partial_results(dtype: str) -> list[dict]:
+    """One GPU process per dtype: every case x EP size x EP rank through ``fused_experts``."""
+    cases = [RoutingCase(tokens=(n,), num_experts=8, top_k=2, hidden=512, dtype=dtype)
+             for n in (0, 1, 7, 64)]
+    return run_ranks(rank_expert_partials, 1, cases, EXPERT_EP_SIZES, backend="nccl",
+                     layout=ParallelLayout(), timeout_s=420)[0]
+
+
+@pytest.mark.gpus(1)
+@pytest.mark.parametrize("ep_size", EXPERT_EP_SIZES)
+@pytest.mark.parametrize("dtype", EXPERT_DTYPES)
+def test_vllm_fused_experts_per_ep_rank(dtype, ep_size):
+    """vLLM's ``fused_experts`` with an EP expert map, per simulated EP rank, vs fp32."""
+    rows = [r for r in expert_partial_results(dtype) if r["ep_size"] == ep_size]
+    assert rows
+    for row in rows:
+        assert row["sum_passed"], row
+        for rank in row["per_rank"]:
+            assert rank["passed"], (row["case"], rank)
+            assert rank["control_rejected"] is not False, (
+                f"{row['case']}: rank {rank['ep_rank']}'s output also matches another "
+                "reference: the comparison cannot tell experts apart")
+
+
+@pytest.mark.gpus(1)
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_vllm_fused_moe_layer_on_one_gpu(dtype):
+    """vLLM's MoE layer (router, weight loader, kernel selection, experts) vs fp32."""
+    cases = [RoutingCase(tokens=(n,), num_experts=8, top_k=2, hidden=256, dtype=dtype)
+             for n in (1, 7, 64, 300)]
+    results = run_ranks(rank_fused_moe_layer, 1, cases, backend="nccl",
+                        layout=ParallelLayout(), timeout_s=420, fresh_processes=True)[0]
+    for result in results:
+        assert result["rows"] == result["tokens"], result
+        assert result["passed"], result

@@ -1,0 +1,278 @@
+"""vLLM's own MoE expert kernels and ``FusedMoE`` layer, fed the reference's weights.
+
+The layer matrix moves tokens through vLLM's real all-to-all plumbing; this
+module lets the expert computation be vLLM's too where its compiled kernels
+load (issue 6, item 5): ``fused_experts`` (Triton GEMMs plus ``_moe_C``'s
+``moe_align_block_size`` and ``_C``'s ``silu_and_mul``) with an EP
+``expert_map``, and the whole layer built by ``FusedMoEFactory`` with weights
+loaded through its own ``weight_loader`` and routed by its own router.  Where
+the kernels are missing (CPU hosts, a sources-only vLLM) :func:`kernels_missing`
+says why and callers fall back to the torch experts of ``reference.mlp_moe``,
+recording which ran.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import time
+
+import torch
+
+from vllm_ep_kit.reference.mlp_moe import (
+    MlpExperts,
+    layer_close,
+    mlp_moe_partial,
+    mlp_moe_reference,
+    softmax_topk,
+)
+from vllm_ep_kit.reference.moe import RoutingCase, Tokens, expert_owner, max_error, source_tokens
+
+EXPERT_IMPLS = ("torch", "vllm")
+
+
+@functools.cache
+def kernels_missing() -> str:
+    """Why vLLM's MoE expert kernels cannot run in this process ("" when they can)."""
+    if not torch.cuda.is_available():
+        return "no CUDA GPU"
+    try:
+        from vllm.platforms import current_platform
+        from vllm.triton_utils import HAS_TRITON
+    except ImportError as exc:
+        return f"vllm does not import: {exc}"
+    if not HAS_TRITON:
+        return "vLLM sees no usable Triton (its fused_experts GEMMs are Triton kernels)"
+    current_platform.import_kernels()  # imports vLLM's compiled extensions where present
+    needed = {"_moe_C": ("moe_align_block_size", "topk_softmax", "moe_sum"),
+              "_C": ("silu_and_mul",)}
+    absent = [f"{ns}.{op}" for ns, ops in needed.items() for op in ops
+              if not hasattr(getattr(torch.ops, ns), op)]
+    if absent:
+        return ("vLLM's compiled MoE ops are not registered (" + ", ".join(absent) +
+                "): a sources-only vLLM; install its _C / _moe_C libraries "
+                "(scripts/gpu/run_with_bundle.sh VLLM_EP_KIT_VLLM_KERNELS)")
+    return ""
+
+
+def default_impl(device: torch.device) -> str:
+    """"vllm" on a GPU rank where vLLM's kernels run, else the torch reference experts."""
+    return "vllm" if device.type == "cuda" and not kernels_missing() else "torch"
+
+
+def tolerance_key(impl: str, dtype: str) -> str:
+    """Which ``LAYER_TOLERANCE`` entry applies: vLLM's Triton GEMMs take fp32 inputs as TF32."""
+    return "tf32" if impl == "vllm" and dtype == "fp32" else dtype
+
+
+def expert_partial(impl: str, tokens: Tokens, experts: MlpExperts, ep_size: int = 1,
+                   ep_rank: int | None = None, dtype: torch.dtype = torch.bfloat16
+                   ) -> torch.Tensor:
+    """fp32 output of the experts ``ep_rank`` owns over ``tokens``, computed by ``impl``."""
+    if impl == "torch":
+        return mlp_moe_partial(tokens, experts, ep_size, ep_rank, dtype=dtype)
+    if impl == "vllm":
+        return fused_experts_partial(tokens, experts, ep_size, ep_rank, dtype=dtype)
+    raise ValueError(f"impl={impl!r}: expected one of {EXPERT_IMPLS}")
+
+
+def local_expert_map(num_experts: int, ep_size: int, ep_rank: int,
+                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(global ids this rank owns, vLLM-style ``expert_map``: global -> local id or -1).
+
+    The map has one extra entry, ``num_experts``, never owned: slots whose id
+    is not a valid expert of this rank are pointed there, so vLLM skips them.
+    """
+    owner = expert_owner(num_experts, ep_size)
+    local = (owner == ep_rank).nonzero().squeeze(1)
+    expert_map = torch.full((num_experts + 1,), -1, dtype=torch.int32)
+    expert_map[local] = torch.arange(local.numel(), dtype=torch.int32)
+    return local.to(device), expert_map.to(device)
+
+
+def fused_experts_partial(tokens: Tokens, experts: MlpExperts, ep_size: int = 1,
+                          ep_rank: int | None = None, dtype: torch.dtype = torch.bfloat16
+                          ) -> torch.Tensor:
+    """vLLM's ``fused_experts`` on this EP rank's experts, as an EP rank of a layer runs it.
+
+    Same contract as ``mlp_moe_partial``: ids outside [0, num_experts) or owned
+    by another rank add 0.  Only rows with at least one local expert reach the
+    kernel (received buffers may hold junk rows that must not be read).
+    """
+    from vllm.model_executor.layers.fused_moe import fused_experts
+
+    if ep_rank is None:
+        if ep_size != 1:
+            raise ValueError(f"ep_rank=None means all experts: expected ep_size=1, got {ep_size}")
+        ep_rank = 0
+    x = tokens.values()
+    device = x.device
+    num = experts.num_experts
+    ids = tokens.topk_ids.long()
+    local, expert_map = local_expert_map(num, ep_size, ep_rank, device)
+    mine = (ids >= 0) & (ids < num)
+    mine &= expert_map[ids.clamp(0, num - 1)] >= 0
+    out = torch.zeros(x.shape[0], experts.hidden, dtype=torch.float32, device=device)
+    rows = mine.any(dim=1).nonzero().squeeze(1)
+    if rows.numel() == 0:
+        return out
+    w13, w2 = (w[local.cpu()].to(device=device, dtype=dtype).contiguous()
+               for w in experts.weights())
+    routed = torch.where(mine, ids, num)[rows].to(torch.int32).contiguous()
+    y = fused_experts(x[rows].to(dtype).contiguous(), w13, w2,
+                      tokens.topk_weights[rows].float().contiguous(), routed,
+                      global_num_experts=num + 1, expert_map=expert_map)
+    out[rows] = y.float()
+    return out
+
+
+_LAYER_NAMES = itertools.count()
+
+
+def build_fused_moe_layer(vllm_config, experts: MlpExperts, top_k: int, dtype: torch.dtype,
+                          device: torch.device):
+    """vLLM's MoE layer (``FusedMoEFactory``) holding ``experts``' weights, ready to run.
+
+    Weights go through the layer's own ``weight_loader`` (which keeps only this
+    EP rank's experts and this TP rank's shard) and its quantisation method's
+    ``process_weights_after_loading`` (which picks the expert kernels), as
+    vLLM's model loader does.  The router is vLLM's softmax top-k, renormalised.
+    """
+    from vllm.config import set_current_vllm_config
+    from vllm.model_executor.layers.fused_moe import FusedMoEFactory
+    from vllm.model_executor.layers.quantization.base_config import QuantizeMethodBase
+
+    prefix = f"vllm_ep_kit.moe{next(_LAYER_NAMES)}.experts"
+    with set_current_vllm_config(vllm_config), torch.device(device):
+        layer = FusedMoEFactory(num_experts=experts.num_experts, top_k=top_k,
+                                hidden_size=experts.hidden,
+                                intermediate_size=experts.intermediate, params_dtype=dtype,
+                                renormalize=True, prefix=prefix)
+    params = dict(layer.named_parameters())
+    w13_name = _one_param(params, "w13_weight")
+    w2_name = _one_param(params, "w2_weight")
+    w13, w2 = experts.weights()
+    inter = experts.intermediate
+    for expert in range(experts.num_experts):
+        for name, shard, weight in ((w13_name, "w1", w13[expert, :inter]),
+                                    (w13_name, "w3", w13[expert, inter:]),
+                                    (w2_name, "w2", w2[expert])):
+            param = params[name]
+            param.weight_loader(param, weight.to(dtype), name, shard_id=shard,
+                                expert_id=expert)
+    with set_current_vllm_config(vllm_config):
+        for module in layer.modules():
+            method = getattr(module, "quant_method", None)
+            if isinstance(method, QuantizeMethodBase):
+                method.process_weights_after_loading(module)
+    return layer
+
+
+def _one_param(params: dict, suffix: str) -> str:
+    names = [n for n in params if n.endswith(suffix)]
+    if len(names) != 1:
+        raise RuntimeError(f"vLLM's MoE layer has {len(names)} parameters named *{suffix} "
+                           f"(expected one); its parameters: {sorted(params)}")
+    return names[0]
+
+
+def _require_kernels() -> None:
+    from vllm_ep_kit.testing.skips import skip_or_fail
+
+    missing = kernels_missing()
+    if missing:
+        skip_or_fail(f"vLLM's MoE expert kernels cannot run here: {missing}")
+
+
+def rank_expert_partials(ctx, cases: list[RoutingCase], ep_sizes: tuple[int, ...]
+                         ) -> list[dict]:
+    """Each EP rank's ``fused_experts`` partial (simulated on this one GPU) vs the reference.
+
+    Per case, EP size and EP rank r: vLLM's partial against the fp32 partial of
+    rank r's experts; the sum over ranks against the full fp32 MoE; and, as a
+    control that the comparison discriminates, the partial against another
+    rank's (with one rank, other weights') reference, which must not match.
+    """
+    _require_kernels()
+    results = []
+    for case, ep_size in itertools.product(cases, ep_sizes):
+        start = time.perf_counter()
+        experts = MlpExperts(case.num_experts, case.hidden)
+        tokens = source_tokens(case, 0)
+        on_gpu = Tokens(x=tokens.x.to(ctx.device), topk_ids=tokens.topk_ids.to(ctx.device),
+                        topk_weights=tokens.topk_weights.to(ctx.device),
+                        x_scale=None if tokens.x_scale is None else tokens.x_scale.to(ctx.device))
+        compute = torch.float32 if case.dtype == "fp32" else torch.bfloat16
+        check = tolerance_key("vllm", case.dtype)
+        total = torch.zeros(case.tokens[0], case.hidden)
+        per_rank = []
+        for rank in range(ep_size):
+            got = fused_experts_partial(on_gpu, experts, ep_size, rank, dtype=compute).cpu()
+            want = mlp_moe_partial(tokens, experts, ep_size, rank)
+            if ep_size > 1:
+                other = mlp_moe_partial(tokens, experts, ep_size, (rank + 1) % ep_size)
+            else:
+                other = mlp_moe_partial(tokens, MlpExperts(case.num_experts, case.hidden,
+                                                           seed=experts.seed + 1))
+            per_rank.append({"ep_rank": rank, "max_error": max_error(got, want),
+                             "passed": layer_close(got, want, check),
+                             # None: no tokens, nothing to tell apart
+                             "control_rejected": None if tokens.x.shape[0] == 0
+                             else not layer_close(got, other, check)})
+            total += got
+        want_total = mlp_moe_reference(tokens, experts)
+        results.append({"case": case.describe(), "ep_size": ep_size, "per_rank": per_rank,
+                        "sum_max_error": max_error(total, want_total),
+                        "sum_passed": layer_close(total, want_total, check),
+                        "seconds": time.perf_counter() - start})
+        ctx.heartbeat()
+    return results
+
+
+def layer_case_inputs(case: RoutingCase, source: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hidden states, fp32 router logits) of one source: same on every rank that asks."""
+    n = case.tokens[source]
+    gen = torch.Generator().manual_seed(case.seed * 1000003 + source)
+    x = torch.randn(n, case.hidden, generator=gen).to(case.torch_dtype)
+    logits = torch.randn(n, case.num_experts, generator=gen)
+    return x, logits
+
+
+def rank_fused_moe_layer(ctx, cases: list[RoutingCase]) -> list[dict]:
+    """vLLM's MoE layer on this rank, one forward per case, vs the fp32 MoE reference.
+
+    The reference routes with softmax top-k (renormalised) in fp32 from the same
+    logits and runs the same SiLU-MLP weights on one process.  One layer per
+    process: vLLM's forward context finds MoE layers by construction order.
+    """
+    from vllm.forward_context import set_forward_context
+
+    _require_kernels()
+    layout = ctx.layout
+    if layout.world_size != 1:
+        raise ValueError(f"rank_fused_moe_layer runs one rank; layout is {layout.describe()}")
+    dtypes = {case.dtype for case in cases}
+    experts_of = {(c.num_experts, c.hidden) for c in cases}
+    if len(dtypes) != 1 or len(experts_of) != 1 or len({c.top_k for c in cases}) != 1:
+        raise ValueError("all cases of one layer share dtype, experts, hidden and top_k")
+    case0 = cases[0]
+    experts = MlpExperts(case0.num_experts, case0.hidden)
+    layer = build_fused_moe_layer(ctx.vllm_config, experts, case0.top_k, case0.torch_dtype,
+                                  ctx.device)
+    results = []
+    for case in cases:
+        start = time.perf_counter()
+        x, logits = layer_case_inputs(case, 0)
+        with set_forward_context(None, ctx.vllm_config, num_tokens=x.shape[0]):
+            out = layer(x.to(ctx.device), logits.to(ctx.device)).float().cpu()
+        torch.cuda.synchronize()
+        weights, ids = softmax_topk(logits, case.top_k)
+        want = mlp_moe_reference(Tokens(x=x, topk_ids=ids, topk_weights=weights), experts)
+        results.append({"case": case.describe(), "rows": int(out.shape[0]),
+                        "tokens": int(x.shape[0]),
+                        "max_error": max_error(out, want) if out.shape == want.shape
+                        else float("inf"),
+                        "passed": layer_close(out, want, tolerance_key("vllm", case.dtype)),
+                        "seconds": time.perf_counter() - start})
+        ctx.heartbeat()
+    return results
