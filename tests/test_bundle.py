@@ -95,3 +95,14 @@ def test_bootstrap_installs_the_wheels_once(tmp_path):
     (site / "ep_kit_probe_pkg.py").unlink()  # a reinstall would bring it back
     second = subprocess.run(run, env=env, capture_output=True, text=True, timeout=120)
     assert second.returncode != 0 and "No module named 'ep_kit_probe_pkg'" in second.stderr
+
+
+def test_kernel_stubs_stand_in_only_where_the_library_is_absent(tmp_path):
+    from vllm_ep_kit.bundle import VLLM_KERNEL_STUBS, write_kernel_stubs
+
+    assert write_kernel_stubs(tmp_path) == list(VLLM_KERNEL_STUBS)
+    assert (tmp_path / "_C_stable_libtorch.py").is_file()
+    assert (tmp_path / "vllm_flash_attn" / "_vllm_fa2_C.py").is_file()
+    (tmp_path / "_C_stable_libtorch.abi3.so").write_bytes(b"\x7fELF")  # the real one installed
+    assert write_kernel_stubs(tmp_path) == ["vllm_flash_attn._vllm_fa2_C"]
+    assert not (tmp_path / "_C_stable_libtorch.py").exists()

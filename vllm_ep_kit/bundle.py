@@ -38,11 +38,33 @@ VLLM_TRACE_MODULES = ("vllm.config", "vllm.distributed.parallel_state",
                       "vllm.distributed.device_communicators.cuda_communicator",
                       "vllm.platforms.cuda", "vllm_ep_kit.testing.vllm_state",
                       "vllm_ep_kit.ep_check", "vllm_ep_kit.manager_roundtrip")
-# Compiled kernel modules vLLM's CUDA platform imports unconditionally.  They are
-# not shipped (79 MB, built for another torch); an empty module stands in so the
-# managers, which never call those ops, import.  A call to one of their ops fails
-# loudly (torch.ops has no such op), it never runs something else.
-VLLM_KERNEL_STUBS = ("_C_stable_libtorch",)
+# Compiled kernel modules vLLM imports unconditionally on CUDA: its custom ops (the
+# CUDA platform) and FlashAttention-2 (``vllm.vllm_flash_attn``, imported by the
+# fused-MoE package through the model loader; it refuses to import without FA2 or
+# FA3).  They are not shipped (79 MB, 308 MB: built for another torch, too big to
+# carry); an empty module stands in so code that never calls their ops imports.
+# A call to one of their ops fails loudly (torch.ops has no such op), it never runs
+# something else.  ``_C`` can be installed for real (run_with_bundle.sh); FA never is.
+VLLM_KERNEL_STUBS = ("_C_stable_libtorch", "vllm_flash_attn._vllm_fa2_C")
+
+
+def write_kernel_stubs(vllm_dir: Path | str) -> list[str]:
+    """Write a stand-in for each of ``VLLM_KERNEL_STUBS`` lacking its compiled library.
+
+    Returns the names written.  Where the real ``NAME*.so`` is present the stub is
+    removed instead, so the library, not the stand-in, is imported.
+    """
+    written = []
+    for name in VLLM_KERNEL_STUBS:
+        stub = Path(vllm_dir, *name.split(".")).with_suffix(".py")
+        if any(stub.parent.glob(f"{stub.stem}.*so")):
+            stub.unlink(missing_ok=True)
+            continue
+        stub.parent.mkdir(parents=True, exist_ok=True)
+        stub.write_text(f'"""Stand-in written by vllm-ep-kit bundle: vLLM\'s compiled {name} '
+                        'is not shipped; its ops are absent."""\n')
+        written.append(name)
+    return written
 
 
 @dataclass
@@ -207,10 +229,7 @@ def write(bundle: BundlePlan, out: Path, python_version: str, platform: str,
     progress(f"bundle: flashinfer: {len(bundle.flashinfer_files)} files")
     if bundle.vllm_root is not None:
         count = copy_python_sources(bundle.vllm_root, site / "vllm")
-        for name in VLLM_KERNEL_STUBS:
-            (site / "vllm" / f"{name}.py").write_text(
-                f'"""Stand-in written by vllm-ep-kit bundle: vLLM\'s compiled {name} is not '
-                'shipped; its ops are absent."""\n')
+        write_kernel_stubs(site / "vllm")
         write_dist_info(site, "vllm", _installed_version("vllm"))
         progress(f"bundle: vllm: {count} Python files (compiled kernels and data left out), "
                  f"stubs for {', '.join(VLLM_KERNEL_STUBS)}")

@@ -44,7 +44,6 @@ if [ -n "${VLLM_EP_KIT_VLLM_KERNELS:-}" ]; then
             else cp "$lib" "$vllm_dir/$name.part"; fi
             mv "$vllm_dir/$name.part" "$vllm_dir/$name"
         fi
-        rm -f "$vllm_dir/${name%%.*}.py"  # the bundle's stand-in module of that name
         found=$((found + 1))
     done
     if [ "$found" -eq 0 ]; then
@@ -52,6 +51,10 @@ if [ -n "${VLLM_EP_KIT_VLLM_KERNELS:-}" ]; then
         exit 2
     fi
 fi
+# Stand-ins for compiled modules this checkout knows vLLM imports (older bundles lack
+# some); a stand-in whose real library was installed above is removed.
+python3 -c 'import sys; sys.path.insert(0, "."); from vllm_ep_kit.bundle import write_kernel_stubs; write_kernel_stubs(sys.argv[1])' \
+    "$work/unpacked/bundle/site/vllm"
 # shellcheck source=/dev/null
 source "$work/unpacked/bundle/bootstrap.sh"
 export FLASHINFER_CUDA_ARCH_LIST=${FLASHINFER_CUDA_ARCH_LIST:-9.0a}
