@@ -19,8 +19,12 @@ from vllm_ep_kit.reference.moe import Tokens, expert_owner
 # fp8 is upstream's value for its MoE layer tests (vLLM PR 41299 moved it from 6e-2).
 # "tf32": fp32 activations through kernels whose matmuls read fp32 as TF32 (10-bit
 # mantissa, about 1e-3 relative per product), as Triton's tl.dot does by default.
+# "bf16-fused": bf16 through vLLM's fused_experts, which rounds to bf16 three times
+# per expert (first GEMM, activation, weighted second GEMM) before the top-k sum;
+# measured on an H200 (hidden 512, |y| <= 3.5): max error 0.027 vs this reference,
+# so 2e-2 fails there and 3e-2 is used (docs/gpu-validation.md, run #17).
 LAYER_TOLERANCE = {"fp32": (1e-4, 1e-4), "tf32": (5e-3, 5e-3), "bf16": (2e-2, 2e-2),
-                   "fp8": (6.5e-2, 6.5e-2)}
+                   "bf16-fused": (3e-2, 3e-2), "fp8": (6.5e-2, 6.5e-2)}
 
 
 @dataclass(frozen=True)
@@ -33,13 +37,17 @@ class MlpExperts:
     seed: int = 4321
 
     def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(w13 [E, 2I, H], w2 [E, H, I]) in fp32, the same on every rank."""
+        """(w13 [E, 2I, H], w2 [E, H, I]) in fp32, the same on every rank.
+
+        Values are exactly representable in bf16, so a layer holding bf16
+        weights holds these very weights and the fp32 reference uses them too.
+        """
         gen = torch.Generator().manual_seed(self.seed)
         w13 = torch.randn(self.num_experts, 2 * self.intermediate, self.hidden,
                           generator=gen) / self.hidden ** 0.5
         w2 = torch.randn(self.num_experts, self.hidden, self.intermediate,
                          generator=gen) / self.intermediate ** 0.5
-        return w13, w2
+        return w13.bfloat16().float(), w2.bfloat16().float()
 
 
 def mlp_moe_partial(tokens: Tokens, experts: MlpExperts, ep_size: int = 1,

@@ -134,7 +134,8 @@ def test_expert_impl_choice_and_dispatch_on_cpu():
         expert_partial("triton", tokens, experts)
     assert tolerance_key("vllm", "fp32") == "tf32"
     assert tolerance_key("torch", "fp32") == "fp32"
-    assert tolerance_key("vllm", "bf16") == "bf16"
+    assert tolerance_key("vllm", "bf16") == "bf16-fused"
+    assert tolerance_key("vllm", "fp8") == tolerance_key("torch", "fp8") == "fp8"
 
 
 def test_softmax_topk_renormalises_the_top_experts():
