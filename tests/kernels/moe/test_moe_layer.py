@@ -169,6 +169,8 @@ def test_vllm_fused_experts_per_ep_rank(dtype, ep_size):
     rows = [r for r in expert_partial_results(dtype) if r["ep_size"] == ep_size]
     assert rows
     for row in rows:
+        print(row["case"], "ep", ep_size, "sum max error", row["sum_max_error"], "per rank",
+              [r["max_error"] for r in row["per_rank"]])
         assert row["sum_passed"], row
         for rank in row["per_rank"]:
             assert rank["passed"], (row["case"], rank)
@@ -185,6 +187,8 @@ def test_vllm_fused_moe_layer_on_one_gpu(dtype):
              for n in (1, 7, 64, 300)]
     results = run_ranks(rank_fused_moe_layer, 1, cases, backend="nccl",
                         layout=ParallelLayout(), timeout_s=420, fresh_processes=True)[0]
+    for result in results:
+        print(result["case"], "max error", result["max_error"], "seconds", result["seconds"])
     for result in results:
         assert result["rows"] == result["tokens"], result
         assert result["passed"], result
