@@ -147,6 +147,11 @@ def build_fused_moe_layer(vllm_config, experts: MlpExperts, top_k: int, dtype: t
     from vllm.config import set_current_vllm_config
     from vllm.model_executor.layers.fused_moe import FusedMoEFactory
     from vllm.model_executor.layers.quantization.base_config import QuantizeMethodBase
+    from vllm.v1.worker import workspace
+
+    if not workspace.is_workspace_manager_initialized():
+        # vLLM's GPU worker sets this up; the layer's kernels take scratch buffers from it.
+        workspace.init_workspace_manager(device)
 
     prefix = f"vllm_ep_kit.moe{next(_LAYER_NAMES)}.experts"
     with set_current_vllm_config(vllm_config), torch.device(device):
