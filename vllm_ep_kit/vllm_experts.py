@@ -179,6 +179,21 @@ def build_fused_moe_layer(vllm_config, experts: MlpExperts, top_k: int, dtype: t
     return layer
 
 
+def layer_kernels(layer) -> str:
+    """Which expert kernels vLLM picked for ``layer`` (method / backend / experts class)."""
+    from vllm.model_executor.layers.quantization.base_config import QuantizeMethodBase
+
+    for module in layer.modules():
+        method = getattr(module, "quant_method", None)
+        if isinstance(method, QuantizeMethodBase):
+            backend = getattr(method, "unquantized_backend", None)
+            experts = getattr(method, "experts_cls", None)
+            return "/".join([type(method).__name__,
+                             getattr(backend, "value", str(backend)),
+                             getattr(experts, "__name__", str(experts))])
+    return "no quantisation method found"
+
+
 def _one_param(params: dict, suffix: str) -> str:
     names = [n for n in params if n.endswith(suffix)]
     if len(names) != 1:
@@ -285,6 +300,7 @@ def rank_fused_moe_layer(ctx, cases: list[RoutingCase]) -> list[dict]:
                         "max_error": max_error(out, want) if out.shape == want.shape
                         else float("inf"),
                         "passed": layer_close(out, want, tolerance_key("vllm", case.dtype)),
+                        "kernels": layer_kernels(layer),
                         "seconds": time.perf_counter() - start})
         ctx.heartbeat()
     return results

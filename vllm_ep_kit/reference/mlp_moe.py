@@ -23,7 +23,7 @@ from vllm_ep_kit.reference.moe import Tokens, expert_owner
 # per expert (first GEMM, activation, weighted second GEMM) before the top-k sum;
 # measured on an H200 (hidden 512, 64 tokens): max error 0.027 with fp32 weights and
 # 0.024 with these bf16-exact ones, where (2e-2, 2e-2) failed an element; so 3e-2
-# (docs/gpu-validation.md, runs #18-#19).
+# (docs/gpu-validation.md, runs #18 and #19).
 LAYER_TOLERANCE = {"fp32": (1e-4, 1e-4), "tf32": (5e-3, 5e-3), "bf16": (2e-2, 2e-2),
                    "bf16-fused": (3e-2, 3e-2), "fp8": (6.5e-2, 6.5e-2)}
 

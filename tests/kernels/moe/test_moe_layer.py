@@ -188,7 +188,8 @@ def test_vllm_fused_moe_layer_on_one_gpu(dtype):
     results = run_ranks(rank_fused_moe_layer, 1, cases, backend="nccl",
                         layout=ParallelLayout(), timeout_s=420, fresh_processes=True)[0]
     for result in results:
-        print(result["case"], "max error", result["max_error"], "seconds", result["seconds"])
+        print(result["case"], "max error", result["max_error"], "kernels", result["kernels"],
+              "seconds", result["seconds"])
     for result in results:
         assert result["rows"] == result["tokens"], result
         assert result["passed"], result
