@@ -76,13 +76,18 @@ def _comm_backend(group):
 
 
 def _local_inputs(case: RoutingCase, rank: int, device: torch.device):
-    """This source's tokens, on ``device``; fp8 hidden states travel as bytes + scales."""
+    """This source's tokens, and their payload on ``device`` (see :func:`_payload`)."""
     mine = source_tokens(case, rank)
+    return (mine, *_payload(mine, case, device))
+
+
+def _payload(mine: Tokens, case: RoutingCase, device: torch.device):
+    """(payload tensors, ids, weights) on ``device``; fp8 hidden states travel as bytes + scales."""
     x = mine.x.to(device)
     payload = [x.view(torch.uint8) if case.dtype == "fp8" else x]
     if mine.x_scale is not None:
         payload.append(mine.x_scale.to(device))
-    return mine, payload, mine.topk_ids.to(device), mine.topk_weights.to(device)
+    return payload, mine.topk_ids.to(device), mine.topk_weights.to(device)
 
 
 def _expert_partial(case: RoutingCase, recv_x: torch.Tensor, recv_scale, recv_ids: torch.Tensor,
@@ -158,22 +163,40 @@ def _result(case: RoutingCase, mine, out: torch.Tensor, start: float, experts=No
 
 def one_sided_case(a2a, case: RoutingCase, rank: int, world: int, device: torch.device,
                    ignore_ownership: bool = False, combine=None, experts=None) -> dict:
-    """One dispatch + expert partials + combine through a ``MoeAlltoAll``.
+    """One dispatch + expert partials + combine of this source's tokens through a ``MoeAlltoAll``.
 
-    ``combine(payload, max_tokens)`` overrides ``a2a.combine`` (vLLM's manager
-    has its own ``combine_into``).  ``ignore_ownership``, ``experts``: see
-    ``_expert_partial``.
+    ``combine(payload, max_tokens, rows)`` overrides ``a2a.combine`` (vLLM's
+    manager has its own ``combine_into``).  ``ignore_ownership``, ``experts``:
+    see ``_expert_partial``.
     """
     start = time.perf_counter()
+    mine = source_tokens(case, rank)
+    out = one_sided_round_trip(a2a, mine, case, rank, world, device, ignore_ownership,
+                               combine, experts)
+    return _result(case, mine, out, start, experts)
+
+
+def one_sided_round_trip(a2a, mine: Tokens, case: RoutingCase, rank: int, world: int,
+                         device: torch.device, ignore_ownership: bool = False, combine=None,
+                         experts=None) -> torch.Tensor:
+    """Dispatch ``mine`` (any rows up to ``max(case.tokens)``), expert partials, combine.
+
+    Returns this rank's combined rows.  Every rank of the all-to-all calls it
+    together with the same ``case`` (it sets the per-rank token bound).
+    """
     max_tokens = max(max(case.tokens), 1)
-    mine, payload, ids, w = _local_inputs(case, rank, device)
+    if mine.x.shape[0] > max_tokens:
+        raise ValueError(f"{mine.x.shape[0]} tokens on rank {rank}: more than the bound "
+                         f"max(case.tokens)={max_tokens} every rank dispatches with")
+    payload, ids, w = _payload(mine, case, device)
     received = a2a.dispatch(ids, [*payload, ids, w], max_tokens)
     recv_x, recv_scale = received[0], (received[1] if case.dtype == "fp8" else None)
     recv_ids, recv_w = received[-2], received[-1]
     partial = _expert_partial(case, recv_x, recv_scale, recv_ids, recv_w, rank, world,
                               ignore_ownership, experts)
-    out = (combine or a2a.combine)(partial, max_tokens)
-    return _result(case, mine, out, start, experts)
+    if combine is not None:
+        return combine(partial, max_tokens, mine.x.shape[0])
+    return a2a.combine(partial, max_tokens)
 
 
 def two_sided_case(workspace, prepare_workspace, case: RoutingCase, rank: int, world: int,

@@ -173,6 +173,24 @@ def _one_sided_shape(case: RoutingCase) -> WorkspaceShape:
                           x_sf_bytes_per_token=case.scale_bytes_per_token)
 
 
+def manager_combine(manager, case: RoutingCase, device: torch.device):
+    """A one-sided ``combine(payload, max_tokens, rows)`` through vLLM's ``combine_into``."""
+    def combine(payload, max_tokens, rows):
+        out = torch.empty(rows, case.hidden, dtype=case.combine_dtype, device=device)
+        manager.combine_into(payload, max_tokens, out)
+        return out
+
+    return combine
+
+
+def prepare_one_sided(manager, case: RoutingCase) -> None:
+    """(Re)initialise vLLM's one-sided manager for ``case`` through its ``initialize``."""
+    if case.combine_dtype not in MANAGER_COMBINE_DTYPES:
+        raise ValueError(f"case {case.describe()}: vLLM's one-sided manager combines "
+                         f"{MANAGER_COMBINE_DTYPES} payloads only")
+    ensure_workspace(manager, "one_sided", _one_sided_shape(case))
+
+
 def rank_manager_roundtrip(ctx, kind: str, cases: list[RoutingCase],
                            ignore_ownership: bool = False, mlp_experts: bool = False
                            ) -> list[CaseResult]:
@@ -187,9 +205,9 @@ def rank_manager_roundtrip(ctx, kind: str, cases: list[RoutingCase],
     ``mlp_experts``: SiLU-MLP experts vs the fp32 MLP MoE (the MoE layer
     matrix) instead of the oracle's scalar experts.
     """
-    from vllm_ep_kit.reference.mlp_moe import MlpExperts
-
     from vllm.distributed import parallel_state as ps
+
+    from vllm_ep_kit.reference.mlp_moe import MlpExperts
 
     ep = ps.get_ep_group()
     rank, world = ep.rank_in_group, ep.world_size
@@ -203,19 +221,10 @@ def rank_manager_roundtrip(ctx, kind: str, cases: list[RoutingCase],
         start = time.perf_counter()
         experts = MlpExperts(case.num_experts, case.hidden) if mlp_experts else None
         if kind == "one_sided":
-            if case.combine_dtype not in MANAGER_COMBINE_DTYPES:
-                raise ValueError(f"case {case.describe()}: vLLM's one-sided manager combines "
-                                 f"{MANAGER_COMBINE_DTYPES} payloads only")
-            ensure_workspace(manager, kind, _one_sided_shape(case))
-
-            def combine(payload, max_tokens):
-                out = torch.empty(case.tokens[rank], case.hidden,
-                                  dtype=case.combine_dtype, device=device)
-                manager.combine_into(payload, max_tokens, out)
-                return out
-
+            prepare_one_sided(manager, case)
             row = one_sided_case(manager.moe_alltoall, case, rank, world, device,
-                                 ignore_ownership, combine=combine, experts=experts)
+                                 ignore_ownership, combine=manager_combine(manager, case, device),
+                                 experts=experts)
         else:
             if not ensure_workspace(manager, kind):
                 raise RuntimeError("two-sided manager did not initialise its workspace")

@@ -105,6 +105,8 @@ def cell_outcome(cell: MoeLayerCell, gpu_count: int) -> tuple[str, str]:
 
 
 FLASHINFER_BACKENDS = ("flashinfer_nvlink_one_sided", "flashinfer_nvlink_two_sided")
+# Backends whose own dispatch / combine the layer cells drive (``rank_moe_layer``).
+LAYER_TRANSPORTS = ("allgather_reducescatter", *FLASHINFER_BACKENDS)
 
 
 def _gpu_outcome(cell: MoeLayerCell, gpu_count: int) -> tuple[str, str]:
@@ -118,11 +120,10 @@ def _gpu_outcome(cell: MoeLayerCell, gpu_count: int) -> tuple[str, str]:
     status = {row.name: row for row in usability()}[cell.backend]
     if not status.usable:
         return NOT_HERE, f"{cell.backend} not usable here: {status.reason}"
-    if cell.backend in FLASHINFER_BACKENDS:
-        if cell.is_sequence_parallel:
-            return NOT_HERE, ("the SP chunking around FlashInfer's all-to-all is not written "
-                              "yet (issue 6)")
-    elif cell.quant == "fp8":
+    if cell.backend not in LAYER_TRANSPORTS:
+        return NOT_HERE, (f"this kit drives no {cell.backend} all-to-all in the layer cells yet "
+                          "(running them would test another backend's plumbing)")
+    if cell.backend not in FLASHINFER_BACKENDS and cell.quant == "fp8":
         return NOT_HERE, "fp8 scales through the AGRS layer path are not written yet (issue 6)"
     return "", ""
 
@@ -158,15 +159,15 @@ def rank_moe_layer(ctx, cell: MoeLayerCell, cases: list[RoutingCase],
     """The MoE layer on this rank through vLLM's parallel state, vs the fp32 reference.
 
     Dispatch and combine are vLLM's ``AgRsAll2AllManager`` (under SP over the
-    EP group, else the DP group); where vLLM has no all-to-all (DP=1, no SP)
+    EP group, else the DP group), or, for FlashInfer's one-sided backend under
+    SP, vLLM's one-sided manager with FlashInfer's kernels (every EP rank
+    dispatches its TP chunk).  Where vLLM has no all-to-all (DP=1, no SP)
     every rank has all tokens and the EP ranks' partials are all-reduced over
     TP, as vLLM's layer does.  Experts are this rank's SiLU-MLP experts in the
     case's dtype: vLLM's ``fused_experts`` kernels on GPUs where they load, the
     torch reference elsewhere (each row records which, ``experts``).
     """
-    from vllm.distributed import parallel_state as ps
-
-    from vllm_ep_kit.agrs_plumbing import agrs_manager, dp_forward_context, reduce_tp_partials
+    from vllm_ep_kit.agrs_plumbing import dp_forward_context, reduce_tp_partials
     from vllm_ep_kit.reference.moe import Tokens
 
     layout: ParallelLayout = ctx.layout
@@ -174,12 +175,12 @@ def rank_moe_layer(ctx, cell: MoeLayerCell, cases: list[RoutingCase],
     if sp != cell.is_sequence_parallel:
         raise AssertionError(f"vLLM says use_sequence_parallel_moe={sp} for {cell.id}, "
                              f"the table says {cell.is_sequence_parallel}")
-    if cell.backend in FLASHINFER_BACKENDS and layout.uses_all2all:
+    flashinfer = cell.backend in FLASHINFER_BACKENDS and layout.uses_all2all
+    if flashinfer and not sp:
         return _flashinfer_layer(ctx, cell, cases)
     device = ctx.device
-    manager, _ = agrs_manager(ctx)  # its SP verdict is ``sp``, checked above
-    ep = ps.get_ep_group()
     impl = default_impl(device)
+    transport = _OneSidedTransport(ctx) if flashinfer else _AgrsTransport(ctx, sp, impl)
     results = []
     for case in cases:
         start = time.perf_counter()
@@ -188,6 +189,53 @@ def rank_moe_layer(ctx, cell: MoeLayerCell, cases: list[RoutingCase],
         full = Tokens(x=source.x.to(device), topk_ids=source.topk_ids.to(device),
                       topk_weights=source.topk_weights.to(device),
                       x_scale=None if source.x_scale is None else source.x_scale.to(device))
+        layer = transport.layer(case, experts, full)
+        with dp_forward_context(ctx, case.tokens, sp):
+            if sp:
+                # fp8 rows are chunked as bytes (padding a float8 tensor is not supported)
+                # with their scales alongside; the layer views them back.
+                fp8 = full.x_scale is not None
+                out = sp_moe_forward(layer, full.x.view(torch.uint8) if fp8 else full.x,
+                                     full.topk_ids, full.topk_weights,
+                                     *((full.x_scale,) if fp8 else ()), trim=trim)
+            else:
+                out = layer(full.x, full.topk_ids, full.topk_weights)
+                if transport.has_all2all:
+                    out = reduce_tp_partials(out, layout.tp)
+        want = mlp_moe_reference(source, experts)
+        out = out.cpu()
+        results.append({"case": case.describe(), "rows": int(out.shape[0]),
+                        "tokens": int(full.x.shape[0]),
+                        "max_error": max_error(out, want) if out.shape == want.shape
+                        else float("inf"),
+                        "passed": layer_close(out, want, tolerance_key(impl, case.dtype)),
+                        "experts": impl, "transport": transport.name,
+                        "seconds": time.perf_counter() - start})
+        transport.after_case()
+        ctx.heartbeat()
+    transport.close()
+    return results
+
+
+class _AgrsTransport:
+    """vLLM's AGRS manager (or no all-to-all), with this rank's experts in between."""
+
+    def __init__(self, ctx, sp: bool, impl: str):
+        from vllm.distributed import parallel_state as ps
+
+        from vllm_ep_kit.agrs_plumbing import agrs_manager
+
+        self.ctx, self.sp, self.impl = ctx, sp, impl
+        self.manager, _ = agrs_manager(ctx)  # its SP verdict is ``sp``, checked by the caller
+        self.ep = ps.get_ep_group()
+        self.has_all2all = self.manager is not None
+        self.name = "vllm AgRsAll2AllManager" if self.has_all2all else "none (TP all-reduce)"
+
+    def layer(self, case: RoutingCase, experts: MlpExperts, full):
+        from vllm_ep_kit.agrs_plumbing import reduce_tp_partials
+        from vllm_ep_kit.reference.moe import Tokens
+
+        manager, sp, layout = self.manager, self.sp, self.ctx.layout
         compute = case.torch_dtype if case.dtype != "fp8" else torch.bfloat16
 
         def layer(x, ids, weights):
@@ -197,31 +245,64 @@ def rank_moe_layer(ctx, cell: MoeLayerCell, cases: list[RoutingCase],
             if manager is not None:
                 gx, gw, gids = manager.dispatch(x, weights, ids, is_sequence_parallel=sp)
                 received = Tokens(x=gx, topk_ids=gids, topk_weights=gw)
-            partial = expert_partial(impl, received, experts, layout.ep_size,
-                                     ep.rank_in_group, dtype=compute).to(case.combine_dtype)
+            partial = expert_partial(self.impl, received, experts, layout.ep_size,
+                                     self.ep.rank_in_group, dtype=compute)
+            partial = partial.to(case.combine_dtype)
             if manager is not None:
                 return manager.combine(partial, is_sequence_parallel=sp)
             return reduce_tp_partials(partial, layout.tp)
 
-        with dp_forward_context(ctx, case.tokens, sp):
-            if sp:
-                out = sp_moe_forward(layer, full.x, full.topk_ids, full.topk_weights,
-                                     trim=trim)
-            else:
-                out = layer(full.x, full.topk_ids, full.topk_weights)
-                if manager is not None:
-                    out = reduce_tp_partials(out, layout.tp)
-        want = mlp_moe_reference(source, experts)
-        out = out.cpu()
-        results.append({"case": case.describe(), "rows": int(out.shape[0]),
-                        "tokens": int(full.x.shape[0]),
-                        "max_error": max_error(out, want) if out.shape == want.shape
-                        else float("inf"),
-                        "passed": layer_close(out, want, tolerance_key(impl, case.dtype)),
-                        "experts": impl,
-                        "seconds": time.perf_counter() - start})
-        ctx.heartbeat()
-    return results
+        return layer
+
+    def after_case(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _OneSidedTransport:
+    """vLLM's FlashInfer one-sided manager: each EP rank dispatches its own rows.
+
+    Used under SP, where the EP ranks are the TP chunks of every DP rank's
+    tokens; the manager is (re)initialised per case as vLLM does.
+    """
+
+    has_all2all = True
+    name = "vllm FlashInferNVLinkOneSidedManager"
+
+    def __init__(self, ctx):
+        from vllm.distributed import parallel_state as ps
+
+        from vllm_ep_kit.manager_roundtrip import vllm_manager
+
+        self.ctx = ctx
+        self.ep = ps.get_ep_group()
+        self.manager, _ = vllm_manager("one_sided")
+
+    def layer(self, case: RoutingCase, experts: MlpExperts, full):
+        from vllm_ep_kit.flashinfer_direct import one_sided_round_trip
+        from vllm_ep_kit.manager_roundtrip import manager_combine, prepare_one_sided
+        from vllm_ep_kit.reference.moe import Tokens
+
+        prepare_one_sided(self.manager, case)
+        device = self.ctx.device
+        combine = manager_combine(self.manager, case, device)
+
+        def layer(x, ids, weights, *scale):
+            rows = Tokens(x=x.view(torch.float8_e4m3fn) if scale else x, topk_ids=ids,
+                          topk_weights=weights, x_scale=scale[0] if scale else None)
+            return one_sided_round_trip(self.manager.moe_alltoall, rows, case,
+                                        self.ep.rank_in_group, self.ep.world_size, device,
+                                        combine=combine, experts=experts)
+
+        return layer
+
+    def after_case(self) -> None:
+        self.ep.barrier()
+
+    def close(self) -> None:
+        self.manager.cleanup()
 
 
 def _flashinfer_layer(ctx, cell: MoeLayerCell, cases: list[RoutingCase]) -> list[dict]:

@@ -21,6 +21,7 @@ from vllm_ep_kit.layout import ParallelLayout
 from vllm_ep_kit.moe_layer import (
     BACKEND_SUPPORT,
     NOT_APPLICABLE,
+    NOT_HERE,
     PARALLEL_COMBOS,
     MoeLayerCell,
     all_cells,
@@ -193,3 +194,27 @@ def test_vllm_fused_moe_layer_on_one_gpu(dtype):
     for result in results:
         assert result["rows"] == result["tokens"], result
         assert result["passed"], result
+
+
+def test_what_a_four_gpu_host_runs(monkeypatch):
+    """With every backend usable and 4 GPUs, the SP cells that run are the table's.
+
+    (On a real host ``usability()`` decides; here it is forced so the rule is
+    visible on CPU.)  FlashInfer one-sided takes SP inputs: its SP cells run;
+    two-sided does not; DeepEP cells wait for a DeepEP transport; 2 GPUs run no
+    4-rank cell.
+    """
+    from vllm_ep_kit import backends
+
+    monkeypatch.setattr(backends, "usability", lambda: [
+        backends.BackendStatus(b.name, True, "ok", "") for b in BACKENDS])
+    sp_cells = [c for c in all_cells() if c.combo == "tp2-dp2-ep-sp"]
+    runs = sorted(c.id for c in sp_cells if cell_outcome(c, 4) == ("", ""))
+    assert runs == ["allgather_reducescatter-bf16-tp2-dp2-ep-sp",
+                    "allgather_reducescatter-fp32-tp2-dp2-ep-sp",
+                    "flashinfer_nvlink_one_sided-bf16-tp2-dp2-ep-sp",
+                    "flashinfer_nvlink_one_sided-fp8-tp2-dp2-ep-sp"]
+    assert all(cell_outcome(c, 2)[1] == "needs 4 GPUs, 2 visible" for c in sp_cells
+               if cell_outcome(c, 2)[0] != NOT_APPLICABLE)
+    deepep = cell_outcome(MoeLayerCell("deepep_low_latency", "bf16", "dp2-ep"), 2)
+    assert deepep[0] == NOT_HERE and "no deepep_low_latency all-to-all" in deepep[1]
