@@ -45,9 +45,20 @@ from vllm_ep_kit.testing.rank import (
     outcome_from_exception,
     prepare_rank_process,
 )
+from vllm_ep_kit.testing.supervision import (
+    POLL_S,
+    LiveRank,
+    RankFailures,
+    RankReport,
+    collect,
+    format_failures,
+    last_beat,
+    order_failures,
+    stop_stuck,
+    teardown,
+)
 
 POOL_ENV = "VLLM_EP_KIT_POOL"  # "1": run_ranks goes through a persistent pool
-POLL_S = 0.05
 
 
 def pool_enabled() -> bool:
@@ -159,8 +170,6 @@ class RankPool:
     """World-size many rank processes that run tasks until a failure or :meth:`close`."""
 
     def __init__(self, key: PoolKey, start_timeout_s: float = 300.0, env: dict | None = None):
-        from vllm_ep_kit.testing.runner import _Live, RankReport
-
         self.key = key
         self.tasks_run = 0
         self._ids = itertools.count()
@@ -185,7 +194,7 @@ class RankPool:
                                    name=f"pool-rank{rank}")
                 proc.start()
                 child_end.close()
-                self._live.append(_Live(proc=proc, report=RankReport(rank=rank)))
+                self._live.append(LiveRank(proc=proc, report=RankReport(rank=rank)))
                 self._conns.append(parent_end)
             self._await("ready", start_timeout_s, grace_s=30.0)
         except BaseException:
@@ -219,14 +228,6 @@ class RankPool:
 
     def _await(self, tag, timeout_s: float, grace_s: float) -> list[RankOutcome]:
         """Collect one message per rank; on any failure tear down and raise RankFailures."""
-        from vllm_ep_kit.testing.runner import (
-            RankFailures,
-            _collect,
-            _last_beat,
-            _stop_stuck,
-            format_failures,
-        )
-
         got: dict[int, RankOutcome | None] = {}
         first_failure_at = None
         for item in self._live:
@@ -263,25 +264,23 @@ class RankPool:
             pending = [self._live[i] for i in range(len(self._live)) if i not in got]
             now = time.monotonic()
             if pending and first_failure_at is not None and now - first_failure_at > grace_s:
-                _stop_stuck(pending, self._workdir,
+                stop_stuck(pending, self._workdir,
                             f"still running {grace_s:.0f} s after another rank failed")
                 break
             stale = [it for it in pending
-                     if now - _last_beat(self._workdir, it.report.rank) > timeout_s]
+                     if now - last_beat(self._workdir, it.report.rank) > timeout_s]
             if stale:
-                _stop_stuck(pending, self._workdir, f"no progress for {timeout_s:.0f} s")
+                stop_stuck(pending, self._workdir, f"no progress for {timeout_s:.0f} s")
                 break
         failed = first_failure_at is not None or len(got) < len(self._live)
         if not failed:
             return [got[i] for i in range(len(self._live))]
         reports = [item.report for item in self._live]
         self.close(keep_workdir=True)
-        _collect(reports, self._workdir)  # stacks of stuck ranks, log tails
+        collect(reports, self._workdir)  # stacks of stuck ranks, log tails
         for i, report in enumerate(reports):
             report.outcome = got.get(i)
-        failing = sorted((r for r in reports if r.failed), key=lambda r: (r.failed_at, r.rank))
-        for later in failing[1:]:
-            later.after = failing[0].rank
+        failing = order_failures(reports)
         shutil.rmtree(self._workdir, ignore_errors=True)
         raise RankFailures(format_failures(failing, self.key.world_size, self.key.backend)
                            + f"\n(the rank pool for {describe(self.key)} was torn down)",
@@ -289,8 +288,6 @@ class RankPool:
 
     def close(self, keep_workdir: bool = False) -> None:
         """Stop the ranks (politely, then by killing their process groups); idempotent."""
-        from vllm_ep_kit.testing.runner import _teardown
-
         if self.closed:
             return
         self.closed = True
@@ -304,7 +301,7 @@ class RankPool:
                 item.pgid = item.proc.pid
                 for child in proctree.descendants(item.proc.pid):
                     item.seen.setdefault(child.pid, child)
-        _teardown(self._live)
+        teardown(self._live)
         for conn in self._conns:
             conn.close()
         self._rendezvous.close()
