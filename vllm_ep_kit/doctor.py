@@ -15,7 +15,7 @@ def collect() -> dict:
     checks = [probes.gpus(), probes.nvlink(), probes.mnnvl_handles(), probes.ptrace(),
               probes.flashinfer_comm(), probes.vllm()]
     if probes.gpu_count():
-        checks.append(probes.vllm_pynccl())
+        checks += [probes.vllm_pynccl(), probes.vllm_moe_kernels()]
     return {
         "host": {"hostname": platform.node(), "platform": platform.platform(),
                  "cpus": os.cpu_count()},

@@ -324,6 +324,20 @@ def vllm_pynccl() -> Probe:
                  {"nccl": nccl, "missing": missing})
 
 
+def vllm_moe_kernels() -> Probe:
+    """vLLM's compiled MoE ops and Triton are usable, so its expert kernels can run here.
+
+    vLLM's wheels build ``_C`` / ``_moe_C`` on the libtorch stable ABI for a
+    newer torch than many hosts have; measured on an H200 with torch 2.11, vLLM
+    0.32.0's load and run (docs/gpu-validation.md, runs #15-#20).
+    """
+    from vllm_ep_kit.vllm_experts import kernels_missing
+
+    missing = kernels_missing()
+    return Probe("vllm moe kernels", not missing,
+                 missing or "vLLM's compiled MoE ops and Triton load: fused_experts can run")
+
+
 def module_available(name: str) -> bool:
     try:
         return importlib.util.find_spec(name) is not None

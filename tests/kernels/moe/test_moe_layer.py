@@ -139,6 +139,16 @@ def test_expert_impl_choice_and_dispatch_on_cpu():
     assert tolerance_key("vllm", "fp8") == tolerance_key("torch", "fp8") == "fp8"
 
 
+def test_moe_kernels_probe_reports_why_not():
+    """The doctor's probe: on a CPU host it names the missing GPU, never claims success."""
+    from vllm_ep_kit.testing import probes as capability
+
+    probe = capability.vllm_moe_kernels()
+    assert probe.ok == (kernels_missing() == "")
+    if not torch.cuda.is_available():
+        assert (probe.ok, probe.detail) == (False, "no CUDA GPU")
+
+
 def test_softmax_topk_renormalises_the_top_experts():
     logits = torch.tensor([[0.0, 3.0, 1.0, 2.0], [5.0, -1.0, 4.0, 0.0]])
     weights, ids = softmax_topk(logits, 2)
