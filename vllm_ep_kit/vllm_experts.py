@@ -39,11 +39,12 @@ def kernels_missing() -> str:
     try:
         from vllm.platforms import current_platform
         from vllm.triton_utils import HAS_TRITON
-    except ImportError as exc:
-        return f"vllm does not import: {exc}"
+
+        current_platform.import_kernels()  # imports vLLM's compiled extensions where present
+    except Exception as exc:  # noqa: BLE001 (a probe reports, whatever vLLM raised)
+        return f"vLLM's platform or kernels do not import: {type(exc).__name__}: {exc}"
     if not HAS_TRITON:
         return "vLLM sees no usable Triton (its fused_experts GEMMs are Triton kernels)"
-    current_platform.import_kernels()  # imports vLLM's compiled extensions where present
     needed = {"_moe_C": ("moe_align_block_size", "topk_softmax", "moe_sum"),
               "_C": ("silu_and_mul",)}
     absent = [f"{ns}.{op}" for ns, ops in needed.items() for op in ops
