@@ -95,12 +95,18 @@ def test_moe_layer_cell(cell):
             assert result["passed"], f"rank {rank} {result}"
 
 
-def test_sp_layer_fails_without_the_trim():
-    """Negative control: the SP wrapper without the trim keeps chunk padding rows."""
-    if probes.gpu_count():
-        skip_or_fail("the no-trim control runs over gloo on CPU hosts (AGRS on GPUs needs "
-                     "vLLM's PyNccl; see `vllm-ep-kit doctor`)")
-    results = cell_results("allgather_reducescatter", "bf16", "tp2-dp2-ep-sp", trim=False)
+@pytest.mark.parametrize("backend", ["allgather_reducescatter", "flashinfer_nvlink_one_sided"])
+def test_sp_layer_fails_without_the_trim(backend):
+    """Negative control: the SP wrapper without the trim keeps chunk padding rows.
+
+    Runs wherever the backend's SP cell runs: AGRS over gloo on CPU hosts (on
+    GPUs it needs vLLM's PyNccl), FlashInfer's one-sided all-to-all on 4 GPUs.
+    """
+    kind, reason = cell_outcome(MoeLayerCell(backend, "bf16", "tp2-dp2-ep-sp"),
+                                probes.gpu_count())
+    if kind:
+        skip_or_fail(reason)
+    results = cell_results(backend, "bf16", "tp2-dp2-ep-sp", trim=False)
     uneven = [r for per_rank in results for r in per_rank if r["tokens"] % 2]
     assert uneven, "the cases need an odd token count on some rank"
     assert all(r["rows"] == r["tokens"] + 1 and not r["passed"] for r in uneven)
