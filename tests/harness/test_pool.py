@@ -142,14 +142,58 @@ def test_run_ranks_goes_through_the_pool_when_asked(monkeypatch):
     assert not {pid for pid, _ in third} & {pid for pid, _ in first}
 
 
+def vllm_state_left(ctx):
+    """Whether vLLM's parallel state is built when a task without a layout runs."""
+    if "vllm.distributed.parallel_state" not in sys.modules:
+        return False
+    from vllm.distributed import parallel_state as ps
+
+    return ps.model_parallel_is_initialized()
+
+
+def leave_vllm_state_built(ctx):
+    from vllm.distributed import parallel_state as ps
+
+    from vllm_ep_kit.testing.vllm_state import build_vllm_config
+
+    with set_config(build_vllm_config(ParallelLayout(dp=2), ctx.rank, "cpu", None)):
+        ps.init_distributed_environment(world_size=2, rank=ctx.rank, local_rank=ctx.rank,
+                                        backend="gloo")
+        ps.initialize_model_parallel(tensor_model_parallel_size=1)
+
+
+def set_config(config):
+    from vllm.config import set_current_vllm_config
+
+    return set_current_vllm_config(config)
+
+
 @pytest.mark.vllm
-def test_pool_keeps_vllm_parallel_state_between_tasks():
-    key = PoolKey(2, "gloo", ParallelLayout(tp=1, dp=2), "allgather_reducescatter")
-    pool = RankPool(key)
+def test_pool_builds_each_tasks_vllm_layout_in_the_same_processes():
+    """One pool per (world size, backend): layouts come and go with their tasks."""
+    pool = RankPool(PoolKey(2, "gloo"))
     try:
-        first = pool.run(vllm_group_sizes, timeout_s=120)
-        second = pool.run(vllm_group_sizes, timeout_s=120)
-        assert first == second and all(sizes == 2 for _, dp, sizes in first for sizes in (dp,))
+        dp = pool.run(vllm_group_sizes, layout=ParallelLayout(tp=1, dp=2),
+                      all2all_backend="allgather_reducescatter", timeout_s=120)
+        tp = pool.run(vllm_group_sizes, layout=ParallelLayout(tp=2, dp=1), timeout_s=120)
+        assert [pid for pid, *_ in dp] == [pid for pid, *_ in tp]  # the same processes
+        assert [sizes for _, *sizes in dp] == [[2, 2]] * 2  # DP=2, EP=2
+        assert [sizes for _, *sizes in tp] == [[1, 2]] * 2  # DP=1, EP=2 (= TP)
+        assert pool.run(vllm_state_left, timeout_s=60) == [False, False]
+        with pytest.raises(ValueError, match="needs 4 ranks, this pool has 2"):
+            pool.run(vllm_group_sizes, layout=ParallelLayout(tp=2, dp=2))
+    finally:
+        pool.close()
+    assert gone(pool.pids)
+
+
+@pytest.mark.vllm
+def test_a_task_leaving_vllm_state_built_fails_the_isolation_check():
+    pool = RankPool(PoolKey(2, "gloo"))
+    try:
+        with pytest.raises(RankFailures, match="left vLLM's parallel state built"):
+            pool.run(leave_vllm_state_built, timeout_s=120)
+        assert pool.closed
     finally:
         pool.close()
     assert gone(pool.pids)

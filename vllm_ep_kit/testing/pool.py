@@ -1,17 +1,23 @@
-"""A persistent pool of ranks: start once per (world size, backend, layout), run many tests.
+"""A persistent pool of ranks: start once per (world size, backend), run many tests.
 
-``run_ranks`` pays process start, ``torch.distributed`` and vLLM start-up (and
+``run_ranks`` pays process start, ``torch.distributed`` and vLLM import (and
 on GPUs CUDA, NCCL and FlashInfer module loading) for every test.  A
-:class:`RankPool` keeps one set of rank processes, with the world group and
-vLLM's parallel state built once, and runs test functions in them one after
-another.  The failure contract is ``run_ranks``'s: a task that fails or hangs
-on any rank raises :class:`RankFailures` with every rank's report (exceptions,
-stacks of stuck ranks), and the pool is torn down (whole process groups killed,
-checked with psutil) so the next test gets a fresh one.
+:class:`RankPool` keeps one set of rank processes with the world group built
+once and runs test functions in them one after another.  A task that asks for
+a vLLM layout gets vLLM's parallel state built for it and torn down after it
+(as under torchrun, ``rank.run_in_context``), so tests of every layout and
+all-to-all backend of a world size share the processes, and no task sees
+another task's vLLM groups or managers.  The failure contract is
+``run_ranks``'s: a task that fails or hangs on any rank raises
+:class:`RankFailures` with every rank's report (exceptions, stacks of stuck
+ranks), and the pool is torn down (whole process groups killed, checked with
+psutil) so the next test gets a fresh one.
 
-Isolation between tasks: each rank restores ``os.environ`` after a task and
-then proves the pool still works (a world all-reduce; vLLM's groups still
-built with their sizes); a rank that fails that check fails the task.
+Isolation between tasks: each rank restores ``os.environ`` after a task,
+checks that vLLM's parallel state is gone, and then proves the world group
+still works (an all-reduce); a rank that fails those checks fails the task.
+What does persist is process-wide state (imports, CUDA context, library
+caches): tests measuring that ask ``run_ranks`` for ``fresh_processes``.
 
 Selected for every multi-rank test by ``VLLM_EP_KIT_POOL=1`` (pytest
 ``--ep-pool``), through ``run_ranks``.
@@ -44,6 +50,7 @@ from vllm_ep_kit.testing.rank import (
     init_world,
     outcome_from_exception,
     prepare_rank_process,
+    run_in_context,
 )
 from vllm_ep_kit.testing.supervision import (
     POLL_S,
@@ -69,28 +76,22 @@ def pool_enabled() -> bool:
 class PoolKey:
     world_size: int
     backend: str
-    layout: ParallelLayout | None = None
-    all2all_backend: str | None = None
 
 
 # ----------------------------------------------------------------------------- rank side
 
-def _isolation_check(ctx: RankContext, layout: ParallelLayout | None) -> None:
-    """Local half of the check: the world group and vLLM's groups are still built."""
+def _isolation_check(ctx: RankContext) -> None:
+    """Local half of the check: the world group is intact and no vLLM state is left."""
     import torch.distributed as dist
 
     if not dist.is_initialized() or dist.get_world_size() != ctx.world_size:
         raise RuntimeError("the task destroyed or replaced the world process group")
-    if layout is not None:
+    if "vllm.distributed.parallel_state" in sys.modules:
         from vllm.distributed import parallel_state as ps
 
-        if not ps.model_parallel_is_initialized():
-            raise RuntimeError("the task tore down vLLM's parallel state")
-        got = (ps.get_tp_group().world_size, ps.get_dp_group().world_size,
-               ps.get_ep_group().world_size)
-        if got != (layout.tp, layout.dp, layout.ep_size):
-            raise RuntimeError(f"vLLM's (TP, DP, EP) group sizes became {got}, "
-                               f"expected {(layout.tp, layout.dp, layout.ep_size)}")
+        if ps.model_parallel_is_initialized() or ps._WORLD is not None:
+            raise RuntimeError("the task left vLLM's parallel state built (the next task "
+                               "would inherit its groups)")
 
 
 def _collective_check(ctx: RankContext) -> None:
@@ -107,54 +108,48 @@ def _collective_check(ctx: RankContext) -> None:
 def pool_rank_main(spec: RankSpec, conn) -> None:
     """A pooled rank: set up once, then run tasks from ``conn`` until told to stop."""
     ctx = prepare_rank_process(spec)
-    with contextlib.ExitStack() as stack:
-        try:
-            init_world(spec.backend, spec.rank, spec.world_size, spec.master_addr,
-                       spec.master_port, spec.timeout_s, ctx.local_rank)
-            if spec.layout is not None:
-                from vllm_ep_kit.testing.vllm_state import vllm_parallel_state
-
-                device = "cuda" if spec.backend == "nccl" else "cpu"
-                ctx.vllm_config = stack.enter_context(vllm_parallel_state(
-                    spec.layout, spec.rank, ctx.local_rank, spec.backend, device,
-                    spec.all2all_backend))
-            conn.send(("ready", None))
-        except BaseException as exc:  # noqa: BLE001 (start-up failure is a report too)
-            traceback.print_exc()
-            conn.send(("ready", outcome_from_exception(exc)))
-            os._exit(1)
-        while True:
-            message = conn.recv()
-            if message is None:
-                break
-            if message[0] == "check":
-                try:
-                    _collective_check(ctx)
-                    outcome = RankOutcome(status="ok")
-                except BaseException as exc:  # noqa: BLE001
-                    outcome = outcome_from_exception(exc)
-                conn.send((message, outcome))
-                continue
-            _, task_id, fn, args, kwargs = message
-            ctx.heartbeat()
-            saved_env = dict(os.environ)
+    try:
+        init_world(spec.backend, spec.rank, spec.world_size, spec.master_addr,
+                   spec.master_port, spec.timeout_s, ctx.local_rank)
+        conn.send(("ready", None))
+    except BaseException as exc:  # noqa: BLE001 (start-up failure is a report too)
+        traceback.print_exc()
+        conn.send(("ready", outcome_from_exception(exc)))
+        os._exit(1)
+    while True:
+        message = conn.recv()
+        if message is None:
+            break
+        if message[0] == "check":
             try:
-                value = fn(ctx, *args, **kwargs)
-                _isolation_check(ctx, spec.layout)
-                outcome = RankOutcome(status="ok", value=value)
+                _collective_check(ctx)
+                outcome = RankOutcome(status="ok")
             except BaseException as exc:  # noqa: BLE001
                 outcome = outcome_from_exception(exc)
-                if outcome.status == "error":
-                    traceback.print_exc()
-            finally:
-                os.environ.clear()
-                os.environ.update(saved_env)
-            try:
-                conn.send((task_id, outcome))
-            except Exception as exc:  # noqa: BLE001 (e.g. an unpicklable return value)
-                conn.send((task_id, RankOutcome(
-                    status="error", error_type=type(exc).__name__,
-                    message=f"rank outcome could not be sent: {exc}", exit_code=1)))
+            conn.send((message, outcome))
+            continue
+        _, task_id, fn, args, kwargs, layout, all2all_backend = message
+        ctx.heartbeat()
+        saved_env = dict(os.environ)
+        ctx.layout, ctx.vllm_config = layout, None
+        try:
+            value = run_in_context(fn, ctx, args, kwargs, layout, all2all_backend)
+            _isolation_check(ctx)
+            outcome = RankOutcome(status="ok", value=value)
+        except BaseException as exc:  # noqa: BLE001
+            outcome = outcome_from_exception(exc)
+            if outcome.status == "error":
+                traceback.print_exc()
+        finally:
+            ctx.layout, ctx.vllm_config = None, None
+            os.environ.clear()
+            os.environ.update(saved_env)
+        try:
+            conn.send((task_id, outcome))
+        except Exception as exc:  # noqa: BLE001 (e.g. an unpicklable return value)
+            conn.send((task_id, RankOutcome(
+                status="error", error_type=type(exc).__name__,
+                message=f"rank outcome could not be sent: {exc}", exit_code=1)))
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
@@ -187,8 +182,7 @@ class RankPool:
                                 world_size=key.world_size, workdir=str(self._workdir),
                                 backend=key.backend, master_addr=self._rendezvous.host,
                                 master_port=self._rendezvous.port,
-                                timeout_s=max(start_timeout_s, 60.0), layout=key.layout,
-                                all2all_backend=key.all2all_backend, env=child_env)
+                                timeout_s=max(start_timeout_s, 60.0), env=child_env)
                 parent_end, child_end = ctx.Pipe()
                 proc = ctx.Process(target=pool_rank_main, args=(spec, child_end),
                                    name=f"pool-rank{rank}")
@@ -205,14 +199,21 @@ class RankPool:
     def pids(self) -> list[int]:
         return [item.proc.pid for item in self._live]
 
-    def run(self, fn: Callable[..., Any], *args, timeout_s: float = 300.0,
+    def run(self, fn: Callable[..., Any], *args, layout: ParallelLayout | None = None,
+            all2all_backend: str | None = None, timeout_s: float = 300.0,
             failure_grace_s: float = 30.0, **kwargs) -> list[Any]:
-        """``fn(ctx, *args, **kwargs)`` on every rank; values, or RankFailures (pool closed)."""
+        """``fn(ctx, *args, **kwargs)`` on every rank; values, or RankFailures (pool closed).
+
+        With ``layout``, inside vLLM's parallel state built for this task only.
+        """
         if self.closed:
             raise PoolBroken("this pool was torn down")
+        if layout is not None and layout.world_size != self.key.world_size:
+            raise ValueError(f"layout={layout.describe()} needs {layout.world_size} ranks, "
+                             f"this pool has {self.key.world_size}")
         task_id = next(self._ids)
         for conn in self._conns:
-            conn.send(("task", task_id, fn, args, kwargs))
+            conn.send(("task", task_id, fn, args, kwargs, layout, all2all_backend))
         outcomes = self._await(task_id, timeout_s, failure_grace_s)
         # Every rank is done: prove the world group still works before the next test.
         for conn in self._conns:
@@ -310,8 +311,7 @@ class RankPool:
 
 
 def describe(key: PoolKey) -> str:
-    layout = key.layout.describe() if key.layout is not None else "no vLLM state"
-    return f"{key.world_size} ranks, {key.backend}, {layout}, {key.all2all_backend or '-'}"
+    return f"{key.world_size} ranks, {key.backend}"
 
 
 # ----------------------------------------------------------------------------- registry
@@ -320,14 +320,15 @@ _POOLS: dict[PoolKey, RankPool] = {}
 
 
 def pooled_run(fn: Callable[..., Any], key: PoolKey, args: tuple, kwargs: dict,
-               timeout_s: float, failure_grace_s: float) -> list[Any]:
+               timeout_s: float, failure_grace_s: float, layout: ParallelLayout | None = None,
+               all2all_backend: str | None = None) -> list[Any]:
     """Run on the pool for ``key``, starting one if there is none (or it was torn down)."""
     pool = _POOLS.get(key)
     if pool is None or pool.closed:
         pool = _POOLS[key] = RankPool(key, start_timeout_s=max(timeout_s, 60.0))
     try:
-        return pool.run(fn, *args, timeout_s=timeout_s, failure_grace_s=failure_grace_s,
-                        **kwargs)
+        return pool.run(fn, *args, layout=layout, all2all_backend=all2all_backend,
+                        timeout_s=timeout_s, failure_grace_s=failure_grace_s, **kwargs)
     finally:
         if pool.closed:
             _POOLS.pop(key, None)

@@ -93,8 +93,8 @@ def run_ranks(
 
     if pool.pool_enabled() and not fresh_processes and not torchrun.active() \
             and not master_port and not env and not python_path:
-        return pool.pooled_run(fn, pool.PoolKey(world_size, backend, layout, all2all_backend),
-                               args, kwargs, timeout_s, failure_grace_s)
+        return pool.pooled_run(fn, pool.PoolKey(world_size, backend), args, kwargs, timeout_s,
+                               failure_grace_s, layout=layout, all2all_backend=all2all_backend)
     if torchrun.active():
         return torchrun.run_here(fn, world_size, args, kwargs, backend=backend,
                                  timeout_s=timeout_s, layout=layout,
