@@ -54,7 +54,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          f"capabilities are missing (same as {STRICT_ENV}=1)")
     group.addoption("--ep-pool", action="store_true", default=False,
                     help="run multi-rank tests in persistent rank pools, one per (world size, "
-                         f"backend, layout), torn down on failure (same as {POOL_ENV}=1)")
+                         "backend; vLLM layouts are built per test), torn down on failure "
+                         f"(same as {POOL_ENV}=1)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
