@@ -13,7 +13,6 @@ recording which ran.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import time
 
@@ -27,33 +26,9 @@ from vllm_ep_kit.reference.mlp_moe import (
     softmax_topk,
 )
 from vllm_ep_kit.reference.moe import RoutingCase, Tokens, expert_owner, max_error, source_tokens
+from vllm_ep_kit.testing.probes import vllm_moe_kernels_missing as kernels_missing
 
 EXPERT_IMPLS = ("torch", "vllm")
-
-
-@functools.cache
-def kernels_missing() -> str:
-    """Why vLLM's MoE expert kernels cannot run in this process ("" when they can)."""
-    if not torch.cuda.is_available():
-        return "no CUDA GPU"
-    try:
-        from vllm.platforms import current_platform
-        from vllm.triton_utils import HAS_TRITON
-
-        current_platform.import_kernels()  # imports vLLM's compiled extensions where present
-    except Exception as exc:  # noqa: BLE001 (a probe reports, whatever vLLM raised)
-        return f"vLLM's platform or kernels do not import: {type(exc).__name__}: {exc}"
-    if not HAS_TRITON:
-        return "vLLM sees no usable Triton (its fused_experts GEMMs are Triton kernels)"
-    needed = {"_moe_C": ("moe_align_block_size", "topk_softmax", "moe_sum"),
-              "_C": ("silu_and_mul",)}
-    absent = [f"{ns}.{op}" for ns, ops in needed.items() for op in ops
-              if not hasattr(getattr(torch.ops, ns), op)]
-    if absent:
-        return ("vLLM's compiled MoE ops are not registered (" + ", ".join(absent) +
-                "): a sources-only vLLM; install its _C / _moe_C libraries "
-                "(scripts/gpu/run_with_bundle.sh VLLM_EP_KIT_VLLM_KERNELS)")
-    return ""
 
 
 def default_impl(device: torch.device) -> str:

@@ -324,6 +324,37 @@ def vllm_pynccl() -> Probe:
                  {"nccl": nccl, "missing": missing})
 
 
+@functools.cache
+def vllm_moe_kernels_missing() -> str:
+    """Why vLLM's MoE expert kernels cannot run in this process ("" when they can).
+
+    They need a CUDA GPU, Triton, and vLLM's compiled ``_moe_C`` / ``_C`` ops
+    (a sources-only vLLM, e.g. this kit's bundle, has stand-ins instead).
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA GPU"
+    try:
+        from vllm.platforms import current_platform
+        from vllm.triton_utils import HAS_TRITON
+
+        current_platform.import_kernels()  # imports vLLM's compiled extensions where present
+    except Exception as exc:  # noqa: BLE001 (a probe reports, whatever vLLM raised)
+        return f"vLLM's platform or kernels do not import: {type(exc).__name__}: {exc}"
+    if not HAS_TRITON:
+        return "vLLM sees no usable Triton (its fused_experts GEMMs are Triton kernels)"
+    needed = {"_moe_C": ("moe_align_block_size", "topk_softmax", "moe_sum"),
+              "_C": ("silu_and_mul",)}
+    absent = [f"{ns}.{op}" for ns, ops in needed.items() for op in ops
+              if not hasattr(getattr(torch.ops, ns), op)]
+    if absent:
+        return ("vLLM's compiled MoE ops are not registered (" + ", ".join(absent) +
+                "): a sources-only vLLM; install its _C / _moe_C libraries "
+                "(scripts/gpu/run_with_bundle.sh VLLM_EP_KIT_VLLM_KERNELS)")
+    return ""
+
+
 def vllm_moe_kernels() -> Probe:
     """vLLM's compiled MoE ops and Triton are usable, so its expert kernels can run here.
 
@@ -331,9 +362,7 @@ def vllm_moe_kernels() -> Probe:
     newer torch than many hosts have; measured on an H200 with torch 2.11, vLLM
     0.32.0's load and run (docs/gpu-validation.md, runs #15-#20).
     """
-    from vllm_ep_kit.vllm_experts import kernels_missing
-
-    missing = kernels_missing()
+    missing = vllm_moe_kernels_missing()
     return Probe("vllm moe kernels", not missing,
                  missing or "vLLM's compiled MoE ops and Triton load: fused_experts can run")
 
