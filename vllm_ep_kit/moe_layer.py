@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 
 from vllm_ep_kit.layout import ParallelLayout
-from vllm_ep_kit.reference.mlp_moe import MlpExperts, layer_close, mlp_moe_reference
-from vllm_ep_kit.reference.moe import RoutingCase, max_error, source_tokens
+from vllm_ep_kit.reference.mlp_moe import MlpExperts, layer_row, mlp_moe_reference
+from vllm_ep_kit.reference.moe import RoutingCase, source_tokens
 from vllm_ep_kit.vllm_experts import default_impl, expert_partial, tolerance_key
 
 PARALLEL_COMBOS: dict[str, ParallelLayout] = {
@@ -168,7 +168,6 @@ def rank_moe_layer(ctx, cell: MoeLayerCell, cases: list[RoutingCase],
     torch reference elsewhere (each row records which, ``experts``).
     """
     from vllm_ep_kit.agrs_plumbing import dp_forward_context, reduce_tp_partials
-    from vllm_ep_kit.reference.moe import Tokens
 
     layout: ParallelLayout = ctx.layout
     sp = bool(ctx.vllm_config.parallel_config.use_sequence_parallel_moe)
@@ -186,9 +185,7 @@ def rank_moe_layer(ctx, cell: MoeLayerCell, cases: list[RoutingCase],
         start = time.perf_counter()
         experts = MlpExperts(case.num_experts, case.hidden)
         source = source_tokens(case, layout.dp_rank(ctx.rank))
-        full = Tokens(x=source.x.to(device), topk_ids=source.topk_ids.to(device),
-                      topk_weights=source.topk_weights.to(device),
-                      x_scale=None if source.x_scale is None else source.x_scale.to(device))
+        full = source.to(device)
         layer = transport.layer(case, experts, full)
         with dp_forward_context(ctx, case.tokens, sp):
             if sp:
@@ -203,14 +200,8 @@ def rank_moe_layer(ctx, cell: MoeLayerCell, cases: list[RoutingCase],
                 if transport.has_all2all:
                     out = reduce_tp_partials(out, layout.tp)
         want = mlp_moe_reference(source, experts)
-        out = out.cpu()
-        results.append({"case": case.describe(), "rows": int(out.shape[0]),
-                        "tokens": int(full.x.shape[0]),
-                        "max_error": max_error(out, want) if out.shape == want.shape
-                        else float("inf"),
-                        "passed": layer_close(out, want, tolerance_key(impl, case.dtype)),
-                        "experts": impl, "transport": transport.name,
-                        "seconds": time.perf_counter() - start})
+        results.append(layer_row(case, out.cpu(), want, tolerance_key(impl, case.dtype), start,
+                                 experts=impl, transport=transport.name))
         transport.after_case()
         ctx.heartbeat()
     transport.close()

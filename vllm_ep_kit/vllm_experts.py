@@ -21,6 +21,7 @@ import torch
 from vllm_ep_kit.reference.mlp_moe import (
     MlpExperts,
     layer_close,
+    layer_row,
     mlp_moe_partial,
     mlp_moe_reference,
     softmax_topk,
@@ -42,9 +43,7 @@ def tolerance_key(impl: str, dtype: str) -> str:
     vLLM's Triton GEMMs read fp32 as TF32, and in bf16 they keep both GEMM
     outputs and the activation in bf16 (the torch experts keep fp32 between).
     """
-    if impl == "vllm" and dtype in ("fp32", "bf16"):
-        return {"fp32": "tf32", "bf16": "bf16-fused"}[dtype]
-    return dtype
+    return {("vllm", "fp32"): "tf32", ("vllm", "bf16"): "bf16-fused"}.get((impl, dtype), dtype)
 
 
 def expert_partial(impl: str, tokens: Tokens, experts: MlpExperts, ep_size: int = 1,
@@ -201,9 +200,7 @@ def rank_expert_partials(ctx, cases: list[RoutingCase], ep_sizes: tuple[int, ...
         start = time.perf_counter()
         experts = MlpExperts(case.num_experts, case.hidden)
         tokens = source_tokens(case, 0)
-        on_gpu = Tokens(x=tokens.x.to(ctx.device), topk_ids=tokens.topk_ids.to(ctx.device),
-                        topk_weights=tokens.topk_weights.to(ctx.device),
-                        x_scale=None if tokens.x_scale is None else tokens.x_scale.to(ctx.device))
+        on_gpu = tokens.to(ctx.device)
         compute = torch.float32 if case.dtype == "fp32" else torch.bfloat16
         check = tolerance_key("vllm", case.dtype)
         total = torch.zeros(case.tokens[0], case.hidden)
@@ -268,15 +265,9 @@ def rank_fused_moe_layer(ctx, cases: list[RoutingCase]) -> list[dict]:
         x, logits = layer_case_inputs(case, 0)
         with set_forward_context(None, ctx.vllm_config, num_tokens=x.shape[0]):
             out = layer(x.to(ctx.device), logits.to(ctx.device)).float().cpu()
-        torch.cuda.synchronize()
         weights, ids = softmax_topk(logits, case.top_k)
         want = mlp_moe_reference(Tokens(x=x, topk_ids=ids, topk_weights=weights), experts)
-        results.append({"case": case.describe(), "rows": int(out.shape[0]),
-                        "tokens": int(x.shape[0]),
-                        "max_error": max_error(out, want) if out.shape == want.shape
-                        else float("inf"),
-                        "passed": layer_close(out, want, tolerance_key("vllm", case.dtype)),
-                        "kernels": layer_kernels(layer),
-                        "seconds": time.perf_counter() - start})
+        results.append(layer_row(case, out, want, tolerance_key("vllm", case.dtype), start,
+                                 kernels=layer_kernels(layer)))
         ctx.heartbeat()
     return results

@@ -9,11 +9,12 @@ reference is computed on one process from the same weights the ranks use.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
 
-from vllm_ep_kit.reference.moe import Tokens, expert_owner
+from vllm_ep_kit.reference.moe import Tokens, expert_owner, max_error
 
 # (atol, rtol) of a MoE layer's output against this fp32 reference, per activation dtype.
 # fp8 is upstream's value for its MoE layer tests (vLLM PR 41299 moved it from 6e-2).
@@ -91,6 +92,15 @@ def softmax_topk(logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.
     """
     weights, ids = torch.softmax(logits.float(), dim=-1).topk(top_k, dim=-1)
     return weights / weights.sum(dim=-1, keepdim=True), ids.to(torch.int32)
+
+
+def layer_row(case, out: torch.Tensor, want: torch.Tensor, tolerance: str, start: float,
+              **extra) -> dict:
+    """One case's result row: output rows vs the reference's tokens, error, verdict, time."""
+    return {"case": case.describe(), "rows": int(out.shape[0]), "tokens": int(want.shape[0]),
+            "max_error": max_error(out, want) if out.shape == want.shape else float("inf"),
+            "passed": layer_close(out, want, tolerance), **extra,
+            "seconds": time.perf_counter() - start}
 
 
 def layer_close(actual: torch.Tensor, expected: torch.Tensor, dtype: str) -> bool:

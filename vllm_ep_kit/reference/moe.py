@@ -75,6 +75,12 @@ class Tokens:
         """The hidden states in fp32 (dequantised when ``x`` is fp8)."""
         return self.x.float() if self.x_scale is None else dequantize_fp8(self.x, self.x_scale)
 
+    def to(self, device) -> Tokens:
+        """The same tokens on ``device`` (a rank's GPU)."""
+        return Tokens(x=self.x.to(device), topk_ids=self.topk_ids.to(device),
+                      topk_weights=self.topk_weights.to(device),
+                      x_scale=None if self.x_scale is None else self.x_scale.to(device))
+
 
 def quantize_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Group-wise absmax fp8 (e4m3): (values, fp32 scales [n, hidden / FP8_GROUP])."""
