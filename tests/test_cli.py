@@ -1,6 +1,7 @@
 """The command line: argument errors name the argument; doctor and check produce data."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -14,6 +15,16 @@ USABLE = ["allgather_reducescatter", "naive"]
 def cli(*args, timeout=600):
     return subprocess.run([sys.executable, "-m", "vllm_ep_kit.cli", *args],
                           capture_output=True, text=True, timeout=timeout)
+
+
+def torchrun_cli(nproc, *args, timeout=600):
+    """The CLI launched by torchrun on this host (env:// rendezvous), as each node of a
+    multi-node job launches it."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc-per-node", str(nproc), "-m", "vllm_ep_kit.cli", *args],
+                          capture_output=True, text=True, timeout=timeout, env=env, check=False)
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
@@ -75,6 +86,26 @@ def test_cli_check_json_end_to_end():
     rows = data["results"]
     assert len(rows) == 3 and all(r["passed"] and r["dispatch_exact"] for r in rows)
     assert "[3/3]" in result.stderr  # progress lines go to stderr with --json
+
+
+@pytest.mark.vllm
+def test_cli_check_under_torchrun_gathers_every_rank_and_prints_once():
+    """One process per rank from torchrun, no self-spawning: every run uses the job's 4 ranks
+    (DP and SP layouts), each case merged over all ranks, one JSON document from rank 0."""
+    result = torchrun_cli(4, "check", "--dtypes", "fp32", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(result.stdout)  # a second rank printing would make this invalid JSON
+    rows = data["results"]
+    assert [r["layout"] for r in rows] == ["tp=1,dp=4,ep=4"] * 3 + ["tp=2,dp=2,ep=4,sp"] * 3
+    assert all(r["passed"] and r["dispatch_exact"] for r in rows), rows
+    assert result.stderr.count("[6/6]") == 1  # progress from rank 0 only
+
+
+def test_cli_check_under_torchrun_refuses_other_world_sizes():
+    result = torchrun_cli(2, "check", "--world-sizes", "4", "--dtypes", "fp32", timeout=300)
+    assert result.returncode != 0
+    assert ("vllm-ep-kit check: error: --world-sizes: this torchrun job has 2 ranks and every "
+            "run uses all of them; got 4") in result.stderr
 
 
 def test_cli_doctor_json():

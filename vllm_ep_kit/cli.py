@@ -75,14 +75,40 @@ def _str_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+def _world_for_job(flag: str, given: list[int] | None, default: list[int],
+                   local_gpus: int) -> tuple[list[int], int]:
+    """(world sizes to run, GPU count the plan may assume) for this process.
+
+    Outside torchrun: ``given`` or ``default``, and this host's GPUs.  Under
+    torchrun every run uses the whole job (its ranks may span nodes), so the
+    world size is the job's and the GPU check is per node (one rank per GPU).
+    """
+    from vllm_ep_kit.testing import torchrun
+
+    job = torchrun.job_world_size()
+    if job is None:
+        return list(given or default), local_gpus
+    if given and given != [job]:
+        raise ValueError(f"{flag}: this torchrun job has {job} ranks and every run uses all of "
+                         f"them; got {','.join(map(str, given))} (omit {flag}, or launch "
+                         "torchrun with that many processes)")
+    return [job], torchrun.gpus_for_job(local_gpus)
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from vllm_ep_kit import backends, ep_check
-    from vllm_ep_kit.testing import probes
+    from vllm_ep_kit.testing import probes, torchrun
 
-    console = Console(width=args.width, stderr=args.json)
+    console = Console(width=args.width, stderr=args.json, quiet=not torchrun.is_lead())
     try:
-        plan = ep_check.make_plan(args.world_sizes, args.tp, args.backends, args.dtypes,
-                                  gpu_count=probes.gpu_count(),
+        world_sizes, gpu_count = _world_for_job("--world-sizes", args.world_sizes, [2, 4],
+                                                probes.gpu_count())
+    except ValueError as exc:
+        print(f"vllm-ep-kit check: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        plan = ep_check.make_plan(world_sizes, args.tp, args.backends, args.dtypes,
+                                  gpu_count=gpu_count,
                                   usable=backends.usable_backend_names(),
                                   unusable={row.name: row.reason for row in backends.usability()
                                             if not row.usable})
@@ -117,12 +143,12 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     results = ep_check.run_check(plan, on_result=on_result, on_start=on_start,
                                  on_error=on_error, timeout_s=args.timeout)
-    if args.json:
+    if args.json and torchrun.is_lead():
         json.dump({"results": [r.as_dict() for r in results],
                    "not_run": [{"layout": lay, "reason": why} for lay, why in plan.skipped]},
                   sys.stdout, indent=2)
         sys.stdout.write("\n")
-    else:
+    elif not args.json:
         table = Table(title="EP dispatch + combine vs reference")
         for col in ("backend", "layout", "dtype", "tokens", "dispatch exact", "max error",
                     "result", "time (ms)"):
@@ -185,9 +211,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from vllm_ep_kit import backends
     from vllm_ep_kit.bench import plan as bench_plan
     from vllm_ep_kit.bench.sweep import run_bench
-    from vllm_ep_kit.testing import probes
+    from vllm_ep_kit.testing import probes, torchrun
 
-    console = Console(width=args.width, stderr=args.json)
+    lead = torchrun.is_lead()
+    console = Console(width=args.width, stderr=args.json, quiet=not lead)
     if args.from_json:
         source = Path(args.from_json)
         try:
@@ -201,8 +228,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         _bench_plot(report, source.with_suffix(".png"), console)
         return 0
     gpu = probes.gpus()
-    gpu_count = gpu.data.get("count", 0)
-    world = args.world_size or max(gpu_count, 2)
+    local_gpus = gpu.data.get("count", 0)
+    try:
+        (world,), gpu_count = _world_for_job(
+            "--world-size", [args.world_size] if args.world_size else None,
+            [max(local_gpus, 2)], local_gpus)
+    except ValueError as exc:
+        print(f"vllm-ep-kit bench: error: {exc}", file=sys.stderr)
+        return 2
     tokens = args.tokens or list(bench_plan.DEFAULT_TOKENS if gpu_count
                                  else bench_plan.CPU_DEFAULT_TOKENS)
     hiddens = args.hidden or list(bench_plan.DEFAULT_HIDDEN if gpu_count
@@ -220,8 +253,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     except bench_plan.BenchArgumentError as exc:
         print(f"vllm-ep-kit bench: error: {exc}", file=sys.stderr)
         return 2
+    if torchrun.active() and not args.out:
+        print("vllm-ep-kit bench: error: --out: required under torchrun (every rank writes "
+              "its partial rows there; a default named by each process's clock could differ)",
+              file=sys.stderr)
+        return 2
     out = Path(args.out or datetime.datetime.now().strftime("bench-%Y%m%d-%H%M%S"))
-    if out.exists() and any(out.iterdir()):
+    # Under torchrun the lead checks; the others would race with its partial folder.
+    if lead and out.exists() and any(out.iterdir()):
         print(f"vllm-ep-kit bench: error: --out: {out} exists and is not empty", file=sys.stderr)
         return 2
     for what, why in plan.skipped:
@@ -256,14 +295,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
                        "timer": timer, "transport": plan.device_backend,
                        "versions": probes.versions(), "settings": settings.__dict__},
               **measured, "not_run": [{"what": w, "why": y} for w, y in plan.skipped]}
-    (out / "bench.json").write_text(json.dumps(report, indent=2))
-    if args.json:
-        json.dump(report, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        _bench_table(report, console)
-    _bench_plot(report, out / "bench.png", console)
-    console.print(f"results: {out / 'bench.json'}")
+    if lead:
+        (out / "bench.json").write_text(json.dumps(report, indent=2))
+        if args.json:
+            json.dump(report, sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        else:
+            _bench_table(report, console)
+        _bench_plot(report, out / "bench.png", console)
+        console.print(f"results: {out / 'bench.json'}")
     bad = [r for r in report["results"] if r["check"] == "FAILED"]
     for failure in report["failures"]:
         console.print(f"[red]{failure['backend']}: failed after {failure['points_measured']}/"
@@ -333,8 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="EP correctness: dispatch + combine of every usable "
                            "all-to-all backend against the exact reference")
-    check.add_argument("--world-sizes", type=_int_list, default=[2, 4], metavar="N[,N]",
-                       help="ranks per run (default 2,4; one GPU each where GPUs exist)")
+    check.add_argument("--world-sizes", type=_int_list, default=None, metavar="N[,N]",
+                       help="ranks per run (default 2,4; one GPU each where GPUs exist; "
+                       "under torchrun: the job's ranks)")
     check.add_argument("--tp", type=_int_list, default=[1, 2], metavar="N[,N]",
                        help="tensor-parallel sizes; DP fills the rest (default 1,2)")
     check.add_argument("--backends", type=_str_list, default=None, metavar="NAME[,NAME]",
@@ -350,7 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="dispatch + combine latency and bandwidth of every "
                            "usable all-to-all backend beside all_to_all_single and the link limit")
     bench.add_argument("--world-size", type=int, default=None,
-                       help="ranks (default: every visible GPU, at least 2)")
+                       help="ranks (default: every visible GPU, at least 2; under torchrun: "
+                       "the job's ranks)")
     bench.add_argument("--backends", type=_str_list, default=None, metavar="NAME[,NAME]",
                        help="backends (default: every usable benchmarkable one)")
     bench.add_argument("--tokens", type=_int_list, default=None, metavar="N[,N]",

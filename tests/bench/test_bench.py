@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from tests.test_cli import cli
+from tests.test_cli import cli, torchrun_cli
 from vllm_ep_kit.bench.drivers import roundtrip_error
 from vllm_ep_kit.bench.plan import (
     BenchArgumentError,
@@ -165,6 +165,27 @@ def test_bench_end_to_end_on_cpu_ranks(tmp_path):
     again = cli("bench", "--from-json", str(out / "bench.json"))
     assert again.returncode == 0, again.stderr
     assert (out / "bench.png").is_file()
+
+
+@pytest.mark.vllm
+def test_bench_under_torchrun_writes_one_report_from_every_rank(tmp_path):
+    """torchrun's processes are the ranks: rank 0 alone checks --out, prints and writes
+    bench.json, whose rows merge both ranks (each rank wrote its partial rows)."""
+    out = tmp_path / "b"
+    proc = torchrun_cli(2, "bench", "--tokens", "1,8", "--hidden", "512", "--dtypes", "bf16",
+                        "--repeats", "2", "--warmup", "1", "--backends", AGRS, "--out",
+                        str(out), "--json")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads(proc.stdout)
+    assert report == json.loads((out / "bench.json").read_text())
+    assert [(r["tokens"], r["ranks"], r["check"]) for r in report["results"]] == [
+        (1, 2, "ok"), (8, 2, "ok")]
+    assert sorted(p.name for p in (out / "partial").iterdir()) == [
+        f"{AGRS}.rank0.jsonl", f"{AGRS}.rank1.jsonl"]
+    assert proc.stderr.count("[2/2]") == 1
+    again = torchrun_cli(2, "bench", "--tokens", "1", "--hidden", "512", "--backends", AGRS,
+                         "--out", str(out), timeout=300)
+    assert again.returncode != 0 and "--out: " in again.stderr and "not empty" in again.stderr
 
 
 def rank_bench_with_doubled_combine(ctx, run, settings, partial_dir):

@@ -15,11 +15,14 @@ def test_run_ranks_runs_in_process_under_torchrun(tmp_path, no_leftovers):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "--log-dir", str(tmp_path / "logs"), "--tee", "3",
            "-m", "pytest", str(HERE / "torchrun_case.py"), "-q", "-p", "no:cacheprovider",
-           "-rs"]
+           "-rs", "-s"]
     result = subprocess.run(cmd, cwd=HERE.parent.parent, env=env, capture_output=True,
                             text=True, timeout=300)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-4000:]
-    # Both torchrun processes ran the suite: two in-process passes and a skip each.
-    assert out.count("2 passed, 1 skipped") == 2, out[-4000:]
+    # Both torchrun processes ran the suite: four in-process passes and a skip each.
+    assert out.count("4 passed, 1 skipped") == 2, out[-4000:]
     assert out.count("needs 3 ranks, this torchrun job has 2") >= 2, out[-4000:]
+    # The non-failing rank learnt of the other's failure too (not hidden behind its pass).
+    assert "rank 0 saw the failure of rank 1" in out, out[-4000:]
+    assert "rank 1 saw the failure of rank 1" in out, out[-4000:]

@@ -63,6 +63,7 @@ def rank_bench(ctx, run: BenchRun, settings: BenchSettings, partial_dir: str) ->
     ctx.heartbeat()
     manager = None if run.backend == "allgather_reducescatter" else _manager(run, settings)
     sink = partial_file(partial_dir, run.backend, rank)
+    sink.parent.mkdir(parents=True, exist_ok=True)  # after the ranks met: see sweep.run_bench
     rows = []
     for point in run.points:
         inputs = rank_inputs(point, settings, rank, world)

@@ -41,7 +41,8 @@ def run_bench(plan: BenchPlan, partial_dir: Path, on_start=None, on_point=None,
     from vllm_ep_kit.ep_check import failure_summary
     from vllm_ep_kit.testing import RankFailures, run_ranks
 
-    partial_dir.mkdir(parents=True, exist_ok=True)
+    # The ranks create partial_dir once they have met (rank_bench): under torchrun
+    # the lead checks that --out is new before it joins them.
     results, links, failures = [], [], []
     for run in plan.runs:
         world = run.layout.world_size

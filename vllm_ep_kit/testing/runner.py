@@ -34,6 +34,7 @@ from vllm_ep_kit.testing.supervision import (  # noqa: F401 (RankReport, signal_
     RankFailures,
     RankReport,
     collect,
+    conclude,
     exited_badly,
     format_failures,
     last_beat,
@@ -123,7 +124,7 @@ def run_ranks(
         reports = [item.report for item in live]
         collect(reports, Path(workdir))
         shutil.rmtree(workdir, ignore_errors=True)
-    return _conclude(reports, world_size, backend)
+    return conclude(reports, world_size, backend)
 
 
 def default_backend() -> str:
@@ -191,14 +192,3 @@ def _supervise(live: list[LiveRank], workdir: Path, timeout_s: float, grace_s: f
             return
         # Wakes as soon as a rank exits, so exit times are accurate.
         multiprocessing.connection.wait([it.proc.sentinel for it in running], timeout=POLL_S)
-
-
-def _conclude(reports: list[RankReport], world_size: int, backend: str) -> list[Any]:
-    failed = order_failures(reports)
-    if failed:
-        raise RankFailures(format_failures(failed, world_size, backend), failed)
-    skipped = [r for r in reports if r.outcome and r.outcome.status == "skip"]
-    if skipped:
-        reasons = sorted({r.outcome.message for r in skipped})
-        skip_or_fail("; ".join(reasons))
-    return [r.outcome.value for r in reports]

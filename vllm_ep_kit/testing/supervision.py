@@ -21,6 +21,7 @@ import psutil
 
 from vllm_ep_kit.testing import proctree
 from vllm_ep_kit.testing.rank import STACK_DUMP_SIGNAL, RankOutcome
+from vllm_ep_kit.testing.skips import skip_or_fail
 
 LOG_TAIL_LINES = 40
 POLL_S = 0.05
@@ -215,3 +216,14 @@ def order_failures(reports: list[RankReport]) -> list[RankReport]:
     for later in failed[1:]:
         later.after = failed[0].rank
     return failed
+
+
+def conclude(reports: list[RankReport], world_size: int, backend: str) -> list:
+    """Every rank's value, or ``RankFailures`` (root cause first), or a skip with the reasons."""
+    failed = order_failures(reports)
+    if failed:
+        raise RankFailures(format_failures(failed, world_size, backend), failed)
+    skipped = [r for r in reports if r.outcome and r.outcome.status == "skip"]
+    if skipped:
+        skip_or_fail("; ".join(sorted({r.outcome.message for r in skipped})))
+    return [r.outcome.value for r in reports]

@@ -1,19 +1,26 @@
-"""Running the same tests under torchrun (multi-node MNNVL, env:// rendezvous).
+"""Running the same tests and tools under torchrun (multi-node MNNVL, env:// rendezvous).
 
 Self-spawning ranks only works on one host.  On GB200 NVL72 racks torchrun
 starts one process per GPU on every node; each process then runs pytest (or
-``vllm-ep-kit check``) and ``run_ranks`` executes the test function in-process
-for its own rank.  The default process group is created once per process and
-kept across tests; vLLM's groups are built and destroyed per test.  Failures
-surface in the rank's own pytest output; a hang is cut by faulthandler's
-dump-and-exit timer, after which torchrun tears the job down.
+``vllm-ep-kit check`` / ``bench``) and ``run_ranks`` executes the function
+in-process for its own rank.  The default process group is created once per
+process and kept across calls; vLLM's groups are built and destroyed per call.
+
+Every rank's outcome (value, exception, skip) is then exchanged over a gloo
+group, so each process returns every rank's value, as a spawned run does, or
+raises the same ``RankFailures`` naming the rank that failed first: a failure
+on a rank of another node is not hidden behind this rank's pass.  A rank that
+hangs is cut by faulthandler's dump-and-exit timer (``timeout_s`` without a
+heartbeat), after which torchrun tears the job down.
 """
 
 from __future__ import annotations
 
 import faulthandler
 import os
+import pickle
 import sys
+import traceback
 from typing import Any, Callable
 
 from vllm_ep_kit.layout import ParallelLayout
@@ -31,6 +38,60 @@ def active() -> bool:
     )
 
 
+def job_world_size() -> int | None:
+    """The torchrun job's WORLD_SIZE, or None outside one."""
+    return int(os.environ["WORLD_SIZE"]) if active() else None
+
+
+def is_lead() -> bool:
+    """Whether this process prints and writes results: always outside torchrun, rank 0 in it."""
+    return not active() or os.environ.get("RANK", "0") == "0"
+
+
+def gpus_for_job(local_gpus: int) -> int:
+    """The GPU count a plan should assume: the job's world size when every local rank has one.
+
+    Raises ValueError when this node has GPUs but fewer than its ranks (one rank
+    per GPU); 0 (gloo ranks) when the node has none.
+    """
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
+    if local_gpus == 0:
+        return 0
+    if local_gpus < local_ranks:
+        raise ValueError(f"this node runs {local_ranks} torchrun ranks but has {local_gpus} "
+                         "GPUs visible (one rank per GPU)")
+    return int(os.environ["WORLD_SIZE"])
+
+
+_exchange_group = None
+
+
+def _exchange(outcome, world_size: int) -> list:
+    """Every rank's outcome, over a gloo group (usable after an NCCL failure)."""
+    import torch.distributed as dist
+
+    global _exchange_group
+    if _exchange_group is None:
+        _exchange_group = dist.new_group(backend="gloo") \
+            if dist.get_backend() != "gloo" else dist.group.WORLD
+    gathered: list = [None] * world_size
+    dist.all_gather_object(gathered, outcome, group=_exchange_group)
+    return gathered
+
+
+def _picklable(outcome):
+    """The outcome, or an error outcome saying why it cannot travel to the other ranks."""
+    from vllm_ep_kit.testing.rank import RankOutcome
+
+    try:
+        pickle.dumps(outcome)
+        return outcome
+    except Exception as exc:  # noqa: BLE001 (an unpicklable value or exception detail)
+        return RankOutcome(status="error", error_type=type(exc).__name__,
+                           message=f"rank outcome could not be pickled: {exc}",
+                           traceback=outcome.traceback, exit_code=1)
+
+
 def run_here(fn: Callable[..., Any], world_size: int, args: tuple, kwargs: dict, *,
              backend: str, timeout_s: float, layout: ParallelLayout | None,
              all2all_backend: str | None) -> list[Any]:
@@ -39,7 +100,13 @@ def run_here(fn: Callable[..., Any], world_size: int, args: tuple, kwargs: dict,
     import torch
     import torch.distributed as dist
 
-    from vllm_ep_kit.testing.rank import RankContext, run_in_context
+    from vllm_ep_kit.testing.rank import (
+        RankContext,
+        RankOutcome,
+        outcome_from_exception,
+        run_in_context,
+    )
+    from vllm_ep_kit.testing.supervision import RankReport, conclude
 
     have = int(os.environ["WORLD_SIZE"])
     if have != world_size:
@@ -60,9 +127,20 @@ def run_here(fn: Callable[..., Any], world_size: int, args: tuple, kwargs: dict,
     ctx._on_beat = rearm
     rearm()
     try:
-        value = run_in_context(fn, ctx, args, kwargs, layout, all2all_backend)
-        dist.barrier()
+        try:
+            outcome = RankOutcome(status="ok", value=run_in_context(
+                fn, ctx, args, kwargs, layout, all2all_backend))
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 (reported to every rank below)
+            outcome = outcome_from_exception(exc)
+            if outcome.status == "error":
+                # In this rank's log at once, even if a peer never reaches the exchange.
+                traceback.print_exc()
+                sys.stderr.flush()
+        rearm()
+        outcomes = _exchange(_picklable(outcome), world_size)
     finally:
         faulthandler.cancel_dump_traceback_later()
-    # Other ranks' values are not gathered: each process reports its own outcome.
-    return [value if r == rank else None for r in range(world_size)]
+    reports = [RankReport(rank=r, outcome=o) for r, o in enumerate(outcomes)]
+    return conclude(reports, world_size, backend)
