@@ -37,7 +37,9 @@ VLLM_TRACE_MODULES = ("vllm.config", "vllm.distributed.parallel_state",
                       "vllm.distributed.device_communicators.all2all",
                       "vllm.distributed.device_communicators.cuda_communicator",
                       "vllm.platforms.cuda", "vllm_ep_kit.testing.vllm_state",
-                      "vllm_ep_kit.ep_check", "vllm_ep_kit.manager_roundtrip")
+                      "vllm_ep_kit.ep_check", "vllm_ep_kit.manager_roundtrip",
+                      "vllm.model_executor.layers.fused_moe", "vllm_ep_kit.vllm_experts",
+                      "vllm_ep_kit.bench.rank")
 # Compiled kernel modules vLLM imports unconditionally on CUDA: its custom ops (the
 # CUDA platform) and FlashAttention-2 (``vllm.vllm_flash_attn``, imported by the
 # fused-MoE package through the model loader; it refuses to import without FA2 or
