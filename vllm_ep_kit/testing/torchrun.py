@@ -118,6 +118,12 @@ def run_here(fn: Callable[..., Any], world_size: int, args: tuple, kwargs: dict,
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend, init_method="env://",
                                 timeout=datetime.timedelta(seconds=max(timeout_s, 60.0)))
+    elif dist.get_backend() != backend:
+        # The world group lives as long as the process: a call wanting another
+        # backend would silently run on this one.
+        skip_or_fail(f"needs a {backend} world; this torchrun process's default group is "
+                     f"{dist.get_backend()} (made by an earlier call): run it in its own "
+                     "torchrun job")
     ctx = RankContext(rank, world_size, local_rank, backend, None, layout)
 
     def rearm() -> None:
