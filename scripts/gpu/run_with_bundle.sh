@@ -51,6 +51,31 @@ if [ -n "${VLLM_EP_KIT_VLLM_KERNELS:-}" ]; then
         exit 2
     fi
 fi
+# A newer NCCL for vLLM's PyNccl (vLLM 0.32.0 needs >= 2.29.7; torch 2.11 carries 2.28.9):
+# VLLM_EP_KIT_NCCL names a folder holding libnccl*.so.2, or an xz of it split into
+# *.xz.partNN pieces (206 MB wheel: one piece per carry). torch keeps its own NCCL.
+if [ -n "${VLLM_EP_KIT_NCCL:-}" ]; then
+    nccl_so="$work/nccl/libnccl.so.2"
+    if [ ! -f "$nccl_so" ]; then
+        mkdir -p "$work/nccl"
+        shopt -s nullglob
+        parts=("$VLLM_EP_KIT_NCCL"/*.xz.part*)
+        plain=("$VLLM_EP_KIT_NCCL"/libnccl*.so.2)
+        shopt -u nullglob
+        if [ "${#parts[@]}" -gt 0 ]; then
+            echo "run_with_bundle.sh: joining ${#parts[@]} NCCL pieces" >&2
+            # xz's own checksum fails a missing or damaged piece.
+            cat "${parts[@]}" | xz -dc > "$nccl_so.part"
+        elif [ "${#plain[@]}" -gt 0 ]; then
+            cp "${plain[0]}" "$nccl_so.part"
+        else
+            echo "run_with_bundle.sh: no libnccl*.so.2 or *.xz.partNN in VLLM_EP_KIT_NCCL=$VLLM_EP_KIT_NCCL" >&2
+            exit 2
+        fi
+        mv "$nccl_so.part" "$nccl_so"
+    fi
+    export VLLM_NCCL_SO_PATH="$nccl_so"
+fi
 # Stand-ins for compiled modules this checkout knows vLLM imports (older bundles lack
 # some); a stand-in whose real library was installed above is removed.
 python3 -c 'import sys; sys.path.insert(0, "."); from vllm_ep_kit.bundle import write_kernel_stubs; write_kernel_stubs(sys.argv[1])' \

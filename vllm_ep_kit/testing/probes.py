@@ -317,7 +317,9 @@ def vllm_pynccl() -> Probe:
         NCCLLibrary(so_file)
     except Exception as exc:  # noqa: BLE001 (the loader's own verdict)
         return Probe(label, False, f"vLLM's PyNccl rejects {so_file} ({nccl}): "
-                     f"{type(exc).__name__}: {exc}; functions it lacks: {', '.join(missing)}",
+                     f"{type(exc).__name__}: {exc}; functions it lacks: {', '.join(missing)}; "
+                     "fix: point VLLM_NCCL_SO_PATH at a newer libnccl.so.2 (e.g. from "
+                     "`pip install nvidia-nccl-cu13`, nvidia/nccl/lib/)",
                      {"nccl": nccl, "missing": missing})
     return Probe(label, True, f"{so_file} ({nccl}) has what vLLM's PyNccl needs"
                  + (f" (optional ones absent: {', '.join(missing)})" if missing else ""),
