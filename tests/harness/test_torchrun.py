@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from vllm_ep_kit.testing import skip_or_fail
 
 HERE = Path(__file__).parent
@@ -49,3 +51,33 @@ def test_nccl_world_under_torchrun(tmp_path, no_leftovers):
     assert out.count("3 passed") == nproc, out[-4000:]
     for rank in range(nproc):
         assert f"rank {rank} saw the NCCL-world failure of rank {nproc - 1}" in out, out[-4000:]
+
+
+TORCHRUN_ENV = {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4", "LOCAL_RANK": "1",
+                "MASTER_ADDR": "head", "MASTER_PORT": "29500"}
+
+
+def test_a_multi_node_job_needs_gpus_for_this_nodes_ranks_only(monkeypatch):
+    """2 nodes x 4 GPUs: each node checks for its 4 ranks' GPUs, not the job's 8."""
+    from vllm_ep_kit.testing import torchrun
+
+    monkeypatch.delenv(torchrun.SPAWN_ENV, raising=False)
+    assert torchrun.ranks_on_this_node(8) == 8 and not torchrun.active()  # spawning: all here
+    for key, value in TORCHRUN_ENV.items():
+        monkeypatch.setenv(key, value)
+    assert torchrun.active() and not torchrun.is_lead()
+    assert torchrun.ranks_on_this_node(8) == 4
+    assert torchrun.job_world_size() == 8
+    assert torchrun.gpus_for_job(4) == 8  # the plan may assume one GPU per job rank
+    assert torchrun.gpus_for_job(0) == 0  # CPU nodes: gloo
+    with pytest.raises(ValueError, match="this node runs 4 torchrun ranks but has 2 GPUs"):
+        torchrun.gpus_for_job(2)
+    # And run_ranks asks this node for its 4 GPUs (on a host with fewer, it skips saying so).
+    from vllm_ep_kit.testing import probes, run_ranks
+
+    if probes.gpu_count() >= 4:
+        pytest.skip("this host has 4 GPUs: run_ranks would start the job")
+    monkeypatch.setenv("VLLM_EP_KIT_STRICT", "0")
+    with pytest.raises(pytest.skip.Exception, match=f"needs 4 CUDA GPUs, {probes.gpu_count()} "
+                       "visible"):
+        run_ranks(print, 8, backend="nccl")

@@ -85,10 +85,13 @@ def run_ranks(
     backend = backend or default_backend()
     if backend not in ("gloo", "nccl"):
         raise ValueError(f"backend={backend!r}: expected 'gloo' or 'nccl'")
+    # GPUs are needed on this host for the ranks that run here: all of them when
+    # spawning, this node's share under torchrun (a multi-node job's world is larger).
+    here = torchrun.ranks_on_this_node(world_size)
     if backend == "nccl":
-        _require_gpus(world_size)
+        _require_gpus(here)
     elif layout is not None:
-        _require_cpu_host_or_gpus(world_size)
+        _require_cpu_host_or_gpus(here)
 
     from vllm_ep_kit.testing import pool
 
@@ -139,10 +142,11 @@ def _visible_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def _require_gpus(world_size: int) -> None:
+def _require_gpus(ranks_here: int) -> None:
     have = _visible_gpus()
-    if have < world_size:
-        skip_or_fail(f"needs {world_size} CUDA GPUs, {have} visible")
+    if have < ranks_here:
+        skip_or_fail(f"needs {ranks_here} CUDA GPU{'s' if ranks_here > 1 else ''}, {have} "
+                     "visible")
 
 
 def _require_cpu_host_or_gpus(world_size: int) -> None:

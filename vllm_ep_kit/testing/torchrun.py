@@ -38,6 +38,17 @@ def active() -> bool:
     )
 
 
+def ranks_on_this_node(world_size: int) -> int:
+    """How many of a ``world_size``-rank run's ranks run on this host.
+
+    All of them when spawning; under torchrun this node's processes
+    (``LOCAL_WORLD_SIZE``), since the others run on other nodes.
+    """
+    if not active():
+        return world_size
+    return min(world_size, int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
+
+
 def job_world_size() -> int | None:
     """The torchrun job's WORLD_SIZE, or None outside one."""
     return int(os.environ["WORLD_SIZE"]) if active() else None
@@ -54,7 +65,7 @@ def gpus_for_job(local_gpus: int) -> int:
     Raises ValueError when this node has GPUs but fewer than its ranks (one rank
     per GPU); 0 (gloo ranks) when the node has none.
     """
-    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
+    local_ranks = ranks_on_this_node(int(os.environ["WORLD_SIZE"]))
     if local_gpus == 0:
         return 0
     if local_gpus < local_ranks:
