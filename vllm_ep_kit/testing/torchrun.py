@@ -74,7 +74,7 @@ def gpus_for_job(local_gpus: int) -> int:
     return int(os.environ["WORLD_SIZE"])
 
 
-_exchange_group = None
+_exchange_group: tuple = (None, None)  # (the world group it was made for, the gloo group)
 
 
 def _exchange(outcome, world_size: int) -> list:
@@ -82,11 +82,12 @@ def _exchange(outcome, world_size: int) -> list:
     import torch.distributed as dist
 
     global _exchange_group
-    if _exchange_group is None:
-        _exchange_group = dist.new_group(backend="gloo") \
-            if dist.get_backend() != "gloo" else dist.group.WORLD
+    world = dist.group.WORLD
+    if _exchange_group[0] is not world:  # first call, or the world group was remade
+        _exchange_group = (world, dist.new_group(backend="gloo")
+                           if dist.get_backend() != "gloo" else world)
     gathered: list = [None] * world_size
-    dist.all_gather_object(gathered, outcome, group=_exchange_group)
+    dist.all_gather_object(gathered, outcome, group=_exchange_group[1])
     return gathered
 
 
