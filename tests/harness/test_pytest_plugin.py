@@ -67,3 +67,18 @@ def test_strict_flag_does_not_leak_into_the_calling_process(pytester, monkeypatc
     _cases(pytester)
     pytester.runpytest("--ep-strict")
     assert "VLLM_EP_KIT_STRICT" not in os.environ
+
+
+def test_gpu_marker_under_a_multi_node_torchrun_job_counts_this_nodes_ranks(pytester,
+                                                                            monkeypatch):
+    """gpus(64) in a 16-node x 4-GPU job: each node needs 4 GPUs, not 64."""
+    for key, value in {"RANK": "0", "WORLD_SIZE": "64", "LOCAL_WORLD_SIZE": "4",
+                       "MASTER_ADDR": "head", "MASTER_PORT": "29500"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("VLLM_EP_KIT_SPAWN", raising=False)
+    if probes.gpu_count() >= 4:
+        pytest.skip("this host has 4 GPUs: the marker would let the test run")
+    _cases(pytester)
+    result = pytester.runpytest("-rs")
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines([f"*needs 4 CUDA GPUs, {probes.gpu_count()} visible*"])

@@ -20,7 +20,7 @@ import os
 
 import pytest
 
-from vllm_ep_kit.testing import probes
+from vllm_ep_kit.testing import probes, torchrun
 from vllm_ep_kit.testing.pool import POOL_ENV
 from vllm_ep_kit.testing.skips import STRICT_ENV, skip_or_fail
 
@@ -85,6 +85,8 @@ def unmet_requirements(item: pytest.Item) -> list[str]:
     reasons = []
     for mark in item.iter_markers(name="gpus"):
         need = mark.args[0] if mark.args else mark.kwargs.get("n", 1)
+        # Under torchrun this node holds only its share of the ranks (one GPU each).
+        need = torchrun.ranks_on_this_node(need)
         have = probes.gpu_count()
         if have < need:
             reasons.append(f"needs {need} CUDA GPUs, {have} visible")
