@@ -78,16 +78,13 @@ def _comm_backend(group):
 def _local_inputs(case: RoutingCase, rank: int, device: torch.device):
     """This source's tokens, and their payload on ``device`` (see :func:`_payload`)."""
     mine = source_tokens(case, rank)
-    return (mine, *_payload(mine, case, device))
+    return (mine, *_payload(mine, device))
 
 
-def _payload(mine: Tokens, case: RoutingCase, device: torch.device):
+def _payload(mine: Tokens, device: torch.device):
     """(payload tensors, ids, weights) on ``device``; fp8 hidden states travel as bytes + scales."""
-    x = mine.x.to(device)
-    payload = [x.view(torch.uint8) if case.dtype == "fp8" else x]
-    if mine.x_scale is not None:
-        payload.append(mine.x_scale.to(device))
-    return payload, mine.topk_ids.to(device), mine.topk_weights.to(device)
+    x, scale, ids, w = mine.wire(device)
+    return [x, *([scale] if scale is not None else [])], ids, w
 
 
 def _expert_partial(case: RoutingCase, recv_x: torch.Tensor, recv_scale, recv_ids: torch.Tensor,
@@ -188,7 +185,7 @@ def one_sided_round_trip(a2a, mine: Tokens, case: RoutingCase, rank: int, world:
     if mine.x.shape[0] > max_tokens:
         raise ValueError(f"{mine.x.shape[0]} tokens on rank {rank}: more than the bound "
                          f"max(case.tokens)={max_tokens} every rank dispatches with")
-    payload, ids, w = _payload(mine, case, device)
+    payload, ids, w = _payload(mine, device)
     received = a2a.dispatch(ids, [*payload, ids, w], max_tokens)
     recv_x, recv_scale = received[0], (received[1] if case.dtype == "fp8" else None)
     recv_ids, recv_w = received[-2], received[-1]

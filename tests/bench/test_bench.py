@@ -27,7 +27,7 @@ from vllm_ep_kit.bench.traffic import (
     routed_remote_bytes,
 )
 from vllm_ep_kit.layout import ParallelLayout
-from vllm_ep_kit.reference.moe import expert_owner
+from vllm_ep_kit.reference.moe import Tokens, dequantize_fp8, expert_owner, quantize_fp8
 
 AGRS = "allgather_reducescatter"
 ONE = "flashinfer_nvlink_one_sided"
@@ -86,6 +86,24 @@ def test_destinations_match_a_per_token_count():
                                       for row in inputs.tokens.topk_ids.tolist()]
     hit = destinations(inputs.tokens.topk_ids, 64, 4)
     assert hit.sum().item() == sum(expected)
+
+
+def test_fp8_rows_travel_as_bytes_with_their_scales():
+    """What the drivers hand the all-to-all: fp8 as raw bytes plus block scales, bf16 as is."""
+    gen = torch.Generator().manual_seed(3)
+    values = torch.randn(5, 256, generator=gen)
+    ids = torch.randint(0, 16, (5, 2), dtype=torch.int32, generator=gen)
+    weights = torch.full((5, 2), 0.5)
+    q, scale = quantize_fp8(values)
+    x, s, got_ids, got_w = Tokens(q, ids, weights, scale).wire("cpu")
+    assert x.dtype == torch.uint8 and x.shape == (5, 256)
+    assert torch.equal(x, q.view(torch.uint8)) and torch.equal(s, scale)
+    assert torch.equal(dequantize_fp8(x.view(torch.float8_e4m3fn), s),
+                       Tokens(q, ids, weights, scale).values())
+    assert torch.equal(got_ids, ids) and torch.equal(got_w, weights)
+    bf16 = values.to(torch.bfloat16)
+    x, s, _, _ = Tokens(bf16, ids, weights).wire("cpu")
+    assert s is None and x.dtype == torch.bfloat16 and torch.equal(x, bf16)
 
 
 def test_bytes_per_row_and_leaving_the_rank():

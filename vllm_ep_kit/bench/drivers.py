@@ -55,16 +55,6 @@ def roundtrip_error(out: torch.Tensor, x: torch.Tensor, copies: torch.Tensor) ->
     return float((got - want).abs().max() / want.abs().max().clamp(min=1e-6))
 
 
-def _on_device(inputs: RankInputs, device):
-    """(hidden states as sent, fp8 as bytes; fp8 block scales or None; top-k ids; weights)."""
-    tokens = inputs.tokens
-    x = tokens.x.to(device)
-    scale = None if tokens.x_scale is None else tokens.x_scale.to(device)
-    if scale is not None:
-        x = x.view(torch.uint8)
-    return x, scale, tokens.topk_ids.to(device), tokens.topk_weights.to(device)
-
-
 def _values(x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
     """bf16 values of received rows: fp8 bytes dequantised with their scales."""
     if scale is None:
@@ -119,7 +109,7 @@ def agrs(ctx, inputs: RankInputs, point: BenchPoint, settings: BenchSettings) ->
     manager, sp = agrs_manager(ctx)
     world = ctx.layout.dp
     device = ctx.device
-    x, scale, ids, w = _on_device(inputs, device)
+    x, scale, ids, w = inputs.tokens.wire(device)
     extra = [scale] if scale is not None else None
     fallback = torch.zeros(point.tokens * world, point.hidden, dtype=torch.bfloat16,
                            device=device)
@@ -149,7 +139,7 @@ def one_sided(manager, inputs: RankInputs, point: BenchPoint, settings: BenchSet
               rank: int, device) -> Prepared:
     """vLLM's one-sided manager: ``MoeAlltoAll.dispatch`` and the manager's ``combine_into``."""
     world = len(inputs.rows_to)
-    x, scale, ids, w = _on_device(inputs, device)
+    x, scale, ids, w = inputs.tokens.wire(device)
     payloads = [x, *([scale] if scale is not None else []), ids, w]
     max_tokens = point.tokens
     out = torch.empty(point.tokens, point.hidden, dtype=torch.bfloat16, device=device)
@@ -180,7 +170,7 @@ def two_sided(manager, inputs: RankInputs, point: BenchPoint, settings: BenchSet
     from flashinfer.comm.trtllm_alltoall import MnnvlMoe
 
     world = len(inputs.rows_to)
-    x, scale, ids, w = _on_device(inputs, device)
+    x, scale, ids, w = inputs.tokens.wire(device)
     ws, prep_ws = manager.workspace_tensor, manager.prepare_workspace_tensor
     max_tokens = point.tokens
     fallback: dict[int, torch.Tensor] = {}

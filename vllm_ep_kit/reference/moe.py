@@ -81,6 +81,17 @@ class Tokens:
                       topk_weights=self.topk_weights.to(device),
                       x_scale=None if self.x_scale is None else self.x_scale.to(device))
 
+    def wire(self, device) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor,
+                                    torch.Tensor]:
+        """(x as it travels, its scales or None, top-k ids, weights) on ``device``.
+
+        fp8 rows travel as raw bytes (the all-to-all kernels move bytes) with
+        their block scales as a payload of their own, as vLLM sends them.
+        """
+        t = self.to(device)
+        x = t.x.view(torch.uint8) if t.x.dtype == torch.float8_e4m3fn else t.x
+        return x, t.x_scale, t.topk_ids, t.topk_weights
+
 
 def quantize_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Group-wise absmax fp8 (e4m3): (values, fp32 scales [n, hidden / FP8_GROUP])."""
