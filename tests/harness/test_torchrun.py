@@ -23,8 +23,8 @@ def test_run_ranks_runs_in_process_under_torchrun(tmp_path, no_leftovers):
                             text=True, timeout=300, check=False)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-4000:]
-    # Both torchrun processes ran the suite: four in-process passes and a skip each.
-    assert out.count("4 passed, 1 skipped") == 2, out[-4000:]
+    # Both torchrun processes ran the suite: five in-process passes and a skip each.
+    assert out.count("5 passed, 1 skipped") == 2, out[-4000:]
     assert out.count("needs 3 ranks, this torchrun job has 2") >= 2, out[-4000:]
     # The non-failing rank learnt of the other's failure too (not hidden behind its pass).
     assert "rank 0 saw the failure of rank 1" in out, out[-4000:]

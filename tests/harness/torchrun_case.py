@@ -55,3 +55,14 @@ def test_the_world_still_works_after_a_failure():
     world = int(os.environ["WORLD_SIZE"])
     assert run_ranks(rank_sum, world, backend="gloo", timeout_s=60)[0]["sum"] == \
         sum(range(1, world + 1))
+
+
+def rank_returns_unpicklable_on_first(ctx):
+    return (lambda: None) if ctx.rank == 0 else ctx.rank
+
+
+def test_an_unpicklable_value_fails_its_rank_without_stalling_the_others():
+    world = int(os.environ["WORLD_SIZE"])
+    with pytest.raises(RankFailures, match="rank outcome could not be pickled") as info:
+        run_ranks(rank_returns_unpicklable_on_first, world, backend="gloo", timeout_s=60)
+    assert info.value.failed_ranks == [0]

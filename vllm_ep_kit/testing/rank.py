@@ -214,16 +214,20 @@ def rank_main(spec: RankSpec) -> None:
     os._exit(outcome.exit_code if outcome.status == "error" else 0)
 
 
-def _write_outcome(path: Path, outcome: RankOutcome) -> None:
-    tmp = path.with_suffix(".tmp")
+def outcome_bytes(outcome: RankOutcome) -> bytes:
+    """The pickled outcome, or a pickled error outcome saying why it could not be pickled."""
     try:
-        data = pickle.dumps(outcome)
+        return pickle.dumps(outcome)
     except Exception as exc:  # an unpicklable return value or exception detail
-        data = pickle.dumps(RankOutcome(
+        return pickle.dumps(RankOutcome(
             status="error", error_type=type(exc).__name__,
             message=f"rank outcome could not be pickled: {exc}",
             traceback=outcome.traceback, exit_code=1))
-    tmp.write_bytes(data)
+
+
+def _write_outcome(path: Path, outcome: RankOutcome) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(outcome_bytes(outcome))
     os.replace(tmp, path)
 
 

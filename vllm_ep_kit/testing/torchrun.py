@@ -78,7 +78,12 @@ _exchange_group: tuple = (None, None)  # (the world group it was made for, the g
 
 
 def _exchange(outcome, world_size: int) -> list:
-    """Every rank's outcome, over a gloo group (usable after an NCCL failure)."""
+    """Every rank's outcome, over a gloo group (usable after an NCCL failure).
+
+    Each travels pickled once (``rank.outcome_bytes``): an outcome that cannot be
+    pickled becomes an error outcome on its own rank instead of failing the
+    gather there while the other ranks wait in it.
+    """
     import torch.distributed as dist
 
     global _exchange_group
@@ -86,22 +91,11 @@ def _exchange(outcome, world_size: int) -> list:
     if _exchange_group[0] is not world:  # first call, or the world group was remade
         _exchange_group = (world, dist.new_group(backend="gloo")
                            if dist.get_backend() != "gloo" else world)
+    from vllm_ep_kit.testing.rank import outcome_bytes
+
     gathered: list = [None] * world_size
-    dist.all_gather_object(gathered, outcome, group=_exchange_group[1])
-    return gathered
-
-
-def _picklable(outcome):
-    """The outcome, or an error outcome saying why it cannot travel to the other ranks."""
-    from vllm_ep_kit.testing.rank import RankOutcome
-
-    try:
-        pickle.dumps(outcome)
-        return outcome
-    except Exception as exc:  # noqa: BLE001 (an unpicklable value or exception detail)
-        return RankOutcome(status="error", error_type=type(exc).__name__,
-                           message=f"rank outcome could not be pickled: {exc}",
-                           traceback=outcome.traceback, exit_code=1)
+    dist.all_gather_object(gathered, outcome_bytes(outcome), group=_exchange_group[1])
+    return [pickle.loads(data) for data in gathered]
 
 
 def run_here(fn: Callable[..., Any], world_size: int, args: tuple, kwargs: dict, *,
@@ -157,7 +151,7 @@ def run_here(fn: Callable[..., Any], world_size: int, args: tuple, kwargs: dict,
                 traceback.print_exc()
                 sys.stderr.flush()
         rearm()
-        outcomes = _exchange(_picklable(outcome), world_size)
+        outcomes = _exchange(outcome, world_size)
     finally:
         faulthandler.cancel_dump_traceback_later()
     reports = [RankReport(rank=r, outcome=o) for r, o in enumerate(outcomes)]
