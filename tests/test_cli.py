@@ -147,3 +147,46 @@ def test_plan_names_checkable_backends_that_are_not_usable_here():
     assert ("allgather_reducescatter", f"not usable here: {why}") in plan.skipped
     assert not any(name.startswith("deepep") for name, _ in plan.skipped)  # not checkable
     assert plan.backends == ("flashinfer_nvlink_two_sided", "flashinfer_nvlink_one_sided")
+
+
+@pytest.mark.vllm
+def test_cli_check_table_in_a_pipe_keeps_every_name_whole():
+    """stdout is a pipe here, as in a CI log: no backend name or layout is cut or wrapped
+    (rich's 80-column fallback printed "allga…" and folded the layout)."""
+    result = cli("check", "--world-sizes", "2", "--tp", "1,2", "--dtypes", "fp32")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if "│" in line
+            and "allgather_reducescatter" in line]
+    assert len(rows) == 3, result.stdout  # the three table rows, each on one line
+    for line in rows:
+        assert "tp=1,dp=2,ep=2" in line and "fp32" in line and "pass" in line, line
+    assert "…" not in result.stdout
+    assert ("not run allgather_reducescatter tp=2,dp=1,ep=2: no all-to-all in this layout "
+            "(DP=1 without sequence parallelism)") in result.stdout.splitlines()
+
+
+def test_doctor_tables_in_a_pipe_keep_every_cell_on_one_line(capsys):
+    from vllm_ep_kit.cli import _console, _print_doctor
+
+    long_reason = "needs CUDA GPUs; " + "none visible, " * 12 + "end of reason"
+    report = {"versions": {"flashinfer-python": "0.7.2.post1"},
+              "capabilities": [{"name": "handle_exchange", "ok": False, "detail": long_reason}],
+              "backends": [{"name": "flashinfer_nvlink_two_sided", "usable": False,
+                            "reason": long_reason, "note": ""}],
+              "patches": [{"name": "two_sided_dispatch_x_sf_guard", "status": "not needed",
+                           "reason": long_reason, "upstream": "vllm-project/vllm#41299"}]}
+    _print_doctor(report, _console(None))  # captured stdout is not a terminal
+    out = capsys.readouterr().out
+    for whole in ("flashinfer_nvlink_two_sided", "two_sided_dispatch_x_sf_guard",
+                  "vllm-project/vllm#41299", "handle_exchange"):
+        line = next(line for line in out.splitlines() if whole in line)
+        assert long_reason in line, line
+    assert "…" not in out
+
+
+@pytest.mark.parametrize("command", ["doctor", "check", "bench"])
+@pytest.mark.parametrize("width", ["0", "-3", "wide"])
+def test_width_must_be_a_positive_integer(command, width):
+    result = cli(command, "--width", width, timeout=120)
+    assert result.returncode == 2
+    assert f"--width: expected a positive integer, got '{width}'" in result.stderr

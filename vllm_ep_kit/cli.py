@@ -12,6 +12,22 @@ from rich.table import Table
 OK = "[green]yes[/green]"
 NO = "[red]no[/red]"
 
+# Width for output that is not a terminal (a CI log, a pipe, a file): wide enough that
+# no table cell is cut or wrapped; tables still take only the width their content needs.
+PIPE_WIDTH = 1000
+
+
+def _console(width: int | None, *, stderr: bool = False, quiet: bool = False) -> Console:
+    """A console for ``--width``, or the terminal's width, or ``PIPE_WIDTH`` in a pipe.
+
+    rich falls back to 80 columns when its stream is not a terminal, which cut
+    backend names and layouts ("allga…") in CI logs.
+    """
+    stream = sys.stderr if stderr else sys.stdout
+    if width is None and not stream.isatty():
+        width = PIPE_WIDTH
+    return Console(width=width, stderr=stderr, quiet=quiet)
+
 
 def _print_doctor(report: dict, console: Console) -> None:
     versions = Table(title="Versions", show_header=True)
@@ -60,7 +76,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         json.dump(report, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        _print_doctor(report, Console(width=args.width))
+        _print_doctor(report, _console(args.width))
     return 0
 
 
@@ -69,6 +85,16 @@ def _int_list(text: str) -> list[int]:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def _str_list(text: str) -> list[str]:
@@ -99,7 +125,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from vllm_ep_kit import backends, ep_check
     from vllm_ep_kit.testing import probes, torchrun
 
-    console = Console(width=args.width, stderr=args.json, quiet=not torchrun.is_lead())
+    console = _console(args.width, stderr=args.json, quiet=not torchrun.is_lead())
     try:
         world_sizes, gpu_count = _world_for_job("--world-sizes", args.world_sizes, [2, 4],
                                                 probes.gpu_count())
@@ -214,7 +240,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from vllm_ep_kit.testing import probes, torchrun
 
     lead = torchrun.is_lead()
-    console = Console(width=args.width, stderr=args.json, quiet=not lead)
+    console = _console(args.width, stderr=args.json, quiet=not lead)
     if args.from_json:
         source = Path(args.from_json)
         try:
@@ -368,7 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="what works on this machine (GPUs, links, "
                             "handles, ptrace, versions, usable all-to-all backends)")
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
-    doctor.add_argument("--width", type=int, default=None, help="table width in columns")
+    doctor.add_argument("--width", type=_positive_int, default=None,
+                        help="table width in columns (default: the terminal's; wide in a pipe)")
     doctor.set_defaults(func=cmd_doctor)
 
     check = sub.add_parser("check", help="EP correctness: dispatch + combine of every usable "
@@ -385,7 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--timeout", type=float, default=300.0,
                        help="watchdog: seconds without progress before ranks are stopped")
     check.add_argument("--json", action="store_true", help="machine-readable results")
-    check.add_argument("--width", type=int, default=None, help="table width in columns")
+    check.add_argument("--width", type=_positive_int, default=None,
+                        help="table width in columns (default: the terminal's; wide in a pipe)")
     check.set_defaults(func=cmd_check)
 
     bench = sub.add_parser("bench", help="dispatch + combine latency and bandwidth of every "
@@ -415,7 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--timeout", type=float, default=300.0,
                        help="watchdog: seconds without progress before ranks are stopped")
     bench.add_argument("--json", action="store_true", help="machine-readable results")
-    bench.add_argument("--width", type=int, default=None, help="table width in columns")
+    bench.add_argument("--width", type=_positive_int, default=None,
+                        help="table width in columns (default: the terminal's; wide in a pipe)")
     bench.set_defaults(func=cmd_bench)
 
     lint_ci = sub.add_parser("lint-ci", help="lint Buildkite test areas: schema, paths, "
