@@ -113,7 +113,7 @@ def test_cli_doctor_json():
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads(result.stdout)
     assert {c["name"] for c in data["capabilities"]} == {
-        "gpus", "nvlink", "mnnvl_handles", "ptrace", "flashinfer", "vllm"}
+        "gpus", "nvlink", "mnnvl_handles", "handle_exchange", "ptrace", "flashinfer", "vllm"}
     assert {"torch", "vllm", "flashinfer-python"} <= set(data["versions"])
     assert any(b["name"] == "flashinfer_nvlink_one_sided" for b in data["backends"])
     statuses = {p["name"]: p["status"] for p in data["patches"]}

@@ -60,8 +60,8 @@ def _unmet(needs: BackendNeeds) -> str:
         handles = probes.mnnvl_handles()
         if not handles.ok:
             return f"needs fabric or POSIX-fd handles: {handles.detail}"
-        if not handles.data.get("fabric") and not probes.ptrace().ok:
-            return f"POSIX-fd handle exchange needs pidfd_getfd: {probes.ptrace().detail}"
+        if not handles.data.get("fabric") and not probes.handle_exchange().ok:
+            return f"POSIX-fd handle exchange: {probes.handle_exchange().detail}"
     for module in needs.modules:
         if module == "flashinfer.comm":
             fi = probes.flashinfer_comm()

@@ -392,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     doctor = sub.add_parser("doctor", help="what works on this machine (GPUs, links, "
-                            "handles, ptrace, versions, usable all-to-all backends)")
+                            "handles and their exchange, versions, usable all-to-all backends)")
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
     doctor.add_argument("--width", type=_positive_int, default=None,
                         help="table width in columns (default: the terminal's; wide in a pipe)")

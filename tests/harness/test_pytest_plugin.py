@@ -1,8 +1,15 @@
 """Capability markers skip with a precise reason, and fail in strict mode."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from vllm_ep_kit.testing import probes
+
+REPO = Path(__file__).resolve().parents[2]
 
 CASES = """
 import pytest
@@ -60,6 +67,46 @@ def test_ptrace_probe_reports_cap_and_pidfd_getfd():
     assert ("works" in probe.detail) == probe.ok
 
 
+@pytest.mark.flashinfer
+def test_handle_exchange_follows_the_installed_flashinfer_not_ptrace(monkeypatch):
+    """The installed FlashInfer passes fds over a Unix socket: no ptrace rights needed,
+    so a host where pidfd_getfd fails still runs the FlashInfer NVLink tests."""
+    assert probes.flashinfer_fd_exchange() == "scm_rights"
+    monkeypatch.setattr(probes, "ptrace", lambda: probes.Probe("ptrace", False, "denied", {}))
+    probes.handle_exchange.cache_clear()
+    try:
+        probe = probes.handle_exchange()
+        assert probe.ok, probe.detail
+        assert "SCM_RIGHTS" in probe.detail and probe.data["mechanism"] == "scm_rights"
+    finally:
+        probes.handle_exchange.cache_clear()
+
+
+OLD_MNNVL = """import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+def open_peer_fd(pid, fd):
+    pidfd = libc.syscall(434, pid, 0)
+    return libc.syscall(438, pidfd, fd, 0)
+"""
+
+
+def test_handle_exchange_needs_ptrace_where_flashinfer_uses_pidfd_getfd(tmp_path):
+    """A FlashInfer whose MNNVL module has no Unix-socket exchange (0.6.15 and older):
+    the requirement is pidfd_getfd's, decided by the ptrace probe."""
+    comm = tmp_path / "flashinfer" / "comm"
+    comm.mkdir(parents=True)
+    (tmp_path / "flashinfer" / "__init__.py").write_text("")
+    (comm / "__init__.py").write_text("")
+    (comm / "mnnvl.py").write_text(OLD_MNNVL)
+    code = ("from vllm_ep_kit.testing import probes; h = probes.handle_exchange(); "
+            "print(probes.flashinfer_fd_exchange(), h.ok == probes.ptrace().ok, "
+            "'pidfd_getfd' in h.detail)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert result.stdout.split() == ["pidfd_getfd", "True", "True"], result.stderr[-2000:]
+
+
 def test_strict_flag_does_not_leak_into_the_calling_process(pytester, monkeypatch):
     import os
 
@@ -82,3 +129,14 @@ def test_gpu_marker_under_a_multi_node_torchrun_job_counts_this_nodes_ranks(pyte
     result = pytester.runpytest("-rs")
     result.assert_outcomes(passed=1, skipped=1)
     result.stdout.fnmatch_lines([f"*needs 4 CUDA GPUs, {probes.gpu_count()} visible*"])
+
+
+def test_own_version_from_a_source_tree_without_metadata(monkeypatch):
+    """A checkout on PYTHONPATH (the GPU hosts) has no dist-info: doctor said 'none'."""
+    import vllm_ep_kit
+
+    real = probes.package_version
+    monkeypatch.setattr(probes, "package_version",
+                        lambda name: None if name == "vllm-ep-kit" else real(name))
+    assert probes.versions()["vllm-ep-kit"] == (f"{vllm_ep_kit.__version__} "
+                                                "(source tree, not installed)")

@@ -43,10 +43,24 @@ def package_version(dist_name: str) -> str | None:
         return None
 
 
+def own_version() -> str:
+    """This kit's version: its package metadata, else the source tree it runs from.
+
+    A checkout put on ``PYTHONPATH`` (as on the air-gapped GPU hosts) has no
+    metadata; doctor said ``none`` there.
+    """
+    installed = package_version("vllm-ep-kit")
+    if installed:
+        return installed
+    import vllm_ep_kit
+
+    return f"{vllm_ep_kit.__version__} (source tree, not installed)"
+
+
 def versions() -> dict[str, str | None]:
     info = {
         "python": platform.python_version(),
-        "vllm-ep-kit": package_version("vllm-ep-kit"),
+        "vllm-ep-kit": own_version(),
         "torch": package_version("torch"),
         "vllm": package_version("vllm") or vllm().data.get("version"),
         "flashinfer-python": (package_version("flashinfer-python")
@@ -185,7 +199,7 @@ def mnnvl_handles() -> Probe:
     detail = (f"fabric handles: {'yes' if found['fabric'] else 'no'}; "
               f"POSIX-fd handles: {'yes' if found['posix_fd'] else 'no'}")
     if not found["fabric"] and found["posix_fd"]:
-        detail += " (exchange needs pidfd_getfd: see ptrace)"
+        detail += " (same-host exchange of POSIX fds: see handle_exchange)"
     return Probe("mnnvl_handles", ok, detail, found)
 
 
@@ -247,6 +261,99 @@ def ptrace() -> Probe:
               f"yama ptrace_scope {data['yama_ptrace_scope']}; pidfd_getfd between "
               f"siblings {'works' if works else 'fails: ' + reason}")
     return Probe("ptrace", works, detail, data)
+
+
+# --------------------------------------------------------------------------- handle exchange
+
+_SCM_RIGHTS_CHILD = r"""
+import os, socket, sys
+sock = socket.socket(fileno=int(sys.argv[1]))
+read_end, write_end = os.pipe()
+os.write(write_end, b"ok")
+socket.send_fds(sock, [b"fd"], [read_end])
+"""
+
+
+def flashinfer_fd_exchange() -> str | None:
+    """How the installed FlashInfer passes POSIX-fd handles between ranks, read from its code.
+
+    ``"scm_rights"`` where ``flashinfer.comm.mnnvl`` takes its peers' fds from
+    FlashInfer's Unix-socket helper (``from .fd_exchange import exchange_fds``:
+    no privilege needed, every rank on one host), ``"pidfd_getfd"`` otherwise
+    (older releases: the receiver takes the fd from the sender with
+    ``pidfd_getfd``, which needs ptrace rights), ``None`` where FlashInfer is
+    not installed.  The source is parsed, not imported (importing
+    ``flashinfer.comm`` costs seconds).
+    """
+    import ast
+
+    spec = importlib.util.find_spec("flashinfer")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        source = os.path.join(folder, "comm", "mnnvl.py")
+        if os.path.isfile(source):
+            break
+    else:
+        return None
+    with open(source, encoding="utf-8", errors="replace") as f:
+        tree = ast.parse(f.read(), source)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").endswith("fd_exchange") \
+                and any(alias.name == "exchange_fds" for alias in node.names):
+            return "scm_rights"
+    return "pidfd_getfd"
+
+
+def _scm_rights_works() -> tuple[bool, str]:
+    """Pass a pipe's fd from a child process over a Unix socket (SCM_RIGHTS) and read it."""
+    import socket
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        child = subprocess.run([sys.executable, "-c", _SCM_RIGHTS_CHILD, str(theirs.fileno())],
+                               pass_fds=(theirs.fileno(),), capture_output=True, text=True,
+                               timeout=30)
+        theirs.close()
+        if child.returncode:
+            return False, child.stderr.strip()[-200:]
+        ours.settimeout(10)
+        _, fds, _, _ = socket.recv_fds(ours, 16, 1)
+        if not fds:
+            return False, "no fd received"
+        try:
+            got = os.read(fds[0], 2)
+        finally:
+            os.close(fds[0])
+        return got == b"ok", f"read {got!r} from the received fd"
+    except (OSError, subprocess.SubprocessError) as exc:
+        return False, f"{type(exc).__name__}: {exc}"
+    finally:
+        ours.close()
+        theirs.close()
+
+
+@functools.cache
+def handle_exchange() -> Probe:
+    """Whether the installed FlashInfer can exchange POSIX-fd GPU memory handles here.
+
+    FlashInfer 0.6.16 and later send them over a Unix socket (SCM_RIGHTS), which
+    needs no CAP_SYS_PTRACE; older releases use ``pidfd_getfd`` (see ``ptrace``).
+    Which one runs is read from the installed FlashInfer's code, then that
+    mechanism is tried between two processes.
+    """
+    mechanism = flashinfer_fd_exchange()
+    data = {"mechanism": mechanism}
+    if mechanism is None:
+        return Probe("handle_exchange", False, "flashinfer-python not installed", data)
+    if mechanism == "scm_rights":
+        works, why = _scm_rights_works()
+        detail = ("FlashInfer passes fds over a Unix socket (SCM_RIGHTS, no CAP_SYS_PTRACE "
+                  "needed; ranks on one host): " + ("works" if works else f"fails: {why}"))
+        return Probe("handle_exchange", works, detail, data)
+    taken = ptrace()
+    detail = f"FlashInfer takes fds with pidfd_getfd (needs ptrace rights): {taken.detail}"
+    return Probe("handle_exchange", taken.ok, detail, data)
 
 
 # --------------------------------------------------------------------------- packages

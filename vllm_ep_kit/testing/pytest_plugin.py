@@ -4,6 +4,7 @@ Markers::
 
     @pytest.mark.gpus(4)         # at least 4 CUDA GPUs visible
     @pytest.mark.nvlink          # NVLink peer access between all visible GPUs
+    @pytest.mark.handle_exchange # the installed FlashInfer can pass POSIX-fd handles here
     @pytest.mark.ptrace          # pidfd_getfd between sibling processes works
     @pytest.mark.mnnvl_handles   # fabric or POSIX-fd GPU memory handles
     @pytest.mark.flashinfer      # flashinfer.comm imports
@@ -32,6 +33,8 @@ _ENV_FLAGS = {"--ep-strict": (STRICT_ENV, pytest.StashKey[str | None]()),
 MARKERS = {
     "gpus(n)": "needs at least n CUDA GPUs",
     "nvlink": "needs NVLink peer access between all visible GPUs",
+    "handle_exchange": "needs the installed FlashInfer's POSIX-fd handle exchange to work "
+                       "here (SCM_RIGHTS; pidfd_getfd with CAP_SYS_PTRACE on older FlashInfer)",
     "ptrace": "needs pidfd_getfd between sibling processes (CAP_SYS_PTRACE)",
     "mnnvl_handles": "needs fabric or POSIX-fd GPU memory handle support",
     "flashinfer": "needs flashinfer.comm to import",
@@ -40,6 +43,7 @@ MARKERS = {
 
 _PROBE_FOR_MARKER = {
     "nvlink": probes.nvlink,
+    "handle_exchange": probes.handle_exchange,
     "ptrace": probes.ptrace,
     "mnnvl_handles": probes.mnnvl_handles,
     "flashinfer": probes.flashinfer_comm,
