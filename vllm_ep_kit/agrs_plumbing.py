@@ -48,12 +48,27 @@ def dp_forward_context(ctx, tokens: tuple[int, ...], sp: bool) -> Iterator[None]
             yield
 
 
-def gather_sp_chunks(out: torch.Tensor, num_tokens: int, trim: bool = True) -> torch.Tensor:
-    """All-gather the TP ranks' SP chunks; ``trim`` drops the chunk padding rows."""
+# How the SP wrapper cuts the gathered output (the negative controls use the two wrong ones).
+TRIM_TO_TOKENS = "tokens"  # the input's token count: every TP rank's chunk, no padding (ours)
+TRIM_NONE = "none"  # keeps the chunk padding: ceil(n / tp) * tp rows
+# Upstream's wrapper trims to ``hidden_states.shape[0]`` after ``hidden_states`` became the
+# local chunk: ceil(n / tp) rows, only TP rank 0's chunk (half the rows at tp=2).
+TRIM_TO_LOCAL_CHUNK = "local_chunk"
+TRIM_MODES = (TRIM_TO_TOKENS, TRIM_NONE, TRIM_TO_LOCAL_CHUNK)
+
+
+def gather_sp_chunks(out: torch.Tensor, num_tokens: int, trim: str = TRIM_TO_TOKENS
+                     ) -> torch.Tensor:
+    """All-gather the TP ranks' SP chunks, then cut as ``trim`` says (``TRIM_MODES``)."""
     from vllm.distributed import tensor_model_parallel_all_gather
 
+    if trim not in TRIM_MODES:
+        raise ValueError(f"trim={trim!r}: expected one of {', '.join(TRIM_MODES)}")
+    local_rows = out.shape[0]
     gathered = tensor_model_parallel_all_gather(out.contiguous(), 0)
-    return gathered[:num_tokens] if trim else gathered
+    if trim == TRIM_NONE:
+        return gathered
+    return gathered[:num_tokens if trim == TRIM_TO_TOKENS else local_rows]
 
 
 def reduce_tp_partials(out: torch.Tensor, tp: int) -> torch.Tensor:

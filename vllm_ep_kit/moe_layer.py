@@ -139,12 +139,15 @@ def layer_cases(layout: ParallelLayout, quant: str) -> list[RoutingCase]:
                         dtype=quant) for t in patterns]
 
 
-def sp_moe_forward(layer, x: torch.Tensor, *per_token: torch.Tensor, trim: bool = True
+def sp_moe_forward(layer, x: torch.Tensor, *per_token: torch.Tensor, trim: str = "tokens"
                    ) -> torch.Tensor:
     """Split ``x`` (and per-token routing tensors) across TP, run ``layer``, gather, trim.
 
-    ``trim=False`` keeps the chunk padding (the upstream wrapper's behaviour):
-    the output then has ``ceil(n / tp) * tp`` rows for ``n`` tokens.
+    ``trim`` (``agrs_plumbing.TRIM_MODES``): ``"tokens"`` cuts back to the ``n``
+    input tokens; the negative controls use ``"none"`` (keeps the chunk
+    padding: ``ceil(n / tp) * tp`` rows) and ``"local_chunk"`` (upstream's
+    wrapper, which cuts to the local chunk's ``ceil(n / tp)`` rows and so
+    keeps only TP rank 0's tokens).
     """
     from vllm.model_executor.models.utils import sequence_parallel_chunk
 
@@ -155,7 +158,7 @@ def sp_moe_forward(layer, x: torch.Tensor, *per_token: torch.Tensor, trim: bool 
 
 
 def rank_moe_layer(ctx, cell: MoeLayerCell, cases: list[RoutingCase],
-                   trim: bool = True) -> list[dict]:
+                   trim: str = "tokens") -> list[dict]:
     """The MoE layer on this rank through vLLM's parallel state, vs the fp32 reference.
 
     Dispatch and combine are vLLM's ``AgRsAll2AllManager`` (under SP over the

@@ -16,6 +16,7 @@ import functools
 import pytest
 import torch
 
+from vllm_ep_kit.agrs_plumbing import TRIM_NONE, TRIM_TO_LOCAL_CHUNK, TRIM_TO_TOKENS
 from vllm_ep_kit.backends import BACKENDS
 from vllm_ep_kit.layout import ParallelLayout
 from vllm_ep_kit.moe_layer import (
@@ -46,7 +47,7 @@ pytestmark = pytest.mark.vllm
 
 
 @functools.cache
-def cell_results(backend: str, quant: str, combo: str, trim: bool = True) -> list:
+def cell_results(backend: str, quant: str, combo: str, trim: str = TRIM_TO_TOKENS) -> list:
     """One multi-rank start per cell: gloo on CPU, NCCL with one rank per GPU on GPUs.
 
     420 s on GPUs covers a first FlashInfer JIT build (about 200 s measured).
@@ -95,21 +96,36 @@ def test_moe_layer_cell(cell):
             assert result["passed"], f"rank {rank} {result}"
 
 
-@pytest.mark.parametrize("backend", ["allgather_reducescatter", "flashinfer_nvlink_one_sided"])
-def test_sp_layer_fails_without_the_trim(backend):
-    """Negative control: the SP wrapper without the trim keeps chunk padding rows.
+SP_CONTROL_BACKENDS = ["allgather_reducescatter", "flashinfer_nvlink_one_sided"]
 
-    Runs wherever the backend's SP cell runs: AGRS over gloo on CPU hosts (on
-    GPUs it needs vLLM's PyNccl), FlashInfer's one-sided all-to-all on 4 GPUs.
-    """
+
+def sp_control_results(backend: str, trim: str) -> list:
+    """Runs wherever the backend's SP cell runs: AGRS over gloo on CPU hosts (on GPUs it
+    needs vLLM's PyNccl), FlashInfer's one-sided all-to-all on 4 GPUs."""
     kind, reason = cell_outcome(MoeLayerCell(backend, "bf16", "tp2-dp2-ep-sp"),
                                 probes.gpu_count())
     if kind:
         skip_or_fail(reason)
-    results = cell_results(backend, "bf16", "tp2-dp2-ep-sp", trim=False)
-    uneven = [r for per_rank in results for r in per_rank if r["tokens"] % 2]
+    return [r for per_rank in cell_results(backend, "bf16", "tp2-dp2-ep-sp", trim=trim)
+            for r in per_rank]
+
+
+@pytest.mark.parametrize("backend", SP_CONTROL_BACKENDS)
+def test_sp_layer_fails_without_the_trim(backend):
+    """Negative control: the SP wrapper without the trim keeps chunk padding rows."""
+    uneven = [r for r in sp_control_results(backend, TRIM_NONE) if r["tokens"] % 2]
     assert uneven, "the cases need an odd token count on some rank"
     assert all(r["rows"] == r["tokens"] + 1 and not r["passed"] for r in uneven)
+
+
+@pytest.mark.parametrize("backend", SP_CONTROL_BACKENDS)
+def test_sp_layer_fails_with_upstreams_trim_to_the_local_chunk(backend):
+    """Negative control: upstream's wrapper cuts the gathered output to the local chunk's
+    ceil(n / 2) rows, TP rank 0's tokens only; the check must see the missing rows."""
+    rows = sp_control_results(backend, TRIM_TO_LOCAL_CHUNK)
+    several = [r for r in rows if r["tokens"] >= 2]
+    assert several, "the cases need a rank with 2 or more tokens"
+    assert all(r["rows"] == -(-r["tokens"] // 2) and not r["passed"] for r in several), several
 
 
 @pytest.mark.parametrize("ep_size", [1, 2, 4])
