@@ -16,6 +16,7 @@ The result is a folder with ``site/`` (to put on PYTHONPATH), ``wheels/`` and
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -217,6 +218,22 @@ def _download(name: str, spec: str, wheels: Path, python_version: str,
     return not result.returncode, result.stderr.strip().splitlines()[-1:] or ["failed"]
 
 
+# Every shipped source gets this modification time (2000-01-01T00:00:00Z), as the bootstrap
+# gives the wheels it installs.  FlashInfer's JIT (ninja) rebuilds a module whose recorded
+# inputs are newer than its outputs: files copied from a fresh install carry that install's
+# time, newer than the committed JIT cache, so every fresh bundle rebuilt the modules.
+SOURCE_MTIME = 946684800
+
+
+def pin_mtimes(folder: Path, when: float = SOURCE_MTIME) -> int:
+    """Give every file and folder under ``folder`` the modification time ``when``."""
+    count = 0
+    for path in [*folder.rglob("*"), folder]:
+        os.utime(path, (when, when), follow_symlinks=False)
+        count += 1
+    return count
+
+
 def write(bundle: BundlePlan, out: Path, python_version: str, platform: str,
           jit_cache: Path | None = None, progress=print) -> dict:
     """Materialise ``bundle`` in ``out``; return a manifest (also written as JSON)."""
@@ -235,6 +252,7 @@ def write(bundle: BundlePlan, out: Path, python_version: str, platform: str,
         write_dist_info(site, "vllm", _installed_version("vllm"))
         progress(f"bundle: vllm: {count} Python files (compiled kernels and data left out), "
                  f"stubs for {', '.join(VLLM_KERNEL_STUBS)}")
+    pin_mtimes(site)
     failed, substituted = {}, {}
     platform_args = [arg for tag in compatible_platforms(platform) for arg in ("--platform", tag)]
     for name, version in sorted(bundle.distributions.items()):
