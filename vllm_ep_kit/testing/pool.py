@@ -48,6 +48,7 @@ from vllm_ep_kit.testing.rank import (
     RankOutcome,
     RankSpec,
     init_world,
+    outcome_bytes,
     outcome_from_exception,
     prepare_rank_process,
     run_in_context,
@@ -61,6 +62,7 @@ from vllm_ep_kit.testing.supervision import (
     format_failures,
     last_beat,
     order_failures,
+    outcome_from_bytes,
     stop_stuck,
     teardown,
 )
@@ -111,10 +113,10 @@ def pool_rank_main(spec: RankSpec, conn) -> None:
     try:
         init_world(spec.backend, spec.rank, spec.world_size, spec.master_addr,
                    spec.master_port, spec.timeout_s, ctx.local_rank)
-        conn.send(("ready", None))
+        conn.send(("ready", b""))
     except BaseException as exc:  # noqa: BLE001 (start-up failure is a report too)
         traceback.print_exc()
-        conn.send(("ready", outcome_from_exception(exc)))
+        conn.send(("ready", outcome_bytes(outcome_from_exception(exc))))
         os._exit(1)
     while True:
         message = conn.recv()
@@ -126,7 +128,7 @@ def pool_rank_main(spec: RankSpec, conn) -> None:
                 outcome = RankOutcome(status="ok")
             except BaseException as exc:  # noqa: BLE001
                 outcome = outcome_from_exception(exc)
-            conn.send((message, outcome))
+            conn.send((message, outcome_bytes(outcome)))
             continue
         _, task_id, fn, args, kwargs, layout, all2all_backend = message
         ctx.heartbeat()
@@ -144,12 +146,7 @@ def pool_rank_main(spec: RankSpec, conn) -> None:
             ctx.layout, ctx.vllm_config = None, None
             os.environ.clear()
             os.environ.update(saved_env)
-        try:
-            conn.send((task_id, outcome))
-        except Exception as exc:  # noqa: BLE001 (e.g. an unpicklable return value)
-            conn.send((task_id, RankOutcome(
-                status="error", error_type=type(exc).__name__,
-                message=f"rank outcome could not be sent: {exc}", exit_code=1)))
+        conn.send((task_id, outcome_bytes(outcome)))
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
@@ -176,13 +173,16 @@ class RankPool:
         child_env = dict(env or {})
         child_env.setdefault("NCCL_NVLS_ENABLE", "0")
         self.closed = False
+        self.run_id = proctree.new_run_id()
         try:
             for rank in range(key.world_size):
                 spec = RankSpec(fn=None, args=(), kwargs={}, rank=rank,
                                 world_size=key.world_size, workdir=str(self._workdir),
                                 backend=key.backend, master_addr=self._rendezvous.host,
                                 master_port=self._rendezvous.port,
-                                timeout_s=max(start_timeout_s, 60.0), env=child_env)
+                                timeout_s=max(start_timeout_s, 60.0), env=child_env,
+                                run_id=self.run_id, parent_pid=os.getpid())
+                (self._workdir / f"rank{rank}.beat").touch()
                 parent_end, child_end = ctx.Pipe()
                 proc = ctx.Process(target=pool_rank_main, args=(spec, child_end),
                                    name=f"pool-rank{rank}")
@@ -254,6 +254,9 @@ class RankPool:
                         continue
                     if message_tag != tag:
                         continue
+                    # Unpickled here, not by recv: a value this process cannot rebuild
+                    # is that rank's failure (outcome_from_bytes), not the pool's crash.
+                    outcome = outcome_from_bytes(outcome)
                     got[i] = item.report.outcome = outcome or RankOutcome(status="ok")
                     if got[i].status == "error":
                         first_failure_at = first_failure_at or time.monotonic()
@@ -302,7 +305,7 @@ class RankPool:
                 item.pgid = item.proc.pid
                 for child in proctree.descendants(item.proc.pid):
                     item.seen.setdefault(child.pid, child)
-        teardown(self._live)
+        teardown(self._live, self.run_id)
         for conn in self._conns:
             conn.close()
         self._rendezvous.close()

@@ -2,9 +2,11 @@
 
 Each rank starts its own process group (``os.setpgid(0, 0)``), so everything it
 forks (compile workers, a stray ``subprocess``) shares that group even after
-being re-parented to init.  Teardown kills the group, then any recorded
-descendant that escaped it, and finally verifies with psutil that nothing of
-the group is alive.
+being re-parented to init.  A process can still leave the group (``setsid``, a
+daemon's double fork), so every rank also carries its run's id in the
+environment (``RUN_ENV``), which its descendants inherit: teardown kills the
+groups, every recorded descendant, and every process whose environment names
+the run, then verifies with psutil that nothing of the run is alive.
 """
 
 from __future__ import annotations
@@ -23,6 +25,34 @@ def descendants(pid: int) -> list[psutil.Process]:
         return psutil.Process(pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return []
+
+
+RUN_ENV = "VLLM_EP_KIT_RUN_ID"  # set in every rank; its descendants inherit it
+
+
+def new_run_id() -> str:
+    return f"{os.getpid()}-{time.time_ns()}"
+
+
+def processes_of_run(run_id: str) -> list[psutil.Process]:
+    """Live processes (other than this one) whose environment carries ``RUN_ENV=run_id``.
+
+    ``/proc/PID/environ`` is the environment a process was started with: a rank
+    sets the variable before it starts anything, so its descendants have it
+    whatever session or group they moved to.
+    """
+    if not run_id:
+        return []
+    found, me = [], os.getpid()
+    for proc in psutil.process_iter(["pid"]):
+        if proc.pid == me:
+            continue
+        try:
+            if proc.environ().get(RUN_ENV) == run_id and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+            continue
+    return found
 
 
 def members_of_groups(pgids: Iterable[int]) -> list[psutil.Process]:
@@ -52,13 +82,21 @@ def kill_groups(pgids: Iterable[int], extra: Iterable[psutil.Process] = ()) -> N
             pass
 
 
-def wait_until_gone(pgids: Iterable[int], timeout_s: float = 10.0) -> list[psutil.Process]:
-    """Kill and wait until no member of ``pgids`` is alive; return survivors."""
+def wait_until_gone(pgids: Iterable[int], timeout_s: float = 10.0,
+                    run_id: str = "") -> list[psutil.Process]:
+    """Kill and wait until no member of ``pgids`` nor process of ``run_id`` is alive;
+    return survivors."""
     pgids = set(pgids)
+
+    def alive() -> list[psutil.Process]:
+        found = {p.pid: p for p in members_of_groups(pgids)}
+        found.update((p.pid, p) for p in processes_of_run(run_id))
+        return list(found.values())
+
     deadline = time.monotonic() + timeout_s
-    survivors = members_of_groups(pgids)
+    survivors = alive()
     while survivors and time.monotonic() < deadline:
         kill_groups(pgids, survivors)
         psutil.wait_procs(survivors, timeout=0.2)
-        survivors = members_of_groups(pgids)
+        survivors = alive()
     return survivors

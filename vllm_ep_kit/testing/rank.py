@@ -6,9 +6,14 @@ corrupt a file the parent reads after it died, and no semaphore-backed queue
 leaves a resource-tracker process behind.
 
 Files per rank ``r``: ``rank{r}.log`` (stdout+stderr, including faulthandler's
-crash trace), ``rank{r}.beat`` (touched on progress; its mtime is the
-heartbeat), ``rank{r}.stacks`` (all-thread stacks written on SIGUSR1 when the
-watchdog fires) and ``rank{r}.result`` (pickled outcome, written last).
+crash trace), ``rank{r}.beat`` (created by the parent at spawn, touched on
+progress; its mtime is the heartbeat), ``rank{r}.armed`` (the stack-dump
+handler is installed: before it, SIGUSR1 would kill the rank),
+``rank{r}.stacks`` (all-thread stacks written on SIGUSR1 when the watchdog
+fires) and ``rank{r}.result`` (pickled outcome, written last).
+
+A rank dies with its parent: a thread notices when the rank is re-parented
+(the parent was killed, even by SIGKILL) and kills every process of the run.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import os
 import pickle
 import signal
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -26,8 +32,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from vllm_ep_kit.layout import ParallelLayout
+from vllm_ep_kit.testing import proctree
 
 STACK_DUMP_SIGNAL = signal.SIGUSR1
+PARENT_POLL_S = 0.2
 
 
 @dataclass
@@ -48,6 +56,8 @@ class RankSpec:
     all2all_backend: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     python_path: tuple[str, ...] = ()  # put first on sys.path (e.g. another vLLM's sources)
+    run_id: str = ""  # proctree.RUN_ENV of this run's processes
+    parent_pid: int = 0  # the supervising process: the rank dies when it does
 
 
 @dataclass
@@ -165,19 +175,50 @@ def _redirect_output(log_path: Path) -> None:
     os.close(fd)
 
 
+def die_with_parent(parent_pid: int, run_id: str) -> None:
+    """Kill every process of the run, this one last, once ``parent_pid`` is gone.
+
+    The parent may die without a chance to tear down (SIGKILL, a CI cancel):
+    the rank is then re-parented, which a daemon thread notices within
+    ``PARENT_POLL_S``.  (``PR_SET_PDEATHSIG`` alone would kill only the rank and
+    orphan its descendants.)
+    """
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_S)
+        for proc in proctree.processes_of_run(run_id):
+            try:
+                proc.kill()
+            except Exception:  # noqa: BLE001 (gone already)
+                pass
+        os.killpg(0, signal.SIGKILL)
+
+    if parent_pid:
+        threading.Thread(target=watch, name="vllm-ep-kit-parent-watch", daemon=True).start()
+
+
+def armed_file(workdir: str | Path, rank: int) -> Path:
+    return Path(workdir, f"rank{rank}.armed")
+
+
 def prepare_rank_process(spec: RankSpec) -> RankContext:
     """Set up a spawned rank process (also a pooled one) and return its context.
 
-    Own process group (teardown reaches every descendant), output to the
-    rank's log, crash traces and on-demand stacks through faulthandler, the
-    spec's environment and import path, and a first heartbeat.
+    Own process group (teardown reaches every descendant), the run's id in the
+    environment (inherited by every descendant), death with the parent, output
+    to the rank's log, crash traces and on-demand stacks through faulthandler,
+    the spec's environment and import path, and a first heartbeat.
     """
     os.setpgid(0, 0)
+    if spec.run_id:
+        os.environ[proctree.RUN_ENV] = spec.run_id
+    die_with_parent(spec.parent_pid, spec.run_id)
     work = Path(spec.workdir)
     _redirect_output(work / f"rank{spec.rank}.log")
     faulthandler.enable(file=sys.stderr, all_threads=True)
     stacks = open(work / f"rank{spec.rank}.stacks", "w")  # noqa: SIM115 (kept open for the handler)
     faulthandler.register(STACK_DUMP_SIGNAL, file=stacks, all_threads=True, chain=False)
+    armed_file(work, spec.rank).touch()
     os.environ.update(spec.env)
     if spec.python_path:
         sys.path[:0] = list(spec.python_path)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.connection
+import os
 import shutil
 import tempfile
 import time
@@ -108,6 +109,7 @@ def run_ranks(
     workdir = tempfile.mkdtemp(prefix="vllm-ep-kit-ranks-")
     ctx = multiprocessing.get_context("spawn")
     live: list[LiveRank] = []
+    run_id = proctree.new_run_id()
     child_env = dict(env or {})
     child_env.setdefault("NCCL_NVLS_ENABLE", "0")  # NVLink multicast stays off
     try:
@@ -116,17 +118,23 @@ def run_ranks(
                             workdir=workdir, backend=backend, master_addr=rendezvous.host,
                             master_port=rendezvous.port, timeout_s=max(timeout_s, 60.0),
                             layout=layout, all2all_backend=all2all_backend, env=child_env,
-                            python_path=tuple(str(p) for p in python_path))
+                            python_path=tuple(str(p) for p in python_path), run_id=run_id,
+                            parent_pid=os.getpid())
+            # The watchdog's clock starts at spawn: a rank stuck before its own first
+            # heartbeat (importing the test module, say) is stopped like any other.
+            Path(workdir, f"rank{rank}.beat").touch()
             proc = ctx.Process(target=rank_main, args=(spec,), name=f"rank{rank}")
             proc.start()
             live.append(LiveRank(proc=proc, report=RankReport(rank=rank)))
         _supervise(live, Path(workdir), timeout_s, failure_grace_s)
     finally:
-        teardown(live)
-        rendezvous.close()
-        reports = [item.report for item in live]
-        collect(reports, Path(workdir))
-        shutil.rmtree(workdir, ignore_errors=True)
+        try:
+            teardown(live, run_id)
+        finally:
+            rendezvous.close()
+            reports = [item.report for item in live]
+            collect(reports, Path(workdir))
+            shutil.rmtree(workdir, ignore_errors=True)
     return conclude(reports, world_size, backend)
 
 
@@ -185,6 +193,8 @@ def _supervise(live: list[LiveRank], workdir: Path, timeout_s: float, grace_s: f
             return
         # Ranks that reported an outcome wait at the exit barrier: not stuck.
         pending = [it for it in running if not result_file(workdir, it.report.rank).exists()]
+        if not pending and first_failure_at is not None:
+            return  # they wait for a rank that failed and will never arrive: done
         now = time.monotonic()
         if pending and first_failure_at is not None and now - first_failure_at > grace_s:
             stop_stuck(pending, workdir,

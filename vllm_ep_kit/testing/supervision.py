@@ -20,10 +20,11 @@ from pathlib import Path
 import psutil
 
 from vllm_ep_kit.testing import proctree
-from vllm_ep_kit.testing.rank import STACK_DUMP_SIGNAL, RankOutcome
+from vllm_ep_kit.testing.rank import STACK_DUMP_SIGNAL, RankOutcome, armed_file
 from vllm_ep_kit.testing.skips import skip_or_fail
 
 LOG_TAIL_LINES = 40
+LOG_TAIL_BYTES = 16_000  # one huge line must not make a huge report
 POLL_S = 0.05
 ABRUPT_HEAD_START_S = 1.0
 
@@ -138,9 +139,17 @@ def last_beat(workdir: Path, rank: int) -> float:
 
 
 def stop_stuck(running: list[LiveRank], workdir: Path, why: str) -> None:
-    """Dump the stuck ranks' Python stacks, then kill their process trees."""
+    """Dump the stuck ranks' Python stacks; teardown then kills their process trees.
+
+    Only ranks that installed the stack-dump handler get the signal: before
+    that, SIGUSR1's default action would kill the rank and make it look like
+    the root cause.
+    """
     for item in running:
         item.report.hung = why
+        if not armed_file(workdir, item.report.rank).exists():
+            item.report.hung += " (before its set-up finished: no stacks to show)"
+            continue
         try:
             os.kill(item.proc.pid, STACK_DUMP_SIGNAL)
         except ProcessLookupError:
@@ -158,27 +167,55 @@ def stack_file(workdir: Path, rank: int) -> Path:
     return workdir / f"rank{rank}.stacks"
 
 
-def teardown(live: list[LiveRank]) -> None:
-    """Kill every rank's process group and wait until nothing of it is alive."""
+def teardown(live: list[LiveRank], run_id: str = "") -> None:
+    """Kill every rank's process group, every descendant seen and every process of
+    ``run_id`` (those that left the group), and wait until nothing of it is alive."""
     pgids = {item.pgid for item in live if item.pgid is not None}
     for item in live:
         item.report.killed_at_teardown = item.proc.exitcode is None
     stragglers = [proc for item in live for proc in item.seen.values()]
-    proctree.kill_groups(pgids, stragglers)
+    proctree.kill_groups(pgids, stragglers + proctree.processes_of_run(run_id))
+    for item in live:  # a rank stopped before its set-up never made its own group
+        if item.proc.exitcode is None:
+            item.proc.kill()
     for item in live:
         item.proc.join(timeout=10)
         if item.report.exit_code is None:
             item.report.exit_code = item.proc.exitcode
-    survivors = proctree.wait_until_gone(pgids)
+    survivors = proctree.wait_until_gone(pgids, run_id=run_id)
     if survivors:
         raise RuntimeError(f"could not kill rank processes: {[p.pid for p in survivors]}")
 
 
 def read_outcome(workdir: Path, rank: int) -> RankOutcome | None:
+    """The rank's outcome; ``None`` if it wrote none; an error outcome if it cannot be read.
+
+    A value can pickle in the rank and still fail to unpickle here (a class the
+    parent cannot import, a constructor raising): that is the rank's failure,
+    named, not a stray exception from the harness.
+    """
     try:
-        return pickle.loads(result_file(workdir, rank).read_bytes())
-    except (FileNotFoundError, EOFError, pickle.UnpicklingError):
+        data = result_file(workdir, rank).read_bytes()
+    except FileNotFoundError:
         return None
+    return outcome_from_bytes(data)
+
+
+def outcome_from_bytes(data: bytes) -> RankOutcome | None:
+    """Unpickle a rank's outcome, turning any failure into an error outcome."""
+    if not data:
+        return None
+    try:
+        outcome = pickle.loads(data)
+    except Exception as exc:  # noqa: BLE001 (whatever unpickling raises is the report)
+        return RankOutcome(status="error", error_type=type(exc).__name__,
+                           message=f"the rank's result could not be unpickled in the parent: "
+                                   f"{type(exc).__name__}: {exc}", exit_code=1)
+    if not isinstance(outcome, RankOutcome):
+        return RankOutcome(status="error", error_type="TypeError",
+                           message=f"the rank's result file holds {type(outcome).__name__}, "
+                                   "not an outcome", exit_code=1)
+    return outcome
 
 
 def collect(reports: list[RankReport], workdir: Path) -> None:
@@ -187,10 +224,25 @@ def collect(reports: list[RankReport], workdir: Path) -> None:
         stacks = stack_file(workdir, report.rank)
         if report.hung and stacks.exists():
             report.stacks = stacks.read_text(errors="replace").strip()
-        log = workdir / f"rank{report.rank}.log"
-        if log.exists():
-            lines = log.read_text(errors="replace").splitlines()
-            report.log_tail = "\n".join(lines[-LOG_TAIL_LINES:])
+        report.log_tail = log_tail(workdir / f"rank{report.rank}.log")
+
+
+def log_tail(log: Path) -> str:
+    """The last ``LOG_TAIL_LINES`` lines of a rank's log, at most ``LOG_TAIL_BYTES``."""
+    try:
+        with open(log, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - LOG_TAIL_BYTES))
+            data = f.read()
+    except FileNotFoundError:
+        return ""
+    lines = data.decode(errors="replace").splitlines()
+    if size > len(data) and len(lines) > 1:
+        lines = lines[1:]  # the first line read is a fragment of a longer one
+    tail = "\n".join(lines[-LOG_TAIL_LINES:])
+    if size > len(data) and len(lines) == 1:
+        tail = "[...]" + tail  # one line longer than the cap: its end
+    return tail
 
 
 def format_failures(failed: list[RankReport], world_size: int, backend: str) -> str:
