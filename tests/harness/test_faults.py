@@ -169,21 +169,40 @@ def test_a_daemonised_grandchild_is_reaped_after_a_successful_run(tmp_path, mark
 
 def test_a_rank_stuck_before_its_set_up_is_stopped_by_the_watchdog(marked):
     """Unpickling its arguments blocks: no heartbeat, no stack-dump handler yet.  The
-    watchdog's clock starts at spawn, and no SIGUSR1 is sent (it would kill the rank and
-    make the signal look like the root cause)."""
+    watchdog's clock starts at spawn (start-up limit 8 s here, 60 s by default), and no
+    SIGUSR1 is sent (it would kill the rank and make the signal look like the root cause)."""
     start = time.monotonic()
     with pytest.raises(RankFailures) as info:
         run_ranks(rank_all_ranks_return_rank, 2, BlocksWhenUnpickled(), backend="gloo",
-                  timeout_s=5)
-    assert time.monotonic() - start < 5 + 15
+                  timeout_s=5, start_timeout_s=8)
+    assert time.monotonic() - start < 8 + 15
     message = str(info.value)
-    assert "stopped by watchdog: no progress for 5 s (before its set-up finished" in message
+    assert "stopped by watchdog: no progress for 8 s (before its set-up finished" in message
     assert "SIGUSR1" not in message
     assert_none_alive(marked, 2)
 
 
 def rank_all_ranks_return_rank(ctx, _unused):
     return ctx.rank
+
+
+class SlowToUnpickle:
+    """Unpickling takes 4 s in the rank, as importing CUDA torch and vLLM can."""
+
+    def __reduce__(self):
+        return (_sleep_then_none, (4,))
+
+
+def _sleep_then_none(seconds):
+    time.sleep(seconds)
+
+
+def test_a_slow_start_up_gets_the_start_up_limit_not_the_progress_limit(marked):
+    """A 2 s progress limit with heartbeats must not kill ranks still importing (seen on a
+    GPU host, where importing CUDA torch took longer than such a limit)."""
+    assert run_ranks(rank_all_ranks_return_rank, 2, SlowToUnpickle(), backend="gloo",
+                     timeout_s=2, start_timeout_s=30) == [0, 1]
+    assert_none_alive(marked, 2)
 
 
 def test_a_value_the_parent_cannot_unpickle_names_its_rank(marked):

@@ -27,7 +27,7 @@ from typing import Any, Callable
 from vllm_ep_kit.layout import ParallelLayout
 from vllm_ep_kit.testing import proctree, torchrun
 from vllm_ep_kit.testing.ports import open_rendezvous
-from vllm_ep_kit.testing.rank import RankSpec, rank_main
+from vllm_ep_kit.testing.rank import RankSpec, armed_file, rank_main
 from vllm_ep_kit.testing.skips import skip_or_fail
 from vllm_ep_kit.testing.supervision import (  # noqa: F401 (RankReport, signal_name: public here too)
     POLL_S,
@@ -60,14 +60,18 @@ def run_ranks(
     env: dict[str, str] | None = None,
     python_path: tuple[str, ...] | list[str] = (),
     fresh_processes: bool = False,
+    start_timeout_s: float = 60.0,
     **kwargs: Any,
 ) -> list[Any]:
     """Run ``fn(ctx, *args, **kwargs)`` on ``world_size`` ranks; return their values.
 
     ``timeout_s`` is the watchdog's limit on time without progress: a rank
-    progresses when it starts, after initialisation, and each time it calls
-    ``ctx.heartbeat()``.  ``failure_grace_s`` is how long the other ranks get
-    to finish after one has failed before they are declared stuck.  With
+    progresses when its set-up is done, after initialisation, and each time it
+    calls ``ctx.heartbeat()``.  Start-up (interpreter, unpickling the function
+    and its arguments, which imports their modules) may take
+    ``max(timeout_s, start_timeout_s)`` from spawn.  ``failure_grace_s`` is how
+    long the other ranks get to finish after one has failed before they are
+    declared stuck.  With
     ``layout`` set, vLLM's parallel state (TP/DP/EP groups) is built first.
     Under ``VLLM_EP_KIT_POOL=1`` the ranks come from a persistent pool
     (``pool``), unless ``fresh_processes`` (a test measuring process-wide
@@ -126,7 +130,8 @@ def run_ranks(
             proc = ctx.Process(target=rank_main, args=(spec,), name=f"rank{rank}")
             proc.start()
             live.append(LiveRank(proc=proc, report=RankReport(rank=rank)))
-        _supervise(live, Path(workdir), timeout_s, failure_grace_s)
+        _supervise(live, Path(workdir), timeout_s, failure_grace_s,
+                   max(timeout_s, start_timeout_s))
     finally:
         try:
             teardown(live, run_id)
@@ -170,7 +175,8 @@ def _require_cpu_host_or_gpus(world_size: int) -> None:
                      f"GPU, {have} visible (this gloo case runs on CPU-only hosts)")
 
 
-def _supervise(live: list[LiveRank], workdir: Path, timeout_s: float, grace_s: float) -> None:
+def _supervise(live: list[LiveRank], workdir: Path, timeout_s: float, grace_s: float,
+               start_limit_s: float) -> None:
     """Poll until every rank exits, or the watchdog stops the ones left."""
     first_failure_at: float | None = None
     first_failed_rank: int | None = None
@@ -200,9 +206,11 @@ def _supervise(live: list[LiveRank], workdir: Path, timeout_s: float, grace_s: f
             stop_stuck(pending, workdir,
                         f"still running {grace_s:.0f} s after rank {first_failed_rank} failed")
             return
-        stale = [it for it in pending if now - last_beat(workdir, it.report.rank) > timeout_s]
-        if stale:
-            stop_stuck(pending, workdir, f"no progress for {timeout_s:.0f} s")
-            return
+        for item in pending:
+            limit = timeout_s if armed_file(workdir, item.report.rank).exists() \
+                else start_limit_s
+            if now - last_beat(workdir, item.report.rank) > limit:
+                stop_stuck(pending, workdir, f"no progress for {limit:.0f} s")
+                return
         # Wakes as soon as a rank exits, so exit times are accurate.
         multiprocessing.connection.wait([it.proc.sentinel for it in running], timeout=POLL_S)
