@@ -23,7 +23,7 @@ def answer(prompt: str, mode: str) -> str:
     return f" {a} + {b} = {total}\n#### {total}"
 
 
-def make_handler(mode: str, delay_s: float):
+def make_handler(mode: str, delay_s: float, request_file: str | None = None):
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args):
             pass
@@ -48,6 +48,9 @@ def make_handler(mode: str, delay_s: float):
             request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             prompts = request.get("prompt")
             prompts = prompts if isinstance(prompts, list) else [prompts]
+            if request_file:  # tells a test that a completion request is being answered
+                with open(request_file, "a") as f:
+                    f.write("request\n")
             time.sleep(delay_s)
             choices = [{"index": i, "text": answer(p, mode), "logprobs": None,
                         "finish_reason": "stop"} for i, p in enumerate(prompts)]
@@ -66,13 +69,15 @@ def main() -> None:
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--child", action="store_true", help="fork a long-lived child process")
     parser.add_argument("--pid-file", default=None)
+    parser.add_argument("--request-file", default=None)
     args = parser.parse_args()
     if args.child:
         child = subprocess.Popen(["sleep", "600"])
         if args.pid_file:
             with open(args.pid_file, "w") as f:
                 f.write(str(child.pid))
-    ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(args.mode, args.delay)).serve_forever()
+    ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(args.mode, args.delay,
+                                                                  args.request_file)).serve_forever()
 
 
 if __name__ == "__main__":

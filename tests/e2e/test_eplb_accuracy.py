@@ -73,7 +73,8 @@ def script(tmp_path, task_dir, mode, threshold, extra=(), delay=0.0):
     port = free_port()
     pid_file = tmp_path / "child.pid"
     server = (f"{sys.executable} {HERE / 'fake_openai_server.py'} --port {port} --mode {mode} "
-              f"--delay {delay} --child --pid-file {pid_file}")
+              f"--delay {delay} --child --pid-file {pid_file} "
+              f"--request-file {tmp_path / 'requests.log'}")
     cmd = [sys.executable, "-m", "vllm_ep_kit.e2e.eplb_accuracy", "--model", "stand-in",
            "--threshold", str(threshold), "--num-questions", "6", "--port", str(port),
            "--output-dir", str(tmp_path / "out"), "--task", "gsm8k_synthetic",
@@ -133,7 +134,13 @@ def test_ctrl_c_stops_the_server(tmp_path, task_dir):
     while "server healthy" not in line and time.monotonic() < deadline:
         line = proc.stdout.readline()
     assert "server healthy" in line
-    time.sleep(3)  # lm-eval is now waiting on a slow answer
+    # Interrupt while lm-eval waits on a (30 s) answer, not while it is still importing:
+    # on a loaded machine a fixed 3 s came before the first request and the run finished.
+    requests = tmp_path / "requests.log"
+    while not requests.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert requests.exists(), "lm-eval sent no request"
+    time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-3000:]
