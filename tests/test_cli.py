@@ -190,3 +190,109 @@ def test_width_must_be_a_positive_integer(command, width):
     result = cli(command, "--width", width, timeout=120)
     assert result.returncode == 2
     assert f"--width: expected a positive integer, got '{width}'" in result.stderr
+
+
+def _bad_inputs(tmp_path):
+    """(argv, the one line expected on stderr) for inputs that printed tracebacks or were
+    taken silently before."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"\xff\xfe\x00\x81" * 64)
+    as_list, as_five, short_row = (tmp_path / n for n in ("list.json", "five.json", "row.json"))
+    as_list.write_text("[1, 2]")
+    as_five.write_text('{"meta": {}, "results": 5}')
+    short_row.write_text('{"meta": {}, "results": [{"backend": "x"}]}')
+    bench_report = "vllm-ep-kit bench: error: --from-json: {}: not a bench report ({})"
+    return [
+        (["check", "--timeout", "nan"],
+         "vllm-ep-kit check: error: argument --timeout: expected a positive number of "
+         "seconds, got 'nan'"),
+        (["check", "--timeout", "0"], "argument --timeout: expected a positive number of "
+         "seconds, got '0'"),
+        (["check", "--timeout", "-5"], "argument --timeout: expected a positive number of "
+         "seconds, got '-5'"),
+        (["check", "--world-sizes", ""], "argument --world-sizes: expected comma-separated "
+         "integers, got ''"),
+        (["check", "--world-sizes", "1000"], "vllm-ep-kit check: error: --world-sizes: 1000 "
+         "ranks on a CPU-only machine (gloo): at most 16"),
+        (["check", "--dtypes", ""], "argument --dtypes: expected comma-separated names, "
+         "got ''"),
+        (["bench", "--world-size", "0"], "argument --world-size: expected a positive integer, "
+         "got '0'"),
+        (["bench", "--experts", "0"], "argument --experts: expected a positive integer, "
+         "got '0'"),
+        (["bench", "--out", str(a_file)], f"vllm-ep-kit bench: error: --out: {a_file} exists "
+         "and is not a folder"),
+        (["bench", "--out", "/proc/vllm-ep-kit-out"], "vllm-ep-kit bench: error: --out: "
+         "/proc/vllm-ep-kit-out cannot be created: No such file or directory"),
+        (["bench", "--from-json", str(as_list)],
+         bench_report.format(as_list, "expected a JSON object, got list")),
+        (["bench", "--from-json", str(as_five)],
+         bench_report.format(as_five, "'results' is missing or not a list")),
+        (["bench", "--from-json", str(short_row)],
+         bench_report.format(short_row, "results[0] lacks hidden, dtype, tokens, dispatch_ms, "
+                             "combine_ms, total_ms, gbps, vs_baseline, vs_link, check")),
+        (["bundle", str(a_file)], f"vllm-ep-kit bundle: error: OUT: {a_file} exists and is "
+         "not a folder"),
+        (["bundle", str(tmp_path / "new"), "--have", str(tmp_path)],
+         f"vllm-ep-kit bundle: error: --have: {tmp_path}: not a text file of package names "
+         "(IsADirectoryError)"),
+        (["bundle", str(tmp_path / "new"), "--have", str(binary)],
+         f"vllm-ep-kit bundle: error: --have: {binary}: not a text file of package names "
+         "(UnicodeDecodeError)"),
+    ]
+
+
+def test_bad_inputs_get_one_line_and_exit_2(tmp_path):
+    """Each input printed a Python traceback, or was accepted silently, before."""
+    for argv, expected in _bad_inputs(tmp_path):
+        result = cli(*argv, timeout=300)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2, (argv, result.stderr[-2000:])
+        assert len(lines) == 1 and expected in lines[0], (argv, result.stderr[-2000:])
+        assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.vllm
+def test_ctrl_c_during_check_exits_130_with_one_line_and_no_process_left(monkeypatch):
+    import signal
+    import time
+    import uuid
+
+    import psutil
+
+    mark = uuid.uuid4().hex
+    monkeypatch.setenv("VLLM_EP_KIT_TEST_MARK", mark)
+    proc = subprocess.Popen([sys.executable, "-m", "vllm_ep_kit.cli", "check", "--world-sizes",
+                             "2", "--tp", "1", "--dtypes", "fp32"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = ""
+        while "starting allgather_reducescatter" not in line:
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, proc.stderr.read()[-2000:]
+        time.sleep(1.0)  # the ranks are starting
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    assert err.strip().splitlines() == ["vllm-ep-kit check: interrupted"], err[-3000:]
+
+    def marked():
+        found = []
+        for p in psutil.process_iter(["pid"]):
+            try:
+                if p.pid != os.getpid() and p.environ().get("VLLM_EP_KIT_TEST_MARK") == mark \
+                        and p.status() != psutil.STATUS_ZOMBIE:
+                    found.append(p)
+            except (psutil.Error, OSError):
+                continue
+        return found
+
+    deadline = time.monotonic() + 5
+    while marked() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not marked()

@@ -80,11 +80,48 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+# Ranks on a CPU-only machine: each is a process holding torch (and vLLM); more than this
+# is a typo, not a test (1000 ranks were accepted and spawned).
+CPU_MAX_RANKS = 16
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``PROG: error: argument --x: why`` and exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def _int_list(text: str) -> list[int]:
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
+        values = []
+    if not values:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    return values
+
+
+def _positive_seconds(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -98,7 +135,19 @@ def _positive_int(text: str) -> int:
 
 
 def _str_list(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
+    values = [part.strip() for part in text.split(",") if part.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return values
+
+
+def _cpu_rank_limit(flag: str, sizes: list[int], gpu_count: int) -> str:
+    """The error for a CPU-only world larger than ``CPU_MAX_RANKS``, or ''."""
+    big = [n for n in sizes if n > CPU_MAX_RANKS]
+    if gpu_count or not big:
+        return ""
+    return (f"{flag}: {big[0]} ranks on a CPU-only machine (gloo): at most {CPU_MAX_RANKS} "
+            "(each rank is a process holding torch and vLLM)")
 
 
 def _world_for_job(flag: str, given: list[int] | None, default: list[int],
@@ -131,6 +180,10 @@ def cmd_check(args: argparse.Namespace) -> int:
                                                 probes.gpu_count())
     except ValueError as exc:
         print(f"vllm-ep-kit check: error: {exc}", file=sys.stderr)
+        return 2
+    too_many = _cpu_rank_limit("--world-sizes", world_sizes, gpu_count)
+    if too_many:
+        print(f"vllm-ep-kit check: error: {too_many}", file=sys.stderr)
         return 2
     try:
         plan = ep_check.make_plan(world_sizes, args.tp, args.backends, args.dtypes,
@@ -192,6 +245,29 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+BENCH_ROW_KEYS = ("backend", "hidden", "dtype", "tokens", "dispatch_ms", "combine_ms",
+                  "total_ms", "gbps", "vs_baseline", "vs_link", "check")
+
+
+def _check_bench_report(report) -> None:
+    """Raise ValueError unless ``report`` has the shape ``bench`` writes (what the table reads)."""
+    if not isinstance(report, dict):
+        raise ValueError(f"expected a JSON object, got {type(report).__name__}")
+    if not isinstance(report.get("meta"), dict):
+        raise ValueError("'meta' is missing or not an object")
+    results = report.get("results")
+    if not isinstance(results, list):
+        raise ValueError("'results' is missing or not a list")
+    for index, row in enumerate(results):
+        if not isinstance(row, dict):
+            raise ValueError(f"results[{index}] is not an object")
+        missing = [key for key in BENCH_ROW_KEYS if key not in row]
+        if missing:
+            raise ValueError(f"results[{index}] lacks {', '.join(missing)}")
+    if not isinstance(report.get("links", []), list):
+        raise ValueError("'links' is not a list")
+
+
 def _bench_table(report: dict, console: Console) -> None:
     table = Table(title=f"Dispatch + combine, {report['meta'].get('world_size', '?')} ranks "
                         f"({report['meta'].get('timer', '')})")
@@ -230,6 +306,30 @@ def _bench_plot(report: dict, path, console: Console) -> None:
         console.print(f"[yellow]plot not drawn:[/yellow] {exc}")
 
 
+def _unusable_out_dir(out) -> str:
+    """Why ``out`` cannot take the results (checked before any work), or ''.
+
+    A folder that does not exist yet is created and removed again: the only
+    reliable test that it can be (permission bits do not tell root's story).
+    """
+    if out.exists() and not out.is_dir():
+        return "exists and is not a folder"
+    if out.is_dir():
+        return "exists and is not empty" if any(out.iterdir()) else ""
+    made = []
+    try:
+        for folder in reversed([out, *out.parents]):
+            if not folder.exists():
+                folder.mkdir()
+                made.append(folder)
+    except OSError as exc:
+        return f"cannot be created: {exc.strerror or exc}"
+    finally:
+        for folder in reversed(made):
+            folder.rmdir()
+    return ""
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     import datetime
     from pathlib import Path
@@ -245,8 +345,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         source = Path(args.from_json)
         try:
             report = json.loads(source.read_text())
-            report["results"], report["meta"]
-        except (OSError, ValueError, KeyError) as exc:
+            _check_bench_report(report)
+        except (OSError, ValueError) as exc:
             print(f"vllm-ep-kit bench: error: --from-json: {source}: not a bench report "
                   f"({exc})", file=sys.stderr)
             return 2
@@ -261,6 +361,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
             [max(local_gpus, 2)], local_gpus)
     except ValueError as exc:
         print(f"vllm-ep-kit bench: error: {exc}", file=sys.stderr)
+        return 2
+    too_many = _cpu_rank_limit("--world-size", [world], gpu_count)
+    if too_many:
+        print(f"vllm-ep-kit bench: error: {too_many}", file=sys.stderr)
         return 2
     tokens = args.tokens or list(bench_plan.DEFAULT_TOKENS if gpu_count
                                  else bench_plan.CPU_DEFAULT_TOKENS)
@@ -286,9 +390,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.out or datetime.datetime.now().strftime("bench-%Y%m%d-%H%M%S"))
     # Under torchrun the lead checks; the others would race with its partial folder.
-    if lead and out.exists() and any(out.iterdir()):
-        print(f"vllm-ep-kit bench: error: --out: {out} exists and is not empty", file=sys.stderr)
-        return 2
+    if lead:
+        why = _unusable_out_dir(out)
+        if why:
+            print(f"vllm-ep-kit bench: error: --out: {out} {why}", file=sys.stderr)
+            return 2
     for what, why in plan.skipped:
         console.print(f"[yellow]not run[/yellow] {what}: {why}")
     if not plan.runs:
@@ -366,14 +472,24 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     from vllm_ep_kit import bundle
 
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        print(f"vllm-ep-kit bundle: error: OUT: {out} exists and is not empty", file=sys.stderr)
+    why = _unusable_out_dir(out)
+    if why:
+        print(f"vllm-ep-kit bundle: error: OUT: {out} {why}", file=sys.stderr)
         return 2
     for name, value in (("--have", args.have), ("--jit-cache", args.jit_cache)):
         if value is not None and not Path(value).exists():
             print(f"vllm-ep-kit bundle: error: {name}: {value} does not exist", file=sys.stderr)
             return 2
-    have = bundle.read_have(Path(args.have) if args.have else None)
+    if args.jit_cache is not None and not Path(args.jit_cache).is_dir():
+        print(f"vllm-ep-kit bundle: error: --jit-cache: {args.jit_cache} is not a folder",
+              file=sys.stderr)
+        return 2
+    try:
+        have = bundle.read_have(Path(args.have) if args.have else None)
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"vllm-ep-kit bundle: error: --have: {args.have}: not a text file of package "
+              f"names ({type(exc).__name__})", file=sys.stderr)
+        return 2
     plan = bundle.plan(include_vllm=args.vllm, have=have,
                        skip={bundle.normalise(n) for n in args.skip},
                        progress=lambda m: print(m, file=sys.stderr))
@@ -386,7 +502,7 @@ def cmd_bundle(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="vllm-ep-kit",
         description="Tests, hotfixes and tools for vLLM's expert-parallel communication.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -409,7 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="all-to-all backends (default: every usable checkable one)")
     check.add_argument("--dtypes", type=_str_list, default=["bf16", "fp32"],
                        metavar="D[,D]", help="payload dtypes (default bf16,fp32)")
-    check.add_argument("--timeout", type=float, default=300.0,
+    check.add_argument("--timeout", type=_positive_seconds, default=300.0,
                        help="watchdog: seconds without progress before ranks are stopped")
     check.add_argument("--json", action="store_true", help="machine-readable results")
     check.add_argument("--width", type=_positive_int, default=None,
@@ -418,7 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="dispatch + combine latency and bandwidth of every "
                            "usable all-to-all backend beside all_to_all_single and the link limit")
-    bench.add_argument("--world-size", type=int, default=None,
+    bench.add_argument("--world-size", type=_positive_int, default=None,
                        help="ranks (default: every visible GPU, at least 2; under torchrun: "
                        "the job's ranks)")
     bench.add_argument("--backends", type=_str_list, default=None, metavar="NAME[,NAME]",
@@ -429,18 +545,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="hidden sizes (default 2048,7168 on GPUs; 2048 on CPU)")
     bench.add_argument("--dtypes", type=_str_list, default=None, metavar="D[,D]",
                        help="payload dtypes (default bf16,fp8; fp8 carries block scales)")
-    bench.add_argument("--top-k", type=int, default=None, help="experts per token (default 8)")
-    bench.add_argument("--experts", type=int, default=None, help="experts (default 256)")
-    bench.add_argument("--warmup", type=int, default=None,
+    bench.add_argument("--top-k", type=_positive_int, default=None,
+                       help="experts per token (default 8)")
+    bench.add_argument("--experts", type=_positive_int, default=None,
+                       help="experts (default 256)")
+    bench.add_argument("--warmup", type=_non_negative_int, default=None,
                        help="untimed repeats per point (default 5)")
-    bench.add_argument("--repeats", type=int, default=None,
+    bench.add_argument("--repeats", type=_positive_int, default=None,
                        help="timed repeats, median taken (default 20)")
     bench.add_argument("--out", default=None, metavar="DIR",
                        help="new folder for bench.json, bench.png and per-rank partial rows "
                        "(default bench-<date>-<time>)")
     bench.add_argument("--from-json", default=None, metavar="FILE",
                        help="print and plot a saved bench.json instead of measuring")
-    bench.add_argument("--timeout", type=float, default=300.0,
+    bench.add_argument("--timeout", type=_positive_seconds, default=300.0,
                        help="watchdog: seconds without progress before ranks are stopped")
     bench.add_argument("--json", action="store_true", help="machine-readable results")
     bench.add_argument("--width", type=_positive_int, default=None,
@@ -474,7 +592,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        # The rank runner's teardown (its finally blocks) has stopped the ranks by now.
+        print(f"vllm-ep-kit {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
