@@ -69,3 +69,53 @@ def test_affected_release_gets_clear_messages(affected_vllm_path):
     result = run_program(affected_vllm_path)
     assert result["vllm"] == "0.19.1" and result["status"] == "applied"
     assert_clear_messages(result["errors"])
+
+
+RENAMED = r"""
+import json, logging, torch, vllm
+logging.basicConfig(level=logging.INFO)
+from vllm.distributed.device_communicators import cuda_communicator as module
+from vllm_ep_kit import patches
+from vllm_ep_kit.patches.vllm.distributed.device_communicators.cuda_communicator import (
+    _bare_communicator)
+original = module.CudaCommunicator.reduce_scatterv
+
+def reduce_scatterv(self, *args, **kwargs):  # a vLLM whose signature the wrapper cannot read
+    return original(self, *args, **kwargs)
+
+module.CudaCommunicator.reduce_scatterv = reduce_scatterv
+status = {s.name: s for s in patches.apply_all()}[%r]
+try:
+    module.CudaCommunicator.reduce_scatterv(_bare_communicator(module.CudaCommunicator),
+                                            torch.zeros(11, 4), dim=0, sizes=[3, 8])
+    after = "returned"
+except Exception as exc:
+    after = type(exc).__name__ + ": " + str(exc)
+print(json.dumps({"status": status.status, "reason": status.reason, "after": after,
+                  "ours": module.CudaCommunicator.reduce_scatterv is reduce_scatterv}))
+""" % PATCH
+
+
+def test_a_signature_the_wrapper_cannot_read_is_refused_not_applied():
+    """Before, the patch wrapped a ``*args, **kwargs`` method and every call then raised
+    ``KeyError: 'input_'``."""
+    result = run_json(RENAMED)
+    assert result["status"] == "refused", result
+    assert "lacks the parameters input_, dim, sizes" in result["reason"]
+    assert result["ours"]  # left as it was
+    assert "KeyError" not in result["after"]
+
+
+def test_an_applied_patch_says_so_in_one_info_line():
+    import subprocess
+    import sys
+
+    code = ("import logging; logging.basicConfig(level=logging.INFO); "
+            "from vllm_ep_kit import patches; patches.register()")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines()
+             if "vllm-ep-kit patch reduce_scatterv_asserts applied" in line]
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert "FlashInfer All2All initialized" not in result.stderr  # probes' vLLM INFO lines

@@ -20,6 +20,7 @@ ENV_DISABLE = "VLLM_EP_KIT_PATCHES_DISABLE"
 ENV_REQUIRE = "VLLM_EP_KIT_PATCHES_REQUIRE"
 
 _results: list[PatchStatus] | None = None
+_results_probed_disabled = True
 
 
 class PatchConfigError(ValueError):
@@ -54,10 +55,14 @@ def _names_from_env(variable: str, known: list[str]) -> set[str]:
     return names
 
 
-def apply_all(force: bool = False) -> list[PatchStatus]:
-    """Run every patch once per process (again with ``force``); return their statuses."""
-    global _results
-    if _results is not None and not force:
+def apply_all(force: bool = False, probe_disabled: bool = True) -> list[PatchStatus]:
+    """Run every patch once per process (again with ``force``); return their statuses.
+
+    ``probe_disabled``: also probe disabled patches, to report ``needed`` or
+    ``not needed`` for them (doctor); the plugin entry point does not.
+    """
+    global _results, _results_probed_disabled
+    if _results is not None and not force and (_results_probed_disabled or not probe_disabled):
         return _results
     patches = all_patches()
     known = [p.name for p in patches]
@@ -67,7 +72,9 @@ def apply_all(force: bool = False) -> list[PatchStatus]:
     if both:
         raise PatchConfigError(f"{ENV_DISABLE} and {ENV_REQUIRE} both name "
                                f"{', '.join(sorted(both))}")
-    _results = [p.run(enabled=p.name not in disabled) for p in patches]
+    _results = [p.run(enabled=p.name not in disabled, probe_disabled=probe_disabled)
+                for p in patches]
+    _results_probed_disabled = probe_disabled
     failed = [r for r in _results if r.name in required and r.status not in (APPLIED, NOT_NEEDED)]
     if failed:
         raise RequiredPatchError("; ".join(f"required patch {r.name} is {r.status}: {r.reason}"
@@ -76,8 +83,8 @@ def apply_all(force: bool = False) -> list[PatchStatus]:
 
 
 def register() -> None:
-    """vLLM general-plugin entry point: runs in every vLLM process."""
-    apply_all()
+    """vLLM general-plugin entry point: runs in every vLLM process (disabled patches unprobed)."""
+    apply_all(probe_disabled=False)
 
 
 def statuses() -> list[PatchStatus] | None:

@@ -61,13 +61,21 @@ class Patch:
     def status(self, value: str, reason: str) -> PatchStatus:
         return PatchStatus(self.name, value, reason, self.upstream, self.affected)
 
-    def run(self, enabled: bool) -> PatchStatus:
-        """Probe, apply when needed and enabled, verify.  Never raises for the bug itself."""
+    def run(self, enabled: bool, probe_disabled: bool = True) -> PatchStatus:
+        """Probe, apply when needed and enabled, verify.  Never raises for the bug itself.
+
+        ``probe_disabled=False``: a disabled patch is not even probed (the plugin in
+        every vLLM process: disabling must cost nothing); doctor probes it to say
+        whether the bug is there.
+        """
+        if not enabled and not probe_disabled:
+            return self.status(DISABLED, "disabled by configuration (not probed)")
         missing = missing_package(*self.requires)
         if missing:
             return self.status(NOT_NEEDED, f"{missing} not installed: the patched code cannot run")
         try:
-            present, observed = self.probe()
+            with quiet_vllm_logs():
+                present, observed = self.probe()
         except UnrecognisedShape as exc:
             logger.warning("vllm-ep-kit patch %s: not applied, unrecognised vLLM code: %s",
                            self.name, exc)
@@ -78,7 +86,8 @@ class Patch:
             return self.status(NEEDED, f"{observed}; disabled by configuration")
         self.apply()
         try:
-            still, after = self.probe()
+            with quiet_vllm_logs():
+                still, after = self.probe()
         except UnrecognisedShape as exc:
             still, after = True, f"probe failed after patching: {exc}"
         if still:
@@ -86,7 +95,21 @@ class Patch:
             logger.warning("vllm-ep-kit patch %s: fix did not verify (%s); reverted",
                            self.name, after)
             return self.status(REFUSED, f"fix did not verify: {after}")
+        logger.info("vllm-ep-kit patch %s applied (%s): %s", self.name, self.upstream, self.summary)
         return self.status(APPLIED, f"{observed}; after patch: {after}")
+
+
+@contextlib.contextmanager
+def quiet_vllm_logs():
+    """vLLM's own INFO lines from code a probe exercises ("FlashInfer All2All initialized
+    for rank 0, size 2" on a CPU machine) are not what the user's server is doing."""
+    vllm_logger = logging.getLogger("vllm")
+    previous = vllm_logger.level
+    vllm_logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        vllm_logger.setLevel(previous)
 
 
 @contextlib.contextmanager

@@ -85,6 +85,28 @@ def assertion_message_for_bad_sizes() -> str:
     raise UnrecognisedShape("reduce_scatterv accepted sizes that do not add up")
 
 
+WRAPPED_PARAMETERS = ("input_", "dim", "sizes")  # what the wrapper reads from each call
+
+
+def check_signatures(cls) -> None:
+    """Raise UnrecognisedShape unless every wrapped method takes ``WRAPPED_PARAMETERS`` by name.
+
+    The wrapper binds each call to the method's signature and reads those
+    arguments: a renamed parameter (or ``*args, **kwargs``) would be "applied"
+    and then fail every call with a ``KeyError``.
+    """
+    for name in METHODS:
+        method = getattr(cls, name, None)
+        if method is None:
+            continue
+        params = inspect.signature(method).parameters
+        named = [p for p in WRAPPED_PARAMETERS if p in params and params[p].kind in (
+            inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+        if len(named) != len(WRAPPED_PARAMETERS):
+            raise UnrecognisedShape(f"CudaCommunicator.{name}{inspect.signature(method)} lacks "
+                                    f"the parameters {', '.join(WRAPPED_PARAMETERS)}")
+
+
 class ReduceScattervAsserts(Patch):
     name = "reduce_scatterv_asserts"
     summary = "reduce_scatterv: assertion messages that state the sizes that disagree"
@@ -93,6 +115,7 @@ class ReduceScattervAsserts(Patch):
 
     def probe(self) -> tuple[bool, str]:
         message = assertion_message_for_bad_sizes()
+        check_signatures(importlib.import_module(MODULE).CudaCommunicator)
         if "[3, 8]" in message and "12" in message:
             return False, f"the AssertionError names the sizes: {message!r}"
         return True, f"sizes [3, 8] vs 12 rows gave AssertionError({message!r})"

@@ -1,0 +1,31 @@
+"""The plugin costs nothing where it is told not to work (every vLLM process loads it)."""
+
+from __future__ import annotations
+
+import pytest
+
+from vllm_ep_kit.fresh_python import run_json
+
+pytestmark = pytest.mark.vllm
+
+PROGRAM = r"""
+import json, sys
+import vllm  # a vLLM process has vLLM imported when it loads its general plugins
+before = set(sys.modules)
+from vllm_ep_kit import patches
+patches.register()
+print(json.dumps({"new": sorted(set(sys.modules) - before),
+                  "statuses": [s.as_dict() for s in patches.apply_all(probe_disabled=False)]}))
+"""
+
+
+def test_disable_all_probes_nothing_and_imports_almost_nothing():
+    """Before, VLLM_EP_KIT_PATCHES_DISABLE=all still ran every probe (about 4,700 more
+    modules, 10-57 s on the loaded CI machine)."""
+    result = run_json(PROGRAM, env={"VLLM_EP_KIT_PATCHES_DISABLE": "all"})
+    assert {s["status"] for s in result["statuses"]} == {"disabled"}
+    assert all(s["reason"] == "disabled by configuration (not probed)"
+               for s in result["statuses"])
+    assert len(result["new"]) < 200, len(result["new"])
+    assert not [m for m in result["new"] if m.startswith(("vllm.distributed",
+                                                          "vllm.model_executor", "flashinfer"))]
