@@ -90,7 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     def on_sigterm(signum, frame):
         raise KeyboardInterrupt
 
+    # SIGINT too: with Python's default handler in place, asyncio.run (lm-eval's concurrent
+    # requests) takes SIGINT over and only cancels its task, which lm-eval's retries can
+    # swallow: the run went on to the end and exited 0 after Ctrl-C.
     previous = signal.signal(signal.SIGTERM, on_sigterm)
+    previous_int = signal.signal(signal.SIGINT, on_sigterm)
     started = time.monotonic()
     try:
         print(f"eplb_accuracy: starting {shlex.join(command)}", flush=True)
@@ -109,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.stop()
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
     verdict = "PASS" if accuracy >= args.threshold else "FAIL"
     summary = {"model": args.model, "task": args.task, "accuracy": accuracy,
                "threshold": args.threshold, "verdict": verdict,
