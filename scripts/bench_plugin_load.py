@@ -34,8 +34,9 @@ def measure(kit: str, disable: str) -> dict:
     env.pop("VLLM_EP_KIT_PATCHES_DISABLE", None)
     if disable:
         env["VLLM_EP_KIT_PATCHES_DISABLE"] = disable
+    # cwd=kit: ``python -c`` puts the working folder first on sys.path.
     out = subprocess.run([sys.executable, "-c", PROGRAM], capture_output=True, text=True,
-                         env=env, timeout=600, check=True)
+                         env=env, timeout=600, check=True, cwd=os.path.abspath(kit))
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
