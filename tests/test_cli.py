@@ -266,7 +266,10 @@ def test_ctrl_c_during_check_exits_130_with_one_line_and_no_process_left(monkeyp
     monkeypatch.setenv("VLLM_EP_KIT_TEST_MARK", mark)
     proc = subprocess.Popen([sys.executable, "-m", "vllm_ep_kit.cli", "check", "--world-sizes",
                              "2", "--tp", "1", "--dtypes", "fp32"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            # as from a terminal: a background job of a script inherits
+                            # SIGINT ignored, and Python then never raises KeyboardInterrupt
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         line = ""
         while "starting allgather_reducescatter" not in line:

@@ -90,9 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     def on_sigterm(signum, frame):
         raise KeyboardInterrupt
 
-    # SIGINT too: with Python's default handler in place, asyncio.run (lm-eval's concurrent
-    # requests) takes SIGINT over and only cancels its task, which lm-eval's retries can
-    # swallow: the run went on to the end and exited 0 after Ctrl-C.
+    # SIGINT too, explicitly: a script started as a background job (`cmd &` in a
+    # non-interactive shell, as CI and `su -c` do) inherits SIGINT ignored, Python then never
+    # raises KeyboardInterrupt, and the run went on to the end and exited 0 after Ctrl-C
+    # (seen in a non-root `make test`; reproduced by starting the test with SIGINT ignored).
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     previous_int = signal.signal(signal.SIGINT, on_sigterm)
     started = time.monotonic()
