@@ -279,3 +279,24 @@ def test_ranks_and_their_daemons_die_with_a_killed_parent(signum, tmp_path, mark
             parent.kill()
         for proc in marked_processes(marked):
             proc.kill()
+
+
+def rank_stops_progressing(ctx, beats):
+    """Heartbeats ``beats`` times (0.5 s apart), then blocks without a collective."""
+    for _ in range(beats):
+        time.sleep(0.5)
+        ctx.heartbeat()
+    time.sleep(600)
+
+
+def rank_stalls_after(ctx, beats_by_rank):
+    rank_stops_progressing(ctx, beats_by_rank[ctx.rank])
+
+
+def test_in_a_hang_the_rank_whose_progress_stopped_first_leads(marked):
+    """Rank 1 stops at once, rank 0 keeps beating for 3 s: both are stopped, rank 1 first
+    (the order was rank order)."""
+    with pytest.raises(RankFailures) as info:
+        run_ranks(rank_stalls_after, 2, {0: 6, 1: 0}, backend="gloo", timeout_s=5)
+    assert info.value.failed_ranks == [1, 0], str(info.value)[:2000]
+    assert_none_alive(marked, 2)

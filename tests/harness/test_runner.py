@@ -188,6 +188,8 @@ def test_watchdog_stops_a_rank_hung_in_a_collective(world_size, tmp_path, no_lef
     assert f"stopped by watchdog: no progress for {timeout_s} s" in section
     assert "stuck_in_all_reduce" in section  # its Python stack was dumped
     assert "all_reduce" in section
+    finished = ", ".join(f"rank {r}" for r in range(world_size) if r != bad)
+    assert f"finished while the others were stuck: {finished}" in str(info.value)
 
 
 def test_heartbeats_keep_a_long_rank_alive(no_leftovers):

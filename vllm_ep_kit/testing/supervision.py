@@ -42,6 +42,7 @@ class RankReport:
     seen_exit_at: float | None = None  # wall-clock time the parent saw it exit
     after: int | None = None  # the rank that failed first, if this one failed later
     killed_at_teardown: bool = False  # still alive when the run ended (e.g. at the exit barrier)
+    last_progress: float | None = None  # wall-clock time of its last heartbeat, if stopped
 
     @property
     def failed_at(self) -> float:
@@ -147,6 +148,8 @@ def stop_stuck(running: list[LiveRank], workdir: Path, why: str) -> None:
     """
     for item in running:
         item.report.hung = why
+        item.report.last_progress = time.time() - (time.monotonic()
+                                                   - last_beat(workdir, item.report.rank))
         if not armed_file(workdir, item.report.rank).exists():
             item.report.hung += " (before its set-up finished: no stacks to show)"
             continue
@@ -264,7 +267,9 @@ def format_failures(failed: list[RankReport], world_size: int, backend: str) -> 
 
 def order_failures(reports: list[RankReport]) -> list[RankReport]:
     """The failed ranks, root cause first; each later one records who failed first."""
-    failed = sorted((r for r in reports if r.failed), key=lambda r: (r.failed_at, r.rank))
+    # Among ranks the watchdog stopped, the one whose progress stopped first leads.
+    failed = sorted((r for r in reports if r.failed),
+                    key=lambda r: (r.failed_at, r.last_progress or 0.0, r.rank))
     for later in failed[1:]:
         later.after = failed[0].rank
     return failed
@@ -274,7 +279,13 @@ def conclude(reports: list[RankReport], world_size: int, backend: str) -> list:
     """Every rank's value, or ``RankFailures`` (root cause first), or a skip with the reasons."""
     failed = order_failures(reports)
     if failed:
-        raise RankFailures(format_failures(failed, world_size, backend), failed)
+        message = format_failures(failed, world_size, backend)
+        finished = [r.rank for r in reports if not r.failed and r.outcome is not None]
+        if finished and any(r.hung for r in failed):
+            message += ("\nfinished while the others were stuck: "
+                        + ", ".join(f"rank {rank}" for rank in finished)
+                        + " (a collective the stuck ranks wait in that these never joined?)")
+        raise RankFailures(message, failed)
     skipped = [r for r in reports if r.outcome and r.outcome.status == "skip"]
     if skipped:
         skip_or_fail("; ".join(sorted({r.outcome.message for r in skipped})))
