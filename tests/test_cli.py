@@ -260,10 +260,10 @@ def test_ctrl_c_during_check_exits_130_with_one_line_and_no_process_left(monkeyp
     import time
     import uuid
 
-    import psutil
+    from tests.harness.test_faults import MARK, assert_none_alive
 
     mark = uuid.uuid4().hex
-    monkeypatch.setenv("VLLM_EP_KIT_TEST_MARK", mark)
+    monkeypatch.setenv(MARK, mark)
     proc = subprocess.Popen([sys.executable, "-m", "vllm_ep_kit.cli", "check", "--world-sizes",
                              "2", "--tp", "1", "--dtypes", "fp32"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
@@ -284,18 +284,4 @@ def test_ctrl_c_during_check_exits_130_with_one_line_and_no_process_left(monkeyp
     assert proc.returncode == 130, err[-3000:]
     assert err.strip().splitlines() == ["vllm-ep-kit check: interrupted"], err[-3000:]
 
-    def marked():
-        found = []
-        for p in psutil.process_iter(["pid"]):
-            try:
-                if p.pid != os.getpid() and p.environ().get("VLLM_EP_KIT_TEST_MARK") == mark \
-                        and p.status() != psutil.STATUS_ZOMBIE:
-                    found.append(p)
-            except (psutil.Error, OSError):
-                continue
-        return found
-
-    deadline = time.monotonic() + 5
-    while marked() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not marked()
+    assert_none_alive(mark, 5)

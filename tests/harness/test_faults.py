@@ -23,7 +23,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from vllm_ep_kit.testing import RankFailures, run_ranks
+from vllm_ep_kit.testing import RankFailures, proctree, run_ranks
 from vllm_ep_kit.testing.pool import PoolKey, RankPool
 
 REPO = Path(__file__).resolve().parents[2]
@@ -105,16 +105,13 @@ def marked_processes(mark: str) -> list[psutil.Process]:
     """Live processes with the mark, except this one and its own multiprocessing resource
     tracker (a helper of this interpreter, started with its first spawn, not of a run)."""
     found = []
-    for proc in psutil.process_iter(["pid"]):
-        if proc.pid == os.getpid():
-            continue
+    for proc in proctree.processes_with_env(MARK, mark):
         try:
             if proc.ppid() == os.getpid() and "resource_tracker" in " ".join(proc.cmdline()):
                 continue
-            if proc.environ().get(MARK) == mark and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except (psutil.Error, OSError):
+        except psutil.Error:
             continue
+        found.append(proc)
     return found
 
 

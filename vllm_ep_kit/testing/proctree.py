@@ -41,14 +41,17 @@ def processes_of_run(run_id: str) -> list[psutil.Process]:
     sets the variable before it starts anything, so its descendants have it
     whatever session or group they moved to.
     """
-    if not run_id:
-        return []
+    return processes_with_env(RUN_ENV, run_id) if run_id else []
+
+
+def processes_with_env(name: str, value: str) -> list[psutil.Process]:
+    """Live processes other than this one started with ``name=value`` in their environment."""
     found, me = [], os.getpid()
     for proc in psutil.process_iter(["pid"]):
         if proc.pid == me:
             continue
         try:
-            if proc.environ().get(RUN_ENV) == run_id and proc.status() != psutil.STATUS_ZOMBIE:
+            if proc.environ().get(name) == value and proc.status() != psutil.STATUS_ZOMBIE:
                 found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
             continue
