@@ -131,3 +131,45 @@ def test_cli_exit_codes_and_format(tree):
     good = subprocess.run([sys.executable, "-m", "vllm_ep_kit.cli", "lint-ci", "--root",
                            str(REPO)], capture_output=True, text=True, timeout=120)
     assert good.returncode == 0, good.stdout
+
+
+ALIAS_BOMB = "group: g\na0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 9)) + \
+    "steps:\n- label: bomb\n  commands: *a8\n"
+MALFORMED = {  # file content -> (rule, line, words of the message)
+    "commands-int": (b"group: g\nsteps:\n- label: a\n  device: cpu\n  commands: 5\n",
+                     "schema", 5, "steps/0/commands: 5 is not of type 'array'"),
+    "commands-mixed": (b"group: g\nsteps:\n- label: a\n  device: cpu\n  commands: [5, [a]]\n",
+                       "schema", 5, "steps/0/commands/0: 5 is not of type 'string'"),
+    "env-int": (b"group: g\nsteps:\n- label: a\n  device: cpu\n  commands: [x]\n  env: 5\n",
+                "schema", 6, "steps/0/env: 5 is not of type 'object'"),
+    "deps-int": (b"group: g\nsteps:\n- label: a\n  device: cpu\n  commands: [x]\n"
+                 b"  source_file_dependencies: 5\n", "schema", 6, "is not of type 'array'"),
+    "latin-1": ("group: g\nsteps:\n- label: caf\xe9\n  commands: [x]\n".encode("latin-1"),
+                "encoding", 3, "not UTF-8 text: byte 0xe9"),
+    "binary": (bytes(range(256)) * 4, "encoding", 1, "binary file"),
+    "unclosed": (b"group: g\nsteps: [\n", "yaml", 3, "expected the node content"),
+    "alias-bomb": (ALIAS_BOMB.encode(), "yaml", 1, "expands to more than 200,000 YAML nodes"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_file_is_one_finding_not_a_traceback(tmp_path, case):
+    """Before: tracebacks (TypeError, AttributeError, UnicodeDecodeError) from the rules, and
+    90 s without output on the alias bomb."""
+    import time
+
+    content, rule, line, words = MALFORMED[case]
+    area = tmp_path / ".buildkite/test_areas/bad.yaml"
+    area.parent.mkdir(parents=True)
+    area.write_bytes(content)
+    start = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "vllm_ep_kit.cli", "lint-ci", "--root",
+                          str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert time.monotonic() - start < 60
+    assert out.returncode == 1, out.stderr
+    assert "Traceback" not in out.stderr
+    lines = out.stdout.splitlines()
+    assert any(f"bad.yaml:{line}: {rule}: " in text and words in text for text in lines), \
+        out.stdout
+    assert all(text.startswith(".buildkite/test_areas/bad.yaml:") for text in lines), out.stdout

@@ -7,11 +7,70 @@ vLLM's test-area format: ``group``, ``depends_on`` and ``steps``; each step has
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import yaml
+
+MAX_NODES = 200_000  # a test-area file far beyond any real one: aliases that expand forever
+
+
+class AreaError(ValueError):
+    """A file that cannot be read as a test area at all (what, and on which line)."""
+
+    def __init__(self, line: int, rule: str, message: str):
+        super().__init__(message)
+        self.line, self.rule = line, rule
+
+
+def load_schema() -> dict:
+    return json.loads(resources.files("vllm_ep_kit.buildkite").joinpath("schema.json").read_text())
+
+
+def _step_shape() -> jsonschema.Draft202012Validator:
+    """The types of a step's fields, from the schema: a step that breaks them is reported
+    by the schema rule and skipped by every other rule (which read those fields)."""
+    step = load_schema()["$defs"]["step"]
+    return jsonschema.Draft202012Validator({"type": "object",
+                                            "properties": step["properties"]})
+
+
+_SHAPE = _step_shape()
+
+
+def decode(raw: bytes) -> str:
+    if b"\0" in raw:
+        raise AreaError(1, "encoding", "binary file (NUL bytes), not YAML text")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise AreaError(line, "encoding", f"not UTF-8 text: byte 0x{raw[exc.start]:02x} at "
+                                          f"offset {exc.start}") from None
+
+
+def expanded_size(root: yaml.Node | None, limit: int = MAX_NODES) -> int:
+    """Nodes the document has once every alias is expanded (shared nodes counted each time)."""
+    sizes: dict[int, int] = {}
+
+    def size(node) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        sizes[id(node)] = limit + 1  # a cycle counts as too big
+        if isinstance(node, yaml.MappingNode):
+            total = 1 + sum(size(k) + size(v) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total = 1 + sum(size(v) for v in node.value)
+        else:
+            total = 1
+        sizes[id(node)] = min(total, limit + 1)
+        return sizes[id(node)]
+
+    return 0 if root is None else size(root)
 
 
 @dataclass
@@ -41,15 +100,25 @@ class Area:
 
     @classmethod
     def load(cls, path: Path, display: str | None = None) -> "Area":
-        text = path.read_text()
-        root = yaml.compose(text)
+        """Raises :class:`AreaError` (encoding, size) or ``yaml.YAMLError``."""
+        text = decode(path.read_bytes())
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        if expanded_size(root) > MAX_NODES:
+            raise AreaError(1, "yaml", f"expands to more than {MAX_NODES:,} YAML nodes "
+                                       "(aliases of aliases?): not read")
         return cls(path=path, data=yaml.safe_load(text), root=root,
                    display=display or str(path))
 
+    def indexed_steps(self) -> list[tuple[int, dict]]:
+        """(index, step) of each step whose fields have the schema's types."""
+        steps = self.data.get("steps") if isinstance(self.data, dict) else None
+        if not isinstance(steps, list):
+            return []
+        return [(i, s) for i, s in enumerate(steps) if isinstance(s, dict) and _SHAPE.is_valid(s)]
+
     @property
     def steps(self) -> list[dict]:
-        steps = self.data.get("steps") if isinstance(self.data, dict) else None
-        return [s for s in steps if isinstance(s, dict)] if isinstance(steps, list) else []
+        return [step for _, step in self.indexed_steps()]
 
     def line(self, *keys) -> int:
         """1-based line of the value at ``keys`` (dict keys / list indexes); best effort."""

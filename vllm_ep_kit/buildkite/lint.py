@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from vllm_ep_kit.buildkite.area import Area, Finding
+from vllm_ep_kit.buildkite.area import Area, AreaError, Finding
 from vllm_ep_kit.buildkite.rules import ALL_RULES
 
 DEFAULT_GLOB = ".buildkite/test_areas/*.yaml"
@@ -28,9 +28,14 @@ def lint(root: Path, files: list[Path] | None = None) -> list[Finding]:
             else str(file)
         try:
             areas.append(Area.load(file, display))
+        except AreaError as exc:
+            findings.append(Finding(display, exc.line, exc.rule, str(exc)))
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
-            findings.append(Finding(display, mark.line + 1 if mark else 1, "yaml", str(exc)))
+            first = str(exc).strip().splitlines()
+            findings.append(Finding(display, mark.line + 1 if mark else 1, "yaml",
+                                    " ".join(line.strip() for line in first if line.strip()
+                                             and not line.strip().startswith("^"))))
     if not files:
         findings.append(Finding(str(root / DEFAULT_GLOB), 1, "no-areas",
                                 "no test-area files found", "pass files or run from the repo"))

@@ -99,7 +99,7 @@ def _test_files(root: Path, paths: list[str]) -> list[Path]:
 def check(ctx) -> list:
     findings = []
     for area in ctx.areas:
-        for i, step in enumerate(area.steps):
+        for i, step in area.indexed_steps():
             runs = [p for info in parse_commands(step.get("commands", []), step.get("env"))
                     for p in info.files]
             tests = _test_files(ctx.root, runs)

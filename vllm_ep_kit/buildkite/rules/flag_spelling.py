@@ -19,7 +19,7 @@ SPELLINGS = {"1": "1/0", "0": "1/0", "true": "true/false", "false": "true/false"
 def check(ctx) -> list:
     uses = defaultdict(list)  # name -> [(style, value, area, keys)]
     for area in ctx.areas:
-        for i, step in enumerate(area.steps):
+        for i, step in area.indexed_steps():
             for info in parse_commands(step.get("commands", [])):
                 for name, value in info.env.items():
                     if value in SPELLINGS:

@@ -12,7 +12,7 @@ RULE = "gpu-device"
 def check(ctx) -> list:
     findings = []
     for area in ctx.areas:
-        for i, step in enumerate(area.steps):
+        for i, step in area.indexed_steps():
             label = step.get("label", f"#{i}")
             device = step.get("device")
             if device is None:

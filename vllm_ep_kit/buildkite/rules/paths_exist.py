@@ -10,7 +10,7 @@ RULE = "path-exists"
 def check(ctx) -> list:
     findings = []
     for area in ctx.areas:
-        for i, step in enumerate(area.steps):
+        for i, step in area.indexed_steps():
             base = ctx.root / step.get("working_dir", ".").lstrip("/")
             for info in parse_commands(step.get("commands", []), step.get("env")):
                 for path in info.files:

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import json
-from importlib import resources
-
 import jsonschema
 
+from vllm_ep_kit.buildkite.area import load_schema
+
 RULE = "schema"
-
-
-def load_schema() -> dict:
-    return json.loads(resources.files("vllm_ep_kit.buildkite").joinpath("schema.json").read_text())
 
 
 def check(ctx) -> list:

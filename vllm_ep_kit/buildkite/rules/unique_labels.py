@@ -8,7 +8,7 @@ RULE = "unique-labels"
 def check(ctx) -> list:
     findings, seen = [], {}
     for area in ctx.areas:
-        for i, step in enumerate(area.steps):
+        for i, step in area.indexed_steps():
             for field in ("label", "key"):
                 value = step.get(field)
                 if value is None:
