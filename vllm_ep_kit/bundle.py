@@ -31,7 +31,8 @@ INCLUDE = re.compile(r'^\s*#\s*include\s*[<"]([^>"]+)[>"]', re.MULTILINE)
 FLASHINFER_COMM_SPECS = ("gen_comm_alltoall_module", "gen_moe_alltoall_module")
 TRACE_MODULES = ("flashinfer.comm", "flashinfer.comm.mnnvl", "flashinfer.comm.trtllm_alltoall",
                  "flashinfer.comm.trtllm_moe_alltoall", "flashinfer.jit",
-                 "vllm_ep_kit.testing", "vllm_ep_kit.flashinfer_direct")
+                 "vllm_ep_kit.testing", "vllm_ep_kit.flashinfer_direct",
+                 "vllm_ep_kit.patches.lazy")
 # What the GPU tests import from vLLM: config, parallel state, the CUDA platform and
 # communicator, the all-to-all managers (and this kit's modules that drive them).
 VLLM_TRACE_MODULES = ("vllm.config", "vllm.distributed.parallel_state",

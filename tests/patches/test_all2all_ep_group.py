@@ -42,28 +42,39 @@ class RecordingWorker:
                                    "__vllm_ep_kit_ep_group__", False))
                 for kind, cls in (("two_sided", "FlashInferNVLinkTwoSidedManager"),
                                   ("one_sided", "FlashInferNVLinkOneSidedManager"))},
+            "initialize_armed": [
+                bool(getattr(getattr(all2all, cls).initialize, "__vllm_ep_kit_trigger__", False))
+                for cls in ("FlashInferNVLinkTwoSidedManager", "FlashInferNVLinkOneSidedManager")],
         }
 
 
-def rank_patch_and_check(ctx, apply_plugin):
-    """Plugin (as vLLM loads it) then the EP-group check of both managers."""
+def rank_patch_and_check(ctx, plugin):
+    """The plugin (``register``: as vLLM loads it, decided at first use; ``apply_all``: as
+    doctor decides, at once; ``off``), then the EP-group check of both managers."""
     import vllm
 
     from tests.distributed.test_mnnvl_alltoall import recorded_lifecycle
     from vllm_ep_kit import patches
 
-    statuses = [s.as_dict() for s in patches.apply_all()] if apply_plugin else []
+    if plugin == "register":
+        patches.register()
+    elif plugin == "apply_all":
+        patches.apply_all()
+    before = [s.as_dict() for s in patches.statuses() or []]
     findings = {kind: recorded_lifecycle(kind, ("ensure",))["findings"] for kind in KINDS}
-    return {"vllm": vllm.__version__, "statuses": statuses, "findings": findings}
+    return {"vllm": vllm.__version__, "before_use": before, "findings": findings,
+            "statuses": [s.as_dict() for s in patches.statuses() or []]}
 
 
 def rank_worker_init(ctx):
-    """Start a worker through vLLM's own init path, which loads general plugins."""
+    """Start a worker through vLLM's own init path, which loads general plugins; then the
+    managers' first use, which decides the armed patch."""
     import os
-
-    from vllm.v1.worker.worker_base import WorkerWrapperBase
-
     import types
+
+    from tests.distributed.test_mnnvl_alltoall import recorded_lifecycle
+    from vllm_ep_kit import patches
+    from vllm.v1.worker.worker_base import WorkerWrapperBase
 
     config = ctx.vllm_config
     config.parallel_config.worker_cls = f"{__name__}.RecordingWorker"
@@ -72,7 +83,9 @@ def rank_worker_init(ctx):
     wrapper = WorkerWrapperBase(rpc_rank=0)
     wrapper.init_worker([{"vllm_config": config}])
     assert RecordingWorker.seen["pid"] == os.getpid()
-    return RecordingWorker.seen
+    findings = {kind: recorded_lifecycle(kind, ("ensure",))["findings"] for kind in KINDS}
+    return {**RecordingWorker.seen, "findings": findings,
+            "after_use": [s.as_dict() for s in patches.statuses() or []]}
 
 
 def test_not_needed_on_pinned_vllm_and_nothing_changes():
@@ -89,15 +102,21 @@ def test_not_needed_on_pinned_vllm_and_nothing_changes():
     assert data["same"]
 
 
-@pytest.mark.parametrize("apply_plugin", [True, False], ids=["patched", "patch-disabled"])
-def test_affected_release_is_detected_and_fixed(affected_vllm_path, apply_plugin):
+def status_of(statuses: list[dict]) -> dict:
+    return next(s for s in statuses if s["name"] == PATCH)
+
+
+@pytest.mark.parametrize("plugin", ["register", "apply_all", "off"])
+def test_affected_release_is_detected_and_fixed(affected_vllm_path, plugin):
     layout = ParallelLayout(tp=2, dp=2)
-    results = run_ranks(rank_patch_and_check, 4, apply_plugin, backend="gloo", layout=layout,
+    results = run_ranks(rank_patch_and_check, 4, plugin, backend="gloo", layout=layout,
                         python_path=affected_vllm_path, timeout_s=300)
     for rank, result in enumerate(results):
         assert result["vllm"] == "0.19.1"
-        if apply_plugin:
-            status = next(s for s in result["statuses"] if s["name"] == PATCH)
+        if plugin == "register":  # armed, then decided by the managers' first initialize
+            assert status_of(result["before_use"])["status"] == "pending"
+        if plugin != "off":
+            status = status_of(result["statuses"])
             assert status["status"] == "applied", status
             assert "DP group in: one_sided, two_sided" in status["reason"]
             assert result["findings"] == {kind: [] for kind in KINDS}, f"rank {rank}"
@@ -109,7 +128,7 @@ def test_affected_release_is_detected_and_fixed(affected_vllm_path, apply_plugin
 def test_disabled_by_env_reports_needed(affected_vllm_path, monkeypatch):
     monkeypatch.setenv("VLLM_EP_KIT_PATCHES_DISABLE", PATCH)
     layout = ParallelLayout(tp=2, dp=2)
-    results = run_ranks(rank_patch_and_check, 4, True, backend="gloo", layout=layout,
+    results = run_ranks(rank_patch_and_check, 4, "apply_all", backend="gloo", layout=layout,
                         python_path=affected_vllm_path, timeout_s=300)
     status = next(s for s in results[0]["statuses"] if s["name"] == PATCH)
     assert status["status"] == "needed" and "disabled by configuration" in status["reason"]
@@ -120,10 +139,12 @@ def test_spawned_vllm_worker_has_the_patch(affected_vllm_path):
     layout = ParallelLayout(tp=1, dp=2)
     results = run_ranks(rank_worker_init, 2, backend="gloo", layout=layout,
                         python_path=affected_vllm_path, timeout_s=300)
-    for seen in results:
-        status = next(s for s in seen["statuses"] if s["name"] == PATCH)
-        assert status["status"] == "applied"
-        assert seen["initialize_patched"] == {"two_sided": True, "one_sided": True}
+    for seen in results:  # vLLM loaded the plugin: armed, not yet probed
+        assert status_of(seen["statuses"])["status"] == "pending"
+        assert seen["initialize_patched"] == {"two_sided": False, "one_sided": False}
+        assert seen["initialize_armed"] == [True, True]
+        assert status_of(seen["after_use"])["status"] == "applied"
+        assert seen["findings"] == {kind: [] for kind in KINDS}
     assert len({seen["pid"] for seen in results}) == 2  # each worker process on its own
 
 

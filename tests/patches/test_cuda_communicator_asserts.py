@@ -106,15 +106,39 @@ def test_a_signature_the_wrapper_cannot_read_is_refused_not_applied():
     assert "KeyError" not in result["after"]
 
 
-def test_an_applied_patch_says_so_in_one_info_line():
+LAZY = r"""
+import json, logging, sys, torch
+logging.basicConfig(level=logging.INFO)
+from vllm_ep_kit import patches
+patches.register()  # as vLLM loads it: armed, nothing probed yet
+pending = {s.name: s.status for s in patches.statuses()}[%r]
+from vllm.distributed.device_communicators.cuda_communicator import CudaCommunicator
+from vllm_ep_kit.patches.vllm.distributed.device_communicators.cuda_communicator import (
+    _bare_communicator)
+errors = []
+for _ in range(2):  # the first call decides the patch, both see the fix
+    try:
+        CudaCommunicator.reduce_scatterv(_bare_communicator(CudaCommunicator),
+                                         torch.zeros(12, 4), dim=0, sizes=[3, 8])
+    except AssertionError as exc:
+        errors.append(str(exc))
+print(json.dumps({"pending": pending, "errors": errors,
+                  "status": {s.name: s.status for s in patches.statuses()}[%r]}))
+""" % (PATCH, PATCH)
+
+
+def test_the_plugin_decides_at_the_first_call_and_says_so_in_one_info_line():
+    import json
     import subprocess
     import sys
 
-    code = ("import logging; logging.basicConfig(level=logging.INFO); "
-            "from vllm_ep_kit import patches; patches.register()")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-c", LAZY], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(result.stdout.strip().splitlines()[-1])
+    assert data["pending"] == "pending" and data["status"] == "applied", data
+    assert data["errors"] == ["reduce_scatterv on rank 0 of 2 (dim=0): sizes [3, 8] sum to 11 "
+                              "but the input has 12 rows"] * 2
     lines = [line for line in result.stderr.splitlines()
              if "vllm-ep-kit patch reduce_scatterv_asserts applied" in line]
     assert len(lines) == 1, result.stderr[-3000:]

@@ -21,6 +21,7 @@ APPLIED = "applied"
 NEEDED = "needed"  # bug present, patch disabled by configuration
 REFUSED = "refused"  # bug status unknown or fix could not be verified: nothing changed
 DISABLED = "disabled"
+PENDING = "pending"  # armed by the plugin: decided at the first use of a trigger (lazy.py)
 
 
 class UnrecognisedShape(Exception):
@@ -47,6 +48,9 @@ class Patch:
     upstream: str = ""  # upstream PR
     affected: str = ""  # releases found affected (see docs/patches.md)
     requires: tuple[str, ...] = ("vllm",)  # without these the patched code cannot run
+    # "module:Qualified.name" of the patched functions/methods: the plugin decides the
+    # patch at the first call of any of them (lazy.py), not when vLLM loads it.
+    triggers: tuple[str, ...] = ()
 
     def probe(self) -> tuple[bool, str]:
         """(bug present?, what was observed).  May raise UnrecognisedShape."""
@@ -130,6 +134,7 @@ def swapped(owner, **names):
 
 
 ORIGINAL_ATTR = "__vllm_ep_kit_original__"
+UNDERLYING_ATTR = "__vllm_ep_kit_underlying__"  # on a first-use trigger (lazy.py): what it calls
 
 
 def missing_package(*names: str) -> str | None:
@@ -140,8 +145,12 @@ def missing_package(*names: str) -> str | None:
 
 
 def wrap(owner, attr: str, make_wrapper, marker: str) -> None:
-    """Replace ``owner.attr`` by ``make_wrapper(original)``, once (idempotent)."""
+    """Replace ``owner.attr`` by ``make_wrapper(original)``, once (idempotent).
+
+    A first-use trigger in the way is replaced too: the fix wraps what it calls.
+    """
     original = getattr(owner, attr)
+    original = getattr(original, UNDERLYING_ATTR, original)
     if getattr(original, marker, False):
         return
     wrapper = functools.wraps(original)(make_wrapper(original))

@@ -71,6 +71,7 @@ from vllm_ep_kit.patches.base import (
     wrap,
 )
 
+ALL2ALL = "vllm.distributed.device_communicators.all2all"
 _PATCHED_ATTR = "__vllm_ep_kit_ep_group__"
 
 
@@ -170,6 +171,7 @@ class MnnvlWorkspaceOnEpGroup(Patch):
     upstream = "vllm-project/vllm#40893"
     affected = "0.18.0, 0.19.0, 0.19.1"
     requires = ("vllm", "flashinfer")
+    triggers = tuple(f"{ALL2ALL}:{cls}.initialize" for cls in MANAGER_CLASSES.values())
 
     def probe(self) -> tuple[bool, str]:
         seen = {kind: observed_mnnvl_group(kind) for kind in MANAGER_CLASSES}
@@ -319,6 +321,7 @@ class NixlEpTcpStoreGroupRequired(Patch):
     summary = "NIXL EP manager: clear error when tcp_store_group is missing"
     upstream = "vllm-project/vllm#41299"
     affected = "0.18.0 - 0.21.0 (fixed in 0.22.0)"
+    triggers = (f"{ALL2ALL}:NixlEPAll2AllManager.__init__",)
 
     def probe(self) -> tuple[bool, str]:
         seen = observed_nixl_store_handling()

@@ -112,6 +112,7 @@ class ReduceScattervAsserts(Patch):
     summary = "reduce_scatterv: assertion messages that state the sizes that disagree"
     upstream = "vllm-project/vllm#41299"
     affected = "every release probed, 0.18.0 - 0.32.0 (docs/patches.md)"
+    triggers = tuple(f"{MODULE}:CudaCommunicator.{name}" for name in METHODS)
 
     def probe(self) -> tuple[bool, str]:
         message = assertion_message_for_bad_sizes()

@@ -129,6 +129,7 @@ class TwoSidedDispatchXsfGuard(Patch):
     upstream = "vllm-project/vllm#41299"
     affected = "0.18.0 - 0.21.0 (probe results in docs/patches.md)"
     requires = ("vllm", "flashinfer")
+    triggers = (f"{MODULE}:{FUNCTION}",)
 
     def probe(self) -> tuple[bool, str]:
         payloads = scale_payloads_when_no_scales()
