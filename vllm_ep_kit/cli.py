@@ -91,6 +91,13 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
+    def _get_values(self, action, arg_strings):
+        # Python 3.11's argparse drops a value of "--" (``--width=--``) and hands the
+        # option an empty list, bypassing its type; the type must judge it.
+        if arg_strings == ["--"] and action.nargs is None and action.option_strings:
+            return self._get_value(action, "--")
+        return super()._get_values(action, arg_strings)
+
 
 def _int_list(text: str) -> list[int]:
     try:
@@ -245,29 +252,6 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-BENCH_ROW_KEYS = ("backend", "hidden", "dtype", "tokens", "dispatch_ms", "combine_ms",
-                  "total_ms", "gbps", "vs_baseline", "vs_link", "check")
-
-
-def _check_bench_report(report) -> None:
-    """Raise ValueError unless ``report`` has the shape ``bench`` writes (what the table reads)."""
-    if not isinstance(report, dict):
-        raise ValueError(f"expected a JSON object, got {type(report).__name__}")
-    if not isinstance(report.get("meta"), dict):
-        raise ValueError("'meta' is missing or not an object")
-    results = report.get("results")
-    if not isinstance(results, list):
-        raise ValueError("'results' is missing or not a list")
-    for index, row in enumerate(results):
-        if not isinstance(row, dict):
-            raise ValueError(f"results[{index}] is not an object")
-        missing = [key for key in BENCH_ROW_KEYS if key not in row]
-        if missing:
-            raise ValueError(f"results[{index}] lacks {', '.join(missing)}")
-    if not isinstance(report.get("links", []), list):
-        raise ValueError("'links' is not a list")
-
-
 def _bench_table(report: dict, console: Console) -> None:
     table = Table(title=f"Dispatch + combine, {report['meta'].get('world_size', '?')} ranks "
                         f"({report['meta'].get('timer', '')})")
@@ -336,6 +320,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from vllm_ep_kit import backends
     from vllm_ep_kit.bench import plan as bench_plan
+    from vllm_ep_kit.bench import report as bench_report
     from vllm_ep_kit.bench.sweep import run_bench
     from vllm_ep_kit.testing import probes, torchrun
 
@@ -345,7 +330,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         source = Path(args.from_json)
         try:
             report = json.loads(source.read_text())
-            _check_bench_report(report)
+            bench_report.check_report(report)
         except (OSError, ValueError) as exc:
             print(f"vllm-ep-kit bench: error: --from-json: {source}: not a bench report "
                   f"({exc})", file=sys.stderr)

@@ -53,6 +53,42 @@ def test_nccl_world_under_torchrun(tmp_path, no_leftovers):
         assert f"rank {rank} saw the NCCL-world failure of rank {nproc - 1}" in out, out[-4000:]
 
 
+@pytest.mark.parametrize("world", [2, 4])
+def test_faults_under_torchrun_name_the_rank(tmp_path, world, no_leftovers):
+    """Before: a value the other processes could not unpickle escaped as a raw
+    ModuleNotFoundError, and a rank leaving with os._exit(0) gave the others gloo's
+    "Connection closed by peer" RuntimeError, naming no rank."""
+    import json
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    env["FAULT_CASE_OUT"] = str(tmp_path)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+           str(world), str(HERE / "torchrun_fault_case.py")]
+    start = time.monotonic()
+    result = subprocess.run(cmd, cwd=HERE.parent.parent, env=env, capture_output=True,
+                            text=True, timeout=300, check=False)
+    out = result.stdout + result.stderr
+    assert time.monotonic() - start < 60 + 15 + 30, out[-4000:]  # timeout_s + 15 + start-up
+    cases = [json.loads(line) for path in sorted(tmp_path.glob("rank*.jsonl"))
+             for line in path.read_text().splitlines()]
+    last = world - 1
+    unpicklable = [c for c in cases if c["case"] == "unpicklable-elsewhere"]
+    assert sorted(c["rank"] for c in unpicklable) == list(range(world)), out[-4000:]
+    for case in unpicklable:
+        if case["rank"] == last:  # its own value unpickles where it was made
+            assert "values" in case, case
+        else:
+            assert case.get("failed_ranks") == [last], case
+            assert "could not be unpickled in rank" in case["first"], case
+            assert "ModuleNotFoundError" in case["first"], case
+    left = [c for c in cases if c["case"] == "exit-0"]
+    assert sorted(c["rank"] for c in left) == list(range(last)), out[-4000:]
+    for case in left:
+        assert case.get("failed_ranks") == [last], case
+        assert "left the torchrun job without reporting its outcome" in case["first"], case
+
+
 TORCHRUN_ENV = {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4", "LOCAL_RANK": "1",
                 "MASTER_ADDR": "head", "MASTER_PORT": "29500"}
 

@@ -13,6 +13,47 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+_NUMBER_OR_NULL = {"type": ["number", "null"]}
+_COUNT = {"type": "integer", "minimum": 1}
+# What ``bench --from-json`` reads back (its table and plot): a report written by
+# ``bench`` always matches; anything else is refused with the first mismatch.
+REPORT_SCHEMA = {
+    "type": "object",
+    "required": ["meta", "results"],
+    "properties": {
+        "meta": {"type": "object", "properties": {
+            "world_size": _COUNT, "timer": {"type": "string"}, "device": {"type": "string"}}},
+        "results": {"type": "array", "items": {
+            "type": "object",
+            "required": ["backend", "hidden", "dtype", "tokens", "dispatch_ms", "combine_ms",
+                         "total_ms", "gbps", "vs_baseline", "vs_link", "check", "baseline",
+                         "baseline_gbps"],
+            "properties": {
+                "backend": {"type": "string"}, "dtype": {"type": "string"},
+                "baseline": {"type": "string"}, "hidden": _COUNT, "tokens": _COUNT,
+                "dispatch_ms": _NUMBER_OR_NULL, "combine_ms": _NUMBER_OR_NULL,
+                "total_ms": _NUMBER_OR_NULL, "gbps": _NUMBER_OR_NULL,
+                "baseline_gbps": _NUMBER_OR_NULL, "vs_baseline": _NUMBER_OR_NULL,
+                "vs_link": _NUMBER_OR_NULL, "check": {"type": "string"}}}},
+        "links": {"type": "array", "items": {
+            "type": "object", "required": ["backend"],
+            "properties": {"backend": {"type": "string"}, "gbps": _NUMBER_OR_NULL,
+                           "why": {"type": "string"}}}},
+    },
+}
+
+
+def check_report(report) -> None:
+    """Raise ValueError naming the first part of ``report`` that is not what bench writes."""
+    import jsonschema
+
+    error = jsonschema.exceptions.best_match(
+        jsonschema.Draft202012Validator(REPORT_SCHEMA).iter_errors(report))
+    if error is not None:
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+        raise ValueError(f"{where.lstrip('.') or 'the report'}: {error.message}")
+
+
 # Round trip of bf16 hidden states summed over up to top_k ranks: bf16 rounding only.
 CHECK_TOLERANCE = 2e-2
 KEY = ("backend", "hidden", "dtype", "tokens")

@@ -134,8 +134,6 @@ def register() -> None:
     global _results, _results_probed_disabled
     if _results is not None:
         return
-    from vllm_ep_kit.patches import lazy
-
     patches = all_patches()
     disabled, required = _configuration(patches)
     _results, _results_probed_disabled = [], False
@@ -151,6 +149,8 @@ def register() -> None:
                                             + " or ".join(patch.triggers))
         _results.append(verdict)
         if verdict.status == PENDING:
+            from vllm_ep_kit.patches import lazy  # wrapt: only where something waits
+
             armed = lazy.Armed(patch.name, patch.triggers,
                                lambda i=index, p=patch: _decide_at_first_use(i, p))
             _armed[patch.name] = armed

@@ -204,7 +204,7 @@ def read_outcome(workdir: Path, rank: int) -> RankOutcome | None:
     return outcome_from_bytes(data)
 
 
-def outcome_from_bytes(data: bytes) -> RankOutcome | None:
+def outcome_from_bytes(data: bytes, where: str = "the parent") -> RankOutcome | None:
     """Unpickle a rank's outcome, turning any failure into an error outcome."""
     if not data:
         return None
@@ -212,7 +212,7 @@ def outcome_from_bytes(data: bytes) -> RankOutcome | None:
         outcome = pickle.loads(data)
     except Exception as exc:  # noqa: BLE001 (whatever unpickling raises is the report)
         return RankOutcome(status="error", error_type=type(exc).__name__,
-                           message=f"the rank's result could not be unpickled in the parent: "
+                           message=f"the rank's result could not be unpickled in {where}: "
                                    f"{type(exc).__name__}: {exc}", exit_code=1)
     if not isinstance(outcome, RankOutcome):
         return RankOutcome(status="error", error_type="TypeError",

@@ -11,14 +11,16 @@ group, so each process returns every rank's value, as a spawned run does, or
 raises the same ``RankFailures`` naming the rank that failed first: a failure
 on a rank of another node is not hidden behind this rank's pass.  A rank that
 hangs is cut by faulthandler's dump-and-exit timer (``timeout_s`` without a
-heartbeat), after which torchrun tears the job down.
+heartbeat), after which torchrun tears the job down.  A rank that leaves the job
+before the exchange (``os._exit``, a signal) breaks the gloo gather on the others;
+each rank marks its arrival in the job's store first, so the others name the ranks
+that never arrived instead of showing gloo's "Connection closed by peer".
 """
 
 from __future__ import annotations
 
 import faulthandler
 import os
-import pickle
 import sys
 import traceback
 from typing import Any, Callable
@@ -75,6 +77,38 @@ def gpus_for_job(local_gpus: int) -> int:
 
 
 _exchange_group: tuple = (None, None)  # (the world group it was made for, the gloo group)
+_exchanges = 0  # run_ranks calls so far in this process: the same count on every rank
+ARRIVAL_KEY = "vllm_ep_kit/exchange/{call}/rank{rank}"
+
+
+def _arrived(store, call: int, ranks) -> list[int]:
+    """Which of ``ranks`` marked their arrival at exchange ``call`` (best effort)."""
+    try:
+        return [r for r in ranks if store.check([ARRIVAL_KEY.format(call=call, rank=r)])]
+    except Exception:  # noqa: BLE001 (the store went with the job: nothing to tell)
+        return list(ranks)
+
+
+def _lost_outcomes(outcome, rank: int, world_size: int, missing: list[int], error: Exception):
+    """Outcomes when the gather broke: this rank's own, and the ranks that never arrived."""
+    from vllm_ep_kit.testing.rank import RankOutcome
+
+    outcomes = []
+    for r in range(world_size):
+        if r == rank:
+            outcomes.append(outcome)
+        elif r in missing:
+            outcomes.append(RankOutcome(
+                status="error", error_type="LeftTheJob", at=0.0, exit_code=1,
+                message="left the torchrun job without reporting its outcome (it exited or was "
+                        "killed before the exchange; torchrun's log has its exit code)"))
+        else:  # arrived, but its outcome did not reach this rank
+            outcomes.append(RankOutcome(status="ok"))
+    if not missing:
+        outcomes[rank] = RankOutcome(
+            status="error", error_type=type(error).__name__, exit_code=1,
+            message=f"the exchange of outcomes failed and every rank had arrived: {error}")
+    return outcomes
 
 
 def _exchange(outcome, world_size: int) -> list:
@@ -82,20 +116,31 @@ def _exchange(outcome, world_size: int) -> list:
 
     Each travels pickled once (``rank.outcome_bytes``): an outcome that cannot be
     pickled becomes an error outcome on its own rank instead of failing the
-    gather there while the other ranks wait in it.
+    gather there while the other ranks wait in it; one that cannot be unpickled
+    here becomes that rank's error outcome.
     """
     import torch.distributed as dist
 
-    global _exchange_group
+    from vllm_ep_kit.testing.rank import outcome_bytes
+    from vllm_ep_kit.testing.supervision import outcome_from_bytes
+
+    global _exchange_group, _exchanges
     world = dist.group.WORLD
     if _exchange_group[0] is not world:  # first call, or the world group was remade
         _exchange_group = (world, dist.new_group(backend="gloo")
                            if dist.get_backend() != "gloo" else world)
-    from vllm_ep_kit.testing.rank import outcome_bytes
-
+    _exchanges += 1
+    rank = dist.get_rank()
+    store = dist.distributed_c10d._get_default_store()
+    store.set(ARRIVAL_KEY.format(call=_exchanges, rank=rank), "1")
     gathered: list = [None] * world_size
-    dist.all_gather_object(gathered, outcome_bytes(outcome), group=_exchange_group[1])
-    return [pickle.loads(data) for data in gathered]
+    try:
+        dist.all_gather_object(gathered, outcome_bytes(outcome), group=_exchange_group[1])
+    except Exception as exc:  # noqa: BLE001 (gloo: "Connection closed by peer")
+        missing = sorted(set(range(world_size)) - set(_arrived(store, _exchanges,
+                                                               range(world_size))))
+        return _lost_outcomes(outcome, rank, world_size, missing, exc)
+    return [outcome_from_bytes(data, where=f"rank {rank}'s process") for data in gathered]
 
 
 def run_here(fn: Callable[..., Any], world_size: int, args: tuple, kwargs: dict, *,
