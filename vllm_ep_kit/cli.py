@@ -430,10 +430,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 1 if bad or report["failures"] else 0
 
 
+def _finding_line(finding, form: str) -> str:
+    if form == "github":  # a workflow annotation: shown on the line of the PR's diff
+        text = finding.message + (f" (fix: {finding.hint})" if finding.hint else "")
+        text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+        return f"::error file={finding.path},line={finding.line},title={finding.rule}::{text}"
+    return finding.format()
+
+
 def cmd_lint_ci(args: argparse.Namespace) -> int:
+    """Exit 0 clean, 1 findings, 2 usage error, 3 internal error (a bug of ours)."""
     from pathlib import Path
 
     from vllm_ep_kit.buildkite.lint import lint
+    from vllm_ep_kit.buildkite.rules import RULE_NAMES
 
     root = Path(args.root)
     if not root.is_dir():
@@ -444,9 +454,26 @@ def cmd_lint_ci(args: argparse.Namespace) -> int:
         print(f"vllm-ep-kit lint-ci: error: FILES: no such file: {', '.join(missing)}",
               file=sys.stderr)
         return 2
-    findings = lint(root, [Path(f) for f in args.files] or None)
-    for finding in findings:
-        print(finding.format())
+    for flag, names in (("--select", args.select), ("--ignore", args.ignore)):
+        unknown = sorted(set(names or []) - set(RULE_NAMES))
+        if unknown:
+            print(f"vllm-ep-kit lint-ci: error: {flag}: unknown rule {', '.join(unknown)}; "
+                  f"rules: {', '.join(RULE_NAMES)}", file=sys.stderr)
+            return 2
+    try:
+        findings = lint(root, [Path(f) for f in args.files] or None,
+                        select=set(args.select) if args.select else None,
+                        ignore=set(args.ignore or []))
+    except Exception as exc:  # noqa: BLE001 (a bug of ours: say so, exit 3, no traceback)
+        print(f"vllm-ep-kit lint-ci: internal error: {type(exc).__name__}: {exc} (please "
+              "report it with the file that caused it)", file=sys.stderr)
+        return 3
+    if args.format == "json":
+        print(json.dumps([{"path": f.path, "line": f.line, "rule": f.rule,
+                           "message": f.message, "fix": f.hint} for f in findings], indent=2))
+    else:
+        for finding in findings:
+            print(_finding_line(finding, args.format))
     print(f"lint-ci: {len(findings)} finding(s)", file=sys.stderr)
     return 1 if findings else 0
 
@@ -550,11 +577,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="table width in columns (default: the terminal's; wide in a pipe)")
     bench.set_defaults(func=cmd_bench)
 
-    lint_ci = sub.add_parser("lint-ci", help="lint Buildkite test areas: schema, paths, "
-                             "dependencies, gated branches, flag spelling, devices, labels")
+    lint_ci = sub.add_parser("lint-ci", help="lint Buildkite test areas as vLLM's pipeline "
+                             "generator reads them (docs/ci.md lists the rules)")
     lint_ci.add_argument("files", nargs="*", metavar="FILES",
-                         help="test-area files (default: .buildkite/test_areas/*.yaml)")
+                         help="test-area files (default: every job_dirs folder of "
+                              ".buildkite/ci_config*.yaml, else .buildkite/test_areas)")
     lint_ci.add_argument("--root", default=".", help="repository root (default: .)")
+    lint_ci.add_argument("--format", choices=("text", "json", "github"), default="text",
+                         help="text (file:line: rule: message), json, or GitHub annotations")
+    lint_ci.add_argument("--select", type=_str_list, default=None, metavar="RULE[,RULE]",
+                         help="only these rules")
+    lint_ci.add_argument("--ignore", type=_str_list, default=None, metavar="RULE[,RULE]",
+                         help="never these rules")
     lint_ci.set_defaults(func=cmd_lint_ci)
 
     bundle = sub.add_parser("bundle", help="folder for an air-gapped GPU host with torch: "

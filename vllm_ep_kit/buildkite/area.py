@@ -16,6 +16,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+_FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MAX_NODES = 200_000  # a test-area file far beyond any real one: aliases that expand forever
 
 
@@ -102,19 +103,27 @@ class Area:
     def load(cls, path: Path, display: str | None = None) -> "Area":
         """Raises :class:`AreaError` (encoding, size) or ``yaml.YAMLError``."""
         text = decode(path.read_bytes())
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_FAST_LOADER)  # parsed once, by libyaml if present
         if expanded_size(root) > MAX_NODES:
             raise AreaError(1, "yaml", f"expands to more than {MAX_NODES:,} YAML nodes "
                                        "(aliases of aliases?): not read")
-        return cls(path=path, data=yaml.safe_load(text), root=root,
-                   display=display or str(path))
+        data = None if root is None else yaml.SafeLoader("").construct_document(root)
+        return cls(path=path, data=data, root=root, display=display or str(path))
+
+    @staticmethod
+    def shape_ok(step) -> bool:
+        return isinstance(step, dict) and _SHAPE.is_valid(step)
+
+    @property
+    def holds_steps(self) -> bool:
+        return isinstance(self.data, dict) and "steps" in self.data
 
     def indexed_steps(self) -> list[tuple[int, dict]]:
         """(index, step) of each step whose fields have the schema's types."""
         steps = self.data.get("steps") if isinstance(self.data, dict) else None
         if not isinstance(steps, list):
             return []
-        return [(i, s) for i, s in enumerate(steps) if isinstance(s, dict) and _SHAPE.is_valid(s)]
+        return [(i, s) for i, s in enumerate(steps) if self.shape_ok(s)]
 
     @property
     def steps(self) -> list[dict]:

@@ -1,14 +1,18 @@
 """One module per lint rule; each exposes ``RULE`` and ``check(ctx) -> list[Finding]``."""
 
 from vllm_ep_kit.buildkite.rules import (
+    dead_key,
     dependencies,
     flag_spelling,
     gated_branches,
-    gpu_steps,
+    gpu_count,
     paths_exist,
     schema,
+    stale_dependency,
+    uncovered,
     unique_labels,
 )
 
-ALL_RULES = [schema, unique_labels, gpu_steps, paths_exist, flag_spelling, gated_branches,
-             dependencies]
+ALL_RULES = [schema, dead_key, unique_labels, gpu_count, paths_exist, stale_dependency,
+             uncovered, flag_spelling, gated_branches, dependencies]
+RULE_NAMES = [rule.RULE for rule in ALL_RULES]

@@ -1,18 +1,22 @@
-"""A step's ``source_file_dependencies`` cover everything its tests import from this repo.
+"""A non-optional step's ``source_file_dependencies`` cover the test code it runs.
 
 Buildkite runs a step only when a listed path changes; a test whose helper
 module is not listed does not run when that helper changes.  The import
 closure of each test file (plus the conftest.py files pytest loads for it) is
-read with ``ast``; tests that import vLLM must also depend on the vLLM pin,
-``requirements/common.txt`` (a vLLM upgrade must rerun them).
+read with ``ast``, and tests that import vLLM must also depend on the vLLM
+pin, ``requirements/common.txt`` (a vLLM upgrade must rerun them).  For a
+project testing against an installed vLLM (like this kit); not in vLLM's own
+tree, whose steps list parts of ``vllm/`` and shared test helpers on purpose
+(``uncovered`` checks the files its steps name).
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
-from vllm_ep_kit.buildkite.commands import parse_commands
+from vllm_ep_kit.buildkite import conventions
 
 RULE = "dependencies"
 VLLM_PIN = "requirements/common.txt"
@@ -27,11 +31,21 @@ def _module_file(root: Path, dotted: str) -> Path | None:
 
 
 def _imports(root: Path, path: Path) -> tuple[set[Path], bool]:
-    """Repo files imported by ``path``, and whether it imports vllm."""
+    """Repo files imported by ``path``, and whether it imports vllm (read once per version
+    of the file: the import graph of a tree is built once per run, not once per step)."""
     try:
-        tree = ast.parse(path.read_text(), filename=str(path))
-    except SyntaxError:
+        stamp = path.stat().st_mtime_ns
+    except OSError:
         return set(), False
+    return _imports_of(root, path, stamp)
+
+
+@functools.lru_cache(maxsize=None)
+def _imports_of(root: Path, path: Path, stamp: int) -> tuple[frozenset, bool]:
+    try:
+        tree = ast.parse(path.read_text(errors="replace"), filename=str(path))
+    except (SyntaxError, ValueError, OSError):
+        return frozenset(), False
     package = ".".join(path.relative_to(root).with_suffix("").parts[:-1])
     found, uses_vllm = set(), False
     for node in ast.walk(tree):
@@ -52,7 +66,7 @@ def _imports(root: Path, path: Path) -> tuple[set[Path], bool]:
             target = _module_file(root, name) if name else None
             if target is not None:
                 found.add(target)
-    return found, uses_vllm
+    return frozenset(found), uses_vllm
 
 
 def closure(root: Path, start: list[Path]) -> tuple[set[Path], bool]:
@@ -74,17 +88,6 @@ def closure(root: Path, start: list[Path]) -> tuple[set[Path], bool]:
     return seen, uses_vllm
 
 
-def _covered(rel: str, deps: list[str]) -> bool:
-    included = [d for d in deps if not d.startswith("!")]
-    excluded = [d[1:] for d in deps if d.startswith("!")]
-
-    def under(entry: str) -> bool:
-        entry = entry.rstrip("/")
-        return rel == entry or rel.startswith(entry + "/")
-
-    return any(under(d) for d in included) and not any(under(d) for d in excluded)
-
-
 def _test_files(root: Path, paths: list[str]) -> list[Path]:
     files = []
     for path in paths:
@@ -98,33 +101,35 @@ def _test_files(root: Path, paths: list[str]) -> list[Path]:
 
 def check(ctx) -> list:
     findings = []
-    for area in ctx.areas:
-        for i, step in area.indexed_steps():
-            runs = [p for info in parse_commands(step.get("commands", []), step.get("env"))
-                    for p in info.files]
-            tests = _test_files(ctx.root, runs)
-            scripts = [ctx.root / p for p in runs if p.endswith(".sh") and (ctx.root / p).is_file()]
-            if not tests and not scripts:
-                continue
-            deps = step.get("source_file_dependencies")
-            label = step.get("label")
-            if not deps:
-                findings.append(area.finding(
-                    ("steps", i), RULE, f"step {label!r} declares no source_file_dependencies",
-                    "list the tests, helpers and scripts it runs"))
-                continue
-            files, uses_vllm = closure(ctx.root, tests)
-            needed = {str(f.relative_to(ctx.root)) for f in files | set(scripts)}
-            if uses_vllm:
-                needed.add(VLLM_PIN)
-            missing = sorted(rel for rel in needed if not _covered(rel, deps))
-            if missing:
-                shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more"
-                                                  if len(missing) > 5 else "")
-                suggest = missing if len(missing) <= 3 else sorted(
-                    {str(Path(m).parent) + "/" for m in missing})
-                findings.append(area.finding(
-                    ("steps", i, "source_file_dependencies"), RULE,
-                    f"step {label!r} runs code not in its source_file_dependencies: {shown}",
-                    "add " + ", ".join(suggest[:5])))
+    if ctx.vllm_tree:
+        return findings  # vLLM lists parts of its tree on purpose; see uncovered.py there
+    for step in ctx.steps:
+        if step.optional:
+            continue  # run only when asked for: its dependencies are never consulted
+        runs = [p for info in step.parsed() for p in info.repo_files if p]
+        tests = _test_files(ctx.root, runs)
+        scripts = [ctx.root / p for p in runs if p.endswith(".sh") and (ctx.root / p).is_file()]
+        if not tests and not scripts:
+            continue
+        deps = step.dependencies
+        label = step.label
+        if not deps:
+            findings.append(step.finding(
+                (), RULE, f"step {label!r} declares no source_file_dependencies",
+                "list the tests, helpers and scripts it runs"))
+            continue
+        files, uses_vllm = closure(ctx.root, tests)
+        needed = {str(f.relative_to(ctx.root)) for f in files | set(scripts)}
+        if uses_vllm:
+            needed.add(VLLM_PIN)
+        missing = sorted(rel for rel in needed if not conventions.covered(rel, deps))
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more"
+                                              if len(missing) > 5 else "")
+            suggest = missing if len(missing) <= 3 else sorted(
+                {str(Path(m).parent) + "/" for m in missing})
+            findings.append(step.finding(
+                ("source_file_dependencies",), RULE,
+                f"step {label!r} runs code not in its source_file_dependencies: {shown}",
+                "add " + ", ".join(suggest[:5])))
     return findings

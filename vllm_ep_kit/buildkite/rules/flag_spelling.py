@@ -18,17 +18,19 @@ SPELLINGS = {"1": "1/0", "0": "1/0", "true": "true/false", "false": "true/false"
 
 def check(ctx) -> list:
     uses = defaultdict(list)  # name -> [(style, value, area, keys)]
-    for area in ctx.areas:
-        for i, step in area.indexed_steps():
-            for info in parse_commands(step.get("commands", [])):
-                for name, value in info.env.items():
-                    if value in SPELLINGS:
-                        uses[name].append((SPELLINGS[value], value, area,
-                                           ("steps", i, "commands", info.index)))
-            for name, value in (step.get("env") or {}).items():
-                value = str(value) if not isinstance(value, bool) else str(value).lower()
+    for step in ctx.steps:
+        if step.mirror:
+            continue  # its commands and env are its step's, or its own hardware's
+        for info in parse_commands(step.commands):
+            for name, value in info.env.items():
                 if value in SPELLINGS:
-                    uses[name].append((SPELLINGS[value], value, area, ("steps", i, "env", name)))
+                    uses[name].append((SPELLINGS[value], value, step.area,
+                                       step.keys + ("commands", info.index)))
+        for name, value in step.env.items():
+            value = str(value) if not isinstance(value, bool) else str(value).lower()
+            if value in SPELLINGS:
+                uses[name].append((SPELLINGS[value], value, step.area,
+                                   step.keys + ("env", name)))
     findings = []
     for name, entries in uses.items():
         styles = defaultdict(int)

@@ -11,26 +11,42 @@ from __future__ import annotations
 
 import re
 
+from vllm_ep_kit.buildkite import conventions
 from vllm_ep_kit.buildkite.area import Finding
-from vllm_ep_kit.buildkite.commands import parse_commands
 
 RULE = "gated-branch"
 CONDITION = re.compile(r"^\s*(if|elif|while)\b|^\s*\[\[.*\]\]\s*(&&|\|\|)")
 VARIABLE = re.compile(r"\$\{?([A-Z][A-Z0-9_]*)")
 FIXED_ASSIGNMENT = re.compile(r"^\s*(?:readonly\s+|declare\s+\S+\s+)?([A-Z][A-Z0-9_]*)=(?!\"?\$\{\1)")
 FALSY = {"", "0", "false", "False", "no", "off"}
+BRANCH_END = re.compile(r"^\s*(elif|else|fi)\b")
+# A branch that chooses what runs: it fills an array of configs or runs tests.  Knobs
+# (``if [[ -n $DISK_USAGE_THRESHOLD ]]``, a push or cache switch) do not cut coverage.
+SELECTS_TESTS = re.compile(r"\+?=\(|\[@\]|\bpytest\b")
+
+
+def selects_what_runs(lines: list[str], start: int, reach: int = 15) -> bool:
+    """Whether the branch opened at ``lines[start]`` fills a config array or runs tests."""
+    for offset, line in enumerate(lines[start:start + reach]):
+        if offset and BRANCH_END.match(line):
+            return False
+        if SELECTS_TESTS.search(line):
+            return True
+    return False
 
 
 def gating_variables(text: str) -> dict[str, tuple[int, str | None]]:
     """Variable -> (first line of a condition testing it, the value it is compared to).
 
+    Only conditions whose branch chooses what runs count (``selects_what_runs``).
     Fixed assignments (``X=5``, not ``X=${X:-0}``) are not gates.  The value is
     known when the condition reads ``"$X" == VALUE``; then only that value opens it.
     """
-    fixed = {m.group(1) for line in text.splitlines() if (m := FIXED_ASSIGNMENT.match(line))}
+    lines = text.splitlines()
+    fixed = {m.group(1) for line in lines if (m := FIXED_ASSIGNMENT.match(line))}
     found: dict[str, tuple[int, str | None]] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        if CONDITION.search(line):
+    for number, line in enumerate(lines, start=1):
+        if CONDITION.search(line) and selects_what_runs(lines, number - 1):
             for name in VARIABLE.findall(line):
                 if name in fixed or name in found:
                     continue
@@ -45,19 +61,20 @@ def opens(value: str, required: str | None) -> bool:
 
 def check(ctx) -> list:
     settings: dict[str, list[dict[str, str]]] = {}  # script -> env of each command running it
-    for area in ctx.areas:
-        for step in area.steps:
-            for info in parse_commands(step.get("commands", []), step.get("env")):
-                for path in info.files:
-                    if path.endswith(".sh"):
-                        settings.setdefault(path, []).append(info.env)
+    for step in ctx.steps:
+        for info in step.parsed():
+            for path in info.repo_files:
+                if path.endswith(".sh"):
+                    settings.setdefault(path, []).append(info.env)
     findings = []
     for script, envs in sorted(settings.items()):
         file = ctx.root / script
         if not file.exists():
             continue  # path-exists reports it
-        gates = gating_variables(file.read_text())
+        gates = gating_variables(file.read_text(errors="replace"))
         for name, (line, required) in sorted(gates.items(), key=lambda item: item[1][0]):
+            if conventions.set_by_environment(name):
+                continue  # set by the image or the agent, not by a step
             if any(name in env and opens(env[name], required) for env in envs):
                 continue
             seen = sorted({env[name] for env in envs if name in env})

@@ -1,22 +1,26 @@
-"""Every test file and script a step runs exists (relative to the repository or working_dir)."""
+"""Every test file and script a step runs exists, resolved as the step's shell resolves it.
+
+Each file is looked up from the folder it is named in: the step's ``working_dir``
+(vLLM's default ``/vllm-workspace/tests``), then any ``cd`` before it.
+"""
 
 from __future__ import annotations
 
-from vllm_ep_kit.buildkite.commands import parse_commands
-
 RULE = "path-exists"
+UNRESOLVED = ("$", "*", "{", "?")  # a variable or a glob: the shell decides
 
 
 def check(ctx) -> list:
     findings = []
-    for area in ctx.areas:
-        for i, step in area.indexed_steps():
-            base = ctx.root / step.get("working_dir", ".").lstrip("/")
-            for info in parse_commands(step.get("commands", []), step.get("env")):
-                for path in info.files:
-                    if not (base / path).exists() and not (ctx.root / path).exists():
-                        findings.append(area.finding(
-                            ("steps", i, "commands", info.index), RULE,
-                            f"step {step.get('label')!r} runs {path}, which does not exist",
-                            "fix the path or add the file"))
+    for step in ctx.steps:
+        for info in step.parsed():
+            for written, repo in zip(info.files, info.repo_files):
+                if not repo or any(mark in written for mark in UNRESOLVED):
+                    continue  # outside the workspace (the image's own files), or unknown
+                if not (ctx.root / repo).exists():
+                    where = f" ({repo} from {step.working_dir})" if repo != written else ""
+                    findings.append(step.finding(
+                        ("commands", info.index), RULE,
+                        f"step {step.label!r} runs {written}{where}, which does not exist",
+                        "fix the path or add the file"))
     return findings

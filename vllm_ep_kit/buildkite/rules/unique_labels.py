@@ -1,4 +1,8 @@
-"""Step labels (and keys) are unique across all test areas: Buildkite and humans key on them."""
+"""Step labels and keys are unique within a pipeline: Buildkite and humans key on them.
+
+A pipeline is one ``ci_config*.yaml`` (its ``job_dirs``); the same label in the
+Intel pipeline and the main one is no clash.  Mirror blocks share their step's label.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +10,22 @@ RULE = "unique-labels"
 
 
 def check(ctx) -> list:
-    findings, seen = [], {}
-    for area in ctx.areas:
-        for i, step in area.indexed_steps():
+    findings = []
+    for pipeline, areas in ctx.pipelines.items():
+        seen: dict = {}
+        for step in ctx.steps:
+            if step.mirror or step.area.display not in areas:
+                continue
             for field in ("label", "key"):
-                value = step.get(field)
+                value = step.raw.get(field)
                 if value is None:
                     continue
                 if (field, value) in seen:
-                    other = seen[(field, value)]
-                    findings.append(area.finding(
-                        ("steps", i, field), RULE,
-                        f"{field} {value!r} is already used at {other}",
+                    findings.append(step.finding(
+                        (field,), RULE, f"{field} {value!r} is already used at "
+                                        f"{seen[(field, value)]}"
+                                        + (f" (pipeline {pipeline})" if pipeline else ""),
                         f"rename one of the two steps' {field}"))
                 else:
-                    seen[(field, value)] = f"{area.display}:{area.line('steps', i, field)}"
-    return findings
+                    seen[(field, value)] = f"{step.area.display}:{step.line(field)}"
+    return list({(f.path, f.line, f.message): f for f in findings}.values())

@@ -1,0 +1,235 @@
+"""lint-ci reads a vLLM-shaped tree as vLLM's pipeline generator does.
+
+The tree is written here, from what vLLM's .buildkite/ and ci-infra's generator show
+(conventions.py names each fact): the working_dir default of /vllm-workspace/tests and
+``cd`` in commands, the default GPU pool, the CPU family and one-GPU slices, optional
+steps, mirror blocks, multi-node steps run from the checkout, ``run_all_patterns``,
+and files outside ``job_dirs``.  Clean, it gives no finding; each planted defect gives
+one finding of its rule at its line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vllm_ep_kit.buildkite.lint import lint
+
+AREA = """\
+group: Distributed
+depends_on:
+  - image-build
+steps:
+- label: Comm ops (default pool, default working_dir)
+  key: comm-ops
+  num_devices: 2
+  soft_fail: true
+  parallelism: 2
+  retry:
+    automatic: true
+  source_file_dependencies:
+  - vllm/distributed
+  - tests/distributed
+  - examples/offline.py
+  commands:
+  - pytest -v -s distributed/test_comm.py
+  - cd .. && python3 examples/offline.py -tp 2
+- label: Engine on a small CPU
+  key: engine-cpu
+  device: cpu-small
+  working_dir: "/vllm-workspace"
+  source_file_dependencies:
+  - tests/v1/
+  commands:
+  - pytest tests/v1/test_engine.py
+  - torchrun --nproc-per-node 4 tests/v1/test_engine.py
+  - vllm serve model -tp 2
+- label: One slice of an H200
+  key: h200-slice
+  device: h200_18gb
+  agent_tags:
+    size: small
+  source_file_dependencies:
+  - tests/v1
+  commands:
+  - vllm serve model -tp 1
+  - pytest -v -s v1/test_engine.py
+- label: Heavy NCCL test (optional)
+  key: pynccl
+  optional: true
+  device: h100
+  num_devices: 2
+  source_file_dependencies:
+  - tests/distributed/test_pynccl
+  commands:
+  - pytest -v -s distributed/test_pynccl.py
+- label: Comm ops from the workspace root
+  key: comm-root
+  source_file_dependencies:
+  - tests/distributed/
+  commands:
+  - cd /vllm-workspace && pytest tests/distributed/test_comm.py
+  - "find distributed/ -name 'test_*.py' -not -name 'test_gone.py' | xargs pytest"
+  mirror:
+    amd:
+      device: mi325_1
+      dind: true
+      timeout_in_minutes: 30
+      source_file_dependencies:
+      - tests/distributed
+      commands:
+      - bash ../.buildkite/scripts/hardware_ci/run-amd-test.sh distributed
+- label: Two nodes
+  key: two-nodes
+  num_nodes: 2
+  num_devices: 2
+  source_file_dependencies:
+  - tests/distributed
+  - .buildkite/scripts/run-multi-node-test.sh
+  commands:
+  - ./.buildkite/scripts/run-multi-node-test.sh /vllm-workspace/tests 2 2 image "pytest -v distributed/test_comm.py"
+- label: Sweep
+  key: sweep
+  device: h100
+  num_devices: 2
+  source_file_dependencies:
+  - tests/v1/kv/
+  commands:
+  - SW_ATTN=1 bash v1/kv/sweep.sh
+"""
+SWEEP = """\
+#!/bin/bash
+configs=()
+if [[ -n "${SW_ATTN:-}" ]]; then
+  configs+=("${sw_configs[@]}")
+fi
+"""
+FILES = {
+    "vllm/__init__.py": "",
+    "vllm/distributed/comm.py": "",
+    "examples/offline.py": "",
+    "tests/conftest.py": "",
+    "tests/distributed/test_comm.py": "def test_comm():\n    pass\n",
+    "tests/distributed/test_pynccl.py": "def test_pynccl():\n    pass\n",
+    "tests/v1/test_engine.py": "def test_engine():\n    pass\n",
+    "tests/v1/kv/sweep.sh": SWEEP,
+    "setup.py": "",
+    ".buildkite/ci_config.yaml": "name: vllm_ci\njob_dirs:\n  - .buildkite/test_areas\n"
+                                 "  - .buildkite/hardware_tests\nrun_all_patterns:\n"
+                                 "  - setup.py\n  - \\.buildkite/scripts/hardware_ci/\n",
+    ".buildkite/scripts/run-multi-node-test.sh": "#!/bin/bash\n",
+    ".buildkite/scripts/hardware_ci/run-amd-test.sh": "#!/bin/bash\n",
+    ".buildkite/test_areas/distributed.yaml": AREA,
+    ".buildkite/hardware_tests/README.yaml": "# no steps here: not an area\nnotes: [1, 2]\n",
+    ".buildkite/lm-eval-harness/configs/model.yaml": "model_name: x\ntasks: [5, {",  # not read
+}
+
+
+@pytest.fixture
+def tree(tmp_path) -> Path:
+    for rel, text in FILES.items():
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return tmp_path
+
+
+def plant(tree: Path, old: str, new: str, file: str = ".buildkite/test_areas/distributed.yaml",
+          ) -> int:
+    """Replace ``old`` (must occur once) by ``new``; the 1-based line where it was."""
+    path = tree / file
+    text = path.read_text()
+    assert text.count(old) == 1, old
+    path.write_text(text.replace(old, new))
+    return text[: text.index(old)].count("\n") + 1
+
+
+def only(findings, rule):
+    mine = [f for f in findings if f.rule == rule]
+    assert len(mine) == 1, "\n".join(f.format() for f in findings)
+    return mine[0]
+
+
+def test_the_conventions_give_no_finding(tree):
+    findings = lint(tree)
+    assert findings == [], "\n".join(f.format() for f in findings)
+
+
+def test_dead_key_with_what_was_meant(tree):
+    line = plant(tree, "  key: comm-ops\n", "  key: comm-ops\n  num_gpus: 2\n") + 1
+    finding = only(lint(tree), "dead-key")
+    assert finding.line == line
+    assert "key 'num_gpus' is not read" in finding.message
+    assert "did you mean `num_devices`" in finding.hint
+
+
+def test_dead_key_in_a_mirror_block(tree):
+    line = plant(tree, "      dind: true\n", "      dind: true\n      autorun_on_main: true\n") + 1
+    finding = only(lint(tree), "dead-key")
+    assert finding.line == line and "[mirror amd]" in finding.message
+
+
+def test_entry_without_py_matches_nothing(tree):
+    line = plant(tree, "  - tests/v1/\n", "  - tests/v1/\n  - tests/v1/test_engine\n") + 1
+    finding = only(lint(tree), "stale-dependency")
+    assert finding.line == line
+    assert "tests/v1/test_engine.py exists" in finding.message
+    assert finding.hint == "write `tests/v1/test_engine.py`"
+
+
+def test_an_optional_steps_entries_are_not_judged_until_it_is_not_optional(tree):
+    plant(tree, "  optional: true\n", "")
+    finding = only(lint(tree), "stale-dependency")
+    assert "'tests/distributed/test_pynccl' matches no change" in finding.message
+    # and the test it runs is then uncovered (nothing re-runs the step when it changes)
+    assert "tests/distributed/test_pynccl.py" in only(lint(tree), "uncovered").message
+
+
+def test_an_entry_naming_nothing(tree):
+    line = plant(tree, "  - vllm/distributed\n", "  - vllm/distributed\n  - vllm/executor/\n") + 1
+    finding = only(lint(tree), "stale-dependency")
+    assert finding.line == line and "'vllm/executor/' names nothing" in finding.message
+
+
+def test_a_test_its_dependencies_do_not_cover(tree):
+    plant(tree, "  - tests/distributed\n  - examples/offline.py\n", "  - examples/offline.py\n")
+    finding = only(lint(tree), "uncovered")
+    assert "runs tests/distributed/test_comm.py, which no entry" in finding.message
+    text = (tree / ".buildkite/test_areas/distributed.yaml").read_text().splitlines()
+    assert text[finding.line - 1] == "  - pytest -v -s distributed/test_comm.py"
+
+
+def test_a_command_needing_more_gpus_than_the_default_pool_gives(tree):
+    line = plant(tree, "  - cd .. && python3 examples/offline.py -tp 2\n",
+                 "  - cd .. && python3 examples/offline.py -tp 2 -dp 2\n")
+    finding = only(lint(tree), "gpu-count")
+    assert finding.line == line
+    assert "gets 2 GPU(s) but a command needs 4 (DP=2 x TP=2)" in finding.message
+
+
+def test_a_one_gpu_slice_holds_one_gpu(tree):
+    plant(tree, "  device: h200_18gb\n", "  device: h200_18gb\n  num_devices: 2\n")
+    plant(tree, "  - vllm serve model -tp 1\n", "  - vllm serve model -tp 2\n")
+    assert "gets 1 GPU(s) but a command needs 2" in only(lint(tree), "gpu-count").message
+
+
+def test_a_missing_file_is_resolved_from_the_working_dir(tree):
+    line = plant(tree, "  - pytest -v -s distributed/test_comm.py\n",
+                 "  - pytest -v -s distributed/test_gone.py\n")
+    finding = only(lint(tree), "path-exists")
+    assert finding.line == line
+    assert "(tests/distributed/test_gone.py from /vllm-workspace/tests)" in finding.message
+
+
+def test_a_cd_holds_for_the_commands_after_it(tree):
+    plant(tree, "  - cd .. && python3 examples/offline.py -tp 2\n",
+          "  - cd ..\n  - python3 examples/gone.py\n")
+    assert "examples/gone.py" in only(lint(tree), "path-exists").message
+
+
+def test_a_branch_no_step_enables(tree):
+    plant(tree, "  - SW_ATTN=1 bash v1/kv/sweep.sh\n", "  - bash v1/kv/sweep.sh\n")
+    finding = only(lint(tree), "gated-branch")
+    assert finding.path == "tests/v1/kv/sweep.sh" and finding.line == 3
+    assert "SW_ATTN" in finding.message

@@ -1,0 +1,40 @@
+"""A step key the pipeline generator does not read (its step model drops unknown keys).
+
+``autorun_on_main``, ``num_gpus``, ``gpu`` sit in upstream's files today: whoever wrote
+them believes something happens that does not.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+from vllm_ep_kit.buildkite import conventions
+
+RULE = "dead-key"
+# What such a key is usually meant to say (difflib's nearest spelling is not it).
+MEANT = {"num_gpus": "num_devices", "gpus": "num_devices", "gpu": "device",
+         "num_gpu": "num_devices", "nodes": "num_nodes", "timeout": "timeout_in_minutes",
+         "dependencies": "source_file_dependencies", "command": "commands"}
+
+
+def _finding(step, keys: tuple, key, known) -> object:
+    close = [MEANT[key]] if key in MEANT else difflib.get_close_matches(
+        str(key), sorted(known), n=1, cutoff=0.6)
+    hint = f"did you mean `{close[0]}`?" if close else "remove it (the generator ignores it)"
+    return step.area.finding(keys, RULE, f"step {step.label!r}: key {key!r} is not read by the "
+                                         "pipeline generator (dropped silently)", hint)
+
+
+def check(ctx) -> list:
+    findings = []
+    for step in ctx.steps:
+        if step.mirror:
+            block = step.raw if step.parent is None else step.parent.raw["mirror"][step.mirror]
+            unknown = [k for k in block if k not in conventions.MIRROR_KEYS]
+            findings += [_finding(step, step.keys + (k,), k, conventions.MIRROR_KEYS)
+                         for k in unknown]
+        else:
+            unknown = [k for k in step.raw if k not in conventions.STEP_KEYS]
+            findings += [_finding(step, step.keys + (k,), k, conventions.STEP_KEYS)
+                         for k in unknown]
+    return findings

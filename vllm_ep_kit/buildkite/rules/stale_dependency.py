@@ -1,0 +1,37 @@
+"""A ``source_file_dependencies`` entry that names nothing in the tree, or never matches.
+
+An entry matches a changed path exactly or as a folder prefix, so
+``tests/distributed/test_pynccl`` (no ``.py``) matches no change at all: the step
+does not re-run when that test changes.  Optional steps are skipped (the
+generator never consults their dependencies).
+"""
+
+from __future__ import annotations
+
+RULE = "stale-dependency"
+
+
+def check(ctx) -> list:
+    findings = []
+    for step in ctx.steps:
+        if step.optional:
+            continue
+        for index, entry in enumerate(step.dependencies):
+            path = entry[1:] if entry.startswith("!") else entry
+            if not path or any(mark in path for mark in ("*", "$")):
+                continue
+            target = ctx.root / path.rstrip("/")
+            if target.exists():
+                continue
+            near = [s for s in (".py", ".sh", ".yaml") if target.with_name(target.name + s).exists()]
+            if near:
+                bare = path.rstrip("/")
+                message = (f"entry {entry!r} matches no change: {bare}{near[0]} exists, and an "
+                           "entry matches only a path or a folder")
+                hint = f"write `{entry[:len(entry) - len(path)]}{bare}{near[0]}`"
+            else:
+                message = f"entry {entry!r} names nothing in the tree"
+                hint = "fix the path or remove the entry"
+            findings.append(step.finding(("source_file_dependencies", index), RULE,
+                                         f"step {step.label!r}: {message}", hint))
+    return findings
