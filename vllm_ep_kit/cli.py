@@ -438,6 +438,27 @@ def _finding_line(finding, form: str) -> str:
     return finding.format()
 
 
+def _explain(root, path: str, form: str) -> int:
+    """``lint-ci --explain PATH``: which steps run it or are selected by a change to it."""
+    from vllm_ep_kit.buildkite.lint import explain
+
+    rows = explain(root, path)
+    if form == "json":
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        how = " and ".join(w for w, on in (("runs it", row["runs_it"]),
+                                          ("is selected by a change to it",
+                                           row["selected_by_it"])) if on)
+        print(f"{row['where']}: {row['step']!r} {how}; {row['device']}, {row['gpus']} GPU(s)"
+              + (", optional (runs only when asked for)" if row["optional"] else ""))
+    automatic = [r for r in rows if r["runs_it"] and not r["optional"]]
+    print(f"{path}: run by {len(automatic)} non-optional step(s), "
+          f"{sum(r['runs_it'] for r in rows) - len(automatic)} optional"
+          + ("" if automatic else " -- no automatic build runs it"), file=sys.stderr)
+    return 0
+
+
 def cmd_lint_ci(args: argparse.Namespace) -> int:
     """Exit 0 clean, 1 findings, 2 usage error, 3 internal error (a bug of ours)."""
     from pathlib import Path
@@ -460,6 +481,18 @@ def cmd_lint_ci(args: argparse.Namespace) -> int:
             print(f"vllm-ep-kit lint-ci: error: {flag}: unknown rule {', '.join(unknown)}; "
                   f"rules: {', '.join(RULE_NAMES)}", file=sys.stderr)
             return 2
+    if args.explain:
+        return _explain(root, args.explain, args.format)
+    baseline = None
+    if args.baseline:
+        try:
+            baseline = json.loads(Path(args.baseline).read_text())
+            if not isinstance(baseline, list):
+                raise ValueError(f"expected a JSON list, got {type(baseline).__name__}")
+        except (OSError, ValueError) as exc:
+            print(f"vllm-ep-kit lint-ci: error: --baseline: {args.baseline}: not a lint-ci "
+                  f"--format json output ({exc})", file=sys.stderr)
+            return 2
     try:
         findings = lint(root, [Path(f) for f in args.files] or None,
                         select=set(args.select) if args.select else None,
@@ -468,6 +501,10 @@ def cmd_lint_ci(args: argparse.Namespace) -> int:
         print(f"vllm-ep-kit lint-ci: internal error: {type(exc).__name__}: {exc} (please "
               "report it with the file that caused it)", file=sys.stderr)
         return 3
+    if baseline is not None:
+        from vllm_ep_kit.buildkite.lint import without_baseline
+
+        findings = without_baseline(findings, baseline)
     if args.format == "json":
         print(json.dumps([{"path": f.path, "line": f.line, "rule": f.rule,
                            "message": f.message, "fix": f.hint} for f in findings], indent=2))
@@ -589,6 +626,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="only these rules")
     lint_ci.add_argument("--ignore", type=_str_list, default=None, metavar="RULE[,RULE]",
                          help="never these rules")
+    lint_ci.add_argument("--explain", default=None, metavar="PATH",
+                         help="which steps run PATH (a test, script or folder) or are selected "
+                              "by a change to it, on which device, and whether optional")
+    lint_ci.add_argument("--baseline", default=None, metavar="FILE",
+                         help="a --format json output: only findings not in it count")
     lint_ci.set_defaults(func=cmd_lint_ci)
 
     bundle = sub.add_parser("bundle", help="folder for an air-gapped GPU host with torch: "

@@ -233,3 +233,84 @@ def test_a_branch_no_step_enables(tree):
     finding = only(lint(tree), "gated-branch")
     assert finding.path == "tests/v1/kv/sweep.sh" and finding.line == 3
     assert "SW_ATTN" in finding.message
+
+
+def test_a_test_listed_but_run_only_by_an_optional_step(tree):
+    """The MNNVL suite's case: the 2-GPU step lists it, only an optional step runs it."""
+    line = plant(tree, "  - tests/distributed\n  - examples/offline.py\n",
+                 "  - tests/distributed\n  - tests/distributed/test_pynccl.py\n"
+                 "  - examples/offline.py\n") + 1
+    finding = only(lint(tree), "listed-not-run")
+    assert finding.line == line
+    assert ("lists tests/distributed/test_pynccl.py but does not run it; only optional steps "
+            "run it: 'Heavy NCCL test (optional)'") in finding.message
+
+
+def test_a_selector_naming_no_test(tree):
+    line = plant(tree, "  - pytest -v -s distributed/test_comm.py\n",
+                 "  - pytest -v -s distributed/test_comm.py::test_gone\n")
+    finding = only(lint(tree), "missing-test")
+    assert finding.line == line
+    assert "tests/distributed/test_comm.py has no test test_gone" in finding.message
+    plant(tree, "::test_gone\n", "::test_comm[param-1]\n")
+    assert not [f for f in lint(tree) if f.rule == "missing-test"]
+
+
+def test_commands_handed_to_a_runner_script_are_read(tree):
+    """``bash run-cpu-test.sh 30m "pytest ..."``: the runner starts in the checkout's root."""
+    line = plant(tree, "      - bash ../.buildkite/scripts/hardware_ci/run-amd-test.sh distributed\n",
+                 "      - bash ../.buildkite/scripts/hardware_ci/run-amd-test.sh \"cd tests && "
+                 "pytest -v distributed/test_gone.py\"\n")
+    finding = only(lint(tree), "path-exists")
+    assert finding.line == line and "distributed/test_gone.py" in finding.message
+
+
+def test_a_suppression_needs_a_reason(tree):
+    plant(tree, "  key: comm-ops\n", "  key: comm-ops\n  # lint-ci: ignore[dead-key]\n"
+                                     "  num_gpus: 2\n")
+    findings = lint(tree)
+    assert sorted(f.rule for f in findings) == ["dead-key", "suppression"]  # nothing silenced
+    assert "gives no reason" in only(findings, "suppression").message
+    plant(tree, "# lint-ci: ignore[dead-key]\n",
+          "# lint-ci: ignore[dead-key] read by our own dashboard\n")
+    assert lint(tree) == []
+
+
+def run_cli(*args, cwd=None):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "vllm_ep_kit.cli", "lint-ci", *args],
+                          capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+def test_explain_answers_which_steps_run_a_test(tree):
+    out = run_cli("--root", str(tree), "--explain", "tests/distributed/test_pynccl.py")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert any("'Heavy NCCL test (optional)' runs it" in line and "optional" in line
+               for line in lines), out.stdout
+    assert any("'Comm ops (default pool, default working_dir)' is selected by a change to it"
+               in line and "default GPU pool, 2 GPU(s)" in line for line in lines), out.stdout
+    assert "run by 0 non-optional step(s), 1 optional -- no automatic build runs it" in out.stderr
+
+
+def test_baseline_json_and_github_formats(tree, tmp_path):
+    import json
+
+    plant(tree, "  key: comm-ops\n", "  key: comm-ops\n  num_gpus: 2\n")
+    out = run_cli("--root", str(tree), "--format", "json")
+    assert out.returncode == 1
+    (row,) = json.loads(out.stdout)
+    assert set(row) == {"path", "line", "rule", "message", "fix"} and row["rule"] == "dead-key"
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(out.stdout)
+    plant(tree, "  key: comm-ops\n", "  key: comm-ops\n  gpu: h100\n")  # moves the old one
+    out = run_cli("--root", str(tree), "--baseline", str(baseline))
+    assert out.returncode == 1 and out.stdout.count("\n") == 1 and "'gpu'" in out.stdout
+    out = run_cli("--root", str(tree), "--format", "github", "--select", "dead-key")
+    assert all(line.startswith("::error file=.buildkite/test_areas/distributed.yaml,line=")
+               for line in out.stdout.splitlines())
+    assert run_cli("--root", str(tree), "--ignore", "dead-key").returncode == 0
+    bad = run_cli("--root", str(tree), "--select", "nosuch")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1

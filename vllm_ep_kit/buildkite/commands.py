@@ -22,6 +22,8 @@ ASSIGNMENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
 # Options whose value names a file to leave out or a pattern, not a file that runs.
 NOT_RUN_AFTER = frozenset({"-name", "-iname", "-path", "-ipath", "--ignore", "--deselect",
                            "--ignore-glob", "-k", "-m"})
+RUNNERS = frozenset({"pytest", "find"})  # their operands are test paths
+OPERAND = re.compile(r"[\w.*/-]*[A-Za-z_][\w.*/-]*")
 FILE_LIKE = re.compile(r"^(tests|scripts|benchmarks|examples)/|\.(py|sh|yaml|yml)$")
 
 
@@ -33,6 +35,10 @@ class CommandInfo:
     files: list[str] = field(default_factory=list)  # as written
     # each file as a repository path ("" when it lies outside the workspace)
     repo_files: list[str] = field(default_factory=list)
+    selectors: list[str] = field(default_factory=list)  # pytest's ``::name`` part, or ''
+    # other operands of ``pytest`` / ``find`` (folders such as ``model_executor``), as
+    # repository paths: what the command runs, but not certain enough to call missing
+    run_paths: list[str] = field(default_factory=list)
 
 
 def _resolve(cwd: str | None, word: str) -> str | None:
@@ -47,7 +53,7 @@ def _resolve(cwd: str | None, word: str) -> str | None:
 
 
 def parse_commands(commands: list[str], step_env: dict | None = None,
-                   working_dir: str = conventions.WORKSPACE) -> list[CommandInfo]:
+                   working_dir: str = conventions.WORKSPACE, depth: int = 0) -> list[CommandInfo]:
     exported = {k: str(v) for k, v in (step_env or {}).items()}
     start = conventions.to_repo_path(working_dir)
     cwd: str | None = None if start is None else posixpath.normpath(str(start) or ".")
@@ -59,9 +65,14 @@ def parse_commands(commands: list[str], step_env: dict | None = None,
             words = text.split()
         info = CommandInfo(index=index, text=text, env=dict(exported))
         inline = True
+        runner = ""
         for pos, word in enumerate(words):
             if word in ("&&", "||", ";", "|"):
-                inline = True
+                inline, runner = True, ""
+                continue
+            if posixpath.basename(word) in RUNNERS:
+                runner = posixpath.basename(word)
+                inline = False
                 continue
             match = ASSIGNMENT.match(word)
             if match and (inline or (pos > 0 and words[pos - 1] == "export")):
@@ -78,11 +89,39 @@ def parse_commands(commands: list[str], step_env: dict | None = None,
             inline = False
             if pos > 0 and words[pos - 1] in NOT_RUN_AFTER:
                 continue
-            path = word.split("::", 1)[0]
-            if (FILE_LIKE.search(path) and not path.startswith("-")
-                    and not any(c.isspace() for c in path) and len(path) < 256):
+            if any(c.isspace() for c in word):
+                if any(FILE_LIKE.search(token) for token in word.split()):
+                    # a runner script's argument holding command lines; a folder of the
+                    # image named before it (run-multi-node-test.sh's first argument) is
+                    # where they run, else the checkout's root
+                    folder = next((w for w in reversed(words[:pos])
+                                   if w.startswith(conventions.WORKSPACE)), conventions.WORKSPACE)
+                    _embedded(info, word, folder, depth)
+                continue
+            path, _, selector = word.partition("::")
+            if FILE_LIKE.search(path) and not path.startswith("-") and len(path) < 256:
                 info.files.append(path)
+                info.selectors.append(selector)
                 resolved = _resolve(cwd, path)
                 info.repo_files.append("" if resolved is None else resolved)
+            elif runner and not path.startswith("-") and OPERAND.fullmatch(path):
+                resolved = _resolve(cwd, path)
+                if resolved:
+                    info.run_paths.append(resolved)
         parsed.append(info)
     return parsed
+
+
+def _embedded(info: CommandInfo, text: str, folder: str, depth: int) -> None:
+    """Files named by command lines handed to a runner script as one argument
+    (``bash run-cpu-test.sh 30m "pytest tests/a.py ..."``), read from ``folder``
+    (a ``cd`` among them holds for the lines after it)."""
+    if depth >= 2:
+        return
+    lines = [line for line in text.replace("&&", "\n").replace(";", "\n").splitlines()
+             if line.strip()]
+    for inner in parse_commands(lines, None, folder, depth=depth + 1):
+        info.files.extend(inner.files)
+        info.selectors.extend(inner.selectors)
+        info.repo_files.extend(inner.repo_files)
+        info.run_paths.extend(inner.run_paths)

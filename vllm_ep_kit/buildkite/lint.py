@@ -6,15 +6,16 @@ One walk of the tree: the files of every ``job_dirs`` folder that hold steps
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import yaml
 
 from vllm_ep_kit.buildkite import conventions
 from vllm_ep_kit.buildkite.area import Area, AreaError, Finding
 from vllm_ep_kit.buildkite.pipeline import Step, area_files, read_steps
-from vllm_ep_kit.buildkite.rules import ALL_RULES
+from vllm_ep_kit.buildkite.rules import ALL_RULES, listed_not_run
 
 DEFAULT_GLOB = ".buildkite/test_areas/*.yaml"  # what older trees hold (no ci_config.yaml)
 
@@ -86,7 +87,83 @@ def lint(root: Path, files: list[Path] | None = None, select: set[str] | None = 
         findings.extend(rule.check(ctx))
     findings = [f for f in findings if (not select or f.rule in select or f.rule in
                                         ("yaml", "encoding", "no-areas")) and f.rule not in ignore]
-    return sorted(findings, key=lambda f: (f.path, f.line, f.rule))
+    return sorted(apply_suppressions(root, findings), key=lambda f: (f.path, f.line, f.rule))
+
+
+SUPPRESSION = re.compile(r"#\s*lint-ci:\s*ignore\[([a-z0-9_,\s-]+)\]\s*:?\s*(.*)$")
+
+
+def apply_suppressions(root: Path, findings: list[Finding]) -> list[Finding]:
+    """Drop a finding whose line (or the line above) says ``# lint-ci: ignore[rule] why``.
+
+    The reason is required: a suppression without one suppresses nothing and is a
+    finding of its own, so every silenced finding carries its justification.
+    """
+    lines_of: dict[str, list[str]] = {}
+    kept, unexplained = [], {}
+    for finding in findings:
+        if finding.path not in lines_of:
+            try:
+                lines_of[finding.path] = (root / finding.path).read_text(
+                    errors="replace").splitlines()
+            except OSError:
+                lines_of[finding.path] = []
+        lines = lines_of[finding.path]
+        suppressed = False
+        for number in (finding.line, finding.line - 1):
+            match = SUPPRESSION.search(lines[number - 1]) if 0 < number <= len(lines) else None
+            if not match or finding.rule not in {r.strip() for r in match.group(1).split(",")}:
+                continue
+            if match.group(2).strip():
+                suppressed = True
+            else:
+                unexplained[(finding.path, number)] = Finding(
+                    finding.path, number, "suppression", f"`lint-ci: ignore[{match.group(1)}]` "
+                    "gives no reason, so it suppresses nothing",
+                    "add why after the bracket: # lint-ci: ignore[rule] reason")
+        if not suppressed:
+            kept.append(finding)
+    return kept + list(unexplained.values())
+
+
+def without_baseline(findings: list[Finding], baseline: list[dict]) -> list[Finding]:
+    """Findings not in ``baseline`` (a ``--format json`` output); lines may have moved."""
+    known = {(b.get("path"), b.get("rule"), b.get("message")) for b in baseline
+             if isinstance(b, dict)}
+    return [f for f in findings if (f.path, f.rule, f.message) not in known]
 
 
 __all__ = ["lint", "LintContext", "conventions"]
+
+
+def _load_areas(root: Path) -> list[Area]:
+    areas = []
+    for file in area_files(root):
+        try:
+            area = Area.load(file, _display(root, file))
+        except (AreaError, yaml.YAMLError):
+            continue
+        if area.holds_steps:
+            areas.append(area)
+    return areas
+
+
+def explain(root: Path, path: str) -> list[dict]:
+    """Every step that runs ``path`` (a test, a script, or a folder holding it) or lists it
+    (a change to it selects the step): where, on what, and whether it runs on its own."""
+    root = root.resolve()
+    target = str(PurePosixPath(path))
+    run_all = conventions.run_all_patterns(root)
+    rows = []
+    for step in read_steps(root, _load_areas(root)).steps:
+        runs = listed_not_run.runs(step, target)
+        # no dependencies: the generator runs it on every change
+        lists = (not step.dependencies or conventions.covered(target, step.dependencies)
+                 or conventions.runs_everything(target, run_all))
+        if not runs and not (step.dependencies and conventions.covered(target,
+                                                                       step.dependencies)):
+            continue  # neither runs it nor names it
+        rows.append({"step": step.label, "where": f"{step.area.display}:{step.line()}",
+                     "device": step.device or "default GPU pool", "gpus": step.gpus,
+                     "optional": step.optional, "runs_it": runs, "selected_by_it": lists})
+    return rows

@@ -6,6 +6,8 @@ from vllm_ep_kit.buildkite.rules import (
     flag_spelling,
     gated_branches,
     gpu_count,
+    listed_not_run,
+    missing_test,
     paths_exist,
     schema,
     stale_dependency,
@@ -14,5 +16,6 @@ from vllm_ep_kit.buildkite.rules import (
 )
 
 ALL_RULES = [schema, dead_key, unique_labels, gpu_count, paths_exist, stale_dependency,
-             uncovered, flag_spelling, gated_branches, dependencies]
+             uncovered, listed_not_run, missing_test, flag_spelling, gated_branches,
+             dependencies]
 RULE_NAMES = [rule.RULE for rule in ALL_RULES]

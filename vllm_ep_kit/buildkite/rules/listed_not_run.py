@@ -1,0 +1,51 @@
+"""A step lists a test file in its dependencies but runs it nowhere that runs on its own.
+
+The author meant the step to cover the test; if no command of the step runs it and
+the only steps that do are optional (or there are none), the test runs in no
+automatic build: the MNNVL suite's case (listed by the 2-GPU step, run only by an
+optional 4-GPU one).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import posixpath
+
+RULE = "listed-not-run"
+
+
+def runs(step, path: str) -> bool:
+    """Whether a command of ``step`` runs ``path``: names it, a folder holding it, or a glob
+    matching it."""
+    for info in step.parsed():
+        for repo in [*info.repo_files, *info.run_paths]:
+            if not repo:
+                continue
+            if repo == path or path.startswith(repo.rstrip("/") + "/"):
+                return True
+            if "*" in repo and fnmatch.fnmatchcase(path, repo):
+                return True
+    return False
+
+
+def check(ctx) -> list:
+    findings = []
+    for step in ctx.steps:
+        if step.optional:
+            continue
+        for index, entry in enumerate(step.dependencies):
+            name = posixpath.basename(entry)
+            if entry.startswith("!") or not (name.startswith("test_") and name.endswith(".py")):
+                continue
+            if not (ctx.root / entry).is_file() or runs(step, entry):
+                continue
+            runners = [other for other in ctx.steps if other is not step and runs(other, entry)]
+            if any(not other.optional for other in runners):
+                continue
+            where = (f"only optional steps run it: {', '.join(repr(o.label) for o in runners)}"
+                     if runners else "no step runs it")
+            findings.append(step.finding(
+                ("source_file_dependencies", index), RULE,
+                f"step {step.label!r} lists {entry} but does not run it; {where}",
+                f"run it in this step (e.g. `pytest -v {entry}`), or make a runner non-optional"))
+    return findings
