@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv doctor check test lint clean
+.PHONY: venv doctor check test mutants lint clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,10 @@ $(AFFECTED_DIR)/VERSION: scripts/fetch_vllm_sources.sh | $(STAMP)
 
 test: $(STAMP) $(AFFECTED_DIR)/VERSION
 	VLLM_EP_KIT_AFFECTED_VLLM=$(CURDIR)/$(AFFECTED_DIR) $(BIN)/python -m pytest tests $(PYTEST_ARGS)
+
+# Each known bug planted in a copy of the tree; its tests must fail (docs/contributing.md).
+mutants: $(STAMP) $(AFFECTED_DIR)/VERSION
+	VLLM_EP_KIT_AFFECTED_VLLM=$(CURDIR)/$(AFFECTED_DIR) $(BIN)/python scripts/mutants.py
 
 clean:
 	rm -rf $(VENV)

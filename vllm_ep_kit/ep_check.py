@@ -281,6 +281,18 @@ def failure_summary(exc) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
+def merge_case_rows(backend: str, rows: list[CaseResult]) -> CaseResult:
+    """One case as every rank saw it: it passes only if it passed on every rank; the error
+    is the largest and the note the first failing rank's."""
+    failing = [r for r in rows if not r.passed]
+    return CaseResult(
+        backend=backend, layout=rows[0].layout, dtype=rows[0].dtype, tokens=rows[0].tokens,
+        dispatch_exact=None if rows[0].dispatch_exact is None
+        else all(r.dispatch_exact for r in rows),
+        max_error=max(r.max_error for r in rows), passed=not failing,
+        seconds=max(r.seconds for r in rows), note=(failing or rows)[0].note)
+
+
 def run_check(plan: CheckPlan, on_result=None, on_start=None, on_error=None,
               timeout_s: float = 300.0) -> list[CaseResult]:
     """Run the plan; call ``on_start(backend, layout, n_cases)`` and ``on_result(result)``.
@@ -324,15 +336,7 @@ def run_check(plan: CheckPlan, on_result=None, on_start=None, on_error=None,
                     on_result(merged)
             continue
         for i in range(len(run.cases)):
-            rows = [results[i] for results in per_rank]
-            merged = CaseResult(
-                backend=run.backend, layout=rows[0].layout, dtype=rows[0].dtype,
-                tokens=rows[0].tokens,
-                dispatch_exact=None if rows[0].dispatch_exact is None
-                else all(r.dispatch_exact for r in rows),
-                max_error=max(r.max_error for r in rows),
-                passed=all(r.passed for r in rows),
-                seconds=max(r.seconds for r in rows), note=rows[0].note)
+            merged = merge_case_rows(run.backend, [results[i] for results in per_rank])
             merged_all.append(merged)
             if on_result:
                 on_result(merged)

@@ -127,6 +127,28 @@ def test_workspace_spans_ep_group(kind, layout):
         assert result[kind]["findings"] == [], f"rank {rank}: {result[kind]['findings']}"
 
 
+@pytest.mark.parametrize("wrong", ["group", "rows", "mapping"])
+def test_each_workspace_fact_is_checked_on_its_own(wrong):
+    """Before, the Mapping-extent check could be removed unnoticed: the group check always
+    fired first.  Here exactly one fact of an otherwise right allocation is wrong."""
+    from vllm_ep_kit.testing.flashinfer_recorder import Allocation
+
+    ep_ranks = [0, 1, 2, 3]
+    alloc = Allocation(kind="one_sided", comm_size=4, group_ranks=list(ep_ranks),
+                       mapping_world_size=4, mapping_ep_extent=4, rows=4)
+    assert workspace_group_findings([alloc], ep_ranks) == []
+    if wrong == "group":
+        alloc.group_ranks = [0, 2, 4, 6]
+    elif wrong == "rows":
+        alloc.rows = 2
+    else:
+        alloc.mapping_ep_extent = 2
+    (finding,) = workspace_group_findings([alloc], ep_ranks)
+    assert {"group": "MNNVL communicator spans ranks [0, 2, 4, 6]",
+            "rows": "workspace has 2 rows", "mapping": "Mapping spans 2 ranks, EP size is 4",
+            }[wrong] in finding
+
+
 @pytest.mark.vllm
 @pytest.mark.flashinfer
 @pytest.mark.parametrize("kind", KINDS)

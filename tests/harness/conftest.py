@@ -27,3 +27,36 @@ def no_leftovers():
     yield
     extra = new_processes(before)
     assert not extra, f"processes left behind: {[(p.pid, p.cmdline()) for p in extra]}"
+
+
+class DeadlineExceeded(AssertionError):
+    """The code under test did not return in time (e.g. a watchdog that never fired)."""
+
+
+@pytest.fixture
+def deadline():
+    """``with deadline(seconds):`` fails the test fast if the block runs longer.
+
+    SIGALRM raises in the main thread, inside run_ranks' wait loop, so its own
+    teardown still stops the ranks.  Without this, a watchdog that never fires is
+    caught only by pytest-timeout, 15 minutes later.
+    """
+    import contextlib
+    import signal
+
+    @contextlib.contextmanager
+    def bound(seconds: float):
+        def expire(signum, frame):
+            raise DeadlineExceeded(f"still running after {seconds:.0f} s")
+
+        previous = signal.signal(signal.SIGALRM, expire)
+        old_timer = signal.setitimer(signal.ITIMER_REAL, seconds)
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+            if old_timer[0]:
+                signal.setitimer(signal.ITIMER_REAL, *old_timer)
+
+    return bound

@@ -164,12 +164,12 @@ def test_a_daemonised_grandchild_is_reaped_after_a_successful_run(tmp_path, mark
     assert_none_alive(marked, 2)
 
 
-def test_a_rank_stuck_before_its_set_up_is_stopped_by_the_watchdog(marked):
+def test_a_rank_stuck_before_its_set_up_is_stopped_by_the_watchdog(marked, deadline):
     """Unpickling its arguments blocks: no heartbeat, no stack-dump handler yet.  The
     watchdog's clock starts at spawn (start-up limit 8 s here, 60 s by default), and no
     SIGUSR1 is sent (it would kill the rank and make the signal look like the root cause)."""
     start = time.monotonic()
-    with pytest.raises(RankFailures) as info:
+    with deadline(8 + 60), pytest.raises(RankFailures) as info:
         run_ranks(rank_all_ranks_return_rank, 2, BlocksWhenUnpickled(), backend="gloo",
                   timeout_s=5, start_timeout_s=8)
     assert time.monotonic() - start < 8 + 15
@@ -290,10 +290,38 @@ def rank_stalls_after(ctx, beats_by_rank):
     rank_stops_progressing(ctx, beats_by_rank[ctx.rank])
 
 
-def test_in_a_hang_the_rank_whose_progress_stopped_first_leads(marked):
+def test_in_a_hang_the_rank_whose_progress_stopped_first_leads(marked, deadline):
     """Rank 1 stops at once, rank 0 keeps beating for 3 s: both are stopped, rank 1 first
     (the order was rank order)."""
-    with pytest.raises(RankFailures) as info:
+    with deadline(5 + 60), pytest.raises(RankFailures) as info:
         run_ranks(rank_stalls_after, 2, {0: 6, 1: 0}, backend="gloo", timeout_s=5)
     assert info.value.failed_ranks == [1, 0], str(info.value)[:2000]
+    assert_none_alive(marked, 2)
+
+
+def rank_dies_after_reporting(ctx, how):
+    """Rank 1 returns a value (its outcome is written), then dies while the others work."""
+    import threading
+
+    if ctx.rank == 1:
+        def die():
+            time.sleep(1.0)
+            if how == "exit3":
+                os._exit(3)
+            os.kill(os.getpid(), signal.SIGKILL)
+        threading.Thread(target=die, daemon=True).start()
+        return ctx.rank
+    time.sleep(4.0)  # still working when rank 1 dies
+    return ctx.rank
+
+
+@pytest.mark.parametrize("how, headline", [("exit3", "exited with code 3"),
+                                           ("kill", "killed by signal SIGKILL")])
+def test_a_rank_that_dies_after_reporting_ok_is_a_failure(marked, how, headline, deadline):
+    """Before, untested: an ok outcome hid a rank's crash after it (a leak checker, an
+    exit handler, the OOM killer)."""
+    with deadline(TIMEOUT_S + 60), pytest.raises(RankFailures) as info:
+        run_ranks(rank_dies_after_reporting, 2, how, backend="gloo", timeout_s=TIMEOUT_S)
+    assert info.value.failed_ranks == [1], str(info.value)[:2000]
+    assert headline in info.value.reports[0].headline()
     assert_none_alive(marked, 2)

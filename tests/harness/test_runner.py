@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import subprocess
+import re
 import sys
 import time
 from pathlib import Path
@@ -175,10 +176,11 @@ def test_segfault_names_the_signal_and_shows_the_crash_trace(world_size, no_left
 
 
 @pytest.mark.parametrize("world_size", WORLD_SIZES)
-def test_watchdog_stops_a_rank_hung_in_a_collective(world_size, tmp_path, no_leftovers):
+def test_watchdog_stops_a_rank_hung_in_a_collective(world_size, tmp_path, no_leftovers,
+                                                    deadline):
     timeout_s = 8
     bad = world_size - 1
-    with pytest.raises(RankFailures) as info:
+    with deadline(timeout_s + 60), pytest.raises(RankFailures) as info:
         run_ranks(rank_hangs_on, world_size, bad, str(tmp_path), backend="gloo",
                   timeout_s=timeout_s)
     fired_after = time.time() - float((tmp_path / "hang_started").read_text())
@@ -230,9 +232,16 @@ def test_all_ranks_skipping_skips_the_test(no_leftovers, monkeypatch):
 
 
 def test_strict_mode_turns_a_rank_skip_into_a_failure(no_leftovers, monkeypatch):
+    """Any outcome but the failure fails this test: before, a strict mode that skipped
+    escaped ``pytest.raises`` and the test itself was reported skipped."""
     monkeypatch.setenv("VLLM_EP_KIT_STRICT", "1")
-    with pytest.raises(pytest.fail.Exception, match="strict mode.*planted skip"):
+    try:
         run_ranks(rank_skips, 2, backend="gloo", timeout_s=60)
+        outcome: BaseException | None = None
+    except BaseException as exc:  # noqa: BLE001 (a skip is a BaseException too)
+        outcome = exc
+    assert isinstance(outcome, pytest.fail.Exception), f"strict mode gave {outcome!r}"
+    assert re.search("strict mode.*planted skip", str(outcome)), str(outcome)
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
@@ -264,3 +273,25 @@ def test_signal_names_are_readable():
 
     assert signal_name(signal.SIGSEGV) == "SIGSEGV"
     assert signal_name(200) == "signal 200"
+
+
+def rank_fails_its_own_way(ctx):
+    if ctx.rank == 1:
+        raise ValueError("rank one's own problem")
+    if ctx.rank == 2:
+        {}["rank two's missing key"]
+    return ctx.rank
+
+
+def test_each_failing_rank_shows_its_own_exception_and_traceback(no_leftovers):
+    """Before, only the first failing rank's section was checked: dropping the others'
+    tracebacks passed."""
+    with pytest.raises(RankFailures) as info:
+        run_ranks(rank_fails_its_own_way, 3, backend="gloo", timeout_s=60, failure_grace_s=5)
+    assert sorted(info.value.failed_ranks) == [1, 2]
+    one, two = _section(str(info.value), 1), _section(str(info.value), 2)
+    assert "raised ValueError: rank one's own problem" in one
+    assert 'raise ValueError("rank one\'s own problem")' in one  # its traceback
+    assert "KeyError" in two and "rank two's missing key" in two
+    assert "{}[\"rank two's missing key\"]" in two
+    assert "ValueError" not in two and "KeyError" not in one

@@ -218,3 +218,27 @@ def test_apply_all_decides_armed_patches_now(module_name, fresh_plugin, monkeypa
     assert [s.status for s in patches.apply_all()] == ["applied"]
     assert module.dispatch(2) == ("fixed", 2)
     assert not patches._armed
+
+
+class FixThatDoesNotTake(FakePatch):
+    """Its apply changes the module, but the bug stays: the probe still sees it."""
+
+    name = "fix_does_not_take"
+
+    def apply(self):
+        self._module().applied_once = True
+
+    def revert(self):
+        self.reverted = True
+        del self._module().applied_once
+
+
+def test_a_fix_that_does_not_take_is_refused_and_reverted(module_name):
+    """Before, with the post-apply probe removed, such a patch reported applied."""
+    importlib.import_module(module_name)
+    patch = FixThatDoesNotTake(module_name)
+    status = patch.run(enabled=True)
+    assert status.status == "refused"
+    assert status.reason.startswith("fix did not verify: dispatch gave original")
+    assert patch.reverted and not hasattr(sys.modules[module_name], "applied_once")
+    assert patch.probes == 2  # probed before and after

@@ -1,0 +1,255 @@
+"""Plant each known bug in a copy of the repository and require its tests to fail.
+
+A test that cannot fail proves nothing: each mutant below is one small edit of the
+kind a real regression makes (the oracle ignoring weights, a check merging one rank's
+verdict, a watchdog that never fires, a lint rule that never fires, ...), with the
+tests that must catch it.  The script copies the working tree once, checks that the
+named tests pass there unmutated, then for each mutant applies the edit, runs its
+tests and reverts.  A mutant whose tests still pass *survived*: exit 1.
+
+    python scripts/mutants.py            # every mutant (make mutants)
+    python scripts/mutants.py --list
+    python scripts/mutants.py --only oracle-ignores-weights,check-merges-rank-0
+
+New test-critical code comes with its mutants here (docs/contributing.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+IGNORED = (".venv", ".cache", "device", ".git", "__pycache__", "*.pyc", ".pytest_cache",
+           "*.egg-info", ".hypothesis")
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    path: str  # file to edit, relative to the repository
+    old: str  # must occur exactly once
+    new: str
+    tests: tuple[str, ...]  # pytest arguments that must fail under the mutant
+    why: str
+
+
+M = Mutant
+MUTANTS = [
+    # the oracle and the comparison
+    M("oracle-ignores-weights", "vllm_ep_kit/reference/moe.py",
+      "coeff = tokens.topk_weights * scales[ids]", "coeff = scales[ids]",
+      ("tests/reference",), "partials and reference share the bug; hand-computed tokens do not"),
+    M("oracle-drops-ep-ownership", "vllm_ep_kit/reference/moe.py",
+      "(expert_owner(num_experts, ep_size)[ids] == ep_rank).float()",
+      "(expert_owner(num_experts, ep_size)[ids] >= 0).float()",
+      ("tests/reference",), "each EP rank would sum every expert"),
+    M("tolerance-x100", "vllm_ep_kit/reference/moe.py",
+      "tol = TOLERANCE[dtype]", "tol = TOLERANCE[dtype] * 100",
+      ("tests/reference",), "negative controls just outside the tolerance"),
+    M("check-merges-rank-0", "vllm_ep_kit/ep_check.py",
+      "passed=not failing,", "passed=rows[0].passed,",
+      ("tests/test_ep_check.py",), "ranks that disagree on a case"),
+    # the SP wrapper and the reverted vLLM fix
+    M("sp-wrapper-keeps-padding", "vllm_ep_kit/agrs_plumbing.py",
+      "return gathered[:num_tokens if trim == TRIM_TO_TOKENS else local_rows]",
+      "return gathered",
+      ("tests/kernels/moe/test_moe_layer.py", "-k", "sp and not fails"),
+      "the SP cells compare every token against the reference"),
+    M("reverted-fix-control-is-a-no-op", "vllm_ep_kit/mnnvl_managers.py",
+      "super().__init__(ps.get_dp_group().cpu_group)", "super().__init__(group)",
+      ("tests/distributed/test_mnnvl_alltoall.py", "-k", "fix_reverted and not gpus"),
+      "the negative control must reproduce upstream's bug"),
+    M("recorder-skips-mapping-extent", "vllm_ep_kit/testing/flashinfer_recorder.py",
+      "if alloc.mapping_ep_extent != ep_size:", "if False:",
+      ("tests/distributed/test_mnnvl_alltoall.py", "-k", "each_workspace_fact"),
+      "the Mapping extent alone wrong"),
+    M("recorder-skips-rows", "vllm_ep_kit/testing/flashinfer_recorder.py",
+      "if alloc.rows != ep_size:", "if False:",
+      ("tests/distributed/test_mnnvl_alltoall.py", "-k", "each_workspace_fact"),
+      "the row count alone wrong"),
+    # patches: detection, verification, lazy decision
+    M("patch-not-verified", "vllm_ep_kit/patches/base.py",
+      "                still, after = self.probe()\n",
+      "                still, after = False, 'not verified'\n",
+      ("tests/patches/test_lazy.py",), "a fix that does not take must be refused"),
+    M("patch-probe-inverted", "vllm_ep_kit/patches/base.py",
+      "        if not present:\n", "        if present:\n",
+      ("tests/patches/test_lazy.py",), "a present bug must be patched"),
+    M("reduce-scatterv-detection-blind", "vllm_ep_kit/patches/vllm/distributed/"
+      "device_communicators/cuda_communicator.py",
+      'if "[3, 8]" in message and "12" in message:', "if True:",
+      ("tests/patches/test_cuda_communicator_asserts.py", "-k", "pinned"),
+      "the bare asserts of the pinned vLLM must be detected"),
+    M("lazy-decides-twice", "vllm_ep_kit/patches/lazy.py",
+      "            if self.decided:\n                return\n            self.decided, ", "            self.decided, ",
+      ("tests/patches/test_lazy.py", "-k", "decides_once"), "8 threads, one decision"),
+    M("fix-wraps-the-trigger", "vllm_ep_kit/patches/base.py",
+      "    original = getattr(original, UNDERLYING_ATTR, original)\n", "",
+      ("tests/patches/test_lazy.py", "-k", "register"), "a fix wrapping the trigger recurses"),
+    # the harness: reporting, signals, watchdog, strict mode, torchrun
+    M("report-shows-first-rank-only", "vllm_ep_kit/testing/supervision.py",
+      "    for report in failed:\n        lines.append", "    for report in failed[:1]:\n"
+      "        lines.append",
+      ("tests/harness/test_runner.py", "-k", "own_exception"), "two ranks, two exceptions"),
+    M("ok-then-crash-passes", "vllm_ep_kit/testing/supervision.py",
+      "        return self.exit_code not in (0, None) and not self.killed_at_teardown",
+      "        return False",
+      ("tests/harness/test_faults.py", "-k", "dies_after_reporting"),
+      "a rank dying after its ok outcome"),
+    M("signal-deaths-unnamed", "vllm_ep_kit/testing/supervision.py",
+      "elif self.exit_code is not None and self.exit_code < 0:",
+      "elif self.exit_code is not None and self.exit_code < -100:",
+      ("tests/harness/test_faults.py", "-k", "dies_after_reporting and kill"),
+      "SIGKILL must be named"),
+    M("watchdog-never-fires", "vllm_ep_kit/testing/runner.py",
+      "            if now - last_beat(workdir, item.report.rank) > limit:",
+      "            if False:",
+      ("tests/harness/test_runner.py", "-k", "watchdog_stops"),
+      "fails in about a minute through the test's own deadline, not pytest-timeout"),
+    M("strict-mode-skips", "vllm_ep_kit/testing/skips.py",
+      "    if strict_mode():", "    if False:",
+      ("tests/harness/test_runner.py", "-k", "strict_mode"),
+      "the strict-mode test must fail, not be reported skipped"),
+    M("torchrun-loses-the-leaver", "vllm_ep_kit/testing/torchrun.py",
+      "        missing = sorted(set(range(world_size)) - set(_arrived(store, _exchanges,",
+      "        missing = [] and sorted(set(range(world_size)) - set(_arrived(store, _exchanges,",
+      ("tests/harness/test_torchrun.py", "-k", "faults and 2"), "os._exit(0) under torchrun"),
+    # lint-ci
+    M("gated-branch-never-fires", "vllm_ep_kit/buildkite/rules/gated_branches.py",
+      "            if any(name in env and opens(env[name], required) for env in envs):",
+      "            if True:",
+      ("tests/buildkite",), "the gemma-3 array nobody enabled"),
+    M("flag-spelling-never-fires", "vllm_ep_kit/buildkite/rules/flag_spelling.py",
+      "        if len(styles) < 2:", "        if True:",
+      ("tests/buildkite",), "True vs 1"),
+    M("lint-default-working-dir", "vllm_ep_kit/buildkite/conventions.py",
+      "        return VLLM_DEFAULT_WORKING_DIR", "        return WORKSPACE",
+      ("tests/buildkite/test_conventions.py",), "vLLM's steps run in /vllm-workspace/tests"),
+    M("lint-prefix-matching", "vllm_ep_kit/buildkite/conventions.py",
+      '    return path == entry or path.startswith(entry + "/")',
+      "    return path.startswith(entry)",
+      ("tests/buildkite/test_conventions.py",), "an entry without .py matches nothing"),
+    M("lint-judges-optional-steps", "vllm_ep_kit/buildkite/rules/stale_dependency.py",
+      "        if step.optional:", "        if False:",
+      ("tests/buildkite/test_conventions.py",), "optional steps' entries are never consulted"),
+    M("listed-not-run-ignores-optional", "vllm_ep_kit/buildkite/rules/listed_not_run.py",
+      "            if any(not other.optional for other in runners):", "            if runners:",
+      ("tests/buildkite/test_conventions.py",), "the MNNVL suite run only by an optional step"),
+    # the CLI
+    M("bench-report-unchecked", "vllm_ep_kit/bench/report.py",
+      "    if error is not None:\n", "    if False:\n",
+      ("tests/test_cli_fuzz.py", "-k", "from_json"),
+      "a report with wrong field types must be one line, not a traceback"),
+]
+
+
+def copy_tree(into: Path) -> Path:
+    target = into / "repo"
+    shutil.copytree(REPO, target, ignore=shutil.ignore_patterns(*IGNORED), symlinks=True)
+    return target
+
+
+def run_tests(root: Path, tests: tuple[str, ...], timeout_s: float) -> tuple[int, float, str]:
+    env = {**os.environ, "PYTHONPATH": str(root), "PYTHONDONTWRITEBYTECODE": "1"}
+    start = time.monotonic()
+    try:
+        out = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p",
+                              "no:cacheprovider", "-o", "addopts=", *tests], cwd=root, env=env,
+                             capture_output=True, text=True, timeout=timeout_s)
+        return out.returncode, time.monotonic() - start, out.stdout[-3000:] + out.stderr[-2000:]
+    except subprocess.TimeoutExpired as exc:
+        text = (exc.stdout or b"")[-3000:]
+        return -1, time.monotonic() - start, text.decode(errors="replace") \
+            if isinstance(text, bytes) else str(text)
+
+
+def edit(root: Path, mutant: Mutant, apply: bool) -> None:
+    path = root / mutant.path
+    text = path.read_text()
+    old, new = (mutant.old, mutant.new) if apply else (mutant.new, mutant.old)
+    if not apply:
+        path.write_text(_saved[mutant.name])
+        return
+    count = text.count(old)
+    if count != 1:
+        raise SystemExit(f"mutants: {mutant.name}: expected the text once in {mutant.path}, "
+                         f"found it {count} times (the code moved: update the mutant)")
+    _saved[mutant.name] = text
+    path.write_text(text.replace(old, new))
+
+
+_saved: dict[str, str] = {}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="", help="comma-separated mutant names")
+    parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    parser.add_argument("--timeout", type=float, default=600.0,
+                        help="seconds per test run (a timeout counts as an error)")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="skip checking that the tests pass unmutated")
+    args = parser.parse_args()
+    chosen = MUTANTS
+    if args.only:
+        names = {n.strip() for n in args.only.split(",") if n.strip()}
+        unknown = sorted(names - {m.name for m in MUTANTS})
+        if unknown:
+            parser.error(f"--only: unknown mutant(s) {', '.join(unknown)}")
+        chosen = [m for m in MUTANTS if m.name in names]
+    if args.list:
+        for m in chosen:
+            print(f"{m.name}: {m.path} -- {m.why} [{' '.join(m.tests)}]")
+        return 0
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="vllm-ep-kit-mutants-") as folder:
+        root = copy_tree(Path(folder))
+        probe = subprocess.run([sys.executable, "-c", "import vllm_ep_kit; print(vllm_ep_kit.__file__)"],
+                               cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+                               capture_output=True, text=True)
+        if not probe.stdout.strip().startswith(str(root)):
+            print(f"mutants: the copy's package is not the one imported ({probe.stdout.strip()})",
+                  file=sys.stderr)
+            return 2
+        if not args.no_baseline:
+            for tests in dict.fromkeys(m.tests for m in chosen):
+                rc, seconds, text = run_tests(root, tests, args.timeout)
+                print(f"baseline {' '.join(tests)}: rc {rc} ({seconds:.0f} s)", flush=True)
+                if rc != 0:
+                    print(text, file=sys.stderr)
+                    print("mutants: the tests fail without a mutant: fix them first",
+                          file=sys.stderr)
+                    return 2
+        survived, errors = [], []
+        for index, mutant in enumerate(chosen, start=1):
+            edit(root, mutant, apply=True)
+            try:
+                rc, seconds, text = run_tests(root, mutant.tests, args.timeout)
+            finally:
+                edit(root, mutant, apply=False)
+            verdict = {0: "SURVIVED", 1: "killed"}.get(rc, f"error (pytest rc {rc})")
+            print(f"[{index}/{len(chosen)}] {mutant.name}: {verdict} ({seconds:.0f} s)",
+                  flush=True)
+            if rc == 0:
+                survived.append(mutant.name)
+            elif rc != 1:
+                errors.append(mutant.name)
+                print(text[-1500:], file=sys.stderr)
+    total = time.monotonic() - started
+    print(f"mutants: {len(chosen) - len(survived) - len(errors)} killed, {len(survived)} "
+          f"survived, {len(errors)} errors, {total:.0f} s")
+    if survived:
+        print(f"survivors (tests that cannot fail): {', '.join(survived)}")
+    return 1 if survived or errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
