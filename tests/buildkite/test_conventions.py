@@ -314,3 +314,35 @@ def test_baseline_json_and_github_formats(tree, tmp_path):
     assert run_cli("--root", str(tree), "--ignore", "dead-key").returncode == 0
     bad = run_cli("--root", str(tree), "--select", "nosuch")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+
+
+MARKED = """\
+from tests.utils import multi_gpu_test
+
+
+@multi_gpu_test(num_gpus=4)
+def test_four():
+    pass
+
+
+def test_one():
+    pass
+"""
+
+
+def test_tests_marked_for_more_gpus_than_any_step_that_runs_them(tree):
+    (tree / "tests/distributed/test_comm.py").write_text(MARKED)
+    findings = [f for f in lint(tree) if f.rule == "gpu-count"]
+    assert len(findings) == 2, findings  # both steps that run the file have fewer GPUs
+    assert all("tests/distributed/test_comm.py::test_four is marked for 4" in f.message
+               for f in findings)
+    assert "gets 2 GPU(s)" in findings[0].message
+    # a non-optional 4-GPU step running the file: the 4-GPU test runs there
+    plant(tree, "- label: Two nodes\n", "- label: Four GPUs\n  key: four\n  num_devices: 4\n"
+                "  source_file_dependencies:\n  - tests/distributed\n  commands:\n"
+                "  - pytest -v -s distributed/test_comm.py\n- label: Two nodes\n")
+    assert [f for f in lint(tree) if f.rule == "gpu-count"] == []
+    # selecting the 1-GPU test alone asks for nothing more
+    plant(tree, "  - pytest -v -s distributed/test_comm.py\n- label: Two nodes\n",
+          "  - pytest -v -s distributed/test_comm.py::test_one\n- label: Two nodes\n")
+    assert len([f for f in lint(tree) if "test_four is marked for 4" in f.message]) == 2

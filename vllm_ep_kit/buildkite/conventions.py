@@ -55,38 +55,44 @@ def is_vllm_tree(root: Path) -> bool:
     return (root / "vllm" / "__init__.py").is_file() or (root / "vllm" / "version.py").is_file()
 
 
-def job_dirs(root: Path) -> list[str]:
-    """Every ``job_dirs`` entry of ``.buildkite/ci_config*.yaml``, else the test-area folder."""
-    found: list[str] = []
+def pipeline_configs(root: Path) -> dict[str, dict]:
+    """Each readable ``.buildkite/ci_config*.yaml`` (one pipeline each), by file name."""
+    configs = {}
     for config in sorted((root / ".buildkite").glob("ci_config*.yaml")):
         try:
             data = yaml.safe_load(config.read_text())
         except (yaml.YAMLError, OSError, UnicodeDecodeError):
             continue
-        dirs = data.get("job_dirs") if isinstance(data, dict) else None
-        for entry in dirs if isinstance(dirs, list) else []:
-            if isinstance(entry, str) and entry not in found:
-                found.append(entry)
-    return found or list(DEFAULT_JOB_DIRS)
+        if isinstance(data, dict):
+            configs[config.name] = data
+    return configs
+
+
+def _strings(config: dict, key: str) -> list[str]:
+    value = config.get(key)
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+
+def job_dirs(root: Path) -> list[str]:
+    """Every ``job_dirs`` entry of the pipelines, else the test-area folder."""
+    found = [d for config in pipeline_configs(root).values() for d in _strings(config, "job_dirs")]
+    return list(dict.fromkeys(found)) or list(DEFAULT_JOB_DIRS)
+
+
+def pipeline_members(root: Path, displays: list[str]) -> dict[str, set[str]]:
+    """Which of the area files (repository paths) each pipeline reads ('' when none is set)."""
+    result = {name: {d for d in displays for folder in _strings(config, "job_dirs")
+                     if d.startswith(folder.rstrip("/") + "/")}
+              for name, config in pipeline_configs(root).items()}
+    return result or {"": set(displays)}
 
 
 def run_all_patterns(root: Path) -> tuple[list[str], list[str]]:
-    """``run_all_patterns`` / ``run_all_exclude_patterns`` of every ci_config*.yaml: a change
-    to a matching path (``re.match``) runs every step of that pipeline."""
-    include: list[str] = []
-    exclude: list[str] = []
-    for config in sorted((root / ".buildkite").glob("ci_config*.yaml")):
-        try:
-            data = yaml.safe_load(config.read_text())
-        except (yaml.YAMLError, OSError, UnicodeDecodeError):
-            continue
-        if not isinstance(data, dict):
-            continue
-        for key, into in (("run_all_patterns", include), ("run_all_exclude_patterns", exclude)):
-            value = data.get(key)
-            into.extend(p for p in (value if isinstance(value, list) else [])
-                        if isinstance(p, str))
-    return include, exclude
+    """``run_all_patterns`` / ``run_all_exclude_patterns`` of every pipeline: a change to a
+    matching path (``re.match``) runs every step of that pipeline."""
+    configs = pipeline_configs(root).values()
+    return ([p for c in configs for p in _strings(c, "run_all_patterns")],
+            [p for c in configs for p in _strings(c, "run_all_exclude_patterns")])
 
 
 def runs_everything(path: str, patterns: tuple[list[str], list[str]]) -> bool:

@@ -7,47 +7,21 @@ One walk of the tree: the files of every ``job_dirs`` folder that hold steps
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import yaml
 
 from vllm_ep_kit.buildkite import conventions
 from vllm_ep_kit.buildkite.area import Area, AreaError, Finding
-from vllm_ep_kit.buildkite.pipeline import Step, area_files, read_steps
+from vllm_ep_kit.buildkite.pipeline import area_files, read_steps
 from vllm_ep_kit.buildkite.rules import ALL_RULES, listed_not_run
 
 DEFAULT_GLOB = ".buildkite/test_areas/*.yaml"  # what older trees hold (no ci_config.yaml)
 
 
-@dataclass
-class LintContext:
-    root: Path
-    areas: list[Area]
-    steps: list[Step] = field(default_factory=list)
-    vllm_tree: bool = False
-    pipelines: dict[str, set[str]] = field(default_factory=dict)  # config -> area paths
-
-
 def _display(root: Path, file: Path) -> str:
     resolved = file.resolve()
     return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(file)
-
-
-def _pipelines(root: Path, displays: list[str]) -> dict[str, set[str]]:
-    """Which area files each ``ci_config*.yaml`` pipeline reads ('' when there is none)."""
-    configs = sorted((root / ".buildkite").glob("ci_config*.yaml"))
-    if not configs:
-        return {"": set(displays)}
-    result = {}
-    for config in configs:
-        try:
-            dirs = (yaml.safe_load(config.read_text()) or {}).get("job_dirs") or []
-        except (yaml.YAMLError, OSError, UnicodeDecodeError, AttributeError):
-            continue
-        result[config.name] = {d for d in displays for folder in dirs if isinstance(folder, str)
-                               and d.startswith(folder.rstrip("/") + "/")}
-    return result or {"": set(displays)}
 
 
 def lint(root: Path, files: list[Path] | None = None, select: set[str] | None = None,
@@ -77,10 +51,7 @@ def lint(root: Path, files: list[Path] | None = None, select: set[str] | None = 
                                 "no test-area files found (no job_dirs in .buildkite/ci_config"
                                 "*.yaml, no .buildkite/test_areas/)", "pass files or run from "
                                                                       "the repository root"))
-    pipeline = read_steps(root, areas)
-    ctx = LintContext(root=root, areas=areas, steps=pipeline.steps,
-                      vllm_tree=pipeline.vllm_tree,
-                      pipelines=_pipelines(root, [a.display for a in areas]))
+    ctx = read_steps(root, areas)
     for rule in ALL_RULES:
         if (select and rule.RULE not in select) or rule.RULE in ignore:
             continue
@@ -133,7 +104,7 @@ def without_baseline(findings: list[Finding], baseline: list[dict]) -> list[Find
     return [f for f in findings if (f.path, f.rule, f.message) not in known]
 
 
-__all__ = ["lint", "LintContext", "conventions"]
+__all__ = ["lint", "explain"]
 
 
 def _load_areas(root: Path) -> list[Area]:

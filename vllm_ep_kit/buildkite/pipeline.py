@@ -73,10 +73,13 @@ class Step:
 
 @dataclass
 class Pipeline:
+    """What every rule reads: the tree, its area files and their steps."""
+
     root: Path
     areas: list[Area]
     steps: list[Step] = field(default_factory=list)
     vllm_tree: bool = False
+    pipelines: dict[str, set[str]] = field(default_factory=dict)  # ci_config -> area paths
 
 
 def _mirror_step(step: Step, name: str, block: dict) -> Step:
@@ -89,7 +92,8 @@ def _mirror_step(step: Step, name: str, block: dict) -> Step:
 
 
 def read_steps(root: Path, areas: list[Area]) -> Pipeline:
-    pipeline = Pipeline(root=root, areas=areas, vllm_tree=conventions.is_vllm_tree(root))
+    pipeline = Pipeline(root=root, areas=areas, vllm_tree=conventions.is_vllm_tree(root),
+                        pipelines=conventions.pipeline_members(root, [a.display for a in areas]))
     for area in areas:
         group_depends = isinstance(area.data, dict) and bool(area.data.get("depends_on"))
         default_dir = conventions.default_working_dir(root, group_depends)

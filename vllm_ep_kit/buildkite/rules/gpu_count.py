@@ -6,12 +6,20 @@ x data x pipeline parallel sizes: one GPU per rank) fails or waits on hardware t
 step never has.  ``torchrun --nproc-per-node`` is not judged (gloo tests run more
 processes than GPUs on purpose), nor are CPU steps or multi-node steps (their
 sizes span nodes).
+
+Tests marked for more GPUs (vLLM's ``@multi_gpu_test(num_gpus=N)`` /
+``multi_gpu_only``, this kit's ``@pytest.mark.gpus(N)``, read with ``ast``) skip on a
+smaller step; that is a finding only when no non-optional step with enough GPUs
+runs the file (then those tests run in no automatic build).
 """
 
 from __future__ import annotations
 
+import ast
+import functools
 import re
 import shlex
+from pathlib import Path
 
 from vllm_ep_kit.buildkite import conventions
 
@@ -46,11 +54,87 @@ def needed_gpus(text: str) -> tuple[int, str]:
     return total, " x ".join(f"{k.upper()}={v}" for k, v in sorted(parallel.items()))
 
 
+MARKERS = ("multi_gpu_test", "multi_gpu_only", "gpus")
+
+
+def _gpus_of_decorator(node: ast.expr) -> int:
+    if not isinstance(node, ast.Call):
+        return 0
+    name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+    if name not in MARKERS:
+        return 0
+    values = [kw.value for kw in node.keywords if kw.arg == "num_gpus"] + list(node.args[:1])
+    value = values[0] if values else None
+    return value.value if isinstance(value, ast.Constant) and isinstance(value.value, int) else 0
+
+
+@functools.lru_cache(maxsize=None)
+def marked_gpus(path: Path, stamp: int) -> dict[str, int]:
+    """Test name -> GPUs its marks ask for (only tests that ask for more than one)."""
+    try:
+        tree = ast.parse(path.read_text(errors="replace"))
+    except (SyntaxError, ValueError, OSError):
+        return {}
+    found = {}
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            need = max((_gpus_of_decorator(d) for d in node.decorator_list), default=0)
+            if need > 1:
+                found[node.name] = need
+    return found
+
+
+def _marked(ctx, repo: str, selector: str) -> tuple[int, str]:
+    path = ctx.root / repo
+    try:
+        marks = marked_gpus(path, path.stat().st_mtime_ns)
+    except OSError:
+        return 0, ""
+    name = selector.split("::")[0].split("[")[0]
+    scope = {k: v for k, v in marks.items() if not name or k == name}
+    if not scope:
+        return 0, ""
+    test = max(scope, key=scope.get)
+    return scope[test], test
+
+
+def _runs_test(step, repo: str, test: str) -> bool:
+    """Whether ``step`` runs ``repo`` whole, or that test of it."""
+    return any(path == repo and (not selector or selector.split("::")[0].split("[")[0] == test)
+               for info in step.parsed() for path, selector in zip(info.repo_files,
+                                                                   info.selectors))
+
+
+def _unmet_marks(ctx, step) -> list:
+    """Findings for tests marked for more GPUs than the step has, that no bigger
+    non-optional step runs."""
+    findings = []
+    for info in step.parsed():
+        for repo, selector in zip(info.repo_files, info.selectors):
+            if not repo.endswith(".py"):
+                continue
+            need, test = _marked(ctx, repo, selector)
+            if need <= step.gpus:
+                continue
+            bigger = [other for other in ctx.steps if not other.optional and other.gpus >= need
+                      and _runs_test(other, repo, test)]
+            if bigger:
+                continue
+            findings.append(step.finding(
+                ("commands", info.index), RULE,
+                f"step {step.label!r} gets {step.gpus} GPU(s) but {repo}::{test} is marked for "
+                f"{need}, and no non-optional step with {need} runs it: it skips in every "
+                "automatic build", f"run {repo} in a step with `num_devices: {need}`"))
+    return findings
+
+
 def check(ctx) -> list:
     findings = []
     for step in ctx.steps:
         if step.device in conventions.CPU_DEVICES or (step.raw.get("num_nodes") or 1) > 1:
             continue
+        if not step.optional:
+            findings += _unmet_marks(ctx, step)
         for index, text in enumerate(step.commands):
             need, why = needed_gpus(text)
             if need > step.gpus:
