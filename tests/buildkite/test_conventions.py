@@ -100,10 +100,29 @@ steps:
 """
 SWEEP = """\
 #!/bin/bash
+sw_configs=(
+  "MODEL=gemma-3"  # sliding window (SW=1)
+)
 configs=()
 if [[ -n "${SW_ATTN:-}" ]]; then
   configs+=("${sw_configs[@]}")
 fi
+EXTRA_ARGS=()
+if [[ -n "${VLLM_SERVE_EXTRA_ARGS:-}" ]]; then
+  IFS=',' read -r -a EXTRA_ARGS <<< "$VLLM_SERVE_EXTRA_ARGS"
+  for arg in "${EXTRA_ARGS[@]}"; do echo "$arg"; done
+fi
+"""
+CALLER = """\
+#!/bin/bash
+SCRIPT="v1/kv/sweep.sh"
+sweeps=(
+  "SW_ATTN=1 GPU_MEMORY_UTILIZATION=0.8"
+)
+for cfg in "${sweeps[@]}"; do
+  read -r -a cfg_parts <<< "$cfg"
+  env "${cfg_parts[@]}" bash "${SCRIPT}"
+done
 """
 FILES = {
     "vllm/__init__.py": "",
@@ -230,9 +249,18 @@ def test_a_cd_holds_for_the_commands_after_it(tree):
 
 def test_a_branch_no_step_enables(tree):
     plant(tree, "  - SW_ATTN=1 bash v1/kv/sweep.sh\n", "  - bash v1/kv/sweep.sh\n")
-    finding = only(lint(tree), "gated-branch")
-    assert finding.path == "tests/v1/kv/sweep.sh" and finding.line == 3
+    finding = only(lint(tree), "gated-branch")  # not the VLLM_SERVE_EXTRA_ARGS knob
+    assert finding.path == "tests/v1/kv/sweep.sh" and finding.line == 6
     assert "SW_ATTN" in finding.message
+
+
+def test_a_branch_enabled_by_the_script_that_calls_it(tree):
+    """``env "${cfg_parts[@]}" bash "${SCRIPT}"``: the caller's config arrays set it."""
+    (tree / "tests/v1/kv/sweep_all.sh").write_text(CALLER)
+    plant(tree, "  - SW_ATTN=1 bash v1/kv/sweep.sh\n", "  - bash v1/kv/sweep_all.sh\n")
+    assert lint(tree) == []
+    (tree / "tests/v1/kv/sweep_all.sh").write_text(CALLER.replace("SW_ATTN=1 ", ""))
+    assert "SW_ATTN" in only(lint(tree), "gated-branch").message
 
 
 def test_a_test_listed_but_run_only_by_an_optional_step(tree):

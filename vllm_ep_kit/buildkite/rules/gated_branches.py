@@ -4,12 +4,17 @@ Upstream moved gemma-3's sliding-window configs into an array run only when an
 ``SW_ATTN``-style variable is set, and no step set it: gemma-3 silently left
 CI.  Here: for each script a step runs, every variable tested in an
 ``if``/``elif``/``[[ ]]`` condition (and not assigned a fixed value by the
-script) must be set to a true value by some step that runs that script.
+script) must be set to a true value by some step that runs that script, or by a
+script that runs it: ``A=1 bash b.sh``, and config arrays handed over with ``env
+"${cfg_parts[@]}" bash "${SCRIPT}"`` (each element of the caller's arrays is one set
+of variables), followed three calls deep.
 """
 
 from __future__ import annotations
 
 import re
+import shlex
+from pathlib import Path
 
 from vllm_ep_kit.buildkite import conventions
 from vllm_ep_kit.buildkite.area import Finding
@@ -17,20 +22,29 @@ from vllm_ep_kit.buildkite.area import Finding
 RULE = "gated-branch"
 CONDITION = re.compile(r"^\s*(if|elif|while)\b|^\s*\[\[.*\]\]\s*(&&|\|\|)")
 VARIABLE = re.compile(r"\$\{?([A-Z][A-Z0-9_]*)")
+ASSIGNMENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
 FIXED_ASSIGNMENT = re.compile(r"^\s*(?:readonly\s+|declare\s+\S+\s+)?([A-Z][A-Z0-9_]*)=(?!\"?\$\{\1)")
 FALSY = {"", "0", "false", "False", "no", "off"}
 BRANCH_END = re.compile(r"^\s*(elif|else|fi)\b")
-# A branch that chooses what runs: it fills an array of configs or runs tests.  Knobs
-# (``if [[ -n $DISK_USAGE_THRESHOLD ]]``, a push or cache switch) do not cut coverage.
-SELECTS_TESTS = re.compile(r"\+?=\(|\[@\]|\bpytest\b")
+# A branch that chooses what runs: it takes the elements of one of the script's own
+# config arrays (``configs=("${sw_attn_configs[@]}")``) or runs pytest.  Knobs (extra
+# server flags, an attention backend, a cache switch, a model override) do not cut coverage.
+CONFIG_ARRAY = re.compile(r"^\s*(?:local\s+-a\s+|declare\s+-a\s+)?([A-Za-z_]\w*)=\((?!\s*\))")
+RUNS_TESTS = re.compile(r"\bpytest\b")
 
 
-def selects_what_runs(lines: list[str], start: int, reach: int = 15) -> bool:
-    """Whether the branch opened at ``lines[start]`` fills a config array or runs tests."""
+def config_arrays(lines: list[str]) -> set[str]:
+    """Names of the non-empty array literals the script defines."""
+    return {m.group(1) for line in lines if (m := CONFIG_ARRAY.match(line))}
+
+
+def selects_what_runs(lines: list[str], start: int, arrays: set[str], reach: int = 15) -> bool:
+    """Whether the branch opened at ``lines[start]`` takes a config array or runs tests."""
     for offset, line in enumerate(lines[start:start + reach]):
         if offset and BRANCH_END.match(line):
             return False
-        if SELECTS_TESTS.search(line):
+        used = set(re.findall(r"\$\{(\w+)\[@\]\}", line))
+        if used & arrays or RUNS_TESTS.search(line):
             return True
     return False
 
@@ -43,10 +57,11 @@ def gating_variables(text: str) -> dict[str, tuple[int, str | None]]:
     known when the condition reads ``"$X" == VALUE``; then only that value opens it.
     """
     lines = text.splitlines()
+    arrays = config_arrays(lines)
     fixed = {m.group(1) for line in lines if (m := FIXED_ASSIGNMENT.match(line))}
     found: dict[str, tuple[int, str | None]] = {}
     for number, line in enumerate(lines, start=1):
-        if CONDITION.search(line) and selects_what_runs(lines, number - 1):
+        if CONDITION.search(line) and selects_what_runs(lines, number - 1, arrays):
             for name in VARIABLE.findall(line):
                 if name in fixed or name in found:
                     continue
@@ -59,13 +74,93 @@ def opens(value: str, required: str | None) -> bool:
     return value == required if required is not None else value not in FALSY
 
 
-def check(ctx) -> list:
-    settings: dict[str, list[dict[str, str]]] = {}  # script -> env of each command running it
+ASSIGNED_PATH = re.compile(r"^\s*(?:local\s+|readonly\s+)?([A-Za-z_]\w*)=[\"']?([\w./-]+\.sh)[\"']?\s*$")
+CALL = re.compile(r"\b(?:bash|sh|source|\.)\s+[\"']?(\$\{?\w+\}?|[\w./-]+\.sh)[\"']?")
+ARRAY_START = re.compile(r"^\s*(?:local\s+-a\s+|declare\s+-a\s+)?\w+=\(\s*$")
+
+
+def _assignments(text: str) -> dict[str, str]:
+    try:
+        words = shlex.split(text, comments=True)
+    except ValueError:
+        words = text.split()
+    return {m.group(1): m.group(2) for w in words if (m := ASSIGNMENT.match(w))}
+
+
+def _array_elements(lines: list[str]) -> list[str]:
+    """The elements of every multi-line array literal ``name=( ... )`` of a script."""
+    elements, inside = [], False
+    for line in lines:
+        if not inside:
+            inside = bool(ARRAY_START.match(line))
+            continue
+        if line.strip() == ")":
+            inside = False
+            continue
+        try:
+            elements.extend(shlex.split(line, comments=True))
+        except ValueError:
+            continue
+    return elements
+
+
+def _resolve(root: Path, caller: str, name: str) -> str | None:
+    """A script path named in ``caller`` as a repository path (tried from the root, from
+    tests/ where vLLM's steps run, and from the caller's folder)."""
+    for base in (Path(), Path("tests"), Path(caller).parent):
+        candidate = (base / name).as_posix()
+        if (root / candidate).is_file():
+            return candidate
+    return None
+
+
+def calls(root: Path, script: str) -> list[tuple[str, dict[str, str]]]:
+    """(script it runs, variables it sets for that run) for each call in ``script``."""
+    try:
+        lines = (root / script).read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    paths = {m.group(1): m.group(2) for line in lines if (m := ASSIGNED_PATH.match(line))}
+    configs = [_assignments(element) for element in _array_elements(lines)]
+    found = []
+    for line in lines:
+        for match in CALL.finditer(line):
+            name = match.group(1)
+            if name.startswith("$"):
+                name = paths.get(name.strip("${}"), "")
+            callee = _resolve(root, script, name) if name else None
+            if callee is None or callee == script:
+                continue
+            inline = _assignments(line[:match.start()])
+            if "[@]}" in line[:match.start()]:  # env "${cfg_parts[@]}" bash ...
+                found.extend((callee, {**inline, **cfg}) for cfg in configs or [{}])
+            else:
+                found.append((callee, inline))
+    return found
+
+
+def script_settings(ctx) -> dict[str, list[dict[str, str]]]:
+    """Script -> the variables of each command (a step's, or a calling script's) running it."""
+    settings: dict[str, list[dict[str, str]]] = {}
     for step in ctx.steps:
         for info in step.parsed():
             for path in info.repo_files:
                 if path.endswith(".sh"):
                     settings.setdefault(path, []).append(info.env)
+    frontier = list(settings)
+    for _ in range(3):
+        added = []
+        for script in frontier:
+            for callee, env in calls(ctx.root, script):
+                for outer in settings.get(script, [{}]):
+                    settings.setdefault(callee, []).append({**outer, **env})
+                added.append(callee)
+        frontier = list(dict.fromkeys(added))
+    return settings
+
+
+def check(ctx) -> list:
+    settings = script_settings(ctx)
     findings = []
     for script, envs in sorted(settings.items()):
         file = ctx.root / script
