@@ -58,7 +58,9 @@ def lint(root: Path, files: list[Path] | None = None, select: set[str] | None = 
         findings.extend(rule.check(ctx))
     findings = [f for f in findings if (not select or f.rule in select or f.rule in
                                         ("yaml", "encoding", "no-areas")) and f.rule not in ignore]
-    return sorted(apply_suppressions(root, findings), key=lambda f: (f.path, f.line, f.rule))
+    unique = {(f.path, f.line, f.rule, f.message): f for f in findings}  # a file run twice
+    return sorted(apply_suppressions(root, list(unique.values())),
+                  key=lambda f: (f.path, f.line, f.rule))
 
 
 SUPPRESSION = re.compile(r"#\s*lint-ci:\s*ignore\[([a-z0-9_,\s-]+)\]\s*:?\s*(.*)$")
