@@ -10,6 +10,7 @@ tests and reverts.  A mutant whose tests still pass *survived*: exit 1.
     python scripts/mutants.py            # every mutant (make mutants)
     python scripts/mutants.py --list
     python scripts/mutants.py --only oracle-ignores-weights,check-merges-rank-0
+    python scripts/mutants.py --check   # each mutant still matches the code (in make test)
 
 New test-critical code comes with its mutants here (docs/contributing.md).
 """
@@ -146,15 +147,16 @@ MUTANTS = [
       '    return path == entry or path.startswith(entry + "/")',
       "    return path.startswith(entry)",
       ("tests/buildkite/test_conventions.py",), "an entry without .py matches nothing"),
-    M("lint-judges-optional-steps", "vllm_ep_kit/buildkite/rules/stale_dependency.py",
-      "        if step.optional:", "        if False:",
+    M("lint-judges-optional-steps", "vllm_ep_kit/buildkite/pipeline.py",
+      "        if not step.optional:\n            for index, entry", "        if True:\n"
+      "            for index, entry",
       ("tests/buildkite/test_conventions.py",), "optional steps' entries are never consulted"),
     M("gpu-marks-never-judged", "vllm_ep_kit/buildkite/rules/gpu_count.py",
       "            if need <= step.gpus:", "            if True:",
       ("tests/buildkite/test_conventions.py", "-k", "marked"),
       "4-GPU tests that skip in every build"),
     M("listed-not-run-ignores-optional", "vllm_ep_kit/buildkite/rules/listed_not_run.py",
-      "            if any(not other.optional for other in runners):", "            if runners:",
+      "        if any(not other.optional for other in runners):", "        if runners:",
       ("tests/buildkite/test_conventions.py",), "the MNNVL suite run only by an optional step"),
     # the CLI
     M("bench-report-unchecked", "vllm_ep_kit/bench/report.py",
@@ -206,6 +208,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="", help="comma-separated mutant names")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    parser.add_argument("--check", action="store_true",
+                        help="only check that each mutant's text occurs once (seconds)")
     parser.add_argument("--timeout", type=float, default=600.0,
                         help="seconds per test run (a timeout counts as an error)")
     parser.add_argument("--no-baseline", action="store_true",
@@ -218,6 +222,12 @@ def main() -> int:
         if unknown:
             parser.error(f"--only: unknown mutant(s) {', '.join(unknown)}")
         chosen = [m for m in MUTANTS if m.name in names]
+    if args.check:
+        moved = [f"{m.name} ({m.path}: {(REPO / m.path).read_text().count(m.old)} times)"
+                 for m in chosen if (REPO / m.path).read_text().count(m.old) != 1]
+        for line in moved:
+            print(f"mutants: text not found once: {line}", file=sys.stderr)
+        return 1 if moved else 0
     if args.list:
         for m in chosen:
             print(f"{m.name}: {m.path} -- {m.why} [{' '.join(m.tests)}]")

@@ -82,6 +82,15 @@ class Pipeline:
     pipelines: dict[str, set[str]] = field(default_factory=dict)  # ci_config -> area paths
 
 
+def consulted_entries(steps: list[Step]):
+    """(step, index, entry) of every dependency entry the generator consults: those of
+    non-optional steps (an optional step runs only when asked for)."""
+    for step in steps:
+        if not step.optional:
+            for index, entry in enumerate(step.dependencies):
+                yield step, index, entry
+
+
 def _mirror_step(step: Step, name: str, block: dict) -> Step:
     """A mirror block inherits what it does not say (commands, dependencies, working_dir)."""
     merged = {k: v for k, v in step.raw.items() if k != "mirror"}

@@ -11,6 +11,8 @@ from __future__ import annotations
 import fnmatch
 import posixpath
 
+from vllm_ep_kit.buildkite.pipeline import consulted_entries
+
 RULE = "listed-not-run"
 
 
@@ -30,22 +32,19 @@ def runs(step, path: str) -> bool:
 
 def check(ctx) -> list:
     findings = []
-    for step in ctx.steps:
-        if step.optional:
+    for step, index, entry in consulted_entries(ctx.steps):
+        name = posixpath.basename(entry)
+        if entry.startswith("!") or not (name.startswith("test_") and name.endswith(".py")):
             continue
-        for index, entry in enumerate(step.dependencies):
-            name = posixpath.basename(entry)
-            if entry.startswith("!") or not (name.startswith("test_") and name.endswith(".py")):
-                continue
-            if not (ctx.root / entry).is_file() or runs(step, entry):
-                continue
-            runners = [other for other in ctx.steps if other is not step and runs(other, entry)]
-            if any(not other.optional for other in runners):
-                continue
-            where = (f"only optional steps run it: {', '.join(repr(o.label) for o in runners)}"
-                     if runners else "no step runs it")
-            findings.append(step.finding(
-                ("source_file_dependencies", index), RULE,
-                f"step {step.label!r} lists {entry} but does not run it; {where}",
-                f"run it in this step (e.g. `pytest -v {entry}`), or make a runner non-optional"))
+        if not (ctx.root / entry).is_file() or runs(step, entry):
+            continue
+        runners = [other for other in ctx.steps if other is not step and runs(other, entry)]
+        if any(not other.optional for other in runners):
+            continue
+        where = (f"only optional steps run it: {', '.join(repr(o.label) for o in runners)}"
+                 if runners else "no step runs it")
+        findings.append(step.finding(
+            ("source_file_dependencies", index), RULE,
+            f"step {step.label!r} lists {entry} but does not run it; {where}",
+            f"run it in this step (e.g. `pytest -v {entry}`), or make a runner non-optional"))
     return findings

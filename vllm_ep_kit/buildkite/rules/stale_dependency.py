@@ -8,30 +8,29 @@ generator never consults their dependencies).
 
 from __future__ import annotations
 
+from vllm_ep_kit.buildkite.pipeline import consulted_entries
+
 RULE = "stale-dependency"
 
 
 def check(ctx) -> list:
     findings = []
-    for step in ctx.steps:
-        if step.optional:
+    for step, index, entry in consulted_entries(ctx.steps):
+        path = entry[1:] if entry.startswith("!") else entry
+        if not path or any(mark in path for mark in ("*", "$")):
             continue
-        for index, entry in enumerate(step.dependencies):
-            path = entry[1:] if entry.startswith("!") else entry
-            if not path or any(mark in path for mark in ("*", "$")):
-                continue
-            target = ctx.root / path.rstrip("/")
-            if target.exists():
-                continue
-            near = [s for s in (".py", ".sh", ".yaml") if target.with_name(target.name + s).exists()]
-            if near:
-                bare = path.rstrip("/")
-                message = (f"entry {entry!r} matches no change: {bare}{near[0]} exists, and an "
-                           "entry matches only a path or a folder")
-                hint = f"write `{entry[:len(entry) - len(path)]}{bare}{near[0]}`"
-            else:
-                message = f"entry {entry!r} names nothing in the tree"
-                hint = "fix the path or remove the entry"
-            findings.append(step.finding(("source_file_dependencies", index), RULE,
-                                         f"step {step.label!r}: {message}", hint))
+        target = ctx.root / path.rstrip("/")
+        if target.exists():
+            continue
+        near = [s for s in (".py", ".sh", ".yaml") if target.with_name(target.name + s).exists()]
+        if near:
+            bare = path.rstrip("/")
+            message = (f"entry {entry!r} matches no change: {bare}{near[0]} exists, and an "
+                       "entry matches only a path or a folder")
+            hint = f"write `{entry[:len(entry) - len(path)]}{bare}{near[0]}`"
+        else:
+            message = f"entry {entry!r} names nothing in the tree"
+            hint = "fix the path or remove the entry"
+        findings.append(step.finding(("source_file_dependencies", index), RULE,
+                                     f"step {step.label!r}: {message}", hint))
     return findings
