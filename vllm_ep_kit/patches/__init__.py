@@ -140,10 +140,8 @@ def register() -> None:
     for index, patch in enumerate(patches):
         if patch.name in disabled:
             verdict = patch.status(DISABLED, "disabled by configuration (not probed)")
-        elif patch.name in required or not patch.triggers:
-            verdict = patch.run(enabled=True)
-        elif missing_package(*patch.requires):
-            verdict = patch.run(enabled=True)  # says which package is missing
+        elif patch.name in required or not patch.triggers or missing_package(*patch.requires):
+            verdict = patch.run(enabled=True)  # now (a missing package: says which)
         else:
             verdict = patch.status(PENDING, "decided at the first call of "
                                             + " or ".join(patch.triggers))

@@ -17,6 +17,7 @@ import functools
 from pathlib import Path
 
 from vllm_ep_kit.buildkite import conventions
+from vllm_ep_kit.buildkite.sources import python_tree
 
 RULE = "dependencies"
 VLLM_PIN = "requirements/common.txt"
@@ -42,9 +43,8 @@ def _imports(root: Path, path: Path) -> tuple[set[Path], bool]:
 
 @functools.lru_cache(maxsize=None)
 def _imports_of(root: Path, path: Path, stamp: int) -> tuple[frozenset, bool]:
-    try:
-        tree = ast.parse(path.read_text(errors="replace"), filename=str(path))
-    except (SyntaxError, ValueError, OSError):
+    tree = python_tree(path)
+    if tree is None:
         return frozenset(), False
     package = ".".join(path.relative_to(root).with_suffix("").parts[:-1])
     found, uses_vllm = set(), False

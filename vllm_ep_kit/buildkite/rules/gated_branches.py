@@ -18,11 +18,11 @@ from pathlib import Path
 
 from vllm_ep_kit.buildkite import conventions
 from vllm_ep_kit.buildkite.area import Finding
+from vllm_ep_kit.buildkite.commands import ASSIGNMENT
 
 RULE = "gated-branch"
 CONDITION = re.compile(r"^\s*(if|elif|while)\b|^\s*\[\[.*\]\]\s*(&&|\|\|)")
 VARIABLE = re.compile(r"\$\{?([A-Z][A-Z0-9_]*)")
-ASSIGNMENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
 FIXED_ASSIGNMENT = re.compile(r"^\s*(?:readonly\s+|declare\s+\S+\s+)?([A-Z][A-Z0-9_]*)=(?!\"?\$\{\1)")
 FALSY = {"", "0", "false", "False", "no", "off"}
 BRANCH_END = re.compile(r"^\s*(elif|else|fi)\b")

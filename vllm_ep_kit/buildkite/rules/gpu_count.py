@@ -16,12 +16,12 @@ runs the file (then those tests run in no automatic build).
 from __future__ import annotations
 
 import ast
-import functools
 import re
 import shlex
 from pathlib import Path
 
 from vllm_ep_kit.buildkite import conventions
+from vllm_ep_kit.buildkite.sources import python_tree
 
 RULE = "gpu-count"
 SIZES = {  # flag -> which parallel size it sets
@@ -68,15 +68,11 @@ def _gpus_of_decorator(node: ast.expr) -> int:
     return value.value if isinstance(value, ast.Constant) and isinstance(value.value, int) else 0
 
 
-@functools.lru_cache(maxsize=None)
-def marked_gpus(path: Path, stamp: int) -> dict[str, int]:
+def marked_gpus(path: Path) -> dict[str, int]:
     """Test name -> GPUs its marks ask for (only tests that ask for more than one)."""
-    try:
-        tree = ast.parse(path.read_text(errors="replace"))
-    except (SyntaxError, ValueError, OSError):
-        return {}
+    tree = python_tree(path)
     found = {}
-    for node in tree.body:
+    for node in tree.body if tree is not None else []:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             need = max((_gpus_of_decorator(d) for d in node.decorator_list), default=0)
             if need > 1:
@@ -84,13 +80,14 @@ def marked_gpus(path: Path, stamp: int) -> dict[str, int]:
     return found
 
 
+def _selected_test(selector: str) -> str:
+    """The test a pytest ``::`` selector names ('' for the whole file)."""
+    return selector.split("::")[0].split("[")[0]
+
+
 def _marked(ctx, repo: str, selector: str) -> tuple[int, str]:
-    path = ctx.root / repo
-    try:
-        marks = marked_gpus(path, path.stat().st_mtime_ns)
-    except OSError:
-        return 0, ""
-    name = selector.split("::")[0].split("[")[0]
+    marks = marked_gpus(ctx.root / repo)
+    name = _selected_test(selector)
     scope = {k: v for k, v in marks.items() if not name or k == name}
     if not scope:
         return 0, ""
@@ -100,7 +97,7 @@ def _marked(ctx, repo: str, selector: str) -> tuple[int, str]:
 
 def _runs_test(step, repo: str, test: str) -> bool:
     """Whether ``step`` runs ``repo`` whole, or that test of it."""
-    return any(path == repo and (not selector or selector.split("::")[0].split("[")[0] == test)
+    return any(path == repo and (not selector or _selected_test(selector) == test)
                for info in step.parsed() for path, selector in zip(info.repo_files,
                                                                    info.selectors))
 

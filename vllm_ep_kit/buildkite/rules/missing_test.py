@@ -9,18 +9,17 @@ allows exit code 5 passes with nothing run.  Names are read with ``ast``: module
 from __future__ import annotations
 
 import ast
-import functools
 from pathlib import Path
+
+from vllm_ep_kit.buildkite.sources import python_tree
 
 RULE = "missing-test"
 
 
-@functools.lru_cache(maxsize=None)
-def _names(path: Path, stamp: int) -> dict[str, set[str]] | None:
+def _names(path: Path) -> dict[str, set[str]] | None:
     """{top-level name: its test methods}; None when the file does not parse."""
-    try:
-        tree = ast.parse(path.read_text(errors="replace"))
-    except (SyntaxError, ValueError, OSError):
+    tree = python_tree(path)
+    if tree is None:
         return None
     names: dict[str, set[str]] = {}
     for node in tree.body:
@@ -38,10 +37,7 @@ def _names(path: Path, stamp: int) -> dict[str, set[str]] | None:
 
 def missing(path: Path, selector: str) -> str:
     """What of ``selector`` (``name`` or ``Class::method``) the file lacks, or ''."""
-    try:
-        names = _names(path, path.stat().st_mtime_ns)
-    except OSError:
-        return ""
+    names = _names(path)
     if names is None:
         return ""
     parts = [part.split("[", 1)[0] for part in selector.split("::") if part]
