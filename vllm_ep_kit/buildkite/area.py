@@ -125,10 +125,6 @@ class Area:
             return []
         return [(i, s) for i, s in enumerate(steps) if self.shape_ok(s)]
 
-    @property
-    def steps(self) -> list[dict]:
-        return [step for _, step in self.indexed_steps()]
-
     def line(self, *keys) -> int:
         """1-based line of the value at ``keys`` (dict keys / list indexes); best effort."""
         node = self.root

@@ -24,12 +24,11 @@ def _display(root: Path, file: Path) -> str:
     return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(file)
 
 
-def lint(root: Path, files: list[Path] | None = None, select: set[str] | None = None,
-         ignore: set[str] = frozenset()) -> list[Finding]:
-    root = root.resolve()
-    listed = files is not None and len(files) > 0
-    files = files or area_files(root)
-    findings, areas = [], []
+def load_areas(root: Path, files: list[Path], keep_all: bool = False
+               ) -> tuple[list[Area], list[Finding]]:
+    """The files that hold steps (every file with ``keep_all``), and a finding for each file
+    that cannot be read as YAML."""
+    areas, findings = [], []
     for file in files:
         display = _display(root, file)
         try:
@@ -44,8 +43,17 @@ def lint(root: Path, files: list[Path] | None = None, select: set[str] | None = 
                                     " ".join(line.strip() for line in first if line.strip()
                                              and not line.strip().startswith("^"))))
             continue
-        if listed or area.holds_steps:
+        if keep_all or area.holds_steps:
             areas.append(area)
+    return areas, findings
+
+
+def lint(root: Path, files: list[Path] | None = None, select: set[str] | None = None,
+         ignore: set[str] = frozenset()) -> list[Finding]:
+    root = root.resolve()
+    listed = files is not None and len(files) > 0
+    files = files or area_files(root)
+    areas, findings = load_areas(root, files, keep_all=listed)
     if not files:
         findings.append(Finding(str(root / DEFAULT_GLOB), 1, "no-areas",
                                 "no test-area files found (no job_dirs in .buildkite/ci_config"
@@ -109,18 +117,6 @@ def without_baseline(findings: list[Finding], baseline: list[dict]) -> list[Find
 __all__ = ["lint", "explain"]
 
 
-def _load_areas(root: Path) -> list[Area]:
-    areas = []
-    for file in area_files(root):
-        try:
-            area = Area.load(file, _display(root, file))
-        except (AreaError, yaml.YAMLError):
-            continue
-        if area.holds_steps:
-            areas.append(area)
-    return areas
-
-
 def explain(root: Path, path: str) -> list[dict]:
     """Every step that runs ``path`` (a test, a script, or a folder holding it) or lists it
     (a change to it selects the step): where, on what, and whether it runs on its own."""
@@ -128,7 +124,7 @@ def explain(root: Path, path: str) -> list[dict]:
     target = str(PurePosixPath(path))
     run_all = conventions.run_all_patterns(root)
     rows = []
-    for step in read_steps(root, _load_areas(root)).steps:
+    for step in read_steps(root, load_areas(root, area_files(root))[0]).steps:
         runs = listed_not_run.runs(step, target)
         # no dependencies: the generator runs it on every change
         lists = (not step.dependencies or conventions.covered(target, step.dependencies)
