@@ -481,8 +481,19 @@ def cmd_lint_ci(args: argparse.Namespace) -> int:
             print(f"vllm-ep-kit lint-ci: error: {flag}: unknown rule {', '.join(unknown)}; "
                   f"rules: {', '.join(RULE_NAMES)}", file=sys.stderr)
             return 2
-    if args.explain:
-        return _explain(root, args.explain, args.format)
+    if args.explain is not None:
+        target = Path(args.explain)
+        if target.is_absolute():
+            if not target.resolve().is_relative_to(root.resolve()):
+                print(f"vllm-ep-kit lint-ci: error: --explain: {args.explain} is outside "
+                      f"--root {root}", file=sys.stderr)
+                return 2
+            target = target.resolve().relative_to(root.resolve())
+        if str(target) in ("", "."):
+            print("vllm-ep-kit lint-ci: error: --explain: expected a path in the repository "
+                  "(a test, a script or a folder)", file=sys.stderr)
+            return 2
+        return _explain(root, target.as_posix(), args.format)
     baseline = None
     if args.baseline:
         try:

@@ -374,3 +374,22 @@ def test_tests_marked_for_more_gpus_than_any_step_that_runs_them(tree):
     plant(tree, "  - pytest -v -s distributed/test_comm.py\n- label: Two nodes\n",
           "  - pytest -v -s distributed/test_comm.py::test_one\n- label: Two nodes\n")
     assert len([f for f in lint(tree) if "test_four is marked for 4" in f.message]) == 2
+
+
+@pytest.mark.parametrize("path, message", [
+    ("", "--explain: expected a path in the repository"),
+    (".", "--explain: expected a path in the repository"),
+    ("/etc/passwd", "--explain: /etc/passwd is outside --root"),
+])
+def test_explain_refuses_a_path_it_cannot_answer_for(tree, path, message):
+    """Before, '' ran the whole lint instead, and a path outside the tree said "run by 0"."""
+    out = run_cli("--root", str(tree), "--explain", path)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.count("\n") == 1 and message in out.stderr, out.stderr
+
+
+def test_explain_takes_an_absolute_path_inside_the_tree(tree):
+    out = run_cli("--root", str(tree), "--explain",
+                  str(tree / "tests/distributed/test_pynccl.py"))
+    assert out.returncode == 0
+    assert "tests/distributed/test_pynccl.py: run by 0 non-optional step(s)" in out.stderr
