@@ -59,7 +59,7 @@ MUTANTS = [
       "passed=not failing,", "passed=rows[0].passed,",
       ("tests/test_ep_check.py",), "ranks that disagree on a case"),
     # the SP wrapper and the reverted vLLM fix
-    M("sp-wrapper-keeps-padding", "vllm_ep_kit/agrs_plumbing.py",
+    M("sp-wrapper-keeps-padding", "vllm_ep_kit/forward.py",
       "return gathered[:num_tokens if trim == TRIM_TO_TOKENS else local_rows]",
       "return gathered",
       ("tests/kernels/moe/test_moe_layer.py", "-k", "allgather_reducescatter and ep-sp"),

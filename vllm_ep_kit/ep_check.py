@@ -1,60 +1,28 @@
-"""EP correctness: dispatch + combine through a real vLLM all-to-all backend vs the oracle.
+"""EP correctness: dispatch + combine through each registered backend vs the oracle.
 
-``plan_cases`` says what to run; ``rank_agrs_check`` runs inside each rank
-(vLLM's parallel state already built by the harness) and returns one
-:class:`CaseResult` per case.  The CLI's ``check`` and the tests call these.
-
-For the all-gather/reduce-scatter backend the flow is vLLM's own: the MoE
-layer's input is (in sequence-parallel layouts) chunked across TP with
-``sequence_parallel_chunk``, ``AgRsAll2AllManager.dispatch`` gathers it over
-the DP group (EP group under SP), each rank computes its own experts'
-partial output, ``combine`` reduce-scatters it back, and the layer either
-all-reduces over TP or (SP) all-gathers over TP.  The gathered tokens are
-checked exactly against every source's regenerated inputs; the final output
-against the fp32 reference within the dtype's tolerance.
+``make_plan`` validates ``check``'s arguments and decides, from the backend
+registry, which backend runs on which layout with which cases;
+``run_check`` starts one set of ranks per (backend, layout) and runs
+``exchange.rank_cases`` in each (the transport's dispatch and combine with
+the oracle's experts in between; see that module for the flow).  The CLI's
+``check`` and the tests call these.
 """
 
 from __future__ import annotations
 
-import math
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-import torch
-
+from vllm_ep_kit import backends as registry
+from vllm_ep_kit.backends.spec import DP_SOURCES, Backend
 from vllm_ep_kit.layout import ParallelLayout
-from vllm_ep_kit.reference.moe import (
-    RoutingCase,
-    Tokens,
-    concat_tokens,
-    max_error,
-    moe_partial,
-    moe_reference,
-    source_tokens,
-    within_tolerance,
-)
+from vllm_ep_kit.reference.moe import RoutingCase
+from vllm_ep_kit.results import CaseResult, merge_case_rows, not_run_result
 
 DEFAULT_TOKEN_PATTERNS = ("even", "uneven", "zero")
 
-
-@dataclass
-class CaseResult:
-    backend: str
-    layout: str
-    dtype: str
-    tokens: str
-    dispatch_exact: bool | None  # None: not observable separately (checked via combine)
-    max_error: float
-    passed: bool
-    seconds: float
-    note: str = ""
-
-    def as_dict(self) -> dict:
-        """JSON-ready (a case that never produced an output has no error: null)."""
-        data = asdict(self)
-        if not math.isfinite(data["max_error"]):
-            data["max_error"] = None
-        return data
+__all__ = ["CaseResult", "CheckArgumentError", "CheckPlan", "CheckRun", "backend_cases",
+           "make_plan", "merge_case_rows", "plan_cases", "rank_agrs_check", "run_check",
+           "token_counts"]
 
 
 def token_counts(pattern: str, num_sources: int) -> tuple[int, ...]:
@@ -75,95 +43,11 @@ def plan_cases(layout: ParallelLayout, dtypes: tuple[str, ...],
             for d in dtypes for p in patterns]
 
 
-def agrs_applicable(layout: ParallelLayout) -> str:
-    """Empty if vLLM uses an all-to-all here, else why the case is not applicable."""
-    if not layout.uses_all2all:
-        return "no all-to-all in this layout (DP=1 without sequence parallelism)"
-    if layout.pcp > 1:
-        return "PCP layouts are not covered yet"
-    return ""
-
-
-def _rank_input(case: RoutingCase, layout: ParallelLayout, rank: int, sp: bool) -> Tokens:
-    """The MoE input of global ``rank``: its DP rank's tokens, TP-chunked under SP."""
-    full = source_tokens(case, layout.dp_rank(rank))
-    if not sp:
-        return full
-    tp, tp_rank = layout.tp, layout.tp_rank(rank)
-    chunk = -(-full.x.shape[0] // tp)  # ceil, as vLLM's sequence_parallel_chunk pads
-
-    def take(t: torch.Tensor) -> torch.Tensor:
-        padded = torch.zeros((chunk * tp,) + tuple(t.shape[1:]), dtype=t.dtype)
-        padded[: t.shape[0]] = t
-        return padded[tp_rank * chunk: (tp_rank + 1) * chunk]
-
-    return Tokens(x=take(full.x), topk_ids=take(full.topk_ids), topk_weights=take(full.topk_weights))
-
-
 def rank_agrs_check(ctx, cases: list[RoutingCase]) -> list[CaseResult]:
-    """Run every case through vLLM's ``AgRsAll2AllManager`` on this rank."""
-    from vllm.distributed import parallel_state as ps
+    """Every case through vLLM's ``AgRsAll2AllManager`` on this rank."""
+    from vllm_ep_kit.exchange import rank_cases
 
-    from vllm_ep_kit.agrs_plumbing import (
-        agrs_manager,
-        dp_forward_context,
-        gather_sp_chunks,
-        reduce_tp_partials,
-    )
-
-    layout: ParallelLayout = ctx.layout
-    manager, sp = agrs_manager(ctx)
-    ep = ps.get_ep_group()
-    comm = ep if sp else ps.get_dp_group()
-    dev = ctx.device
-    results = []
-    for case in cases:
-        start = time.perf_counter()
-        mine = _rank_input(case, layout, ctx.rank, sp)
-        full = source_tokens(case, layout.dp_rank(ctx.rank))
-        if sp:  # vLLM's own chunking must agree with the oracle's
-            # Imported only here: vLLM's models package queries compiled ops at import
-            # time, which a GPU host running vLLM's Python sources alone does not have.
-            from vllm.model_executor.models.utils import sequence_parallel_chunk_impl
-
-            chunked = sequence_parallel_chunk_impl(full.x.to(dev))
-            assert torch.equal(chunked.cpu(), mine.x), "sequence_parallel_chunk disagrees"
-        with dp_forward_context(ctx, case.tokens, sp):
-            gx, gw, gids = manager.dispatch(mine.x.to(dev), mine.topk_weights.to(dev),
-                                            mine.topk_ids.to(dev), is_sequence_parallel=sp)
-            expected = concat_tokens([_rank_input(case, layout, g, sp) for g in comm.ranks])
-            exact = (torch.equal(gx.cpu(), expected.x)
-                     and torch.equal(gids.cpu(), expected.topk_ids)
-                     and torch.equal(gw.cpu(), expected.topk_weights))
-            received = Tokens(x=gx.cpu(), topk_ids=gids.cpu(), topk_weights=gw.cpu())
-            partial = moe_partial(received, case.num_experts, layout.ep_size,
-                                  ep.rank_in_group).to(case.torch_dtype)
-            out = manager.combine(partial.to(dev), is_sequence_parallel=sp)
-        out = gather_sp_chunks(out, full.x.shape[0]) if sp else \
-            reduce_tp_partials(out, layout.tp)
-        want = moe_reference(full, case.num_experts)
-        err = max_error(out.cpu(), want)
-        ok = exact and within_tolerance(out.cpu(), want, case.dtype)
-        results.append(CaseResult(
-            backend="allgather_reducescatter", layout=layout.describe(), dtype=case.dtype,
-            tokens=str(list(case.tokens)), dispatch_exact=exact, max_error=err, passed=ok,
-            seconds=time.perf_counter() - start))
-        ctx.heartbeat()
-    return results
-
-
-# ----------------------------------------------------------------- the check command
-
-# Payload dtypes each checkable backend's check covers.  AGRS moves hidden states
-# through vLLM's dispatch, which has no scale tensor: fp8 + scales is checked on
-# the FlashInfer backends, which carry scales as a second payload.  vLLM's one-sided
-# manager sizes its combine region for bf16 outputs, so fp16/fp32 do not apply there.
-CHECKABLE_BACKENDS = {
-    "allgather_reducescatter": ("bf16", "fp16", "fp32"),
-    "flashinfer_nvlink_two_sided": ("bf16", "fp16", "fp32", "fp8"),
-    "flashinfer_nvlink_one_sided": ("bf16", "fp8"),
-}
-FLASHINFER_HIDDEN = 512  # fp8 scale rows must be 16-byte aligned: hidden % 512 == 0
+    return rank_cases(ctx, registry.get("allgather_reducescatter"), cases)
 
 
 class CheckArgumentError(ValueError):
@@ -177,6 +61,11 @@ class CheckRun:
     backend: str
     layout: ParallelLayout
     cases: tuple[RoutingCase, ...]
+    spec: Backend = None  # the registry's entry (ranks receive it: see exchange.rank_cases)
+
+    def __post_init__(self) -> None:
+        if self.spec is None:
+            object.__setattr__(self, "spec", registry.get(self.backend))
 
 
 @dataclass(frozen=True)
@@ -190,43 +79,30 @@ class CheckPlan:
         return tuple(dict.fromkeys(run.backend for run in self.runs))
 
 
-def backend_cases(backend: str, layout: ParallelLayout,
+def backend_cases(backend: Backend, layout: ParallelLayout,
                   dtypes: tuple[str, ...]) -> list[RoutingCase]:
-    """The cases ``backend`` runs on ``layout`` (its supported dtypes only)."""
-    supported = [d for d in dtypes if d in CHECKABLE_BACKENDS[backend]]
-    if backend == "allgather_reducescatter":
-        return plan_cases(layout, tuple(supported))
-    # FlashInfer: every EP rank is a source of its own tokens.
-    return [RoutingCase(tokens=token_counts(p, layout.ep_size), dtype=d,
-                        num_experts=4 * layout.ep_size, hidden=FLASHINFER_HIDDEN)
+    """The cases ``backend`` runs on ``layout`` (its check dtypes only).
+
+    Token counts are per source: DP ranks for a backend whose sources are DP
+    ranks, every EP rank otherwise.
+    """
+    supported = tuple(d for d in dtypes if d in backend.check_dtypes)
+    sources = layout.dp if backend.sources == DP_SOURCES else layout.ep_size
+    return [RoutingCase(tokens=token_counts(p, sources), dtype=d,
+                        num_experts=4 * layout.ep_size, hidden=backend.check_hidden)
             for d in supported for p in DEFAULT_TOKEN_PATTERNS]
 
 
-def applicable(backend: str, layout: ParallelLayout) -> str:
-    """Empty if ``backend`` has an all-to-all to check on ``layout``, else why not."""
-    if backend == "allgather_reducescatter":
-        return agrs_applicable(layout)
-    if layout.ep_size < 2:
-        return "EP group of one rank: nothing to exchange"
-    return ""
-
-
-def make_plan(world_sizes: list[int], tps: list[int], backends: list[str] | None,
-              dtypes: list[str], gpu_count: int, usable: list[str],
-              unusable: dict[str, str] | None = None) -> CheckPlan:
-    """Validate ``check``'s arguments and decide what to run.
-
-    ``unusable`` (backend -> why) lists, as not run, the checkable backends
-    that the default selection leaves out on this machine.
-    """
-    from vllm_ep_kit.backends import BACKENDS
+def _validate(world_sizes: list[int], tps: list[int], backends: list[str] | None,
+              dtypes: list[str], gpu_count: int) -> list[ParallelLayout]:
     from vllm_ep_kit.reference.moe import DTYPES
 
-    known = [b.name for b in BACKENDS]
     for name in backends or []:
-        if name not in known:
+        try:
+            registry.canonical(name)
+        except registry.UnknownBackend:
             raise CheckArgumentError(f"--backends: unknown backend {name!r}; expected one of "
-                                     f"{', '.join(known)}")
+                                     f"{', '.join(registry.known_names())}") from None
     for dtype in dtypes:
         if dtype not in DTYPES:
             raise CheckArgumentError(f"--dtypes: unknown dtype {dtype!r}; expected one of "
@@ -244,7 +120,21 @@ def make_plan(world_sizes: list[int], tps: list[int], backends: list[str] | None
             if tp < 1 or size % tp:
                 raise CheckArgumentError(f"--tp: world size {size} is not divisible by tp={tp}")
             layouts.append(ParallelLayout.for_world(size, tp=tp))
-    chosen = list(backends) if backends else [b for b in usable if b in CHECKABLE_BACKENDS]
+    return layouts
+
+
+def make_plan(world_sizes: list[int], tps: list[int], backends: list[str] | None,
+              dtypes: list[str], gpu_count: int, usable: list[str],
+              unusable: dict[str, str] | None = None) -> CheckPlan:
+    """Validate ``check``'s arguments and decide what to run.
+
+    ``unusable`` (backend -> why) lists, as not run, the checkable backends
+    that the default selection leaves out on this machine.
+    """
+    layouts = _validate(world_sizes, tps, backends, dtypes, gpu_count)
+    checkable = [b.name for b in registry.all_backends() if b.check_dtypes and b.driven]
+    chosen = list(dict.fromkeys(registry.canonical(n) for n in backends)) if backends \
+        else [b for b in usable if b in checkable]
     for name in chosen:
         if name not in usable:
             raise CheckArgumentError(f"--backends: {name} is not usable on this machine "
@@ -252,45 +142,26 @@ def make_plan(world_sizes: list[int], tps: list[int], backends: list[str] | None
     runs, skipped = [], []
     if not backends:
         skipped += [(name, f"not usable here: {why}") for name, why in (unusable or {}).items()
-                    if name in CHECKABLE_BACKENDS]
+                    if name in checkable]
     for name in chosen:
-        if name not in CHECKABLE_BACKENDS:
+        backend = registry.get(name)
+        if name not in checkable:
             skipped.append((name, "dispatch/combine check not implemented yet"))
             continue
-        unsupported = [d for d in dtypes if d not in CHECKABLE_BACKENDS[name]]
+        unsupported = [d for d in dtypes if d not in backend.check_dtypes]
         if unsupported:
             skipped.append((f"{name} {','.join(unsupported)}",
                             f"payload dtype not covered by this backend's check (covers "
-                            f"{', '.join(CHECKABLE_BACKENDS[name])})"))
+                            f"{', '.join(backend.check_dtypes)})"))
         for layout in layouts:
-            why = applicable(name, layout)
-            cases = backend_cases(name, layout, tuple(dtypes))
+            why = backend.applies_to(layout)
+            cases = backend_cases(backend, layout, tuple(dtypes))
             if why:
                 skipped.append((f"{name} {layout.describe()}", why))
             elif cases:
-                runs.append(CheckRun(name, layout, tuple(cases)))
+                runs.append(CheckRun(name, layout, tuple(cases), backend))
     return CheckPlan(runs=tuple(runs), skipped=tuple(skipped),
                      device_backend="nccl" if gpu_count else "gloo")
-
-
-def failure_summary(exc) -> str:
-    """The first failing rank's line of a ``RankFailures`` message."""
-    for line in str(exc).splitlines():
-        if line.startswith("--- rank"):
-            return line.strip("- ")
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-
-
-def merge_case_rows(backend: str, rows: list[CaseResult]) -> CaseResult:
-    """One case as every rank saw it: it passes only if it passed on every rank; the error
-    is the largest and the note the first failing rank's."""
-    failing = [r for r in rows if not r.passed]
-    return CaseResult(
-        backend=backend, layout=rows[0].layout, dtype=rows[0].dtype, tokens=rows[0].tokens,
-        dispatch_exact=None if rows[0].dispatch_exact is None
-        else all(r.dispatch_exact for r in rows),
-        max_error=max(r.max_error for r in rows), passed=not failing,
-        seconds=max(r.seconds for r in rows), note=(failing or rows)[0].note)
 
 
 def run_check(plan: CheckPlan, on_result=None, on_start=None, on_error=None,
@@ -298,46 +169,33 @@ def run_check(plan: CheckPlan, on_result=None, on_start=None, on_error=None,
     """Run the plan; call ``on_start(backend, layout, n_cases)`` and ``on_result(result)``.
 
     When a run's ranks fail, ``on_error(run, message)`` gets the ranks' full
-    report and each of the run's cases is reported failed with its first line.
-
-    A case passes only if it passed on every rank; the reported error is the
-    largest over ranks.
+    report and each of the run's cases is reported failed with the first
+    failing rank's headline.  A case passes only if it passed on every rank;
+    the reported error is the largest over ranks.
     """
+    from vllm_ep_kit.exchange import rank_cases
     from vllm_ep_kit.testing import RankFailures, run_ranks
 
     merged_all = []
     for run in plan.runs:
         if on_start:
             on_start(run.backend, run.layout, len(run.cases))
-        if run.backend == "allgather_reducescatter":
-            fn, args = rank_agrs_check, (list(run.cases),)
-        else:
-            from vllm_ep_kit.manager_roundtrip import rank_manager_roundtrip
-            from vllm_ep_kit.mnnvl_managers import kind_of_backend
-
-            fn, args = rank_manager_roundtrip, (kind_of_backend(run.backend), list(run.cases))
         try:
-            per_rank = run_ranks(fn, run.layout.world_size, *args, backend=plan.device_backend,
-                                 layout=run.layout, all2all_backend=run.backend,
+            per_rank = run_ranks(rank_cases, run.layout.world_size, run.spec,
+                                 list(run.cases), backend=plan.device_backend,
+                                 layout=run.layout, all2all_backend=run.spec.vllm_name,
                                  timeout_s=timeout_s)
+            merged = [merge_case_rows(run.backend, [results[i] for results in per_rank])
+                      for i in range(len(run.cases))]
         except RankFailures as exc:
             # One broken backend must not hide the others: every case of this run
             # fails with the ranks' first error, and the full text goes to on_error.
             if on_error:
                 on_error(run, str(exc))
-            why = failure_summary(exc)
-            for case in run.cases:
-                merged = CaseResult(backend=run.backend, layout=run.layout.describe(),
-                                    dtype=case.dtype, tokens=str(list(case.tokens)),
-                                    dispatch_exact=None, max_error=float("nan"),
-                                    passed=False, seconds=0.0, note=why)
-                merged_all.append(merged)
-                if on_result:
-                    on_result(merged)
-            continue
-        for i in range(len(run.cases)):
-            merged = merge_case_rows(run.backend, [results[i] for results in per_rank])
-            merged_all.append(merged)
+            merged = [not_run_result(run.backend, run.layout.describe(), case.dtype, case.tokens,
+                                     exc.summary()) for case in run.cases]
+        for result in merged:
+            merged_all.append(result)
             if on_result:
-                on_result(merged)
+                on_result(result)
     return merged_all

@@ -1,14 +1,12 @@
 """vLLM's FlashInfer NVLink managers on GPUs: lifecycle with device memory, and round trips.
 
 Runs inside a rank where the harness has built vLLM's parallel state over
-NCCL.  The manager is the one vLLM's EP-group ``CudaCommunicator`` created for
-the configured ``all2all_backend`` when there is one, otherwise the same class
-built on the EP group's CPU group (as vLLM does).  Its workspaces are real
-FlashInfer MNNVL allocations; dispatch and combine go through FlashInfer's
-kernels on those workspaces (vLLM's prepare/finalize call pattern) and are
-compared with the oracle.  Device memory is read with ``cudaMemGetInfo``:
-MNNVL workspaces come from the driver (cuMemCreate), not torch's caching
-allocator, so only device-level free memory sees them.
+NCCL.  The manager is vLLM's own EP-group one where it made one
+(``backends.mnnvl.vllm_manager``).  Its workspaces are real FlashInfer MNNVL
+allocations.  Device memory is read with ``cudaMemGetInfo``: MNNVL workspaces
+come from the driver (cuMemCreate), not torch's caching allocator, so only
+device-level free memory sees them.  The round trips are the backends'
+transports through ``exchange.rank_cases``.
 """
 
 from __future__ import annotations
@@ -16,28 +14,22 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-import time
 
 import torch
 
-from vllm_ep_kit.ep_check import CaseResult
-from vllm_ep_kit.flashinfer_direct import one_sided_case, two_sided_case
+from vllm_ep_kit.backends import mnnvl
 from vllm_ep_kit.mnnvl_managers import (
     BACKEND_FOR_KIND,
     MANAGER_CLASSES,
     WorkspaceShape,
-    build_manager,
     check_kind,
     ensure_workspace,
     mnnvl_on_dp_group,
 )
 from vllm_ep_kit.reference.moe import RoutingCase
+from vllm_ep_kit.results import CaseResult
 
 MIB = 1 << 20
-# vLLM's one-sided manager sizes FlashInfer's combine region as hidden * 2 bytes: its
-# combine payload is bf16 (fp8 inputs are combined in bf16 too).  Measured: an fp32
-# payload fails FlashInfer's "workspace insufficient for combine payload region" check.
-MANAGER_COMBINE_DTYPES = (torch.bfloat16,)
 
 
 def free_device_bytes() -> int:
@@ -49,13 +41,7 @@ def free_device_bytes() -> int:
 
 def vllm_manager(kind: str):
     """(manager, origin): vLLM's own EP-group manager when it made one of ``kind``."""
-    from vllm.distributed import parallel_state as ps
-
-    comm = getattr(ps.get_ep_group(), "device_communicator", None)
-    manager = getattr(comm, "all2all_manager", None)
-    if type(manager).__name__ == MANAGER_CLASSES[check_kind(kind)]:
-        return manager, "created by vLLM's EP-group CudaCommunicator"
-    return build_manager(kind), "built on the EP group's CPU group"
+    return mnnvl.vllm_manager(MANAGER_CLASSES[check_kind(kind)])
 
 
 def workspace_rows(manager, kind: str) -> int | None:
@@ -165,77 +151,13 @@ def release_findings(result: dict, tolerance_mib: float = 1.0) -> list[str]:
             f"(tolerance {tolerance_mib} MiB)"]
 
 
-def _one_sided_shape(case: RoutingCase) -> WorkspaceShape:
-    elem = torch.tensor([], dtype=case.torch_dtype).element_size()
-    return WorkspaceShape(max_num_tokens=max(max(case.tokens), 1), top_k=case.top_k,
-                          num_experts=case.num_experts, hidden_size=case.hidden,
-                          x_bytes_per_token=case.hidden * elem,
-                          x_sf_bytes_per_token=case.scale_bytes_per_token)
-
-
-def manager_combine(manager, case: RoutingCase, device: torch.device):
-    """A one-sided ``combine(payload, max_tokens, rows)`` through vLLM's ``combine_into``."""
-    def combine(payload, max_tokens, rows):
-        out = torch.empty(rows, case.hidden, dtype=case.combine_dtype, device=device)
-        manager.combine_into(payload, max_tokens, out)
-        return out
-
-    return combine
-
-
-def prepare_one_sided(manager, case: RoutingCase) -> None:
-    """(Re)initialise vLLM's one-sided manager for ``case`` through its ``initialize``."""
-    if case.combine_dtype not in MANAGER_COMBINE_DTYPES:
-        raise ValueError(f"case {case.describe()}: vLLM's one-sided manager combines "
-                         f"{MANAGER_COMBINE_DTYPES} payloads only")
-    ensure_workspace(manager, "one_sided", _one_sided_shape(case))
-
-
 def rank_manager_roundtrip(ctx, kind: str, cases: list[RoutingCase],
-                           ignore_ownership: bool = False, mlp_experts: bool = False
-                           ) -> list[CaseResult]:
-    """Every case through the manager's own workspace and FlashInfer's kernels.
+                           ignore_ownership: bool = False) -> list[CaseResult]:
+    """Every case through the manager's own workspace and FlashInfer's kernels (the
+    backend's transport); ``ignore_ownership`` is the negative control (tokens
+    counted once per destination rank)."""
+    from vllm_ep_kit import backends
+    from vllm_ep_kit.exchange import rank_cases
 
-    One-sided: the manager is (re)initialised per case through vLLM's
-    ``initialize`` (it grows its workspace as vLLM does for heterogeneous
-    layers) and combine goes through vLLM's ``combine_into``.  Two-sided: the
-    manager's ``ensure_alltoall_workspace_initialized`` builds the workspaces
-    that FlashInfer's prepare / alltoallv / combine then use.  ``ignore_ownership``
-    is the negative control (tokens counted once per destination rank).
-    ``mlp_experts``: SiLU-MLP experts vs the fp32 MLP MoE (the MoE layer
-    matrix) instead of the oracle's scalar experts.
-    """
-    from vllm.distributed import parallel_state as ps
-
-    from vllm_ep_kit.reference.mlp_moe import MlpExperts
-
-    ep = ps.get_ep_group()
-    rank, world = ep.rank_in_group, ep.world_size
-    device = torch.device("cuda", torch.cuda.current_device())
-    manager, _ = vllm_manager(kind)
-    results = []
-    for case in cases:
-        if len(case.tokens) != world:
-            raise ValueError(f"case {case.describe()}: {len(case.tokens)} sources, "
-                             f"EP group has {world} ranks")
-        start = time.perf_counter()
-        experts = MlpExperts(case.num_experts, case.hidden) if mlp_experts else None
-        if kind == "one_sided":
-            prepare_one_sided(manager, case)
-            row = one_sided_case(manager.moe_alltoall, case, rank, world, device,
-                                 ignore_ownership, combine=manager_combine(manager, case, device),
-                                 experts=experts)
-        else:
-            if not ensure_workspace(manager, kind):
-                raise RuntimeError("two-sided manager did not initialise its workspace")
-            row = two_sided_case(manager.workspace_tensor, manager.prepare_workspace_tensor,
-                                 case, rank, world, device, ignore_ownership, experts)
-        results.append(CaseResult(
-            backend=BACKEND_FOR_KIND[kind], layout=ctx.layout.describe(), dtype=case.dtype,
-            tokens=str(list(case.tokens)), dispatch_exact=None, max_error=row["max_error"],
-            passed=row["passed"], seconds=time.perf_counter() - start,
-            note="dispatch checked through the combined output"))
-        ep.barrier()
-        ctx.heartbeat()
-    manager.cleanup()
-    return results
+    return rank_cases(ctx, backends.get(BACKEND_FOR_KIND[check_kind(kind)]), cases,
+                      ignore_ownership)

@@ -211,10 +211,12 @@ def rank_bench_with_doubled_combine(ctx, run, settings, partial_dir):
     from vllm.distributed.device_communicators.all2all import AgRsAll2AllManager
 
     from vllm_ep_kit.bench.rank import rank_bench
+    from vllm_ep_kit.patches.base import swapped
 
     original = AgRsAll2AllManager.combine
-    AgRsAll2AllManager.combine = lambda self, h, **kw: original(self, h, **kw) * 2
-    return rank_bench(ctx, run, settings, partial_dir)
+    doubled = lambda self, h, **kw: original(self, h, **kw) * 2  # noqa: E731
+    with swapped(AgRsAll2AllManager, combine=doubled):  # restored: a pooled rank runs on
+        return rank_bench(ctx, run, settings, partial_dir)
 
 
 @pytest.mark.vllm

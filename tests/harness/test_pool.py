@@ -197,3 +197,39 @@ def test_a_task_leaving_vllm_state_built_fails_the_isolation_check():
     finally:
         pool.close()
     assert gone(pool.pids)
+
+
+def replace_agrs_combine(ctx, restore: bool):
+    """A negative control's mutant of vLLM's AGRS combine, restored or left in place."""
+    from vllm.distributed.device_communicators.all2all import AgRsAll2AllManager
+
+    from vllm_ep_kit.patches.base import swapped
+
+    def combine(self, hidden_states, is_sequence_parallel=False):
+        return hidden_states
+
+    if restore:
+        with swapped(AgRsAll2AllManager, combine=combine):
+            return AgRsAll2AllManager.combine is combine
+    AgRsAll2AllManager.combine = combine
+    return True
+
+
+@pytest.mark.vllm
+def test_a_task_leaving_a_vllm_method_replaced_fails_the_isolation_check():
+    """The mutant left in place fails its own task, whether the task imported vLLM's module
+    itself or found it imported; a restored one passes and the next task sees vLLM's own."""
+    pool = RankPool(PoolKey(2, "gloo"))
+    try:
+        with pytest.raises(RankFailures, match=r"changed vLLM's code.*AgRsAll2AllManager\.combine"):
+            pool.run(replace_agrs_combine, False, timeout_s=120)  # imports all2all itself
+    finally:
+        pool.close()
+    pool = RankPool(PoolKey(2, "gloo"))
+    try:
+        assert pool.run(replace_agrs_combine, True, timeout_s=120) == [True, True]
+        with pytest.raises(RankFailures, match=r"AgRsAll2AllManager\.combine replaced"):
+            pool.run(replace_agrs_combine, False, timeout_s=120)  # all2all imported already
+    finally:
+        pool.close()
+    assert gone(pool.pids)

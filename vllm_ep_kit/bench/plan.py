@@ -4,16 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vllm_ep_kit import backends as registry
+from vllm_ep_kit.backends.spec import Backend
 from vllm_ep_kit.layout import ParallelLayout
 from vllm_ep_kit.reference.moe import FP8_GROUP
 
-# Backends bench can drive, with the payload dtypes it drives them with.  AGRS
-# carries fp8 block scales as vLLM's quantised dispatch does (``extra_tensors``).
-BENCH_BACKENDS = {
-    "allgather_reducescatter": ("bf16", "fp8"),
-    "flashinfer_nvlink_two_sided": ("bf16", "fp8"),
-    "flashinfer_nvlink_one_sided": ("bf16", "fp8"),
-}
 BASELINE = "torch_all_to_all"  # all_to_all_single over the world group (NCCL on GPUs)
 DEFAULT_TOKENS = tuple(2 ** i for i in range(14))  # 1 .. 8192 per rank
 DEFAULT_HIDDEN = (2048, 7168)
@@ -55,6 +50,11 @@ class BenchRun:
     backend: str
     layout: ParallelLayout
     points: tuple[BenchPoint, ...]
+    spec: Backend = None  # the registry's entry (ranks receive it with the run)
+
+    def __post_init__(self) -> None:
+        if self.spec is None:
+            object.__setattr__(self, "spec", registry.get(self.backend))
 
 
 @dataclass(frozen=True)
@@ -69,17 +69,28 @@ def make_bench_plan(world_size: int, backends: list[str] | None, tokens: list[in
                     hiddens: list[int], dtypes: list[str], settings: BenchSettings,
                     gpu_count: int, usable: list[str],
                     unusable: dict[str, str] | None = None) -> BenchPlan:
-    """Validate ``bench``'s arguments (errors name the argument) and plan the runs."""
+    """Validate ``bench``'s arguments (errors name the argument) and plan the runs.
+
+    The backends bench can drive, and the payload dtypes it times them with,
+    come from the registry (``Backend.bench_dtypes``).
+    """
+    benchable = {b.name: b for b in registry.all_backends() if b.bench_dtypes and b.driven}
     if world_size < 2:
         raise BenchArgumentError(f"--world-size: {world_size} is too small; all-to-all needs "
                                  "at least 2 ranks")
     if gpu_count and world_size > gpu_count:
         raise BenchArgumentError(f"--world-size: {world_size} ranks but only {gpu_count} GPUs "
                                  "visible (one rank per GPU)")
-    for name in backends or []:
-        if name not in BENCH_BACKENDS:
-            raise BenchArgumentError(f"--backends: unknown backend {name!r}; expected one of "
-                                     f"{', '.join(BENCH_BACKENDS)}")
+    given = []
+    for asked in backends or []:
+        try:
+            name = registry.canonical(asked)
+        except registry.UnknownBackend:
+            name = None
+        if name not in benchable:
+            raise BenchArgumentError(f"--backends: unknown backend {asked!r}; expected one of "
+                                     f"{', '.join(benchable)}")
+        given.append(name)
         if name not in usable:
             raise BenchArgumentError(f"--backends: {name} is not usable on this machine: "
                                      f"{(unusable or {}).get(name, 'see `vllm-ep-kit doctor`')}")
@@ -87,7 +98,7 @@ def make_bench_plan(world_size: int, backends: list[str] | None, tokens: list[in
         raise BenchArgumentError(f"--tokens: {tokens}: expected token counts >= 1 per rank")
     if not hiddens or any(h < 1 for h in hiddens):
         raise BenchArgumentError(f"--hidden: {hiddens}: expected sizes >= 1")
-    known = sorted({d for ds in BENCH_BACKENDS.values() for d in ds})
+    known = sorted({d for b in benchable.values() for d in b.bench_dtypes})
     for dtype in dtypes:
         if dtype not in known:
             raise BenchArgumentError(f"--dtypes: unknown dtype {dtype!r}; expected one of "
@@ -106,17 +117,17 @@ def make_bench_plan(world_size: int, backends: list[str] | None, tokens: list[in
     if settings.repeats < 1 or settings.warmup < 0:
         raise BenchArgumentError(f"--repeats/--warmup: {settings.repeats}/{settings.warmup}: "
                                  "expected repeats >= 1 and warmup >= 0")
-    chosen = list(backends) if backends else [b for b in BENCH_BACKENDS if b in usable]
+    chosen = list(dict.fromkeys(given)) if backends else [b for b in benchable if b in usable]
     skipped = [] if backends else [(name, f"not usable here: {why}")
                                    for name, why in (unusable or {}).items()
-                                   if name in BENCH_BACKENDS]
+                                   if name in benchable]
     layout = ParallelLayout.for_world(world_size, tp=1)  # DP mode: EP group = every rank
     runs = []
     for name in chosen:
-        taken = [d for d in dtypes if d in BENCH_BACKENDS[name]]
+        taken = [d for d in dtypes if d in benchable[name].bench_dtypes]
         points = tuple(BenchPoint(n, h, d) for h in hiddens for d in taken
                        for n in sorted(set(tokens)))
         if points:
-            runs.append(BenchRun(name, layout, points))
+            runs.append(BenchRun(name, layout, points, benchable[name]))
     return BenchPlan(runs=tuple(runs), skipped=tuple(skipped),
                      device_backend="nccl" if gpu_count else "gloo", settings=settings)

@@ -38,7 +38,6 @@ def run_bench(plan: BenchPlan, partial_dir: Path, on_start=None, on_point=None,
     run, without ``vs_link``, which needs the finished link measurement);
     ``on_error(run, report)`` with the ranks' full failure report.
     """
-    from vllm_ep_kit.ep_check import failure_summary
     from vllm_ep_kit.testing import RankFailures, run_ranks
 
     # The ranks create partial_dir once they have met (rank_bench): under torchrun
@@ -57,7 +56,7 @@ def run_bench(plan: BenchPlan, partial_dir: Path, on_start=None, on_point=None,
         try:
             per_rank = run_ranks(rank_bench, world, run, plan.settings, str(partial_dir),
                                  backend=plan.device_backend, layout=run.layout,
-                                 all2all_backend=run.backend, timeout_s=timeout_s)
+                                 all2all_backend=run.spec.vllm_name, timeout_s=timeout_s)
             link = link_summary([r["link"] for r in per_rank])
             rows = merge_ranks([row for r in per_rank for row in r["rows"]], world,
                                link["gbps"])
@@ -66,7 +65,7 @@ def run_bench(plan: BenchPlan, partial_dir: Path, on_start=None, on_point=None,
                 on_error(run, str(exc))
             link = {"gbps": None, "why": "run failed"}
             rows = merge_ranks(read_partial_rows(partial_dir, run.backend), world, None)
-            failures.append({"backend": run.backend, "error": failure_summary(exc),
+            failures.append({"backend": run.backend, "error": exc.summary(),
                              "points_measured": len(rows), "points_planned": len(run.points)})
         finally:
             stop.set()

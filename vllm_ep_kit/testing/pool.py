@@ -14,8 +14,10 @@ ranks), and the pool is torn down (whole process groups killed, checked with
 psutil) so the next test gets a fresh one.
 
 Isolation between tasks: each rank restores ``os.environ`` after a task,
-checks that vLLM's parallel state is gone, and then proves the world group
-still works (an all-reduce); a rank that fails those checks fails the task.
+checks that vLLM's parallel state is gone and that vLLM's functions and
+methods are the ones the task found (``vllm_isolation``), and then proves the
+world group still works (an all-reduce); a rank that fails those checks
+fails the task.
 What does persist is process-wide state (imports, CUDA context, library
 caches): tests measuring that ask ``run_ranks`` for ``fresh_processes``.
 
@@ -82,9 +84,12 @@ class PoolKey:
 
 # ----------------------------------------------------------------------------- rank side
 
-def _isolation_check(ctx: RankContext) -> None:
-    """Local half of the check: the world group is intact and no vLLM state is left."""
+def _isolation_check(ctx: RankContext, before: dict) -> dict:
+    """Local half of the check: the world group is intact, no vLLM state is left and
+    vLLM's code is as the task found it.  Returns the snapshot for the next task."""
     import torch.distributed as dist
+
+    from vllm_ep_kit.testing import vllm_isolation
 
     if not dist.is_initialized() or dist.get_world_size() != ctx.world_size:
         raise RuntimeError("the task destroyed or replaced the world process group")
@@ -94,6 +99,13 @@ def _isolation_check(ctx: RankContext) -> None:
         if ps.model_parallel_is_initialized() or ps._WORLD is not None:
             raise RuntimeError("the task left vLLM's parallel state built (the next task "
                                "would inherit its groups)")
+    after = vllm_isolation.snapshot()
+    changed = vllm_isolation.changes(before, after)
+    if changed:
+        raise RuntimeError("the task changed vLLM's code and left it changed (the next task "
+                           "would run it; restore it, e.g. with patches.base.swapped): "
+                           + "; ".join(changed[:5]))
+    return after
 
 
 def _collective_check(ctx: RankContext) -> None:
@@ -113,6 +125,9 @@ def pool_rank_main(spec: RankSpec, conn) -> None:
     try:
         init_world(spec.backend, spec.rank, spec.world_size, spec.master_addr,
                    spec.master_port, spec.timeout_s, ctx.local_rank)
+        from vllm_ep_kit.testing.vllm_isolation import snapshot
+
+        code = snapshot()
         conn.send(("ready", b""))
     except BaseException as exc:  # noqa: BLE001 (start-up failure is a report too)
         traceback.print_exc()
@@ -136,7 +151,7 @@ def pool_rank_main(spec: RankSpec, conn) -> None:
         ctx.layout, ctx.vllm_config = layout, None
         try:
             value = run_in_context(fn, ctx, args, kwargs, layout, all2all_backend)
-            _isolation_check(ctx)
+            code = _isolation_check(ctx, code)
             outcome = RankOutcome(status="ok", value=value)
         except BaseException as exc:  # noqa: BLE001
             outcome = outcome_from_exception(exc)

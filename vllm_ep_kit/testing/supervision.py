@@ -99,6 +99,17 @@ class RankFailures(AssertionError):
     def failed_ranks(self) -> list[int]:
         return [r.rank for r in self.reports]
 
+    def first_failure(self) -> RankReport | None:
+        """The rank that failed first (the likely root cause), as data."""
+        return self.reports[0] if self.reports else None
+
+    def summary(self) -> str:
+        """One line: the first failing rank and what happened to it."""
+        first = self.first_failure()
+        if first is None:
+            return str(self).splitlines()[0] if str(self) else type(self).__name__
+        return f"rank {first.rank}: {first.headline()}"
+
 
 def signal_name(signum: int) -> str:
     try:

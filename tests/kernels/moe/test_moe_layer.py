@@ -16,17 +16,17 @@ import functools
 import pytest
 import torch
 
-from vllm_ep_kit.agrs_plumbing import TRIM_NONE, TRIM_TO_LOCAL_CHUNK, TRIM_TO_TOKENS
-from vllm_ep_kit.backends import BACKENDS
+from vllm_ep_kit.forward import TRIM_NONE, TRIM_TO_LOCAL_CHUNK, TRIM_TO_TOKENS
+from vllm_ep_kit.backends import all_backends
 from vllm_ep_kit.layout import ParallelLayout
 from vllm_ep_kit.moe_layer import (
-    BACKEND_SUPPORT,
     NOT_APPLICABLE,
     NOT_HERE,
     PARALLEL_COMBOS,
     MoeLayerCell,
     all_cells,
     cell_outcome,
+    layer_backends,
     layer_cases,
     rank_moe_layer,
 )
@@ -60,7 +60,7 @@ def cell_results(backend: str, quant: str, combo: str, trim: str = TRIM_TO_TOKEN
 
 
 @pytest.mark.parametrize("combo", sorted(PARALLEL_COMBOS))
-@pytest.mark.parametrize("backend", sorted(BACKEND_SUPPORT))
+@pytest.mark.parametrize("backend", sorted(b.name for b in layer_backends()))
 def test_sp_rule_matches_vllm(backend, combo):
     """The table's SP verdict equals vLLM's ``ParallelConfig.use_sequence_parallel_moe``."""
     from vllm.config import ParallelConfig
@@ -74,8 +74,8 @@ def test_sp_rule_matches_vllm(backend, combo):
 
 
 def test_table_names_only_known_backends_and_has_an_sp_layout():
-    known = {b.name for b in BACKENDS}
-    assert set(BACKEND_SUPPORT) <= known
+    known = {b.name for b in all_backends()}
+    assert {b.name for b in layer_backends()} <= known
     sp = [name for name, layout in PARALLEL_COMBOS.items() if layout.is_sequence_parallel]
     assert sp == ["tp2-dp2-ep-sp"]
     assert PARALLEL_COMBOS["tp2-dp2-ep-sp"].ep_size > PARALLEL_COMBOS["tp2-dp2-ep-sp"].tp
@@ -239,7 +239,7 @@ def test_what_a_four_gpu_host_runs(monkeypatch):
     from vllm_ep_kit import backends
 
     monkeypatch.setattr(backends, "usability", lambda: [
-        backends.BackendStatus(b.name, True, "ok", "") for b in BACKENDS])
+        backends.BackendStatus(b.name, True, "ok", "") for b in all_backends()])
     sp_cells = [c for c in all_cells() if c.combo == "tp2-dp2-ep-sp"]
     runs = sorted(c.id for c in sp_cells if cell_outcome(c, 4) == ("", ""))
     assert runs == ["allgather_reducescatter-bf16-tp2-dp2-ep-sp",

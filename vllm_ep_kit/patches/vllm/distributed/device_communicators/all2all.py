@@ -62,7 +62,6 @@ from __future__ import annotations
 
 import types
 
-from vllm_ep_kit.mnnvl_managers import MANAGER_CLASSES, WorkspaceShape, one_sided_initialize_kwargs
 from vllm_ep_kit.patches.base import (
     Patch,
     UnrecognisedShape,
@@ -70,8 +69,13 @@ from vllm_ep_kit.patches.base import (
     unwrap,
     wrap,
 )
+from vllm_ep_kit.patches.flashinfer_managers import (
+    ALL2ALL,
+    MANAGER_CLASSES,
+    WorkspaceShape,
+    one_sided_initialize_kwargs,
+)
 
-ALL2ALL = "vllm.distributed.device_communicators.all2all"
 _PATCHED_ATTR = "__vllm_ep_kit_ep_group__"
 
 

@@ -1,12 +1,10 @@
-"""The rank-side plumbing around vLLM's AGRS all-to-all, shared by ``check`` and the layer matrix.
+"""vLLM's forward-pass plumbing around a MoE layer's all-to-all, shared by every consumer.
 
-Both drive vLLM's ``AgRsAll2AllManager`` inside vLLM's parallel state the way
-a MoE layer does: the manager on the EP group's CPU group, a forward context
-carrying every DP rank's token count (and, under sequence parallelism, each
-TP rank's chunk size), and after combine either the TP all-gather of the SP
-chunks trimmed back to the token count or, without SP, the TP all-reduce of
-the EP partials.  ``ep_check`` adds exact dispatch checks with the scalar
-oracle; ``moe_layer`` runs SiLU-MLP experts.
+A forward context carrying every DP rank's token count (and, under sequence
+parallelism, each TP rank's chunk size), and after combine either the TP
+all-gather of the SP chunks trimmed back to the token count or, without SP,
+the TP all-reduce of the EP partials.  ``check``, the layer matrix and
+``bench`` use these around whichever backend's transport they drive.
 """
 
 from __future__ import annotations
@@ -15,22 +13,6 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
-
-
-def agrs_manager(ctx):
-    """(vLLM's AGRS manager, or None where the layout has no all-to-all; SP on?)."""
-    from vllm.distributed import parallel_state as ps
-    from vllm.distributed.device_communicators.all2all import AgRsAll2AllManager
-
-    from vllm_ep_kit.testing.gloo_collectives import ensure_v_collectives
-
-    sp = bool(ctx.vllm_config.parallel_config.use_sequence_parallel_moe)
-    if ctx.backend == "gloo":
-        for group in (ps.get_dp_group(), ps.get_ep_group(), ps.get_tp_group()):
-            ensure_v_collectives(group)
-    manager = AgRsAll2AllManager(ps.get_ep_group().cpu_group) \
-        if ctx.layout.uses_all2all else None
-    return manager, sp
 
 
 @contextlib.contextmanager

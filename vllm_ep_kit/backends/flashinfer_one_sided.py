@@ -1,0 +1,130 @@
+"""FlashInfer's one-sided NVLink all-to-all (``MoeAlltoAll``), vLLM's
+``FlashInferNVLinkOneSidedManager``.
+
+Dispatch writes each token once into the receive buffer of every rank owning
+one of its experts ([ranks, max_tokens, ...] per payload: hidden states, fp8
+scales, top-k ids, weights); combine reads each token's rows back and sums
+them.  vLLM's manager sizes FlashInfer's combine region as hidden * 2 bytes:
+its combine payload is bf16 (fp8 inputs are combined in bf16 too); an fp32
+payload fails FlashInfer's "workspace insufficient for combine payload
+region" check (measured), so check covers bf16 and fp8 only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from vllm_ep_kit.backends import registry
+from vllm_ep_kit.backends.mnnvl import NVLINK_NEEDS, DirectTransport, ManagerTransport
+from vllm_ep_kit.backends.spec import Backend
+from vllm_ep_kit.backends.transport import Dispatched, received
+from vllm_ep_kit.patches.flashinfer_managers import (
+    ONE_SIDED_MANAGER,
+    WorkspaceShape,
+    one_sided_initialize_kwargs,
+)
+from vllm_ep_kit.reference.moe import RoutingCase
+
+NAME = "flashinfer_nvlink_one_sided"
+MANAGER_COMBINE_DTYPES = (torch.bfloat16,)
+
+
+def ensure(manager, shape: WorkspaceShape = WorkspaceShape()) -> bool:
+    """(Re)initialise through the manager's ``initialize``; it grows, never shrinks."""
+    manager.initialize(**one_sided_initialize_kwargs(manager, shape))
+    return bool(manager.initialized)
+
+
+def case_shape(case: RoutingCase) -> WorkspaceShape:
+    elem = torch.tensor([], dtype=case.torch_dtype).element_size()
+    return WorkspaceShape(max_num_tokens=max(max(case.tokens), 1), top_k=case.top_k,
+                          num_experts=case.num_experts, hidden_size=case.hidden,
+                          x_bytes_per_token=case.hidden * elem,
+                          x_sf_bytes_per_token=case.scale_bytes_per_token)
+
+
+class _OneSidedKernels:
+    """Dispatch through ``self.a2a`` (a ``MoeAlltoAll``); combine is the transport's."""
+
+    a2a = None
+
+    def dispatch(self, tokens):
+        x, scale, ids, w = tokens.wire(self.device)
+        payloads = [x, *([scale] if scale is not None else []), ids, w]
+        got = self.a2a.dispatch(ids, payloads, self.max_tokens)
+        return Dispatched(received(got[0], got[1] if scale is not None else None, got[-2],
+                                   got[-1], self.case), source_rows=x.shape[0])
+
+
+class OneSidedTransport(_OneSidedKernels, ManagerTransport):
+    """vLLM's one-sided manager, (re)initialised per case as vLLM does for heterogeneous
+    layers; combine through the manager's ``combine_into``."""
+
+    MANAGER_CLASS = ONE_SIDED_MANAGER
+
+    def __init__(self, ctx, backend):
+        super().__init__(ctx, backend)
+        self._out: dict[tuple, torch.Tensor] = {}
+
+    def prepare(self, case):
+        if case.combine_dtype not in MANAGER_COMBINE_DTYPES:
+            raise ValueError(f"case {case.describe()}: vLLM's one-sided manager combines "
+                             f"{MANAGER_COMBINE_DTYPES} payloads only")
+        super().prepare(case)
+        ensure(self.manager, case_shape(case))
+        self.a2a = self.manager.moe_alltoall
+
+    def combine(self, dispatched, partial):
+        key = (dispatched.source_rows, self.case.hidden, self.case.combine_dtype)
+        if key not in self._out:  # one output buffer per shape, as a layer keeps one
+            self._out[key] = torch.empty(key[0], key[1], dtype=key[2], device=self.device)
+        out = self._out[key]
+        self.manager.combine_into(partial, self.max_tokens, out)
+        return out
+
+
+def workspace_size(case: RoutingCase, world: int) -> int:
+    """FlashInfer's workspace bytes per rank for ``case`` (payloads + combine region)."""
+    from flashinfer.comm.trtllm_moe_alltoall import moe_a2a_get_workspace_size_per_rank
+
+    x_bytes = case.hidden * torch.tensor([], dtype=case.torch_dtype).element_size()
+    combine_bytes = case.hidden * torch.tensor([], dtype=case.combine_dtype).element_size()
+    return moe_a2a_get_workspace_size_per_rank(
+        ep_size=world, max_num_tokens=max(max(case.tokens), 1),
+        total_dispatch_payload_size_per_token=x_bytes + case.scale_bytes_per_token
+        + case.top_k * 8,
+        combine_payload_size_per_token=combine_bytes)
+
+
+class DirectOneSidedTransport(_OneSidedKernels, DirectTransport):
+    """A ``MoeAlltoAll`` built per case on the harness's world group (no vLLM)."""
+
+    name = "flashinfer MoeAlltoAll"
+
+    def prepare(self, case):
+        from flashinfer.comm.trtllm_moe_alltoall import MoeAlltoAll
+
+        super().prepare(case)
+        self.a2a = None  # drop the previous case's before allocating
+        self.a2a = MoeAlltoAll(mapping=self.mapping(moe_ep_size=self.world),
+                               max_num_tokens=self.max_tokens, top_k=case.top_k,
+                               num_experts=case.num_experts,
+                               workspace_size_per_rank=workspace_size(case, self.world),
+                               mnnvl_config=self.mnnvl_config())
+
+    def combine(self, dispatched, partial):
+        return self.a2a.combine(partial, self.max_tokens)[: dispatched.source_rows]
+
+    def close(self):
+        self.a2a = None
+
+
+BACKEND = registry.register(Backend(
+    NAME, NVLINK_NEEDS, note="FlashInfer MoeAlltoAll", vllm_name=NAME,
+    transport=OneSidedTransport, check_dtypes=("bf16", "fp8"), check_hidden=512,
+    bench_dtypes=("bf16", "fp8"), layer_quants=("bf16", "fp8", "nvfp4"),
+    layer_driven=("bf16", "fp8"), takes_sp=True))
+# The same kernels on FlashInfer's own MoeAlltoAll, for the kernel tests (not registered).
+DIRECT = dataclasses.replace(BACKEND, transport=DirectOneSidedTransport)

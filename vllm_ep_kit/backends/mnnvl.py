@@ -1,0 +1,118 @@
+"""What the two FlashInfer NVLink backends share: vLLM's manager on the EP group.
+
+The manager is the one vLLM's EP-group ``CudaCommunicator`` created for the
+configured ``all2all_backend`` when there is one, otherwise the same class
+built on the EP group's CPU group (as vLLM does).  Its workspaces are real
+FlashInfer MNNVL allocations.  The ``Direct*`` transports of the two backend
+modules build FlashInfer's objects on the harness's world group instead (no
+vLLM), for the kernel tests.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vllm_ep_kit.backends.spec import Needs
+from vllm_ep_kit.backends.transport import Transport
+
+NVLINK_NEEDS = Needs(min_gpus=2, nvlink=True, mnnvl_handles=True, modules=("flashinfer.comm",))
+
+
+def build_manager(class_name: str, cpu_group=None):
+    """vLLM's manager ``class_name`` on ``cpu_group`` (default: the EP group's)."""
+    from vllm.distributed import parallel_state as ps
+    from vllm.distributed.device_communicators import all2all
+
+    cls = getattr(all2all, class_name)
+    return cls(cpu_group if cpu_group is not None else ps.get_ep_group().cpu_group)
+
+
+def vllm_manager(class_name: str):
+    """(manager, origin): vLLM's own EP-group manager when it made one of ``class_name``."""
+    from vllm.distributed import parallel_state as ps
+
+    comm = getattr(ps.get_ep_group(), "device_communicator", None)
+    manager = getattr(comm, "all2all_manager", None)
+    if type(manager).__name__ == class_name:
+        return manager, "created by vLLM's EP-group CudaCommunicator"
+    return build_manager(class_name), "built on the EP group's CPU group"
+
+
+class ManagerTransport(Transport):
+    """A transport over vLLM's manager ``MANAGER_CLASS`` on the EP group's GPUs."""
+
+    MANAGER_CLASS = ""
+
+    def __init__(self, ctx, backend):
+        super().__init__(ctx, backend)
+        from vllm.distributed import parallel_state as ps
+
+        self.ep = ps.get_ep_group()
+        self.rank, self.world = self.ep.rank_in_group, self.ep.world_size
+        self.device = torch.device("cuda", torch.cuda.current_device())
+        self.manager, self.origin = vllm_manager(self.MANAGER_CLASS)
+        self.name = f"vllm {self.MANAGER_CLASS}"
+
+    def after_case(self) -> None:
+        self.ep.barrier()
+
+    def close(self) -> None:
+        self.manager.cleanup()
+
+
+class DirectTransport(Transport):
+    """A transport over FlashInfer's objects built on the harness's world group (no vLLM).
+
+    Ranks may share a GPU (``device_index = rank % device_count``): then the
+    NVLink path degenerates to one device, which still exercises FlashInfer's
+    handle exchange, workspace layout, routing and combine.
+    """
+
+    def __init__(self, ctx, backend):
+        super().__init__(ctx, backend)
+        self.rank, self.world = ctx.rank, ctx.world_size
+        self.device = torch.device("cuda", ctx.rank % torch.cuda.device_count())
+        torch.cuda.set_device(self.device)
+
+    def after_case(self) -> None:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+    def mapping(self, **kwargs):
+        from flashinfer.comm import Mapping
+
+        return Mapping(self.world, self.rank, torch.cuda.device_count(), tp_size=self.world,
+                       **kwargs)
+
+    def mnnvl_config(self, **kwargs):
+        """FlashInfer's MNNVL config whose CommBackend is the harness's gloo world group."""
+        import torch.distributed as dist
+        from flashinfer.comm.mnnvl import CommBackend, MnnvlConfig
+
+        group = dist.group.WORLD
+
+        class GlooCommBackend(CommBackend):
+            def Get_rank(self) -> int:
+                return dist.get_rank(group)
+
+            def Get_size(self) -> int:
+                return dist.get_world_size(group)
+
+            def allgather(self, data):
+                out = [None] * self.Get_size()
+                dist.all_gather_object(out, data, group=group)
+                return out
+
+            def bcast(self, data, root: int):
+                box = [data]
+                dist.broadcast_object_list(box, src=root, group=group)
+                return box[0]
+
+            def barrier(self) -> None:
+                dist.barrier(group=group)
+
+            def Split(self, color: int, key: int):
+                return self
+
+        return MnnvlConfig(comm_backend=GlooCommBackend(), **kwargs)

@@ -1,0 +1,47 @@
+"""What the hotfixes and the kit's backends both need to know about vLLM's FlashInfer NVLink
+managers: their class names, and how to call the one-sided ``initialize`` of any release.
+
+Kept under ``patches/`` because patches depend on vLLM and their own package only;
+the backend modules read the same facts from here.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+ALL2ALL = "vllm.distributed.device_communicators.all2all"
+TWO_SIDED_MANAGER = "FlashInferNVLinkTwoSidedManager"
+ONE_SIDED_MANAGER = "FlashInferNVLinkOneSidedManager"
+MANAGER_CLASSES = {"two_sided": TWO_SIDED_MANAGER, "one_sided": ONE_SIDED_MANAGER}
+
+
+@dataclass(frozen=True)
+class WorkspaceShape:
+    """What the one-sided manager sizes its workspace from."""
+
+    max_num_tokens: int = 64
+    top_k: int = 4
+    num_experts: int = 16
+    hidden_size: int = 256
+    x_bytes_per_token: int = 512  # bf16 hidden
+    x_sf_bytes_per_token: int = 0
+
+
+def one_sided_initialize_kwargs(manager, shape: WorkspaceShape) -> dict:
+    """Arguments for the one-sided ``initialize`` of the installed vLLM.
+
+    vLLM 0.18-0.21 take (max_num_tokens, top_k, num_experts, hidden_size);
+    later releases add the per-token payload sizes.  Pass what it accepts.
+    """
+    accepted = inspect.signature(manager.initialize).parameters
+    values = {"max_num_tokens": shape.max_num_tokens, "top_k": shape.top_k,
+              "num_experts": shape.num_experts, "hidden_size": shape.hidden_size,
+              "x_bytes_per_token": shape.x_bytes_per_token,
+              "x_sf_bytes_per_token": shape.x_sf_bytes_per_token}
+    unknown = [n for n, p in accepted.items()
+               if n not in values and p.default is inspect.Parameter.empty]
+    if unknown:
+        raise TypeError(f"{type(manager).__name__}.initialize needs {unknown}, "
+                        "which this vllm-ep-kit does not know how to supply")
+    return {k: v for k, v in values.items() if k in accepted}
