@@ -20,11 +20,13 @@ import torch
 from vllm_ep_kit.backends.spec import DP_SOURCES
 from vllm_ep_kit.layout import ParallelLayout
 from vllm_ep_kit.reference.moe import (
+    TOLERANCE,
     RoutingCase,
     Tokens,
     expert_owner,
     expert_scales,
     max_error,
+    mismatch,
     moe_reference,
     source_tokens,
     within_tolerance,
@@ -142,12 +144,19 @@ def rank_cases(ctx, backend, cases: list[RoutingCase],
         if out.is_cuda:
             torch.cuda.synchronize()
         got, want = out.float().cpu(), moe_reference(full, case.num_experts)
+        close = within_tolerance(got, want, case.dtype)
+        note = "" if exact is not None else VIA_COMBINE
+        if exact is False:
+            note = "dispatch delivered other rows than the sources sent"
+        elif not close:
+            tol = TOLERANCE[case.dtype]
+            note = mismatch(got, want, tol, tol)
         results.append(CaseResult(
             backend=backend.name, layout=where, dtype=case.dtype,
             tokens=str(list(case.tokens)), dispatch_exact=exact,
             max_error=max_error(got, want) if got.shape == want.shape else float("inf"),
-            passed=exact is not False and within_tolerance(got, want, case.dtype),
-            seconds=time.perf_counter() - start, note="" if exact is not None else VIA_COMBINE))
+            passed=exact is not False and close, seconds=time.perf_counter() - start,
+            note=note))
         transport.after_case()
         ctx.heartbeat()
     transport.close()

@@ -13,8 +13,6 @@ reference (see ``vllm_ep_kit.reference``).
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 
 from vllm_ep_kit.ep_check import plan_cases, rank_agrs_check, token_counts
@@ -39,6 +37,7 @@ from vllm_ep_kit.mnnvl_managers import (
 )
 from vllm_ep_kit.reference.moe import RoutingCase
 from vllm_ep_kit.testing import run_ranks
+from vllm_ep_kit.testing.shared_runs import SharedRuns
 from vllm_ep_kit.testing.flashinfer_recorder import (
     FlashInferAllocationRecorder,
     workspace_group_findings,
@@ -93,11 +92,15 @@ def rank_manager_checks(ctx):
     return out
 
 
-@functools.cache
-def manager_check_results(layout: ParallelLayout) -> tuple:
-    """One multi-rank run per layout, shared by the tests below."""
+def start_manager_checks(layout: ParallelLayout) -> tuple:
     return tuple(run_ranks(rank_manager_checks, layout.world_size, backend="gloo",
                            layout=layout, timeout_s=240))
+
+
+@pytest.fixture(scope="module")
+def manager_check_results():
+    """One multi-rank run per layout, shared by the tests below (a failure too)."""
+    return SharedRuns(start_manager_checks)
 
 
 # ----------------------------------------------------------------- CPU tests
@@ -121,7 +124,7 @@ def test_flashinfer_comm_api_present():
 @pytest.mark.flashinfer
 @pytest.mark.parametrize("layout", LAYOUTS, ids=LAYOUT_IDS)
 @pytest.mark.parametrize("kind", KINDS)
-def test_workspace_spans_ep_group(kind, layout):
+def test_workspace_spans_ep_group(kind, layout, manager_check_results):
     for rank, result in enumerate(manager_check_results(layout)):
         assert result["ep_ranks"] == layout.ep_group_ranks(rank)
         assert result[kind]["findings"] == [], f"rank {rank}: {result[kind]['findings']}"
@@ -152,7 +155,7 @@ def test_each_workspace_fact_is_checked_on_its_own(wrong):
 @pytest.mark.vllm
 @pytest.mark.flashinfer
 @pytest.mark.parametrize("kind", KINDS)
-def test_ep_group_check_fails_when_fix_reverted(kind):
+def test_ep_group_check_fails_when_fix_reverted(kind, manager_check_results):
     """Negative control: the check above must catch the pre-fix DP-group workspace.
 
     With TP=2 x DP=2 the DP group has 2 ranks and the EP group 4; vLLM before
@@ -168,7 +171,7 @@ def test_ep_group_check_fails_when_fix_reverted(kind):
 @pytest.mark.vllm
 @pytest.mark.flashinfer
 @pytest.mark.parametrize("kind", KINDS)
-def test_ensure_initialized_allocates_once(kind):
+def test_ensure_initialized_allocates_once(kind, manager_check_results):
     per_init = ALLOCATIONS_PER_INIT[kind]
     for result in manager_check_results(ParallelLayout(tp=1, dp=2)):
         history = result[kind]["history"][:3]
@@ -179,7 +182,7 @@ def test_ensure_initialized_allocates_once(kind):
 @pytest.mark.vllm
 @pytest.mark.flashinfer
 @pytest.mark.parametrize("kind", KINDS)
-def test_reinitialize_after_cleanup(kind):
+def test_reinitialize_after_cleanup(kind, manager_check_results):
     per_init = ALLOCATIONS_PER_INIT[kind]
     for result in manager_check_results(ParallelLayout(tp=1, dp=2)):
         history = result[kind]["history"][2:]
@@ -237,6 +240,7 @@ def test_agrs_check_catches_a_combine_that_drops_peers():
         assert [r.dispatch_exact for r in per_rank] == [True]  # dispatch untouched
         assert [r.passed for r in per_rank] == [False]
         assert per_rank[0].max_error > 0.1
+        assert "Mismatched elements" in per_rank[0].note  # which elements, by how much
 
 
 # ----------------------------------------------------------------- FlashInfer kernels (GPU)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vllm_ep_kit.reference.moe import Tokens, expert_owner, max_error
+from vllm_ep_kit.reference.moe import Tokens, expert_owner, max_error, mismatch
 
 # (atol, rtol) of a MoE layer's output against this fp32 reference, per activation dtype.
 # fp8 is upstream's value for its MoE layer tests (vLLM PR 41299 moved it from 6e-2).
@@ -97,10 +97,11 @@ def softmax_topk(logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.
 def layer_row(case, out: torch.Tensor, want: torch.Tensor, tolerance: str, start: float,
               **extra) -> dict:
     """One case's result row: output rows vs the reference's tokens, error, verdict, time."""
+    passed = layer_close(out, want, tolerance)
     return {"case": case.describe(), "rows": int(out.shape[0]), "tokens": int(want.shape[0]),
             "max_error": max_error(out, want) if out.shape == want.shape else float("inf"),
-            "passed": layer_close(out, want, tolerance), **extra,
-            "seconds": time.perf_counter() - start}
+            "passed": passed, **extra, "seconds": time.perf_counter() - start,
+            "mismatch": "" if passed else mismatch(out, want, *LAYER_TOLERANCE[tolerance])}
 
 
 def layer_close(actual: torch.Tensor, expected: torch.Tensor, dtype: str) -> bool:

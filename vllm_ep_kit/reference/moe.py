@@ -161,6 +161,17 @@ def max_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return float((actual.float() - expected.float()).abs().max())
 
 
+def mismatch(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float) -> str:
+    """"" when close, else torch.testing's account in one line: how many elements differ,
+    the greatest differences and where (a rank's note says what went wrong, not just that)."""
+    try:
+        torch.testing.assert_close(actual.float(), expected.float(), atol=atol, rtol=rtol)
+    except AssertionError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        return "; ".join(lines[:4])
+    return ""
+
+
 def within_tolerance(actual: torch.Tensor, expected: torch.Tensor, dtype: str) -> bool:
     tol = TOLERANCE[dtype]
     return actual.shape == expected.shape and bool(
