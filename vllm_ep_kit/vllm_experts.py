@@ -2,7 +2,7 @@
 
 The layer matrix moves tokens through vLLM's real all-to-all plumbing; this
 module lets the expert computation be vLLM's too where its compiled kernels
-load (issue 6, item 5): ``fused_experts`` (Triton GEMMs plus ``_moe_C``'s
+load: ``fused_experts`` (Triton GEMMs plus ``_moe_C``'s
 ``moe_align_block_size`` and ``_C``'s ``silu_and_mul``) with an EP
 ``expert_map``, and the whole layer built by ``FusedMoEFactory`` with weights
 loaded through its own ``weight_loader`` and routed by its own router.  Where

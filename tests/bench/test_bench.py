@@ -163,9 +163,11 @@ def test_bench_end_to_end_on_cpu_ranks(tmp_path):
     if not agrs.usable:
         pytest.skip(f"{AGRS} not usable here: {agrs.reason}")
     out = tmp_path / "b"
+    # One expert per token: a token-routed exchange would return it once, the all-gather
+    # returns it once per rank (2), so the round trip tells the two apart.
     proc = cli("bench", "--tokens", "1,8", "--hidden", "512", "--dtypes", "bf16,fp8",
                "--repeats", "2", "--warmup", "1", "--backends", AGRS, "--out", str(out),
-               "--width", "200")
+               "--top-k", "1", "--experts", "4", "--width", "200")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads((out / "bench.json").read_text())
     rows = report["results"]

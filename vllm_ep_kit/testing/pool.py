@@ -57,15 +57,13 @@ from vllm_ep_kit.testing.rank import (
 )
 from vllm_ep_kit.testing.supervision import (
     POLL_S,
-    LiveRank,
     RankFailures,
-    RankReport,
+    Watchdog,
     collect,
     format_failures,
-    last_beat,
     order_failures,
     outcome_from_bytes,
-    stop_stuck,
+    spawn_rank,
     teardown,
 )
 
@@ -197,13 +195,10 @@ class RankPool:
                                 master_port=self._rendezvous.port,
                                 timeout_s=max(start_timeout_s, 60.0), env=child_env,
                                 run_id=self.run_id, parent_pid=os.getpid())
-                (self._workdir / f"rank{rank}.beat").touch()
                 parent_end, child_end = ctx.Pipe()
-                proc = ctx.Process(target=pool_rank_main, args=(spec, child_end),
-                                   name=f"pool-rank{rank}")
-                proc.start()
+                self._live.append(spawn_rank(ctx, pool_rank_main, (spec, child_end), rank,
+                                             self._workdir, f"pool-rank{rank}"))
                 child_end.close()
-                self._live.append(LiveRank(proc=proc, report=RankReport(rank=rank)))
                 self._conns.append(parent_end)
             self._await("ready", start_timeout_s, grace_s=30.0)
         except BaseException:
@@ -245,7 +240,7 @@ class RankPool:
     def _await(self, tag, timeout_s: float, grace_s: float) -> list[RankOutcome]:
         """Collect one message per rank; on any failure tear down and raise RankFailures."""
         got: dict[int, RankOutcome | None] = {}
-        first_failure_at = None
+        watchdog = Watchdog(self._workdir, timeout_s, grace_s)
         for item in self._live:
             item.report.outcome = None
             item.report.hung = ""
@@ -265,7 +260,7 @@ class RankPool:
                         item.report.exit_code = item.proc.exitcode
                         item.report.seen_exit_at = time.time()
                         got[i] = None
-                        first_failure_at = first_failure_at or time.monotonic()
+                        watchdog.failed(i)
                         continue
                     if message_tag != tag:
                         continue
@@ -274,24 +269,16 @@ class RankPool:
                     outcome = outcome_from_bytes(outcome)
                     got[i] = item.report.outcome = outcome or RankOutcome(status="ok")
                     if got[i].status == "error":
-                        first_failure_at = first_failure_at or time.monotonic()
+                        watchdog.failed(i)
                 elif item.proc.exitcode is not None:
                     item.report.exit_code = item.proc.exitcode
                     item.report.seen_exit_at = time.time()
                     got[i] = None
-                    first_failure_at = first_failure_at or time.monotonic()
+                    watchdog.failed(i)
             pending = [self._live[i] for i in range(len(self._live)) if i not in got]
-            now = time.monotonic()
-            if pending and first_failure_at is not None and now - first_failure_at > grace_s:
-                stop_stuck(pending, self._workdir,
-                            f"still running {grace_s:.0f} s after another rank failed")
+            if watchdog.check(pending):
                 break
-            stale = [it for it in pending
-                     if now - last_beat(self._workdir, it.report.rank) > timeout_s]
-            if stale:
-                stop_stuck(pending, self._workdir, f"no progress for {timeout_s:.0f} s")
-                break
-        failed = first_failure_at is not None or len(got) < len(self._live)
+        failed = watchdog.saw_failure or len(got) < len(self._live)
         if not failed:
             return [got[i] for i in range(len(self._live))]
         reports = [item.report for item in self._live]

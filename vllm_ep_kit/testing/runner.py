@@ -27,22 +27,20 @@ from typing import Any, Callable
 from vllm_ep_kit.layout import ParallelLayout
 from vllm_ep_kit.testing import proctree, torchrun
 from vllm_ep_kit.testing.ports import open_rendezvous
-from vllm_ep_kit.testing.rank import RankSpec, armed_file, rank_main
+from vllm_ep_kit.testing.rank import RankSpec, rank_main
 from vllm_ep_kit.testing.skips import skip_or_fail
 from vllm_ep_kit.testing.supervision import (  # noqa: F401 (RankReport, signal_name: public here too)
     POLL_S,
     LiveRank,
     RankFailures,
     RankReport,
+    Watchdog,
     collect,
     conclude,
     exited_badly,
-    format_failures,
-    last_beat,
-    order_failures,
     result_file,
     signal_name,
-    stop_stuck,
+    spawn_rank,
     teardown,
 )
 
@@ -124,12 +122,8 @@ def run_ranks(
                             layout=layout, all2all_backend=all2all_backend, env=child_env,
                             python_path=tuple(str(p) for p in python_path), run_id=run_id,
                             parent_pid=os.getpid())
-            # The watchdog's clock starts at spawn: a rank stuck before its own first
-            # heartbeat (importing the test module, say) is stopped like any other.
-            Path(workdir, f"rank{rank}.beat").touch()
-            proc = ctx.Process(target=rank_main, args=(spec,), name=f"rank{rank}")
-            proc.start()
-            live.append(LiveRank(proc=proc, report=RankReport(rank=rank)))
+            live.append(spawn_rank(ctx, rank_main, (spec,), rank, Path(workdir),
+                                   f"rank{rank}"))
         _supervise(live, Path(workdir), timeout_s, failure_grace_s,
                    max(timeout_s, start_timeout_s))
     finally:
@@ -178,8 +172,7 @@ def _require_cpu_host_or_gpus(world_size: int) -> None:
 def _supervise(live: list[LiveRank], workdir: Path, timeout_s: float, grace_s: float,
                start_limit_s: float) -> None:
     """Poll until every rank exits, or the watchdog stops the ones left."""
-    first_failure_at: float | None = None
-    first_failed_rank: int | None = None
+    watchdog = Watchdog(workdir, timeout_s, grace_s, start_limit_s)
     while True:
         running = []
         for item in live:
@@ -192,25 +185,15 @@ def _supervise(live: list[LiveRank], workdir: Path, timeout_s: float, grace_s: f
             elif item.report.exit_code is None:
                 item.report.exit_code = item.proc.exitcode
                 item.report.seen_exit_at = time.time()
-                if exited_badly(item, workdir) and first_failure_at is None:
-                    first_failure_at = time.monotonic()
-                    first_failed_rank = item.report.rank
+                if exited_badly(item, workdir):
+                    watchdog.failed(item.report.rank)
         if not running:
             return
         # Ranks that reported an outcome wait at the exit barrier: not stuck.
         pending = [it for it in running if not result_file(workdir, it.report.rank).exists()]
-        if not pending and first_failure_at is not None:
+        if not pending and watchdog.saw_failure:
             return  # they wait for a rank that failed and will never arrive: done
-        now = time.monotonic()
-        if pending and first_failure_at is not None and now - first_failure_at > grace_s:
-            stop_stuck(pending, workdir,
-                        f"still running {grace_s:.0f} s after rank {first_failed_rank} failed")
+        if watchdog.check(pending):
             return
-        for item in pending:
-            limit = timeout_s if armed_file(workdir, item.report.rank).exists() \
-                else start_limit_s
-            if now - last_beat(workdir, item.report.rank) > limit:
-                stop_stuck(pending, workdir, f"no progress for {limit:.0f} s")
-                return
         # Wakes as soon as a rank exits, so exit times are accurate.
         multiprocessing.connection.wait([it.proc.sentinel for it in running], timeout=POLL_S)

@@ -150,6 +150,66 @@ def last_beat(workdir: Path, rank: int) -> float:
     return time.monotonic() - max(age, 0.0)
 
 
+def spawn_rank(mp_context, target, args: tuple, rank: int, workdir: Path,
+               name: str) -> LiveRank:
+    """Start one rank process (the runner's and the pool's one spawn path).
+
+    The watchdog's clock starts here: a rank stuck before its own first
+    heartbeat (importing the test module, say) is stopped like any other.
+    """
+    (workdir / f"rank{rank}.beat").touch()
+    proc = mp_context.Process(target=target, args=args, name=name)
+    proc.start()
+    return LiveRank(proc=proc, report=RankReport(rank=rank))
+
+
+class Watchdog:
+    """The one watchdog of the runner and the pool, polled while they wait for ranks.
+
+    It stops the ranks still pending (stacks dumped, then killed at teardown)
+    when one rank failed and the others are still running ``grace_s`` later,
+    or when a pending rank made no progress for ``timeout_s``
+    (``start_limit_s`` before its set-up finished, if given).
+    """
+
+    def __init__(self, workdir: Path, timeout_s: float, grace_s: float,
+                 start_limit_s: float | None = None):
+        self.workdir, self.timeout_s, self.grace_s = workdir, timeout_s, grace_s
+        self.start_limit_s = start_limit_s
+        self.first_failure_at: float | None = None
+        self.first_failed_rank: int | None = None
+
+    def failed(self, rank: int) -> None:
+        """A rank failed (raised, or exited without its result)."""
+        if self.first_failure_at is None:
+            self.first_failure_at, self.first_failed_rank = time.monotonic(), rank
+
+    @property
+    def saw_failure(self) -> bool:
+        return self.first_failure_at is not None
+
+    def _limit(self, item: LiveRank) -> float:
+        if self.start_limit_s is None or armed_file(self.workdir, item.report.rank).exists():
+            return self.timeout_s
+        return self.start_limit_s
+
+    def check(self, pending: list[LiveRank]) -> bool:
+        """Stop ``pending`` if it is time; True when it did (the caller stops waiting)."""
+        if not pending:
+            return False
+        now = time.monotonic()
+        if self.first_failure_at is not None and now - self.first_failure_at > self.grace_s:
+            stop_stuck(pending, self.workdir, f"still running {self.grace_s:.0f} s after rank "
+                                              f"{self.first_failed_rank} failed")
+            return True
+        for item in pending:
+            limit = self._limit(item)
+            if now - last_beat(self.workdir, item.report.rank) > limit:
+                stop_stuck(pending, self.workdir, f"no progress for {limit:.0f} s")
+                return True
+        return False
+
+
 def stop_stuck(running: list[LiveRank], workdir: Path, why: str) -> None:
     """Dump the stuck ranks' Python stacks; teardown then kills their process trees.
 

@@ -184,7 +184,7 @@ def test_softmax_topk_renormalises_the_top_experts():
     assert torch.allclose(weights[0], torch.softmax(torch.tensor([3.0, 2.0]), dim=0))
 
 
-# vLLM's own expert kernels and MoE layer on one GPU (issue 6, item 5).  The multi-rank
+# vLLM's own expert kernels and MoE layer on one GPU.  The multi-rank
 # cells above use the same kernels on GPUs where they load (rows record "experts").
 EXPERT_DTYPES = ("bf16", "fp32", "fp8")
 EXPERT_EP_SIZES = (1, 2, 4)
