@@ -60,3 +60,13 @@ def deadline():
                 signal.setitimer(signal.ITIMER_REAL, *old_timer)
 
     return bound
+
+
+@pytest.fixture(autouse=True)
+def process_per_run(monkeypatch):
+    """These tests test ``run_ranks``'s own processes (spawn, watchdog, teardown, nothing
+    left behind), so ``--ep-pool`` does not route them to a pool; ``test_pool.py`` drives
+    pools itself (and sets the variable where it tests the routing)."""
+    from vllm_ep_kit.testing.pool import POOL_ENV
+
+    monkeypatch.delenv(POOL_ENV, raising=False)

@@ -16,6 +16,7 @@ import pytest
 
 from vllm_ep_kit.layout import ParallelLayout
 from vllm_ep_kit.testing import RankFailures, run_ranks
+from vllm_ep_kit.testing import pool as pool_module
 from vllm_ep_kit.testing.pool import POOL_ENV, PoolKey, RankPool, pooled_run
 
 KEY = PoolKey(world_size=2, backend="gloo")
@@ -233,3 +234,20 @@ def test_a_task_leaving_a_vllm_method_replaced_fails_the_isolation_check():
     finally:
         pool.close()
     assert gone(pool.pids)
+
+
+def test_a_rank_killed_between_tasks_gets_a_fresh_pool_not_a_broken_pipe():
+    """Something outside kills a pooled rank between two tests: the next run starts a new
+    pool (before: BrokenPipeError sending it the task)."""
+    key = PoolKey(2, "gloo")
+    first = pooled_run(whoami, key, (), {}, timeout_s=60, failure_grace_s=5)
+    old = pool_module._POOLS[key]
+    psutil.Process(old.pids[1]).kill()
+    old._live[1].proc.join(timeout=10)
+    try:
+        second = pooled_run(whoami, key, (), {}, timeout_s=60, failure_grace_s=5)
+        assert [rank for _, rank in second] == [0, 1] and second != first
+        assert pool_module._POOLS[key] is not old and old.closed
+    finally:
+        pool_module._POOLS.pop(key).close()
+    assert gone(old.pids)

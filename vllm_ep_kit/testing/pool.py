@@ -209,6 +209,11 @@ class RankPool:
     def pids(self) -> list[int]:
         return [item.proc.pid for item in self._live]
 
+    @property
+    def alive(self) -> bool:
+        """Every rank process still running (something outside may have killed one)."""
+        return not self.closed and all(item.proc.exitcode is None for item in self._live)
+
     def run(self, fn: Callable[..., Any], *args, layout: ParallelLayout | None = None,
             all2all_backend: str | None = None, timeout_s: float = 300.0,
             failure_grace_s: float = 30.0, **kwargs) -> list[Any]:
@@ -327,9 +332,13 @@ _POOLS: dict[PoolKey, RankPool] = {}
 def pooled_run(fn: Callable[..., Any], key: PoolKey, args: tuple, kwargs: dict,
                timeout_s: float, failure_grace_s: float, layout: ParallelLayout | None = None,
                all2all_backend: str | None = None) -> list[Any]:
-    """Run on the pool for ``key``, starting one if there is none (or it was torn down)."""
+    """Run on the pool for ``key``, starting one if there is none, it was torn down, or one
+    of its ranks died between tasks (killed from outside: not the next task's failure)."""
     pool = _POOLS.get(key)
-    if pool is None or pool.closed:
+    if pool is not None and not pool.alive:  # torn down, or a rank died between tasks
+        pool.close()
+        pool = None
+    if pool is None:
         pool = _POOLS[key] = RankPool(key, start_timeout_s=max(timeout_s, 60.0))
     try:
         return pool.run(fn, *args, layout=layout, all2all_backend=all2all_backend,
