@@ -24,14 +24,6 @@ BACKEND_FOR_KIND = {"two_sided": flashinfer_two_sided.NAME,
                     "one_sided": flashinfer_one_sided.NAME}
 
 
-def kind_of_backend(backend: str) -> str:
-    """``flashinfer_nvlink_one_sided`` -> ``one_sided`` (and two-sided)."""
-    for kind, name in BACKEND_FOR_KIND.items():
-        if name == backend:
-            return kind
-    raise ValueError(f"backend={backend!r}: not a FlashInfer NVLink backend")
-
-
 def check_kind(kind: str) -> str:
     if kind not in MANAGER_CLASSES:
         raise ValueError(f"kind={kind!r}: expected one of {sorted(MANAGER_CLASSES)}")

@@ -87,10 +87,6 @@ class Finding:
         return text + (f" (fix: {self.hint})" if self.hint else "")
 
 
-def _plain(node: yaml.Node) -> Any:
-    return yaml.safe_load(yaml.serialize(node)) if node is not None else None
-
-
 @dataclass
 class Area:
     path: Path
