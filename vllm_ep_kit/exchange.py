@@ -23,10 +23,9 @@ from vllm_ep_kit.reference.moe import (
     TOLERANCE,
     RoutingCase,
     Tokens,
-    expert_owner,
-    expert_scales,
     max_error,
     mismatch,
+    moe_partial,
     moe_reference,
     source_tokens,
     within_tolerance,
@@ -38,25 +37,16 @@ VIA_COMBINE = "dispatch checked through the combined output"
 
 def oracle_partial(case: RoutingCase, got: Tokens, rank: int, world: int,
                    ignore_ownership: bool = False) -> torch.Tensor:
-    """The oracle's experts owned by ``rank`` over every received row (any leading shape).
+    """The oracle's experts owned by ``rank`` over every received row (``moe_partial``).
 
-    Ids outside [0, num_experts) (unsent slots hold junk or a marker) and
-    other ranks' experts add 0.  ``ignore_ownership`` is the negative control:
-    every slot counts, so tokens are counted on every rank they reach.
+    ``ignore_ownership`` is the negative control: every slot counts, whatever
+    id or marker it holds, so tokens are counted on every rank they reach.
     """
-    device = got.x.device
-    owner = expert_owner(case.num_experts, world).to(device)
-    scales = expert_scales(case.num_experts).to(device)
-    ids = got.topk_ids.long()
     if ignore_ownership:
-        safe = ids.remainder(case.num_experts)
-        mask = torch.ones_like(safe, dtype=torch.float)
-    else:
-        valid = (ids >= 0) & (ids < case.num_experts)
-        safe = ids.clamp(0, case.num_experts - 1)
-        mask = (valid & (owner[safe] == rank)).float()
-    coeff = (got.topk_weights.float() * scales[safe] * mask).sum(-1)
-    return (got.values() * coeff.unsqueeze(-1)).to(case.combine_dtype)
+        got = Tokens(x=got.x, topk_ids=got.topk_ids.long().remainder(case.num_experts),
+                     topk_weights=got.topk_weights, x_scale=got.x_scale)
+        return moe_partial(got, case.num_experts, 1, None).to(case.combine_dtype)
+    return moe_partial(got, case.num_experts, world, rank).to(case.combine_dtype)
 
 
 def mlp_partial(case: RoutingCase, got: Tokens, rank: int, world: int, experts,

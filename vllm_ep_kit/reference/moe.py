@@ -133,13 +133,20 @@ def expert_owner(num_experts: int, ep_size: int) -> torch.Tensor:
 
 def moe_partial(tokens: Tokens, num_experts: int, ep_size: int,
                 ep_rank: int | None) -> torch.Tensor:
-    """fp32 sum over routed experts owned by ``ep_rank`` (all experts if None)."""
-    scales = expert_scales(num_experts)
+    """fp32 sum over routed experts owned by ``ep_rank`` (all experts if None).
+
+    Runs where ``tokens`` are, over any leading shape (a one-sided receive
+    buffer is [ranks, max_tokens, ...]); ids outside [0, num_experts), which
+    received slots that were never sent may hold, add 0.
+    """
     ids = tokens.topk_ids.long()
-    coeff = tokens.topk_weights * scales[ids]
+    valid = (ids >= 0) & (ids < num_experts)
+    safe = ids.clamp(0, num_experts - 1)
+    coeff = tokens.topk_weights.float() * expert_scales(num_experts).to(ids.device)[safe] * valid
     if ep_rank is not None:
-        coeff = coeff * (expert_owner(num_experts, ep_size)[ids] == ep_rank).float()
-    return tokens.values() * coeff.sum(dim=1, keepdim=True)
+        owner = expert_owner(num_experts, ep_size).to(ids.device)
+        coeff = coeff * (owner[safe] == ep_rank).float()
+    return tokens.values() * coeff.sum(dim=-1, keepdim=True)
 
 
 def moe_reference(tokens: Tokens, num_experts: int) -> torch.Tensor:
