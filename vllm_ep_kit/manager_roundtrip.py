@@ -18,14 +18,8 @@ import gc
 import torch
 
 from vllm_ep_kit.backends import mnnvl
-from vllm_ep_kit.mnnvl_managers import (
-    BACKEND_FOR_KIND,
-    MANAGER_CLASSES,
-    WorkspaceShape,
-    check_kind,
-    ensure_workspace,
-    mnnvl_on_dp_group,
-)
+from vllm_ep_kit.backends.mnnvl import manager_transport
+from vllm_ep_kit.mnnvl_managers import WorkspaceShape, ensure_workspace, mnnvl_on_dp_group
 from vllm_ep_kit.reference.moe import RoutingCase
 from vllm_ep_kit.results import CaseResult
 
@@ -39,28 +33,23 @@ def free_device_bytes() -> int:
     return torch.cuda.mem_get_info()[0]
 
 
-def vllm_manager(kind: str):
-    """(manager, origin): vLLM's own EP-group manager when it made one of ``kind``."""
-    return mnnvl.vllm_manager(MANAGER_CLASSES[check_kind(kind)])
+def vllm_manager(backend: str):
+    """(manager, origin): vLLM's own EP-group manager when it made ``backend``'s."""
+    return mnnvl.vllm_manager(manager_transport(backend).MANAGER_CLASS)
 
 
-def workspace_rows(manager, kind: str) -> int | None:
+def workspace_rows(manager, backend: str) -> int | None:
     """Rows (one per rank of the MNNVL communicator) of the manager's workspace."""
-    if not manager.initialized:
-        return None
-    if kind == "two_sided":
-        return int(manager.workspace_tensor.shape[0])
-    return int(manager.moe_alltoall.workspace.shape[0])
+    tensor = manager_transport(backend).workspace(manager)
+    return None if tensor is None else int(tensor.shape[0])
 
 
-def workspace_address(manager, kind: str) -> int | None:
-    if not manager.initialized:
-        return None
-    tensor = manager.workspace_tensor if kind == "two_sided" else manager.moe_alltoall.workspace
-    return int(tensor.data_ptr())
+def workspace_address(manager, backend: str) -> int | None:
+    tensor = manager_transport(backend).workspace(manager)
+    return None if tensor is None else int(tensor.data_ptr())
 
 
-def rank_manager_lifecycle(ctx, kind: str, reverted_fix: bool = False) -> dict:
+def rank_manager_lifecycle(ctx, backend: str, reverted_fix: bool = False) -> dict:
     """ensure x3, cleanup, ensure, cleanup (+ a larger one-sided re-initialise), measured.
 
     Each step records free device memory (MiB below the level before the
@@ -71,20 +60,20 @@ def rank_manager_lifecycle(ctx, kind: str, reverted_fix: bool = False) -> dict:
 
     ep = ps.get_ep_group()
     mutant = mnnvl_on_dp_group() if reverted_fix else contextlib.nullcontext()
-    manager, origin = vllm_manager(kind)
+    manager, origin = vllm_manager(backend)
     baseline = free_device_bytes()
     steps = []
 
     def record(step: str) -> None:
         steps.append({"step": step, "used_mib": round((baseline - free_device_bytes()) / MIB, 1),
-                      "rows": workspace_rows(manager, kind),
-                      "address": workspace_address(manager, kind),
+                      "rows": workspace_rows(manager, backend),
+                      "address": workspace_address(manager, backend),
                       "initialized": bool(manager.initialized)})
         ctx.heartbeat()
 
     shape = WorkspaceShape()
     plan = [("ensure", shape)] * 3 + [("cleanup", None), ("ensure", shape), ("cleanup", None)]
-    if kind == "one_sided" and not reverted_fix:
+    if manager_transport(backend).GROWS_ON_INITIALIZE and not reverted_fix:
         bigger = dataclasses.replace(shape, max_num_tokens=shape.max_num_tokens * 64)
         plan += [("ensure", shape), ("ensure", bigger), ("cleanup", None)]
     if reverted_fix:
@@ -93,7 +82,7 @@ def rank_manager_lifecycle(ctx, kind: str, reverted_fix: bool = False) -> dict:
         for index, (step, step_shape) in enumerate(plan):
             if step == "ensure":
                 try:
-                    ensure_workspace(manager, kind, step_shape)
+                    ensure_workspace(manager, backend, step_shape)
                 except RuntimeError as exc:  # e.g. FlashInfer's own workspace-size check
                     steps.append({"step": f"{index + 1}. ensure", "error": str(exc)})
                     break
@@ -103,7 +92,7 @@ def rank_manager_lifecycle(ctx, kind: str, reverted_fix: bool = False) -> dict:
                 manager.cleanup()
                 label = "cleanup"
             record(f"{index + 1}. {label}")
-    return {"kind": kind, "origin": origin, "ep_size": ep.world_size,
+    return {"backend": backend, "origin": origin, "ep_size": ep.world_size,
             "dp_size": ps.get_dp_group().world_size, "baseline_free_mib": baseline // MIB,
             "steps": steps}
 
@@ -151,7 +140,7 @@ def release_findings(result: dict, tolerance_mib: float = 1.0) -> list[str]:
             f"(tolerance {tolerance_mib} MiB)"]
 
 
-def rank_manager_roundtrip(ctx, kind: str, cases: list[RoutingCase],
+def rank_manager_roundtrip(ctx, backend: str, cases: list[RoutingCase],
                            ignore_ownership: bool = False) -> list[CaseResult]:
     """Every case through the manager's own workspace and FlashInfer's kernels (the
     backend's transport); ``ignore_ownership`` is the negative control (tokens
@@ -159,5 +148,5 @@ def rank_manager_roundtrip(ctx, kind: str, cases: list[RoutingCase],
     from vllm_ep_kit import backends
     from vllm_ep_kit.exchange import rank_cases
 
-    return rank_cases(ctx, backends.get(BACKEND_FOR_KIND[check_kind(kind)]), cases,
-                      ignore_ownership)
+    manager_transport(backend)  # a manager-driven backend, or a one-line ValueError
+    return rank_cases(ctx, backends.get(backend), cases, ignore_ownership)

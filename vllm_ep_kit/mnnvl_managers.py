@@ -1,45 +1,34 @@
-"""The tests' vocabulary for vLLM's two FlashInfer NVLink managers ("kinds").
+"""vLLM's FlashInfer NVLink managers as the EP-group tests drive them, named by backend.
 
-The EP-group tests drive both managers the same way: build one on the EP
-group's CPU group (as vLLM's ``CudaCommunicator`` does), make sure its
-workspace exists, clean it up.  The two managers' entry points differ
-(two-sided: ``ensure_alltoall_workspace_initialized()``; one-sided:
-``initialize(max_num_tokens, top_k, ...)``); each backend module knows its
-own, and this maps a kind to it.
+The tests build a manager on the EP group's CPU group (as vLLM's
+``CudaCommunicator`` does), make sure its workspace exists and clean it up.
+The managers' entry points differ (two-sided:
+``ensure_alltoall_workspace_initialized()``; one-sided: ``initialize(...)``);
+each backend's transport class knows its own (``backends.mnnvl.ManagerTransport``).
 """
 
 from __future__ import annotations
 
 import contextlib
 
-from vllm_ep_kit.backends import flashinfer_one_sided, flashinfer_two_sided
 from vllm_ep_kit.backends.mnnvl import build_manager as _build
-from vllm_ep_kit.patches.flashinfer_managers import (  # noqa: F401 (re-exported)
-    MANAGER_CLASSES,
-    WorkspaceShape,
-    one_sided_initialize_kwargs,
-)
-
-BACKEND_FOR_KIND = {"two_sided": flashinfer_two_sided.NAME,
-                    "one_sided": flashinfer_one_sided.NAME}
+from vllm_ep_kit.backends.mnnvl import manager_backend_names, manager_transport
+from vllm_ep_kit.patches.flashinfer_managers import WorkspaceShape
 
 
-def check_kind(kind: str) -> str:
-    if kind not in MANAGER_CLASSES:
-        raise ValueError(f"kind={kind!r}: expected one of {sorted(MANAGER_CLASSES)}")
-    return kind
+def manager_backends() -> list[str]:
+    """The backends whose vLLM manager these tests drive (both FlashInfer NVLink ones)."""
+    return manager_backend_names()
 
 
-def build_manager(kind: str, cpu_group=None):
-    """The vLLM manager of ``kind`` on ``cpu_group`` (default: the EP group's)."""
-    return _build(MANAGER_CLASSES[check_kind(kind)], cpu_group)
+def build_manager(backend: str, cpu_group=None):
+    """``backend``'s vLLM manager on ``cpu_group`` (default: the EP group's)."""
+    return _build(manager_transport(backend).MANAGER_CLASS, cpu_group)
 
 
-def ensure_workspace(manager, kind: str, shape: WorkspaceShape = WorkspaceShape()) -> bool:
+def ensure_workspace(manager, backend: str, shape: WorkspaceShape = WorkspaceShape()) -> bool:
     """Make sure the workspace exists, through the manager's own entry point."""
-    if check_kind(kind) == "two_sided":
-        return flashinfer_two_sided.ensure(manager)
-    return flashinfer_one_sided.ensure(manager, shape)
+    return manager_transport(backend).ensure(manager, shape)
 
 
 @contextlib.contextmanager

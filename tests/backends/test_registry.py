@@ -168,3 +168,22 @@ def test_entry_point_registers_a_backend(monkeypatch):
     finally:
         backends.unregister(TOY)
 
+
+
+def test_managers_are_named_by_their_backend(toy):
+    """The EP-group tests find vLLM's managers through the registry: the two FlashInfer
+    NVLink backends, by name or alias; anything else is a one-line error naming them."""
+    from vllm_ep_kit.backends.mnnvl import manager_backend_names, manager_transport
+
+    names = manager_backend_names()
+    assert names == ["flashinfer_nvlink_one_sided", "flashinfer_nvlink_two_sided"]
+    assert [manager_transport(n).MANAGER_CLASS for n in names] == [
+        "FlashInferNVLinkOneSidedManager", "FlashInferNVLinkTwoSidedManager"]
+    alias = manager_transport("flashinfer_all2allv")
+    assert alias is manager_transport("flashinfer_nvlink_two_sided")
+    assert [manager_transport(n).GROWS_ON_INITIALIZE for n in names] == [True, False]
+    for other in ("allgather_reducescatter", TOY):
+        with pytest.raises(ValueError, match=f"{other!r}: not driven through a vLLM manager; "
+                           "expected one of") as info:
+            manager_transport(other)
+        assert "\n" not in str(info.value)

@@ -22,7 +22,8 @@ from vllm_ep_kit.flashinfer_direct import (
     rank_two_sided_roundtrip,
 )
 from vllm_ep_kit.layout import ParallelLayout
-from vllm_ep_kit.backends.flashinfer_one_sided import MANAGER_COMBINE_DTYPES
+from vllm_ep_kit.backends import flashinfer_one_sided, flashinfer_two_sided
+from vllm_ep_kit.backends.mnnvl import manager_transport
 from vllm_ep_kit.manager_roundtrip import (
     lifecycle_findings,
     rank_manager_lifecycle,
@@ -30,9 +31,9 @@ from vllm_ep_kit.manager_roundtrip import (
     release_findings,
 )
 from vllm_ep_kit.mnnvl_managers import (
-    BACKEND_FOR_KIND,
     build_manager,
     ensure_workspace,
+    manager_backends,
     mnnvl_on_dp_group,
 )
 from vllm_ep_kit.reference.moe import RoutingCase
@@ -43,7 +44,7 @@ from vllm_ep_kit.testing.flashinfer_recorder import (
     workspace_group_findings,
 )
 
-KINDS = ["two_sided", "one_sided"]
+MANAGER_BACKENDS = manager_backends()
 LAYOUTS = [ParallelLayout(tp=1, dp=2), ParallelLayout(tp=2, dp=2), ParallelLayout(tp=1, dp=4)]
 LAYOUT_IDS = [layout.describe() for layout in LAYOUTS]
 
@@ -51,10 +52,11 @@ LAYOUT_IDS = [layout.describe() for layout in LAYOUTS]
 # ----------------------------------------------------------------- rank functions
 
 LIFECYCLE = ("ensure", "ensure", "ensure", "cleanup", "ensure")
-ALLOCATIONS_PER_INIT = {"two_sided": 2, "one_sided": 1}  # workspace (+ prepare workspace)
+# workspace (+ prepare workspace)
+ALLOCATIONS_PER_INIT = {flashinfer_two_sided.NAME: 2, flashinfer_one_sided.NAME: 1}
 
 
-def recorded_lifecycle(kind, steps, reverted_fix=False):
+def recorded_lifecycle(all2all, steps, reverted_fix=False):
     """Run manager steps under the recorder; report allocations after each step."""
     import contextlib
 
@@ -64,10 +66,10 @@ def recorded_lifecycle(kind, steps, reverted_fix=False):
     mutant = mnnvl_on_dp_group() if reverted_fix else contextlib.nullcontext()
     history = []
     with recorder.installed(), mutant:
-        manager = build_manager(kind)
+        manager = build_manager(all2all)
         for step in steps:
             if step == "ensure":
-                ensure_workspace(manager, kind)
+                ensure_workspace(manager, all2all)
             else:
                 manager.cleanup()
             history.append({"step": step, "allocations": len(recorder.allocations),
@@ -84,10 +86,10 @@ def rank_manager_checks(ctx):
 
     out = {"ep_ranks": list(ps.get_ep_group().ranks),
            "dp_ranks": list(ps.get_dp_group().ranks)}
-    for kind in KINDS:
-        out[kind] = recorded_lifecycle(kind, LIFECYCLE)
+    for all2all in MANAGER_BACKENDS:
+        out[all2all] = recorded_lifecycle(all2all, LIFECYCLE)
         ctx.heartbeat()
-        out[kind + ":reverted"] = recorded_lifecycle(kind, ("ensure",), reverted_fix=True)
+        out[all2all + ":reverted"] = recorded_lifecycle(all2all, ("ensure",), reverted_fix=True)
         ctx.heartbeat()
     return out
 
@@ -123,11 +125,11 @@ def test_flashinfer_comm_api_present():
 @pytest.mark.vllm
 @pytest.mark.flashinfer
 @pytest.mark.parametrize("layout", LAYOUTS, ids=LAYOUT_IDS)
-@pytest.mark.parametrize("kind", KINDS)
-def test_workspace_spans_ep_group(kind, layout, manager_check_results):
+@pytest.mark.parametrize("all2all", MANAGER_BACKENDS)
+def test_workspace_spans_ep_group(all2all, layout, manager_check_results):
     for rank, result in enumerate(manager_check_results(layout)):
         assert result["ep_ranks"] == layout.ep_group_ranks(rank)
-        assert result[kind]["findings"] == [], f"rank {rank}: {result[kind]['findings']}"
+        assert result[all2all]["findings"] == [], f"rank {rank}: {result[all2all]['findings']}"
 
 
 @pytest.mark.parametrize("wrong", ["group", "rows", "mapping"])
@@ -154,8 +156,8 @@ def test_each_workspace_fact_is_checked_on_its_own(wrong):
 
 @pytest.mark.vllm
 @pytest.mark.flashinfer
-@pytest.mark.parametrize("kind", KINDS)
-def test_ep_group_check_fails_when_fix_reverted(kind, manager_check_results):
+@pytest.mark.parametrize("all2all", MANAGER_BACKENDS)
+def test_ep_group_check_fails_when_fix_reverted(all2all, manager_check_results):
     """Negative control: the check above must catch the pre-fix DP-group workspace.
 
     With TP=2 x DP=2 the DP group has 2 ranks and the EP group 4; vLLM before
@@ -163,33 +165,33 @@ def test_ep_group_check_fails_when_fix_reverted(kind, manager_check_results):
     """
     for result in manager_check_results(ParallelLayout(tp=2, dp=2)):
         assert result["dp_ranks"] != result["ep_ranks"]
-        findings = " | ".join(result[kind + ":reverted"]["findings"])
+        findings = " | ".join(result[all2all + ":reverted"]["findings"])
         assert f"MNNVL communicator spans ranks {result['dp_ranks']}" in findings
         assert "workspace has 2 rows, the kernel asserts one per EP rank (4)" in findings
 
 
 @pytest.mark.vllm
 @pytest.mark.flashinfer
-@pytest.mark.parametrize("kind", KINDS)
-def test_ensure_initialized_allocates_once(kind, manager_check_results):
-    per_init = ALLOCATIONS_PER_INIT[kind]
+@pytest.mark.parametrize("all2all", MANAGER_BACKENDS)
+def test_ensure_initialized_allocates_once(all2all, manager_check_results):
+    per_init = ALLOCATIONS_PER_INIT[all2all]
     for result in manager_check_results(ParallelLayout(tp=1, dp=2)):
-        history = result[kind]["history"][:3]
+        history = result[all2all]["history"][:3]
         assert [h["step"] for h in history] == ["ensure"] * 3
         assert [h["allocations"] for h in history] == [per_init] * 3
 
 
 @pytest.mark.vllm
 @pytest.mark.flashinfer
-@pytest.mark.parametrize("kind", KINDS)
-def test_reinitialize_after_cleanup(kind, manager_check_results):
-    per_init = ALLOCATIONS_PER_INIT[kind]
+@pytest.mark.parametrize("all2all", MANAGER_BACKENDS)
+def test_reinitialize_after_cleanup(all2all, manager_check_results):
+    per_init = ALLOCATIONS_PER_INIT[all2all]
     for result in manager_check_results(ParallelLayout(tp=1, dp=2)):
-        history = result[kind]["history"][2:]
+        history = result[all2all]["history"][2:]
         assert [h["step"] for h in history] == ["ensure", "cleanup", "ensure"]
         assert [h["initialized"] for h in history] == [True, False, True]
         assert [h["allocations"] for h in history] == [per_init, per_init, 2 * per_init]
-        assert result[kind]["findings"] == []
+        assert result[all2all]["findings"] == []
 
 
 # ----------------------------------------------------------------- dispatch + combine (AGRS)
@@ -315,25 +317,25 @@ def gpu_manager_test(fn):
     return fn
 
 
-def run_on_gpus(fn, layout: ParallelLayout, kind: str, *args, timeout_s: float = 420):
+def run_on_gpus(fn, layout: ParallelLayout, all2all: str, *args, timeout_s: float = 420):
     """``timeout_s`` covers a first FlashInfer JIT build (up to ~200 s measured).
 
     The lifecycle functions measure device memory and FlashInfer's process-wide
     workspace caches, which a pooled rank would carry over from earlier tests:
     they always get fresh processes.
     """
-    return run_ranks(fn, layout.world_size, kind, *args, backend="nccl", layout=layout,
-                     all2all_backend=BACKEND_FOR_KIND[kind], timeout_s=timeout_s,
+    return run_ranks(fn, layout.world_size, all2all, *args, backend="nccl", layout=layout,
+                     all2all_backend=all2all, timeout_s=timeout_s,
                      fresh_processes=fn is rank_manager_lifecycle)
 
 
 @gpu_manager_test
 @pytest.mark.parametrize("layout", GPU_LAYOUTS)
-@pytest.mark.parametrize("kind", KINDS)
-def test_vllm_manager_lifecycle_on_gpus(kind, layout):
+@pytest.mark.parametrize("all2all", MANAGER_BACKENDS)
+def test_vllm_manager_lifecycle_on_gpus(all2all, layout):
     """Initialise over NVLink, ensure x3 (no second allocation), cleanup, re-initialise:
     one workspace row per EP rank, no growth across re-initialisation (cudaMemGetInfo)."""
-    results = run_on_gpus(rank_manager_lifecycle, layout, kind)
+    results = run_on_gpus(rank_manager_lifecycle, layout, all2all)
     for rank, result in enumerate(results):
         assert result["ep_size"] == layout.ep_size
         assert lifecycle_findings(result) == [], f"rank {rank}: {result}"
@@ -347,22 +349,22 @@ def test_vllm_manager_lifecycle_on_gpus(kind, layout):
     "_WORKSPACE_CACHE keyed by size for one-sided); vLLM's cleanup drops only its own "
     "references, so memory stays in use, and a one-sided workspace grown to a larger size "
     "keeps the smaller one too"))
-@pytest.mark.parametrize("kind", KINDS)
-def test_vllm_manager_cleanup_returns_device_memory(kind):
+@pytest.mark.parametrize("all2all", MANAGER_BACKENDS)
+def test_vllm_manager_cleanup_returns_device_memory(all2all):
     """After the last cleanup, device memory is back to its level before the first ensure."""
-    results = run_on_gpus(rank_manager_lifecycle, ParallelLayout(tp=1, dp=2), kind)
+    results = run_on_gpus(rank_manager_lifecycle, ParallelLayout(tp=1, dp=2), all2all)
     for rank, result in enumerate(results):
         assert release_findings(result) == [], f"rank {rank}: {result['steps'][-1]}"
 
 
 @gpu_manager_test
 @pytest.mark.gpus(2)
-@pytest.mark.parametrize("kind", KINDS)
-def test_vllm_manager_lifecycle_check_fails_when_fix_reverted(kind):
+@pytest.mark.parametrize("all2all", MANAGER_BACKENDS)
+def test_vllm_manager_lifecycle_check_fails_when_fix_reverted(all2all):
     """Negative control on real allocations: TP mode has a 1-rank DP group, so the
     pre-fix DP-group communicator gives a 1-row workspace for a 2-rank EP group
     (the one-sided manager's FlashInfer constructor refuses it outright)."""
-    results = run_on_gpus(rank_manager_lifecycle, ParallelLayout(tp=2, dp=1), kind, True,
+    results = run_on_gpus(rank_manager_lifecycle, ParallelLayout(tp=2, dp=1), all2all, True,
                           timeout_s=150)
     for result in results:
         assert result["dp_size"] == 1 and result["ep_size"] == 2
@@ -371,19 +373,20 @@ def test_vllm_manager_lifecycle_check_fails_when_fix_reverted(kind):
                 or "workspace first dim must equal ep_size" in findings), result
 
 
-def manager_cases(ep_size: int) -> list[RoutingCase]:
-    """The default cases whose combine payload vLLM's managers are built for."""
-    return [c for c in default_cases(ep_size) if c.combine_dtype in MANAGER_COMBINE_DTYPES]
+def manager_cases(all2all: str, ep_size: int) -> list[RoutingCase]:
+    """The default cases whose combine payload ``all2all``'s vLLM manager is built for."""
+    combine = manager_transport(all2all).COMBINE_DTYPES
+    return [c for c in default_cases(ep_size) if combine is None or c.combine_dtype in combine]
 
 
 @gpu_manager_test
 @pytest.mark.parametrize("layout", GPU_LAYOUTS)
-@pytest.mark.parametrize("kind", KINDS)
-def test_vllm_manager_dispatch_combine_vs_oracle(kind, layout):
+@pytest.mark.parametrize("all2all", MANAGER_BACKENDS)
+def test_vllm_manager_dispatch_combine_vs_oracle(all2all, layout):
     """The manager's workspaces + FlashInfer's kernels vs the oracle: bf16 64x2048,
     uneven, a rank with no tokens, fp8 with block scales (two-sided also fp32)."""
-    cases = manager_cases(layout.ep_size) if kind == "one_sided" else default_cases(layout.ep_size)
-    results = run_on_gpus(rank_manager_roundtrip, layout, kind, cases)
+    cases = manager_cases(all2all, layout.ep_size)
+    results = run_on_gpus(rank_manager_roundtrip, layout, all2all, cases)
     for rank, per_rank in enumerate(results):
         assert len(per_rank) == len(cases)
         for case, result in zip(cases, per_rank):
@@ -392,9 +395,9 @@ def test_vllm_manager_dispatch_combine_vs_oracle(kind, layout):
 
 @gpu_manager_test
 @pytest.mark.gpus(2)
-@pytest.mark.parametrize("kind", KINDS)
-def test_vllm_manager_check_catches_double_counting(kind):
+@pytest.mark.parametrize("all2all", MANAGER_BACKENDS)
+def test_vllm_manager_check_catches_double_counting(all2all):
     """Negative control through the managers: ignoring expert ownership must fail."""
     cases = [RoutingCase(tokens=(32, 32), hidden=512, num_experts=16, top_k=4)]
-    results = run_on_gpus(rank_manager_roundtrip, ParallelLayout(tp=1, dp=2), kind, cases, True)
+    results = run_on_gpus(rank_manager_roundtrip, ParallelLayout(tp=1, dp=2), all2all, cases, True)
     assert not any(r.passed for per_rank in results for r in per_rank)

@@ -22,7 +22,7 @@ from vllm_ep_kit.testing import run_ranks
 pytestmark = [pytest.mark.vllm, pytest.mark.flashinfer]
 
 PATCH = "mnnvl_workspace_ep_group"
-KINDS = ("two_sided", "one_sided")
+MANAGERS = ("flashinfer_nvlink_two_sided", "flashinfer_nvlink_one_sided")  # backend names
 
 
 class RecordingWorker:
@@ -37,11 +37,9 @@ class RecordingWorker:
         RecordingWorker.seen = {
             "pid": os.getpid(),
             "statuses": [s.as_dict() for s in patches.statuses() or []],
-            "initialize_patched": {
-                kind: bool(getattr(getattr(all2all, cls).initialize,
-                                   "__vllm_ep_kit_ep_group__", False))
-                for kind, cls in (("two_sided", "FlashInferNVLinkTwoSidedManager"),
-                                  ("one_sided", "FlashInferNVLinkOneSidedManager"))},
+            "initialize_patched": [
+                bool(getattr(getattr(all2all, cls).initialize, "__vllm_ep_kit_ep_group__", False))
+                for cls in ("FlashInferNVLinkTwoSidedManager", "FlashInferNVLinkOneSidedManager")],
             "initialize_armed": [
                 bool(getattr(getattr(all2all, cls).initialize, "__vllm_ep_kit_trigger__", False))
                 for cls in ("FlashInferNVLinkTwoSidedManager", "FlashInferNVLinkOneSidedManager")],
@@ -61,7 +59,7 @@ def rank_patch_and_check(ctx, plugin):
     elif plugin == "apply_all":
         patches.apply_all()
     before = [s.as_dict() for s in patches.statuses() or []]
-    findings = {kind: recorded_lifecycle(kind, ("ensure",))["findings"] for kind in KINDS}
+    findings = {name: recorded_lifecycle(name, ("ensure",))["findings"] for name in MANAGERS}
     return {"vllm": vllm.__version__, "before_use": before, "findings": findings,
             "statuses": [s.as_dict() for s in patches.statuses() or []]}
 
@@ -83,7 +81,7 @@ def rank_worker_init(ctx):
     wrapper = WorkerWrapperBase(rpc_rank=0)
     wrapper.init_worker([{"vllm_config": config}])
     assert RecordingWorker.seen["pid"] == os.getpid()
-    findings = {kind: recorded_lifecycle(kind, ("ensure",))["findings"] for kind in KINDS}
+    findings = {name: recorded_lifecycle(name, ("ensure",))["findings"] for name in MANAGERS}
     return {**RecordingWorker.seen, "findings": findings,
             "after_use": [s.as_dict() for s in patches.statuses() or []]}
 
@@ -118,11 +116,12 @@ def test_affected_release_is_detected_and_fixed(affected_vllm_path, plugin):
         if plugin != "off":
             status = status_of(result["statuses"])
             assert status["status"] == "applied", status
-            assert "DP group in: one_sided, two_sided" in status["reason"]
-            assert result["findings"] == {kind: [] for kind in KINDS}, f"rank {rank}"
+            assert ("DP group in: FlashInferNVLinkOneSidedManager, "
+                    "FlashInferNVLinkTwoSidedManager") in status["reason"]
+            assert result["findings"] == {name: [] for name in MANAGERS}, f"rank {rank}"
         else:  # the same check fails without the patch: the bug is real here
-            for kind in KINDS:
-                assert any("workspace has 2 rows" in f for f in result["findings"][kind])
+            for name in MANAGERS:
+                assert any("workspace has 2 rows" in f for f in result["findings"][name])
 
 
 def test_disabled_by_env_reports_needed(affected_vllm_path, monkeypatch):
@@ -132,7 +131,7 @@ def test_disabled_by_env_reports_needed(affected_vllm_path, monkeypatch):
                         python_path=affected_vllm_path, timeout_s=300)
     status = next(s for s in results[0]["statuses"] if s["name"] == PATCH)
     assert status["status"] == "needed" and "disabled by configuration" in status["reason"]
-    assert results[0]["findings"]["two_sided"]
+    assert results[0]["findings"]["flashinfer_nvlink_two_sided"]
 
 
 def test_spawned_vllm_worker_has_the_patch(affected_vllm_path):
@@ -141,10 +140,10 @@ def test_spawned_vllm_worker_has_the_patch(affected_vllm_path):
                         python_path=affected_vllm_path, timeout_s=300)
     for seen in results:  # vLLM loaded the plugin: armed, not yet probed
         assert status_of(seen["statuses"])["status"] == "pending"
-        assert seen["initialize_patched"] == {"two_sided": False, "one_sided": False}
+        assert seen["initialize_patched"] == [False, False]
         assert seen["initialize_armed"] == [True, True]
         assert status_of(seen["after_use"])["status"] == "applied"
-        assert seen["findings"] == {kind: [] for kind in KINDS}
+        assert seen["findings"] == {name: [] for name in MANAGERS}
     assert len({seen["pid"] for seen in results}) == 2  # each worker process on its own
 
 

@@ -31,12 +31,6 @@ NAME = "flashinfer_nvlink_one_sided"
 MANAGER_COMBINE_DTYPES = (torch.bfloat16,)
 
 
-def ensure(manager, shape: WorkspaceShape = WorkspaceShape()) -> bool:
-    """(Re)initialise through the manager's ``initialize``; it grows, never shrinks."""
-    manager.initialize(**one_sided_initialize_kwargs(manager, shape))
-    return bool(manager.initialized)
-
-
 def case_shape(case: RoutingCase) -> WorkspaceShape:
     elem = torch.tensor([], dtype=case.torch_dtype).element_size()
     return WorkspaceShape(max_num_tokens=max(max(case.tokens), 1), top_k=case.top_k,
@@ -63,17 +57,29 @@ class OneSidedTransport(_OneSidedKernels, ManagerTransport):
     layers; combine through the manager's ``combine_into``."""
 
     MANAGER_CLASS = ONE_SIDED_MANAGER
+    GROWS_ON_INITIALIZE = True
+    COMBINE_DTYPES = MANAGER_COMBINE_DTYPES
+
+    @staticmethod
+    def ensure(manager, shape: WorkspaceShape = WorkspaceShape()) -> bool:
+        """(Re)initialise through the manager's ``initialize``; it grows, never shrinks."""
+        manager.initialize(**one_sided_initialize_kwargs(manager, shape))
+        return bool(manager.initialized)
+
+    @staticmethod
+    def workspace(manager):
+        return manager.moe_alltoall.workspace if manager.initialized else None
 
     def __init__(self, ctx, backend):
         super().__init__(ctx, backend)
         self._out: dict[tuple, torch.Tensor] = {}
 
     def prepare(self, case):
-        if case.combine_dtype not in MANAGER_COMBINE_DTYPES:
+        if case.combine_dtype not in self.COMBINE_DTYPES:
             raise ValueError(f"case {case.describe()}: vLLM's one-sided manager combines "
-                             f"{MANAGER_COMBINE_DTYPES} payloads only")
+                             f"{self.COMBINE_DTYPES} payloads only")
         super().prepare(case)
-        ensure(self.manager, case_shape(case))
+        self.ensure(self.manager, case_shape(case))
         self.a2a = self.manager.moe_alltoall
 
     def combine(self, dispatched, partial):

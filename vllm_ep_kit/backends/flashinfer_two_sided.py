@@ -22,11 +22,6 @@ from vllm_ep_kit.patches.flashinfer_managers import TWO_SIDED_MANAGER
 NAME = "flashinfer_nvlink_two_sided"
 
 
-def ensure(manager) -> bool:
-    """The manager's own entry point: workspaces exist afterwards."""
-    return bool(manager.ensure_alltoall_workspace_initialized())
-
-
 class _TwoSidedKernels:
     """Dispatch and combine through ``MnnvlMoe`` on ``self.workspace`` /
     ``self.prepare_workspace`` (set by the concrete transport)."""
@@ -62,9 +57,18 @@ class TwoSidedTransport(_TwoSidedKernels, ManagerTransport):
 
     MANAGER_CLASS = TWO_SIDED_MANAGER
 
+    @staticmethod
+    def ensure(manager, shape=None) -> bool:
+        """The manager's own entry point (its workspace size is fixed: ``shape`` unused)."""
+        return bool(manager.ensure_alltoall_workspace_initialized())
+
+    @staticmethod
+    def workspace(manager):
+        return manager.workspace_tensor if manager.initialized else None
+
     def prepare(self, case):
         super().prepare(case)
-        if not ensure(self.manager):
+        if not self.ensure(self.manager):
             raise RuntimeError("two-sided manager did not initialise its workspace")
         self.workspace = self.manager.workspace_tensor
         self.prepare_workspace = self.manager.prepare_workspace_tensor

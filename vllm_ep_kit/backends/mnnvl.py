@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import torch
 
+from vllm_ep_kit.backends import registry
 from vllm_ep_kit.backends.spec import Needs
 from vllm_ep_kit.backends.transport import Transport
+from vllm_ep_kit.patches.flashinfer_managers import WorkspaceShape
 
 NVLINK_NEEDS = Needs(min_gpus=2, nvlink=True, mnnvl_handles=True, modules=("flashinfer.comm",))
 
@@ -39,9 +41,26 @@ def vllm_manager(class_name: str):
 
 
 class ManagerTransport(Transport):
-    """A transport over vLLM's manager ``MANAGER_CLASS`` on the EP group's GPUs."""
+    """A transport over vLLM's manager ``MANAGER_CLASS`` on the EP group's GPUs.
+
+    The class also carries what the lifecycle tests need to know about that manager
+    (its entry point, its workspace, whether a wider initialise re-allocates), so a
+    manager is named by its backend everywhere, never by a second vocabulary.
+    """
 
     MANAGER_CLASS = ""
+    GROWS_ON_INITIALIZE = False  # a larger initialise re-allocates (one-sided)
+    COMBINE_DTYPES: tuple[torch.dtype, ...] | None = None  # None: any the kernels take
+
+    @staticmethod
+    def ensure(manager, shape: WorkspaceShape = WorkspaceShape()) -> bool:
+        """Make sure the manager's workspace exists, through its own entry point."""
+        raise NotImplementedError
+
+    @staticmethod
+    def workspace(manager) -> torch.Tensor | None:
+        """The manager's (main) workspace tensor, None before it is initialised."""
+        raise NotImplementedError
 
     def __init__(self, ctx, backend):
         super().__init__(ctx, backend)
@@ -58,6 +77,26 @@ class ManagerTransport(Transport):
 
     def close(self) -> None:
         self.manager.cleanup()
+
+
+def _manager_transport_of(backend) -> type[ManagerTransport] | None:
+    cls = backend.transport_class() if backend.driven else None
+    return cls if isinstance(cls, type) and issubclass(cls, ManagerTransport) else None
+
+
+def manager_backend_names() -> list[str]:
+    """Registered backends driven through one of vLLM's managers, in registry order."""
+    return [b.name for b in registry.all_backends() if _manager_transport_of(b)]
+
+
+def manager_transport(backend_name: str) -> type[ManagerTransport]:
+    """The transport class of a backend driven through a vLLM manager (ValueError if not)."""
+    backend = registry.get(backend_name)
+    cls = _manager_transport_of(backend)
+    if cls is None:
+        raise ValueError(f"backend {backend.name!r}: not driven through a vLLM manager; "
+                         f"expected one of {manager_backend_names()}")
+    return cls
 
 
 class DirectTransport(Transport):

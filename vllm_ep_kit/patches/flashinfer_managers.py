@@ -13,7 +13,7 @@ from dataclasses import dataclass
 ALL2ALL = "vllm.distributed.device_communicators.all2all"
 TWO_SIDED_MANAGER = "FlashInferNVLinkTwoSidedManager"
 ONE_SIDED_MANAGER = "FlashInferNVLinkOneSidedManager"
-MANAGER_CLASSES = {"two_sided": TWO_SIDED_MANAGER, "one_sided": ONE_SIDED_MANAGER}
+MANAGER_CLASSES = (TWO_SIDED_MANAGER, ONE_SIDED_MANAGER)
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,7 @@ from vllm_ep_kit.patches.base import (
 from vllm_ep_kit.patches.flashinfer_managers import (
     ALL2ALL,
     MANAGER_CLASSES,
+    TWO_SIDED_MANAGER,
     WorkspaceShape,
     one_sided_initialize_kwargs,
 )
@@ -130,18 +131,18 @@ def _bare_manager(cls, group):
     return manager
 
 
-def observed_mnnvl_group(kind: str) -> str:
-    """'own' if ``initialize`` builds the MNNVL communicator on the manager's group,
-    'dp' if on the DP group.  Raises UnrecognisedShape for anything else."""
+def observed_mnnvl_group(class_name: str) -> str:
+    """'own' if ``initialize`` of vLLM's manager ``class_name`` builds the MNNVL
+    communicator on the manager's group, 'dp' if on the DP group.  Raises UnrecognisedShape for anything else."""
     import torch
 
     try:
         from vllm.distributed.device_communicators import all2all, mnnvl_compat
     except Exception as exc:  # noqa: BLE001 (flashinfer missing raises AssertionError)
         raise UnrecognisedShape(f"cannot import vLLM's FlashInfer all2all modules: {exc}")
-    cls = getattr(all2all, MANAGER_CLASSES[kind], None)
+    cls = getattr(all2all, class_name, None)
     if cls is None:
-        raise UnrecognisedShape(f"vLLM has no {MANAGER_CLASSES[kind]}")
+        raise UnrecognisedShape(f"vLLM has no {class_name}")
     own, dp = object(), object()
     rec = _Recorder()
     manager = _bare_manager(cls, own)
@@ -154,7 +155,7 @@ def observed_mnnvl_group(kind: str) -> str:
         with swapped(all2all, **module_names), \
                 swapped(mnnvl_compat, CustomCommunicator=rec.Communicator), \
                 swapped(torch.accelerator, empty_cache=lambda: None):
-            if kind == "two_sided":
+            if class_name == TWO_SIDED_MANAGER:
                 manager.initialize(world_size=2, rank=0, gpus_per_node=2)
             else:
                 manager.initialize(**one_sided_initialize_kwargs(manager, WorkspaceShape()))
@@ -175,11 +176,11 @@ class MnnvlWorkspaceOnEpGroup(Patch):
     upstream = "vllm-project/vllm#40893"
     affected = "0.18.0, 0.19.0, 0.19.1"
     requires = ("vllm", "flashinfer")
-    triggers = tuple(f"{ALL2ALL}:{cls}.initialize" for cls in MANAGER_CLASSES.values())
+    triggers = tuple(f"{ALL2ALL}:{cls}.initialize" for cls in MANAGER_CLASSES)
 
     def probe(self) -> tuple[bool, str]:
-        seen = {kind: observed_mnnvl_group(kind) for kind in MANAGER_CLASSES}
-        buggy = sorted(kind for kind, group in seen.items() if group == "dp")
+        seen = {name: observed_mnnvl_group(name) for name in MANAGER_CLASSES}
+        buggy = sorted(name for name, group in seen.items() if group == "dp")
         if buggy:
             return True, f"MNNVL communicator on the DP group in: {', '.join(buggy)}"
         return False, "both managers build the MNNVL communicator on their own (EP) group"
@@ -194,13 +195,13 @@ class MnnvlWorkspaceOnEpGroup(Patch):
                     return original(self, *args, **kwargs)
             return initialize
 
-        for cls_name in MANAGER_CLASSES.values():
+        for cls_name in MANAGER_CLASSES:
             wrap(getattr(all2all, cls_name), "initialize", own_group_initialize, _PATCHED_ATTR)
 
     def revert(self) -> None:
         from vllm.distributed.device_communicators import all2all
 
-        for cls_name in MANAGER_CLASSES.values():
+        for cls_name in MANAGER_CLASSES:
             unwrap(getattr(all2all, cls_name), "initialize", _PATCHED_ATTR)
 
 
