@@ -172,7 +172,7 @@ def test_doctor_tables_in_a_pipe_keep_every_cell_on_one_line(capsys):
     report = {"versions": {"flashinfer-python": "0.7.2.post1"},
               "capabilities": [{"name": "handle_exchange", "ok": False, "detail": long_reason}],
               "backends": [{"name": "flashinfer_nvlink_two_sided", "usable": False,
-                            "reason": long_reason, "note": ""}],
+                            "reason": long_reason, "note": "", "software": "ok"}],
               "patches": [{"name": "two_sided_dispatch_x_sf_guard", "status": "not needed",
                            "reason": long_reason, "upstream": "vllm-project/vllm#41299"}]}
     _print_doctor(report, _console(None))  # captured stdout is not a terminal

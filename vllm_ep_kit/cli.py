@@ -48,10 +48,12 @@ def _print_doctor(report: dict, console: Console) -> None:
     table = Table(title="All-to-all backends", show_header=True)
     table.add_column("backend")
     table.add_column("usable here")
+    table.add_column("software")
     table.add_column("why / note", overflow="fold")
     for row in report["backends"]:
         why = row["reason"] if not row["usable"] else (row["note"] or "ok")
-        table.add_row(row["name"], OK if row["usable"] else NO, why)
+        software = OK if row.get("software", "ok") == "ok" else NO
+        table.add_row(row["name"], OK if row["usable"] else NO, software, why)
     console.print(table)
 
     fixes = Table(title="Hotfixes (vllm.general_plugins)", show_header=True)
@@ -662,6 +664,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from vllm_ep_kit.torch_logs import quiet_opaque_type_deprecations
+
+    quiet_opaque_type_deprecations()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -35,6 +35,15 @@ def rank_one_sided_roundtrip(ctx, cases: list[RoutingCase],
     return rank_cases(ctx, DIRECT, cases, ignore_ownership)
 
 
+def rank_moe_ep_roundtrip(ctx, cases: list[RoutingCase],
+                          ignore_ownership: bool = False) -> list[CaseResult]:
+    """Every case through ``flashinfer.moe_ep``'s one-sided communication built here."""
+    from vllm_ep_kit.backends.flashinfer_one_sided import DIRECT_MOE_EP
+    from vllm_ep_kit.exchange import rank_cases
+
+    return rank_cases(ctx, DIRECT_MOE_EP, cases, ignore_ownership)
+
+
 def rank_two_sided_roundtrip(ctx, cases: list[RoutingCase],
                              ignore_ownership: bool = False) -> list[CaseResult]:
     """Every case through ``MnnvlMoe`` workspaces built here on the world group."""

@@ -18,6 +18,7 @@ import pytest
 from vllm_ep_kit.ep_check import plan_cases, rank_agrs_check, token_counts
 from vllm_ep_kit.flashinfer_direct import (
     default_cases,
+    rank_moe_ep_roundtrip,
     rank_one_sided_roundtrip,
     rank_two_sided_roundtrip,
 )
@@ -272,6 +273,41 @@ def test_flashinfer_kernel_check_catches_double_counting():
     """Negative control: ignoring expert ownership must fail the same comparison."""
     cases = [RoutingCase(tokens=(32, 32), hidden=256, num_experts=16, top_k=4, dtype="fp32")]
     results = run_ranks(rank_one_sided_roundtrip, 2, cases, True, backend="gloo", timeout_s=600)
+    assert not any(r.passed for per_rank in results for r in per_rank)
+
+
+def needs_moe_ep():
+    import importlib.util
+
+    if importlib.util.find_spec("flashinfer.moe_ep") is None:
+        pytest.skip("the installed FlashInfer has no flashinfer.moe_ep (added in 0.7.2; "
+                    "vLLM 0.33's one-sided manager is built on it)")
+
+
+@pytest.mark.flashinfer
+@pytest.mark.mnnvl_handles
+@pytest.mark.handle_exchange
+@pytest.mark.nvlink
+@pytest.mark.parametrize("world", [pytest.param(2, marks=pytest.mark.gpus(2), id="2ranks"),
+                                   pytest.param(4, marks=pytest.mark.gpus(4), id="4ranks")])
+def test_flashinfer_moe_ep_one_sided_vs_oracle(world):
+    """FlashInfer's ``flashinfer.moe_ep`` one-sided communication (``NVLinkOneSidedAlltoAll``,
+    what vLLM 0.33's manager holds: its own dispatch, combine and flattened received rows)
+    equals the fp32 oracle, with the control that ignoring ownership fails in the same run.
+
+    Unlike ``MoeAlltoAll`` it needs NVLink (one GPU per rank): on 1x H200 its collective
+    platform check refuses every rank ("NVLink backends are not supported", run #37)."""
+    needs_moe_ep()
+    cases = default_cases(world)
+    results = run_ranks(rank_moe_ep_roundtrip, world, cases, backend="gloo", timeout_s=600)
+    for rank, per_rank in enumerate(results):
+        assert len(per_rank) == len(cases)
+        for result in per_rank:
+            assert result.passed, f"rank {rank} {result}"
+    control = [RoutingCase(tokens=(32,) * world, hidden=256, num_experts=16, top_k=4,
+                           dtype="fp32")]
+    results = run_ranks(rank_moe_ep_roundtrip, world, control, True, backend="gloo",
+                        timeout_s=600)
     assert not any(r.passed for per_rank in results for r in per_rank)
 
 

@@ -1,6 +1,13 @@
 """FlashInfer's one-sided NVLink all-to-all (``MoeAlltoAll``), vLLM's
 ``FlashInferNVLinkOneSidedManager``.
 
+Two shapes of vLLM's manager, told apart by what it offers: up to vLLM 0.32
+it holds a ``MoeAlltoAll`` (``moe_alltoall``, ``combine_into``); from 0.33 it
+holds FlashInfer's ``flashinfer.moe_ep.NVLinkOneSidedAlltoAll``
+(``get_communication()``, which dispatches and combines itself and wraps a
+``MoeAlltoAll``), and ``initialize`` takes the dispatch format and extra
+payload bytes instead of per-token byte counts.
+
 Dispatch writes each token once into the receive buffer of every rank owning
 one of its experts ([ranks, max_tokens, ...] per payload: hidden states, fp8
 scales, top-k ids, weights); combine reads each token's rows back and sums
@@ -52,9 +59,35 @@ class _OneSidedKernels:
                                    got[-1], self.case), source_rows=x.shape[0])
 
 
+class _MoeEpKernels:
+    """Dispatch and combine through ``self.communication``, FlashInfer's
+    ``NVLinkOneSidedAlltoAll`` (received rows come flattened: [ranks * max_tokens, ...])."""
+
+    communication = None
+
+    def dispatch(self, tokens):
+        x, scale, ids, w = tokens.wire(self.device)
+        got = self.communication.dispatch(x, ids, w, hidden_states_scale=scale,
+                                          max_tokens_per_rank=self.max_tokens)
+        return Dispatched(received(got.hidden_states, got.hidden_states_scale, got.topk_ids,
+                                   got.topk_weights, self.case), source_rows=x.shape[0])
+
+    def combine(self, dispatched, partial):
+        out = torch.empty(dispatched.source_rows, self.case.hidden,
+                          dtype=self.case.combine_dtype, device=self.device)
+        self.communication.combine(partial, output=out)
+        return out
+
+
+def manager_communication(manager):
+    """vLLM 0.33's ``NVLinkOneSidedAlltoAll`` behind the manager, None for older managers."""
+    return manager.get_communication() if hasattr(manager, "get_communication") else None
+
+
 class OneSidedTransport(_OneSidedKernels, ManagerTransport):
     """vLLM's one-sided manager, (re)initialised per case as vLLM does for heterogeneous
-    layers; combine through the manager's ``combine_into``."""
+    layers; combine through the manager's ``combine_into`` (vLLM <= 0.32) or its
+    communication object (0.33: :class:`_MoeEpKernels`)."""
 
     MANAGER_CLASS = ONE_SIDED_MANAGER
     GROWS_ON_INITIALIZE = True
@@ -68,7 +101,11 @@ class OneSidedTransport(_OneSidedKernels, ManagerTransport):
 
     @staticmethod
     def workspace(manager):
-        return manager.moe_alltoall.workspace if manager.initialized else None
+        if not manager.initialized:
+            return None
+        communication = manager_communication(manager)
+        a2a = manager.moe_alltoall if communication is None else communication.alltoall
+        return a2a.workspace
 
     def __init__(self, ctx, backend):
         super().__init__(ctx, backend)
@@ -80,9 +117,17 @@ class OneSidedTransport(_OneSidedKernels, ManagerTransport):
                              f"{self.COMBINE_DTYPES} payloads only")
         super().prepare(case)
         self.ensure(self.manager, case_shape(case))
-        self.a2a = self.manager.moe_alltoall
+        self.communication = manager_communication(self.manager)
+        self.a2a = None if self.communication is not None else self.manager.moe_alltoall
+
+    def dispatch(self, tokens):
+        if self.communication is not None:
+            return _MoeEpKernels.dispatch(self, tokens)
+        return super().dispatch(tokens)
 
     def combine(self, dispatched, partial):
+        if self.communication is not None:
+            return _MoeEpKernels.combine(self, dispatched, partial)
         key = (dispatched.source_rows, self.case.hidden, self.case.combine_dtype)
         if key not in self._out:  # one output buffer per shape, as a layer keeps one
             self._out[key] = torch.empty(key[0], key[1], dtype=key[2], device=self.device)
@@ -127,10 +172,52 @@ class DirectOneSidedTransport(_OneSidedKernels, DirectTransport):
         self.a2a = None
 
 
+class DirectMoeEpTransport(_MoeEpKernels, DirectTransport):
+    """FlashInfer's ``flashinfer.moe_ep`` one-sided communication (what vLLM 0.33's manager
+    builds), created per case on the harness's world group (no vLLM)."""
+
+    name = "flashinfer moe_ep NVLinkOneSidedAlltoAll"
+
+    def prepare(self, case):
+        import torch.distributed as dist
+        from flashinfer.moe_ep import (
+            BootstrapConfig,
+            MoEEpCommParams,
+            NVLinkOneSidedConfig,
+            create_communication,
+        )
+
+        super().prepare(case)
+        self.close()  # drop the previous case's before allocating
+        row = case.combine_dtype  # unquantised rows; expert outputs come back in it
+        params = MoEEpCommParams(num_experts=case.num_experts, top_k=case.top_k,
+                                 max_tokens_per_rank=self.max_tokens, hidden_size=case.hidden,
+                                 dtype=row)
+        shape = case_shape(case)
+        extra = max(0, shape.x_bytes_per_token + shape.x_sf_bytes_per_token
+                    - params.dispatch_bytes_per_token)
+        bootstrap = BootstrapConfig(world_size=self.world, rank=self.rank,
+                                    device=self.device.index, process_group=dist.group.WORLD)
+        config = NVLinkOneSidedConfig(extra_payload_bytes_per_token=extra,
+                                      comm_backend=self.comm_backend())
+        self.communication = create_communication(bootstrap, params, backend=config)
+
+    def close(self):
+        if self.communication is not None:
+            self.communication.destroy()
+            self.communication = None
+
+
 BACKEND = registry.register(Backend(
-    NAME, NVLINK_NEEDS, note="FlashInfer MoeAlltoAll", vllm_name=NAME,
+    NAME, NVLINK_NEEDS,
+    vllm_has="vllm.utils.flashinfer:has_flashinfer_nvlink_one_sided",
+    note="FlashInfer MoeAlltoAll", vllm_name=NAME,
     transport=OneSidedTransport, check_dtypes=("bf16", "fp8"), check_hidden=512,
     bench_dtypes=("bf16", "fp8"), layer_quants=("bf16", "fp8", "nvfp4"),
     layer_driven=("bf16", "fp8"), takes_sp=True))
 # The same kernels on FlashInfer's own MoeAlltoAll, for the kernel tests (not registered).
 DIRECT = dataclasses.replace(BACKEND, transport=DirectOneSidedTransport)
+# FlashInfer's newer wrapper of the same kernels (vLLM 0.33's manager), for the kernel tests.
+DIRECT_MOE_EP = dataclasses.replace(BACKEND, transport=DirectMoeEpTransport,
+                                    needs=dataclasses.replace(
+                                        NVLINK_NEEDS, modules=("flashinfer.moe_ep",)))

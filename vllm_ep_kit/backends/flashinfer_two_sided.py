@@ -90,7 +90,9 @@ class DirectTwoSidedTransport(_TwoSidedKernels, DirectTransport):
 
 
 BACKEND = registry.register(Backend(
-    NAME, NVLINK_NEEDS, note="FlashInfer MnnvlMoe alltoallv",
+    NAME, NVLINK_NEEDS,
+    vllm_has="vllm.utils.flashinfer:has_flashinfer_nvlink_two_sided",
+    note="FlashInfer MnnvlMoe alltoallv",
     aliases=("flashinfer_all2allv",), vllm_name=NAME, transport=TwoSidedTransport,
     check_dtypes=("bf16", "fp16", "fp32", "fp8"), check_hidden=512,
     bench_dtypes=("bf16", "fp8"), layer_quants=("bf16", "fp8", "nvfp4"),

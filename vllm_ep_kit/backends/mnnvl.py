@@ -126,8 +126,16 @@ class DirectTransport(Transport):
 
     def mnnvl_config(self, **kwargs):
         """FlashInfer's MNNVL config whose CommBackend is the harness's gloo world group."""
+        from flashinfer.comm.mnnvl import MnnvlConfig
+
+        return MnnvlConfig(comm_backend=self.comm_backend(), **kwargs)
+
+    @staticmethod
+    def comm_backend():
+        """FlashInfer's ``CommBackend`` over the harness's gloo world group (the handle
+        exchange vLLM runs over the EP group's CPU group)."""
         import torch.distributed as dist
-        from flashinfer.comm.mnnvl import CommBackend, MnnvlConfig
+        from flashinfer.comm.mnnvl import CommBackend
 
         group = dist.group.WORLD
 
@@ -154,4 +162,4 @@ class DirectTransport(Transport):
             def Split(self, color: int, key: int):
                 return self
 
-        return MnnvlConfig(comm_backend=GlooCommBackend(), **kwargs)
+        return GlooCommBackend()

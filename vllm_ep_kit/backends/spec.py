@@ -69,6 +69,9 @@ class Backend:
     layer_quants: tuple[str, ...] = ()  # activation dtypes vLLM's MoE path takes with it
     layer_driven: tuple[str, ...] = ()  # of those, the ones this kit's layer cells drive
     takes_sp: bool = False  # in vLLM's use_sequence_parallel_moe list
+    # "module:function" of the installed vLLM answering whether the installed FlashInfer
+    # (or other package) offers what vLLM uses with this backend; "" when vLLM has none.
+    vllm_has: str = ""
     applies_to: Callable[[ParallelLayout], str] = _ep_wider_than_one  # "" or why not
 
     def __post_init__(self) -> None:

@@ -6,6 +6,7 @@ the capability probes (each probe runs once per process).
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 
 from vllm_ep_kit.backends import registry
@@ -21,6 +22,7 @@ class BackendStatus:
     note: str
     aliases: tuple[str, ...] = ()
     driven: bool = False  # this kit has a transport for it (check / bench / layer cells)
+    software: str = "ok"  # what the installed packages lack for it, whatever the hardware
 
 
 def unmet(needs: Needs) -> str:
@@ -50,14 +52,37 @@ def unmet(needs: Needs) -> str:
     return ""
 
 
+def software_gap(backend) -> str:
+    """What the installed packages lack for ``backend`` ("" if nothing), on any machine:
+    its modules, then the installed vLLM's own verdict (``Backend.vllm_has``), which
+    knows what that release's manager imports (e.g. ``flashinfer.moe_ep`` from 0.33)."""
+    for module in backend.needs.modules:
+        if module != "flashinfer.comm" and not probes.module_available(module):
+            return f"Python module {module!r} not installed"
+    if not backend.vllm_has or not probes.vllm().ok:
+        return ""
+    module_name, _, function = backend.vllm_has.partition(":")
+    try:
+        answer = getattr(importlib.import_module(module_name), function)
+    except (ImportError, AttributeError):
+        return ""  # this vLLM has no such check: nothing it says is missing
+    try:
+        has = bool(answer())
+    except Exception as exc:  # noqa: BLE001 (a check that raises is a "no" with its reason)
+        return f"vLLM's {function}() raised {type(exc).__name__}: {exc}"
+    return "" if has else (f"vLLM's {function}() is False: the installed FlashInfer lacks "
+                           "what this vLLM's manager uses")
+
+
 def usability() -> list[BackendStatus]:
     rows = []
     for backend in registry.all_backends():
-        reason = unmet(backend.needs)
+        software = software_gap(backend)
+        reason = software or unmet(backend.needs)
         if not reason and backend.needs.vllm and not probes.vllm().ok:
             reason = probes.vllm().detail
         rows.append(BackendStatus(backend.name, not reason, reason or "ok", backend.note,
-                                  backend.aliases, backend.driven))
+                                  backend.aliases, backend.driven, software or "ok"))
     return rows
 
 

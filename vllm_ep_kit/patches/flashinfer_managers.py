@@ -32,13 +32,18 @@ def one_sided_initialize_kwargs(manager, shape: WorkspaceShape) -> dict:
     """Arguments for the one-sided ``initialize`` of the installed vLLM.
 
     vLLM 0.18-0.21 take (max_num_tokens, top_k, num_experts, hidden_size);
-    later releases add the per-token payload sizes.  Pass what it accepts.
+    0.22-0.32 add the per-token payload sizes; 0.33 takes a dispatch format
+    (None: bf16 rows of ``hidden_size``) and the bytes a token carries beyond
+    it.  Pass what it accepts.
     """
     accepted = inspect.signature(manager.initialize).parameters
     values = {"max_num_tokens": shape.max_num_tokens, "top_k": shape.top_k,
               "num_experts": shape.num_experts, "hidden_size": shape.hidden_size,
               "x_bytes_per_token": shape.x_bytes_per_token,
-              "x_sf_bytes_per_token": shape.x_sf_bytes_per_token}
+              "x_sf_bytes_per_token": shape.x_sf_bytes_per_token,
+              "extra_payload_bytes_per_token": max(
+                  0, shape.x_bytes_per_token + shape.x_sf_bytes_per_token
+                  - shape.hidden_size * 2)}
     unknown = [n for n, p in accepted.items()
                if n not in values and p.default is inspect.Parameter.empty]
     if unknown:

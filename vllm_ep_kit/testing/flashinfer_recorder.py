@@ -8,11 +8,20 @@ the first half, which is pure Python, so on a CPU-only machine we run vLLM's
 real manager code and replace only the second half with this recorder.  It
 talks through the communicator vLLM built (an ``allgather`` of global ranks,
 as the real handle exchange does) so it learns the group's actual members.
+
+Where the recorder goes is read from the installed code, not its version:
+vLLM up to 0.32 imports FlashInfer's ``MnnvlMoe``, ``MoeAlltoAll`` and the
+workspace-size helper into its all2all module; 0.33 imports them inside the
+managers' ``initialize``, and its one-sided manager goes through
+``flashinfer.moe_ep.create_communication`` (an ``NVLinkOneSidedAlltoAll``
+whose ``comm_backend`` exchanges the MNNVL handles).  Each name is replaced
+where the managers look it up.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,35 +101,89 @@ class FlashInferAllocationRecorder:
         per_token = total_dispatch_payload_size_per_token + combine_payload_size_per_token
         return int(ep_size) * int(max_num_tokens) * int(per_token)
 
-    @contextlib.contextmanager
-    def installed(self):
-        """Replace FlashInfer's allocators as seen by vLLM's all2all module."""
+    def _moe_ep_classes(self, moe_ep):
+        """``create_communication`` and the class vLLM 0.33 asserts it returns, recording."""
+        recorder = self
+        real_class = moe_ep.NVLinkOneSidedAlltoAll
+
+        class RecordingNVLinkOneSidedAlltoAll(real_class):
+            def __init__(self, bootstrap, params, config):  # never FlashInfer's own
+                self.params, self.config, self.bootstrap = params, config, bootstrap
+                mapping = _BootstrapMapping(bootstrap)
+                self.workspace = recorder._record(
+                    "one_sided", mapping, config, max_num_tokens=params.max_tokens_per_rank,
+                    top_k=params.top_k, num_experts=params.num_experts,
+                    hidden_size=params.hidden_size,
+                    extra_payload_bytes_per_token=config.extra_payload_bytes_per_token)
+
+            def destroy(self):
+                self.workspace = None
+
+            def dispatch(self, *args, **kwargs):
+                raise NotImplementedError("allocation recorder: no FlashInfer kernels here")
+
+            combine = dispatch
+
+        def create_communication(bootstrap, params, backend, **options):
+            return RecordingNVLinkOneSidedAlltoAll(bootstrap, params, backend)
+
+        return {"NVLinkOneSidedAlltoAll": RecordingNVLinkOneSidedAlltoAll,
+                "create_communication": create_communication}
+
+    def replacements(self) -> list[tuple[object, dict[str, object]]]:
+        """(module, {name: stand-in}) for every place the installed managers look up."""
         from vllm.distributed.device_communicators import all2all
 
-        replacements = {
-            "MnnvlMoe": self._two_sided_class(),
-            "MoeAlltoAll": self._one_sided_class(),
-            "moe_a2a_get_workspace_size_per_rank": self._workspace_size,
-        }
-        saved = {name: getattr(all2all, name, None) for name in replacements}
-        missing = [name for name, value in saved.items() if value is None]
-        if missing:
-            raise RuntimeError(
-                f"vllm {all2all.__name__} has no {missing}: its FlashInfer integration "
-                "has a shape this recorder does not know")
-        for name, value in replacements.items():
-            setattr(all2all, name, value)
-        # On a CPU-only machine there is no device cache for the one-sided
-        # manager to empty before allocating; torch raises instead of no-op.
-        saved_empty_cache = torch.accelerator.empty_cache
-        if not torch.accelerator.is_available():
-            torch.accelerator.empty_cache = lambda: None
-        try:
+        two_sided = {"MnnvlMoe": self._two_sided_class()}
+        legacy_one_sided = {"MoeAlltoAll": self._one_sided_class(),
+                            "moe_a2a_get_workspace_size_per_rank": self._workspace_size}
+        places = []
+        if hasattr(all2all, "MnnvlMoe"):  # imported into vLLM's module (vLLM <= 0.32)
+            places.append((all2all, two_sided))
+        else:  # imported at initialise time from FlashInfer
+            places.append((importlib.import_module("flashinfer.comm.trtllm_alltoall"),
+                           two_sided))
+        if hasattr(all2all, "MoeAlltoAll"):
+            places.append((all2all, legacy_one_sided))
+        else:
+            try:
+                moe_ep = importlib.import_module("flashinfer.moe_ep")
+            except ImportError as exc:
+                raise RuntimeError(
+                    f"vllm {all2all.__name__} has no MoeAlltoAll and flashinfer.moe_ep does "
+                    f"not import ({exc}): a one-sided manager this recorder does not know"
+                ) from exc
+            if not hasattr(moe_ep, "create_communication"):
+                raise RuntimeError("flashinfer.moe_ep has no create_communication: a "
+                                   "one-sided manager this recorder does not know")
+            places.append((moe_ep, self._moe_ep_classes(moe_ep)))
+        return places
+
+    @contextlib.contextmanager
+    def installed(self):
+        """Replace FlashInfer's allocators as seen by vLLM's managers."""
+        from vllm_ep_kit.patches.base import swapped
+
+        stack = contextlib.ExitStack()
+        with stack:
+            for module, names in self.replacements():
+                stack.enter_context(swapped(module, **names))
+            if not torch.accelerator.is_available():
+                # A CPU-only machine has no device for the managers to pick, empty or
+                # wait for; a CUDA build of torch raises instead of a no-op.
+                stack.enter_context(swapped(torch.accelerator, empty_cache=lambda: None,
+                                            synchronize=lambda *a: None,
+                                            current_device_index=lambda: 0))
             yield self
-        finally:
-            torch.accelerator.empty_cache = saved_empty_cache
-            for name, value in saved.items():
-                setattr(all2all, name, value)
+
+
+class _BootstrapMapping:
+    """What the findings read from a Mapping, taken from vLLM 0.33's ``BootstrapConfig``
+    (the EP comm domain FlashInfer builds its Mapping from)."""
+
+    def __init__(self, bootstrap):
+        self.world_size = int(bootstrap.world_size)
+        self.moe_ep_size = int(bootstrap.world_size)
 
 
 def workspace_group_findings(allocations: list[Allocation], ep_ranks: list[int]) -> list[str]:

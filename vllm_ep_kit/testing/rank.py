@@ -231,6 +231,9 @@ def prepare_rank_process(spec: RankSpec) -> RankContext:
 
 def rank_main(spec: RankSpec) -> None:
     """Entry point of a spawned rank.  Always ends in ``os._exit``."""
+    from vllm_ep_kit.torch_logs import quiet_opaque_type_deprecations
+
+    quiet_opaque_type_deprecations()
     ctx = prepare_rank_process(spec)
     work = Path(spec.workdir)
     store = None

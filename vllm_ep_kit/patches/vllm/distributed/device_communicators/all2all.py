@@ -21,7 +21,9 @@ instance whose own group is a sentinel, with vLLM's ``get_dp_group`` answering
 a second sentinel and FlashInfer's allocation layer, ``Mapping`` and the
 communicator class replaced by recorders; the sentinel the communicator
 receives says which group the installed code uses.  No process group, GPU or
-kernel is touched.
+kernel is touched.  The stand-ins go where the installed code looks FlashInfer
+up: vLLM's module (up to 0.32) or FlashInfer's own modules, including
+``flashinfer.moe_ep.create_communication`` for 0.33's one-sided manager.
 
 Fix: during ``initialize`` only, ``get_dp_group`` as seen by this module
 answers the manager's own group, which is the one line that differs.
@@ -60,6 +62,7 @@ clear error; the pinned vLLM is left untouched).
 
 from __future__ import annotations
 
+import contextlib
 import types
 
 from vllm_ep_kit.patches.base import (
@@ -119,12 +122,51 @@ class _Recorder:
         self.Communicator, self.Config, self.Mapping = Communicator, Config, Mapping
         self.MnnvlMoe, self.MoeAlltoAll = MnnvlMoe, MoeAlltoAll
 
+    @staticmethod
+    def moe_ep_names(moe_ep) -> dict:
+        """Stand-ins for ``flashinfer.moe_ep`` (the one-sided manager from vLLM 0.33),
+        which checks that what ``create_communication`` returns is its class."""
+
+        class Communication(moe_ep.NVLinkOneSidedAlltoAll):
+            def __init__(self):  # nothing of FlashInfer's own runs
+                pass
+
+            def destroy(self):
+                pass
+
+        return {"NVLinkOneSidedAlltoAll": Communication,
+                "create_communication": lambda *args, **kwargs: Communication()}
+
+    def flashinfer_places(self) -> list[tuple[object, dict]]:
+        """FlashInfer's own modules with their stand-ins: releases that import FlashInfer's
+        names inside ``initialize`` (vLLM 0.33) find them there, not in vLLM's module."""
+        import importlib
+
+        wanted = [("flashinfer.comm", {"Mapping": self.Mapping}),
+                  ("flashinfer.comm.mnnvl", {"MnnvlConfig": self.Config}),
+                  ("flashinfer.comm.trtllm_alltoall", {"MnnvlMoe": self.MnnvlMoe}),
+                  ("flashinfer.comm.trtllm_moe_alltoall", {"MoeAlltoAll": self.MoeAlltoAll})]
+        places = []
+        for module_name, names in wanted:
+            try:
+                module = importlib.import_module(module_name)
+            except Exception:  # noqa: BLE001 (a FlashInfer without it: nothing to replace)
+                continue
+            places.append((module, {n: v for n, v in names.items() if hasattr(module, n)}))
+        try:
+            moe_ep = importlib.import_module("flashinfer.moe_ep")
+        except Exception:  # noqa: BLE001
+            return places
+        if hasattr(moe_ep, "NVLinkOneSidedAlltoAll"):
+            places.append((moe_ep, self.moe_ep_names(moe_ep)))
+        return places
+
 
 def _bare_manager(cls, group):
     manager = cls.__new__(cls)
     fields = dict(cpu_group=group, rank=0, world_size=2, initialized=False, mapping=None,
                   workspace_tensor=None, prepare_workspace_tensor=None, moe_alltoall=None,
-                  workspace_size=0, max_num_tokens=0, top_k=0, num_experts=0,
+                  workspace_size=0, max_num_tokens=0, top_k=0, num_experts=0, communication=None,
                   gpus_per_node=2, _combine_supports_output=False,
                   low_precision_combine=False, alltoall_info=None)
     manager.__dict__.update(fields)
@@ -133,7 +175,8 @@ def _bare_manager(cls, group):
 
 def observed_mnnvl_group(class_name: str) -> str:
     """'own' if ``initialize`` of vLLM's manager ``class_name`` builds the MNNVL
-    communicator on the manager's group, 'dp' if on the DP group.  Raises UnrecognisedShape for anything else."""
+    communicator on the manager's group, 'dp' if on the DP group.  Raises
+    UnrecognisedShape for anything else."""
     import torch
 
     try:
@@ -152,9 +195,14 @@ def observed_mnnvl_group(class_name: str) -> str:
                         MoeAlltoAll=rec.MoeAlltoAll, dist=fake_dist,
                         moe_a2a_get_workspace_size_per_rank=lambda *a, **k: 0)
     try:
-        with swapped(all2all, **module_names), \
-                swapped(mnnvl_compat, CustomCommunicator=rec.Communicator), \
-                swapped(torch.accelerator, empty_cache=lambda: None):
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(swapped(all2all, **module_names))
+            for module, names in rec.flashinfer_places():
+                stack.enter_context(swapped(module, **names))
+            stack.enter_context(swapped(mnnvl_compat, CustomCommunicator=rec.Communicator))
+            stack.enter_context(swapped(torch.accelerator, empty_cache=lambda: None,
+                                        synchronize=lambda *a: None,
+                                        current_device_index=lambda: 0))
             if class_name == TWO_SIDED_MANAGER:
                 manager.initialize(world_size=2, rank=0, gpus_per_node=2)
             else:
