@@ -1,10 +1,11 @@
 """Hotfix mnnvl_workspace_ep_group (upstream PR 40893) against real vLLM code.
 
 The pinned vLLM already has the fix: the probe must say "not needed" and the
-plugin must change nothing.  vLLM 0.19.1 (an affected release, its Python
-sources run side by side on the same torch) must be detected, patched, and
-afterwards put the MNNVL workspace on the EP group; with the patch disabled
-the same check must fail.  A worker started through vLLM's own
+plugin must change nothing.  Each fetched release's Python sources (run side by
+side on the same torch; 0.19.1 in ``make test``) must be detected as what it
+is (``releases.py``): an affected one patched, and afterwards the MNNVL
+workspace on the EP group, with the patch disabled the same check failing; an
+unaffected one left alone.  A worker started through vLLM's own
 ``WorkerWrapperBase.init_worker`` must have the patch applied.
 """
 
@@ -18,6 +19,8 @@ import pytest
 from vllm_ep_kit.fresh_python import run_json
 from vllm_ep_kit.layout import ParallelLayout
 from vllm_ep_kit.testing import run_ranks
+
+from tests.patches.releases import has_bug
 
 pytestmark = [pytest.mark.vllm, pytest.mark.flashinfer]
 
@@ -105,26 +108,34 @@ def status_of(statuses: list[dict]) -> dict:
 
 
 @pytest.mark.parametrize("plugin", ["register", "apply_all", "off"])
-def test_affected_release_is_detected_and_fixed(affected_vllm_path, plugin):
+def test_affected_release_is_detected_and_fixed(affected_vllm_path, affected_release, plugin):
+    """Each release: patched where it has the bug (then the EP-group check passes), left
+    alone where it has not; without the plugin the check fails exactly where the bug is."""
+    bug = has_bug(PATCH, affected_release)
     layout = ParallelLayout(tp=2, dp=2)
     results = run_ranks(rank_patch_and_check, 4, plugin, backend="gloo", layout=layout,
                         python_path=affected_vllm_path, timeout_s=300)
     for rank, result in enumerate(results):
-        assert result["vllm"] == "0.19.1"
+        assert result["vllm"] == affected_release
         if plugin == "register":  # armed, then decided by the managers' first initialize
             assert status_of(result["before_use"])["status"] == "pending"
         if plugin != "off":
             status = status_of(result["statuses"])
-            assert status["status"] == "applied", status
-            assert ("DP group in: FlashInferNVLinkOneSidedManager, "
-                    "FlashInferNVLinkTwoSidedManager") in status["reason"]
+            assert status["status"] == ("applied" if bug else "not needed"), status
+            if bug:
+                assert ("DP group in: FlashInferNVLinkOneSidedManager, "
+                        "FlashInferNVLinkTwoSidedManager") in status["reason"]
             assert result["findings"] == {name: [] for name in MANAGERS}, f"rank {rank}"
-        else:  # the same check fails without the patch: the bug is real here
+        elif bug:  # the same check fails without the patch: the bug is real here
             for name in MANAGERS:
                 assert any("workspace has 2 rows" in f for f in result["findings"][name])
+        else:
+            assert result["findings"] == {name: [] for name in MANAGERS}, f"rank {rank}"
 
 
-def test_disabled_by_env_reports_needed(affected_vllm_path, monkeypatch):
+def test_disabled_by_env_reports_needed(affected_vllm_path, affected_release, monkeypatch):
+    if not has_bug(PATCH, affected_release):
+        pytest.skip(f"vLLM {affected_release} has no EP-group bug: nothing to report needed")
     monkeypatch.setenv("VLLM_EP_KIT_PATCHES_DISABLE", PATCH)
     layout = ParallelLayout(tp=2, dp=2)
     results = run_ranks(rank_patch_and_check, 4, "apply_all", backend="gloo", layout=layout,
@@ -134,7 +145,8 @@ def test_disabled_by_env_reports_needed(affected_vllm_path, monkeypatch):
     assert results[0]["findings"]["flashinfer_nvlink_two_sided"]
 
 
-def test_spawned_vllm_worker_has_the_patch(affected_vllm_path):
+def test_spawned_vllm_worker_has_the_patch(affected_vllm_path, affected_release):
+    bug = has_bug(PATCH, affected_release)
     layout = ParallelLayout(tp=1, dp=2)
     results = run_ranks(rank_worker_init, 2, backend="gloo", layout=layout,
                         python_path=affected_vllm_path, timeout_s=300)
@@ -142,7 +154,7 @@ def test_spawned_vllm_worker_has_the_patch(affected_vllm_path):
         assert status_of(seen["statuses"])["status"] == "pending"
         assert seen["initialize_patched"] == [False, False]
         assert seen["initialize_armed"] == [True, True]
-        assert status_of(seen["after_use"])["status"] == "applied"
+        assert status_of(seen["after_use"])["status"] == ("applied" if bug else "not needed")
         assert seen["findings"] == {name: [] for name in MANAGERS}
     assert len({seen["pid"] for seen in results}) == 2  # each worker process on its own
 

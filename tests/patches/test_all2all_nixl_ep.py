@@ -17,6 +17,8 @@ from vllm_ep_kit.fresh_python import run_json
 from vllm_ep_kit.layout import ParallelLayout
 from vllm_ep_kit.testing import run_ranks
 
+from tests.patches.releases import has_bug
+
 pytestmark = [pytest.mark.vllm]
 
 PATCH = "nixl_ep_tcp_store_group"
@@ -61,13 +63,19 @@ def rank_nixl_manager_without_store(ctx, apply_plugin):
 
 
 @pytest.mark.parametrize("apply_plugin", [True, False], ids=["patched", "patch-disabled"])
-def test_affected_release_reports_missing_tcp_store_group(affected_vllm_path, apply_plugin):
+def test_affected_release_reports_missing_tcp_store_group(affected_vllm_path, affected_release,
+                                                         apply_plugin):
+    bug = has_bug(PATCH, affected_release)
     results = run_ranks(rank_nixl_manager_without_store, 2, apply_plugin, backend="gloo",
                         layout=ParallelLayout(tp=1, dp=2), python_path=affected_vllm_path,
                         timeout_s=300)
     for result in results:
-        assert result["vllm"] == "0.19.1"
-        if apply_plugin:
+        assert result["vllm"] == affected_release
+        if not bug:  # upstream's own check names what is missing; the plugin leaves it
+            if apply_plugin:
+                assert result["statuses"][PATCH] == "not needed"
+            assert "tcp_store_group" in result["error"], result["error"]
+        elif apply_plugin:
             assert result["statuses"][PATCH] == "applied"
             assert result["error"].startswith("ValueError: NixlEPAll2AllManager needs "
                                               "tcp_store_group"), result["error"]

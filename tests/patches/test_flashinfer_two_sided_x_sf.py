@@ -1,6 +1,7 @@
 """Hotfix two_sided_dispatch_x_sf_guard (upstream PR 41299) against real vLLM code.
 
-vLLM 0.19.1's real ``flashinfer_alltoall_dispatch`` with its real input
+Each fetched release's real ``flashinfer_alltoall_dispatch`` (0.18.0: in its older
+module) with its real input
 quantisation (no quantisation: no scales) and FlashInfer's two-sided kernels
 replaced by a payload recorder: without the patch ``None`` reaches the
 all-to-all; with it only the activations travel and ``x_sf`` comes back None.
@@ -13,13 +14,14 @@ import pytest
 from vllm_ep_kit.fresh_python import run_json
 from vllm_ep_kit.testing import run_ranks
 
+from tests.patches.releases import has_bug
+
 pytestmark = [pytest.mark.vllm, pytest.mark.flashinfer]
 
 PATCH = "two_sided_dispatch_x_sf_guard"
 
 
 def rank_dispatch_without_scales(ctx, apply_plugin):
-    import importlib
     import types
 
     import torch
@@ -32,7 +34,7 @@ def rank_dispatch_without_scales(ctx, apply_plugin):
     )
 
     statuses = {s.name: s.status for s in patches.apply_all()} if apply_plugin else {}
-    module = importlib.import_module(fix.MODULE)
+    module = fix.dispatch_module()  # wherever this release defines the dispatch
     recorder = fix._PayloadRecorder()
     manager = types.SimpleNamespace(ensure_alltoall_workspace_initialized=lambda: True,
                                     rank=0, world_size=2, workspace_tensor=None,
@@ -56,12 +58,15 @@ def rank_dispatch_without_scales(ctx, apply_plugin):
 
 
 @pytest.mark.parametrize("apply_plugin", [True, False], ids=["patched", "patch-disabled"])
-def test_affected_release_sends_no_scale_payload_when_patched(affected_vllm_path, apply_plugin):
+def test_affected_release_sends_no_scale_payload_when_patched(affected_vllm_path,
+                                                              affected_release, apply_plugin):
+    bug = has_bug(PATCH, affected_release)
     (result,) = run_ranks(rank_dispatch_without_scales, 1, apply_plugin, backend="gloo",
                           python_path=affected_vllm_path, timeout_s=300)
-    assert result["vllm"] == "0.19.1"
-    if apply_plugin:
-        assert result["statuses"][PATCH] == "applied"
+    assert result["vllm"] == affected_release
+    if apply_plugin or not bug:
+        if apply_plugin:
+            assert result["statuses"][PATCH] == ("applied" if bug else "not needed")
         assert result["error"] == ""
         assert result["payloads"] == ["tensor"]  # activations only, no scale all-to-all
         assert result["x_equal"] and result["x_sf"] is None

@@ -9,7 +9,11 @@ Root cause: ``flashinfer_alltoall_dispatch`` sends ``x_sf`` through a second
 all-to-all (and, for NVFP4, swizzles it) without checking that it exists.
 
 Upstream: vllm-project/vllm PR 41299 (the ``x_sf`` guard landed with the
-sequence-parallel MoE change).  Affected releases: see docs/patches.md.
+sequence-parallel MoE change).  Affected releases: 0.18.0 - 0.21.0 (probed on
+each release's sources, docs/patches.md); 0.18.0 defines the function in
+``fused_moe/flashinfer_nvlink_two_sided_prepare_finalize.py``, later releases
+in ``fused_moe/prepare_finalize/flashinfer_nvlink_two_sided.py``: the patch
+finds whichever the installed vLLM has.
 
 Detection (behavioural): the installed ``flashinfer_alltoall_dispatch`` runs
 with a stub manager, input quantisation answering "no scales", and FlashInfer's
@@ -40,6 +44,23 @@ from vllm_ep_kit.patches.base import (
 )
 
 MODULE = "vllm.model_executor.layers.fused_moe.prepare_finalize.flashinfer_nvlink_two_sided"
+# vLLM 0.18.0 keeps the same function one package up, under a longer module name.
+OLDER_MODULE = "vllm.model_executor.layers.fused_moe.flashinfer_nvlink_two_sided_prepare_finalize"
+MODULES = (MODULE, OLDER_MODULE)
+
+
+def dispatch_module():
+    """The installed module defining ``flashinfer_alltoall_dispatch`` (the first of
+    ``MODULES`` that imports); UnrecognisedShape naming both if neither does."""
+    errors = []
+    for name in MODULES:
+        try:
+            return importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and not name.startswith(exc.name):
+                raise  # the module exists but needs something missing: not our question
+            errors.append(name)
+    raise UnrecognisedShape(f"vLLM has neither {' nor '.join(errors)}")
 FUNCTION = "flashinfer_alltoall_dispatch"
 _PATCHED_ATTR = "__vllm_ep_kit_x_sf_guard__"
 
@@ -88,13 +109,16 @@ def scale_payloads_when_no_scales() -> list[str]:
     import torch
 
     try:
-        module = importlib.import_module(MODULE)
+        module = dispatch_module()
         fi = _flashinfer_alltoall_module()
+    except UnrecognisedShape:
+        raise
     except Exception as exc:  # noqa: BLE001
-        raise UnrecognisedShape(f"cannot import {MODULE} or FlashInfer: {exc}") from exc
+        raise UnrecognisedShape(f"cannot import {MODULES} or FlashInfer: {exc}") from exc
     dispatch = getattr(module, FUNCTION, None)
     if dispatch is None or not hasattr(module, "moe_kernel_quantize_input"):
-        raise UnrecognisedShape(f"{MODULE} has no {FUNCTION} / moe_kernel_quantize_input")
+        raise UnrecognisedShape(f"{module.__name__} has no {FUNCTION} / "
+                                "moe_kernel_quantize_input")
     rec = _PayloadRecorder()
     manager = types.SimpleNamespace(ensure_alltoall_workspace_initialized=lambda: True,
                                     rank=0, world_size=2, workspace_tensor=None,
@@ -129,7 +153,7 @@ class TwoSidedDispatchXsfGuard(Patch):
     upstream = "vllm-project/vllm#41299"
     affected = "0.18.0 - 0.21.0 (probe results in docs/patches.md)"
     requires = ("vllm", "flashinfer")
-    triggers = (f"{MODULE}:{FUNCTION}",)
+    triggers = tuple(f"{name}:{FUNCTION}" for name in MODULES)
 
     def probe(self) -> tuple[bool, str]:
         payloads = scale_payloads_when_no_scales()
@@ -145,10 +169,10 @@ class TwoSidedDispatchXsfGuard(Patch):
                     return original(*args, **kwargs)
             return dispatch
 
-        wrap(importlib.import_module(MODULE), FUNCTION, guarded, _PATCHED_ATTR)
+        wrap(dispatch_module(), FUNCTION, guarded, _PATCHED_ATTR)
 
     def revert(self) -> None:
-        unwrap(importlib.import_module(MODULE), FUNCTION, _PATCHED_ATTR)
+        unwrap(dispatch_module(), FUNCTION, _PATCHED_ATTR)
 
 
 PATCHES = [TwoSidedDispatchXsfGuard()]
