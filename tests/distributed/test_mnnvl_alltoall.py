@@ -246,6 +246,14 @@ def test_agrs_check_catches_a_combine_that_drops_peers():
         assert "Mismatched elements" in per_rank[0].note  # which elements, by how much
 
 
+def assert_every_case_passed(results, cases) -> None:
+    """Every rank returned one result per case, and each passed (the result says why not)."""
+    for rank, per_rank in enumerate(results):
+        assert len(per_rank) == len(cases), f"rank {rank}: {len(per_rank)} results"
+        for case, result in zip(cases, per_rank):
+            assert result.passed, f"rank {rank} {case.describe()}: {result}"
+
+
 # ----------------------------------------------------------------- FlashInfer kernels (GPU)
 
 @pytest.mark.flashinfer
@@ -258,11 +266,9 @@ def test_flashinfer_one_sided_kernel_vs_oracle(world):
 
     Ranks are placed on GPU ``rank % device_count``: 2 ranks may share one GPU.
     """
-    results = run_ranks(rank_one_sided_roundtrip, world, default_cases(world), backend="gloo",
-                        timeout_s=600)
-    for rank, per_rank in enumerate(results):
-        for result in per_rank:
-            assert result.passed, f"rank {rank} {result}"
+    cases = default_cases(world)
+    results = run_ranks(rank_one_sided_roundtrip, world, cases, backend="gloo", timeout_s=600)
+    assert_every_case_passed(results, cases)
 
 
 @pytest.mark.flashinfer
@@ -300,10 +306,7 @@ def test_flashinfer_moe_ep_one_sided_vs_oracle(world):
     needs_moe_ep()
     cases = default_cases(world)
     results = run_ranks(rank_moe_ep_roundtrip, world, cases, backend="gloo", timeout_s=600)
-    for rank, per_rank in enumerate(results):
-        assert len(per_rank) == len(cases)
-        for result in per_rank:
-            assert result.passed, f"rank {rank} {result}"
+    assert_every_case_passed(results, cases)
     control = [RoutingCase(tokens=(32,) * world, hidden=256, num_experts=16, top_k=4,
                            dtype="fp32")]
     results = run_ranks(rank_moe_ep_roundtrip, world, control, True, backend="gloo",
@@ -330,11 +333,9 @@ def test_flashinfer_two_sided_kernel_check_catches_double_counting():
 @pytest.mark.gpus(2)
 def test_flashinfer_two_sided_kernel_vs_oracle():
     """FlashInfer's MnnvlMoe alltoallv (real kernels) prepare + dispatch + combine vs the oracle."""
-    results = run_ranks(rank_two_sided_roundtrip, 2, default_cases(2), backend="gloo",
-                        timeout_s=600)
-    for rank, per_rank in enumerate(results):
-        for result in per_rank:
-            assert result.passed, f"rank {rank} {result}"
+    cases = default_cases(2)
+    results = run_ranks(rank_two_sided_roundtrip, 2, cases, backend="gloo", timeout_s=600)
+    assert_every_case_passed(results, cases)
 
 
 # ----------------------------------------------------------------- vLLM's managers on GPUs
@@ -423,10 +424,7 @@ def test_vllm_manager_dispatch_combine_vs_oracle(all2all, layout):
     uneven, a rank with no tokens, fp8 with block scales (two-sided also fp32)."""
     cases = manager_cases(all2all, layout.ep_size)
     results = run_on_gpus(rank_manager_roundtrip, layout, all2all, cases)
-    for rank, per_rank in enumerate(results):
-        assert len(per_rank) == len(cases)
-        for case, result in zip(cases, per_rank):
-            assert result.passed, f"rank {rank} {case.describe()}: max error {result.max_error}"
+    assert_every_case_passed(results, cases)
 
 
 @gpu_manager_test
