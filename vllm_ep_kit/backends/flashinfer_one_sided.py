@@ -116,6 +116,12 @@ class OneSidedTransport(_OneSidedKernels, ManagerTransport):
             raise ValueError(f"case {case.describe()}: vLLM's one-sided manager combines "
                              f"{self.COMBINE_DTYPES} payloads only")
         super().prepare(case)
+        if (hasattr(self.manager, "get_communication") and self.manager.initialized
+                and (self.manager.top_k, self.manager.num_experts)
+                != (case.top_k, case.num_experts)):
+            # vLLM 0.33's manager keeps one top_k and expert count for its life (its
+            # initialize asserts them): a case with others starts afresh, as another model
+            self.manager.cleanup()
         self.ensure(self.manager, case_shape(case))
         self.communication = manager_communication(self.manager)
         self.a2a = None if self.communication is not None else self.manager.moe_alltoall
