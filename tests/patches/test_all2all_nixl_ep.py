@@ -71,10 +71,11 @@ def test_affected_release_reports_missing_tcp_store_group(affected_vllm_path, af
                         timeout_s=300)
     for result in results:
         assert result["vllm"] == affected_release
-        if not bug:  # upstream's own check names what is missing; the plugin leaves it
+        if not bug:  # upstream's own check stops it first (0.22.0: a bare assert on
+            # tcp_store_group; later releases make their own store); the plugin leaves it
             if apply_plugin:
                 assert result["statuses"][PATCH] == "not needed"
-            assert "tcp_store_group" in result["error"], result["error"]
+            assert not result["error"].startswith("AttributeError"), result["error"]
         elif apply_plugin:
             assert result["statuses"][PATCH] == "applied"
             assert result["error"].startswith("ValueError: NixlEPAll2AllManager needs "
