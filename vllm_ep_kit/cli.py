@@ -52,7 +52,7 @@ def _print_doctor(report: dict, console: Console) -> None:
     table.add_column("why / note", overflow="fold")
     for row in report["backends"]:
         why = row["reason"] if not row["usable"] else (row["note"] or "ok")
-        software = OK if row.get("software", "ok") == "ok" else NO
+        software = {"ok": OK, "not checked": "-"}.get(row.get("software", "ok"), NO)
         table.add_row(row["name"], OK if row["usable"] else NO, software, why)
     console.print(table)
 

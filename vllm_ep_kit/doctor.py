@@ -22,7 +22,7 @@ def collect() -> dict:
                  "cpus": os.cpu_count()},
         "versions": probes.versions(),
         "capabilities": [c.as_dict() for c in checks],
-        "backends": [asdict(b) for b in backends.usability()],
+        "backends": [asdict(b) for b in backends.usability(software=True)],
         "patches": _patch_statuses(),
     }
 

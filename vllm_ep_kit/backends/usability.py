@@ -22,7 +22,9 @@ class BackendStatus:
     note: str
     aliases: tuple[str, ...] = ()
     driven: bool = False  # this kit has a transport for it (check / bench / layer cells)
-    software: str = "ok"  # what the installed packages lack for it, whatever the hardware
+    # what the installed packages lack for it, whatever the hardware ("not checked": the
+    # hardware already rules it out and the caller did not ask, see ``usability``)
+    software: str = "ok"
 
 
 def unmet(needs: Needs) -> str:
@@ -40,15 +42,23 @@ def unmet(needs: Needs) -> str:
             return f"needs fabric or POSIX-fd handles: {handles.detail}"
         if not handles.data.get("fabric") and not probes.handle_exchange().ok:
             return f"POSIX-fd handle exchange: {probes.handle_exchange().detail}"
-    for module in needs.modules:
+    missing = missing_module(needs.modules)
+    if missing:
+        return missing
+    if needs.pynccl and not probes.vllm_pynccl().ok:
+        return probes.vllm_pynccl().detail
+    return ""
+
+
+def missing_module(modules) -> str:
+    """The first of ``modules`` that does not import here, or ""."""
+    for module in modules:
         if module == "flashinfer.comm":
             fi = probes.flashinfer_comm()
             if not fi.ok:
                 return fi.detail
         elif not probes.module_available(module):
             return f"Python module {module!r} not installed"
-    if needs.pynccl and not probes.vllm_pynccl().ok:
-        return probes.vllm_pynccl().detail
     return ""
 
 
@@ -56,9 +66,10 @@ def software_gap(backend) -> str:
     """What the installed packages lack for ``backend`` ("" if nothing), on any machine:
     its modules, then the installed vLLM's own verdict (``Backend.vllm_has``), which
     knows what that release's manager imports (e.g. ``flashinfer.moe_ep`` from 0.33)."""
-    for module in backend.needs.modules:
-        if module != "flashinfer.comm" and not probes.module_available(module):
-            return f"Python module {module!r} not installed"
+    # FlashInfer's comm package is left to vLLM's verdict, which names the check that fails
+    missing = missing_module([m for m in backend.needs.modules if m != "flashinfer.comm"])
+    if missing:
+        return missing
     if not backend.vllm_has or not probes.vllm().ok:
         return ""
     module_name, _, function = backend.vllm_has.partition(":")
@@ -74,15 +85,20 @@ def software_gap(backend) -> str:
                            "what this vLLM's manager uses")
 
 
-def usability() -> list[BackendStatus]:
+def usability(software: bool = False) -> list[BackendStatus]:
+    """Each backend's row.  The installed vLLM's software verdict (which imports FlashInfer's
+    kernel modules, seconds on a CPU machine) is asked only where the hardware could run the
+    backend, or for every backend with ``software=True`` (doctor's column)."""
     rows = []
     for backend in registry.all_backends():
-        software = software_gap(backend)
-        reason = software or unmet(backend.needs)
+        reason = unmet(backend.needs)
+        gap = software_gap(backend) if software or not reason else None
+        reason = gap or reason
         if not reason and backend.needs.vllm and not probes.vllm().ok:
             reason = probes.vllm().detail
         rows.append(BackendStatus(backend.name, not reason, reason or "ok", backend.note,
-                                  backend.aliases, backend.driven, software or "ok"))
+                                  backend.aliases, backend.driven,
+                                  "not checked" if gap is None else gap or "ok"))
     return rows
 
 
