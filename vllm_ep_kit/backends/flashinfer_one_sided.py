@@ -199,9 +199,7 @@ class DirectMoeEpTransport(_MoeEpKernels, DirectTransport):
         params = MoEEpCommParams(num_experts=case.num_experts, top_k=case.top_k,
                                  max_tokens_per_rank=self.max_tokens, hidden_size=case.hidden,
                                  dtype=row)
-        shape = case_shape(case)
-        extra = max(0, shape.x_bytes_per_token + shape.x_sf_bytes_per_token
-                    - params.dispatch_bytes_per_token)
+        extra = case_shape(case).bytes_beyond(params.dispatch_bytes_per_token)
         bootstrap = BootstrapConfig(world_size=self.world, rank=self.rank,
                                     device=self.device.index, process_group=dist.group.WORLD)
         config = NVLinkOneSidedConfig(extra_payload_bytes_per_token=extra,

@@ -163,17 +163,14 @@ class FlashInferAllocationRecorder:
     def installed(self):
         """Replace FlashInfer's allocators as seen by vLLM's managers."""
         from vllm_ep_kit.patches.base import swapped
+        from vllm_ep_kit.patches.flashinfer_managers import accelerator_stand_ins
 
         stack = contextlib.ExitStack()
         with stack:
             for module, names in self.replacements():
                 stack.enter_context(swapped(module, **names))
-            if not torch.accelerator.is_available():
-                # A CPU-only machine has no device for the managers to pick, empty or
-                # wait for; a CUDA build of torch raises instead of a no-op.
-                stack.enter_context(swapped(torch.accelerator, empty_cache=lambda: None,
-                                            synchronize=lambda *a: None,
-                                            current_device_index=lambda: 0))
+            if not torch.accelerator.is_available():  # nothing to pick, empty or wait for
+                stack.enter_context(accelerator_stand_ins())
             yield self
 
 

@@ -77,6 +77,7 @@ from vllm_ep_kit.patches.flashinfer_managers import (
     MANAGER_CLASSES,
     TWO_SIDED_MANAGER,
     WorkspaceShape,
+    accelerator_stand_ins,
     one_sided_initialize_kwargs,
 )
 
@@ -177,8 +178,6 @@ def observed_mnnvl_group(class_name: str) -> str:
     """'own' if ``initialize`` of vLLM's manager ``class_name`` builds the MNNVL
     communicator on the manager's group, 'dp' if on the DP group.  Raises
     UnrecognisedShape for anything else."""
-    import torch
-
     try:
         from vllm.distributed.device_communicators import all2all, mnnvl_compat
     except Exception as exc:  # noqa: BLE001 (flashinfer missing raises AssertionError)
@@ -200,9 +199,7 @@ def observed_mnnvl_group(class_name: str) -> str:
             for module, names in rec.flashinfer_places():
                 stack.enter_context(swapped(module, **names))
             stack.enter_context(swapped(mnnvl_compat, CustomCommunicator=rec.Communicator))
-            stack.enter_context(swapped(torch.accelerator, empty_cache=lambda: None,
-                                        synchronize=lambda *a: None,
-                                        current_device_index=lambda: 0))
+            stack.enter_context(accelerator_stand_ins())
             if class_name == TWO_SIDED_MANAGER:
                 manager.initialize(world_size=2, rank=0, gpus_per_node=2)
             else:

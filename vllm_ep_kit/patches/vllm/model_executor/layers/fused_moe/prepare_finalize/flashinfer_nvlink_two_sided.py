@@ -47,6 +47,8 @@ MODULE = "vllm.model_executor.layers.fused_moe.prepare_finalize.flashinfer_nvlin
 # vLLM 0.18.0 keeps the same function one package up, under a longer module name.
 OLDER_MODULE = "vllm.model_executor.layers.fused_moe.flashinfer_nvlink_two_sided_prepare_finalize"
 MODULES = (MODULE, OLDER_MODULE)
+FUNCTION = "flashinfer_alltoall_dispatch"
+_PATCHED_ATTR = "__vllm_ep_kit_x_sf_guard__"
 
 
 def dispatch_module():
@@ -61,8 +63,6 @@ def dispatch_module():
                 raise  # the module exists but needs something missing: not our question
             errors.append(name)
     raise UnrecognisedShape(f"vLLM has neither {' nor '.join(errors)}")
-FUNCTION = "flashinfer_alltoall_dispatch"
-_PATCHED_ATTR = "__vllm_ep_kit_x_sf_guard__"
 
 
 def _flashinfer_alltoall_module():
