@@ -1,18 +1,32 @@
 # Two entry points (see README): `make check` and `make test` (`make doctor` too).
-# Each creates .venv on first use; later runs reuse it until requirements change.
+# Each creates its venv on first use; later runs reuse it until requirements change.
+# .venv holds the primary vLLM release (the one requirements/common.txt includes);
+# .venv-$(SECOND_VLLM) the second tested release, for make test's second leg.
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+PRIMARY_VLLM := $(shell sed -n 's/^-r vllm-\(.*\)\.txt$$/\1/p' requirements/common.txt)
+SECOND_VLLM  ?= 0.32.0
+SECOND_VENV  := .venv-$(SECOND_VLLM)
+SECOND_STAMP := $(SECOND_VENV)/.installed
+# The second leg: the test modules that import vLLM or drive it through the CLI (the rest,
+# lint-ci, the harness and the oracle, do not depend on the vLLM release).
+SECOND_TESTS ?= tests/distributed tests/kernels tests/patches tests/backends tests/bench \
+	tests/test_ep_check.py tests/test_cli.py tests/test_binary_compat.py tests/test_bundle.py
 
-.PHONY: venv doctor check test test-releases mutants lint clean
+.PHONY: venv doctor check test test-primary test-second test-releases mutants lint clean
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml requirements/*.txt scripts/install_venv.sh
 	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/install_venv.sh
 	touch $(STAMP)
+
+$(SECOND_STAMP): pyproject.toml requirements/*.txt scripts/install_venv.sh
+	PYTHON=$(PYTHON) VENV=$(SECOND_VENV) VLLM_RELEASE=$(SECOND_VLLM) bash scripts/install_venv.sh
+	touch $(SECOND_STAMP)
 
 check: $(STAMP)
 	$(BIN)/vllm-ep-kit check
@@ -28,8 +42,23 @@ AFFECTED_DEPS := diskcache==5.6.3 gguf==0.19.0 openai-harmony==0.0.8
 $(AFFECTED_DIR)/VERSION: scripts/fetch_vllm_sources.sh | $(STAMP)
 	bash scripts/fetch_vllm_sources.sh $(AFFECTED_VLLM) $(AFFECTED_DIR) $(AFFECTED_DEPS)
 
-test: $(STAMP) $(AFFECTED_DIR)/VERSION
+# Both legs run even when the first fails; make test fails if either does (pytest's exit 5,
+# no tests collected, included).
+test: $(STAMP) $(SECOND_STAMP) $(AFFECTED_DIR)/VERSION
+	@rc=0; \
+	echo "make test: leg 1 of 2: vLLM $(PRIMARY_VLLM) ($(VENV)), the whole suite"; \
+	$(MAKE) --no-print-directory test-primary || rc=1; \
+	echo "make test: leg 2 of 2: vLLM $(SECOND_VLLM) ($(SECOND_VENV)), the tests that touch vLLM"; \
+	$(MAKE) --no-print-directory test-second || rc=1; \
+	[ $$rc = 0 ] && echo "make test: both legs passed" || echo "make test: a leg failed (above)"; \
+	exit $$rc
+
+test-primary: $(STAMP) $(AFFECTED_DIR)/VERSION
 	VLLM_EP_KIT_AFFECTED_VLLM=$(CURDIR)/$(AFFECTED_DIR) $(BIN)/python -m pytest tests $(PYTEST_ARGS)
+
+test-second: $(SECOND_STAMP) $(AFFECTED_DIR)/VERSION
+	VLLM_EP_KIT_AFFECTED_VLLM=$(CURDIR)/$(AFFECTED_DIR) $(SECOND_VENV)/bin/python -m pytest \
+		$(SECOND_TESTS) $(PYTEST_ARGS)
 
 # The hotfix tests over every release the patches document (each asserts what that release
 # carries: tests/patches/releases.py); sources cached in .cache/ between runs.
@@ -48,4 +77,4 @@ mutants: $(STAMP) $(AFFECTED_DIR)/VERSION
 	VLLM_EP_KIT_AFFECTED_VLLM=$(CURDIR)/$(AFFECTED_DIR) $(BIN)/python scripts/mutants.py
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(SECOND_VENV)

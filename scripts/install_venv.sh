@@ -1,34 +1,46 @@
 #!/usr/bin/env bash
-# Create the project virtualenv with vLLM, its torch, and this package.
-# On a machine without an NVIDIA driver, apply the CPU adjustments recorded in
-# requirements/cpu-remove.txt and requirements/cpu-overrides.txt.
+# Create a virtualenv with one tested vLLM release, its torch, the test tools and this
+# package.  VLLM_RELEASE picks requirements/vllm-$VLLM_RELEASE.txt; by default the primary
+# release, the one requirements/common.txt includes.  On a machine without an NVIDIA driver,
+# apply the CPU adjustments (requirements/cpu-remove.txt, cpu-overrides-$VLLM_RELEASE.txt).
 set -euo pipefail
 PYTHON=${PYTHON:-python3.11}
 VENV=${VENV:-.venv}
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 
+primary=$(sed -n 's/^-r vllm-\(.*\)\.txt$/\1/p' requirements/common.txt)
+release=${VLLM_RELEASE:-$primary}
+pins=requirements/vllm-$release.txt
+if [ ! -f "$pins" ]; then
+    tested=$(cd requirements && ls vllm-*.txt | sed 's/^vllm-//; s/\.txt$//' | tr '\n' ' ')
+    echo "install_venv: VLLM_RELEASE=$release has no $pins; tested releases: $tested" >&2
+    exit 2
+fi
 if ! command -v "$PYTHON" >/dev/null; then
     echo "install_venv: $PYTHON not found; set PYTHON=/path/to/python3.11 or newer" >&2
     exit 2
 fi
-echo "install_venv: creating $VENV with $("$PYTHON" --version)"
+echo "install_venv: creating $VENV for vLLM $release with $("$PYTHON" --version)"
 "$PYTHON" -m venv "$VENV"
 pip=("$VENV/bin/python" -m pip --disable-pip-version-check)
 "${pip[@]}" install --quiet --upgrade pip
 # torch first, exactly at vLLM's pin: where a local CPU wheel of it exists
 # (find-links), pip takes it instead of the multi-GB CUDA build.
-torch_pin=$(grep -E '^torch==' requirements/torch-pin.txt)
+torch_pin=$(grep -E '^torch==' "$pins")
 echo "install_venv: installing $torch_pin"
 "${pip[@]}" install --quiet "$torch_pin"
-echo "install_venv: installing requirements/test.txt (vLLM and its dependencies)"
-"${pip[@]}" install --quiet -r requirements/test.txt -e .
+echo "install_venv: installing $pins, requirements/base.txt, requirements/test-tools.txt"
+"${pip[@]}" install --quiet -r "$pins" -r requirements/base.txt -r requirements/test-tools.txt -e .
 
 if ! command -v nvidia-smi >/dev/null 2>&1; then
     echo "install_venv: no NVIDIA driver: applying CPU adjustments"
     mapfile -t remove < <(grep -vE '^\s*(#|$)' requirements/cpu-remove.txt)
     "${pip[@]}" uninstall --yes --quiet "${remove[@]}" || true
-    "${pip[@]}" install --quiet --no-deps -r requirements/cpu-overrides.txt
+    overrides=requirements/cpu-overrides-$release.txt
+    if [ -f "$overrides" ]; then
+        "${pip[@]}" install --quiet --no-deps -r "$overrides"
+    fi
 fi
 "$VENV/bin/python" - <<'PY'
 import importlib.metadata as md

@@ -37,11 +37,13 @@ from vllm_ep_kit.mnnvl_managers import (
     manager_backends,
     mnnvl_on_dp_group,
 )
+from vllm_ep_kit.patches.flashinfer_managers import WorkspaceShape
 from vllm_ep_kit.reference.moe import RoutingCase
 from vllm_ep_kit.testing import run_ranks
 from vllm_ep_kit.testing.shared_runs import SharedRuns
 from vllm_ep_kit.testing.flashinfer_recorder import (
     FlashInferAllocationRecorder,
+    growth_findings,
     workspace_group_findings,
 )
 
@@ -81,6 +83,44 @@ def recorded_lifecycle(all2all, steps, reverted_fix=False):
                                                  list(ps.get_ep_group().ranks))}
 
 
+# Layers of one model initialising one shared one-sided workspace, in model order: vLLM
+# grows it to the union of their payloads and never shrinks it (upstream's newer
+# workspace-grow test; vLLM PR 40893's follow-ups).
+GROWTH_LAYERS = (
+    ("layer 1 (64 tokens, bf16 rows of 256)", WorkspaceShape()),
+    ("layer 2 (narrower: 32 tokens, bf16 rows of 128)",
+     WorkspaceShape(max_num_tokens=32, hidden_size=128, x_bytes_per_token=256)),
+    ("layer 3 (fp8 rows of 512 with block scales)",
+     WorkspaceShape(hidden_size=512, x_bytes_per_token=512, x_sf_bytes_per_token=16)),
+    ("layer 4 (128 tokens)", WorkspaceShape(max_num_tokens=128)),
+    ("layer 1 again", WorkspaceShape()),
+    ("layer 5 (bf16 rows of 256 plus 1024 payload bytes)",
+     WorkspaceShape(x_sf_bytes_per_token=1024)),
+)
+GROWING_BACKENDS = [name for name in MANAGER_BACKENDS
+                    if manager_transport(name).GROWS_ON_INITIALIZE]
+
+
+def recorded_growth(all2all, manager_per_layer=False):
+    """Initialise the layers of GROWTH_LAYERS in order through vLLM's manager under the
+    recorder; ``manager_per_layer`` is the negative control (each layer its own workspace,
+    sized to itself: a narrower layer shrinks what the others use)."""
+    recorder = FlashInferAllocationRecorder()
+    steps = []
+    with recorder.installed():
+        manager = build_manager(all2all)
+        for label, shape in GROWTH_LAYERS:
+            if manager_per_layer:
+                manager.cleanup()
+                manager = build_manager(all2all)
+            ensure_workspace(manager, all2all, shape)
+            made = [a for a in recorder.allocations if a.kind == "one_sided"]
+            steps.append({"label": label, "shape": shape, "allocations": list(made)})
+        manager.cleanup()
+    return {"allocations": [len(step["allocations"]) for step in steps],
+            "findings": growth_findings(steps)}
+
+
 def rank_manager_checks(ctx):
     """Every CPU check of both managers in one rank start (vLLM imports are slow)."""
     from vllm.distributed import parallel_state as ps
@@ -91,6 +131,10 @@ def rank_manager_checks(ctx):
         out[all2all] = recorded_lifecycle(all2all, LIFECYCLE)
         ctx.heartbeat()
         out[all2all + ":reverted"] = recorded_lifecycle(all2all, ("ensure",), reverted_fix=True)
+        ctx.heartbeat()
+    for all2all in GROWING_BACKENDS:
+        out[all2all + ":growth"] = recorded_growth(all2all)
+        out[all2all + ":growth:per-layer"] = recorded_growth(all2all, manager_per_layer=True)
         ctx.heartbeat()
     return out
 
@@ -193,6 +237,32 @@ def test_reinitialize_after_cleanup(all2all, manager_check_results):
         assert [h["initialized"] for h in history] == [True, False, True]
         assert [h["allocations"] for h in history] == [per_init, per_init, 2 * per_init]
         assert result[all2all]["findings"] == []
+
+
+@pytest.mark.vllm
+@pytest.mark.flashinfer
+@pytest.mark.parametrize("all2all", GROWING_BACKENDS)
+def test_one_sided_workspace_grows_to_the_union_of_layers(all2all, manager_check_results):
+    """Each layer's initialise leaves a workspace that holds every layer so far; a layer
+    it already holds allocates nothing; both branches are taken by GROWTH_LAYERS."""
+    for rank, result in enumerate(manager_check_results(ParallelLayout(tp=1, dp=2))):
+        growth = result[all2all + ":growth"]
+        assert growth["findings"] == [], f"rank {rank}: {growth['findings']}"
+        counts = [0] + growth["allocations"]
+        grew = sum(b > a for a, b in zip(counts[1:], counts[2:]))
+        kept = sum(b == a for a, b in zip(counts[1:], counts[2:]))
+        assert grew >= 1 and kept >= 1, f"rank {rank}: allocations per layer {counts[1:]}"
+
+
+@pytest.mark.vllm
+@pytest.mark.flashinfer
+@pytest.mark.parametrize("all2all", GROWING_BACKENDS)
+def test_workspace_growth_check_catches_a_shrunk_workspace(all2all, manager_check_results):
+    """Negative control: a workspace per layer, sized to that layer alone, must fail."""
+    for rank, result in enumerate(manager_check_results(ParallelLayout(tp=1, dp=2))):
+        findings = " | ".join(result[all2all + ":growth:per-layer"]["findings"])
+        assert ("after layer 2 (narrower: 32 tokens, bf16 rows of 128): the workspace no "
+                "longer holds layer 1") in findings, f"rank {rank}: {findings}"
 
 
 # ----------------------------------------------------------------- dispatch + combine (AGRS)

@@ -98,8 +98,8 @@ class FlashInferAllocationRecorder:
     def _workspace_size(self, ep_size, max_num_tokens, total_dispatch_payload_size_per_token,
                         combine_payload_size_per_token, *args, **kwargs) -> int:
         self.size_queries.append(int(ep_size))
-        per_token = total_dispatch_payload_size_per_token + combine_payload_size_per_token
-        return int(ep_size) * int(max_num_tokens) * int(per_token)
+        return workspace_bytes(ep_size, max_num_tokens, total_dispatch_payload_size_per_token,
+                               combine_payload_size_per_token)
 
     def _moe_ep_classes(self, moe_ep):
         """``create_communication`` and the class vLLM 0.33 asserts it returns, recording."""
@@ -114,7 +114,9 @@ class FlashInferAllocationRecorder:
                     "one_sided", mapping, config, max_num_tokens=params.max_tokens_per_rank,
                     top_k=params.top_k, num_experts=params.num_experts,
                     hidden_size=params.hidden_size,
-                    extra_payload_bytes_per_token=config.extra_payload_bytes_per_token)
+                    extra_payload_bytes_per_token=config.extra_payload_bytes_per_token,
+                    dispatch_bytes_per_token=(params.dispatch_bytes_per_token
+                                              + config.extra_payload_bytes_per_token))
 
             def destroy(self):
                 self.workspace = None
@@ -172,6 +174,66 @@ class FlashInferAllocationRecorder:
             if not torch.accelerator.is_available():  # nothing to pick, empty or wait for
                 stack.enter_context(accelerator_stand_ins())
             yield self
+
+
+def workspace_bytes(ep_size, max_num_tokens, dispatch_bytes_per_token,
+                    combine_bytes_per_token) -> int:
+    """The stand-in's per-rank workspace size for FlashInfer's ``MoeAlltoAll``: every EP
+    rank's tokens, dispatch and combine payloads (FlashInfer adds alignment; the stand-in
+    need not)."""
+    return (int(ep_size) * int(max_num_tokens)
+            * (int(dispatch_bytes_per_token) + int(combine_bytes_per_token)))
+
+
+def one_sided_shortfalls(alloc: Allocation, shape) -> list[str]:
+    """What a layer of ``shape`` (a ``WorkspaceShape``) needs that one-sided workspace
+    ``alloc`` lacks; empty: the layer fits.  The need is computed here from the layer, not
+    read back from vLLM: bf16 combine rows of ``hidden_size``, dispatch rows of the layer's
+    activations and scales (plus, for FlashInfer's ``MoeAlltoAll``, int32 ids and fp32
+    weights per top-k slot, which vLLM <= 0.32 adds to the dispatch payload)."""
+    have = alloc.details
+    short = []
+    if have["max_num_tokens"] < shape.max_num_tokens:
+        short.append(f"max_num_tokens {have['max_num_tokens']} < {shape.max_num_tokens}")
+    dispatch = shape.x_bytes_per_token + shape.x_sf_bytes_per_token
+    if "workspace_size_per_rank" in have:  # MoeAlltoAll: one byte count per rank
+        need = workspace_bytes(alloc.rows, shape.max_num_tokens, dispatch + shape.top_k * 8,
+                               shape.hidden_size * 2)
+        if have["workspace_size_per_rank"] < need:
+            short.append(f"workspace {have['workspace_size_per_rank']} B per rank < {need} B")
+        return short
+    if have["hidden_size"] < shape.hidden_size:  # moe_ep: rows of one width, payload bytes
+        short.append(f"hidden_size {have['hidden_size']} < {shape.hidden_size}")
+    if have["dispatch_bytes_per_token"] < dispatch:
+        short.append(f"dispatch {have['dispatch_bytes_per_token']} B per token < {dispatch} B")
+    return short
+
+
+def growth_findings(steps: list[dict]) -> list[str]:
+    """What is wrong with a one-sided workspace's growth over layers (empty: right).
+
+    ``steps``: per layer initialised, in order, its ``label``, ``shape`` and the one-sided
+    ``allocations`` made so far (a list of :class:`Allocation`).  Right means: after each
+    layer the newest workspace holds every layer so far (it grows to their union and never
+    shrinks), and a layer the previous workspace already holds allocates nothing.
+    """
+    findings = []
+    for index, step in enumerate(steps):
+        made = step["allocations"]
+        if not made:
+            findings.append(f"{step['label']}: no one-sided workspace allocated")
+            continue
+        newest = made[-1]
+        for earlier in steps[: index + 1]:
+            short = one_sided_shortfalls(newest, earlier["shape"])
+            if short:
+                findings.append(f"after {step['label']}: the workspace no longer holds "
+                                f"{earlier['label']} ({'; '.join(short)})")
+        before = steps[index - 1]["allocations"] if index else []
+        if (before and len(made) > len(before)
+                and not one_sided_shortfalls(before[-1], step["shape"])):
+            findings.append(f"{step['label']}: re-allocated although the workspace held it")
+    return findings
 
 
 class _BootstrapMapping:
