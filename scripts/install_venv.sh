@@ -13,8 +13,12 @@ primary=$(sed -n 's/^-r vllm-\(.*\)\.txt$/\1/p' requirements/common.txt)
 release=${VLLM_RELEASE:-$primary}
 pins=requirements/vllm-$release.txt
 if [ ! -f "$pins" ]; then
-    tested=$(cd requirements && ls vllm-*.txt | sed 's/^vllm-//; s/\.txt$//' | tr '\n' ' ')
-    echo "install_venv: VLLM_RELEASE=$release has no $pins; tested releases: $tested" >&2
+    tested=""
+    for file in requirements/vllm-*.txt; do
+        name=${file#requirements/vllm-}
+        tested="$tested ${name%.txt}"
+    done
+    echo "install_venv: VLLM_RELEASE=$release has no $pins; tested releases:$tested" >&2
     exit 2
 fi
 if ! command -v "$PYTHON" >/dev/null; then
