@@ -38,6 +38,7 @@ doctor: $(STAMP)
 AFFECTED_VLLM := 0.19.1
 AFFECTED_DIR  := .cache/vllm-$(AFFECTED_VLLM)
 AFFECTED_DEPS := diskcache==5.6.3 gguf==0.19.0 openai-harmony==0.0.8
+AFFECTED_ENV  := VLLM_EP_KIT_AFFECTED_VLLM=$(CURDIR)/$(AFFECTED_DIR)
 
 $(AFFECTED_DIR)/VERSION: scripts/fetch_vllm_sources.sh | $(STAMP)
 	bash scripts/fetch_vllm_sources.sh $(AFFECTED_VLLM) $(AFFECTED_DIR) $(AFFECTED_DEPS)
@@ -54,10 +55,10 @@ test: $(STAMP) $(SECOND_STAMP) $(AFFECTED_DIR)/VERSION
 	exit $$rc
 
 test-primary: $(STAMP) $(AFFECTED_DIR)/VERSION
-	VLLM_EP_KIT_AFFECTED_VLLM=$(CURDIR)/$(AFFECTED_DIR) $(BIN)/python -m pytest tests $(PYTEST_ARGS)
+	$(AFFECTED_ENV) $(BIN)/python -m pytest tests $(PYTEST_ARGS)
 
 test-second: $(SECOND_STAMP) $(AFFECTED_DIR)/VERSION
-	VLLM_EP_KIT_AFFECTED_VLLM=$(CURDIR)/$(AFFECTED_DIR) $(SECOND_VENV)/bin/python -m pytest \
+	$(AFFECTED_ENV) $(SECOND_VENV)/bin/python -m pytest \
 		$(SECOND_TESTS) $(PYTEST_ARGS)
 
 # The hotfix tests over every release the patches document (each asserts what that release
@@ -74,7 +75,7 @@ test-releases: $(STAMP) $(foreach d,$(RELEASE_DIRS),$(d)/VERSION)
 
 # Each known bug planted in a copy of the tree; its tests must fail (docs/contributing.md).
 mutants: $(STAMP) $(AFFECTED_DIR)/VERSION
-	VLLM_EP_KIT_AFFECTED_VLLM=$(CURDIR)/$(AFFECTED_DIR) $(BIN)/python scripts/mutants.py
+	$(AFFECTED_ENV) $(BIN)/python scripts/mutants.py
 
 clean:
 	rm -rf $(VENV) $(SECOND_VENV)

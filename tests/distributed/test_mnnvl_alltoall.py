@@ -241,17 +241,19 @@ def test_reinitialize_after_cleanup(all2all, manager_check_results):
 
 @pytest.mark.vllm
 @pytest.mark.flashinfer
+@pytest.mark.parametrize("layout", LAYOUTS, ids=LAYOUT_IDS)
 @pytest.mark.parametrize("all2all", GROWING_BACKENDS)
-def test_one_sided_workspace_grows_to_the_union_of_layers(all2all, manager_check_results):
+def test_one_sided_workspace_grows_to_the_union_of_layers(all2all, layout,
+                                                          manager_check_results):
     """Each layer's initialise leaves a workspace that holds every layer so far; a layer
     it already holds allocates nothing; both branches are taken by GROWTH_LAYERS."""
-    for rank, result in enumerate(manager_check_results(ParallelLayout(tp=1, dp=2))):
+    for rank, result in enumerate(manager_check_results(layout)):
         growth = result[all2all + ":growth"]
         assert growth["findings"] == [], f"rank {rank}: {growth['findings']}"
-        counts = [0] + growth["allocations"]
-        grew = sum(b > a for a, b in zip(counts[1:], counts[2:]))
-        kept = sum(b == a for a, b in zip(counts[1:], counts[2:]))
-        assert grew >= 1 and kept >= 1, f"rank {rank}: allocations per layer {counts[1:]}"
+        counts = growth["allocations"]
+        grew = sum(b > a for a, b in zip(counts, counts[1:]))
+        kept = sum(b == a for a, b in zip(counts, counts[1:]))
+        assert grew >= 1 and kept >= 1, f"rank {rank}: allocations per layer {counts}"
 
 
 @pytest.mark.vllm
