@@ -184,6 +184,23 @@ MUTANTS = [
       "        newest = made[-1]\n", "        newest = made[0]\n",
       ("tests/distributed/test_mnnvl_alltoall.py", "-k", "union_of_layers"),
       "the newest workspace is the one judged (a first one kept would hold too little)"),
+    # vLLM's one-sided prepare/finalize over the emulated kernels
+    M("pf-no-late-reduce", "vllm_ep_kit/prepare_finalize_check.py",
+      "    return owners[0]._maybe_reduce_final_output(runner, states, None, output_is_reduced)\n",
+      "    return states\n",
+      ("tests/distributed/test_mnnvl_alltoall.py", "-k", "double_reduce"),
+      "the runner's own late all-reduce rule must run, or a double reduce goes unseen"),
+    M("emulator-combine-own-rows", "vllm_ep_kit/testing/flashinfer_emulator.py",
+      "                for r in range(self.ep_size):\n                    total[sent[r]]",
+      "                for r in [self.ep_rank]:\n                    total[sent[r]]",
+      ("tests/distributed/test_mnnvl_alltoall.py", "-k", "prepare_finalize_vs_oracle"),
+      "combine must sum every owner rank's rows, not only this rank's"),
+    M("emulator-no-sanitize", "vllm_ep_kit/testing/flashinfer_emulator.py",
+      "                    if index == expert_id_payload_index and invalid_token_expert_id "
+      "is not None:\n",
+      "                    if False:\n",
+      ("tests/distributed/test_mnnvl_alltoall.py", "-k", "prepare_finalize_vs_oracle"),
+      "rows past a source's count must carry the invalid id, not a stale row's experts"),
     # the CLI
     M("bench-report-unchecked", "vllm_ep_kit/bench/report.py",
       "    if error is not None:\n", "    if False:\n",

@@ -267,6 +267,74 @@ def test_workspace_growth_check_catches_a_shrunk_workspace(all2all, manager_chec
                 "longer holds layer 1") in findings, f"rank {rank}: {findings}"
 
 
+# ------------------------------------------- vLLM's one-sided prepare/finalize (CPU)
+
+def prepare_finalize_steps(layout: ParallelLayout) -> list[RoutingCase]:
+    """Forward steps through one layer: every DP rank with tokens, then DP rank 0 empty,
+    then the last one empty (counts per DP rank; TP ranks of a DP rank share its tokens)."""
+    dp = layout.dp
+    return [RoutingCase(tokens=tuple(5 + 2 * i for i in range(dp))),
+            RoutingCase(tokens=(0,) + tuple(3 + i for i in range(dp - 1))),
+            RoutingCase(tokens=tuple(6 + i for i in range(dp - 1)) + (0,))]
+
+
+def rank_prepare_finalize_checks(ctx, cases):
+    """The steps through vLLM's class as shipped, then through the reduce-twice control."""
+    from vllm_ep_kit.prepare_finalize_check import rank_one_sided_steps
+
+    return {"shipped": rank_one_sided_steps(ctx, cases),
+            "reduces_twice": rank_one_sided_steps(ctx, cases, reduces_twice=True)}
+
+
+@pytest.fixture(scope="module")
+def prepare_finalize_results():
+    return SharedRuns(lambda layout: tuple(run_ranks(
+        rank_prepare_finalize_checks, layout.world_size, prepare_finalize_steps(layout),
+        backend="gloo", layout=layout, timeout_s=240)))
+
+
+@pytest.mark.vllm
+@pytest.mark.flashinfer
+@pytest.mark.parametrize("layout", LAYOUTS, ids=LAYOUT_IDS)
+def test_one_sided_prepare_finalize_vs_oracle(layout, prepare_finalize_results):
+    """vLLM's FlashInfer one-sided prepare/finalize, driven as its MoE runner drives a
+    layer (late all-reduce by the runner's own rule), over FlashInfer's kernels emulated
+    on CPU: each token dispatched exactly once to each owner rank, output within bf16 of
+    the oracle, on every step including a DP rank with no tokens."""
+    steps = prepare_finalize_steps(layout)
+    assert any(0 in case.tokens for case in steps)
+    for rank, result in enumerate(prepare_finalize_results(layout)):
+        shipped = result["shipped"]
+        assert shipped["output_is_reduced"] is True
+        assert (shipped["dispatches"], shipped["combines"]) == (len(steps), len(steps))
+        assert shipped["allocations"] == 1, f"rank {rank}: one layer, one workspace"
+        for step in shipped["steps"]:
+            assert step["findings"] == [], f"rank {rank} tokens {step['tokens']}: " \
+                                           f"{step['findings']}"
+            assert step["scale"] in (None, pytest.approx(1.0, rel=0.02))
+
+
+@pytest.mark.vllm
+@pytest.mark.flashinfer
+def test_prepare_finalize_check_catches_a_double_reduce(prepare_finalize_results):
+    """Negative control (upstream PR 41382): the class saying its output is not reduced
+    makes the runner all-reduce over TP what combine already summed: at TP=2 every
+    step with tokens on the rank must fail, the output ``tp`` times the oracle's.  At TP=1 that all-reduce spans one rank
+    and the bug is invisible (why the check runs at TP > 1)."""
+    layout = ParallelLayout(tp=2, dp=2)
+    for rank, result in enumerate(prepare_finalize_results(layout)):
+        control = result["reduces_twice"]
+        assert control["output_is_reduced"] is False
+        for step in control["steps"]:
+            if not step["tokens"][layout.dp_rank(rank)]:
+                continue  # nothing of this rank's to get wrong
+            assert any("output vs oracle" in f for f in step["findings"]), \
+                f"rank {rank} tokens {step['tokens']}: the double reduce went unseen"
+            assert step["scale"] == pytest.approx(layout.tp, rel=0.02)
+    for result in prepare_finalize_results(ParallelLayout(tp=1, dp=2)):
+        assert all(step["findings"] == [] for step in result["reduces_twice"]["steps"])
+
+
 # ----------------------------------------------------------------- dispatch + combine (AGRS)
 
 AGRS_LAYOUTS = [ParallelLayout(tp=1, dp=2), ParallelLayout(tp=1, dp=4),

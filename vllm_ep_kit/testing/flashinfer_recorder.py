@@ -158,8 +158,12 @@ class FlashInferAllocationRecorder:
             if not hasattr(moe_ep, "create_communication"):
                 raise RuntimeError("flashinfer.moe_ep has no create_communication: a "
                                    "one-sided manager this recorder does not know")
-            places.append((moe_ep, self._moe_ep_classes(moe_ep)))
+            places.extend(self._moe_ep_places(moe_ep))
         return places
+
+    def _moe_ep_places(self, moe_ep) -> list[tuple[object, dict[str, object]]]:
+        """Where vLLM 0.33's one-sided manager meets FlashInfer: its communication class."""
+        return [(moe_ep, self._moe_ep_classes(moe_ep))]
 
     @contextlib.contextmanager
     def installed(self):

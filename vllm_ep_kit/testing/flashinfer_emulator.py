@@ -1,0 +1,165 @@
+"""An exact CPU stand-in for FlashInfer's one-sided ``MoeAlltoAll`` kernels.
+
+vLLM's FlashInfer one-sided prepare/finalize is Python: it quantises, picks the
+per-rank token bound from the forward context, dispatches, reshapes what
+arrived, combines into the layer's output and says whether that output is
+already reduced (upstream PR 41382: it said no, and the layer reduced twice).
+Only the kernels under it need NVLink GPUs.  This stand-in moves the same
+bytes over the communicator vLLM gives FlashInfer (the EP group's CPU group),
+so that code runs in CI; FlashInfer's own Python between vLLM and the kernels
+(``flashinfer.moe_ep``'s ``NVLinkOneSidedAlltoAll`` in vLLM 0.33) runs as is.
+
+The contract, read from FlashInfer's dispatch, sanitize and combine kernels:
+
+* dispatch sends each token once to every EP rank owning one of its experts
+  (contiguous blocks of experts per rank); each payload arrives as
+  ``[ep_size, runtime_max_tokens_per_rank, ...]``, source ``s``'s tokens for
+  this rank packed from row 0 (the kernel's order is its atomics'; here token
+  order).  Rows past a source's count hold junk (NaN; integer payloads zeros, as
+  stale expert ids would look) and, given ``invalid_token_expert_id``, that id
+  in every top-k slot;
+* combine gives each local token the fp32 sum of the rows its owner ranks hold
+  for it, in the payload's dtype.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+
+import torch
+
+from vllm_ep_kit.reference.moe import expert_owner
+from vllm_ep_kit.testing.flashinfer_recorder import FlashInferAllocationRecorder
+
+
+def junk_like(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """Rows nobody sent: NaN for floating payloads (0xFF bytes for fp8), zeros for integer
+    ones, which as expert ids look like a stale row's (only the sanitize step marks them)."""
+    if dtype.is_floating_point and dtype.itemsize > 1:
+        return torch.full(shape, float("nan"), dtype=dtype)
+    if dtype.itemsize == 1 and dtype.is_floating_point:
+        return torch.full(shape, -1, dtype=torch.int8).view(dtype)
+    return torch.zeros(shape, dtype=dtype)
+
+
+class FlashInferKernelEmulator(FlashInferAllocationRecorder):
+    """Installs the stand-in where the installed vLLM's one-sided manager meets FlashInfer
+    (allocations are recorded as by the recorder)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dispatches = 0
+        self.combines = 0
+
+    def _one_sided_class(self):
+        emulator = self
+
+        class EmulatedMoeAlltoAll:
+            def __init__(self, mapping, max_num_tokens, top_k, num_experts,
+                         workspace_size_per_rank=None, hidden_size=None, mnnvl_config=None,
+                         eplb_stats_num_experts=0, enable_rank_mask=False, **kwargs):
+                self.workspace = emulator._record(
+                    "one_sided", mapping, mnnvl_config, max_num_tokens=max_num_tokens,
+                    top_k=top_k, num_experts=num_experts,
+                    workspace_size_per_rank=workspace_size_per_rank)
+                self.comm = mnnvl_config.comm_backend
+                self.ep_rank, self.ep_size = self.comm.Get_rank(), self.comm.Get_size()
+                self.max_num_tokens, self.top_k = int(max_num_tokens), int(top_k)
+                self.num_experts = int(num_experts)
+                self.owner = expert_owner(self.num_experts, self.ep_size)
+                self.eplb_gathered_stats = None
+                self._state = None  # (local tokens, tokens sent per target, rows received
+                #                      per source, runtime bound) between dispatch and combine
+
+            def dispatch(self, token_selected_experts, input_payloads,
+                         runtime_max_tokens_per_rank, invalid_token_expert_id=None,
+                         expert_id_payload_index=None, eplb_local_stats=None,
+                         active_rank_mask=None):
+                if self._state is not None:
+                    raise RuntimeError("dispatch called twice without combine")
+                bound = int(runtime_max_tokens_per_rank)
+                ids = token_selected_experts.to("cpu", torch.long)
+                n = ids.shape[0]
+                if not n <= bound <= self.max_num_tokens:
+                    raise ValueError(f"{n} local tokens, runtime bound {bound}, built for "
+                                     f"{self.max_num_tokens}: the kernel would overrun")
+                if ids.shape[1:] != (self.top_k,):
+                    raise ValueError(f"token_selected_experts {tuple(ids.shape)}: expected "
+                                     f"[tokens, {self.top_k}]")
+                if invalid_token_expert_id is not None and expert_id_payload_index is None:
+                    raise ValueError("invalid_token_expert_id needs expert_id_payload_index")
+                owners = self.owner[ids.clamp(0, self.num_experts - 1)]
+                sent = [torch.nonzero((owners == r).any(dim=1)).flatten()
+                        for r in range(self.ep_size)]
+                outgoing = [[p.cpu()[rows] for p in input_payloads] for rows in sent]
+                everyone = self.comm.allgather(outgoing)
+                received = [len(everyone[s][self.ep_rank][0]) if input_payloads else 0
+                            for s in range(self.ep_size)]
+                recv = []
+                for index, payload in enumerate(input_payloads):
+                    buf = junk_like((self.ep_size, bound, *payload.shape[1:]), payload.dtype)
+                    for s in range(self.ep_size):
+                        buf[s, : received[s]] = everyone[s][self.ep_rank][index]
+                    if index == expert_id_payload_index and invalid_token_expert_id is not None:
+                        for s in range(self.ep_size):
+                            buf[s, received[s]:] = int(invalid_token_expert_id)
+                    recv.append(buf.to(payload.device))
+                self._state = (n, sent, received, bound)
+                emulator.dispatches += 1
+                return recv
+
+            def get_combine_payload_tensor_in_workspace(self, runtime_max_tokens_per_rank,
+                                                        hidden_size, dtype):
+                return torch.empty(self.ep_size, runtime_max_tokens_per_rank, hidden_size,
+                                   dtype=dtype)
+
+            def combine(self, payload, runtime_max_tokens_per_rank, payload_in_workspace=False,
+                        output_dtype=None, output_scales=None, output_scalar_scale=1.0,
+                        sf_layout=None, output=None, *, use_low_precision=False,
+                        active_rank_mask=None):
+                if self._state is None:
+                    raise RuntimeError("combine called before dispatch")
+                n, sent, received, bound = self._state
+                if int(runtime_max_tokens_per_rank) != bound:
+                    raise ValueError(f"combine bound {runtime_max_tokens_per_rank} != "
+                                     f"dispatch bound {bound}")
+                if use_low_precision or output_scales is not None or (
+                        output_dtype not in (None, payload.dtype)):
+                    raise NotImplementedError("emulated combine: unquantised output only")
+                if tuple(payload.shape[:2]) != (self.ep_size, bound):
+                    raise ValueError(f"combine payload {tuple(payload.shape)}: expected "
+                                     f"[{self.ep_size}, {bound}, hidden]")
+                back = [payload[s, : received[s]].cpu() for s in range(self.ep_size)]
+                everyone = self.comm.allgather(back)
+                total = torch.zeros(n, payload.shape[-1], dtype=torch.float32)
+                for r in range(self.ep_size):
+                    total[sent[r]] += everyone[r][self.ep_rank].float()
+                result = total.to(payload.dtype).to(payload.device)
+                if output is not None:
+                    if output.shape != result.shape or output.dtype != result.dtype:
+                        raise ValueError(f"output {tuple(output.shape)} {output.dtype}: "
+                                         f"expected {tuple(result.shape)} {result.dtype}")
+                    result = output.copy_(result)
+                self._state = None
+                emulator.combines += 1
+                return result
+
+        return EmulatedMoeAlltoAll
+
+    def _moe_ep_places(self, moe_ep):
+        """vLLM 0.33: FlashInfer's ``NVLinkOneSidedAlltoAll`` runs as is; its kernels'
+        ``MoeAlltoAll`` is this stand-in, its NVLink platform checks say yes."""
+        comm_class = moe_ep.NVLinkOneSidedAlltoAll
+        comm_module = inspect.getmodule(comm_class)
+        setup = getattr(comm_module, "mnnvl_mapping_and_config", None)
+        common = inspect.getmodule(setup) if setup is not None else None
+        if common is None or not hasattr(common, "nvlink_platform_supported"):
+            raise RuntimeError(f"{comm_class.__module__}: no mnnvl_mapping_and_config / "
+                               "nvlink_platform_supported, a one-sided communication this "
+                               "emulator does not know")
+        kernels = importlib.import_module("flashinfer.comm.trtllm_moe_alltoall")
+        return [(kernels, {"MoeAlltoAll": self._one_sided_class(),
+                           "moe_a2a_get_workspace_size_per_rank": self._workspace_size}),
+                (common, {"nvlink_platform_supported": lambda: True}),
+                (comm_class, {"is_platform_supported": classmethod(lambda cls: True)})]
