@@ -78,13 +78,17 @@ if [ -n "${VLLM_EP_KIT_NCCL:-}" ]; then
 fi
 # Stand-ins for compiled modules this checkout knows vLLM imports (older bundles lack
 # some); a stand-in whose real library was installed above is removed.
-python3 -c 'import sys; sys.path.insert(0, "."); from vllm_ep_kit.bundle import write_kernel_stubs; write_kernel_stubs(sys.argv[1])' \
-    "$work/unpacked/bundle/site/vllm"
+# A bundle made without --vllm has no vLLM: no stand-ins then (they would make an empty
+# namespace package of vllm/).
+if [ -f "$work/unpacked/bundle/site/vllm/__init__.py" ]; then
+    python3 -c 'import sys; sys.path.insert(0, "."); from vllm_ep_kit.bundle import write_kernel_stubs; write_kernel_stubs(sys.argv[1])' \
+        "$work/unpacked/bundle/site/vllm"
+fi
 # shellcheck source=/dev/null
 source "$work/unpacked/bundle/bootstrap.sh"
 export FLASHINFER_CUDA_ARCH_LIST=${FLASHINFER_CUDA_ARCH_LIST:-9.0a}
 export FLASHINFER_WORKSPACE_BASE="$work/flashinfer-workspace"
 export PYTHONPATH="$PWD:$PYTHONPATH"
 export NCCL_NVLS_ENABLE=0
-python3 -c 'import torch, vllm, flashinfer; print("torch", torch.__version__, "vllm", vllm.__version__, "flashinfer", flashinfer.__version__, "gpus", torch.cuda.device_count())'
+python3 -c 'import importlib.util as u, torch, flashinfer; v = __import__("vllm").__version__ if u.find_spec("vllm") else "absent (bundle without --vllm)"; print("torch", torch.__version__, "vllm", v, "flashinfer", flashinfer.__version__, "gpus", torch.cuda.device_count())'
 exec "$@"

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import pytest
 
+from vllm_ep_kit.backends import flashinfer_one_sided, flashinfer_two_sided
+from vllm_ep_kit.backends.mnnvl import manager_transport
 from vllm_ep_kit.ep_check import plan_cases, rank_agrs_check, token_counts
 from vllm_ep_kit.flashinfer_direct import (
     default_cases,
@@ -23,8 +25,6 @@ from vllm_ep_kit.flashinfer_direct import (
     rank_two_sided_roundtrip,
 )
 from vllm_ep_kit.layout import ParallelLayout
-from vllm_ep_kit.backends import flashinfer_one_sided, flashinfer_two_sided
-from vllm_ep_kit.backends.mnnvl import manager_transport
 from vllm_ep_kit.manager_roundtrip import (
     lifecycle_findings,
     rank_manager_lifecycle,
@@ -40,12 +40,13 @@ from vllm_ep_kit.mnnvl_managers import (
 from vllm_ep_kit.patches.flashinfer_managers import WorkspaceShape
 from vllm_ep_kit.reference.moe import RoutingCase
 from vllm_ep_kit.testing import run_ranks
-from vllm_ep_kit.testing.shared_runs import SharedRuns
+from vllm_ep_kit.testing.flashinfer_emulator import rank_emulator_vs_kernels
 from vllm_ep_kit.testing.flashinfer_recorder import (
     FlashInferAllocationRecorder,
     growth_findings,
     workspace_group_findings,
 )
+from vllm_ep_kit.testing.shared_runs import SharedRuns
 
 MANAGER_BACKENDS = manager_backends()
 LAYOUTS = [ParallelLayout(tp=1, dp=2), ParallelLayout(tp=2, dp=2), ParallelLayout(tp=1, dp=4)]
@@ -420,6 +421,25 @@ def test_flashinfer_kernel_check_catches_double_counting():
     cases = [RoutingCase(tokens=(32, 32), hidden=256, num_experts=16, top_k=4, dtype="fp32")]
     results = run_ranks(rank_one_sided_roundtrip, 2, cases, True, backend="gloo", timeout_s=600)
     assert not any(r.passed for per_rank in results for r in per_rank)
+
+
+@pytest.mark.flashinfer
+@pytest.mark.mnnvl_handles
+@pytest.mark.handle_exchange
+@pytest.mark.gpus(1)
+def test_kernel_emulator_matches_flashinfer_kernels():
+    """The CPU stand-in the prepare/finalize tests run on moves what FlashInfer's
+    ``MoeAlltoAll`` kernels move: the same valid rows per source block (any order), the
+    same number of rows marked invalid, the same combine of the oracle's partials; every
+    default case (uneven, an empty rank, fp32, fp8 bytes with scales), two ranks on a GPU."""
+    cases = default_cases(2)
+    results = run_ranks(rank_emulator_vs_kernels, 2, cases, backend="gloo", timeout_s=600)
+    for rank, per_rank in enumerate(results):
+        assert len(per_rank) == len(cases)
+        for row in per_rank:
+            print(f"rank {rank} {row}")
+            assert row["same_rows"], f"rank {rank} {row['case']}: received rows differ"
+            assert row["combine_difference"] <= 2e-2, f"rank {rank} {row}"
 
 
 def needs_moe_ep():

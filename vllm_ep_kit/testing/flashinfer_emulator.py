@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from collections import Counter
 
 import torch
 
@@ -163,3 +164,57 @@ class FlashInferKernelEmulator(FlashInferAllocationRecorder):
                            "moe_a2a_get_workspace_size_per_rank": self._workspace_size}),
                 (common, {"nvlink_platform_supported": lambda: True}),
                 (comm_class, {"is_platform_supported": classmethod(lambda cls: True)})]
+
+
+def _blocks(recv: list[torch.Tensor], ids_index: int, num_experts: int) -> list[Counter]:
+    """Per source block, its valid rows (all payloads' bytes) counted, plus how many rows
+    carry only invalid ids under the key ``"invalid"``."""
+    ids = recv[ids_index].cpu()
+    out = []
+    for s in range(ids.shape[0]):
+        valid = ((ids[s] >= 0) & (ids[s] < num_experts)).all(dim=1)
+        rows = Counter({"invalid": int((~valid).sum())})
+        for t in torch.nonzero(valid).flatten().tolist():
+            rows[tuple(bytes(p[s, t].cpu().contiguous().view(torch.uint8).numpy())
+                       for p in recv)] += 1
+        out.append(rows)
+    return out
+
+
+def rank_emulator_vs_kernels(ctx, cases) -> list[dict]:
+    """Each case through FlashInfer's real ``MoeAlltoAll`` and through the stand-in, on the
+    same communicator and inputs: per source block the same valid rows and the same number
+    of invalid-id rows, and the same combine of the oracle's partials (GPU ranks)."""
+    from vllm_ep_kit.backends.flashinfer_one_sided import DIRECT, workspace_size
+    from vllm_ep_kit.reference.moe import Tokens, max_error, moe_partial, source_tokens
+
+    transport = DIRECT.transport_class()(ctx, DIRECT)
+    emulated_class = FlashInferKernelEmulator()._one_sided_class()
+    results = []
+    for case in cases:
+        transport.prepare(case)  # FlashInfer's MoeAlltoAll for the case: transport.a2a
+        world, rank, bound = transport.world, transport.rank, transport.max_tokens
+        real = transport.a2a
+        fake = emulated_class(transport.mapping(moe_ep_size=world), bound, case.top_k,
+                              case.num_experts, workspace_size(case, world),
+                              mnnvl_config=transport.mnnvl_config())
+        x, _, ids, w = source_tokens(case, rank).wire(transport.device)
+        seen, combined = {}, {}
+        for name, a2a in (("kernels", real), ("emulator", fake)):
+            recv = [t.clone() for t in a2a.dispatch(ids, [x, ids, w], bound,
+                                                    invalid_token_expert_id=-1,
+                                                    expert_id_payload_index=1)]
+            seen[name] = _blocks(recv, 1, case.num_experts)
+            got = Tokens(x=recv[0], topk_ids=recv[1], topk_weights=recv[2])
+            partial = moe_partial(got, case.num_experts, world, rank).to(case.combine_dtype)
+            combined[name] = a2a.combine(partial.nan_to_num(0.0), bound)[: x.shape[0]].clone()
+            ctx.heartbeat()
+        torch.cuda.synchronize()
+        results.append({"case": case.describe(),
+                        "same_rows": seen["kernels"] == seen["emulator"],
+                        "invalid_rows": [b["invalid"] for b in seen["kernels"]],
+                        "combine_difference": max_error(combined["kernels"],
+                                                        combined["emulator"])})
+        transport.after_case()
+    transport.close()
+    return results
