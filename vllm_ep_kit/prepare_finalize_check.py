@@ -80,11 +80,13 @@ def output_scale(out: torch.Tensor, expected: torch.Tensor) -> float | None:
     return float((out.float() * expected).sum()) / norm if norm else None
 
 
-def prepare_finalize_kwargs(cls, case: RoutingCase, num_dispatchers: int) -> dict:
-    """Constructor arguments for the installed class (0.22-0.32 take per-token byte counts,
-    0.33 a dispatch format and extra payload bytes: pass what it accepts)."""
+def prepare_finalize_kwargs(cls, case: RoutingCase, max_num_tokens: int,
+                            num_dispatchers: int) -> dict:
+    """Constructor arguments for the installed class, for a layer of ``case``'s shape
+    (0.22-0.32 take per-token byte counts, 0.33 a dispatch format and extra payload bytes:
+    pass what it accepts)."""
     elem = torch.tensor([], dtype=case.torch_dtype).element_size()
-    values = {"max_num_tokens": max(max(case.tokens), 1), "top_k": case.top_k,
+    values = {"max_num_tokens": max_num_tokens, "top_k": case.top_k,
               "num_experts": case.num_experts, "hidden_size": case.hidden,
               "x_bytes_per_token": case.hidden * elem, "x_sf_bytes_per_token": 0,
               "dispatch_format": None, "extra_payload_bytes_per_token": 0,
@@ -152,7 +154,8 @@ def _manager_on_ep_group(manager):
 def rank_one_sided_steps(ctx, cases: list[RoutingCase], reduces_twice: bool = False) -> dict:
     """Forward steps ``cases`` (one per step, ``tokens`` per DP rank) through one
     prepare/finalize of vLLM's, over FlashInfer's kernels emulated on CPU; per step the
-    findings (empty: right) and the worst output error."""
+    findings (empty: right) and the output's scale against the oracle.  The steps are one
+    layer's: they must share experts, top-k, hidden size and dtype."""
     from vllm.distributed import parallel_state as ps
     from vllm.model_executor.layers.fused_moe.config import FUSED_MOE_UNQUANTIZED_CONFIG
     from vllm.model_executor.layers.fused_moe.topk_weight_and_reduce import (
@@ -168,15 +171,17 @@ def rank_one_sided_steps(ctx, cases: list[RoutingCase], reduces_twice: bool = Fa
     ep = ps.get_ep_group()
     ep_rank, ep_size = ep.rank_in_group, ep.world_size
     cls = reducing_twice(one_sided_class()) if reduces_twice else one_sided_class()
-    first = cases[0]
-    layer = RoutingCase(tokens=tuple(max(c.tokens) for c in cases), num_experts=first.num_experts,
-                        top_k=first.top_k, hidden=first.hidden, dtype=first.dtype)
+    shapes = {(c.num_experts, c.top_k, c.hidden, c.dtype) for c in cases}
+    if len(shapes) != 1:
+        raise ValueError(f"cases: one layer's steps share (experts, top_k, hidden, dtype), "
+                         f"got {sorted(shapes)}")
+    bound = max(max(max(case.tokens) for case in cases), 1)  # the layer's token bound
     emulator = FlashInferKernelEmulator()
     steps = []
     with emulator.installed():
         manager = build_manager(flashinfer_one_sided.NAME)
         with _manager_on_ep_group(manager):
-            pf = cls(**prepare_finalize_kwargs(cls, layer, ep_size))
+            pf = cls(**prepare_finalize_kwargs(cls, cases[0], bound, ep_size))
             for case in cases:
                 mine = source_tokens(case, layout.dp_rank(ctx.rank))
                 with dp_forward_context(ctx, case.tokens, sp=False):
@@ -184,8 +189,9 @@ def rank_one_sided_steps(ctx, cases: list[RoutingCase], reduces_twice: bool = Fa
                         mine.x.clone(), mine.topk_weights.clone(), mine.topk_ids.clone(),
                         case.num_experts, None, False, FUSED_MOE_UNQUANTIZED_CONFIG)
                     got = Tokens(x=x, topk_ids=ids, topk_weights=w, x_scale=x_sf)
-                    bound = max(case.tokens)
-                    findings = dispatch_findings(got, bound, case, layout, ep_rank)
+                    # received rows: [EP ranks x the step's largest DP count] (the forward
+                    # context's, not the layer's bound)
+                    findings = dispatch_findings(got, max(case.tokens), case, layout, ep_rank)
                     partial = moe_partial(got, case.num_experts, ep_size, ep_rank)
                     out = torch.empty(mine.x.shape, dtype=case.combine_dtype)
                     pf.finalize(out, partial.to(case.combine_dtype), mine.topk_weights,
