@@ -1,14 +1,16 @@
-"""vLLM's FlashInfer one-sided prepare/finalize driven as a MoE layer drives it.
+"""vLLM's FlashInfer NVLink prepare/finalize classes driven as a MoE layer drives them.
 
-One rank's forward step, the way vLLM's ``MoERunner`` runs a layer whose
-modular kernel is ``FlashInferNVLinkOneSidedPrepareAndFinalize``: the forward
-context carries every DP rank's token count, ``prepare`` dispatches through
-the EP group's one-sided manager, the oracle's experts (``reference.moe``)
-compute this rank's partial of every received row, ``finalize`` combines into
-the layer's output, then the runner's late all-reduce rule runs with the
-prepare/finalize's own ``output_is_reduced()``.  The result is checked
-against the oracle, dispatch row by row (each token of each source exactly
-once on each rank owning one of its experts) and the output within bf16.
+One rank's forward steps, the way vLLM's ``MoERunner`` runs a layer whose
+modular kernel holds ``FlashInferNVLinkOneSidedPrepareAndFinalize`` or
+``...TwoSided...``: the forward context carries every DP rank's token count,
+``prepare`` dispatches through the EP group's manager, the oracle's experts
+(``reference.moe``) compute this rank's partial of every received row,
+``finalize`` combines into the layer's output, then the runner's late
+all-reduce rule runs with the class's own ``output_is_reduced()``.  Checked
+against the oracle: dispatch row by row (each token of each source exactly
+once on each rank owning one of its experts, the other rows invalid) and the
+output within bf16.  Which class, and how its received rows are laid out,
+the backend's transport says (``backends/*``: ``PREPARE_FINALIZE``).
 
 The bug this catches (upstream PR 41382, vLLM <= 0.21): ``output_is_reduced()``
 said False although combine had summed every rank's share, so with TP > 1 the
@@ -37,17 +39,20 @@ from vllm_ep_kit.reference.moe import (
     source_tokens,
 )
 
-PREPARE_FINALIZE_MODULE = "vllm.model_executor.layers.fused_moe.prepare_finalize." \
-                          "flashinfer_nvlink_one_sided"
 RUNNER_MODULE = "vllm.model_executor.layers.fused_moe.runner.moe_runner"
 
 
-def one_sided_class():
-    """vLLM's one-sided prepare/finalize class (ImportError names the module if absent)."""
+def prepare_finalize_class(backend: str):
+    """vLLM's prepare/finalize class for ``backend`` (ImportError names what is absent)."""
     import importlib
 
-    module = importlib.import_module(PREPARE_FINALIZE_MODULE)
-    return module.FlashInferNVLinkOneSidedPrepareAndFinalize
+    from vllm_ep_kit.backends.mnnvl import manager_transport
+
+    module, _, name = manager_transport(backend).PREPARE_FINALIZE.partition(":")
+    found = getattr(importlib.import_module(module), name, None)
+    if found is None:
+        raise ImportError(f"{module} has no {name}: a vLLM this check does not know")
+    return found
 
 
 def reducing_twice(cls):
@@ -108,30 +113,47 @@ def _row_keys(tokens: Tokens) -> Counter:
     return keys
 
 
-def dispatch_findings(received: Tokens, bound: int, case: RoutingCase, layout,
-                      ep_rank: int) -> list[str]:
-    """Exactly each source's tokens owning an expert here, in its block; the rest invalid."""
+def dispatch_findings(received: Tokens, case: RoutingCase, layout, ep_rank: int,
+                      block: int | None, local_ids_only: bool) -> list[str]:
+    """Exactly the tokens owning an expert here, each once (a received row: any id valid);
+    every other row invalid in all its top-k slots.  ``block``: rows per source rank when
+    they arrive in source blocks (one-sided: the step's token bound), None when packed in
+    source order (two-sided).  ``local_ids_only``: the ids of experts this rank lacks
+    arrive as an invalid id (two-sided) rather than as they were."""
     from vllm.distributed import parallel_state as ps
 
     ep_ranks = list(ps.get_ep_group().ranks)
     owner = expert_owner(case.num_experts, len(ep_ranks))
+    ids = received.topk_ids
+    arrived = ((ids >= 0) & (ids < case.num_experts)).any(dim=1)
     findings = []
-    ids = received.topk_ids.reshape(len(ep_ranks), bound, case.top_k)
-    for s, global_rank in enumerate(ep_ranks):
-        theirs = source_tokens(case, layout.dp_rank(global_rank))
-        mine = (owner[theirs.topk_ids.long()] == ep_rank).any(dim=1)
-        expected = _row_keys(Tokens(theirs.x[mine], theirs.topk_ids[mine],
-                                    theirs.topk_weights[mine]))
-        block = slice(s * bound, (s + 1) * bound)
-        valid = (ids[s] >= 0).all(dim=1) & (ids[s] < case.num_experts).all(dim=1)
-        got = _row_keys(Tokens(received.x[block][valid], received.topk_ids[block][valid],
-                               received.topk_weights[block][valid]))
+    sources = [[s] for s in range(len(ep_ranks))] if block else [list(range(len(ep_ranks)))]
+    for group in sources:
+        expected = Counter()
+        for s in group:
+            theirs = source_tokens(case, layout.dp_rank(ep_ranks[s]))
+            here = owner[theirs.topk_ids.long()] == ep_rank
+            mine = here.any(dim=1)
+            their_ids = theirs.topk_ids
+            if local_ids_only:
+                their_ids = torch.where(here, their_ids, case.num_experts)
+            expected += _row_keys(Tokens(theirs.x[mine], their_ids[mine],
+                                         theirs.topk_weights[mine]))
+        rows = slice(group[0] * block, (group[0] + 1) * block) if block else slice(None)
+        keep = arrived[rows]
+        got = _row_keys(Tokens(received.x[rows][keep], _as_invalid(ids[rows][keep], case),
+                               received.topk_weights[rows][keep]))
+        where = f"from EP rank {group[0]}" if block else "from all EP ranks"
         if got != expected:
-            findings.append(f"from EP rank {s}: {sum((got - expected).values())} rows not "
-                            f"sent here, {sum((expected - got).values())} sent rows missing")
-        if int((ids[s] >= 0).any(dim=1).sum()) != int(valid.sum()):
-            findings.append(f"from EP rank {s}: rows with partly invalid expert ids")
+            findings.append(f"{where}: {sum((got - expected).values())} rows not sent here, "
+                            f"{sum((expected - got).values())} sent rows missing")
     return findings
+
+
+def _as_invalid(ids: torch.Tensor, case: RoutingCase) -> torch.Tensor:
+    """Ids outside [0, num_experts) as num_experts: one spelling of "invalid" to compare."""
+    ids = ids.long()
+    return torch.where((ids >= 0) & (ids < case.num_experts), ids, case.num_experts)
 
 
 @contextlib.contextmanager
@@ -151,18 +173,19 @@ def _manager_on_ep_group(manager):
         yield
 
 
-def rank_one_sided_steps(ctx, cases: list[RoutingCase], reduces_twice: bool = False) -> dict:
-    """Forward steps ``cases`` (one per step, ``tokens`` per DP rank) through one
-    prepare/finalize of vLLM's, over FlashInfer's kernels emulated on CPU; per step the
-    findings (empty: right) and the output's scale against the oracle.  The steps are one
-    layer's: they must share experts, top-k, hidden size and dtype."""
+def rank_prepare_finalize_steps(ctx, backend: str, cases: list[RoutingCase],
+                                reduces_twice: bool = False) -> dict:
+    """Forward steps ``cases`` (one per step, ``tokens`` per DP rank) through one of vLLM's
+    prepare/finalize for ``backend``, over FlashInfer's kernels emulated on CPU; per step
+    the findings (empty: right) and the output's scale against the oracle.  The steps are
+    one layer's: they must share experts, top-k, hidden size and dtype."""
     from vllm.distributed import parallel_state as ps
     from vllm.model_executor.layers.fused_moe.config import FUSED_MOE_UNQUANTIZED_CONFIG
     from vllm.model_executor.layers.fused_moe.topk_weight_and_reduce import (
         TopKWeightAndReduceNoOP,
     )
 
-    from vllm_ep_kit.backends import flashinfer_one_sided
+    from vllm_ep_kit.backends.mnnvl import manager_transport
     from vllm_ep_kit.forward import dp_forward_context
     from vllm_ep_kit.mnnvl_managers import build_manager
     from vllm_ep_kit.testing.flashinfer_emulator import FlashInferKernelEmulator
@@ -170,7 +193,11 @@ def rank_one_sided_steps(ctx, cases: list[RoutingCase], reduces_twice: bool = Fa
     layout = ctx.layout
     ep = ps.get_ep_group()
     ep_rank, ep_size = ep.rank_in_group, ep.world_size
-    cls = reducing_twice(one_sided_class()) if reduces_twice else one_sided_class()
+    shipped = prepare_finalize_class(backend)
+    cls = reducing_twice(shipped) if reduces_twice else shipped
+    transport = manager_transport(backend)
+    in_blocks, local_ids_only = (transport.RECEIVES_IN_SOURCE_BLOCKS,
+                                 transport.RECEIVES_LOCAL_IDS_ONLY)
     shapes = {(c.num_experts, c.top_k, c.hidden, c.dtype) for c in cases}
     if len(shapes) != 1:
         raise ValueError(f"cases: one layer's steps share (experts, top_k, hidden, dtype), "
@@ -179,7 +206,7 @@ def rank_one_sided_steps(ctx, cases: list[RoutingCase], reduces_twice: bool = Fa
     emulator = FlashInferKernelEmulator()
     steps = []
     with emulator.installed():
-        manager = build_manager(flashinfer_one_sided.NAME)
+        manager = build_manager(backend)
         with _manager_on_ep_group(manager):
             pf = cls(**prepare_finalize_kwargs(cls, cases[0], bound, ep_size))
             for case in cases:
@@ -189,9 +216,11 @@ def rank_one_sided_steps(ctx, cases: list[RoutingCase], reduces_twice: bool = Fa
                         mine.x.clone(), mine.topk_weights.clone(), mine.topk_ids.clone(),
                         case.num_experts, None, False, FUSED_MOE_UNQUANTIZED_CONFIG)
                     got = Tokens(x=x, topk_ids=ids, topk_weights=w, x_scale=x_sf)
-                    # received rows: [EP ranks x the step's largest DP count] (the forward
-                    # context's, not the layer's bound)
-                    findings = dispatch_findings(got, max(case.tokens), case, layout, ep_rank)
+                    # one-sided blocks: the step's largest DP count (the forward context's),
+                    # not the layer's bound
+                    findings = dispatch_findings(got, case, layout, ep_rank,
+                                                 max(case.tokens) if in_blocks else None,
+                                                 local_ids_only)
                     partial = moe_partial(got, case.num_experts, ep_size, ep_rank)
                     out = torch.empty(mine.x.shape, dtype=case.combine_dtype)
                     pf.finalize(out, partial.to(case.combine_dtype), mine.topk_weights,

@@ -40,7 +40,10 @@ from vllm_ep_kit.mnnvl_managers import (
 from vllm_ep_kit.patches.flashinfer_managers import WorkspaceShape
 from vllm_ep_kit.reference.moe import RoutingCase
 from vllm_ep_kit.testing import run_ranks
-from vllm_ep_kit.testing.flashinfer_emulator import rank_emulator_vs_kernels
+from vllm_ep_kit.testing.flashinfer_emulator import (
+    rank_emulator_vs_kernels,
+    rank_two_sided_emulator_vs_kernels,
+)
 from vllm_ep_kit.testing.flashinfer_recorder import (
     FlashInferAllocationRecorder,
     growth_findings,
@@ -280,11 +283,16 @@ def prepare_finalize_steps(layout: ParallelLayout) -> list[RoutingCase]:
 
 
 def rank_prepare_finalize_checks(ctx, cases):
-    """The steps through vLLM's class as shipped, then through the reduce-twice control."""
-    from vllm_ep_kit.prepare_finalize_check import rank_one_sided_steps
+    """Per backend, the steps through vLLM's class as shipped, then through the reduce-twice
+    control (one rank start: vLLM imports are slow)."""
+    from vllm_ep_kit.prepare_finalize_check import rank_prepare_finalize_steps
 
-    return {"shipped": rank_one_sided_steps(ctx, cases),
-            "reduces_twice": rank_one_sided_steps(ctx, cases, reduces_twice=True)}
+    out = {}
+    for backend in MANAGER_BACKENDS:
+        out[backend] = rank_prepare_finalize_steps(ctx, backend, cases)
+        out[backend + ":reduces_twice"] = rank_prepare_finalize_steps(ctx, backend, cases,
+                                                                      reduces_twice=True)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -297,18 +305,20 @@ def prepare_finalize_results():
 @pytest.mark.vllm
 @pytest.mark.flashinfer
 @pytest.mark.parametrize("layout", LAYOUTS, ids=LAYOUT_IDS)
-def test_one_sided_prepare_finalize_vs_oracle(layout, prepare_finalize_results):
-    """vLLM's FlashInfer one-sided prepare/finalize, driven as its MoE runner drives a
-    layer (late all-reduce by the runner's own rule), over FlashInfer's kernels emulated
-    on CPU: each token dispatched exactly once to each owner rank, output within bf16 of
-    the oracle, on every step including a DP rank with no tokens."""
+@pytest.mark.parametrize("all2all", MANAGER_BACKENDS)
+def test_prepare_finalize_vs_oracle(all2all, layout, prepare_finalize_results):
+    """vLLM's FlashInfer prepare/finalize (one- and two-sided), driven as its MoE runner
+    drives a layer (late all-reduce by the runner's own rule), over FlashInfer's kernels
+    emulated on CPU: each token dispatched exactly once to each owner rank, output within
+    bf16 of the oracle, on every step including a DP rank with no tokens."""
     steps = prepare_finalize_steps(layout)
     assert any(0 in case.tokens for case in steps)
     for rank, result in enumerate(prepare_finalize_results(layout)):
-        shipped = result["shipped"]
+        shipped = result[all2all]
         assert shipped["output_is_reduced"] is True
         assert (shipped["dispatches"], shipped["combines"]) == (len(steps), len(steps))
-        assert shipped["allocations"] == 1, f"rank {rank}: one layer, one workspace"
+        assert shipped["allocations"] == ALLOCATIONS_PER_INIT[all2all], \
+            f"rank {rank}: one layer, one set of workspaces"
         for step in shipped["steps"]:
             assert step["findings"] == [], f"rank {rank} tokens {step['tokens']}: " \
                                            f"{step['findings']}"
@@ -317,14 +327,15 @@ def test_one_sided_prepare_finalize_vs_oracle(layout, prepare_finalize_results):
 
 @pytest.mark.vllm
 @pytest.mark.flashinfer
-def test_prepare_finalize_check_catches_a_double_reduce(prepare_finalize_results):
+@pytest.mark.parametrize("all2all", MANAGER_BACKENDS)
+def test_prepare_finalize_check_catches_a_double_reduce(all2all, prepare_finalize_results):
     """Negative control (upstream PR 41382): the class saying its output is not reduced
     makes the runner all-reduce over TP what combine already summed: at TP=2 every
     step with tokens on the rank must fail, the output ``tp`` times the oracle's.  At TP=1 that all-reduce spans one rank
     and the bug is invisible (why the check runs at TP > 1)."""
     layout = ParallelLayout(tp=2, dp=2)
     for rank, result in enumerate(prepare_finalize_results(layout)):
-        control = result["reduces_twice"]
+        control = result[all2all + ":reduces_twice"]
         assert control["output_is_reduced"] is False
         for step in control["steps"]:
             if not step["tokens"][layout.dp_rank(rank)]:
@@ -333,7 +344,7 @@ def test_prepare_finalize_check_catches_a_double_reduce(prepare_finalize_results
                 f"rank {rank} tokens {step['tokens']}: the double reduce went unseen"
             assert step["scale"] == pytest.approx(layout.tp, rel=0.02)
     for result in prepare_finalize_results(ParallelLayout(tp=1, dp=2)):
-        assert all(step["findings"] == [] for step in result["reduces_twice"]["steps"])
+        assert all(step["findings"] == [] for step in result[all2all + ":reduces_twice"]["steps"])
 
 
 # ----------------------------------------------------------------- dispatch + combine (AGRS)
@@ -434,6 +445,25 @@ def test_kernel_emulator_matches_flashinfer_kernels():
     default case (uneven, an empty rank, fp32, fp8 bytes with scales), two ranks on a GPU."""
     cases = default_cases(2)
     results = run_ranks(rank_emulator_vs_kernels, 2, cases, backend="gloo", timeout_s=600)
+    for rank, per_rank in enumerate(results):
+        assert len(per_rank) == len(cases)
+        for row in per_rank:
+            print(f"rank {rank} {row}")
+            assert row["same_rows"], f"rank {rank} {row['case']}: received rows differ"
+            assert row["combine_difference"] <= 2e-2, f"rank {rank} {row}"
+
+
+@pytest.mark.flashinfer
+@pytest.mark.mnnvl_handles
+@pytest.mark.handle_exchange
+@pytest.mark.gpus(1)
+def test_two_sided_kernel_emulator_matches_flashinfer_kernels():
+    """The two-sided stand-in against FlashInfer's ``MnnvlMoe`` kernels: the same received
+    rows (packed, any order; ids of experts the rank lacks as ``slot_count``), the same rows
+    marked invalid, the same combine.  Two ranks on one GPU work here (run #43)."""
+    cases = default_cases(2)
+    results = run_ranks(rank_two_sided_emulator_vs_kernels, 2, cases, backend="gloo",
+                        timeout_s=600)
     for rank, per_rank in enumerate(results):
         assert len(per_rank) == len(cases)
         for row in per_rank:

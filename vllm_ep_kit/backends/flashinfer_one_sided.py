@@ -90,6 +90,9 @@ class OneSidedTransport(_OneSidedKernels, ManagerTransport):
     communication object (0.33: :class:`_MoeEpKernels`)."""
 
     MANAGER_CLASS = ONE_SIDED_MANAGER
+    PREPARE_FINALIZE = ("vllm.model_executor.layers.fused_moe.prepare_finalize."
+                        "flashinfer_nvlink_one_sided:FlashInferNVLinkOneSidedPrepareAndFinalize")
+    RECEIVES_IN_SOURCE_BLOCKS = True
     GROWS_ON_INITIALIZE = True
     COMBINE_DTYPES = MANAGER_COMBINE_DTYPES
 

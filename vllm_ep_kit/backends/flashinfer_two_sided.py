@@ -56,6 +56,9 @@ class TwoSidedTransport(_TwoSidedKernels, ManagerTransport):
     """vLLM's two-sided manager's workspaces (``ensure_alltoall_workspace_initialized``)."""
 
     MANAGER_CLASS = TWO_SIDED_MANAGER
+    PREPARE_FINALIZE = ("vllm.model_executor.layers.fused_moe.prepare_finalize."
+                        "flashinfer_nvlink_two_sided:FlashInferNVLinkTwoSidedPrepareAndFinalize")
+    RECEIVES_LOCAL_IDS_ONLY = True  # measured against the kernels: run #43
 
     @staticmethod
     def ensure(manager, shape=None) -> bool:

@@ -49,6 +49,14 @@ class ManagerTransport(Transport):
     """
 
     MANAGER_CLASS = ""
+    # vLLM's prepare/finalize over this manager, "module:Class" (prepare_finalize_check)
+    PREPARE_FINALIZE = ""
+    # whether its received rows come in one block of the step's token bound per source
+    # rank (one-sided) or packed from row 0 in source order (two-sided alltoallv)
+    RECEIVES_IN_SOURCE_BLOCKS = False
+    # whether a received row's ids of experts this rank lacks arrive as an invalid id
+    # (two-sided: the sender writes slot_count over them) or as they were (one-sided)
+    RECEIVES_LOCAL_IDS_ONLY = False
     GROWS_ON_INITIALIZE = False  # a larger initialise re-allocates (one-sided)
     COMBINE_DTYPES: tuple[torch.dtype, ...] | None = None  # None: any the kernels take
 

@@ -1,4 +1,5 @@
-"""An exact CPU stand-in for FlashInfer's one-sided ``MoeAlltoAll`` kernels.
+"""Exact CPU stand-ins for FlashInfer's NVLink all-to-all kernels (one-sided
+``MoeAlltoAll``, two-sided ``MnnvlMoe`` alltoallv).
 
 vLLM's FlashInfer one-sided prepare/finalize is Python: it quantises, picks the
 per-rank token bound from the forward context, dispatches, reshapes what
@@ -20,6 +21,16 @@ The contract, read from FlashInfer's dispatch, sanitize and combine kernels:
   in every top-k slot;
 * combine gives each local token the fp32 sum of the rows its owner ranks hold
   for it, in the payload's dtype.
+
+The two-sided contract (its prepare, alltoallv and combine kernels): prepare
+exchanges the routing; each rank receives every token owning one of its
+experts once, packed from row 0 in source-rank order, with its top-k weights
+and ids, the ids of experts it does not own replaced by ``slot_count`` (by the
+sender); the rows past them carry ``slot_count`` (the kernels' memset) and junk; combine returns every received row to its source and sums
+per token.  The one-sided stand-in is checked against the real kernels on a GPU
+(``test_kernel_emulator_matches_flashinfer_kernels``), the two-sided one too
+(``test_two_sided_kernel_emulator_matches_flashinfer_kernels``; run #43 found
+the id rewrite this stand-in first lacked).
 """
 
 from __future__ import annotations
@@ -52,6 +63,99 @@ class FlashInferKernelEmulator(FlashInferAllocationRecorder):
         super().__init__()
         self.dispatches = 0
         self.combines = 0
+        self._comms: dict[int, object] = {}  # two-sided workspace address -> its communicator
+
+    def _record(self, kind, mapping, config, **details):
+        workspace = super()._record(kind, mapping, config, **details)
+        self._comms[workspace.data_ptr()] = config.comm_backend
+        return workspace
+
+    def _comm_of(self, workspace):
+        if workspace is None or workspace.data_ptr() not in self._comms:
+            raise RuntimeError("a workspace this emulator did not allocate")
+        return self._comms[workspace.data_ptr()]
+
+    def replacements(self):
+        """The recorder's places, plus FlashInfer's own module for the two-sided stand-in:
+        vLLM's two-sided prepare/finalize imports ``MnnvlMoe`` from there at call time."""
+        places = super().replacements()
+        two_sided = importlib.import_module("flashinfer.comm.trtllm_alltoall")
+        if not any(module is two_sided for module, _ in places):
+            places.append((two_sided, {"MnnvlMoe": self._two_sided_class()}))
+        return places
+
+    def _two_sided_class(self):
+        """FlashInfer's ``MnnvlMoe`` (alltoallv): prepare exchanges the routing and decides
+        who receives what; the received tokens lie packed from row 0 in source-rank order
+        (rows past them: expert id ``slot_count``, as the kernels' memset leaves them, and
+        junk); combine returns each rank's rows to their sources and sums them per token."""
+        emulator = self
+        recorder_class = super()._two_sided_class()
+
+        class EmulatedMnnvlMoe(recorder_class):
+            @staticmethod
+            def mnnvl_moe_alltoallv_prepare_without_allgather(
+                    expert_ids, scales, expert_statics, workspace, max_token_count_per_rank,
+                    ep_rank, ep_size, expert_count, slot_count, top_k):
+                comm = emulator._comm_of(workspace)
+                ids = expert_ids.to("cpu", torch.long)
+                n, bound = ids.shape[0], int(max_token_count_per_rank)
+                if n > bound:
+                    raise ValueError(f"{n} local tokens > max_token_count_per_rank {bound}")
+                owner = expert_owner(int(expert_count), int(ep_size))
+                owners = owner[ids.clamp(0, int(expert_count) - 1)]
+                sent = [torch.nonzero((owners == r).any(dim=1)).flatten()
+                        for r in range(ep_size)]
+                # the sender writes slot_count over the ids of experts the target lacks
+                local_only = [torch.where(owners[rows] == r, expert_ids.cpu()[rows],
+                                          int(slot_count)).to(expert_ids.dtype)
+                              for r, rows in enumerate(sent)]
+                everyone = comm.allgather([(local_only[r], scales.cpu()[rows])
+                                           for r, rows in enumerate(sent)])
+                mine = [everyone[s][ep_rank] for s in range(ep_size)]
+                received = [len(m[0]) for m in mine]
+                total = sum(received)
+                rows = bound * ep_size
+                got_ids = torch.full((rows, top_k), int(slot_count), dtype=expert_ids.dtype)
+                got_w = junk_like((rows, top_k), scales.dtype)
+                if total:
+                    got_ids[:total] = torch.cat([m[0] for m in mine])
+                    got_w[:total] = torch.cat([m[1] for m in mine])
+                info = _AlltoallvRoute(comm, n, sent, received, rows)
+                return info, got_ids.to(expert_ids.device), got_w.to(scales.device), None
+
+            @staticmethod
+            def mnnvl_moe_alltoallv(x, alltoall_info, workspace, ep_rank, ep_size):
+                if x.dim() != 2:
+                    raise ValueError("only 2D tensor supported, please reshape.")
+                route = alltoall_info
+                everyone = route.comm.allgather([x.cpu()[rows] for rows in route.sent])
+                out = junk_like((route.rows, x.shape[1]), x.dtype)
+                start = 0
+                for s in range(ep_size):
+                    part = everyone[s][ep_rank]
+                    out[start: start + len(part)] = part
+                    start += len(part)
+                emulator.dispatches += 1
+                return out.to(x.device)
+
+            @staticmethod
+            def mnnvl_moe_alltoallv_combine(x, alltoall_info, workspace, ep_rank, ep_size,
+                                            top_k, token_count):
+                route = alltoall_info
+                if token_count != route.local_tokens:
+                    raise ValueError(f"token_count {token_count} != the {route.local_tokens} "
+                                     "tokens prepare routed")
+                bounds = [sum(route.received[:s]) for s in range(ep_size + 1)]
+                back = [x.cpu()[bounds[s]: bounds[s + 1]] for s in range(ep_size)]
+                everyone = route.comm.allgather(back)
+                total = torch.zeros(token_count, x.shape[1], dtype=torch.float32)
+                for r in range(ep_size):
+                    total[route.sent[r]] += everyone[r][ep_rank].float()
+                emulator.combines += 1
+                return total.to(x.dtype).to(x.device)
+
+        return EmulatedMnnvlMoe
 
     def _one_sided_class(self):
         emulator = self
@@ -167,12 +271,12 @@ class FlashInferKernelEmulator(FlashInferAllocationRecorder):
 
 
 def _blocks(recv: list[torch.Tensor], ids_index: int, num_experts: int) -> list[Counter]:
-    """Per source block, its valid rows (all payloads' bytes) counted, plus how many rows
-    carry only invalid ids under the key ``"invalid"``."""
+    """Per source block, its received rows (any id valid; all payloads' bytes) counted,
+    plus how many rows carry only invalid ids under the key ``"invalid"``."""
     ids = recv[ids_index].cpu()
     out = []
     for s in range(ids.shape[0]):
-        valid = ((ids[s] >= 0) & (ids[s] < num_experts)).all(dim=1)
+        valid = ((ids[s] >= 0) & (ids[s] < num_experts)).any(dim=1)
         rows = Counter({"invalid": int((~valid).sum())})
         for t in torch.nonzero(valid).flatten().tolist():
             rows[tuple(bytes(p[s, t].cpu().contiguous().view(torch.uint8).numpy())
@@ -208,6 +312,62 @@ def rank_emulator_vs_kernels(ctx, cases) -> list[dict]:
             got = Tokens(x=recv[0], topk_ids=recv[1], topk_weights=recv[2])
             partial = moe_partial(got, case.num_experts, world, rank).to(case.combine_dtype)
             combined[name] = a2a.combine(partial.nan_to_num(0.0), bound)[: x.shape[0]].clone()
+            ctx.heartbeat()
+        torch.cuda.synchronize()
+        results.append({"case": case.describe(),
+                        "same_rows": seen["kernels"] == seen["emulator"],
+                        "invalid_rows": [b["invalid"] for b in seen["kernels"]],
+                        "combine_difference": max_error(combined["kernels"],
+                                                        combined["emulator"])})
+        transport.after_case()
+    transport.close()
+    return results
+
+
+class _AlltoallvRoute:
+    """What the emulated two-sided prepare decided (FlashInfer's ``MoEAlltoallInfo``'s role):
+    per target rank the local tokens sent there, per source the rows received from it."""
+
+    def __init__(self, comm, local_tokens, sent, received, rows):
+        self.comm, self.local_tokens = comm, local_tokens
+        self.sent, self.received, self.rows = sent, received, rows
+
+
+def rank_two_sided_emulator_vs_kernels(ctx, cases) -> list[dict]:
+    """As :func:`rank_emulator_vs_kernels`, for FlashInfer's two-sided ``MnnvlMoe``
+    (alltoallv): received rows packed in source order, compared as one block."""
+    from flashinfer.comm.trtllm_alltoall import MnnvlMoe
+
+    from vllm_ep_kit.backends.flashinfer_two_sided import DIRECT
+    from vllm_ep_kit.reference.moe import Tokens, max_error, moe_partial, source_tokens
+
+    transport = DIRECT.transport_class()(ctx, DIRECT)
+    fake = FlashInferKernelEmulator()._two_sided_class()
+    config = transport.mnnvl_config()
+    fake_workspaces = (fake.get_moe_workspaces(transport.mapping(), config),
+                       fake.get_moe_prepare_workspace(transport.mapping(), config))
+    results = []
+    for case in cases:
+        transport.prepare(case)
+        world, rank, bound = transport.world, transport.rank, transport.max_tokens
+        x, _, ids, w = source_tokens(case, rank).wire(transport.device)
+        seen, combined = {}, {}
+        for name, moe, (workspace, prepare_workspace) in (
+                ("kernels", MnnvlMoe, (transport.workspace, transport.prepare_workspace)),
+                ("emulator", fake, fake_workspaces)):
+            info, got_ids, got_w, _ = moe.mnnvl_moe_alltoallv_prepare_without_allgather(
+                ids, w, None, prepare_workspace, bound, rank, world, case.num_experts,
+                case.num_experts, case.top_k)
+            got_x = moe.mnnvl_moe_alltoallv(x, info, workspace, rank, world)
+            rows = got_x.shape[0]
+            recv = [got_x.clone(), got_ids[:rows].clone(),
+                    got_w[:rows].view(torch.float32).clone()]
+            seen[name] = _blocks([t.unsqueeze(0) for t in recv], 1, case.num_experts)
+            got = Tokens(x=recv[0], topk_ids=recv[1], topk_weights=recv[2])
+            partial = moe_partial(got, case.num_experts, world, rank).to(case.combine_dtype)
+            combined[name] = moe.mnnvl_moe_alltoallv_combine(
+                partial.nan_to_num(0.0), info, workspace, ep_rank=rank, ep_size=world,
+                top_k=case.top_k, token_count=x.shape[0]).clone()
             ctx.heartbeat()
         torch.cuda.synchronize()
         results.append({"case": case.describe(),
