@@ -186,7 +186,7 @@ MUTANTS = [
       "the newest workspace is the one judged (a first one kept would hold too little)"),
     # vLLM's one-sided prepare/finalize over the emulated kernels
     M("pf-no-late-reduce", "vllm_ep_kit/prepare_finalize_check.py",
-      "    return owners[0]._maybe_reduce_final_output(runner, states, None, output_is_reduced)\n",
+      "    return _late_reduce_rule()(runner, states, None, output_is_reduced)\n",
       "    return states\n",
       ("tests/distributed/test_mnnvl_alltoall.py", "-k", "double_reduce"),
       "the runner's own late all-reduce rule must run, or a double reduce goes unseen"),

@@ -22,6 +22,7 @@ control needs TP > 1.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 from collections import Counter
 from types import SimpleNamespace
@@ -60,10 +61,10 @@ def reducing_twice(cls):
     return type(cls.__name__ + "ReducingTwice", (cls,), {"output_is_reduced": lambda self: False})
 
 
-def late_all_reduce(states: torch.Tensor, output_is_reduced: bool, tp: int, ep: int
-                    ) -> torch.Tensor:
-    """vLLM's runner's own rule for the layer's final all-reduce (no SP, no shared experts),
-    found in the installed runner by what it defines, not reimplemented here."""
+@functools.cache
+def _late_reduce_rule():
+    """The installed runner's ``_maybe_reduce_final_output``, found by what the runner module
+    defines (looked up once per process, not per step)."""
     import importlib
 
     module = importlib.import_module(RUNNER_MODULE)
@@ -72,10 +73,17 @@ def late_all_reduce(states: torch.Tensor, output_is_reduced: bool, tp: int, ep: 
     if not owners:
         raise RuntimeError(f"{RUNNER_MODULE} defines no _maybe_reduce_final_output: a layer "
                            "reduction rule this check does not know")
+    return owners[0]._maybe_reduce_final_output
+
+
+def late_all_reduce(states: torch.Tensor, output_is_reduced: bool, tp: int, ep: int
+                    ) -> torch.Tensor:
+    """vLLM's runner's own rule for the layer's final all-reduce (no SP, no shared experts),
+    run on a stand-in runner holding only what the rule reads; not reimplemented here."""
     config = SimpleNamespace(is_sequence_parallel=False, skip_final_all_reduce=False,
                              tp_size=tp, ep_size=ep)
     runner = SimpleNamespace(moe_config=config, _fused_output_is_reduced=output_is_reduced)
-    return owners[0]._maybe_reduce_final_output(runner, states, None, output_is_reduced)
+    return _late_reduce_rule()(runner, states, None, output_is_reduced)
 
 
 def output_scale(out: torch.Tensor, expected: torch.Tensor) -> float | None:

@@ -271,7 +271,7 @@ def test_workspace_growth_check_catches_a_shrunk_workspace(all2all, manager_chec
                 "longer holds layer 1") in findings, f"rank {rank}: {findings}"
 
 
-# ------------------------------------------- vLLM's one-sided prepare/finalize (CPU)
+# ------------------------------------ vLLM's FlashInfer prepare/finalize classes (CPU)
 
 def prepare_finalize_steps(layout: ParallelLayout) -> list[RoutingCase]:
     """Forward steps through one layer: every DP rank with tokens, then DP rank 0 empty,
@@ -330,9 +330,9 @@ def test_prepare_finalize_vs_oracle(all2all, layout, prepare_finalize_results):
 @pytest.mark.parametrize("all2all", MANAGER_BACKENDS)
 def test_prepare_finalize_check_catches_a_double_reduce(all2all, prepare_finalize_results):
     """Negative control (upstream PR 41382): the class saying its output is not reduced
-    makes the runner all-reduce over TP what combine already summed: at TP=2 every
-    step with tokens on the rank must fail, the output ``tp`` times the oracle's.  At TP=1 that all-reduce spans one rank
-    and the bug is invisible (why the check runs at TP > 1)."""
+    makes the runner all-reduce over TP what combine already summed: at TP=2 every step
+    with tokens on the rank must fail, the output ``tp`` times the oracle's.  At TP=1 that
+    all-reduce spans one rank and the bug is invisible (why the check runs at TP > 1)."""
     layout = ParallelLayout(tp=2, dp=2)
     for rank, result in enumerate(prepare_finalize_results(layout)):
         control = result[all2all + ":reduces_twice"]
@@ -434,6 +434,16 @@ def test_flashinfer_kernel_check_catches_double_counting():
     assert not any(r.passed for per_rank in results for r in per_rank)
 
 
+def assert_emulator_matches(results, cases) -> None:
+    """Every rank compared every case, and the kernels and the emulator agreed on each."""
+    for rank, per_rank in enumerate(results):
+        assert len(per_rank) == len(cases)
+        for row in per_rank:
+            print(f"rank {rank} {row}")
+            assert row["same_rows"], f"rank {rank} {row['case']}: received rows differ"
+            assert row["combine_difference"] <= 2e-2, f"rank {rank} {row}"
+
+
 @pytest.mark.flashinfer
 @pytest.mark.mnnvl_handles
 @pytest.mark.handle_exchange
@@ -442,15 +452,11 @@ def test_kernel_emulator_matches_flashinfer_kernels():
     """The CPU stand-in the prepare/finalize tests run on moves what FlashInfer's
     ``MoeAlltoAll`` kernels move: the same valid rows per source block (any order), the
     same number of rows marked invalid, the same combine of the oracle's partials; every
-    default case (uneven, an empty rank, fp32, fp8 bytes with scales), two ranks on a GPU."""
+    default case (uneven, an empty rank, fp32, fp8 bytes without their scales), two ranks
+    on a GPU."""
     cases = default_cases(2)
     results = run_ranks(rank_emulator_vs_kernels, 2, cases, backend="gloo", timeout_s=600)
-    for rank, per_rank in enumerate(results):
-        assert len(per_rank) == len(cases)
-        for row in per_rank:
-            print(f"rank {rank} {row}")
-            assert row["same_rows"], f"rank {rank} {row['case']}: received rows differ"
-            assert row["combine_difference"] <= 2e-2, f"rank {rank} {row}"
+    assert_emulator_matches(results, cases)
 
 
 @pytest.mark.flashinfer
@@ -464,12 +470,7 @@ def test_two_sided_kernel_emulator_matches_flashinfer_kernels():
     cases = default_cases(2)
     results = run_ranks(rank_two_sided_emulator_vs_kernels, 2, cases, backend="gloo",
                         timeout_s=600)
-    for rank, per_rank in enumerate(results):
-        assert len(per_rank) == len(cases)
-        for row in per_rank:
-            print(f"rank {rank} {row}")
-            assert row["same_rows"], f"rank {rank} {row['case']}: received rows differ"
-            assert row["combine_difference"] <= 2e-2, f"rank {rank} {row}"
+    assert_emulator_matches(results, cases)
 
 
 def needs_moe_ep():

@@ -285,12 +285,24 @@ def _blocks(recv: list[torch.Tensor], ids_index: int, num_experts: int) -> list[
     return out
 
 
+def _comparison_row(case, seen: dict, combined: dict) -> dict:
+    """One case's verdict: the kernels' and the emulator's received rows (``_blocks``) and
+    combined outputs side by side."""
+    from vllm_ep_kit.reference.moe import max_error
+
+    return {"case": case.describe(),
+            "same_rows": seen["kernels"] == seen["emulator"],
+            "invalid_rows": [b["invalid"] for b in seen["kernels"]],
+            "combine_difference": max_error(combined["kernels"], combined["emulator"])}
+
+
 def rank_emulator_vs_kernels(ctx, cases) -> list[dict]:
     """Each case through FlashInfer's real ``MoeAlltoAll`` and through the stand-in, on the
     same communicator and inputs: per source block the same valid rows and the same number
-    of invalid-id rows, and the same combine of the oracle's partials (GPU ranks)."""
+    of invalid-id rows, and the same combine of the oracle's partials (GPU ranks).  fp8
+    cases travel as their bytes; their scales are not dispatched here."""
     from vllm_ep_kit.backends.flashinfer_one_sided import DIRECT, workspace_size
-    from vllm_ep_kit.reference.moe import Tokens, max_error, moe_partial, source_tokens
+    from vllm_ep_kit.reference.moe import Tokens, moe_partial, source_tokens
 
     transport = DIRECT.transport_class()(ctx, DIRECT)
     emulated_class = FlashInferKernelEmulator()._one_sided_class()
@@ -314,11 +326,7 @@ def rank_emulator_vs_kernels(ctx, cases) -> list[dict]:
             combined[name] = a2a.combine(partial.nan_to_num(0.0), bound)[: x.shape[0]].clone()
             ctx.heartbeat()
         torch.cuda.synchronize()
-        results.append({"case": case.describe(),
-                        "same_rows": seen["kernels"] == seen["emulator"],
-                        "invalid_rows": [b["invalid"] for b in seen["kernels"]],
-                        "combine_difference": max_error(combined["kernels"],
-                                                        combined["emulator"])})
+        results.append(_comparison_row(case, seen, combined))
         transport.after_case()
     transport.close()
     return results
@@ -339,7 +347,7 @@ def rank_two_sided_emulator_vs_kernels(ctx, cases) -> list[dict]:
     from flashinfer.comm.trtllm_alltoall import MnnvlMoe
 
     from vllm_ep_kit.backends.flashinfer_two_sided import DIRECT
-    from vllm_ep_kit.reference.moe import Tokens, max_error, moe_partial, source_tokens
+    from vllm_ep_kit.reference.moe import Tokens, moe_partial, source_tokens
 
     transport = DIRECT.transport_class()(ctx, DIRECT)
     fake = FlashInferKernelEmulator()._two_sided_class()
@@ -370,11 +378,7 @@ def rank_two_sided_emulator_vs_kernels(ctx, cases) -> list[dict]:
                 top_k=case.top_k, token_count=x.shape[0]).clone()
             ctx.heartbeat()
         torch.cuda.synchronize()
-        results.append({"case": case.describe(),
-                        "same_rows": seen["kernels"] == seen["emulator"],
-                        "invalid_rows": [b["invalid"] for b in seen["kernels"]],
-                        "combine_difference": max_error(combined["kernels"],
-                                                        combined["emulator"])})
+        results.append(_comparison_row(case, seen, combined))
         transport.after_case()
     transport.close()
     return results
