@@ -86,6 +86,26 @@ def _same_rows(got: Tokens, want: Tokens) -> bool:
             and torch.equal(got.topk_weights.cpu(), want.topk_weights))
 
 
+def oracle_result(backend_name: str, where: str, case: RoutingCase, out: torch.Tensor,
+                  source: Tokens, start: float, exact: bool | None = None) -> CaseResult:
+    """One case's verdict on this rank: ``out`` (the combined output) against the fp32
+    oracle of ``source``, the tokens this rank sent; ``exact`` is the dispatch's own verdict
+    where the backend's received rows are known (None: checked through ``out`` alone)."""
+    got, want = out.float().cpu(), moe_reference(source, case.num_experts)
+    close = within_tolerance(got, want, case.dtype)
+    note = "" if exact is not None else VIA_COMBINE
+    if exact is False:
+        note = "dispatch delivered other rows than the sources sent"
+    elif not close:
+        tol = TOLERANCE[case.dtype]
+        note = mismatch(got, want, tol, tol)
+    return CaseResult(
+        backend=backend_name, layout=where, dtype=case.dtype, tokens=str(list(case.tokens)),
+        dispatch_exact=exact,
+        max_error=max_error(got, want) if got.shape == want.shape else float("inf"),
+        passed=exact is not False and close, seconds=time.perf_counter() - start, note=note)
+
+
 def uses_sequence_parallel(ctx, backend) -> bool:
     """vLLM's verdict for this rank's config, for backends whose sources are DP ranks."""
     return backend.sources == DP_SOURCES and ctx.layout is not None and bool(
@@ -133,20 +153,7 @@ def rank_cases(ctx, backend, cases: list[RoutingCase],
                 reduce_tp_partials(out, layout.tp)
         if out.is_cuda:
             torch.cuda.synchronize()
-        got, want = out.float().cpu(), moe_reference(full, case.num_experts)
-        close = within_tolerance(got, want, case.dtype)
-        note = "" if exact is not None else VIA_COMBINE
-        if exact is False:
-            note = "dispatch delivered other rows than the sources sent"
-        elif not close:
-            tol = TOLERANCE[case.dtype]
-            note = mismatch(got, want, tol, tol)
-        results.append(CaseResult(
-            backend=backend.name, layout=where, dtype=case.dtype,
-            tokens=str(list(case.tokens)), dispatch_exact=exact,
-            max_error=max_error(got, want) if got.shape == want.shape else float("inf"),
-            passed=exact is not False and close, seconds=time.perf_counter() - start,
-            note=note))
+        results.append(oracle_result(backend.name, where, case, out, full, start, exact))
         transport.after_case()
         ctx.heartbeat()
     transport.close()

@@ -20,6 +20,9 @@ from vllm_ep_kit.backends.mnnvl import manager_transport
 from vllm_ep_kit.ep_check import plan_cases, rank_agrs_check, token_counts
 from vllm_ep_kit.flashinfer_direct import (
     default_cases,
+    graph_backends,
+    graph_shapes,
+    rank_graph_replays,
     rank_moe_ep_roundtrip,
     rank_one_sided_roundtrip,
     rank_two_sided_roundtrip,
@@ -434,6 +437,79 @@ def test_flashinfer_kernel_check_catches_double_counting():
     assert not any(r.passed for per_rank in results for r in per_rank)
 
 
+GRAPH_ROUNDS = 3
+
+
+def graph_rows_by_kind(rows) -> tuple[list, list]:
+    """(eager warm-up rows, replay rows) of one rank's graph results."""
+    return ([r for r in rows if r.layout.endswith("eager warm-up")],
+            [r for r in rows if " replay " in r.layout])
+
+
+@pytest.mark.flashinfer
+@pytest.mark.mnnvl_handles
+@pytest.mark.handle_exchange
+@pytest.mark.gpus(1)
+@pytest.mark.parametrize("dtype", ["bf16", "fp8"])
+@pytest.mark.parametrize("kernels", sorted(graph_backends()))
+def test_kernels_under_cuda_graph_replay(kernels, dtype):
+    """FlashInfer's one-sided ``MoeAlltoAll`` and two-sided ``MnnvlMoe`` captured in CUDA
+    graphs as vLLM captures a forward: four batch shapes (even, uneven, each rank empty in
+    turn) on one set of buffers, each dispatch + oracle experts + combine captured once,
+    then replayed in turn for three rounds with new tokens and routing each time, with no
+    host sync between replays.  Every replay must equal the fp32 oracle of its own tokens
+    (fp8: with its block scales).  Two ranks share the GPU."""
+    shapes = graph_shapes(dtype)
+    results = run_ranks(rank_graph_replays, 2, kernels, shapes, GRAPH_ROUNDS,
+                        backend="gloo", timeout_s=600)
+    for rank, rows in enumerate(results):
+        warmups, replays = graph_rows_by_kind(rows)
+        assert (len(warmups), len(replays)) == (len(shapes), len(shapes) * GRAPH_ROUNDS)
+        for row in rows:
+            print(f"rank {rank} {row.layout} {row.tokens}: error {row.max_error:.4f} "
+                  f"{row.seconds * 1e3:.2f} ms {row.note}")
+            assert row.passed, f"rank {rank} {row.layout} {row.tokens}: {row.note}"
+
+
+@pytest.mark.flashinfer
+@pytest.mark.mnnvl_handles
+@pytest.mark.handle_exchange
+@pytest.mark.gpus(1)
+@pytest.mark.parametrize("kernels", sorted(graph_backends()))
+def test_graph_replay_check_catches_stale_inputs(kernels):
+    """Negative control: new tokens not copied into the captured inputs (a graph replaying
+    the routing it was captured with) must fail every replay on a rank that has tokens;
+    the eager warm-ups still pass."""
+    shapes = graph_shapes("bf16")
+    by_tokens = {str(list(s.tokens)): s for s in shapes}
+    results = run_ranks(rank_graph_replays, 2, kernels, shapes, 2, True, backend="gloo",
+                        timeout_s=600)
+    for rank, rows in enumerate(results):
+        warmups, replays = graph_rows_by_kind(rows)
+        assert all(r.passed for r in warmups)
+        assert len(replays) == 2 * len(shapes)
+        for row in replays:
+            has_tokens = by_tokens[row.tokens].tokens[rank] > 0
+            assert row.passed is not has_tokens, f"rank {rank} {row.layout}: {row}"
+
+
+@pytest.mark.parametrize("kernels, shapes, rounds, error", [
+    ("flashinfer_nvlink_one_sided", [], 1, "expected at least one"),
+    ("flashinfer_nvlink_one_sided", graph_shapes("bf16")[:1] + graph_shapes("fp8")[:1], 1,
+     "shapes differ"),
+    ("flashinfer_nvlink_two_sided", [RoutingCase(tokens=(4, 4, 4))], 1,
+     "the world has 2 ranks"),
+    ("flashinfer_nvlink_one_sided", graph_shapes("bf16"), 0, "rounds=0"),
+    ("deepep_low_latency", graph_shapes("bf16"), 1, "backend_name='deepep_low_latency'"),
+])
+def test_graph_replays_refuse_bad_input(kernels, shapes, rounds, error):
+    """Refused in one line before any GPU work (runs on CPU)."""
+    from types import SimpleNamespace
+
+    with pytest.raises(ValueError, match=error):
+        rank_graph_replays(SimpleNamespace(world_size=2), kernels, shapes, rounds)
+
+
 def assert_emulator_matches(results, cases) -> None:
     """Every rank compared every case, and the kernels and the emulator agreed on each."""
     for rank, per_rank in enumerate(results):
@@ -452,7 +528,7 @@ def test_kernel_emulator_matches_flashinfer_kernels():
     """The CPU stand-in the prepare/finalize tests run on moves what FlashInfer's
     ``MoeAlltoAll`` kernels move: the same valid rows per source block (any order), the
     same number of rows marked invalid, the same combine of the oracle's partials; every
-    default case (uneven, an empty rank, fp32, fp8 bytes without their scales), two ranks
+    default case (uneven, an empty rank, fp32, fp8 with its block scales), two ranks
     on a GPU."""
     cases = default_cases(2)
     results = run_ranks(rank_emulator_vs_kernels, 2, cases, backend="gloo", timeout_s=600)
@@ -508,8 +584,7 @@ def test_flashinfer_moe_ep_one_sided_vs_oracle(world):
 @pytest.mark.flashinfer
 @pytest.mark.mnnvl_handles
 @pytest.mark.handle_exchange
-@pytest.mark.nvlink
-@pytest.mark.gpus(2)
+@pytest.mark.gpus(1)
 def test_flashinfer_two_sided_kernel_check_catches_double_counting():
     """Negative control for the two-sided kernels: ignoring expert ownership must fail."""
     cases = [RoutingCase(tokens=(32, 32), hidden=512, num_experts=16, top_k=4, dtype="fp32")]
@@ -520,10 +595,10 @@ def test_flashinfer_two_sided_kernel_check_catches_double_counting():
 @pytest.mark.flashinfer
 @pytest.mark.mnnvl_handles
 @pytest.mark.handle_exchange
-@pytest.mark.nvlink
-@pytest.mark.gpus(2)
+@pytest.mark.gpus(1)
 def test_flashinfer_two_sided_kernel_vs_oracle():
-    """FlashInfer's MnnvlMoe alltoallv (real kernels) prepare + dispatch + combine vs the oracle."""
+    """FlashInfer's MnnvlMoe alltoallv (real kernels) prepare + dispatch + combine vs the
+    oracle.  Two ranks may share one GPU (measured: runs #43, #44)."""
     cases = default_cases(2)
     results = run_ranks(rank_two_sided_roundtrip, 2, cases, backend="gloo", timeout_s=600)
     assert_every_case_passed(results, cases)

@@ -12,9 +12,11 @@ import pytest
 import torch
 
 from vllm_ep_kit.reference.moe import (
+    FP8_GROUP,
     TOLERANCE,
     RoutingCase,
     Tokens,
+    dequantize_fp8,
     moe_partial,
     moe_reference,
     source_tokens,
@@ -85,3 +87,12 @@ def test_comparison_just_inside_and_outside_the_tolerance(dtype, factor, close):
 
 def test_a_shape_mismatch_is_never_close():
     assert not within_tolerance(torch.zeros(2, 3), torch.zeros(3, 2), "fp32")
+
+
+def test_fp8_dequantisation_scales_each_group_of_columns():
+    # two groups of FP8_GROUP columns, over a leading [ranks, tokens] shape as received
+    x = torch.full((2, 1, 2 * FP8_GROUP), 3.0).to(torch.float8_e4m3fn)
+    scale = torch.tensor([[[2.0, 0.5]], [[-1.0, 4.0]]])
+    want = torch.cat([torch.full((2, 1, FP8_GROUP), 3.0) * scale[..., :1],
+                      torch.full((2, 1, FP8_GROUP), 3.0) * scale[..., 1:]], dim=-1)
+    assert torch.equal(dequantize_fp8(x, scale), want)

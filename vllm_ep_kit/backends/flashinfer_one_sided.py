@@ -52,11 +52,15 @@ class _OneSidedKernels:
     a2a = None
 
     def dispatch(self, tokens):
-        x, scale, ids, w = tokens.wire(self.device)
+        return self.send(*tokens.wire(self.device), self.max_tokens)
+
+    def send(self, x, scale, ids, w, bound: int) -> Dispatched:
+        """Dispatch wire tensors already on the GPU (also a CUDA graph's captured inputs)
+        under the per-rank token bound ``bound`` (kept as the state combine needs)."""
         payloads = [x, *([scale] if scale is not None else []), ids, w]
-        got = self.a2a.dispatch(ids, payloads, self.max_tokens)
+        got = self.a2a.dispatch(ids, payloads, bound)
         return Dispatched(received(got[0], got[1] if scale is not None else None, got[-2],
-                                   got[-1], self.case), source_rows=x.shape[0])
+                                   got[-1], self.case), state=bound, source_rows=x.shape[0])
 
 
 class _MoeEpKernels:
@@ -175,7 +179,7 @@ class DirectOneSidedTransport(_OneSidedKernels, DirectTransport):
                                mnnvl_config=self.mnnvl_config())
 
     def combine(self, dispatched, partial):
-        return self.a2a.combine(partial, self.max_tokens)[: dispatched.source_rows]
+        return self.a2a.combine(partial, dispatched.state)[: dispatched.source_rows]
 
     def close(self):
         self.a2a = None

@@ -29,12 +29,16 @@ class _TwoSidedKernels:
     workspace = prepare_workspace = None
 
     def dispatch(self, tokens):
+        return self.send(*tokens.wire(self.device), self.max_tokens)
+
+    def send(self, x, scale, ids, w, bound: int) -> Dispatched:
+        """Dispatch wire tensors already on the GPU (also a CUDA graph's captured inputs)
+        under the per-rank token bound ``bound``; the routing info is combine's state."""
         from flashinfer.comm.trtllm_alltoall import MnnvlMoe
 
         case = self.case
-        x, scale, ids, w = tokens.wire(self.device)
         info, recv_ids, recv_w, _ = MnnvlMoe.mnnvl_moe_alltoallv_prepare_without_allgather(
-            ids, w, None, self.prepare_workspace, self.max_tokens, self.rank, self.world,
+            ids, w, None, self.prepare_workspace, bound, self.rank, self.world,
             case.num_experts, case.num_experts, case.top_k)
         recv_x = MnnvlMoe.mnnvl_moe_alltoallv(x, info, self.workspace, self.rank, self.world)
         recv_scale = None if scale is None else MnnvlMoe.mnnvl_moe_alltoallv(

@@ -101,8 +101,11 @@ def quantize_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def dequantize_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """fp32 values of group-quantised ``x`` (the last dimension holds the groups)."""
-    return x.float() * scale.float().repeat_interleave(FP8_GROUP, dim=-1)
+    """fp32 values of group-quantised ``x`` (the last dimension holds the groups).
+
+    Shapes only, no data-dependent sizes: it runs inside a CUDA graph capture."""
+    groups = x.float().unflatten(-1, (-1, FP8_GROUP))
+    return (groups * scale.float().unsqueeze(-1)).flatten(-2)
 
 
 def source_tokens(case: RoutingCase, source: int) -> Tokens:
@@ -119,16 +122,16 @@ def source_tokens(case: RoutingCase, source: int) -> Tokens:
                   x_scale=x_scale)
 
 
-def expert_scales(num_experts: int) -> torch.Tensor:
+def expert_scales(num_experts: int, device=None) -> torch.Tensor:
     """s_e = 1 + (e mod 7) / 8: distinct neighbours, exact in bf16."""
-    return 1.0 + (torch.arange(num_experts) % 7).float() / 8.0
+    return 1.0 + (torch.arange(num_experts, device=device) % 7).float() / 8.0
 
 
-def expert_owner(num_experts: int, ep_size: int) -> torch.Tensor:
+def expert_owner(num_experts: int, ep_size: int, device=None) -> torch.Tensor:
     """EP rank owning each global expert (contiguous blocks, as vLLM places them)."""
     if num_experts % ep_size:
         raise ValueError(f"num_experts={num_experts} is not divisible by ep_size={ep_size}")
-    return torch.arange(num_experts) // (num_experts // ep_size)
+    return torch.arange(num_experts, device=device) // (num_experts // ep_size)
 
 
 def moe_partial(tokens: Tokens, num_experts: int, ep_size: int,
@@ -137,14 +140,15 @@ def moe_partial(tokens: Tokens, num_experts: int, ep_size: int,
 
     Runs where ``tokens`` are, over any leading shape (a one-sided receive
     buffer is [ranks, max_tokens, ...]); ids outside [0, num_experts), which
-    received slots that were never sent may hold, add 0.
+    received slots that were never sent may hold, add 0.  Its tables are built where the
+    ids are, with no host copy or data-dependent shape: it runs inside a CUDA graph capture.
     """
     ids = tokens.topk_ids.long()
     valid = (ids >= 0) & (ids < num_experts)
     safe = ids.clamp(0, num_experts - 1)
-    coeff = tokens.topk_weights.float() * expert_scales(num_experts).to(ids.device)[safe] * valid
+    coeff = tokens.topk_weights.float() * expert_scales(num_experts, ids.device)[safe] * valid
     if ep_rank is not None:
-        owner = expert_owner(num_experts, ep_size).to(ids.device)
+        owner = expert_owner(num_experts, ep_size, ids.device)
         coeff = coeff * (owner[safe] == ep_rank).float()
     return tokens.values() * coeff.sum(dim=-1, keepdim=True)
 

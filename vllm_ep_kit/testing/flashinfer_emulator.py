@@ -298,11 +298,12 @@ def _comparison_row(case, seen: dict, combined: dict) -> dict:
 
 def rank_emulator_vs_kernels(ctx, cases) -> list[dict]:
     """Each case through FlashInfer's real ``MoeAlltoAll`` and through the stand-in, on the
-    same communicator and inputs: per source block the same valid rows and the same number
-    of invalid-id rows, and the same combine of the oracle's partials (GPU ranks).  fp8
-    cases travel as their bytes; their scales are not dispatched here."""
+    same communicator and inputs: per source block the same valid rows (every payload's
+    bytes, fp8 block scales included) and the same number of invalid-id rows, and the same
+    combine of the oracle's partials (GPU ranks)."""
     from vllm_ep_kit.backends.flashinfer_one_sided import DIRECT, workspace_size
-    from vllm_ep_kit.reference.moe import Tokens, moe_partial, source_tokens
+    from vllm_ep_kit.backends.transport import received
+    from vllm_ep_kit.reference.moe import moe_partial, source_tokens
 
     transport = DIRECT.transport_class()(ctx, DIRECT)
     emulated_class = FlashInferKernelEmulator()._one_sided_class()
@@ -314,14 +315,17 @@ def rank_emulator_vs_kernels(ctx, cases) -> list[dict]:
         fake = emulated_class(transport.mapping(moe_ep_size=world), bound, case.top_k,
                               case.num_experts, workspace_size(case, world),
                               mnnvl_config=transport.mnnvl_config())
-        x, _, ids, w = source_tokens(case, rank).wire(transport.device)
+        x, scale, ids, w = source_tokens(case, rank).wire(transport.device)
+        payloads = [x, *([scale] if scale is not None else []), ids, w]
+        id_index = len(payloads) - 2
         seen, combined = {}, {}
         for name, a2a in (("kernels", real), ("emulator", fake)):
-            recv = [t.clone() for t in a2a.dispatch(ids, [x, ids, w], bound,
+            recv = [t.clone() for t in a2a.dispatch(ids, payloads, bound,
                                                     invalid_token_expert_id=-1,
-                                                    expert_id_payload_index=1)]
-            seen[name] = _blocks(recv, 1, case.num_experts)
-            got = Tokens(x=recv[0], topk_ids=recv[1], topk_weights=recv[2])
+                                                    expert_id_payload_index=id_index)]
+            seen[name] = _blocks(recv, id_index, case.num_experts)
+            got = received(recv[0], recv[1] if scale is not None else None, recv[-2],
+                           recv[-1], case)
             partial = moe_partial(got, case.num_experts, world, rank).to(case.combine_dtype)
             combined[name] = a2a.combine(partial.nan_to_num(0.0), bound)[: x.shape[0]].clone()
             ctx.heartbeat()
@@ -343,11 +347,13 @@ class _AlltoallvRoute:
 
 def rank_two_sided_emulator_vs_kernels(ctx, cases) -> list[dict]:
     """As :func:`rank_emulator_vs_kernels`, for FlashInfer's two-sided ``MnnvlMoe``
-    (alltoallv): received rows packed in source order, compared as one block."""
+    (alltoallv): received rows packed in source order, compared as one block; fp8 block
+    scales follow the rows in an alltoallv of their own, as vLLM sends them."""
     from flashinfer.comm.trtllm_alltoall import MnnvlMoe
 
     from vllm_ep_kit.backends.flashinfer_two_sided import DIRECT
-    from vllm_ep_kit.reference.moe import Tokens, moe_partial, source_tokens
+    from vllm_ep_kit.backends.transport import received
+    from vllm_ep_kit.reference.moe import moe_partial, source_tokens
 
     transport = DIRECT.transport_class()(ctx, DIRECT)
     fake = FlashInferKernelEmulator()._two_sided_class()
@@ -358,7 +364,7 @@ def rank_two_sided_emulator_vs_kernels(ctx, cases) -> list[dict]:
     for case in cases:
         transport.prepare(case)
         world, rank, bound = transport.world, transport.rank, transport.max_tokens
-        x, _, ids, w = source_tokens(case, rank).wire(transport.device)
+        x, scale, ids, w = source_tokens(case, rank).wire(transport.device)
         seen, combined = {}, {}
         for name, moe, (workspace, prepare_workspace) in (
                 ("kernels", MnnvlMoe, (transport.workspace, transport.prepare_workspace)),
@@ -366,12 +372,15 @@ def rank_two_sided_emulator_vs_kernels(ctx, cases) -> list[dict]:
             info, got_ids, got_w, _ = moe.mnnvl_moe_alltoallv_prepare_without_allgather(
                 ids, w, None, prepare_workspace, bound, rank, world, case.num_experts,
                 case.num_experts, case.top_k)
-            got_x = moe.mnnvl_moe_alltoallv(x, info, workspace, rank, world)
+            got_x = moe.mnnvl_moe_alltoallv(x, info, workspace, rank, world).clone()
+            got_s = None if scale is None else \
+                moe.mnnvl_moe_alltoallv(scale, info, workspace, rank, world).clone()
             rows = got_x.shape[0]
-            recv = [got_x.clone(), got_ids[:rows].clone(),
+            recv = [got_x, *([got_s] if got_s is not None else []), got_ids[:rows].clone(),
                     got_w[:rows].view(torch.float32).clone()]
-            seen[name] = _blocks([t.unsqueeze(0) for t in recv], 1, case.num_experts)
-            got = Tokens(x=recv[0], topk_ids=recv[1], topk_weights=recv[2])
+            seen[name] = _blocks([t.unsqueeze(0) for t in recv], len(recv) - 2,
+                                 case.num_experts)
+            got = received(recv[0], got_s, recv[-2], recv[-1], case)
             partial = moe_partial(got, case.num_experts, world, rank).to(case.combine_dtype)
             combined[name] = moe.mnnvl_moe_alltoallv_combine(
                 partial.nan_to_num(0.0), info, workspace, ep_rank=rank, ep_size=world,
