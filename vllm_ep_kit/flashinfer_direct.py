@@ -40,6 +40,16 @@ def default_cases(world: int, fp8: bool = True) -> list[RoutingCase]:
     return cases
 
 
+def format_cases(world: int) -> list[RoutingCase]:
+    """The block-scaled formats beyond fp8 (``reference.formats``): MXFP8 and NVFP4 at
+    gpt-oss' hidden 2880, whose scale rows vLLM pads to 256 columns' worth (90 -> 96 and
+    180 -> 192 bytes), and unpadded at 1024 with one rank empty."""
+    uneven = tuple(0 if r == world - 1 else 5 + 3 * r for r in range(world))
+    return [case for dtype in ("mxfp8", "nvfp4") for case in (
+        RoutingCase(tokens=(48,) * world, hidden=2880, dtype=dtype, scale_alignment=256),
+        RoutingCase(tokens=uneven, hidden=1024, dtype=dtype))]
+
+
 def rank_one_sided_roundtrip(ctx, cases: list[RoutingCase],
                              ignore_ownership: bool = False) -> list[CaseResult]:
     """Every case through a ``MoeAlltoAll`` built here on the world group."""

@@ -98,10 +98,9 @@ def prepare_finalize_kwargs(cls, case: RoutingCase, max_num_tokens: int,
     """Constructor arguments for the installed class, for a layer of ``case``'s shape
     (0.22-0.32 take per-token byte counts, 0.33 a dispatch format and extra payload bytes:
     pass what it accepts)."""
-    elem = torch.tensor([], dtype=case.torch_dtype).element_size()
     values = {"max_num_tokens": max_num_tokens, "top_k": case.top_k,
               "num_experts": case.num_experts, "hidden_size": case.hidden,
-              "x_bytes_per_token": case.hidden * elem, "x_sf_bytes_per_token": 0,
+              "x_bytes_per_token": case.x_bytes_per_token, "x_sf_bytes_per_token": 0,
               "dispatch_format": None, "extra_payload_bytes_per_token": 0,
               "num_dispatchers": num_dispatchers}
     accepted = inspect.signature(cls.__init__).parameters

@@ -20,6 +20,7 @@ from vllm_ep_kit.backends.mnnvl import manager_transport
 from vllm_ep_kit.ep_check import plan_cases, rank_agrs_check, token_counts
 from vllm_ep_kit.flashinfer_direct import (
     default_cases,
+    format_cases,
     graph_backends,
     graph_shapes,
     rank_graph_replays,
@@ -421,7 +422,7 @@ def test_flashinfer_one_sided_kernel_vs_oracle(world):
 
     Ranks are placed on GPU ``rank % device_count``: 2 ranks may share one GPU.
     """
-    cases = default_cases(world)
+    cases = default_cases(world) + format_cases(world)
     results = run_ranks(rank_one_sided_roundtrip, world, cases, backend="gloo", timeout_s=600)
     assert_every_case_passed(results, cases)
 
@@ -450,7 +451,7 @@ def graph_rows_by_kind(rows) -> tuple[list, list]:
 @pytest.mark.mnnvl_handles
 @pytest.mark.handle_exchange
 @pytest.mark.gpus(1)
-@pytest.mark.parametrize("dtype", ["bf16", "fp8"])
+@pytest.mark.parametrize("dtype", ["bf16", "fp8", "mxfp8", "nvfp4"])
 @pytest.mark.parametrize("kernels", sorted(graph_backends()))
 def test_kernels_under_cuda_graph_replay(kernels, dtype):
     """FlashInfer's one-sided ``MoeAlltoAll`` and two-sided ``MnnvlMoe`` captured in CUDA
@@ -458,7 +459,7 @@ def test_kernels_under_cuda_graph_replay(kernels, dtype):
     turn) on one set of buffers, each dispatch + oracle experts + combine captured once,
     then replayed in turn for three rounds with new tokens and routing each time, with no
     host sync between replays.  Every replay must equal the fp32 oracle of its own tokens
-    (fp8: with its block scales).  Two ranks share the GPU."""
+    (quantised formats: with their block scales).  Two ranks share the GPU."""
     shapes = graph_shapes(dtype)
     results = run_ranks(rank_graph_replays, 2, kernels, shapes, GRAPH_ROUNDS,
                         backend="gloo", timeout_s=600)
@@ -530,7 +531,7 @@ def test_kernel_emulator_matches_flashinfer_kernels():
     same number of rows marked invalid, the same combine of the oracle's partials; every
     default case (uneven, an empty rank, fp32, fp8 with its block scales), two ranks
     on a GPU."""
-    cases = default_cases(2)
+    cases = default_cases(2) + format_cases(2)
     results = run_ranks(rank_emulator_vs_kernels, 2, cases, backend="gloo", timeout_s=600)
     assert_emulator_matches(results, cases)
 
@@ -543,7 +544,7 @@ def test_two_sided_kernel_emulator_matches_flashinfer_kernels():
     """The two-sided stand-in against FlashInfer's ``MnnvlMoe`` kernels: the same received
     rows (packed, any order; ids of experts the rank lacks as ``slot_count``), the same rows
     marked invalid, the same combine.  Two ranks on one GPU work here (run #43)."""
-    cases = default_cases(2)
+    cases = default_cases(2) + format_cases(2)
     results = run_ranks(rank_two_sided_emulator_vs_kernels, 2, cases, backend="gloo",
                         timeout_s=600)
     assert_emulator_matches(results, cases)
@@ -599,7 +600,7 @@ def test_flashinfer_two_sided_kernel_check_catches_double_counting():
 def test_flashinfer_two_sided_kernel_vs_oracle():
     """FlashInfer's MnnvlMoe alltoallv (real kernels) prepare + dispatch + combine vs the
     oracle.  Two ranks may share one GPU (measured: runs #43, #44)."""
-    cases = default_cases(2)
+    cases = default_cases(2) + format_cases(2)
     results = run_ranks(rank_two_sided_roundtrip, 2, cases, backend="gloo", timeout_s=600)
     assert_every_case_passed(results, cases)
 

@@ -39,10 +39,9 @@ MANAGER_COMBINE_DTYPES = (torch.bfloat16,)
 
 
 def case_shape(case: RoutingCase) -> WorkspaceShape:
-    elem = torch.tensor([], dtype=case.torch_dtype).element_size()
     return WorkspaceShape(max_num_tokens=max(max(case.tokens), 1), top_k=case.top_k,
                           num_experts=case.num_experts, hidden_size=case.hidden,
-                          x_bytes_per_token=case.hidden * elem,
+                          x_bytes_per_token=case.x_bytes_per_token,
                           x_sf_bytes_per_token=case.scale_bytes_per_token)
 
 
@@ -153,7 +152,7 @@ def workspace_size(case: RoutingCase, world: int) -> int:
     """FlashInfer's workspace bytes per rank for ``case`` (payloads + combine region)."""
     from flashinfer.comm.trtllm_moe_alltoall import moe_a2a_get_workspace_size_per_rank
 
-    x_bytes = case.hidden * torch.tensor([], dtype=case.torch_dtype).element_size()
+    x_bytes = case.x_bytes_per_token
     combine_bytes = case.hidden * torch.tensor([], dtype=case.combine_dtype).element_size()
     return moe_a2a_get_workspace_size_per_rank(
         ep_size=world, max_num_tokens=max(max(case.tokens), 1),

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from vllm_ep_kit.reference.formats import from_wire
 from vllm_ep_kit.reference.moe import RoutingCase, Tokens
 
 
@@ -84,7 +85,6 @@ class Transport:
 
 def received(x: torch.Tensor, scale: torch.Tensor | None, ids: torch.Tensor,
              weights: torch.Tensor, case: RoutingCase) -> Tokens:
-    """Received wire tensors as :class:`Tokens` (fp8 bytes viewed back as fp8)."""
-    if case.dtype == "fp8" and x.dtype == torch.uint8:
-        x = x.view(torch.float8_e4m3fn)
+    """Received wire tensors as :class:`Tokens` (bytes viewed back as the case's format)."""
+    x, scale = from_wire(case.dtype, x, scale)
     return Tokens(x=x, topk_ids=ids, topk_weights=weights, x_scale=scale)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from vllm_ep_kit.bench.plan import BenchPoint, BenchSettings
-from vllm_ep_kit.reference.moe import DTYPES, RoutingCase, Tokens, expert_owner, source_tokens
+from vllm_ep_kit.reference.moe import RoutingCase, Tokens, expert_owner, source_tokens
 
 COMBINE_ELEMENT_BYTES = 2  # combine payloads are bf16 (fp8 inputs too, as vLLM combines)
 
@@ -28,8 +28,7 @@ def point_case(point: BenchPoint, settings: BenchSettings, world: int) -> Routin
 def dispatch_row_bytes(hidden: int, dtype: str, top_k: int) -> int:
     """Hidden states (+ fp8 block scales) + int32 expert ids + fp32 weights of one token."""
     case = RoutingCase(tokens=(0,), num_experts=top_k, top_k=top_k, hidden=hidden, dtype=dtype)
-    elem = torch.tensor([], dtype=DTYPES[dtype]).element_size()
-    return hidden * elem + case.scale_bytes_per_token + top_k * 8
+    return case.x_bytes_per_token + case.scale_bytes_per_token + top_k * 8
 
 
 def combine_row_bytes(hidden: int) -> int:

@@ -13,14 +13,23 @@ from dataclasses import dataclass
 
 import torch
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
-          "fp8": torch.float8_e4m3fn}
+from vllm_ep_kit.reference.formats import (
+    FORMATS,
+    alignment_problem,
+    dequantize,
+    quantize,
+    to_wire,
+)
+
+# The payload dtypes ``check`` and ``bench`` offer (every format of ``FORMATS`` runs in
+# the kernel tests).
+DTYPES = {name: FORMATS[name].value_dtype for name in ("bf16", "fp16", "fp32", "fp8")}
 # Combine tolerances (atol = rtol) per payload dtype; dispatch must be exact.  fp8
 # payloads (per-token scales) are combined in bf16 and compared with the reference
 # of the *dequantised* inputs, so only the bf16 combine rounds: bf16's tolerance.
-TOLERANCE = {"bf16": 2e-2, "fp16": 2e-3, "fp32": 1e-5, "fp8": 2e-2}
-FP8_MAX = 448.0  # largest finite float8_e4m3fn
-FP8_GROUP = 128  # fp8 scales per (token, 128 hidden columns), as vLLM's block-fp8 activations
+TOLERANCE = {"bf16": 2e-2, "fp16": 2e-3, "fp32": 1e-5, "fp8": 2e-2, "mxfp8": 2e-2,
+             "nvfp4": 2e-2}
+FP8_GROUP = FORMATS["fp8"].group  # fp8 scales per (token, 128 columns), as vLLM's block fp8
 
 
 @dataclass(frozen=True)
@@ -31,33 +40,38 @@ class RoutingCase:
     num_experts: int = 16
     top_k: int = 4
     hidden: int = 64
-    dtype: str = "bf16"
+    dtype: str = "bf16"  # a payload format of ``formats.FORMATS``
     seed: int = 1234
+    scale_alignment: int = 0  # pad scale rows to this many columns' worth (vLLM mx_alignment)
 
     def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype={self.dtype!r}: expected one of {sorted(DTYPES)}")
+        if self.dtype not in FORMATS:
+            raise ValueError(f"dtype={self.dtype!r}: expected one of {sorted(FORMATS)}")
         if not 1 <= self.top_k <= self.num_experts:
             raise ValueError(f"top_k={self.top_k}: expected 1..num_experts={self.num_experts}")
-        if self.dtype == "fp8" and self.hidden % (4 * FP8_GROUP):
-            raise ValueError(f"hidden={self.hidden}: fp8 cases need a multiple of "
-                             f"{4 * FP8_GROUP} (scale rows must be 16-byte aligned)")
+        problem = alignment_problem(self.dtype, self.hidden, self.scale_alignment)
+        if problem:
+            raise ValueError(problem)
         if any(n < 0 for n in self.tokens):
             raise ValueError(f"tokens={self.tokens}: counts must be >= 0")
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        """The dispatched hidden-state payload's dtype."""
-        return DTYPES[self.dtype]
+        """The hidden-state tensor's dtype (packed fp4: uint8)."""
+        return FORMATS[self.dtype].value_dtype
 
     @property
     def combine_dtype(self) -> torch.dtype:
-        """The expert output's dtype (fp8 inputs produce bf16 outputs)."""
-        return torch.bfloat16 if self.dtype == "fp8" else DTYPES[self.dtype]
+        """The expert output's dtype (quantised inputs produce bf16 outputs)."""
+        return torch.bfloat16 if FORMATS[self.dtype].quantised else self.torch_dtype
+
+    @property
+    def x_bytes_per_token(self) -> int:
+        return FORMATS[self.dtype].x_bytes(self.hidden)
 
     @property
     def scale_bytes_per_token(self) -> int:
-        return 4 * self.hidden // FP8_GROUP if self.dtype == "fp8" else 0
+        return FORMATS[self.dtype].scale_row_bytes(self.hidden, self.scale_alignment)
 
     def describe(self) -> str:
         return (f"tokens={list(self.tokens)} E={self.num_experts} k={self.top_k} "
@@ -69,11 +83,12 @@ class Tokens:
     x: torch.Tensor  # [n, hidden] in the case's dtype
     topk_ids: torch.Tensor  # [n, top_k] int32, distinct experts per token
     topk_weights: torch.Tensor  # [n, top_k] float32, each row sums to 1
-    x_scale: torch.Tensor | None = None  # [n, hidden / FP8_GROUP] float32, for fp8 ``x``
+    x_scale: torch.Tensor | None = None  # [n, scale columns], for a quantised ``x``
 
     def values(self) -> torch.Tensor:
-        """The hidden states in fp32 (dequantised when ``x`` is fp8)."""
-        return self.x.float() if self.x_scale is None else dequantize_fp8(self.x, self.x_scale)
+        """The hidden states in fp32 (dequantised as the dtypes of ``x`` and its scales
+        say: ``formats.format_of``)."""
+        return dequantize(self.x, self.x_scale)
 
     def to(self, device) -> Tokens:
         """The same tokens on ``device`` (a rank's GPU)."""
@@ -85,35 +100,29 @@ class Tokens:
                                     torch.Tensor]:
         """(x as it travels, its scales or None, top-k ids, weights) on ``device``.
 
-        fp8 rows travel as raw bytes (the all-to-all kernels move bytes) with
-        their block scales as a payload of their own, as vLLM sends them.
+        Quantised rows travel as raw bytes (the all-to-all kernels move bytes)
+        with their block scales as a payload of their own, as vLLM sends them.
         """
         t = self.to(device)
-        x = t.x.view(torch.uint8) if t.x.dtype == torch.float8_e4m3fn else t.x
-        return x, t.x_scale, t.topk_ids, t.topk_weights
+        return to_wire(t.x), to_wire(t.x_scale), t.topk_ids, t.topk_weights
 
 
 def quantize_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Group-wise absmax fp8 (e4m3): (values, fp32 scales [n, hidden / FP8_GROUP])."""
-    groups = x.float().unflatten(1, (-1, FP8_GROUP))
-    scale = (groups.abs().amax(dim=2) / FP8_MAX).clamp(min=1e-12)
-    return (groups / scale.unsqueeze(2)).flatten(1).to(torch.float8_e4m3fn), scale
+    return quantize("fp8", x)
 
 
 def dequantize_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """fp32 values of group-quantised ``x`` (the last dimension holds the groups).
-
-    Shapes only, no data-dependent sizes: it runs inside a CUDA graph capture."""
-    groups = x.float().unflatten(-1, (-1, FP8_GROUP))
-    return (groups * scale.float().unsqueeze(-1)).flatten(-2)
+    """fp32 values of group-quantised ``x`` (the last dimension holds the groups)."""
+    return FORMATS["fp8"].dequantize(x, scale)
 
 
 def source_tokens(case: RoutingCase, source: int) -> Tokens:
     """The tokens of source ``source`` (a DP rank, or a rank in DP mode)."""
     n = case.tokens[source]
     gen = torch.Generator().manual_seed(case.seed * 1000003 + source)
-    x = torch.randn(n, case.hidden, generator=gen)
-    x, x_scale = quantize_fp8(x) if case.dtype == "fp8" else (x.to(case.torch_dtype), None)
+    x, x_scale = quantize(case.dtype, torch.randn(n, case.hidden, generator=gen),
+                          case.scale_alignment)
     ids = torch.stack([torch.randperm(case.num_experts, generator=gen)[: case.top_k]
                        for _ in range(n)]) if n else torch.empty(0, case.top_k, dtype=torch.long)
     weights = torch.rand(n, case.top_k, generator=gen) + 0.1

@@ -1,0 +1,205 @@
+"""Token payload formats, one registry: how a token row is quantised, sent and read back.
+
+The all-to-all kernels move bytes; what the bytes mean is the sender's and
+receiver's business.  Each format here says how many bytes a row and its block
+scales take, how fp32 values become those bytes and how they turn back, so the
+oracle compares a combine with the exact values the sources sent.  The
+quantisers are this kit's own torch code (no GPU kernel): MXFP8 and NVFP4
+payloads run through the NVLink kernels on Hopper too, where vLLM would not
+quantise to them.
+
+* ``fp8``: e4m3 values with an fp32 scale per 128 columns (vLLM's block fp8).
+* ``mxfp8``: e4m3 values with a power-of-two (ue8m0 byte) scale per 32 columns.
+* ``nvfp4``: e2m1 values, two per byte (even column in the low nibble), with an
+  e4m3 scale per 16 columns; the per-tensor global scale is 1, ties round to the
+  smaller magnitude (the oracle reads back its own bytes, so any rule is exact).
+* ``scale_alignment`` pads the scale row as if the hidden size were a multiple
+  of it (vLLM's ``mx_alignment``): gpt-oss' hidden 2880 has 90 MXFP8 scale
+  bytes, not a multiple of 16, and is sent as 96.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+FP8_MAX = 448.0  # largest finite float8_e4m3fn
+ROW_ALIGN = 16  # bytes: the one-sided kernels move rows in 16-byte vectors
+E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)  # magnitudes of codes 0..7
+
+
+@dataclass(frozen=True)
+class PayloadFormat:
+    """One way of putting a token row on the wire."""
+
+    name: str
+    value_dtype: torch.dtype  # the hidden-state tensor's dtype in ``Tokens``
+    group: int = 0  # columns per block scale (0: unquantised)
+    scale_dtype: torch.dtype | None = None
+    scale_bytes: int = 0  # per block scale
+    values_per_byte: float = 1.0  # 2 for packed fp4; below 1 for wider types
+    quantize: Callable | None = None  # fp32 [n, hidden] -> (values, scales [n, groups])
+    dequantize: Callable | None = None  # (values, scales) -> fp32, any leading shape
+
+    @property
+    def quantised(self) -> bool:
+        return self.group > 0
+
+    def x_bytes(self, hidden: int) -> int:
+        return int(hidden / self.values_per_byte)
+
+    def scale_columns(self, hidden: int, alignment: int = 0) -> int:
+        if not self.quantised:
+            return 0
+        padded = -(-hidden // alignment) * alignment if alignment else hidden
+        return padded // self.group
+
+    def scale_row_bytes(self, hidden: int, alignment: int = 0) -> int:
+        return self.scale_columns(hidden, alignment) * self.scale_bytes
+
+
+def _groups(x: torch.Tensor, group: int) -> torch.Tensor:
+    return x.float().unflatten(-1, (-1, group))
+
+
+def _pad_columns(scale: torch.Tensor, columns: int, fill) -> torch.Tensor:
+    if scale.shape[-1] >= columns:
+        return scale
+    pad = torch.full((*scale.shape[:-1], columns - scale.shape[-1]), fill, dtype=scale.dtype,
+                     device=scale.device)
+    return torch.cat([scale, pad], dim=-1)
+
+
+def _quantize_fp8(x: torch.Tensor, group: int = 128):
+    groups = _groups(x, group)
+    scale = (groups.abs().amax(dim=-1) / FP8_MAX).clamp(min=1e-12)
+    return (groups / scale.unsqueeze(-1)).flatten(-2).to(torch.float8_e4m3fn), scale
+
+
+def _dequantize_block(x: torch.Tensor, scale: torch.Tensor, group: int) -> torch.Tensor:
+    """Values times their block's scale.  Shapes only, no data-dependent sizes: it runs
+    inside a CUDA graph capture."""
+    groups = _groups(x, group)
+    return (groups * scale.float()[..., : groups.shape[-2]].unsqueeze(-1)).flatten(-2)
+
+
+def _quantize_mxfp8(x: torch.Tensor):
+    groups = _groups(x, 32)
+    amax = groups.abs().amax(dim=-1)
+    # the smallest power of two 2^e with amax / 2^e <= 448; all-zero blocks get 2^-127
+    exponent = torch.ceil(torch.log2(amax.clamp(min=2.0 ** -127) / FP8_MAX)).clamp(-127, 127)
+    values = (groups / torch.exp2(exponent).unsqueeze(-1)).flatten(-2)
+    return values.to(torch.float8_e4m3fn), (exponent + 127).to(torch.uint8)
+
+
+def _dequantize_mxfp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    groups = _groups(x, 32)
+    power = torch.exp2(scale[..., : groups.shape[-2]].float() - 127.0)
+    return (groups * power.unsqueeze(-1)).flatten(-2)
+
+
+def _e2m1_table(device) -> torch.Tensor:
+    """The magnitudes of codes 0..7 (``E2M1_VALUES``) computed on ``device``: no host
+    copy, so dequantising runs inside a CUDA graph capture (a captured copy of a host
+    list reads freed memory on replay)."""
+    code = torch.arange(8, device=device)
+    exponent, mantissa = (code >> 1).float(), (code & 1).float()
+    return torch.where(exponent == 0, 0.5 * mantissa,
+                       torch.exp2(exponent - 1) * (1 + 0.5 * mantissa))
+
+
+def _quantize_nvfp4(x: torch.Tensor):
+    groups = _groups(x, 16)
+    scale = (groups.abs().amax(dim=-1) / 6.0).to(torch.float8_e4m3fn)
+    safe = torch.where(scale.float() > 0, scale.float(), torch.ones_like(scale.float()))
+    scaled = groups / safe.unsqueeze(-1)
+    table = _e2m1_table(x.device)
+    magnitude = (scaled.abs().unsqueeze(-1) - table).abs().argmin(dim=-1)  # nearest code
+    codes = (magnitude | ((scaled < 0) & (magnitude > 0)).to(torch.long) << 3).flatten(-2)
+    packed = codes[..., 0::2] | (codes[..., 1::2] << 4)
+    return packed.to(torch.uint8), scale
+
+
+def _dequantize_nvfp4(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    codes = torch.stack([x & 0xF, x >> 4], dim=-1).flatten(-2).long()
+    table = _e2m1_table(x.device)
+    values = table[codes & 7] * (1.0 - 2.0 * (codes >> 3).float())
+    return _dequantize_block(values, scale, 16)
+
+
+FORMATS: dict[str, PayloadFormat] = {f.name: f for f in (
+    PayloadFormat("bf16", torch.bfloat16, values_per_byte=0.5),
+    PayloadFormat("fp16", torch.float16, values_per_byte=0.5),
+    PayloadFormat("fp32", torch.float32, values_per_byte=0.25),
+    PayloadFormat("fp8", torch.float8_e4m3fn, 128, torch.float32, 4, 1.0, _quantize_fp8,
+                  lambda x, s: _dequantize_block(x, s, 128)),
+    PayloadFormat("mxfp8", torch.float8_e4m3fn, 32, torch.uint8, 1, 1.0, _quantize_mxfp8,
+                  _dequantize_mxfp8),
+    PayloadFormat("nvfp4", torch.uint8, 16, torch.float8_e4m3fn, 1, 2.0, _quantize_nvfp4,
+                  _dequantize_nvfp4),
+)}
+SCALE_FILL = {"fp8": 1.0, "mxfp8": 127, "nvfp4": 1.0}  # padding columns: scale 1
+
+
+def quantize(name: str, x: torch.Tensor, alignment: int = 0):
+    """(values, scales or None) of fp32 ``x`` [n, hidden] in format ``name``, the scale row
+    padded to ``alignment`` columns' worth."""
+    fmt = FORMATS[name]
+    if not fmt.quantised:
+        return x.to(fmt.value_dtype), None
+    values, scale = fmt.quantize(x)
+    columns = fmt.scale_columns(x.shape[-1], alignment)
+    return values, _pad_columns(scale, columns, SCALE_FILL[name])
+
+
+def format_of(x: torch.Tensor, scale: torch.Tensor | None) -> PayloadFormat:
+    """The format a (values, scales) pair is in, told by their dtypes."""
+    if scale is None:
+        for fmt in FORMATS.values():
+            if not fmt.quantised and fmt.value_dtype == x.dtype:
+                return fmt
+        raise ValueError(f"values of dtype {x.dtype} without scales: no such format")
+    for fmt in FORMATS.values():
+        if fmt.quantised and (fmt.value_dtype, fmt.scale_dtype) == (x.dtype, scale.dtype):
+            return fmt
+    raise ValueError(f"values {x.dtype} with scales {scale.dtype}: no such format")
+
+
+def dequantize(x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """fp32 values of ``x`` (any leading shape), read as the format its dtypes say."""
+    fmt = format_of(x, scale)
+    return x.float() if scale is None else fmt.dequantize(x, scale)
+
+
+def to_wire(t: torch.Tensor | None) -> torch.Tensor | None:
+    """A tensor as the kernels move it: one-byte float types as raw bytes."""
+    if t is not None and t.dtype.is_floating_point and t.dtype.itemsize == 1:
+        return t.view(torch.uint8)
+    return t
+
+
+def from_wire(name: str, x: torch.Tensor, scale: torch.Tensor | None):
+    """Received wire tensors back in format ``name``'s dtypes."""
+    fmt = FORMATS[name]
+    if x.dtype != fmt.value_dtype:
+        x = x.view(fmt.value_dtype)
+    if scale is not None and fmt.scale_dtype is not None and scale.dtype != fmt.scale_dtype:
+        scale = scale.view(fmt.scale_dtype)
+    return x, scale
+
+
+def alignment_problem(name: str, hidden: int, alignment: int = 0) -> str:
+    """"" when the kernels can move ``name`` rows of ``hidden`` values, else why not."""
+    fmt = FORMATS[name]
+    if fmt.quantised and hidden % fmt.group:
+        return f"hidden={hidden}: {name} needs a multiple of its {fmt.group}-column blocks"
+    if fmt.quantised and alignment and alignment % fmt.group:
+        return f"scale_alignment={alignment}: expected a multiple of {fmt.group}"
+    for what, size in (("value", fmt.x_bytes(hidden)),
+                       ("scale", fmt.scale_row_bytes(hidden, alignment))):
+        if fmt.quantised and size % ROW_ALIGN:
+            return (f"hidden={hidden}: {name} {what} rows of {size} bytes are not a multiple "
+                    f"of {ROW_ALIGN}; pad the scales (scale_alignment) as vLLM does")
+    return ""
