@@ -84,6 +84,18 @@ def graph_shapes(dtype: str = "bf16") -> list[RoutingCase]:
                         seed=77 + i) for i, tokens in enumerate(GRAPH_TOKENS)]
 
 
+def alternating_layers() -> list[RoutingCase]:
+    """One model's layers on one set of buffers (2 ranks): NVFP4 MoE layers at gpt-oss'
+    hidden 2880 (padded scale rows) beside a bf16 MTP head whose rows are 3.6x wider,
+    and fp8 and MXFP8 layers of another width, some with an empty rank."""
+    return [RoutingCase(tokens=(32, 32), hidden=2880, dtype="nvfp4", scale_alignment=256,
+                        seed=11),
+            RoutingCase(tokens=(32, 32), hidden=2880, dtype="bf16", seed=12),
+            RoutingCase(tokens=(9, 0), hidden=2048, dtype="fp8", seed=13),
+            RoutingCase(tokens=(4, 17), hidden=2880, dtype="mxfp8", scale_alignment=256,
+                        seed=14)]
+
+
 def replay_case(shape: RoutingCase, round_index: int) -> RoutingCase:
     """The tokens of one replay: the shape's sizes, new values and new routing."""
     return dataclasses.replace(shape, seed=shape.seed + 1000 * (round_index + 1))
@@ -92,10 +104,11 @@ def replay_case(shape: RoutingCase, round_index: int) -> RoutingCase:
 def _check_graph_shapes(shapes: list[RoutingCase], world: int) -> None:
     if not shapes:
         raise ValueError("shapes=[]: expected at least one RoutingCase")
-    dims = {(s.num_experts, s.top_k, s.hidden, s.dtype, len(s.tokens)) for s in shapes}
+    dims = {(s.num_experts, s.top_k, len(s.tokens)) for s in shapes}
     if len(dims) != 1:
-        raise ValueError(f"shapes differ in (experts, top_k, hidden, dtype, ranks): "
-                         f"{sorted(dims)}; one set of buffers serves one layer's shapes")
+        raise ValueError(f"shapes differ in (experts, top_k, ranks): {sorted(dims)}; one "
+                         "set of buffers serves one model's layers (payload formats and "
+                         "hidden sizes may differ)")
     if len(shapes[0].tokens) != world:
         raise ValueError(f"shapes have {len(shapes[0].tokens)} sources, the world has "
                          f"{world} ranks")
@@ -112,7 +125,9 @@ def graph_backends() -> dict:
 def rank_graph_replays(ctx, backend_name: str, shapes: list[RoutingCase], rounds: int = 3,
                        stale_inputs: bool = False) -> list[CaseResult]:
     """Each shape's dispatch, oracle experts and combine captured in a CUDA graph on one
-    set of FlashInfer buffers sized for the largest, after an eager warm-up; then
+    set of FlashInfer buffers sized for the union of their payloads (shapes may be
+    layers of other formats and widths, as a quantised model's MoE layers and its bf16
+    MTP head share vLLM's one workspace), after an eager warm-up; then
     ``rounds`` rounds replaying every graph (order reversed each round, no host sync
     between replays), each on new tokens copied into the captured inputs.  One row per
     warm-up and per replay, against the fp32 oracle of that replay's tokens.
@@ -129,6 +144,7 @@ def rank_graph_replays(ctx, backend_name: str, shapes: list[RoutingCase], rounds
     transport = backends[backend_name].open(ctx)
     world, rank = transport.world, transport.rank
     largest = tuple(max(s.tokens[r] for s in shapes) for r in range(world))
+    transport.layers = tuple(shapes)
     transport.prepare(dataclasses.replace(shapes[0], tokens=largest))
     name = f"{transport.name} (CUDA graph)"
     rows, captured = [], []
@@ -138,7 +154,7 @@ def rank_graph_replays(ctx, backend_name: str, shapes: list[RoutingCase], rounds
         bound = max(max(shape.tokens), 1)
 
         def forward(inputs=inputs, bound=bound, shape=shape):
-            dispatched = transport.send(*inputs, bound)
+            dispatched = transport.send(shape, *inputs, bound)
             partial = moe_partial(dispatched.tokens, shape.num_experts, world, rank)
             return transport.combine(dispatched, partial.to(shape.combine_dtype))
 

@@ -51,15 +51,15 @@ class _OneSidedKernels:
     a2a = None
 
     def dispatch(self, tokens):
-        return self.send(*tokens.wire(self.device), self.max_tokens)
+        return self.send(self.case, *tokens.wire(self.device), self.max_tokens)
 
-    def send(self, x, scale, ids, w, bound: int) -> Dispatched:
-        """Dispatch wire tensors already on the GPU (also a CUDA graph's captured inputs)
-        under the per-rank token bound ``bound`` (kept as the state combine needs)."""
+    def send(self, case, x, scale, ids, w, bound: int) -> Dispatched:
+        """Dispatch ``case``'s wire tensors already on the GPU (also a CUDA graph's captured
+        inputs) under the per-rank token bound ``bound`` (kept as the state combine needs)."""
         payloads = [x, *([scale] if scale is not None else []), ids, w]
         got = self.a2a.dispatch(ids, payloads, bound)
         return Dispatched(received(got[0], got[1] if scale is not None else None, got[-2],
-                                   got[-1], self.case), state=bound, source_rows=x.shape[0])
+                                   got[-1], case), state=bound, source_rows=x.shape[0])
 
 
 class _MoeEpKernels:
@@ -148,17 +148,19 @@ class OneSidedTransport(_OneSidedKernels, ManagerTransport):
         return out
 
 
-def workspace_size(case: RoutingCase, world: int) -> int:
-    """FlashInfer's workspace bytes per rank for ``case`` (payloads + combine region)."""
+def workspace_size(case: RoutingCase, world: int, layers: tuple = ()) -> int:
+    """FlashInfer's workspace bytes per rank for ``case`` (payloads + combine region), grown
+    to the union of ``layers``' payloads: one workspace serves every layer, as vLLM's
+    manager grows it (e.g. an NVFP4 model with a bf16 MTP head)."""
     from flashinfer.comm.trtllm_moe_alltoall import moe_a2a_get_workspace_size_per_rank
 
-    x_bytes = case.x_bytes_per_token
-    combine_bytes = case.hidden * torch.tensor([], dtype=case.combine_dtype).element_size()
+    every = (case, *layers)
+    dispatch = max(c.x_bytes_per_token + c.scale_bytes_per_token + c.top_k * 8 for c in every)
+    combine = max(c.hidden * torch.tensor([], dtype=c.combine_dtype).element_size()
+                  for c in every)
     return moe_a2a_get_workspace_size_per_rank(
-        ep_size=world, max_num_tokens=max(max(case.tokens), 1),
-        total_dispatch_payload_size_per_token=x_bytes + case.scale_bytes_per_token
-        + case.top_k * 8,
-        combine_payload_size_per_token=combine_bytes)
+        ep_size=world, max_num_tokens=max(max(c.tokens) for c in every) or 1,
+        total_dispatch_payload_size_per_token=dispatch, combine_payload_size_per_token=combine)
 
 
 class DirectOneSidedTransport(_OneSidedKernels, DirectTransport):
@@ -174,7 +176,8 @@ class DirectOneSidedTransport(_OneSidedKernels, DirectTransport):
         self.a2a = MoeAlltoAll(mapping=self.mapping(moe_ep_size=self.world),
                                max_num_tokens=self.max_tokens, top_k=case.top_k,
                                num_experts=case.num_experts,
-                               workspace_size_per_rank=workspace_size(case, self.world),
+                               workspace_size_per_rank=workspace_size(case, self.world,
+                                                                      self.layers),
                                mnnvl_config=self.mnnvl_config())
 
     def combine(self, dispatched, partial):

@@ -29,14 +29,14 @@ class _TwoSidedKernels:
     workspace = prepare_workspace = None
 
     def dispatch(self, tokens):
-        return self.send(*tokens.wire(self.device), self.max_tokens)
+        return self.send(self.case, *tokens.wire(self.device), self.max_tokens)
 
-    def send(self, x, scale, ids, w, bound: int) -> Dispatched:
-        """Dispatch wire tensors already on the GPU (also a CUDA graph's captured inputs)
-        under the per-rank token bound ``bound``; the routing info is combine's state."""
+    def send(self, case, x, scale, ids, w, bound: int) -> Dispatched:
+        """Dispatch ``case``'s wire tensors already on the GPU (also a CUDA graph's captured
+        inputs) under the per-rank token bound ``bound``; the routing info is combine's
+        state."""
         from flashinfer.comm.trtllm_alltoall import MnnvlMoe
 
-        case = self.case
         info, recv_ids, recv_w, _ = MnnvlMoe.mnnvl_moe_alltoallv_prepare_without_allgather(
             ids, w, None, self.prepare_workspace, bound, self.rank, self.world,
             case.num_experts, case.num_experts, case.top_k)

@@ -112,11 +112,13 @@ class DirectTransport(Transport):
 
     Ranks may share a GPU (``device_index = rank % device_count``): then the
     NVLink path degenerates to one device, which still exercises FlashInfer's
-    handle exchange, workspace layout, routing and combine.
+    handle exchange, workspace layout, routing and combine.  ``layers``: other
+    layers' cases the buffers must also carry (sized buffers grow to their union).
     """
 
     def __init__(self, ctx, backend):
         super().__init__(ctx, backend)
+        self.layers: tuple = ()
         self.rank, self.world = ctx.rank, ctx.world_size
         self.device = torch.device("cuda", ctx.rank % torch.cuda.device_count())
         torch.cuda.set_device(self.device)
