@@ -86,7 +86,7 @@ def graph_shapes(dtype: str = "bf16") -> list[RoutingCase]:
 
 def alternating_layers() -> list[RoutingCase]:
     """One model's layers on one set of buffers (2 ranks): NVFP4 MoE layers at gpt-oss'
-    hidden 2880 (padded scale rows) beside a bf16 MTP head whose rows are 3.6x wider,
+    hidden 2880 (padded scale rows) beside a bf16 MTP head whose rows are 3.5x wider,
     and fp8 and MXFP8 layers of another width, some with an empty rank."""
     return [RoutingCase(tokens=(32, 32), hidden=2880, dtype="nvfp4", scale_alignment=256,
                         seed=11),

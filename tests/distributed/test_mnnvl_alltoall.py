@@ -484,7 +484,7 @@ def assert_graph_rows_pass(results, shapes, rounds) -> None:
 @pytest.mark.gpus(1)
 @pytest.mark.parametrize("kernels", sorted(graph_backends()))
 def test_alternating_layer_widths_share_one_workspace(kernels):
-    """Upstream's workspace-growth scenario on the kernels: NVFP4, bf16 (an MTP head 3.6x
+    """Upstream's workspace-growth scenario on the kernels: NVFP4, bf16 (an MTP head 3.5x
     wider), fp8 and MXFP8 layers captured on one set of buffers sized for the union of
     their payloads, then replayed alternately with new tokens: every layer's dispatch and
     combine stays exact against the oracle, the narrow layers after the wide ones too."""
