@@ -55,8 +55,8 @@ def mlp_partial(case: RoutingCase, got: Tokens, rank: int, world: int, experts,
     by ``impl`` (vLLM's ``fused_experts`` or the torch reference) in bf16 (fp32 cases: fp32)."""
     from vllm_ep_kit.vllm_experts import expert_partial
 
-    lead = got.x.shape[:-1]
-    flat = Tokens(x=got.values().reshape(-1, got.x.shape[-1]),
+    lead, values = got.x.shape[:-1], got.values()  # values: hidden wide (fp4 packs two)
+    flat = Tokens(x=values.reshape(-1, values.shape[-1]),
                   topk_ids=got.topk_ids.reshape(-1, case.top_k),
                   topk_weights=got.topk_weights.reshape(-1, case.top_k))
     compute = torch.float32 if case.dtype == "fp32" else torch.bfloat16
