@@ -19,8 +19,8 @@ from vllm_ep_kit.backends import flashinfer_one_sided, flashinfer_two_sided
 from vllm_ep_kit.backends.mnnvl import manager_transport
 from vllm_ep_kit.ep_check import plan_cases, rank_agrs_check, token_counts
 from vllm_ep_kit.flashinfer_direct import (
-    default_cases,
     alternating_layers,
+    default_cases,
     format_cases,
     graph_backends,
     graph_shapes,
@@ -531,6 +531,19 @@ def test_graph_replays_refuse_bad_input(kernels, shapes, rounds, error):
 
     with pytest.raises(ValueError, match=error):
         rank_graph_replays(SimpleNamespace(world_size=2), kernels, shapes, rounds)
+
+
+def test_graph_replays_refuse_a_host_without_gpus():
+    """On a CPU-only host the kernels' transport says so in one line (not a modulo by 0)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this host has a GPU: the refusal is for hosts without one")
+    with pytest.raises(RuntimeError, match="need a CUDA GPU, none is visible"):
+        rank_graph_replays(SimpleNamespace(world_size=2, rank=0),
+                           "flashinfer_nvlink_one_sided", graph_shapes("bf16"))
 
 
 def assert_emulator_matches(results, cases) -> None:

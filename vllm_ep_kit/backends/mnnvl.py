@@ -120,6 +120,9 @@ class DirectTransport(Transport):
         super().__init__(ctx, backend)
         self.layers: tuple = ()
         self.rank, self.world = ctx.rank, ctx.world_size
+        if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
+            raise RuntimeError(f"{backend.name}: FlashInfer's NVLink kernels need a CUDA GPU, "
+                               "none is visible")
         self.device = torch.device("cuda", ctx.rank % torch.cuda.device_count())
         torch.cuda.set_device(self.device)
 
