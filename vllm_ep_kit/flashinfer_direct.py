@@ -150,7 +150,8 @@ def rank_graph_replays(ctx, backend_name: str, shapes: list[RoutingCase], rounds
     rows, captured = [], []
     for index, shape in enumerate(shapes):
         start = time.perf_counter()
-        inputs = source_tokens(shape, rank).wire(transport.device)
+        sent = source_tokens(shape, rank)
+        inputs = sent.wire(transport.device)
         bound = max(max(shape.tokens), 1)
 
         def forward(inputs=inputs, bound=bound, shape=shape):
@@ -165,7 +166,7 @@ def rank_graph_replays(ctx, backend_name: str, shapes: list[RoutingCase], rounds
         torch.cuda.current_stream().wait_stream(side)
         torch.cuda.synchronize()
         rows.append(oracle_result(name, f"world={world} graph {index} eager warm-up", shape,
-                                  eager, source_tokens(shape, rank), start))
+                                  eager, sent, start))
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             out = forward()
@@ -177,19 +178,19 @@ def rank_graph_replays(ctx, backend_name: str, shapes: list[RoutingCase], rounds
         for index in order:
             graph, inputs, out = captured[index]
             case = replay_case(shapes[index], round_index)
-            fresh = source_tokens(case, rank).wire(transport.device)
+            sent = source_tokens(case, rank)
             if not stale_inputs:
-                for into, value in zip(inputs, fresh):
+                for into, value in zip(inputs, sent.wire(transport.device)):
                     if into is not None:
                         into.copy_(value)
             graph.replay()
-            replays.append((index, round_index, case, out.clone()))
+            replays.append((index, round_index, case, sent, out.clone()))
         ctx.heartbeat()
     torch.cuda.synchronize()
     per_replay = (time.perf_counter() - replay_start) / len(replays)  # queued back to back
-    for index, round_index, case, out in replays:
+    for index, round_index, case, sent, out in replays:
         row = oracle_result(name, f"world={world} graph {index} replay {round_index}", case,
-                            out, source_tokens(case, rank), time.perf_counter())
+                            out, sent, time.perf_counter())
         rows.append(dataclasses.replace(row, seconds=per_replay))
     del captured
     transport.close()
