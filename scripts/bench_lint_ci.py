@@ -37,8 +37,9 @@ def generate(root: Path, areas: int = 35, modules: int = 1000, tests: int = 1500
     for i in range(tests):
         folder = root / "tests" / f"area{i % areas}"
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"test_{i}.py").write_text(f"import vllm.pkg{i % 40}.mod{i}\nimport tests.utils\n"
-                                             "def test_x():\n    pass\n")
+        (folder / f"test_{i}.py").write_text(
+            f"import vllm.pkg{i % 40}.mod{i}\nimport tests.utils\ndef test_x():\n    pass\n"
+        )
     (root / "tests" / "utils.py").write_text("import vllm\n")
     area_dir = root / ".buildkite" / "test_areas"
     area_dir.mkdir(parents=True, exist_ok=True)
@@ -46,12 +47,20 @@ def generate(root: Path, areas: int = 35, modules: int = 1000, tests: int = 1500
         steps = []
         for s in range(8):
             files = [f"area{a}/test_{i}.py" for i in range(a + 35 * s, tests, 35 * 8)][:6]
-            steps.append({"label": f"Area {a} step {s}", "key": f"area-{a}-step-{s}",
-                          "num_devices": 2, "source_file_dependencies":
-                              [f"vllm/pkg{a}/", f"tests/area{a}"],
-                          "commands": [f"pytest -v -s {f}" for f in files]})
-        (area_dir / f"area{a}.yaml").write_text(json.dumps(
-            {"group": f"Area {a}", "depends_on": ["image-build"], "steps": steps}, indent=1))
+            steps.append(
+                {
+                    "label": f"Area {a} step {s}",
+                    "key": f"area-{a}-step-{s}",
+                    "num_devices": 2,
+                    "source_file_dependencies": [f"vllm/pkg{a}/", f"tests/area{a}"],
+                    "commands": [f"pytest -v -s {f}" for f in files],
+                }
+            )
+        (area_dir / f"area{a}.yaml").write_text(
+            json.dumps(
+                {"group": f"Area {a}", "depends_on": ["image-build"], "steps": steps}, indent=1
+            )
+        )
 
 
 def main() -> int:
@@ -67,11 +76,18 @@ def main() -> int:
         root = args.generate
     runs = []
     for _ in range(args.repeats):
-        out = subprocess.run([sys.executable, "-c", PROGRAM, str(root)], capture_output=True,
-                             text=True, check=True, cwd=Path(__file__).resolve().parents[1])
+        out = subprocess.run(
+            [sys.executable, "-c", PROGRAM, str(root)],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parents[1],
+        )
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print(f"lint-ci over {root}: {statistics.median(r['seconds'] for r in runs):.2f} s median "
-          f"of {args.repeats} (each a fresh interpreter), {runs[0]['findings']} findings")
+    print(
+        f"lint-ci over {root}: {statistics.median(r['seconds'] for r in runs):.2f} s median "
+        f"of {args.repeats} (each a fresh interpreter), {runs[0]['findings']} findings"
+    )
     return 0
 
 

@@ -35,24 +35,39 @@ def measure(kit: str, disable: str) -> dict:
     if disable:
         env["VLLM_EP_KIT_PATCHES_DISABLE"] = disable
     # cwd=kit: ``python -c`` puts the working folder first on sys.path.
-    out = subprocess.run([sys.executable, "-c", PROGRAM], capture_output=True, text=True,
-                         env=env, timeout=600, check=True, cwd=os.path.abspath(kit))
+    out = subprocess.run(
+        [sys.executable, "-c", PROGRAM],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=True,
+        cwd=os.path.abspath(kit),
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kit", action="append", default=None, metavar="DIR",
-                        help="source tree of vllm-ep-kit to measure (repeatable; default .)")
+    parser.add_argument(
+        "--kit",
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="source tree of vllm-ep-kit to measure (repeatable; default .)",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     for disable in ("", "all"):
         for kit in args.kit or ["."]:
             runs = [measure(kit, disable) for _ in range(args.repeats)]
-            print(f"kit={kit} VLLM_EP_KIT_PATCHES_DISABLE={disable or '(unset)'}: "
-                  f"register() {statistics.median(r['seconds'] for r in runs):.2f} s median "
-                  f"of {args.repeats}, +{statistics.median(r['modules'] for r in runs):.0f} "
-                  f"modules ({runs[0]['kit']})", flush=True)
+            print(
+                f"kit={kit} VLLM_EP_KIT_PATCHES_DISABLE={disable or '(unset)'}: "
+                f"register() {statistics.median(r['seconds'] for r in runs):.2f} s median "
+                f"of {args.repeats}, +{statistics.median(r['modules'] for r in runs):.0f} "
+                f"modules ({runs[0]['kit']})",
+                flush=True,
+            )
     return 0
 
 

@@ -28,8 +28,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-IGNORED = (".venv", ".cache", "device", ".git", "__pycache__", "*.pyc", ".pytest_cache",
-           "*.egg-info", ".hypothesis")
+IGNORED = (
+    ".venv",
+    ".cache",
+    "device",
+    ".git",
+    "__pycache__",
+    "*.pyc",
+    ".pytest_cache",
+    "*.egg-info",
+    ".hypothesis",
+)
 
 
 @dataclass(frozen=True)
@@ -45,198 +54,375 @@ class Mutant:
 M = Mutant
 MUTANTS = [
     # the oracle and the comparison
-    M("oracle-ignores-weights", "vllm_ep_kit/reference/moe.py",
-      "coeff = tokens.topk_weights.float() * expert_scales", "coeff = expert_scales",
-      ("tests/reference",), "partials and reference share the bug; hand-computed tokens do not"),
-    M("oracle-drops-ep-ownership", "vllm_ep_kit/reference/moe.py",
-      "coeff = coeff * (owner[safe] == ep_rank).float()",
-      "coeff = coeff * (owner[safe] >= 0).float()",
-      ("tests/reference",), "each EP rank would sum every expert"),
-    M("tolerance-x100", "vllm_ep_kit/reference/moe.py",
-      "tol = TOLERANCE[dtype]", "tol = TOLERANCE[dtype] * 100",
-      ("tests/reference",), "negative controls just outside the tolerance"),
-    M("check-merges-rank-0", "vllm_ep_kit/results.py",
-      "passed=not failing,", "passed=rows[0].passed,",
-      ("tests/test_ep_check.py",), "ranks that disagree on a case"),
+    M(
+        "oracle-ignores-weights",
+        "vllm_ep_kit/reference/moe.py",
+        "coeff = tokens.topk_weights.float() * expert_scales",
+        "coeff = expert_scales",
+        ("tests/reference",),
+        "partials and reference share the bug; hand-computed tokens do not",
+    ),
+    M(
+        "oracle-drops-ep-ownership",
+        "vllm_ep_kit/reference/moe.py",
+        "coeff = coeff * (owner[safe] == ep_rank).float()",
+        "coeff = coeff * (owner[safe] >= 0).float()",
+        ("tests/reference",),
+        "each EP rank would sum every expert",
+    ),
+    M(
+        "tolerance-x100",
+        "vllm_ep_kit/reference/moe.py",
+        "tol = TOLERANCE[dtype]",
+        "tol = TOLERANCE[dtype] * 100",
+        ("tests/reference",),
+        "negative controls just outside the tolerance",
+    ),
+    M(
+        "check-merges-rank-0",
+        "vllm_ep_kit/results.py",
+        "passed=not failing,",
+        "passed=rows[0].passed,",
+        ("tests/test_ep_check.py",),
+        "ranks that disagree on a case",
+    ),
     # the SP wrapper and the reverted vLLM fix
-    M("sp-wrapper-keeps-padding", "vllm_ep_kit/forward.py",
-      "return gathered[:num_tokens if trim == TRIM_TO_TOKENS else local_rows]",
-      "return gathered",
-      ("tests/kernels/moe/test_moe_layer.py", "-k", "allgather_reducescatter and ep-sp"),
-      "the SP cells compare every token against the reference"),
-    M("reverted-fix-control-is-a-no-op", "vllm_ep_kit/mnnvl_managers.py",
-      "super().__init__(ps.get_dp_group().cpu_group)", "super().__init__(group)",
-      ("tests/distributed/test_mnnvl_alltoall.py", "-k", "fix_reverted and not gpus"),
-      "the negative control must reproduce upstream's bug"),
-    M("recorder-skips-mapping-extent", "vllm_ep_kit/testing/flashinfer_recorder.py",
-      "if alloc.mapping_ep_extent != ep_size:", "if False:",
-      ("tests/distributed/test_mnnvl_alltoall.py", "-k", "each_workspace_fact"),
-      "the Mapping extent alone wrong"),
-    M("recorder-skips-rows", "vllm_ep_kit/testing/flashinfer_recorder.py",
-      "if alloc.rows != ep_size:", "if False:",
-      ("tests/distributed/test_mnnvl_alltoall.py", "-k", "each_workspace_fact"),
-      "the row count alone wrong"),
+    M(
+        "sp-wrapper-keeps-padding",
+        "vllm_ep_kit/forward.py",
+        "return gathered[: num_tokens if trim == TRIM_TO_TOKENS else local_rows]",
+        "return gathered",
+        ("tests/kernels/moe/test_moe_layer.py", "-k", "allgather_reducescatter and ep-sp"),
+        "the SP cells compare every token against the reference",
+    ),
+    M(
+        "reverted-fix-control-is-a-no-op",
+        "vllm_ep_kit/mnnvl_managers.py",
+        "super().__init__(ps.get_dp_group().cpu_group)",
+        "super().__init__(group)",
+        ("tests/distributed/test_mnnvl_alltoall.py", "-k", "fix_reverted and not gpus"),
+        "the negative control must reproduce upstream's bug",
+    ),
+    M(
+        "recorder-skips-mapping-extent",
+        "vllm_ep_kit/testing/flashinfer_recorder.py",
+        "if alloc.mapping_ep_extent != ep_size:",
+        "if False:",
+        ("tests/distributed/test_mnnvl_alltoall.py", "-k", "each_workspace_fact"),
+        "the Mapping extent alone wrong",
+    ),
+    M(
+        "recorder-skips-rows",
+        "vllm_ep_kit/testing/flashinfer_recorder.py",
+        "if alloc.rows != ep_size:",
+        "if False:",
+        ("tests/distributed/test_mnnvl_alltoall.py", "-k", "each_workspace_fact"),
+        "the row count alone wrong",
+    ),
     # patches: detection, verification, lazy decision
-    M("patch-not-verified", "vllm_ep_kit/patches/base.py",
-      "                still, after = self.probe()\n",
-      "                still, after = False, 'not verified'\n",
-      ("tests/patches/test_lazy.py",), "a fix that does not take must be refused"),
-    M("patch-probe-inverted", "vllm_ep_kit/patches/base.py",
-      "        if not present:\n", "        if present:\n",
-      ("tests/patches/test_lazy.py",), "a present bug must be patched"),
-    M("reduce-scatterv-detection-blind", "vllm_ep_kit/patches/vllm/distributed/"
-      "device_communicators/cuda_communicator.py",
-      'if "[3, 8]" in message and "12" in message:', "if True:",
-      ("tests/patches/test_cuda_communicator_asserts.py", "-k", "pinned"),
-      "the bare asserts of the pinned vLLM must be detected"),
-    M("lazy-decides-twice", "vllm_ep_kit/patches/lazy.py",
-      "            if self.decided:\n                return\n            self.decided, ", "            self.decided, ",
-      ("tests/patches/test_lazy.py", "-k", "decides_once"), "8 threads, one decision"),
-    M("fix-wraps-the-trigger", "vllm_ep_kit/patches/base.py",
-      "    original = getattr(original, UNDERLYING_ATTR, original)\n", "",
-      ("tests/patches/test_lazy.py", "-k", "register"), "a fix wrapping the trigger recurses"),
+    M(
+        "patch-not-verified",
+        "vllm_ep_kit/patches/base.py",
+        "                still, after = self.probe()\n",
+        "                still, after = False, 'not verified'\n",
+        ("tests/patches/test_lazy.py",),
+        "a fix that does not take must be refused",
+    ),
+    M(
+        "patch-probe-inverted",
+        "vllm_ep_kit/patches/base.py",
+        "        if not present:\n",
+        "        if present:\n",
+        ("tests/patches/test_lazy.py",),
+        "a present bug must be patched",
+    ),
+    M(
+        "reduce-scatterv-detection-blind",
+        "vllm_ep_kit/patches/vllm/distributed/device_communicators/cuda_communicator.py",
+        'if "[3, 8]" in message and "12" in message:',
+        "if True:",
+        ("tests/patches/test_cuda_communicator_asserts.py", "-k", "pinned"),
+        "the bare asserts of the pinned vLLM must be detected",
+    ),
+    M(
+        "lazy-decides-twice",
+        "vllm_ep_kit/patches/lazy.py",
+        "            if self.decided:\n                return\n            self.decided, ",
+        "            self.decided, ",
+        ("tests/patches/test_lazy.py", "-k", "decides_once"),
+        "8 threads, one decision",
+    ),
+    M(
+        "fix-wraps-the-trigger",
+        "vllm_ep_kit/patches/base.py",
+        "    original = getattr(original, UNDERLYING_ATTR, original)\n",
+        "",
+        ("tests/patches/test_lazy.py", "-k", "register"),
+        "a fix wrapping the trigger recurses",
+    ),
     # the harness: reporting, signals, watchdog, strict mode, torchrun
-    M("report-shows-first-rank-only", "vllm_ep_kit/testing/supervision.py",
-      "    for report in failed:\n        lines.append", "    for report in failed[:1]:\n"
-      "        lines.append",
-      ("tests/harness/test_runner.py", "-k", "own_exception"), "two ranks, two exceptions"),
-    M("ok-then-crash-passes", "vllm_ep_kit/testing/supervision.py",
-      "        return self.exit_code not in (0, None) and not self.killed_at_teardown",
-      "        return False",
-      ("tests/harness/test_faults.py", "-k", "dies_after_reporting"),
-      "a rank dying after its ok outcome"),
-    M("signal-deaths-unnamed", "vllm_ep_kit/testing/supervision.py",
-      "elif self.exit_code is not None and self.exit_code < 0:",
-      "elif self.exit_code is not None and self.exit_code < -100:",
-      ("tests/harness/test_faults.py", "-k", "dies_after_reporting and kill"),
-      "SIGKILL must be named"),
-    M("watchdog-never-fires", "vllm_ep_kit/testing/supervision.py",
-      "            if now - last_beat(self.workdir, item.report.rank) > limit:",
-      "            if False:",
-      ("tests/harness/test_runner.py", "-k", "watchdog_stops"),
-      "fails in about a minute through the test's own deadline, not pytest-timeout"),
-    M("strict-mode-skips", "vllm_ep_kit/testing/skips.py",
-      "    if strict_mode():", "    if False:",
-      ("tests/harness/test_runner.py", "-k", "strict_mode"),
-      "the strict-mode test must fail, not be reported skipped"),
-    M("torchrun-loses-the-leaver", "vllm_ep_kit/testing/torchrun.py",
-      "        missing = sorted(set(range(world_size)) - set(_arrived(store, _exchanges,",
-      "        missing = [] and sorted(set(range(world_size)) - set(_arrived(store, _exchanges,",
-      ("tests/harness/test_torchrun.py", "-k", "faults and 2"), "os._exit(0) under torchrun"),
+    M(
+        "report-shows-first-rank-only",
+        "vllm_ep_kit/testing/supervision.py",
+        "    for report in failed:\n        lines.append",
+        "    for report in failed[:1]:\n        lines.append",
+        ("tests/harness/test_runner.py", "-k", "own_exception"),
+        "two ranks, two exceptions",
+    ),
+    M(
+        "ok-then-crash-passes",
+        "vllm_ep_kit/testing/supervision.py",
+        "        return self.exit_code not in (0, None) and not self.killed_at_teardown",
+        "        return False",
+        ("tests/harness/test_faults.py", "-k", "dies_after_reporting"),
+        "a rank dying after its ok outcome",
+    ),
+    M(
+        "signal-deaths-unnamed",
+        "vllm_ep_kit/testing/supervision.py",
+        "elif self.exit_code is not None and self.exit_code < 0:",
+        "elif self.exit_code is not None and self.exit_code < -100:",
+        ("tests/harness/test_faults.py", "-k", "dies_after_reporting and kill"),
+        "SIGKILL must be named",
+    ),
+    M(
+        "watchdog-never-fires",
+        "vllm_ep_kit/testing/supervision.py",
+        "            if now - last_beat(self.workdir, item.report.rank) > limit:",
+        "            if False:",
+        ("tests/harness/test_runner.py", "-k", "watchdog_stops"),
+        "fails in about a minute through the test's own deadline, not pytest-timeout",
+    ),
+    M(
+        "strict-mode-skips",
+        "vllm_ep_kit/testing/skips.py",
+        "    if strict_mode():",
+        "    if False:",
+        ("tests/harness/test_runner.py", "-k", "strict_mode"),
+        "the strict-mode test must fail, not be reported skipped",
+    ),
+    M(
+        "torchrun-loses-the-leaver",
+        "vllm_ep_kit/testing/torchrun.py",
+        "        missing = sorted(\n",
+        "        missing = [] and sorted(\n",
+        ("tests/harness/test_torchrun.py", "-k", "faults and 2"),
+        "os._exit(0) under torchrun",
+    ),
     # lint-ci
-    M("gated-branch-never-fires", "vllm_ep_kit/buildkite/rules/gated_branches.py",
-      "            if any(name in env and opens(env[name], required) for env in envs):",
-      "            if True:",
-      ("tests/buildkite",), "the gemma-3 array nobody enabled"),
-    M("gated-branch-ignores-callers", "vllm_ep_kit/buildkite/rules/gated_branches.py",
-      "            for callee, env in calls(ctx.root, script):", "            for callee, env in []:",
-      ("tests/buildkite/test_conventions.py", "-k", "calls_it"),
-      "config arrays handed over with env \"${cfg_parts[@]}\" bash \"$SCRIPT\""),
-    M("gated-branch-counts-knobs", "vllm_ep_kit/buildkite/rules/gated_branches.py",
-      "        if used & arrays or RUNS_TESTS.search(line):",
-      "        if used or RUNS_TESTS.search(line):",
-      ("tests/buildkite/test_conventions.py", "-k", "branch"),
-      "an extra-args knob is not a coverage gate"),
-    M("flag-spelling-never-fires", "vllm_ep_kit/buildkite/rules/flag_spelling.py",
-      "        if len(styles) < 2:", "        if True:",
-      ("tests/buildkite",), "True vs 1"),
-    M("lint-default-working-dir", "vllm_ep_kit/buildkite/conventions.py",
-      "        return VLLM_DEFAULT_WORKING_DIR", "        return WORKSPACE",
-      ("tests/buildkite/test_conventions.py",), "vLLM's steps run in /vllm-workspace/tests"),
-    M("lint-prefix-matching", "vllm_ep_kit/buildkite/conventions.py",
-      '    return path == entry or path.startswith(entry + "/")',
-      "    return path.startswith(entry)",
-      ("tests/buildkite/test_conventions.py",), "an entry without .py matches nothing"),
-    M("lint-judges-optional-steps", "vllm_ep_kit/buildkite/pipeline.py",
-      "        if not step.optional:\n            for index, entry", "        if True:\n"
-      "            for index, entry",
-      ("tests/buildkite/test_conventions.py",), "optional steps' entries are never consulted"),
-    M("gpu-marks-never-judged", "vllm_ep_kit/buildkite/rules/gpu_count.py",
-      "            if need <= step.gpus:", "            if True:",
-      ("tests/buildkite/test_conventions.py", "-k", "marked"),
-      "4-GPU tests that skip in every build"),
-    M("listed-not-run-ignores-optional", "vllm_ep_kit/buildkite/rules/listed_not_run.py",
-      "        if any(not other.optional for other in runners):", "        if runners:",
-      ("tests/buildkite/test_conventions.py",), "the MNNVL suite run only by an optional step"),
+    M(
+        "gated-branch-never-fires",
+        "vllm_ep_kit/buildkite/rules/gated_branches.py",
+        "            if any(name in env and opens(env[name], required) for env in envs):",
+        "            if True:",
+        ("tests/buildkite",),
+        "the gemma-3 array nobody enabled",
+    ),
+    M(
+        "gated-branch-ignores-callers",
+        "vllm_ep_kit/buildkite/rules/gated_branches.py",
+        "            for callee, env in calls(ctx.root, script):",
+        "            for callee, env in []:",
+        ("tests/buildkite/test_conventions.py", "-k", "calls_it"),
+        'config arrays handed over with env "${cfg_parts[@]}" bash "$SCRIPT"',
+    ),
+    M(
+        "gated-branch-counts-knobs",
+        "vllm_ep_kit/buildkite/rules/gated_branches.py",
+        "        if used & arrays or RUNS_TESTS.search(line):",
+        "        if used or RUNS_TESTS.search(line):",
+        ("tests/buildkite/test_conventions.py", "-k", "branch"),
+        "an extra-args knob is not a coverage gate",
+    ),
+    M(
+        "flag-spelling-never-fires",
+        "vllm_ep_kit/buildkite/rules/flag_spelling.py",
+        "        if len(styles) < 2:",
+        "        if True:",
+        ("tests/buildkite",),
+        "True vs 1",
+    ),
+    M(
+        "lint-default-working-dir",
+        "vllm_ep_kit/buildkite/conventions.py",
+        "        return VLLM_DEFAULT_WORKING_DIR",
+        "        return WORKSPACE",
+        ("tests/buildkite/test_conventions.py",),
+        "vLLM's steps run in /vllm-workspace/tests",
+    ),
+    M(
+        "lint-prefix-matching",
+        "vllm_ep_kit/buildkite/conventions.py",
+        '    return path == entry or path.startswith(entry + "/")',
+        "    return path.startswith(entry)",
+        ("tests/buildkite/test_conventions.py",),
+        "an entry without .py matches nothing",
+    ),
+    M(
+        "lint-judges-optional-steps",
+        "vllm_ep_kit/buildkite/pipeline.py",
+        "        if not step.optional:\n            for index, entry",
+        "        if True:\n            for index, entry",
+        ("tests/buildkite/test_conventions.py",),
+        "optional steps' entries are never consulted",
+    ),
+    M(
+        "gpu-marks-never-judged",
+        "vllm_ep_kit/buildkite/rules/gpu_count.py",
+        "            if need <= step.gpus:",
+        "            if True:",
+        ("tests/buildkite/test_conventions.py", "-k", "marked"),
+        "4-GPU tests that skip in every build",
+    ),
+    M(
+        "listed-not-run-ignores-optional",
+        "vllm_ep_kit/buildkite/rules/listed_not_run.py",
+        "        if any(not other.optional for other in runners):",
+        "        if runners:",
+        ("tests/buildkite/test_conventions.py",),
+        "the MNNVL suite run only by an optional step",
+    ),
     # bench's check, the pool's isolation
-    M("bench-all-gather-counted-as-routed", "vllm_ep_kit/bench/drivers.py",
-      "copies = torch.full((tokens.x.shape[0],), world) if group else inputs.copies",
-      "copies = inputs.copies",
-      ("tests/bench/test_bench.py", "-k", "end_to_end_on_cpu"),
-      "an all-gather's round trip returns every token once per rank"),
-    M("pool-ignores-replaced-vllm-code", "vllm_ep_kit/testing/vllm_isolation.py",
-      "        elif new is not old:", "        elif False:",
-      ("tests/harness/test_pool.py", "-k", "vllm_method_replaced"),
-      "a mutant left in a vLLM class would reach later pooled tasks"),
-    M("software-verdict-ignored", "vllm_ep_kit/backends/usability.py",
-      "    return \"\" if has else (", "    return \"\" if True else (",
-      ("tests/backends/test_usability.py",),
-      "doctor must name a FlashInfer that lacks a backend's kernels"),
-    M("managers-any-backend", "vllm_ep_kit/backends/mnnvl.py",
-      "issubclass(cls, ManagerTransport) else None", "True else None",
-      ("tests/backends/test_registry.py", "-k", "managers_are_named"),
-      "only vLLM's manager-driven backends have a manager to build"),
-    M("growth-forgets-earlier-layers", "vllm_ep_kit/testing/flashinfer_recorder.py",
-      "for earlier in steps[: index + 1]:", "for earlier in steps[index: index + 1]:",
-      ("tests/distributed/test_mnnvl_alltoall.py", "-k", "shrunk"),
-      "a workspace must hold every layer so far, not only the newest"),
-    M("growth-no-rebuild", "vllm_ep_kit/testing/flashinfer_recorder.py",
-      "        newest = made[-1]\n", "        newest = made[0]\n",
-      ("tests/distributed/test_mnnvl_alltoall.py", "-k", "union_of_layers"),
-      "the newest workspace is the one judged (a first one kept would hold too little)"),
+    M(
+        "bench-all-gather-counted-as-routed",
+        "vllm_ep_kit/bench/drivers.py",
+        "copies = torch.full((tokens.x.shape[0],), world) if group else inputs.copies",
+        "copies = inputs.copies",
+        ("tests/bench/test_bench.py", "-k", "end_to_end_on_cpu"),
+        "an all-gather's round trip returns every token once per rank",
+    ),
+    M(
+        "pool-ignores-replaced-vllm-code",
+        "vllm_ep_kit/testing/vllm_isolation.py",
+        "        elif new is not old:",
+        "        elif False:",
+        ("tests/harness/test_pool.py", "-k", "vllm_method_replaced"),
+        "a mutant left in a vLLM class would reach later pooled tasks",
+    ),
+    M(
+        "software-verdict-ignored",
+        "vllm_ep_kit/backends/usability.py",
+        "    if has:\n",
+        "    if True:\n",
+        ("tests/backends/test_usability.py",),
+        "doctor must name a FlashInfer that lacks a backend's kernels",
+    ),
+    M(
+        "managers-any-backend",
+        "vllm_ep_kit/backends/mnnvl.py",
+        "issubclass(cls, ManagerTransport) else None",
+        "True else None",
+        ("tests/backends/test_registry.py", "-k", "managers_are_named"),
+        "only vLLM's manager-driven backends have a manager to build",
+    ),
+    M(
+        "growth-forgets-earlier-layers",
+        "vllm_ep_kit/testing/flashinfer_recorder.py",
+        "for earlier in steps[: index + 1]:",
+        "for earlier in steps[index: index + 1]:",
+        ("tests/distributed/test_mnnvl_alltoall.py", "-k", "shrunk"),
+        "a workspace must hold every layer so far, not only the newest",
+    ),
+    M(
+        "growth-no-rebuild",
+        "vllm_ep_kit/testing/flashinfer_recorder.py",
+        "        newest = made[-1]\n",
+        "        newest = made[0]\n",
+        ("tests/distributed/test_mnnvl_alltoall.py", "-k", "union_of_layers"),
+        "the newest workspace is the one judged (a first one kept would hold too little)",
+    ),
     # vLLM's one-sided prepare/finalize over the emulated kernels
-    M("pf-no-late-reduce", "vllm_ep_kit/prepare_finalize_check.py",
-      "    return _late_reduce_rule()(runner, states, None, output_is_reduced)\n",
-      "    return states\n",
-      ("tests/distributed/test_mnnvl_alltoall.py", "-k", "double_reduce"),
-      "the runner's own late all-reduce rule must run, or a double reduce goes unseen"),
-    M("emulator-combine-own-rows", "vllm_ep_kit/testing/flashinfer_emulator.py",
-      "                for r in range(self.ep_size):\n                    total[sent[r]]",
-      "                for r in [self.ep_rank]:\n                    total[sent[r]]",
-      ("tests/distributed/test_mnnvl_alltoall.py", "-k", "prepare_finalize_vs_oracle and one_sided"),
-      "combine must sum every owner rank's rows, not only this rank's"),
-    M("emulator-no-sanitize", "vllm_ep_kit/testing/flashinfer_emulator.py",
-      "                    if index == expert_id_payload_index and invalid_token_expert_id "
-      "is not None:\n",
-      "                    if False:\n",
-      ("tests/distributed/test_mnnvl_alltoall.py", "-k", "prepare_finalize_vs_oracle and one_sided"),
-      "rows past a source's count must carry the invalid id, not a stale row's experts"),
-    M("emulator-two-sided-own-rows", "vllm_ep_kit/testing/flashinfer_emulator.py",
-      "                for r in range(ep_size):\n                    total[route.sent[r]]",
-      "                for r in [ep_rank]:\n                    total[route.sent[r]]",
-      ("tests/distributed/test_mnnvl_alltoall.py", "-k", "prepare_finalize_vs_oracle"),
-      "the two-sided combine must sum every owner rank's rows"),
-    M("emulator-two-sided-no-memset", "vllm_ep_kit/testing/flashinfer_emulator.py",
-      "got_ids = torch.full((rows, top_k), int(slot_count), dtype=expert_ids.dtype)",
-      "got_ids = torch.zeros((rows, top_k), dtype=expert_ids.dtype)",
-      ("tests/distributed/test_mnnvl_alltoall.py", "-k", "prepare_finalize_vs_oracle"),
-      "rows past the received tokens must carry the invalid id (slot_count)"),
-    M("emulator-two-sided-global-ids", "vllm_ep_kit/testing/flashinfer_emulator.py",
-      "                local_only = [torch.where(owners[rows] == r, expert_ids.cpu()[rows],",
-      "                local_only = [torch.where(owners[rows] >= 0, expert_ids.cpu()[rows],",
-      ("tests/distributed/test_mnnvl_alltoall.py", "-k", "prepare_finalize_vs_oracle"),
-      "a two-sided receiver gets slot_count for the experts it lacks (FlashInfer's sender)"),
+    M(
+        "pf-no-late-reduce",
+        "vllm_ep_kit/prepare_finalize_check.py",
+        "    return _late_reduce_rule()(runner, states, None, output_is_reduced)\n",
+        "    return states\n",
+        ("tests/distributed/test_mnnvl_alltoall.py", "-k", "double_reduce"),
+        "the runner's own late all-reduce rule must run, or a double reduce goes unseen",
+    ),
+    M(
+        "emulator-combine-own-rows",
+        "vllm_ep_kit/testing/flashinfer_emulator.py",
+        "                for r in range(self.ep_size):\n                    total[sent[r]]",
+        "                for r in [self.ep_rank]:\n                    total[sent[r]]",
+        (
+            "tests/distributed/test_mnnvl_alltoall.py",
+            "-k",
+            "prepare_finalize_vs_oracle and one_sided",
+        ),
+        "combine must sum every owner rank's rows, not only this rank's",
+    ),
+    M(
+        "emulator-no-sanitize",
+        "vllm_ep_kit/testing/flashinfer_emulator.py",
+        "                    if index == expert_id_payload_index and invalid_token_expert_id "
+        "is not None:\n",
+        "                    if False:\n",
+        (
+            "tests/distributed/test_mnnvl_alltoall.py",
+            "-k",
+            "prepare_finalize_vs_oracle and one_sided",
+        ),
+        "rows past a source's count must carry the invalid id, not a stale row's experts",
+    ),
+    M(
+        "emulator-two-sided-own-rows",
+        "vllm_ep_kit/testing/flashinfer_emulator.py",
+        "                for r in range(ep_size):\n                    total[route.sent[r]]",
+        "                for r in [ep_rank]:\n                    total[route.sent[r]]",
+        ("tests/distributed/test_mnnvl_alltoall.py", "-k", "prepare_finalize_vs_oracle"),
+        "the two-sided combine must sum every owner rank's rows",
+    ),
+    M(
+        "emulator-two-sided-no-memset",
+        "vllm_ep_kit/testing/flashinfer_emulator.py",
+        "got_ids = torch.full((rows, top_k), int(slot_count), dtype=expert_ids.dtype)",
+        "got_ids = torch.zeros((rows, top_k), dtype=expert_ids.dtype)",
+        ("tests/distributed/test_mnnvl_alltoall.py", "-k", "prepare_finalize_vs_oracle"),
+        "rows past the received tokens must carry the invalid id (slot_count)",
+    ),
+    M(
+        "emulator-two-sided-global-ids",
+        "vllm_ep_kit/testing/flashinfer_emulator.py",
+        "torch.where(owners[rows] == r, expert_ids.cpu()[rows], int(slot_count))",
+        "torch.where(owners[rows] >= 0, expert_ids.cpu()[rows], int(slot_count))",
+        ("tests/distributed/test_mnnvl_alltoall.py", "-k", "prepare_finalize_vs_oracle"),
+        "a two-sided receiver gets slot_count for the experts it lacks (FlashInfer's sender)",
+    ),
     # the payload formats the kernels move (reference.formats)
-    M("nvfp4-nibble-order", "vllm_ep_kit/reference/formats.py",
-      "    packed = codes[..., 0::2] | (codes[..., 1::2] << 4)\n",
-      "    packed = codes[..., 1::2] | (codes[..., 0::2] << 4)\n",
-      ("tests/reference/test_formats.py",),
-      "NVFP4 keeps the even column in the low nibble, and the dequantiser must agree"),
-    M("mxfp8-exponent-floor", "vllm_ep_kit/reference/formats.py",
-      "    exponent = torch.ceil(torch.log2(",
-      "    exponent = torch.floor(torch.log2(",
-      ("tests/reference/test_formats.py",),
-      "an MXFP8 block scale must bring the block's amax within e4m3's 448"),
-    M("scale-padding-dropped", "vllm_ep_kit/reference/formats.py",
-      "        padded = -(-hidden // alignment) * alignment if alignment else hidden\n",
-      "        padded = hidden\n",
-      ("tests/reference/test_formats.py",),
-      "scale rows are padded as vLLM's mx_alignment pads them (gpt-oss: 90 -> 96 bytes)"),
+    M(
+        "nvfp4-nibble-order",
+        "vllm_ep_kit/reference/formats.py",
+        "    packed = codes[..., 0::2] | (codes[..., 1::2] << 4)\n",
+        "    packed = codes[..., 1::2] | (codes[..., 0::2] << 4)\n",
+        ("tests/reference/test_formats.py",),
+        "NVFP4 keeps the even column in the low nibble, and the dequantiser must agree",
+    ),
+    M(
+        "mxfp8-exponent-floor",
+        "vllm_ep_kit/reference/formats.py",
+        "    exponent = torch.ceil(torch.log2(",
+        "    exponent = torch.floor(torch.log2(",
+        ("tests/reference/test_formats.py",),
+        "an MXFP8 block scale must bring the block's amax within e4m3's 448",
+    ),
+    M(
+        "scale-padding-dropped",
+        "vllm_ep_kit/reference/formats.py",
+        "        padded = -(-hidden // alignment) * alignment if alignment else hidden\n",
+        "        padded = hidden\n",
+        ("tests/reference/test_formats.py",),
+        "scale rows are padded as vLLM's mx_alignment pads them (gpt-oss: 90 -> 96 bytes)",
+    ),
     # the CLI
-    M("bench-report-unchecked", "vllm_ep_kit/bench/report.py",
-      "    if error is not None:\n", "    if False:\n",
-      ("tests/test_cli_fuzz.py", "-k", "from_json"),
-      "a report with wrong field types must be one line, not a traceback"),
+    M(
+        "bench-report-unchecked",
+        "vllm_ep_kit/bench/report.py",
+        "    if error is not None:\n",
+        "    if False:\n",
+        ("tests/test_cli_fuzz.py", "-k", "from_json"),
+        "a report with wrong field types must be one line, not a traceback",
+    ),
 ]
 
 
@@ -250,14 +436,33 @@ def run_tests(root: Path, tests: tuple[str, ...], timeout_s: float) -> tuple[int
     env = {**os.environ, "PYTHONPATH": str(root), "PYTHONDONTWRITEBYTECODE": "1"}
     start = time.monotonic()
     try:
-        out = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p",
-                              "no:cacheprovider", "-o", "addopts=", *tests], cwd=root, env=env,
-                             capture_output=True, text=True, timeout=timeout_s)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-x",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "-o",
+                "addopts=",
+                *tests,
+            ],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
         return out.returncode, time.monotonic() - start, out.stdout[-3000:] + out.stderr[-2000:]
     except subprocess.TimeoutExpired as exc:
         text = (exc.stdout or b"")[-3000:]
-        return -1, time.monotonic() - start, text.decode(errors="replace") \
-            if isinstance(text, bytes) else str(text)
+        return (
+            -1,
+            time.monotonic() - start,
+            text.decode(errors="replace") if isinstance(text, bytes) else str(text),
+        )
 
 
 def edit(root: Path, mutant: Mutant, apply: bool) -> None:
@@ -269,8 +474,10 @@ def edit(root: Path, mutant: Mutant, apply: bool) -> None:
         return
     count = text.count(old)
     if count != 1:
-        raise SystemExit(f"mutants: {mutant.name}: expected the text once in {mutant.path}, "
-                         f"found it {count} times (the code moved: update the mutant)")
+        raise SystemExit(
+            f"mutants: {mutant.name}: expected the text once in {mutant.path}, "
+            f"found it {count} times (the code moved: update the mutant)"
+        )
     _saved[mutant.name] = text
     path.write_text(text.replace(old, new))
 
@@ -282,12 +489,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="", help="comma-separated mutant names")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
-    parser.add_argument("--check", action="store_true",
-                        help="only check that each mutant's text occurs once (seconds)")
-    parser.add_argument("--timeout", type=float, default=600.0,
-                        help="seconds per test run (a timeout counts as an error)")
-    parser.add_argument("--no-baseline", action="store_true",
-                        help="skip checking that the tests pass unmutated")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="only check that each mutant's text occurs once (seconds)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        help="seconds per test run (a timeout counts as an error)",
+    )
+    parser.add_argument(
+        "--no-baseline", action="store_true", help="skip checking that the tests pass unmutated"
+    )
     args = parser.parse_args()
     chosen = MUTANTS
     if args.only:
@@ -297,8 +512,11 @@ def main() -> int:
             parser.error(f"--only: unknown mutant(s) {', '.join(unknown)}")
         chosen = [m for m in MUTANTS if m.name in names]
     if args.check:
-        moved = [f"{m.name} ({m.path}: {(REPO / m.path).read_text().count(m.old)} times)"
-                 for m in chosen if (REPO / m.path).read_text().count(m.old) != 1]
+        moved = [
+            f"{m.name} ({m.path}: {(REPO / m.path).read_text().count(m.old)} times)"
+            for m in chosen
+            if (REPO / m.path).read_text().count(m.old) != 1
+        ]
         for line in moved:
             print(f"mutants: text not found once: {line}", file=sys.stderr)
         return 1 if moved else 0
@@ -309,12 +527,18 @@ def main() -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="vllm-ep-kit-mutants-") as folder:
         root = copy_tree(Path(folder))
-        probe = subprocess.run([sys.executable, "-c", "import vllm_ep_kit; print(vllm_ep_kit.__file__)"],
-                               cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
-                               capture_output=True, text=True)
+        probe = subprocess.run(
+            [sys.executable, "-c", "import vllm_ep_kit; print(vllm_ep_kit.__file__)"],
+            cwd=root,
+            env={**os.environ, "PYTHONPATH": str(root)},
+            capture_output=True,
+            text=True,
+        )
         if not probe.stdout.strip().startswith(str(root)):
-            print(f"mutants: the copy's package is not the one imported ({probe.stdout.strip()})",
-                  file=sys.stderr)
+            print(
+                f"mutants: the copy's package is not the one imported ({probe.stdout.strip()})",
+                file=sys.stderr,
+            )
             return 2
         if not args.no_baseline:
             for tests in dict.fromkeys(m.tests for m in chosen):
@@ -322,8 +546,9 @@ def main() -> int:
                 print(f"baseline {' '.join(tests)}: rc {rc} ({seconds:.0f} s)", flush=True)
                 if rc != 0:
                     print(text, file=sys.stderr)
-                    print("mutants: the tests fail without a mutant: fix them first",
-                          file=sys.stderr)
+                    print(
+                        "mutants: the tests fail without a mutant: fix them first", file=sys.stderr
+                    )
                     return 2
         survived, errors = [], []
         for index, mutant in enumerate(chosen, start=1):
@@ -333,16 +558,17 @@ def main() -> int:
             finally:
                 edit(root, mutant, apply=False)
             verdict = {0: "SURVIVED", 1: "killed"}.get(rc, f"error (pytest rc {rc})")
-            print(f"[{index}/{len(chosen)}] {mutant.name}: {verdict} ({seconds:.0f} s)",
-                  flush=True)
+            print(f"[{index}/{len(chosen)}] {mutant.name}: {verdict} ({seconds:.0f} s)", flush=True)
             if rc == 0:
                 survived.append(mutant.name)
             elif rc != 1:
                 errors.append(mutant.name)
                 print(text[-1500:], file=sys.stderr)
     total = time.monotonic() - started
-    print(f"mutants: {len(chosen) - len(survived) - len(errors)} killed, {len(survived)} "
-          f"survived, {len(errors)} errors, {total:.0f} s")
+    print(
+        f"mutants: {len(chosen) - len(survived) - len(errors)} killed, {len(survived)} "
+        f"survived, {len(errors)} errors, {total:.0f} s"
+    )
     if survived:
         print(f"survivors (tests that cannot fail): {', '.join(survived)}")
     return 1 if survived or errors else 0

@@ -31,22 +31,30 @@ def outcomes(junit: Path) -> dict[str, str]:
     for case in ET.parse(junit).iter("testcase"):
         name = f"{case.get('classname')}::{case.get('name')}"
         kinds = [child.tag for child in case]
-        result[name] = next((k for k in ("failure", "error", "skipped") if k in kinds),
-                            "passed").replace("failure", "failed")
+        result[name] = next(
+            (k for k in ("failure", "error", "skipped") if k in kinds), "passed"
+        ).replace("failure", "failed")
     return result
 
 
 def timed_pytest(out: Path, label: str, args: list[str]) -> dict:
     junit = out / f"junit-{label}.xml"
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pytest", *args, f"--junitxml={junit}",
-                           "-p", "no:cacheprovider"], check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", *args, f"--junitxml={junit}", "-p", "no:cacheprovider"],
+        check=False,
+    )
     seconds = time.perf_counter() - start
     found = outcomes(junit) if junit.exists() else {}
-    counts = {k: sum(v == k for v in found.values())
-              for k in ("passed", "failed", "skipped", "error")}
-    return {"seconds": round(seconds, 1), "exit_code": proc.returncode, "counts": counts,
-            "outcomes": found}
+    counts = {
+        k: sum(v == k for v in found.values()) for k in ("passed", "failed", "skipped", "error")
+    }
+    return {
+        "seconds": round(seconds, 1),
+        "exit_code": proc.returncode,
+        "counts": counts,
+        "outcomes": found,
+    }
 
 
 def main(argv: list[str]) -> int:
@@ -67,13 +75,20 @@ def main(argv: list[str]) -> int:
     pooled = timed_pytest(out, "pool", [*args, "--ep-pool"])
     same = per_test["outcomes"] == pooled["outcomes"]
     ratio = per_test["seconds"] / pooled["seconds"] if pooled["seconds"] else None
-    report = {"pytest_args": args, "warm_up_s": warm["seconds"] if warm else None,
-              "process_per_test": per_test, "pool": pooled,
-              "same_outcomes": same, "speedup": round(ratio, 2) if ratio else None}
+    report = {
+        "pytest_args": args,
+        "warm_up_s": warm["seconds"] if warm else None,
+        "process_per_test": per_test,
+        "pool": pooled,
+        "same_outcomes": same,
+        "speedup": round(ratio, 2) if ratio else None,
+    }
     (out / "pool_speedup.json").write_text(json.dumps(report, indent=2))
-    print(f"process per test: {per_test['seconds']} s {per_test['counts']}; pool: "
-          f"{pooled['seconds']} s {pooled['counts']}; speedup {report['speedup']}x"
-          + ("" if same else "; OUTCOMES DIFFER (see pool_speedup.json): ratio not valid"))
+    print(
+        f"process per test: {per_test['seconds']} s {per_test['counts']}; pool: "
+        f"{pooled['seconds']} s {pooled['counts']}; speedup {report['speedup']}x"
+        + ("" if same else "; OUTCOMES DIFFER (see pool_speedup.json): ratio not valid")
+    )
     return 0 if same and per_test["exit_code"] == pooled["exit_code"] == 0 else 1
 
 

@@ -38,8 +38,11 @@ def _vllm_nccl_functions() -> list[str]:
 
 def _nccl_stub(tmp_path: Path, name: str, leave_out: set[str], version: int) -> Path:
     body = [f"int ncclGetVersion(int *v) {{ *v = {version}; return 0; }}"]
-    body += [f"int {fn}(void) {{ return 0; }}" for fn in _vllm_nccl_functions()
-             if fn not in leave_out and fn != "ncclGetVersion"]
+    body += [
+        f"int {fn}(void) {{ return 0; }}"
+        for fn in _vllm_nccl_functions()
+        if fn not in leave_out and fn != "ncclGetVersion"
+    ]
     return _compile(tmp_path, name, "\n".join(body) + "\n")
 
 
@@ -67,11 +70,15 @@ def test_pynccl_probe_accepts_a_complete_library(tmp_path, monkeypatch):
 def test_stable_abi_check_finds_a_missing_torch_function(tmp_path):
     """An extension importing one function torch has and one it has not."""
     have = sorted(s for s in stable_abi.torch_exports() if s.startswith("aoti_torch_"))[0]
-    ext = _compile(tmp_path, "fake_ext", f"""
+    ext = _compile(
+        tmp_path,
+        "fake_ext",
+        f"""
         extern int {have}(void);
         extern int aoti_torch_from_a_future_release(void);
         int use(void) {{ return {have}() + aoti_torch_from_a_future_release(); }}
-    """)
+    """,
+    )
     assert stable_abi.stable_abi_imports(ext) == {have, "aoti_torch_from_a_future_release"}
     verdict = stable_abi.check_extension(ext)
     assert verdict.missing == ["aoti_torch_from_a_future_release"] and not verdict.loads
@@ -82,10 +89,15 @@ def test_stable_abi_check_finds_a_missing_torch_function(tmp_path):
 
 
 def test_stable_abi_load_reports_the_loader_error(tmp_path):
-    ext = _compile(tmp_path, "fake_ext2", """
+    ext = _compile(
+        tmp_path,
+        "fake_ext2",
+        """
         extern int aoti_torch_from_a_future_release(void);
         int use(void) { return aoti_torch_from_a_future_release(); }
-    """)
+    """,
+    )
     error = stable_abi.try_load(ext)
-    assert error is not None and re.search(r"undefined symbol: aoti_torch_from_a_future_release",
-                                           error), error
+    assert error is not None and re.search(
+        r"undefined symbol: aoti_torch_from_a_future_release", error
+    ), error

@@ -53,8 +53,12 @@ def test_have_file_parsing(tmp_path):
 
 def test_cli_refuses_a_non_empty_out(tmp_path):
     (tmp_path / "x").write_text("")
-    result = subprocess.run([sys.executable, "-m", "vllm_ep_kit.cli", "bundle", str(tmp_path)],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "vllm_ep_kit.cli", "bundle", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert f"OUT: {tmp_path} exists and is not empty" in result.stderr
 
@@ -67,10 +71,13 @@ def _tiny_wheel(directory: Path) -> Path:
     info = "ep_kit_probe_pkg-1.0.dist-info"
     with zipfile.ZipFile(wheel, "w") as zf:
         zf.writestr("ep_kit_probe_pkg.py", "VALUE = 42\n")
-        zf.writestr(f"{info}/METADATA", "Metadata-Version: 2.1\nName: ep_kit_probe_pkg\n"
-                    "Version: 1.0\n")
-        zf.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: "
-                    "true\nTag: py3-none-any\n")
+        zf.writestr(
+            f"{info}/METADATA", "Metadata-Version: 2.1\nName: ep_kit_probe_pkg\nVersion: 1.0\n"
+        )
+        zf.writestr(
+            f"{info}/WHEEL",
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        )
         zf.writestr(f"{info}/RECORD", "")
     return wheel
 
@@ -85,10 +92,17 @@ def test_bootstrap_installs_the_wheels_once(tmp_path):
     (bundle / "site").mkdir()
     _tiny_wheel(bundle / "wheels")
     (bundle / "bootstrap.sh").write_text(BOOTSTRAP)
-    env = {**os.environ, "VLLM_EP_KIT_SITE": str(site),
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    run = ["bash", "-c", f"source {bundle}/bootstrap.sh && python3 -c "
-           "'import ep_kit_probe_pkg as p; print(p.VALUE)'"]
+    env = {
+        **os.environ,
+        "VLLM_EP_KIT_SITE": str(site),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    run = [
+        "bash",
+        "-c",
+        f"source {bundle}/bootstrap.sh && python3 -c "
+        "'import ep_kit_probe_pkg as p; print(p.VALUE)'",
+    ]
     first = subprocess.run(run, env=env, capture_output=True, text=True, timeout=120)
     assert first.returncode == 0 and first.stdout.strip() == "42", first.stderr
     assert len(list(site.glob(".installed-*"))) == 1

@@ -13,58 +13,110 @@ USABLE = ["allgather_reducescatter", "naive"]
 
 
 def cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "vllm_ep_kit.cli", *args],
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "vllm_ep_kit.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def torchrun_cli(nproc, *args, timeout=600):
     """The CLI launched by torchrun on this host (env:// rendezvous), as each node of a
     multi-node job launches it."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc-per-node", str(nproc), "-m", "vllm_ep_kit.cli", *args],
-                          capture_output=True, text=True, timeout=timeout, env=env, check=False)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            str(nproc),
+            "-m",
+            "vllm_ep_kit.cli",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"tps": [3]}, "--tp: world size 2 is not divisible by tp=3"),
-    ({"backends": ["nope"]}, "--backends: unknown backend 'nope'"),
-    ({"dtypes": ["int3"]}, "--dtypes: unknown dtype 'int3'"),
-    ({"world_sizes": [8], "gpu_count": 4}, "--world-sizes: 8 ranks but only 4 GPUs visible"),
-    ({"world_sizes": [1]}, "--world-sizes: 1 is too small"),
-    ({"backends": ["flashinfer_nvlink_one_sided"]},
-     "--backends: flashinfer_nvlink_one_sided is not usable on this machine"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"tps": [3]}, "--tp: world size 2 is not divisible by tp=3"),
+        ({"backends": ["nope"]}, "--backends: unknown backend 'nope'"),
+        ({"dtypes": ["int3"]}, "--dtypes: unknown dtype 'int3'"),
+        ({"world_sizes": [8], "gpu_count": 4}, "--world-sizes: 8 ranks but only 4 GPUs visible"),
+        ({"world_sizes": [1]}, "--world-sizes: 1 is too small"),
+        (
+            {"backends": ["flashinfer_nvlink_one_sided"]},
+            "--backends: flashinfer_nvlink_one_sided is not usable on this machine",
+        ),
+    ],
+)
 def test_check_argument_errors_name_the_argument(kwargs, message):
-    args = {"world_sizes": [2], "tps": [1], "backends": None, "dtypes": ["bf16"],
-            "gpu_count": 0, "usable": USABLE} | kwargs
+    args = {
+        "world_sizes": [2],
+        "tps": [1],
+        "backends": None,
+        "dtypes": ["bf16"],
+        "gpu_count": 0,
+        "usable": USABLE,
+    } | kwargs
     with pytest.raises(CheckArgumentError, match=message.replace("(", r"\(")):
-        make_plan(args["world_sizes"], args["tps"], args["backends"], args["dtypes"],
-                  gpu_count=args["gpu_count"], usable=args["usable"])
+        make_plan(
+            args["world_sizes"],
+            args["tps"],
+            args["backends"],
+            args["dtypes"],
+            gpu_count=args["gpu_count"],
+            usable=args["usable"],
+        )
 
 
 def test_plan_lists_layouts_without_all_to_all_as_not_run():
     plan = make_plan([2, 4], [1, 2], None, ["bf16"], gpu_count=0, usable=USABLE)
-    assert [run.layout.describe() for run in plan.runs] == ["tp=1,dp=2,ep=2", "tp=1,dp=4,ep=4",
-                                                            "tp=2,dp=2,ep=4,sp"]
-    assert plan.skipped == (("allgather_reducescatter tp=2,dp=1,ep=2", "no all-to-all in this "
-                             "layout (DP=1 without sequence parallelism)"),)
+    assert [run.layout.describe() for run in plan.runs] == [
+        "tp=1,dp=2,ep=2",
+        "tp=1,dp=4,ep=4",
+        "tp=2,dp=2,ep=4,sp",
+    ]
+    assert plan.skipped == (
+        (
+            "allgather_reducescatter tp=2,dp=1,ep=2",
+            "no all-to-all in this layout (DP=1 without sequence parallelism)",
+        ),
+    )
     assert plan.backends == ("allgather_reducescatter",) and plan.device_backend == "gloo"
 
 
 def test_plan_on_gpus_adds_flashinfer_backends_with_fp8_only_where_covered():
     usable = USABLE + ["flashinfer_nvlink_two_sided", "flashinfer_nvlink_one_sided"]
     plan = make_plan([2], [1, 2], None, ["bf16", "fp8"], gpu_count=2, usable=usable)
-    got = {(run.backend, run.layout.describe()): sorted({c.dtype for c in run.cases})
-           for run in plan.runs}
-    assert got == {("allgather_reducescatter", "tp=1,dp=2,ep=2"): ["bf16"],
-                   ("flashinfer_nvlink_two_sided", "tp=1,dp=2,ep=2"): ["bf16", "fp8"],
-                   ("flashinfer_nvlink_two_sided", "tp=2,dp=1,ep=2"): ["bf16", "fp8"],
-                   ("flashinfer_nvlink_one_sided", "tp=1,dp=2,ep=2"): ["bf16", "fp8"],
-                   ("flashinfer_nvlink_one_sided", "tp=2,dp=1,ep=2"): ["bf16", "fp8"]}
-    assert ("allgather_reducescatter fp8", "payload dtype not covered by this backend's check "
-            "(covers bf16, fp16, fp32)") in plan.skipped
+    got = {
+        (run.backend, run.layout.describe()): sorted({c.dtype for c in run.cases})
+        for run in plan.runs
+    }
+    assert got == {
+        ("allgather_reducescatter", "tp=1,dp=2,ep=2"): ["bf16"],
+        ("flashinfer_nvlink_two_sided", "tp=1,dp=2,ep=2"): ["bf16", "fp8"],
+        ("flashinfer_nvlink_two_sided", "tp=2,dp=1,ep=2"): ["bf16", "fp8"],
+        ("flashinfer_nvlink_one_sided", "tp=1,dp=2,ep=2"): ["bf16", "fp8"],
+        ("flashinfer_nvlink_one_sided", "tp=2,dp=1,ep=2"): ["bf16", "fp8"],
+    }
+    assert (
+        "allgather_reducescatter fp8",
+        "payload dtype not covered by this backend's check (covers bf16, fp16, fp32)",
+    ) in plan.skipped
     assert plan.device_backend == "nccl"
     for run in plan.runs:  # FlashInfer: one token source per EP rank
         if run.backend != "allgather_reducescatter":
@@ -74,8 +126,9 @@ def test_plan_on_gpus_adds_flashinfer_backends_with_fp8_only_where_covered():
 def test_cli_bad_argument_is_one_line_with_exit_2():
     result = cli("check", "--tp", "3", "--world-sizes", "4")
     assert result.returncode == 2
-    assert result.stderr.strip() == ("vllm-ep-kit check: error: --tp: world size 4 is not "
-                                     "divisible by tp=3")
+    assert result.stderr.strip() == (
+        "vllm-ep-kit check: error: --tp: world size 4 is not divisible by tp=3"
+    )
 
 
 @pytest.mark.vllm
@@ -104,8 +157,10 @@ def test_cli_check_under_torchrun_gathers_every_rank_and_prints_once():
 def test_cli_check_under_torchrun_refuses_other_world_sizes():
     result = torchrun_cli(2, "check", "--world-sizes", "4", "--dtypes", "fp32", timeout=300)
     assert result.returncode != 0
-    assert ("vllm-ep-kit check: error: --world-sizes: this torchrun job has 2 ranks and every "
-            "run uses all of them; got 4") in result.stderr
+    assert (
+        "vllm-ep-kit check: error: --world-sizes: this torchrun job has 2 ranks and every "
+        "run uses all of them; got 4"
+    ) in result.stderr
 
 
 def test_cli_doctor_json():
@@ -113,27 +168,38 @@ def test_cli_doctor_json():
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads(result.stdout)
     assert {c["name"] for c in data["capabilities"]} == {
-        "gpus", "nvlink", "mnnvl_handles", "handle_exchange", "ptrace", "flashinfer", "vllm"}
+        "gpus",
+        "nvlink",
+        "mnnvl_handles",
+        "handle_exchange",
+        "ptrace",
+        "flashinfer",
+        "vllm",
+    }
     assert {"torch", "vllm", "flashinfer-python"} <= set(data["versions"])
     assert any(b["name"] == "flashinfer_nvlink_one_sided" for b in data["backends"])
     statuses = {p["name"]: p["status"] for p in data["patches"]}
-    assert statuses == {"mnnvl_workspace_ep_group": "not needed",  # the pin has these fixes
-                        "two_sided_dispatch_x_sf_guard": "not needed",
-                        "reduce_scatterv_asserts": "applied",  # 0.32.0 still lacks this one
-                        "nixl_ep_tcp_store_group": "not needed"}
+    assert statuses == {
+        "mnnvl_workspace_ep_group": "not needed",  # the pin has these fixes
+        "two_sided_dispatch_x_sf_guard": "not needed",
+        "reduce_scatterv_asserts": "applied",  # 0.32.0 still lacks this one
+        "nixl_ep_tcp_store_group": "not needed",
+    }
 
 
 @pytest.mark.vllm
 def test_cli_check_reports_failed_ranks_as_failed_rows_and_goes_on():
     """Ranks stopped by the watchdog (a 2 s limit cannot fit vLLM's start-up) fail every
     case of the run with the ranks' reason; check exits 1 and prints the ranks' report."""
-    result = cli("check", "--world-sizes", "2", "--tp", "1", "--dtypes", "fp32", "--timeout",
-                 "2", "--json")
+    result = cli(
+        "check", "--world-sizes", "2", "--tp", "1", "--dtypes", "fp32", "--timeout", "2", "--json"
+    )
     assert result.returncode == 1, result.stderr[-3000:]
     rows = json.loads(result.stdout)["results"]
     assert len(rows) == 3
-    assert all(not r["passed"] and r["max_error"] is None and "watchdog" in r["note"]
-               for r in rows), rows
+    assert all(
+        not r["passed"] and r["max_error"] is None and "watchdog" in r["note"] for r in rows
+    ), rows
     assert "allgather_reducescatter on tp=1,dp=2,ep=2 failed" in result.stderr
     assert "ranks failed" in result.stderr  # the runner's full report, not only a summary
 
@@ -142,8 +208,15 @@ def test_plan_names_checkable_backends_that_are_not_usable_here():
     """A GPU host whose NCCL vLLM's PyNccl rejects: AGRS is listed as not run, with why."""
     usable = ["flashinfer_nvlink_two_sided", "flashinfer_nvlink_one_sided"]
     why = "vLLM's PyNccl rejects libnccl.so.2 (NCCL 2.28.9)"
-    plan = make_plan([2], [1], None, ["bf16"], gpu_count=2, usable=usable,
-                     unusable={"allgather_reducescatter": why, "deepep_low_latency": "no"})
+    plan = make_plan(
+        [2],
+        [1],
+        None,
+        ["bf16"],
+        gpu_count=2,
+        usable=usable,
+        unusable={"allgather_reducescatter": why, "deepep_low_latency": "no"},
+    )
     assert ("allgather_reducescatter", f"not usable here: {why}") in plan.skipped
     assert not any(name.startswith("deepep") for name, _ in plan.skipped)  # not checkable
     assert plan.backends == ("flashinfer_nvlink_two_sided", "flashinfer_nvlink_one_sided")
@@ -155,30 +228,54 @@ def test_cli_check_table_in_a_pipe_keeps_every_name_whole():
     (rich's 80-column fallback printed "allga…" and folded the layout)."""
     result = cli("check", "--world-sizes", "2", "--tp", "1,2", "--dtypes", "fp32")
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = [line for line in result.stdout.splitlines() if "│" in line
-            and "allgather_reducescatter" in line]
+    rows = [
+        line
+        for line in result.stdout.splitlines()
+        if "│" in line and "allgather_reducescatter" in line
+    ]
     assert len(rows) == 3, result.stdout  # the three table rows, each on one line
     for line in rows:
         assert "tp=1,dp=2,ep=2" in line and "fp32" in line and "pass" in line, line
     assert "…" not in result.stdout
-    assert ("not run allgather_reducescatter tp=2,dp=1,ep=2: no all-to-all in this layout "
-            "(DP=1 without sequence parallelism)") in result.stdout.splitlines()
+    assert (
+        "not run allgather_reducescatter tp=2,dp=1,ep=2: no all-to-all in this layout "
+        "(DP=1 without sequence parallelism)"
+    ) in result.stdout.splitlines()
 
 
 def test_doctor_tables_in_a_pipe_keep_every_cell_on_one_line(capsys):
     from vllm_ep_kit.cli import _console, _print_doctor
 
     long_reason = "needs CUDA GPUs; " + "none visible, " * 12 + "end of reason"
-    report = {"versions": {"flashinfer-python": "0.7.2.post1"},
-              "capabilities": [{"name": "handle_exchange", "ok": False, "detail": long_reason}],
-              "backends": [{"name": "flashinfer_nvlink_two_sided", "usable": False,
-                            "reason": long_reason, "note": "", "software": "ok"}],
-              "patches": [{"name": "two_sided_dispatch_x_sf_guard", "status": "not needed",
-                           "reason": long_reason, "upstream": "vllm-project/vllm#41299"}]}
+    report = {
+        "versions": {"flashinfer-python": "0.7.2.post1"},
+        "capabilities": [{"name": "handle_exchange", "ok": False, "detail": long_reason}],
+        "backends": [
+            {
+                "name": "flashinfer_nvlink_two_sided",
+                "usable": False,
+                "reason": long_reason,
+                "note": "",
+                "software": "ok",
+            }
+        ],
+        "patches": [
+            {
+                "name": "two_sided_dispatch_x_sf_guard",
+                "status": "not needed",
+                "reason": long_reason,
+                "upstream": "vllm-project/vllm#41299",
+            }
+        ],
+    }
     _print_doctor(report, _console(None))  # captured stdout is not a terminal
     out = capsys.readouterr().out
-    for whole in ("flashinfer_nvlink_two_sided", "two_sided_dispatch_x_sf_guard",
-                  "vllm-project/vllm#41299", "handle_exchange"):
+    for whole in (
+        "flashinfer_nvlink_two_sided",
+        "two_sided_dispatch_x_sf_guard",
+        "vllm-project/vllm#41299",
+        "handle_exchange",
+    ):
         line = next(line for line in out.splitlines() if whole in line)
         assert long_reason in line, line
     assert "…" not in out
@@ -205,41 +302,69 @@ def _bad_inputs(tmp_path):
     short_row.write_text('{"meta": {}, "results": [{"backend": "x"}]}')
     bench_report = "vllm-ep-kit bench: error: --from-json: {}: not a bench report ({})"
     return [
-        (["check", "--timeout", "nan"],
-         "vllm-ep-kit check: error: argument --timeout: expected a positive number of "
-         "seconds, got 'nan'"),
-        (["check", "--timeout", "0"], "argument --timeout: expected a positive number of "
-         "seconds, got '0'"),
-        (["check", "--timeout", "-5"], "argument --timeout: expected a positive number of "
-         "seconds, got '-5'"),
-        (["check", "--world-sizes", ""], "argument --world-sizes: expected comma-separated "
-         "integers, got ''"),
-        (["check", "--world-sizes", "1000"], "vllm-ep-kit check: error: --world-sizes: 1000 "
-         "ranks on a CPU-only machine (gloo): at most 16"),
-        (["check", "--dtypes", ""], "argument --dtypes: expected comma-separated names, "
-         "got ''"),
-        (["bench", "--world-size", "0"], "argument --world-size: expected a positive integer, "
-         "got '0'"),
-        (["bench", "--experts", "0"], "argument --experts: expected a positive integer, "
-         "got '0'"),
-        (["bench", "--out", str(a_file)], f"vllm-ep-kit bench: error: --out: {a_file} exists "
-         "and is not a folder"),
-        (["bench", "--out", "/proc/vllm-ep-kit-out"], "vllm-ep-kit bench: error: --out: "
-         "/proc/vllm-ep-kit-out cannot be created: No such file or directory"),
-        (["bench", "--from-json", str(as_list)],
-         bench_report.format(as_list, "the report: [1, 2] is not of type 'object'")),
-        (["bench", "--from-json", str(as_five)],
-         bench_report.format(as_five, "results: 5 is not of type 'array'")),
-        (["bench", "--from-json", str(short_row)],
-         bench_report.format(short_row, "results[0]: 'hidden' is a required property")),
-        (["bundle", str(a_file)], f"vllm-ep-kit bundle: error: OUT: {a_file} exists and is "
-         "not a folder"),
-        (["bundle", str(tmp_path / "new"), "--have", str(tmp_path)],
-         f"vllm-ep-kit bundle: error: --have: {tmp_path}: not a text file of package names "
-         "(IsADirectoryError)"),
-        (["bundle", str(tmp_path / "new"), "--have", str(binary)],
-         f"vllm-ep-kit bundle: error: --have: {binary}: not a text file of package names "
-         "(UnicodeDecodeError)"),
+        (
+            ["check", "--timeout", "nan"],
+            "vllm-ep-kit check: error: argument --timeout: expected a positive number of "
+            "seconds, got 'nan'",
+        ),
+        (
+            ["check", "--timeout", "0"],
+            "argument --timeout: expected a positive number of seconds, got '0'",
+        ),
+        (
+            ["check", "--timeout", "-5"],
+            "argument --timeout: expected a positive number of seconds, got '-5'",
+        ),
+        (
+            ["check", "--world-sizes", ""],
+            "argument --world-sizes: expected comma-separated integers, got ''",
+        ),
+        (
+            ["check", "--world-sizes", "1000"],
+            "vllm-ep-kit check: error: --world-sizes: 1000 "
+            "ranks on a CPU-only machine (gloo): at most 16",
+        ),
+        (["check", "--dtypes", ""], "argument --dtypes: expected comma-separated names, got ''"),
+        (
+            ["bench", "--world-size", "0"],
+            "argument --world-size: expected a positive integer, got '0'",
+        ),
+        (["bench", "--experts", "0"], "argument --experts: expected a positive integer, got '0'"),
+        (
+            ["bench", "--out", str(a_file)],
+            f"vllm-ep-kit bench: error: --out: {a_file} exists and is not a folder",
+        ),
+        (
+            ["bench", "--out", "/proc/vllm-ep-kit-out"],
+            "vllm-ep-kit bench: error: --out: "
+            "/proc/vllm-ep-kit-out cannot be created: No such file or directory",
+        ),
+        (
+            ["bench", "--from-json", str(as_list)],
+            bench_report.format(as_list, "the report: [1, 2] is not of type 'object'"),
+        ),
+        (
+            ["bench", "--from-json", str(as_five)],
+            bench_report.format(as_five, "results: 5 is not of type 'array'"),
+        ),
+        (
+            ["bench", "--from-json", str(short_row)],
+            bench_report.format(short_row, "results[0]: 'hidden' is a required property"),
+        ),
+        (
+            ["bundle", str(a_file)],
+            f"vllm-ep-kit bundle: error: OUT: {a_file} exists and is not a folder",
+        ),
+        (
+            ["bundle", str(tmp_path / "new"), "--have", str(tmp_path)],
+            f"vllm-ep-kit bundle: error: --have: {tmp_path}: not a text file of package names "
+            "(IsADirectoryError)",
+        ),
+        (
+            ["bundle", str(tmp_path / "new"), "--have", str(binary)],
+            f"vllm-ep-kit bundle: error: --have: {binary}: not a text file of package names "
+            "(UnicodeDecodeError)",
+        ),
     ]
 
 
@@ -263,12 +388,26 @@ def test_ctrl_c_during_check_exits_130_with_one_line_and_no_process_left(monkeyp
 
     mark = uuid.uuid4().hex
     monkeypatch.setenv(MARK, mark)
-    proc = subprocess.Popen([sys.executable, "-m", "vllm_ep_kit.cli", "check", "--world-sizes",
-                             "2", "--tp", "1", "--dtypes", "fp32"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            # as from a terminal: a background job of a script inherits
-                            # SIGINT ignored, and Python then never raises KeyboardInterrupt
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vllm_ep_kit.cli",
+            "check",
+            "--world-sizes",
+            "2",
+            "--tp",
+            "1",
+            "--dtypes",
+            "fp32",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # as from a terminal: a background job of a script inherits
+        # SIGINT ignored, and Python then never raises KeyboardInterrupt
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         line = ""
         while "starting allgather_reducescatter" not in line:

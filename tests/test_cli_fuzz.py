@@ -25,13 +25,16 @@ from vllm_ep_kit import cli
 
 pytestmark = pytest.mark.vllm  # check/bench plan against the installed backends
 
-FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 
-ANY_TEXT = st.one_of(st.sampled_from(["", " ", ",", "0", "1", "2", "-1", "nan", "inf", "x",
-                                      "2,4", "bf16", "1e400", "--json"]),
-                     st.text(st.characters(blacklist_categories=("Cs",),
-                                           blacklist_characters="\x00"), max_size=12))
+ANY_TEXT = st.one_of(
+    st.sampled_from(
+        ["", " ", ",", "0", "1", "2", "-1", "nan", "inf", "x", "2,4", "bf16", "1e400", "--json"]
+    ),
+    st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12),
+)
 NOT_AN_INT = ["", " ", "x", "1.5", "nan", "inf", "-", "1e3", "0x10", "²", "1,2", "--"]
 NOT_POSITIVE = ["0", "-1", "-100"]
 NOT_SECONDS = ["0", "-5", "nan", "inf", "-inf", "", "x", "1e999", "0.0"]
@@ -41,23 +44,27 @@ NOT_NAMES = ["", ",", " , "]
 # option -> values that are wrong for it whatever else is given (what the error names)
 WRONG = {
     "doctor": {"--width": NOT_AN_INT + NOT_POSITIVE},
-    "check": {"--world-sizes": NOT_INT_LIST + ["0", "1", "-2", "2,1", "1000"],
-              "--tp": NOT_INT_LIST + ["0", "-1"],
-              "--backends": NOT_NAMES + ["nosuch", "naive,nosuch"],
-              "--dtypes": NOT_NAMES + ["nosuch", "bf16,int3"],
-              "--timeout": NOT_SECONDS,
-              "--width": NOT_AN_INT + NOT_POSITIVE},
-    "bench": {"--world-size": NOT_AN_INT + NOT_POSITIVE + ["1", "1000"],
-              "--tokens": NOT_INT_LIST + ["0", "-5"],
-              "--hidden": NOT_INT_LIST + ["0"],
-              "--dtypes": NOT_NAMES + ["nosuch"],
-              "--backends": NOT_NAMES + ["nosuch"],
-              "--top-k": NOT_AN_INT + NOT_POSITIVE,
-              "--experts": NOT_AN_INT + NOT_POSITIVE,
-              "--warmup": NOT_AN_INT + ["-1"],
-              "--repeats": NOT_AN_INT + NOT_POSITIVE,
-              "--timeout": NOT_SECONDS,
-              "--width": NOT_AN_INT + NOT_POSITIVE},
+    "check": {
+        "--world-sizes": NOT_INT_LIST + ["0", "1", "-2", "2,1", "1000"],
+        "--tp": NOT_INT_LIST + ["0", "-1"],
+        "--backends": NOT_NAMES + ["nosuch", "naive,nosuch"],
+        "--dtypes": NOT_NAMES + ["nosuch", "bf16,int3"],
+        "--timeout": NOT_SECONDS,
+        "--width": NOT_AN_INT + NOT_POSITIVE,
+    },
+    "bench": {
+        "--world-size": NOT_AN_INT + NOT_POSITIVE + ["1", "1000"],
+        "--tokens": NOT_INT_LIST + ["0", "-5"],
+        "--hidden": NOT_INT_LIST + ["0"],
+        "--dtypes": NOT_NAMES + ["nosuch"],
+        "--backends": NOT_NAMES + ["nosuch"],
+        "--top-k": NOT_AN_INT + NOT_POSITIVE,
+        "--experts": NOT_AN_INT + NOT_POSITIVE,
+        "--warmup": NOT_AN_INT + ["-1"],
+        "--repeats": NOT_AN_INT + NOT_POSITIVE,
+        "--timeout": NOT_SECONDS,
+        "--width": NOT_AN_INT + NOT_POSITIVE,
+    },
 }
 SWITCHES = {"doctor": ["--json"], "check": ["--json"], "bench": ["--json"]}
 
@@ -111,20 +118,42 @@ def test_a_wrong_value_anywhere_is_one_line_exit_2(command):
 
 
 def valid_report() -> dict:
-    row = {"backend": "naive", "hidden": 256, "dtype": "bf16", "tokens": 8, "dispatch_ms": 0.5,
-           "combine_ms": 0.25, "total_ms": 0.75, "gbps": 1.5, "vs_baseline": 1.1,
-           "vs_link": None, "check": "ok", "baseline": "all_to_all_single",
-           "baseline_gbps": 1.2}
-    return {"meta": {"world_size": 2, "timer": "wall clock"}, "results": [row],
-            "links": [{"backend": "naive", "gbps": None, "why": "CPU"}], "failures": []}
+    row = {
+        "backend": "naive",
+        "hidden": 256,
+        "dtype": "bf16",
+        "tokens": 8,
+        "dispatch_ms": 0.5,
+        "combine_ms": 0.25,
+        "total_ms": 0.75,
+        "gbps": 1.5,
+        "vs_baseline": 1.1,
+        "vs_link": None,
+        "check": "ok",
+        "baseline": "all_to_all_single",
+        "baseline_gbps": 1.2,
+    }
+    return {
+        "meta": {"world_size": 2, "timer": "wall clock"},
+        "results": [row],
+        "links": [{"backend": "naive", "gbps": None, "why": "CPU"}],
+        "failures": [],
+    }
 
 
-JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-                    lambda inner: st.lists(inner, max_size=3)
-                    | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=8)
-REPORT_PARTS = [("meta",), ("results",), ("links",), ("results", 0), ("links", 0)] + [
-    ("results", 0, key) for key in valid_report()["results"][0]] + [
-    ("links", 0, key) for key in ("backend", "gbps", "why")] + [("meta", "world_size")]
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+REPORT_PARTS = (
+    [("meta",), ("results",), ("links",), ("results", 0), ("links", 0)]
+    + [("results", 0, key) for key in valid_report()["results"][0]]
+    + [("links", 0, key) for key in ("backend", "gbps", "why")]
+    + [("meta", "world_size")]
+)
 
 
 @FUZZ
@@ -141,7 +170,7 @@ def test_bench_from_json_any_report_is_a_table_or_one_line(part, value, drop):
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "bench.json"
         path.write_text(json.dumps(report))
-        code, out, err = run_cli(["bench", "--from-json", str(path)])
+        code, _out, err = run_cli(["bench", "--from-json", str(path)])
     if code != 0:
         assert_one_line_error("bench", [part, value], code, err, ["--from-json"])
 
@@ -190,8 +219,11 @@ def test_bundle_inputs(tmp_path, kind):
 
 
 @FUZZ
-@given(st.binary(max_size=200) | JSON.map(lambda v: json.dumps(v).encode())
-       | st.text(max_size=200).map(str.encode))
+@given(
+    st.binary(max_size=200)
+    | JSON.map(lambda v: json.dumps(v).encode())
+    | st.text(max_size=200).map(str.encode)
+)
 def test_lint_ci_any_area_file_gives_findings_not_a_traceback(content):
     with tempfile.TemporaryDirectory() as folder:
         area = Path(folder) / ".buildkite/test_areas/fuzz.yaml"
@@ -205,12 +237,15 @@ def test_lint_ci_any_area_file_gives_findings_not_a_traceback(content):
         assert line.startswith(".buildkite/test_areas/fuzz.yaml:"), (content, line)
 
 
-@pytest.mark.parametrize("argv, names", [
-    (["lint-ci", "--root", "/no/such/folder"], ["--root"]),
-    (["lint-ci", "/no/such/file.yaml"], ["FILES"]),
-    (["nosuch-command"], ["invalid choice"]),
-    (["check", "--no-such-option"], ["unrecognized arguments"]),
-])
+@pytest.mark.parametrize(
+    "argv, names",
+    [
+        (["lint-ci", "--root", "/no/such/folder"], ["--root"]),
+        (["lint-ci", "/no/such/file.yaml"], ["FILES"]),
+        (["nosuch-command"], ["invalid choice"]),
+        (["check", "--no-such-option"], ["unrecognized arguments"]),
+    ],
+)
 def test_other_wrong_arguments(argv, names):
     code, _, err = run_cli(argv)
     lines = err.strip().splitlines()

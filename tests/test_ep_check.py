@@ -8,9 +8,17 @@ from vllm_ep_kit.ep_check import CaseResult, merge_case_rows
 
 
 def row(passed: bool, error: float, note: str = "", exact: bool | None = True) -> CaseResult:
-    return CaseResult(backend="naive", layout="tp=1 dp=2", dtype="bf16", tokens="[4, 0]",
-                      dispatch_exact=exact, max_error=error, passed=passed, seconds=0.01,
-                      note=note)
+    return CaseResult(
+        backend="naive",
+        layout="tp=1 dp=2",
+        dtype="bf16",
+        tokens="[4, 0]",
+        dispatch_exact=exact,
+        max_error=error,
+        passed=passed,
+        seconds=0.01,
+        note=note,
+    )
 
 
 @pytest.mark.parametrize("failing_rank", [0, 1, 3])

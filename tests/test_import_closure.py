@@ -13,22 +13,31 @@ def make_dist(site: Path, name: str, code: str, requires: tuple[str, ...] = ()) 
     (site / f"{name}.py").write_text(code)
     info = site / f"{name}-1.0.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: " + name + "\nVersion: 1.0\n"
-                                   + "".join(f"Requires-Dist: {r}\n" for r in requires))
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: "
+        + name
+        + "\nVersion: 1.0\n"
+        + "".join(f"Requires-Dist: {r}\n" for r in requires)
+    )
     (info / "RECORD").write_text(f"{name}.py,,\n{info.name}/METADATA,,\n{info.name}/RECORD,,\n")
 
 
 def test_closure_keeps_hard_imports_and_drops_optional_and_unused(tmp_path):
     site = tmp_path / "site"
     site.mkdir()
-    make_dist(site, "app", "import core\ntry:\n    import extra\nexcept ImportError:\n"
-              "    extra = None\n", requires=("core", "declared_only"))
+    make_dist(
+        site,
+        "app",
+        "import core\ntry:\n    import extra\nexcept ImportError:\n    extra = None\n",
+        requires=("core", "declared_only"),
+    )
     make_dist(site, "core", "VALUE = 1\n")
     make_dist(site, "extra", "VALUE = 2\n")  # installed here, optional for app
     make_dist(site, "declared_only", "VALUE = 3\n")  # declared by app, never imported
     messages = []
-    closure = minimal_distributions(("app",), have=set(), site_paths=[str(site)],
-                                    progress=messages.append)
+    closure = minimal_distributions(
+        ("app",), have=set(), site_paths=[str(site)], progress=messages.append
+    )
     assert sorted(closure.needed) == ["app", "core"]
     assert closure.reasons["app"].startswith("app (imported at")
     assert any("declared but not imported: declared-only" in m for m in messages)
@@ -57,5 +66,5 @@ def test_a_skipped_distribution_that_is_needed_is_an_error(tmp_path):
     site.mkdir()
     make_dist(site, "app", "import core\n")
     make_dist(site, "core", "")
-    with pytest.raises(RuntimeError, match="core is needed .* but is skipped"):
+    with pytest.raises(RuntimeError, match=r"core is needed .* but is skipped"):
         minimal_distributions(("app",), have=set(), site_paths=[str(site)], skip={"core"})

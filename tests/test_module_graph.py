@@ -65,6 +65,10 @@ def test_no_import_cycle():
 def test_patches_import_vllm_and_their_own_package_only():
     graph = import_graph()
     patches = [n for n in graph if n == f"{PACKAGE}.patches" or n.startswith(f"{PACKAGE}.patches.")]
-    outside = sorted((n, t) for n in patches for t in graph.successors(n)
-                     if not (t == f"{PACKAGE}.patches" or t.startswith(f"{PACKAGE}.patches.")))
+    outside = sorted(
+        (n, t)
+        for n in patches
+        for t in graph.successors(n)
+        if not (t == f"{PACKAGE}.patches" or t.startswith(f"{PACKAGE}.patches."))
+    )
     assert patches and outside == [], f"patches importing the rest of the kit: {outside}"

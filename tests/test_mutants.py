@@ -12,8 +12,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_each_mutant_text_occurs_once():
-    out = subprocess.run([sys.executable, str(REPO / "scripts/mutants.py"), "--check"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, str(REPO / "scripts/mutants.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
 
 
@@ -26,7 +30,8 @@ def test_a_moved_text_is_reported(tmp_path, monkeypatch):
     spec.loader.exec_module(module)
     (tmp_path / "code.py").write_text("x = 1\n")
     monkeypatch.setattr(module, "REPO", tmp_path)
-    monkeypatch.setattr(module, "MUTANTS", [module.Mutant("m", "code.py", "x = 2", "x = 3",
-                                                          ("tests",), "why")])
+    monkeypatch.setattr(
+        module, "MUTANTS", [module.Mutant("m", "code.py", "x = 2", "x = 3", ("tests",), "why")]
+    )
     monkeypatch.setattr(sys, "argv", ["mutants.py", "--check"])
     assert module.main() == 1

@@ -29,19 +29,31 @@ from vllm_ep_kit.import_closure import minimal_distributions, normalise
 
 INCLUDE = re.compile(r'^\s*#\s*include\s*[<"]([^>"]+)[>"]', re.MULTILINE)
 FLASHINFER_COMM_SPECS = ("gen_comm_alltoall_module", "gen_moe_alltoall_module")
-TRACE_MODULES = ("flashinfer.comm", "flashinfer.comm.mnnvl", "flashinfer.comm.trtllm_alltoall",
-                 "flashinfer.comm.trtllm_moe_alltoall", "flashinfer.jit",
-                 "vllm_ep_kit.testing", "vllm_ep_kit.flashinfer_direct",
-                 "vllm_ep_kit.patches.lazy")
+TRACE_MODULES = (
+    "flashinfer.comm",
+    "flashinfer.comm.mnnvl",
+    "flashinfer.comm.trtllm_alltoall",
+    "flashinfer.comm.trtllm_moe_alltoall",
+    "flashinfer.jit",
+    "vllm_ep_kit.testing",
+    "vllm_ep_kit.flashinfer_direct",
+    "vllm_ep_kit.patches.lazy",
+)
 # What the GPU tests import from vLLM: config, parallel state, the CUDA platform and
 # communicator, the all-to-all managers (and this kit's modules that drive them).
-VLLM_TRACE_MODULES = ("vllm.config", "vllm.distributed.parallel_state",
-                      "vllm.distributed.device_communicators.all2all",
-                      "vllm.distributed.device_communicators.cuda_communicator",
-                      "vllm.platforms.cuda", "vllm_ep_kit.testing.vllm_state",
-                      "vllm_ep_kit.ep_check", "vllm_ep_kit.manager_roundtrip",
-                      "vllm.model_executor.layers.fused_moe", "vllm_ep_kit.vllm_experts",
-                      "vllm_ep_kit.bench.rank")
+VLLM_TRACE_MODULES = (
+    "vllm.config",
+    "vllm.distributed.parallel_state",
+    "vllm.distributed.device_communicators.all2all",
+    "vllm.distributed.device_communicators.cuda_communicator",
+    "vllm.platforms.cuda",
+    "vllm_ep_kit.testing.vllm_state",
+    "vllm_ep_kit.ep_check",
+    "vllm_ep_kit.manager_roundtrip",
+    "vllm.model_executor.layers.fused_moe",
+    "vllm_ep_kit.vllm_experts",
+    "vllm_ep_kit.bench.rank",
+)
 # Compiled kernel modules vLLM imports unconditionally on CUDA: its custom ops (the
 # CUDA platform) and FlashAttention-2 (``vllm.vllm_flash_attn``, imported by the
 # fused-MoE package through the model loader; it refuses to import without FA2 or
@@ -65,8 +77,10 @@ def write_kernel_stubs(vllm_dir: Path | str) -> list[str]:
             stub.unlink(missing_ok=True)
             continue
         stub.parent.mkdir(parents=True, exist_ok=True)
-        stub.write_text(f'"""Stand-in written by vllm-ep-kit bundle: vLLM\'s compiled {name} '
-                        'is not shipped; its ops are absent."""\n')
+        stub.write_text(
+            f'"""Stand-in written by vllm-ep-kit bundle: vLLM\'s compiled {name} '
+            'is not shipped; its ops are absent."""\n'
+        )
         written.append(name)
     return written
 
@@ -91,12 +105,14 @@ def _package_root(name: str) -> Path:
 
 def flashinfer_jit_inputs(arch: str = "9.0a") -> tuple[list[Path], list[Path]]:
     """(sources, include dirs) of FlashInfer's comm JIT specs (read, not built)."""
-    code = ("import json; from flashinfer.jit import comm; out = {'src': [], 'inc': []}\n"
-            f"for name in {FLASHINFER_COMM_SPECS!r}:\n"
-            "    spec = getattr(comm, name)()\n"
-            "    out['src'] += [str(s) for s in spec.sources]\n"
-            "    out['inc'] += [str(s) for s in (spec.extra_include_dirs or [])]\n"
-            "print(json.dumps(out))")
+    code = (
+        "import json; from flashinfer.jit import comm; out = {'src': [], 'inc': []}\n"
+        f"for name in {FLASHINFER_COMM_SPECS!r}:\n"
+        "    spec = getattr(comm, name)()\n"
+        "    out['src'] += [str(s) for s in spec.sources]\n"
+        "    out['inc'] += [str(s) for s in (spec.extra_include_dirs or [])]\n"
+        "print(json.dumps(out))"
+    )
     data = run_json(code, env={"FLASHINFER_CUDA_ARCH_LIST": arch})
     return [Path(p) for p in data["src"]], [Path(p) for p in data["inc"]]
 
@@ -122,10 +138,19 @@ def flashinfer_files() -> tuple[Path, list[Path]]:
     root = _package_root("flashinfer")
     sources, extra = flashinfer_jit_inputs()
     data = root / "data"
-    search = [*extra, data / "include", data / "csrc", data / "cutlass" / "include",
-              data / "cutlass" / "tools" / "util" / "include", data / "spdlog" / "include"]
-    files = {p for p in root.rglob("*") if p.is_file() and "data" not in p.relative_to(root).parts
-             and "__pycache__" not in p.parts}
+    search = [
+        *extra,
+        data / "include",
+        data / "csrc",
+        data / "cutlass" / "include",
+        data / "cutlass" / "tools" / "util" / "include",
+        data / "spdlog" / "include",
+    ]
+    files = {
+        p
+        for p in root.rglob("*")
+        if p.is_file() and "data" not in p.relative_to(root).parts and "__pycache__" not in p.parts
+    }
     files |= include_closure([s.resolve() for s in sources], [s.resolve() for s in search])
     return root, sorted(files)
 
@@ -142,8 +167,13 @@ def read_have(path: Path | None) -> set[str]:
     return names
 
 
-def plan(include_vllm: bool, have: set[str], extra_modules: tuple[str, ...] = (),
-         skip: set[str] = frozenset(), progress=lambda message: None) -> BundlePlan:
+def plan(
+    include_vllm: bool,
+    have: set[str],
+    extra_modules: tuple[str, ...] = (),
+    skip: set[str] = frozenset(),
+    progress=lambda message: None,
+) -> BundlePlan:
     """What to ship: FlashInfer's pruned tree, optionally vLLM, and the import closure.
 
     ``have``: distributions the target has (their requirements too); ``skip``: never
@@ -157,9 +187,15 @@ def plan(include_vllm: bool, have: set[str], extra_modules: tuple[str, ...] = ()
         result.vllm_root = _package_root("vllm")
         modules += VLLM_TRACE_MODULES
         stubs = tuple(f"vllm.{name}" for name in VLLM_KERNEL_STUBS)
-    closure = minimal_distributions(modules, have, always={"flashinfer-python", "vllm"}, skip=skip,
-                                    extra_path=(str(Path(__file__).resolve().parents[1]),),
-                                    stubs=stubs, progress=progress)
+    closure = minimal_distributions(
+        modules,
+        have,
+        always={"flashinfer-python", "vllm"},
+        skip=skip,
+        extra_path=(str(Path(__file__).resolve().parents[1]),),
+        stubs=stubs,
+        progress=progress,
+    )
     result.distributions = closure.needed
     result.reasons = closure.reasons
     return result
@@ -205,16 +241,32 @@ def compatible_platforms(platform: str) -> list[str]:
     if match:
         glibc, arch = int(match.group(1)), match.group(2)
         tags += [f"manylinux_2_{n}_{arch}" for n in range(glibc - 1, 4, -1)]
-        tags += [f"manylinux{alias}_{arch}" for alias, n in (("2014", 17), ("2010", 12),
-                                                              ("1", 5)) if n <= glibc]
+        tags += [
+            f"manylinux{alias}_{arch}"
+            for alias, n in (("2014", 17), ("2010", 12), ("1", 5))
+            if n <= glibc
+        ]
     return tags + ["any"]
 
 
-def _download(name: str, spec: str, wheels: Path, python_version: str,
-              platform_args: list[str]) -> tuple[bool, list[str]]:
-    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-           "--only-binary=:all:", "--python-version", python_version, *platform_args,
-           "-d", str(wheels), f"{name}{spec}"]
+def _download(
+    name: str, spec: str, wheels: Path, python_version: str, platform_args: list[str]
+) -> tuple[bool, list[str]]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--python-version",
+        python_version,
+        *platform_args,
+        "-d",
+        str(wheels),
+        f"{name}{spec}",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     return not result.returncode, result.stderr.strip().splitlines()[-1:] or ["failed"]
 
@@ -235,8 +287,14 @@ def pin_mtimes(folder: Path, when: float = SOURCE_MTIME) -> int:
     return count
 
 
-def write(bundle: BundlePlan, out: Path, python_version: str, platform: str,
-          jit_cache: Path | None = None, progress=print) -> dict:
+def write(
+    bundle: BundlePlan,
+    out: Path,
+    python_version: str,
+    platform: str,
+    jit_cache: Path | None = None,
+    progress=print,
+) -> dict:
     """Materialise ``bundle`` in ``out``; return a manifest (also written as JSON)."""
     site, wheels = out / "site", out / "wheels"
     for folder in (site, wheels):
@@ -251,8 +309,10 @@ def write(bundle: BundlePlan, out: Path, python_version: str, platform: str,
         count = copy_python_sources(bundle.vllm_root, site / "vllm")
         write_kernel_stubs(site / "vllm")
         write_dist_info(site, "vllm", _installed_version("vllm"))
-        progress(f"bundle: vllm: {count} Python files (compiled kernels and data left out), "
-                 f"stubs for {', '.join(VLLM_KERNEL_STUBS)}")
+        progress(
+            f"bundle: vllm: {count} Python files (compiled kernels and data left out), "
+            f"stubs for {', '.join(VLLM_KERNEL_STUBS)}"
+        )
     pin_mtimes(site)
     failed, substituted = {}, {}
     platform_args = [arg for tag in compatible_platforms(platform) for arg in ("--platform", tag)]
@@ -261,24 +321,37 @@ def write(bundle: BundlePlan, out: Path, python_version: str, platform: str,
         if not ok:  # this exact version has no wheel for the target: take the newest that does
             ok, _ = _download(name, "", wheels, python_version, platform_args)
             if ok:
-                got = sorted(wheels.glob(f"{name.replace('-', '_')}-*.whl"),
-                             key=lambda p: p.stat().st_mtime)
-                substituted[name] = {"wanted": version,
-                                     "shipped": got[-1].name.split("-")[1] if got else "?"}
+                got = sorted(
+                    wheels.glob(f"{name.replace('-', '_')}-*.whl"), key=lambda p: p.stat().st_mtime
+                )
+                substituted[name] = {
+                    "wanted": version,
+                    "shipped": got[-1].name.split("-")[1] if got else "?",
+                }
             else:
                 failed[name] = error
-        note = "ok" if name not in failed and name not in substituted else \
-            f"substituted {substituted[name]['shipped']}" if name in substituted else "FAILED"
+        note = (
+            "ok"
+            if name not in failed and name not in substituted
+            else f"substituted {substituted[name]['shipped']}"
+            if name in substituted
+            else "FAILED"
+        )
         progress(f"bundle: wheel {name}=={version}: {note}")
     if jit_cache is not None:
         shutil.copytree(jit_cache, out / "jit_cache", dirs_exist_ok=True)
     (out / "bootstrap.sh").write_text(BOOTSTRAP)
-    manifest = {"python_version": python_version, "platform": platform,
-                "flashinfer_files": len(bundle.flashinfer_files),
-                "vllm": bundle.vllm_root is not None, "wheels": bundle.distributions,
-                "why": bundle.reasons,
-                "wheel_substitutions": substituted, "wheel_failures": failed,
-                "jit_cache": jit_cache is not None}
+    manifest = {
+        "python_version": python_version,
+        "platform": platform,
+        "flashinfer_files": len(bundle.flashinfer_files),
+        "vllm": bundle.vllm_root is not None,
+        "wheels": bundle.distributions,
+        "why": bundle.reasons,
+        "wheel_substitutions": substituted,
+        "wheel_failures": failed,
+        "jit_cache": jit_cache is not None,
+    }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
 

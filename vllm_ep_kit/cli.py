@@ -61,12 +61,21 @@ def _print_doctor(report: dict, console: Console) -> None:
     fixes.add_column("status")
     fixes.add_column("why", overflow="fold")
     fixes.add_column("upstream")
-    colour = {"applied": "green", "not needed": "dim", "needed": "yellow",
-              "refused": "red", "error": "red"}
+    colour = {
+        "applied": "green",
+        "not needed": "dim",
+        "needed": "yellow",
+        "refused": "red",
+        "error": "red",
+    }
     for row in report["patches"]:
         status = row["status"]
-        fixes.add_row(row["name"], f"[{colour.get(status, 'white')}]{status}[/]", row["reason"],
-                      row["upstream"])
+        fixes.add_row(
+            row["name"],
+            f"[{colour.get(status, 'white')}]{status}[/]",
+            row["reason"],
+            row["upstream"],
+        )
     console.print(fixes)
 
 
@@ -155,12 +164,15 @@ def _cpu_rank_limit(flag: str, sizes: list[int], gpu_count: int) -> str:
     big = [n for n in sizes if n > CPU_MAX_RANKS]
     if gpu_count or not big:
         return ""
-    return (f"{flag}: {big[0]} ranks on a CPU-only machine (gloo): at most {CPU_MAX_RANKS} "
-            "(each rank is a process holding torch and vLLM)")
+    return (
+        f"{flag}: {big[0]} ranks on a CPU-only machine (gloo): at most {CPU_MAX_RANKS} "
+        "(each rank is a process holding torch and vLLM)"
+    )
 
 
-def _world_for_job(flag: str, given: list[int] | None, default: list[int],
-                   local_gpus: int) -> tuple[list[int], int]:
+def _world_for_job(
+    flag: str, given: list[int] | None, default: list[int], local_gpus: int
+) -> tuple[list[int], int]:
     """(world sizes to run, GPU count the plan may assume) for this process.
 
     Outside torchrun: ``given`` or ``default``, and this host's GPUs.  Under
@@ -173,9 +185,11 @@ def _world_for_job(flag: str, given: list[int] | None, default: list[int],
     if job is None:
         return list(given or default), local_gpus
     if given and given != [job]:
-        raise ValueError(f"{flag}: this torchrun job has {job} ranks and every run uses all of "
-                         f"them; got {','.join(map(str, given))} (omit {flag}, or launch "
-                         "torchrun with that many processes)")
+        raise ValueError(
+            f"{flag}: this torchrun job has {job} ranks and every run uses all of "
+            f"them; got {','.join(map(str, given))} (omit {flag}, or launch "
+            "torchrun with that many processes)"
+        )
     return [job], torchrun.gpus_for_job(local_gpus)
 
 
@@ -185,8 +199,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     console = _console(args.width, stderr=args.json, quiet=not torchrun.is_lead())
     try:
-        world_sizes, gpu_count = _world_for_job("--world-sizes", args.world_sizes, [2, 4],
-                                                probes.gpu_count())
+        world_sizes, gpu_count = _world_for_job(
+            "--world-sizes", args.world_sizes, [2, 4], probes.gpu_count()
+        )
     except ValueError as exc:
         print(f"vllm-ep-kit check: error: {exc}", file=sys.stderr)
         return 2
@@ -195,17 +210,24 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"vllm-ep-kit check: error: {too_many}", file=sys.stderr)
         return 2
     try:
-        plan = ep_check.make_plan(world_sizes, args.tp, args.backends, args.dtypes,
-                                  gpu_count=gpu_count,
-                                  usable=backends.usable_backend_names(),
-                                  unusable={row.name: row.reason for row in backends.usability()
-                                            if not row.usable})
+        plan = ep_check.make_plan(
+            world_sizes,
+            args.tp,
+            args.backends,
+            args.dtypes,
+            gpu_count=gpu_count,
+            usable=backends.usable_backend_names(),
+            unusable={row.name: row.reason for row in backends.usability() if not row.usable},
+        )
     except ep_check.CheckArgumentError as exc:
         print(f"vllm-ep-kit check: error: {exc}", file=sys.stderr)
         return 2
     if not plan.backends:
-        print("vllm-ep-kit check: error: no checkable all-to-all backend is usable here "
-              "(see `vllm-ep-kit doctor`)", file=sys.stderr)
+        print(
+            "vllm-ep-kit check: error: no checkable all-to-all backend is usable here "
+            "(see `vllm-ep-kit doctor`)",
+            file=sys.stderr,
+        )
         return 2
     for layout, why in plan.skipped:
         console.print(f"[yellow]not run[/yellow] {layout}: {why}")
@@ -213,41 +235,65 @@ def cmd_check(args: argparse.Namespace) -> int:
     done = 0
 
     def on_start(backend, layout, n_cases):
-        console.print(f"starting {backend} on {layout.world_size} ranks ({layout.describe()}, "
-                      f"{plan.device_backend}): {n_cases} cases")
+        console.print(
+            f"starting {backend} on {layout.world_size} ranks ({layout.describe()}, "
+            f"{plan.device_backend}): {n_cases} cases"
+        )
 
     def on_result(result):
         nonlocal done
         done += 1
         mark = "[green]pass[/green]" if result.passed else "[red]FAIL[/red]"
-        console.print(f"[{done}/{total}] {result.backend} {result.layout} {result.dtype} "
-                      f"tokens={result.tokens}: {mark} (max error {result.max_error:.3g}, "
-                      f"{result.seconds * 1e3:.1f} ms)"
-                      + (f" {result.note}" if not result.passed and result.note else ""))
+        console.print(
+            f"[{done}/{total}] {result.backend} {result.layout} {result.dtype} "
+            f"tokens={result.tokens}: {mark} (max error {result.max_error:.3g}, "
+            f"{result.seconds * 1e3:.1f} ms)"
+            + (f" {result.note}" if not result.passed and result.note else "")
+        )
 
     def on_error(run, message):
         console.print(f"[red]{run.backend} on {run.layout.describe()} failed:[/red]")
         console.print(message, markup=False, highlight=False)
 
-    results = ep_check.run_check(plan, on_result=on_result, on_start=on_start,
-                                 on_error=on_error, timeout_s=args.timeout)
+    results = ep_check.run_check(
+        plan, on_result=on_result, on_start=on_start, on_error=on_error, timeout_s=args.timeout
+    )
     if args.json and torchrun.is_lead():
-        json.dump({"results": [r.as_dict() for r in results],
-                   "not_run": [{"layout": lay, "reason": why} for lay, why in plan.skipped]},
-                  sys.stdout, indent=2)
+        json.dump(
+            {
+                "results": [r.as_dict() for r in results],
+                "not_run": [{"layout": lay, "reason": why} for lay, why in plan.skipped],
+            },
+            sys.stdout,
+            indent=2,
+        )
         sys.stdout.write("\n")
     elif not args.json:
         table = Table(title="EP dispatch + combine vs reference")
-        for col in ("backend", "layout", "dtype", "tokens", "dispatch exact", "max error",
-                    "result", "time (ms)"):
+        for col in (
+            "backend",
+            "layout",
+            "dtype",
+            "tokens",
+            "dispatch exact",
+            "max error",
+            "result",
+            "time (ms)",
+        ):
             table.add_column(col)
         table.add_column("why it failed", overflow="fold")
         for r in results:
-            table.add_row(r.backend, r.layout, r.dtype, r.tokens, "n/a" if r.dispatch_exact is None
-                          else OK if r.dispatch_exact else NO,
-                          f"{r.max_error:.3g}", "[green]pass[/green]" if r.passed
-                          else "[red]FAIL[/red]", f"{r.seconds * 1e3:.1f}",
-                          "" if r.passed else r.note)
+            table.add_row(
+                r.backend,
+                r.layout,
+                r.dtype,
+                r.tokens,
+                "n/a" if r.dispatch_exact is None else OK if r.dispatch_exact else NO,
+                f"{r.max_error:.3g}",
+                "[green]pass[/green]" if r.passed else "[red]FAIL[/red]",
+                f"{r.seconds * 1e3:.1f}",
+                "" if r.passed else r.note,
+            )
         console.print(table)
     failed = sum(not r.passed for r in results)
     console.print(f"{len(results) - failed} passed, {failed} failed")
@@ -255,10 +301,23 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def _bench_table(report: dict, console: Console) -> None:
-    table = Table(title=f"Dispatch + combine, {report['meta'].get('world_size', '?')} ranks "
-                        f"({report['meta'].get('timer', '')})")
-    for col in ("backend", "hidden", "dtype", "tokens/rank", "dispatch ms", "combine ms",
-                "total ms", "GB/s", "vs all_to_all", "vs link", "round trip"):
+    table = Table(
+        title=f"Dispatch + combine, {report['meta'].get('world_size', '?')} ranks "
+        f"({report['meta'].get('timer', '')})"
+    )
+    for col in (
+        "backend",
+        "hidden",
+        "dtype",
+        "tokens/rank",
+        "dispatch ms",
+        "combine ms",
+        "total ms",
+        "GB/s",
+        "vs all_to_all",
+        "vs link",
+        "round trip",
+    ):
         table.add_column(col, justify="right" if col not in ("backend", "dtype") else "left")
 
     def num(value, fmt):
@@ -266,18 +325,31 @@ def _bench_table(report: dict, console: Console) -> None:
 
     for r in report["results"]:
         check = {"ok": "[green]ok[/green]", "FAILED": "[red]FAILED[/red]"}.get(
-            r["check"], "[dim]not checked[/dim]")
-        table.add_row(r["backend"], str(r["hidden"]), r["dtype"], str(r["tokens"]),
-                      num(r["dispatch_ms"], ".3f"), num(r["combine_ms"], ".3f"),
-                      num(r["total_ms"], ".3f"), num(r["gbps"], ".3g"),
-                      num(r["vs_baseline"], ".2f") + ("x" if r["vs_baseline"] else ""),
-                      num(r["vs_link"] and 100 * r["vs_link"], ".0f")
-                      + ("%" if r["vs_link"] else ""), check)
+            r["check"], "[dim]not checked[/dim]"
+        )
+        table.add_row(
+            r["backend"],
+            str(r["hidden"]),
+            r["dtype"],
+            str(r["tokens"]),
+            num(r["dispatch_ms"], ".3f"),
+            num(r["combine_ms"], ".3f"),
+            num(r["total_ms"], ".3f"),
+            num(r["gbps"], ".3g"),
+            num(r["vs_baseline"], ".2f") + ("x" if r["vs_baseline"] else ""),
+            num(r["vs_link"] and 100 * r["vs_link"], ".0f") + ("%" if r["vs_link"] else ""),
+            check,
+        )
     console.print(table)
     for link in report.get("links", []):
-        console.print(f"link limit ({link['backend']} run): "
-                      + (f"{link['gbps']:.1f} GB/s peer copy (slowest GPU)" if link.get("gbps")
-                         else f"not measured: {link.get('why', '')}"))
+        console.print(
+            f"link limit ({link['backend']} run): "
+            + (
+                f"{link['gbps']:.1f} GB/s peer copy (slowest GPU)"
+                if link.get("gbps")
+                else f"not measured: {link.get('why', '')}"
+            )
+        )
 
 
 def _bench_plot(report: dict, path, console: Console) -> None:
@@ -286,8 +358,10 @@ def _bench_plot(report: dict, path, console: Console) -> None:
     try:
         console.print(f"plot: {plot_report(report, path)}")
     except ImportError:
-        console.print("[yellow]plot not drawn:[/yellow] matplotlib is not installed here; "
-                      f"elsewhere run `vllm-ep-kit bench --from-json {path.with_suffix('.json')}`")
+        console.print(
+            "[yellow]plot not drawn:[/yellow] matplotlib is not installed here; "
+            f"elsewhere run `vllm-ep-kit bench --from-json {path.with_suffix('.json')}`"
+        )
     except ValueError as exc:
         console.print(f"[yellow]plot not drawn:[/yellow] {exc}")
 
@@ -334,8 +408,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
             report = json.loads(source.read_text())
             bench_report.check_report(report)
         except (OSError, ValueError) as exc:
-            print(f"vllm-ep-kit bench: error: --from-json: {source}: not a bench report "
-                  f"({exc})", file=sys.stderr)
+            print(
+                f"vllm-ep-kit bench: error: --from-json: {source}: not a bench report ({exc})",
+                file=sys.stderr,
+            )
             return 2
         _bench_table(report, console)
         _bench_plot(report, source.with_suffix(".png"), console)
@@ -344,8 +420,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     local_gpus = gpu.data.get("count", 0)
     try:
         (world,), gpu_count = _world_for_job(
-            "--world-size", [args.world_size] if args.world_size else None,
-            [max(local_gpus, 2)], local_gpus)
+            "--world-size",
+            [args.world_size] if args.world_size else None,
+            [max(local_gpus, 2)],
+            local_gpus,
+        )
     except ValueError as exc:
         print(f"vllm-ep-kit bench: error: {exc}", file=sys.stderr)
         return 2
@@ -353,27 +432,42 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if too_many:
         print(f"vllm-ep-kit bench: error: {too_many}", file=sys.stderr)
         return 2
-    tokens = args.tokens or list(bench_plan.DEFAULT_TOKENS if gpu_count
-                                 else bench_plan.CPU_DEFAULT_TOKENS)
-    hiddens = args.hidden or list(bench_plan.DEFAULT_HIDDEN if gpu_count
-                                  else bench_plan.CPU_DEFAULT_HIDDEN)
+    tokens = args.tokens or list(
+        bench_plan.DEFAULT_TOKENS if gpu_count else bench_plan.CPU_DEFAULT_TOKENS
+    )
+    hiddens = args.hidden or list(
+        bench_plan.DEFAULT_HIDDEN if gpu_count else bench_plan.CPU_DEFAULT_HIDDEN
+    )
     dtypes = args.dtypes or list(bench_plan.DEFAULT_DTYPES)
-    given = {"top_k": args.top_k, "num_experts": args.experts, "warmup": args.warmup,
-             "repeats": args.repeats}
+    given = {
+        "top_k": args.top_k,
+        "num_experts": args.experts,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+    }
     settings = bench_plan.BenchSettings(**{k: v for k, v in given.items() if v is not None})
     status = backends.usability()
     try:
         plan = bench_plan.make_bench_plan(
-            world, args.backends, tokens, hiddens, dtypes, settings, gpu_count,
+            world,
+            args.backends,
+            tokens,
+            hiddens,
+            dtypes,
+            settings,
+            gpu_count,
             usable=[row.name for row in status if row.usable],
-            unusable={row.name: row.reason for row in status if not row.usable})
+            unusable={row.name: row.reason for row in status if not row.usable},
+        )
     except bench_plan.BenchArgumentError as exc:
         print(f"vllm-ep-kit bench: error: {exc}", file=sys.stderr)
         return 2
     if torchrun.active() and not args.out:
-        print("vllm-ep-kit bench: error: --out: required under torchrun (every rank writes "
-              "its partial rows there; a default named by each process's clock could differ)",
-              file=sys.stderr)
+        print(
+            "vllm-ep-kit bench: error: --out: required under torchrun (every rank writes "
+            "its partial rows there; a default named by each process's clock could differ)",
+            file=sys.stderr,
+        )
         return 2
     out = Path(args.out or datetime.datetime.now().strftime("bench-%Y%m%d-%H%M%S"))
     # Under torchrun the lead checks; the others would race with its partial folder.
@@ -385,35 +479,58 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for what, why in plan.skipped:
         console.print(f"[yellow]not run[/yellow] {what}: {why}")
     if not plan.runs:
-        print("vllm-ep-kit bench: error: no benchmarkable all-to-all backend is usable here "
-              "(see `vllm-ep-kit doctor`)", file=sys.stderr)
+        print(
+            "vllm-ep-kit bench: error: no benchmarkable all-to-all backend is usable here "
+            "(see `vllm-ep-kit doctor`)",
+            file=sys.stderr,
+        )
         return 2
     timer = "CUDA events" if gpu_count else "wall clock on CPU ranks (gloo): not GPU figures"
-    console.print(f"bench: {world} ranks, {timer}, {settings.warmup} warm-up + "
-                  f"{settings.repeats} timed repeats per point; writing {out}")
+    console.print(
+        f"bench: {world} ranks, {timer}, {settings.warmup} warm-up + "
+        f"{settings.repeats} timed repeats per point; writing {out}"
+    )
 
     def on_start(run):
-        console.print(f"starting {run.backend} on {world} ranks ({run.layout.describe()}, "
-                      f"{plan.device_backend}): {len(run.points)} points, each beside "
-                      f"{bench_plan.BASELINE}")
+        console.print(
+            f"starting {run.backend} on {world} ranks ({run.layout.describe()}, "
+            f"{plan.device_backend}): {len(run.points)} points, each beside "
+            f"{bench_plan.BASELINE}"
+        )
 
     def on_point(run, row, done):
-        console.print(f"[{done}/{len(run.points)}] {run.backend} hidden={row['hidden']} "
-                      f"{row['dtype']} tokens={row['tokens']}: {row['total_ms']:.3f} ms "
-                      f"(baseline {row['baseline_ms']:.3f} ms), round trip {row['check']}")
+        console.print(
+            f"[{done}/{len(run.points)}] {run.backend} hidden={row['hidden']} "
+            f"{row['dtype']} tokens={row['tokens']}: {row['total_ms']:.3f} ms "
+            f"(baseline {row['baseline_ms']:.3f} ms), round trip {row['check']}"
+        )
 
     def on_error(run, message):
         console.print(f"[red]{run.backend} failed:[/red]")
         console.print(message, markup=False, highlight=False)
 
-    measured = run_bench(plan, out / "partial", on_start=on_start, on_point=on_point,
-                         on_error=on_error, timeout_s=args.timeout)
-    report = {"meta": {"command": " ".join(["vllm-ep-kit", *sys.argv[1:]]),
-                       "date": datetime.datetime.now().isoformat(timespec="seconds"),
-                       "world_size": world, "device": gpu.detail if gpu_count else "CPU",
-                       "timer": timer, "transport": plan.device_backend,
-                       "versions": probes.versions(), "settings": settings.__dict__},
-              **measured, "not_run": [{"what": w, "why": y} for w, y in plan.skipped]}
+    measured = run_bench(
+        plan,
+        out / "partial",
+        on_start=on_start,
+        on_point=on_point,
+        on_error=on_error,
+        timeout_s=args.timeout,
+    )
+    report = {
+        "meta": {
+            "command": " ".join(["vllm-ep-kit", *sys.argv[1:]]),
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "world_size": world,
+            "device": gpu.detail if gpu_count else "CPU",
+            "timer": timer,
+            "transport": plan.device_backend,
+            "versions": probes.versions(),
+            "settings": settings.__dict__,
+        },
+        **measured,
+        "not_run": [{"what": w, "why": y} for w, y in plan.skipped],
+    }
     if lead:
         (out / "bench.json").write_text(json.dumps(report, indent=2))
         if args.json:
@@ -425,8 +542,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         console.print(f"results: {out / 'bench.json'}")
     bad = [r for r in report["results"] if r["check"] == "FAILED"]
     for failure in report["failures"]:
-        console.print(f"[red]{failure['backend']}: failed after {failure['points_measured']}/"
-                      f"{failure['points_planned']} points: {failure['error']}[/red]")
+        console.print(
+            f"[red]{failure['backend']}: failed after {failure['points_measured']}/"
+            f"{failure['points_planned']} points: {failure['error']}[/red]"
+        )
     if bad:
         console.print(f"[red]{len(bad)} point(s) failed the round-trip check[/red]")
     return 1 if bad or report["failures"] else 0
@@ -449,15 +568,25 @@ def _explain(root, path: str, form: str) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     for row in rows:
-        how = " and ".join(w for w, on in (("runs it", row["runs_it"]),
-                                          ("is selected by a change to it",
-                                           row["selected_by_it"])) if on)
-        print(f"{row['where']}: {row['step']!r} {how}; {row['device']}, {row['gpus']} GPU(s)"
-              + (", optional (runs only when asked for)" if row["optional"] else ""))
+        how = " and ".join(
+            w
+            for w, on in (
+                ("runs it", row["runs_it"]),
+                ("is selected by a change to it", row["selected_by_it"]),
+            )
+            if on
+        )
+        print(
+            f"{row['where']}: {row['step']!r} {how}; {row['device']}, {row['gpus']} GPU(s)"
+            + (", optional (runs only when asked for)" if row["optional"] else "")
+        )
     automatic = [r for r in rows if r["runs_it"] and not r["optional"]]
-    print(f"{path}: run by {len(automatic)} non-optional step(s), "
-          f"{sum(r['runs_it'] for r in rows) - len(automatic)} optional"
-          + ("" if automatic else " -- no automatic build runs it"), file=sys.stderr)
+    print(
+        f"{path}: run by {len(automatic)} non-optional step(s), "
+        f"{sum(r['runs_it'] for r in rows) - len(automatic)} optional"
+        + ("" if automatic else " -- no automatic build runs it"),
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -474,26 +603,37 @@ def cmd_lint_ci(args: argparse.Namespace) -> int:
         return 2
     missing = [f for f in args.files if not Path(f).is_file()]
     if missing:
-        print(f"vllm-ep-kit lint-ci: error: FILES: no such file: {', '.join(missing)}",
-              file=sys.stderr)
+        print(
+            f"vllm-ep-kit lint-ci: error: FILES: no such file: {', '.join(missing)}",
+            file=sys.stderr,
+        )
         return 2
     for flag, names in (("--select", args.select), ("--ignore", args.ignore)):
         unknown = sorted(set(names or []) - set(RULE_NAMES))
         if unknown:
-            print(f"vllm-ep-kit lint-ci: error: {flag}: unknown rule {', '.join(unknown)}; "
-                  f"rules: {', '.join(RULE_NAMES)}", file=sys.stderr)
+            print(
+                f"vllm-ep-kit lint-ci: error: {flag}: unknown rule {', '.join(unknown)}; "
+                f"rules: {', '.join(RULE_NAMES)}",
+                file=sys.stderr,
+            )
             return 2
     if args.explain is not None:
         target = Path(args.explain)
         if target.is_absolute():
             if not target.resolve().is_relative_to(root.resolve()):
-                print(f"vllm-ep-kit lint-ci: error: --explain: {args.explain} is outside "
-                      f"--root {root}", file=sys.stderr)
+                print(
+                    f"vllm-ep-kit lint-ci: error: --explain: {args.explain} is outside "
+                    f"--root {root}",
+                    file=sys.stderr,
+                )
                 return 2
             target = target.resolve().relative_to(root.resolve())
         if str(target) in ("", "."):
-            print("vllm-ep-kit lint-ci: error: --explain: expected a path in the repository "
-                  "(a test, a script or a folder)", file=sys.stderr)
+            print(
+                "vllm-ep-kit lint-ci: error: --explain: expected a path in the repository "
+                "(a test, a script or a folder)",
+                file=sys.stderr,
+            )
             return 2
         return _explain(root, target.as_posix(), args.format)
     baseline = None
@@ -503,24 +643,46 @@ def cmd_lint_ci(args: argparse.Namespace) -> int:
             if not isinstance(baseline, list):
                 raise ValueError(f"expected a JSON list, got {type(baseline).__name__}")
         except (OSError, ValueError) as exc:
-            print(f"vllm-ep-kit lint-ci: error: --baseline: {args.baseline}: not a lint-ci "
-                  f"--format json output ({exc})", file=sys.stderr)
+            print(
+                f"vllm-ep-kit lint-ci: error: --baseline: {args.baseline}: not a lint-ci "
+                f"--format json output ({exc})",
+                file=sys.stderr,
+            )
             return 2
     try:
-        findings = lint(root, [Path(f) for f in args.files] or None,
-                        select=set(args.select) if args.select else None,
-                        ignore=set(args.ignore or []))
+        findings = lint(
+            root,
+            [Path(f) for f in args.files] or None,
+            select=set(args.select) if args.select else None,
+            ignore=set(args.ignore or []),
+        )
     except Exception as exc:  # noqa: BLE001 (a bug of ours: say so, exit 3, no traceback)
-        print(f"vllm-ep-kit lint-ci: internal error: {type(exc).__name__}: {exc} (please "
-              "report it with the file that caused it)", file=sys.stderr)
+        print(
+            f"vllm-ep-kit lint-ci: internal error: {type(exc).__name__}: {exc} (please "
+            "report it with the file that caused it)",
+            file=sys.stderr,
+        )
         return 3
     if baseline is not None:
         from vllm_ep_kit.buildkite.lint import without_baseline
 
         findings = without_baseline(findings, baseline)
     if args.format == "json":
-        print(json.dumps([{"path": f.path, "line": f.line, "rule": f.rule,
-                           "message": f.message, "fix": f.hint} for f in findings], indent=2))
+        print(
+            json.dumps(
+                [
+                    {
+                        "path": f.path,
+                        "line": f.line,
+                        "rule": f.rule,
+                        "message": f.message,
+                        "fix": f.hint,
+                    }
+                    for f in findings
+                ],
+                indent=2,
+            )
+        )
     else:
         for finding in findings:
             print(_finding_line(finding, args.format))
@@ -543,21 +705,34 @@ def cmd_bundle(args: argparse.Namespace) -> int:
             print(f"vllm-ep-kit bundle: error: {name}: {value} does not exist", file=sys.stderr)
             return 2
     if args.jit_cache is not None and not Path(args.jit_cache).is_dir():
-        print(f"vllm-ep-kit bundle: error: --jit-cache: {args.jit_cache} is not a folder",
-              file=sys.stderr)
+        print(
+            f"vllm-ep-kit bundle: error: --jit-cache: {args.jit_cache} is not a folder",
+            file=sys.stderr,
+        )
         return 2
     try:
         have = bundle.read_have(Path(args.have) if args.have else None)
     except (OSError, UnicodeDecodeError) as exc:
-        print(f"vllm-ep-kit bundle: error: --have: {args.have}: not a text file of package "
-              f"names ({type(exc).__name__})", file=sys.stderr)
+        print(
+            f"vllm-ep-kit bundle: error: --have: {args.have}: not a text file of package "
+            f"names ({type(exc).__name__})",
+            file=sys.stderr,
+        )
         return 2
-    plan = bundle.plan(include_vllm=args.vllm, have=have,
-                       skip={bundle.normalise(n) for n in args.skip},
-                       progress=lambda m: print(m, file=sys.stderr))
-    manifest = bundle.write(plan, out, args.python_version, args.platform,
-                            Path(args.jit_cache) if args.jit_cache else None,
-                            progress=lambda m: print(m, file=sys.stderr))
+    plan = bundle.plan(
+        include_vllm=args.vllm,
+        have=have,
+        skip={bundle.normalise(n) for n in args.skip},
+        progress=lambda m: print(m, file=sys.stderr),
+    )
+    manifest = bundle.write(
+        plan,
+        out,
+        args.python_version,
+        args.platform,
+        Path(args.jit_cache) if args.jit_cache else None,
+        progress=lambda m: print(m, file=sys.stderr),
+    )
     print(json.dumps(manifest, indent=2))
     print(f"bundle ready: on the target run `source {out}/bootstrap.sh`", file=sys.stderr)
     return 1 if manifest["wheel_failures"] else 0
@@ -566,99 +741,228 @@ def cmd_bundle(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="vllm-ep-kit",
-        description="Tests, hotfixes and tools for vLLM's expert-parallel communication.")
+        description="Tests, hotfixes and tools for vLLM's expert-parallel communication.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    doctor = sub.add_parser("doctor", help="what works on this machine (GPUs, links, "
-                            "handles and their exchange, versions, usable all-to-all backends)")
+    doctor = sub.add_parser(
+        "doctor",
+        help="what works on this machine (GPUs, links, "
+        "handles and their exchange, versions, usable all-to-all backends)",
+    )
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
-    doctor.add_argument("--width", type=_positive_int, default=None,
-                        help="table width in columns (default: the terminal's; wide in a pipe)")
+    doctor.add_argument(
+        "--width",
+        type=_positive_int,
+        default=None,
+        help="table width in columns (default: the terminal's; wide in a pipe)",
+    )
     doctor.set_defaults(func=cmd_doctor)
 
-    check = sub.add_parser("check", help="EP correctness: dispatch + combine of every usable "
-                           "all-to-all backend against the exact reference")
-    check.add_argument("--world-sizes", type=_int_list, default=None, metavar="N[,N]",
-                       help="ranks per run (default 2,4; one GPU each where GPUs exist; "
-                       "under torchrun: the job's ranks)")
-    check.add_argument("--tp", type=_int_list, default=[1, 2], metavar="N[,N]",
-                       help="tensor-parallel sizes; DP fills the rest (default 1,2)")
-    check.add_argument("--backends", type=_str_list, default=None, metavar="NAME[,NAME]",
-                       help="all-to-all backends (default: every usable checkable one)")
-    check.add_argument("--dtypes", type=_str_list, default=["bf16", "fp32"],
-                       metavar="D[,D]", help="payload dtypes (default bf16,fp32)")
-    check.add_argument("--timeout", type=_positive_seconds, default=300.0,
-                       help="watchdog: seconds without progress before ranks are stopped")
+    check = sub.add_parser(
+        "check",
+        help="EP correctness: dispatch + combine of every usable "
+        "all-to-all backend against the exact reference",
+    )
+    check.add_argument(
+        "--world-sizes",
+        type=_int_list,
+        default=None,
+        metavar="N[,N]",
+        help="ranks per run (default 2,4; one GPU each where GPUs exist; "
+        "under torchrun: the job's ranks)",
+    )
+    check.add_argument(
+        "--tp",
+        type=_int_list,
+        default=[1, 2],
+        metavar="N[,N]",
+        help="tensor-parallel sizes; DP fills the rest (default 1,2)",
+    )
+    check.add_argument(
+        "--backends",
+        type=_str_list,
+        default=None,
+        metavar="NAME[,NAME]",
+        help="all-to-all backends (default: every usable checkable one)",
+    )
+    check.add_argument(
+        "--dtypes",
+        type=_str_list,
+        default=["bf16", "fp32"],
+        metavar="D[,D]",
+        help="payload dtypes (default bf16,fp32)",
+    )
+    check.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=300.0,
+        help="watchdog: seconds without progress before ranks are stopped",
+    )
     check.add_argument("--json", action="store_true", help="machine-readable results")
-    check.add_argument("--width", type=_positive_int, default=None,
-                        help="table width in columns (default: the terminal's; wide in a pipe)")
+    check.add_argument(
+        "--width",
+        type=_positive_int,
+        default=None,
+        help="table width in columns (default: the terminal's; wide in a pipe)",
+    )
     check.set_defaults(func=cmd_check)
 
-    bench = sub.add_parser("bench", help="dispatch + combine latency and bandwidth of every "
-                           "usable all-to-all backend beside all_to_all_single and the link limit")
-    bench.add_argument("--world-size", type=_positive_int, default=None,
-                       help="ranks (default: every visible GPU, at least 2; under torchrun: "
-                       "the job's ranks)")
-    bench.add_argument("--backends", type=_str_list, default=None, metavar="NAME[,NAME]",
-                       help="backends (default: every usable benchmarkable one)")
-    bench.add_argument("--tokens", type=_int_list, default=None, metavar="N[,N]",
-                       help="tokens per rank (default 1,2,4..8192 on GPUs; 1,16,256 on CPU)")
-    bench.add_argument("--hidden", type=_int_list, default=None, metavar="H[,H]",
-                       help="hidden sizes (default 2048,7168 on GPUs; 2048 on CPU)")
-    bench.add_argument("--dtypes", type=_str_list, default=None, metavar="D[,D]",
-                       help="payload dtypes (default bf16,fp8; fp8 carries block scales)")
-    bench.add_argument("--top-k", type=_positive_int, default=None,
-                       help="experts per token (default 8)")
-    bench.add_argument("--experts", type=_positive_int, default=None,
-                       help="experts (default 256)")
-    bench.add_argument("--warmup", type=_non_negative_int, default=None,
-                       help="untimed repeats per point (default 5)")
-    bench.add_argument("--repeats", type=_positive_int, default=None,
-                       help="timed repeats, median taken (default 20)")
-    bench.add_argument("--out", default=None, metavar="DIR",
-                       help="new folder for bench.json, bench.png and per-rank partial rows "
-                       "(default bench-<date>-<time>)")
-    bench.add_argument("--from-json", default=None, metavar="FILE",
-                       help="print and plot a saved bench.json instead of measuring")
-    bench.add_argument("--timeout", type=_positive_seconds, default=300.0,
-                       help="watchdog: seconds without progress before ranks are stopped")
+    bench = sub.add_parser(
+        "bench",
+        help="dispatch + combine latency and bandwidth of every "
+        "usable all-to-all backend beside all_to_all_single and the link limit",
+    )
+    bench.add_argument(
+        "--world-size",
+        type=_positive_int,
+        default=None,
+        help="ranks (default: every visible GPU, at least 2; under torchrun: the job's ranks)",
+    )
+    bench.add_argument(
+        "--backends",
+        type=_str_list,
+        default=None,
+        metavar="NAME[,NAME]",
+        help="backends (default: every usable benchmarkable one)",
+    )
+    bench.add_argument(
+        "--tokens",
+        type=_int_list,
+        default=None,
+        metavar="N[,N]",
+        help="tokens per rank (default 1,2,4..8192 on GPUs; 1,16,256 on CPU)",
+    )
+    bench.add_argument(
+        "--hidden",
+        type=_int_list,
+        default=None,
+        metavar="H[,H]",
+        help="hidden sizes (default 2048,7168 on GPUs; 2048 on CPU)",
+    )
+    bench.add_argument(
+        "--dtypes",
+        type=_str_list,
+        default=None,
+        metavar="D[,D]",
+        help="payload dtypes (default bf16,fp8; fp8 carries block scales)",
+    )
+    bench.add_argument(
+        "--top-k", type=_positive_int, default=None, help="experts per token (default 8)"
+    )
+    bench.add_argument("--experts", type=_positive_int, default=None, help="experts (default 256)")
+    bench.add_argument(
+        "--warmup",
+        type=_non_negative_int,
+        default=None,
+        help="untimed repeats per point (default 5)",
+    )
+    bench.add_argument(
+        "--repeats",
+        type=_positive_int,
+        default=None,
+        help="timed repeats, median taken (default 20)",
+    )
+    bench.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="new folder for bench.json, bench.png and per-rank partial rows "
+        "(default bench-<date>-<time>)",
+    )
+    bench.add_argument(
+        "--from-json",
+        default=None,
+        metavar="FILE",
+        help="print and plot a saved bench.json instead of measuring",
+    )
+    bench.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=300.0,
+        help="watchdog: seconds without progress before ranks are stopped",
+    )
     bench.add_argument("--json", action="store_true", help="machine-readable results")
-    bench.add_argument("--width", type=_positive_int, default=None,
-                        help="table width in columns (default: the terminal's; wide in a pipe)")
+    bench.add_argument(
+        "--width",
+        type=_positive_int,
+        default=None,
+        help="table width in columns (default: the terminal's; wide in a pipe)",
+    )
     bench.set_defaults(func=cmd_bench)
 
-    lint_ci = sub.add_parser("lint-ci", help="lint Buildkite test areas as vLLM's pipeline "
-                             "generator reads them (docs/ci.md lists the rules)")
-    lint_ci.add_argument("files", nargs="*", metavar="FILES",
-                         help="test-area files (default: every job_dirs folder of "
-                              ".buildkite/ci_config*.yaml, else .buildkite/test_areas)")
+    lint_ci = sub.add_parser(
+        "lint-ci",
+        help="lint Buildkite test areas as vLLM's pipeline "
+        "generator reads them (docs/ci.md lists the rules)",
+    )
+    lint_ci.add_argument(
+        "files",
+        nargs="*",
+        metavar="FILES",
+        help="test-area files (default: every job_dirs folder of "
+        ".buildkite/ci_config*.yaml, else .buildkite/test_areas)",
+    )
     lint_ci.add_argument("--root", default=".", help="repository root (default: .)")
-    lint_ci.add_argument("--format", choices=("text", "json", "github"), default="text",
-                         help="text (file:line: rule: message), json, or GitHub annotations")
-    lint_ci.add_argument("--select", type=_str_list, default=None, metavar="RULE[,RULE]",
-                         help="only these rules")
-    lint_ci.add_argument("--ignore", type=_str_list, default=None, metavar="RULE[,RULE]",
-                         help="never these rules")
-    lint_ci.add_argument("--explain", default=None, metavar="PATH",
-                         help="which steps run PATH (a test, script or folder) or are selected "
-                              "by a change to it, on which device, and whether optional")
-    lint_ci.add_argument("--baseline", default=None, metavar="FILE",
-                         help="a --format json output: only findings not in it count")
+    lint_ci.add_argument(
+        "--format",
+        choices=("text", "json", "github"),
+        default="text",
+        help="text (file:line: rule: message), json, or GitHub annotations",
+    )
+    lint_ci.add_argument(
+        "--select", type=_str_list, default=None, metavar="RULE[,RULE]", help="only these rules"
+    )
+    lint_ci.add_argument(
+        "--ignore", type=_str_list, default=None, metavar="RULE[,RULE]", help="never these rules"
+    )
+    lint_ci.add_argument(
+        "--explain",
+        default=None,
+        metavar="PATH",
+        help="which steps run PATH (a test, script or folder) or are selected "
+        "by a change to it, on which device, and whether optional",
+    )
+    lint_ci.add_argument(
+        "--baseline",
+        default=None,
+        metavar="FILE",
+        help="a --format json output: only findings not in it count",
+    )
     lint_ci.set_defaults(func=cmd_lint_ci)
 
-    bundle = sub.add_parser("bundle", help="folder for an air-gapped GPU host with torch: "
-                            "pruned FlashInfer, optional vLLM sources, traced wheels, bootstrap")
+    bundle = sub.add_parser(
+        "bundle",
+        help="folder for an air-gapped GPU host with torch: "
+        "pruned FlashInfer, optional vLLM sources, traced wheels, bootstrap",
+    )
     bundle.add_argument("out", metavar="OUT", help="empty or new folder to write")
     bundle.add_argument("--python-version", default="3.12", help="target Python (default 3.12)")
-    bundle.add_argument("--platform", default="manylinux_2_28_x86_64",
-                        help="target wheel platform (default manylinux_2_28_x86_64)")
-    bundle.add_argument("--have", default=None, metavar="FILE",
-                        help="the target's `pip freeze` (or one name per line): not shipped")
-    bundle.add_argument("--skip", default=[], type=_str_list, metavar="DIST[,DIST]",
-                        help="distributions not to ship (e.g. optional heavy ones)")
+    bundle.add_argument(
+        "--platform",
+        default="manylinux_2_28_x86_64",
+        help="target wheel platform (default manylinux_2_28_x86_64)",
+    )
+    bundle.add_argument(
+        "--have",
+        default=None,
+        metavar="FILE",
+        help="the target's `pip freeze` (or one name per line): not shipped",
+    )
+    bundle.add_argument(
+        "--skip",
+        default=[],
+        type=_str_list,
+        metavar="DIST[,DIST]",
+        help="distributions not to ship (e.g. optional heavy ones)",
+    )
     bundle.add_argument("--vllm", action="store_true", help="include vLLM's Python sources")
-    bundle.add_argument("--jit-cache", default=None, metavar="DIR",
-                        help="a FlashInfer JIT cache built on a matching host, to ship along")
+    bundle.add_argument(
+        "--jit-cache",
+        default=None,
+        metavar="DIR",
+        help="a FlashInfer JIT cache built on a matching host, to ship along",
+    )
     bundle.set_defaults(func=cmd_bundle)
     return parser
 

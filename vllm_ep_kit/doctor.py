@@ -12,14 +12,23 @@ from vllm_ep_kit.testing import probes
 
 def collect() -> dict:
     """Run every probe once; return a JSON-ready report."""
-    checks = [probes.gpus(), probes.nvlink(), probes.mnnvl_handles(),
-              probes.handle_exchange(), probes.ptrace(),
-              probes.flashinfer_comm(), probes.vllm()]
+    checks = [
+        probes.gpus(),
+        probes.nvlink(),
+        probes.mnnvl_handles(),
+        probes.handle_exchange(),
+        probes.ptrace(),
+        probes.flashinfer_comm(),
+        probes.vllm(),
+    ]
     if probes.gpu_count():
         checks += [probes.vllm_pynccl(), probes.vllm_moe_kernels()]
     return {
-        "host": {"hostname": platform.node(), "platform": platform.platform(),
-                 "cpus": os.cpu_count()},
+        "host": {
+            "hostname": platform.node(),
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+        },
         "versions": probes.versions(),
         "capabilities": [c.as_dict() for c in checks],
         "backends": [asdict(b) for b in backends.usability(software=True)],
@@ -34,5 +43,12 @@ def _patch_statuses() -> list[dict]:
     try:
         return [s.as_dict() for s in patches.apply_all()]
     except (patches.PatchConfigError, patches.RequiredPatchError) as exc:
-        return [{"name": "(configuration)", "status": "error", "reason": str(exc),
-                 "upstream": "", "affected": ""}]
+        return [
+            {
+                "name": "(configuration)",
+                "status": "error",
+                "reason": str(exc),
+                "upstream": "",
+                "affected": "",
+            }
+        ]

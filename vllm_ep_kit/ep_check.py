@@ -20,9 +20,19 @@ from vllm_ep_kit.results import CaseResult, merge_case_rows, not_run_result
 
 DEFAULT_TOKEN_PATTERNS = ("even", "uneven", "zero")
 
-__all__ = ["CaseResult", "CheckArgumentError", "CheckPlan", "CheckRun", "backend_cases",
-           "make_plan", "merge_case_rows", "plan_cases", "rank_agrs_check", "run_check",
-           "token_counts"]
+__all__ = [
+    "CaseResult",
+    "CheckArgumentError",
+    "CheckPlan",
+    "CheckRun",
+    "backend_cases",
+    "make_plan",
+    "merge_case_rows",
+    "plan_cases",
+    "rank_agrs_check",
+    "run_check",
+    "token_counts",
+]
 
 
 def token_counts(pattern: str, num_sources: int) -> tuple[int, ...]:
@@ -36,11 +46,17 @@ def token_counts(pattern: str, num_sources: int) -> tuple[int, ...]:
     raise ValueError(f"token pattern {pattern!r}: expected one of {DEFAULT_TOKEN_PATTERNS}")
 
 
-def plan_cases(layout: ParallelLayout, dtypes: tuple[str, ...],
-               patterns: tuple[str, ...] = DEFAULT_TOKEN_PATTERNS) -> list[RoutingCase]:
+def plan_cases(
+    layout: ParallelLayout,
+    dtypes: tuple[str, ...],
+    patterns: tuple[str, ...] = DEFAULT_TOKEN_PATTERNS,
+) -> list[RoutingCase]:
     """Cases for one layout; token counts are per DP rank."""
-    return [RoutingCase(tokens=token_counts(p, layout.dp), dtype=d, num_experts=4 * layout.ep_size)
-            for d in dtypes for p in patterns]
+    return [
+        RoutingCase(tokens=token_counts(p, layout.dp), dtype=d, num_experts=4 * layout.ep_size)
+        for d in dtypes
+        for p in patterns
+    ]
 
 
 def rank_agrs_check(ctx, cases: list[RoutingCase]) -> list[CaseResult]:
@@ -79,8 +95,9 @@ class CheckPlan:
         return tuple(dict.fromkeys(run.backend for run in self.runs))
 
 
-def backend_cases(backend: Backend, layout: ParallelLayout,
-                  dtypes: tuple[str, ...]) -> list[RoutingCase]:
+def backend_cases(
+    backend: Backend, layout: ParallelLayout, dtypes: tuple[str, ...]
+) -> list[RoutingCase]:
     """The cases ``backend`` runs on ``layout`` (its check dtypes only).
 
     Token counts are per source: DP ranks for a backend whose sources are DP
@@ -88,32 +105,49 @@ def backend_cases(backend: Backend, layout: ParallelLayout,
     """
     supported = tuple(d for d in dtypes if d in backend.check_dtypes)
     sources = layout.dp if backend.sources == DP_SOURCES else layout.ep_size
-    return [RoutingCase(tokens=token_counts(p, sources), dtype=d,
-                        num_experts=4 * layout.ep_size, hidden=backend.check_hidden)
-            for d in supported for p in DEFAULT_TOKEN_PATTERNS]
+    return [
+        RoutingCase(
+            tokens=token_counts(p, sources),
+            dtype=d,
+            num_experts=4 * layout.ep_size,
+            hidden=backend.check_hidden,
+        )
+        for d in supported
+        for p in DEFAULT_TOKEN_PATTERNS
+    ]
 
 
-def _validate(world_sizes: list[int], tps: list[int], backends: list[str] | None,
-              dtypes: list[str], gpu_count: int) -> list[ParallelLayout]:
+def _validate(
+    world_sizes: list[int],
+    tps: list[int],
+    backends: list[str] | None,
+    dtypes: list[str],
+    gpu_count: int,
+) -> list[ParallelLayout]:
     from vllm_ep_kit.reference.moe import DTYPES
 
     for name in backends or []:
         try:
             registry.canonical(name)
         except registry.UnknownBackend:
-            raise CheckArgumentError(f"--backends: unknown backend {name!r}; expected one of "
-                                     f"{', '.join(registry.known_names())}") from None
+            raise CheckArgumentError(
+                f"--backends: unknown backend {name!r}; expected one of "
+                f"{', '.join(registry.known_names())}"
+            ) from None
     for dtype in dtypes:
         if dtype not in DTYPES:
-            raise CheckArgumentError(f"--dtypes: unknown dtype {dtype!r}; expected one of "
-                                     f"{', '.join(DTYPES)}")
+            raise CheckArgumentError(
+                f"--dtypes: unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}"
+            )
     for size in world_sizes:
         if size < 2:
-            raise CheckArgumentError(f"--world-sizes: {size} is too small; all-to-all needs "
-                                     "at least 2 ranks")
+            raise CheckArgumentError(
+                f"--world-sizes: {size} is too small; all-to-all needs at least 2 ranks"
+            )
         if gpu_count and size > gpu_count:
-            raise CheckArgumentError(f"--world-sizes: {size} ranks but only {gpu_count} GPUs "
-                                     "visible (one rank per GPU)")
+            raise CheckArgumentError(
+                f"--world-sizes: {size} ranks but only {gpu_count} GPUs visible (one rank per GPU)"
+            )
     layouts = []
     for size in world_sizes:
         for tp in tps:
@@ -123,9 +157,15 @@ def _validate(world_sizes: list[int], tps: list[int], backends: list[str] | None
     return layouts
 
 
-def make_plan(world_sizes: list[int], tps: list[int], backends: list[str] | None,
-              dtypes: list[str], gpu_count: int, usable: list[str],
-              unusable: dict[str, str] | None = None) -> CheckPlan:
+def make_plan(
+    world_sizes: list[int],
+    tps: list[int],
+    backends: list[str] | None,
+    dtypes: list[str],
+    gpu_count: int,
+    usable: list[str],
+    unusable: dict[str, str] | None = None,
+) -> CheckPlan:
     """Validate ``check``'s arguments and decide what to run.
 
     ``unusable`` (backend -> why) lists, as not run, the checkable backends
@@ -133,16 +173,23 @@ def make_plan(world_sizes: list[int], tps: list[int], backends: list[str] | None
     """
     layouts = _validate(world_sizes, tps, backends, dtypes, gpu_count)
     checkable = [b.name for b in registry.all_backends() if b.check_dtypes and b.driven]
-    chosen = list(dict.fromkeys(registry.canonical(n) for n in backends)) if backends \
+    chosen = (
+        list(dict.fromkeys(registry.canonical(n) for n in backends))
+        if backends
         else [b for b in usable if b in checkable]
+    )
     for name in chosen:
         if name not in usable:
-            raise CheckArgumentError(f"--backends: {name} is not usable on this machine "
-                                     "(see `vllm-ep-kit doctor`)")
+            raise CheckArgumentError(
+                f"--backends: {name} is not usable on this machine (see `vllm-ep-kit doctor`)"
+            )
     runs, skipped = [], []
     if not backends:
-        skipped += [(name, f"not usable here: {why}") for name, why in (unusable or {}).items()
-                    if name in checkable]
+        skipped += [
+            (name, f"not usable here: {why}")
+            for name, why in (unusable or {}).items()
+            if name in checkable
+        ]
     for name in chosen:
         backend = registry.get(name)
         if name not in checkable:
@@ -150,9 +197,13 @@ def make_plan(world_sizes: list[int], tps: list[int], backends: list[str] | None
             continue
         unsupported = [d for d in dtypes if d not in backend.check_dtypes]
         if unsupported:
-            skipped.append((f"{name} {','.join(unsupported)}",
-                            f"payload dtype not covered by this backend's check (covers "
-                            f"{', '.join(backend.check_dtypes)})"))
+            skipped.append(
+                (
+                    f"{name} {','.join(unsupported)}",
+                    f"payload dtype not covered by this backend's check (covers "
+                    f"{', '.join(backend.check_dtypes)})",
+                )
+            )
         for layout in layouts:
             why = backend.applies_to(layout)
             cases = backend_cases(backend, layout, tuple(dtypes))
@@ -160,12 +211,14 @@ def make_plan(world_sizes: list[int], tps: list[int], backends: list[str] | None
                 skipped.append((f"{name} {layout.describe()}", why))
             elif cases:
                 runs.append(CheckRun(name, layout, tuple(cases), backend))
-    return CheckPlan(runs=tuple(runs), skipped=tuple(skipped),
-                     device_backend="nccl" if gpu_count else "gloo")
+    return CheckPlan(
+        runs=tuple(runs), skipped=tuple(skipped), device_backend="nccl" if gpu_count else "gloo"
+    )
 
 
-def run_check(plan: CheckPlan, on_result=None, on_start=None, on_error=None,
-              timeout_s: float = 300.0) -> list[CaseResult]:
+def run_check(
+    plan: CheckPlan, on_result=None, on_start=None, on_error=None, timeout_s: float = 300.0
+) -> list[CaseResult]:
     """Run the plan; call ``on_start(backend, layout, n_cases)`` and ``on_result(result)``.
 
     When a run's ranks fail, ``on_error(run, message)`` gets the ranks' full
@@ -181,19 +234,31 @@ def run_check(plan: CheckPlan, on_result=None, on_start=None, on_error=None,
         if on_start:
             on_start(run.backend, run.layout, len(run.cases))
         try:
-            per_rank = run_ranks(rank_cases, run.layout.world_size, run.spec,
-                                 list(run.cases), backend=plan.device_backend,
-                                 layout=run.layout, all2all_backend=run.spec.vllm_name,
-                                 timeout_s=timeout_s)
-            merged = [merge_case_rows(run.backend, [results[i] for results in per_rank])
-                      for i in range(len(run.cases))]
+            per_rank = run_ranks(
+                rank_cases,
+                run.layout.world_size,
+                run.spec,
+                list(run.cases),
+                backend=plan.device_backend,
+                layout=run.layout,
+                all2all_backend=run.spec.vllm_name,
+                timeout_s=timeout_s,
+            )
+            merged = [
+                merge_case_rows(run.backend, [results[i] for results in per_rank])
+                for i in range(len(run.cases))
+            ]
         except RankFailures as exc:
             # One broken backend must not hide the others: every case of this run
             # fails with the ranks' first error, and the full text goes to on_error.
             if on_error:
                 on_error(run, str(exc))
-            merged = [not_run_result(run.backend, run.layout.describe(), case.dtype, case.tokens,
-                                     exc.summary()) for case in run.cases]
+            merged = [
+                not_run_result(
+                    run.backend, run.layout.describe(), case.dtype, case.tokens, exc.summary()
+                )
+                for case in run.cases
+            ]
         for result in merged:
             merged_all.append(result)
             if on_result:

@@ -35,30 +35,38 @@ from vllm_ep_kit.results import CaseResult
 VIA_COMBINE = "dispatch checked through the combined output"
 
 
-def oracle_partial(case: RoutingCase, got: Tokens, rank: int, world: int,
-                   ignore_ownership: bool = False) -> torch.Tensor:
+def oracle_partial(
+    case: RoutingCase, got: Tokens, rank: int, world: int, ignore_ownership: bool = False
+) -> torch.Tensor:
     """The oracle's experts owned by ``rank`` over every received row (``moe_partial``).
 
     ``ignore_ownership`` is the negative control: every slot counts, whatever
     id or marker it holds, so tokens are counted on every rank they reach.
     """
     if ignore_ownership:
-        got = Tokens(x=got.x, topk_ids=got.topk_ids.long().remainder(case.num_experts),
-                     topk_weights=got.topk_weights, x_scale=got.x_scale)
+        got = Tokens(
+            x=got.x,
+            topk_ids=got.topk_ids.long().remainder(case.num_experts),
+            topk_weights=got.topk_weights,
+            x_scale=got.x_scale,
+        )
         return moe_partial(got, case.num_experts, 1, None).to(case.combine_dtype)
     return moe_partial(got, case.num_experts, world, rank).to(case.combine_dtype)
 
 
-def mlp_partial(case: RoutingCase, got: Tokens, rank: int, world: int, experts,
-                impl: str) -> torch.Tensor:
+def mlp_partial(
+    case: RoutingCase, got: Tokens, rank: int, world: int, experts, impl: str
+) -> torch.Tensor:
     """SiLU-MLP experts owned by ``rank`` over the received rows (any leading shape), computed
     by ``impl`` (vLLM's ``fused_experts`` or the torch reference) in bf16 (fp32 cases: fp32)."""
     from vllm_ep_kit.vllm_experts import expert_partial
 
     lead, values = got.x.shape[:-1], got.values()  # values: hidden wide (fp4 packs two)
-    flat = Tokens(x=values.reshape(-1, values.shape[-1]),
-                  topk_ids=got.topk_ids.reshape(-1, case.top_k),
-                  topk_weights=got.topk_weights.reshape(-1, case.top_k))
+    flat = Tokens(
+        x=values.reshape(-1, values.shape[-1]),
+        topk_ids=got.topk_ids.reshape(-1, case.top_k),
+        topk_weights=got.topk_weights.reshape(-1, case.top_k),
+    )
     compute = torch.float32 if case.dtype == "fp32" else torch.bfloat16
     partial = expert_partial(impl, flat, experts, world, rank, dtype=compute)
     return partial.reshape(*lead, partial.shape[-1]).to(case.combine_dtype)
@@ -75,19 +83,30 @@ def source_input(case: RoutingCase, layout: ParallelLayout, rank: int, sp: bool)
     def take(t: torch.Tensor) -> torch.Tensor:
         padded = torch.zeros((chunk * tp,) + tuple(t.shape[1:]), dtype=t.dtype)
         padded[: t.shape[0]] = t
-        return padded[tp_rank * chunk: (tp_rank + 1) * chunk]
+        return padded[tp_rank * chunk : (tp_rank + 1) * chunk]
 
-    return Tokens(x=take(full.x), topk_ids=take(full.topk_ids),
-                  topk_weights=take(full.topk_weights))
+    return Tokens(
+        x=take(full.x), topk_ids=take(full.topk_ids), topk_weights=take(full.topk_weights)
+    )
 
 
 def _same_rows(got: Tokens, want: Tokens) -> bool:
-    return (torch.equal(got.x.cpu(), want.x) and torch.equal(got.topk_ids.cpu(), want.topk_ids)
-            and torch.equal(got.topk_weights.cpu(), want.topk_weights))
+    return (
+        torch.equal(got.x.cpu(), want.x)
+        and torch.equal(got.topk_ids.cpu(), want.topk_ids)
+        and torch.equal(got.topk_weights.cpu(), want.topk_weights)
+    )
 
 
-def oracle_result(backend_name: str, where: str, case: RoutingCase, out: torch.Tensor,
-                  source: Tokens, start: float, exact: bool | None = None) -> CaseResult:
+def oracle_result(
+    backend_name: str,
+    where: str,
+    case: RoutingCase,
+    out: torch.Tensor,
+    source: Tokens,
+    start: float,
+    exact: bool | None = None,
+) -> CaseResult:
     """One case's verdict on this rank: ``out`` (the combined output) against the fp32
     oracle of ``source``, the tokens this rank sent; ``exact`` is the dispatch's own verdict
     where the backend's received rows are known (None: checked through ``out`` alone)."""
@@ -100,20 +119,30 @@ def oracle_result(backend_name: str, where: str, case: RoutingCase, out: torch.T
         tol = TOLERANCE[case.dtype]
         note = mismatch(got, want, tol, tol)
     return CaseResult(
-        backend=backend_name, layout=where, dtype=case.dtype, tokens=str(list(case.tokens)),
+        backend=backend_name,
+        layout=where,
+        dtype=case.dtype,
+        tokens=str(list(case.tokens)),
         dispatch_exact=exact,
         max_error=max_error(got, want) if got.shape == want.shape else float("inf"),
-        passed=exact is not False and close, seconds=time.perf_counter() - start, note=note)
+        passed=exact is not False and close,
+        seconds=time.perf_counter() - start,
+        note=note,
+    )
 
 
 def uses_sequence_parallel(ctx, backend) -> bool:
     """vLLM's verdict for this rank's config, for backends whose sources are DP ranks."""
-    return backend.sources == DP_SOURCES and ctx.layout is not None and bool(
-        ctx.vllm_config.parallel_config.use_sequence_parallel_moe)
+    return (
+        backend.sources == DP_SOURCES
+        and ctx.layout is not None
+        and bool(ctx.vllm_config.parallel_config.use_sequence_parallel_moe)
+    )
 
 
-def rank_cases(ctx, backend, cases: list[RoutingCase],
-               ignore_ownership: bool = False) -> list[CaseResult]:
+def rank_cases(
+    ctx, backend, cases: list[RoutingCase], ignore_ownership: bool = False
+) -> list[CaseResult]:
     """Every case through ``backend``'s transport on this rank (see the module docstring)."""
     from vllm_ep_kit.forward import gather_sp_chunks, reduce_tp_partials
 
@@ -137,20 +166,25 @@ def rank_cases(ctx, backend, cases: list[RoutingCase],
                 assert torch.equal(chunked.cpu(), mine.x), "sequence_parallel_chunk disagrees"
         else:
             if len(case.tokens) != transport.world:
-                raise ValueError(f"case {case.describe()}: {len(case.tokens)} sources, "
-                                 f"the EP group has {transport.world} ranks")
+                raise ValueError(
+                    f"case {case.describe()}: {len(case.tokens)} sources, "
+                    f"the EP group has {transport.world} ranks"
+                )
             full = mine = source_tokens(case, transport.rank)
         with transport.forward_context(case):
             dispatched = transport.dispatch(mine)
             expected = transport.expected_dispatch(
-                lambda g: source_input(case, layout, g, sp))
+                lambda g, case=case: source_input(case, layout, g, sp)
+            )
             exact = None if expected is None else _same_rows(dispatched.tokens, expected)
-            partial = oracle_partial(case, dispatched.tokens, transport.rank, transport.world,
-                                     ignore_ownership)
+            partial = oracle_partial(
+                case, dispatched.tokens, transport.rank, transport.world, ignore_ownership
+            )
             out = transport.combine(dispatched, partial)
         if backend.sources == DP_SOURCES:
-            out = gather_sp_chunks(out, full.x.shape[0]) if sp else \
-                reduce_tp_partials(out, layout.tp)
+            out = (
+                gather_sp_chunks(out, full.x.shape[0]) if sp else reduce_tp_partials(out, layout.tp)
+            )
         if out.is_cuda:
             torch.cuda.synchronize()
         results.append(oracle_result(backend.name, where, case, out, full, start, exact))

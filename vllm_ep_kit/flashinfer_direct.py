@@ -28,15 +28,19 @@ GRAPH_TOKENS = ((64, 64), (3, 9), (7, 0), (0, 5))  # even, uneven, each rank emp
 
 def default_cases(world: int, fp8: bool = True) -> list[RoutingCase]:
     """Even (64 x 2048 bf16, top-4 of 16), uneven, one rank empty, fp32, and fp8 + scales."""
-    cases = [RoutingCase(tokens=(64,) * world, hidden=2048, num_experts=16, top_k=4),
-             RoutingCase(tokens=tuple(3 + 4 * r for r in range(world)), hidden=256),
-             RoutingCase(tokens=tuple(0 if r == world - 1 else 7 for r in range(world)),
-                         hidden=256),
-             RoutingCase(tokens=(16,) * world, hidden=512, dtype="fp32")]
+    cases = [
+        RoutingCase(tokens=(64,) * world, hidden=2048, num_experts=16, top_k=4),
+        RoutingCase(tokens=tuple(3 + 4 * r for r in range(world)), hidden=256),
+        RoutingCase(tokens=tuple(0 if r == world - 1 else 7 for r in range(world)), hidden=256),
+        RoutingCase(tokens=(16,) * world, hidden=512, dtype="fp32"),
+    ]
     if fp8:
-        cases += [RoutingCase(tokens=(64,) * world, hidden=2048, dtype="fp8"),
-                  RoutingCase(tokens=tuple(0 if r == 0 else 5 + r for r in range(world)),
-                              hidden=512, dtype="fp8")]
+        cases += [
+            RoutingCase(tokens=(64,) * world, hidden=2048, dtype="fp8"),
+            RoutingCase(
+                tokens=tuple(0 if r == 0 else 5 + r for r in range(world)), hidden=512, dtype="fp8"
+            ),
+        ]
     return cases
 
 
@@ -45,13 +49,19 @@ def format_cases(world: int) -> list[RoutingCase]:
     gpt-oss' hidden 2880, whose scale rows vLLM pads to 256 columns' worth (90 -> 96 and
     180 -> 192 bytes), and unpadded at 1024 with one rank empty."""
     uneven = tuple(0 if r == world - 1 else 5 + 3 * r for r in range(world))
-    return [case for dtype in ("mxfp8", "nvfp4") for case in (
-        RoutingCase(tokens=(48,) * world, hidden=2880, dtype=dtype, scale_alignment=256),
-        RoutingCase(tokens=uneven, hidden=1024, dtype=dtype))]
+    return [
+        case
+        for dtype in ("mxfp8", "nvfp4")
+        for case in (
+            RoutingCase(tokens=(48,) * world, hidden=2880, dtype=dtype, scale_alignment=256),
+            RoutingCase(tokens=uneven, hidden=1024, dtype=dtype),
+        )
+    ]
 
 
-def rank_one_sided_roundtrip(ctx, cases: list[RoutingCase],
-                             ignore_ownership: bool = False) -> list[CaseResult]:
+def rank_one_sided_roundtrip(
+    ctx, cases: list[RoutingCase], ignore_ownership: bool = False
+) -> list[CaseResult]:
     """Every case through a ``MoeAlltoAll`` built here on the world group."""
     from vllm_ep_kit.backends.flashinfer_one_sided import DIRECT
     from vllm_ep_kit.exchange import rank_cases
@@ -59,8 +69,9 @@ def rank_one_sided_roundtrip(ctx, cases: list[RoutingCase],
     return rank_cases(ctx, DIRECT, cases, ignore_ownership)
 
 
-def rank_moe_ep_roundtrip(ctx, cases: list[RoutingCase],
-                          ignore_ownership: bool = False) -> list[CaseResult]:
+def rank_moe_ep_roundtrip(
+    ctx, cases: list[RoutingCase], ignore_ownership: bool = False
+) -> list[CaseResult]:
     """Every case through ``flashinfer.moe_ep``'s one-sided communication built here."""
     from vllm_ep_kit.backends.flashinfer_one_sided import DIRECT_MOE_EP
     from vllm_ep_kit.exchange import rank_cases
@@ -68,8 +79,9 @@ def rank_moe_ep_roundtrip(ctx, cases: list[RoutingCase],
     return rank_cases(ctx, DIRECT_MOE_EP, cases, ignore_ownership)
 
 
-def rank_two_sided_roundtrip(ctx, cases: list[RoutingCase],
-                             ignore_ownership: bool = False) -> list[CaseResult]:
+def rank_two_sided_roundtrip(
+    ctx, cases: list[RoutingCase], ignore_ownership: bool = False
+) -> list[CaseResult]:
     """Every case through ``MnnvlMoe`` workspaces built here on the world group."""
     from vllm_ep_kit.backends.flashinfer_two_sided import DIRECT
     from vllm_ep_kit.exchange import rank_cases
@@ -80,20 +92,22 @@ def rank_two_sided_roundtrip(ctx, cases: list[RoutingCase],
 def graph_shapes(dtype: str = "bf16") -> list[RoutingCase]:
     """The batch shapes captured on one set of buffers (2 ranks): even, uneven, and each
     rank empty in turn, as a DP rank without requests still runs the captured forward."""
-    return [RoutingCase(tokens=tokens, hidden=1024, num_experts=16, top_k=4, dtype=dtype,
-                        seed=77 + i) for i, tokens in enumerate(GRAPH_TOKENS)]
+    return [
+        RoutingCase(tokens=tokens, hidden=1024, num_experts=16, top_k=4, dtype=dtype, seed=77 + i)
+        for i, tokens in enumerate(GRAPH_TOKENS)
+    ]
 
 
 def alternating_layers() -> list[RoutingCase]:
     """One model's layers on one set of buffers (2 ranks): NVFP4 MoE layers at gpt-oss'
     hidden 2880 (padded scale rows) beside a bf16 MTP head whose rows are 3.5x wider,
     and fp8 and MXFP8 layers of another width, some with an empty rank."""
-    return [RoutingCase(tokens=(32, 32), hidden=2880, dtype="nvfp4", scale_alignment=256,
-                        seed=11),
-            RoutingCase(tokens=(32, 32), hidden=2880, dtype="bf16", seed=12),
-            RoutingCase(tokens=(9, 0), hidden=2048, dtype="fp8", seed=13),
-            RoutingCase(tokens=(4, 17), hidden=2880, dtype="mxfp8", scale_alignment=256,
-                        seed=14)]
+    return [
+        RoutingCase(tokens=(32, 32), hidden=2880, dtype="nvfp4", scale_alignment=256, seed=11),
+        RoutingCase(tokens=(32, 32), hidden=2880, dtype="bf16", seed=12),
+        RoutingCase(tokens=(9, 0), hidden=2048, dtype="fp8", seed=13),
+        RoutingCase(tokens=(4, 17), hidden=2880, dtype="mxfp8", scale_alignment=256, seed=14),
+    ]
 
 
 def replay_case(shape: RoutingCase, round_index: int) -> RoutingCase:
@@ -106,24 +120,27 @@ def _check_graph_shapes(shapes: list[RoutingCase], world: int) -> None:
         raise ValueError("shapes=[]: expected at least one RoutingCase")
     dims = {(s.num_experts, s.top_k, len(s.tokens)) for s in shapes}
     if len(dims) != 1:
-        raise ValueError(f"shapes differ in (experts, top_k, ranks): {sorted(dims)}; one "
-                         "set of buffers serves one model's layers (payload formats and "
-                         "hidden sizes may differ)")
+        raise ValueError(
+            f"shapes differ in (experts, top_k, ranks): {sorted(dims)}; one "
+            "set of buffers serves one model's layers (payload formats and "
+            "hidden sizes may differ)"
+        )
     if len(shapes[0].tokens) != world:
-        raise ValueError(f"shapes have {len(shapes[0].tokens)} sources, the world has "
-                         f"{world} ranks")
+        raise ValueError(
+            f"shapes have {len(shapes[0].tokens)} sources, the world has {world} ranks"
+        )
 
 
 def graph_backends() -> dict:
     """The kernels the CUDA-graph test captures, by the backend name vLLM gives them."""
     from vllm_ep_kit.backends import flashinfer_one_sided, flashinfer_two_sided
 
-    return {module.NAME: module.DIRECT
-            for module in (flashinfer_one_sided, flashinfer_two_sided)}
+    return {module.NAME: module.DIRECT for module in (flashinfer_one_sided, flashinfer_two_sided)}
 
 
-def rank_graph_replays(ctx, backend_name: str, shapes: list[RoutingCase], rounds: int = 3,
-                       stale_inputs: bool = False) -> list[CaseResult]:
+def rank_graph_replays(
+    ctx, backend_name: str, shapes: list[RoutingCase], rounds: int = 3, stale_inputs: bool = False
+) -> list[CaseResult]:
     """Each shape's dispatch, oracle experts and combine captured in a CUDA graph on one
     set of FlashInfer buffers sized for the union of their payloads (shapes may be
     layers of other formats and widths, as a quantised model's MoE layers and its bf16
@@ -165,8 +182,11 @@ def rank_graph_replays(ctx, backend_name: str, shapes: list[RoutingCase], rounds
             eager = forward().clone()
         torch.cuda.current_stream().wait_stream(side)
         torch.cuda.synchronize()
-        rows.append(oracle_result(name, f"world={world} graph {index} eager warm-up", shape,
-                                  eager, sent, start))
+        rows.append(
+            oracle_result(
+                name, f"world={world} graph {index} eager warm-up", shape, eager, sent, start
+            )
+        )
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             out = forward()
@@ -180,7 +200,7 @@ def rank_graph_replays(ctx, backend_name: str, shapes: list[RoutingCase], rounds
             case = replay_case(shapes[index], round_index)
             sent = source_tokens(case, rank)
             if not stale_inputs:
-                for into, value in zip(inputs, sent.wire(transport.device)):
+                for into, value in zip(inputs, sent.wire(transport.device), strict=False):
                     if into is not None:
                         into.copy_(value)
             graph.replay()
@@ -189,8 +209,14 @@ def rank_graph_replays(ctx, backend_name: str, shapes: list[RoutingCase], rounds
     torch.cuda.synchronize()
     per_replay = (time.perf_counter() - replay_start) / len(replays)  # queued back to back
     for index, round_index, case, sent, out in replays:
-        row = oracle_result(name, f"world={world} graph {index} replay {round_index}", case,
-                            out, sent, time.perf_counter())
+        row = oracle_result(
+            name,
+            f"world={world} graph {index} replay {round_index}",
+            case,
+            out,
+            sent,
+            time.perf_counter(),
+        )
         rows.append(dataclasses.replace(row, seconds=per_replay))
     del captured
     transport.close()

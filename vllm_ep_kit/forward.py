@@ -22,8 +22,12 @@ def dp_forward_context(ctx, tokens: tuple[int, ...], sp: bool) -> Iterator[None]
 
     layout = ctx.layout
     counts = torch.tensor(tokens, dtype=torch.int32)
-    with set_forward_context(None, ctx.vllm_config, num_tokens=tokens[layout.dp_rank(ctx.rank)],
-                             num_tokens_across_dp=counts):
+    with set_forward_context(
+        None,
+        ctx.vllm_config,
+        num_tokens=tokens[layout.dp_rank(ctx.rank)],
+        num_tokens_across_dp=counts,
+    ):
         dp_meta = get_forward_context().dp_metadata
         sizes = dp_meta.sp_local_sizes(layout.tp if sp else 1) if dp_meta else None
         with sizes if sizes is not None else contextlib.nullcontext():
@@ -39,8 +43,9 @@ TRIM_TO_LOCAL_CHUNK = "local_chunk"
 TRIM_MODES = (TRIM_TO_TOKENS, TRIM_NONE, TRIM_TO_LOCAL_CHUNK)
 
 
-def gather_sp_chunks(out: torch.Tensor, num_tokens: int, trim: str = TRIM_TO_TOKENS
-                     ) -> torch.Tensor:
+def gather_sp_chunks(
+    out: torch.Tensor, num_tokens: int, trim: str = TRIM_TO_TOKENS
+) -> torch.Tensor:
     """All-gather the TP ranks' SP chunks, then cut as ``trim`` says (``TRIM_MODES``)."""
     from vllm.distributed import tensor_model_parallel_all_gather
 
@@ -50,7 +55,7 @@ def gather_sp_chunks(out: torch.Tensor, num_tokens: int, trim: str = TRIM_TO_TOK
     gathered = tensor_model_parallel_all_gather(out.contiguous(), 0)
     if trim == TRIM_NONE:
         return gathered
-    return gathered[:num_tokens if trim == TRIM_TO_TOKENS else local_rows]
+    return gathered[: num_tokens if trim == TRIM_TO_TOKENS else local_rows]
 
 
 def reduce_tp_partials(out: torch.Tensor, tp: int) -> torch.Tensor:

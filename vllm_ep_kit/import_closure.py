@@ -63,7 +63,7 @@ class SiteIndex:
         self.owners: dict[PurePosixPath, set[str]] = {}
         self.versions: dict[str, str] = {}
         self.roots: dict[str, Path] = {}
-        for dist in (md.distributions(path=paths) if paths else md.distributions()):
+        for dist in md.distributions(path=paths) if paths else md.distributions():
             name = normalise(dist.metadata["Name"] or "")
             if not name or name in self.versions or not dist.files:
                 continue
@@ -99,6 +99,7 @@ class SiteIndex:
         folder (``nvidia/``, ``cuda/``) is created and its children decided
         one level down.
         """
+
         def visit(path: PurePosixPath) -> None:
             owners = self.owners[path]
             if not owners & allowed:
@@ -142,11 +143,17 @@ def with_requirements(names: set[str], paths: list[str] | None = None) -> set[st
     return seen
 
 
-def minimal_distributions(modules: tuple[str, ...], have: set[str], always: set[str] = frozenset(),
-                          extra_path: tuple[str, ...] = (), stubs: tuple[str, ...] = (),
-                          max_rounds: int = 80, progress=lambda message: None,
-                          site_paths: list[str] | None = None,
-                          skip: set[str] = frozenset()) -> Closure:
+def minimal_distributions(
+    modules: tuple[str, ...],
+    have: set[str],
+    always: set[str] = frozenset(),
+    extra_path: tuple[str, ...] = (),
+    stubs: tuple[str, ...] = (),
+    max_rounds: int = 80,
+    progress=lambda message: None,
+    site_paths: list[str] | None = None,
+    skip: set[str] = frozenset(),
+) -> Closure:
     """Distributions beyond ``have`` that importing ``modules`` cannot do without.
 
     ``always`` are present on the target in another form (shipped as sources);
@@ -157,8 +164,13 @@ def minimal_distributions(modules: tuple[str, ...], have: set[str], always: set[
     """
     index = SiteIndex(site_paths)
     skip = {normalise(n) for n in skip}
-    present = ((with_requirements({normalise(n) for n in have}, site_paths)
-                | {normalise(n) for n in always}) - skip) & set(index.versions)
+    present = (
+        (
+            with_requirements({normalise(n) for n in have}, site_paths)
+            | {normalise(n) for n in always}
+        )
+        - skip
+    ) & set(index.versions)
     closure = Closure()
     pruned = False
     code = PROBE.replace("STUBS", repr(list(stubs))).replace("MODULES", repr(list(modules)))
@@ -167,17 +179,25 @@ def minimal_distributions(modules: tuple[str, ...], have: set[str], always: set[
         with tempfile.TemporaryDirectory(prefix="vllm-ep-kit-site-") as tmp:
             index.link_site(Path(tmp), present | set(closure.needed))
             boot = f"import sys; sys.path[:0] = {[*extra_path, tmp]!r}\n"
-            result = subprocess.run([sys.executable, "-S", "-E", "-c", boot + code],
-                                    capture_output=True, text=True, timeout=600)
+            result = subprocess.run(
+                [sys.executable, "-S", "-E", "-c", boot + code],
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
         lines = result.stdout.strip().splitlines()
         if result.returncode or not lines:
-            raise RuntimeError(f"import probe failed (exit {result.returncode}): "
-                               f"{result.stderr[-2000:]}")
+            raise RuntimeError(
+                f"import probe failed (exit {result.returncode}): {result.stderr[-2000:]}"
+            )
         outcome = json.loads(lines[-1])
         if outcome.get("ok"):
             imported = {index.owner_of_module(top) for top in outcome["tops"]}
-            unused = [name for name, why in closure.reasons.items()
-                      if why.startswith("required by") and name not in imported]
+            unused = [
+                name
+                for name, why in closure.reasons.items()
+                if why.startswith("required by") and name not in imported
+            ]
             if pruned or not unused:
                 return closure
             # Declared but never imported: drop them once; the loop re-adds any that
@@ -185,25 +205,33 @@ def minimal_distributions(modules: tuple[str, ...], have: set[str], always: set[
             pruned = True
             for name in unused:
                 del closure.needed[name], closure.reasons[name]
-            progress(f"import closure: - {len(unused)} declared but not imported: "
-                     f"{', '.join(sorted(unused))}")
+            progress(
+                f"import closure: - {len(unused)} declared but not imported: "
+                f"{', '.join(sorted(unused))}"
+            )
             continue
         missing = outcome["missing"]
         owner = index.owner_of_module(missing)
         if owner in skip:
-            raise RuntimeError(f"{owner} is needed ({missing} imported at "
-                               f"{', '.join(outcome['importer'])}) but is skipped")
+            raise RuntimeError(
+                f"{owner} is needed ({missing} imported at "
+                f"{', '.join(outcome['importer'])}) but is skipped"
+            )
         if owner is None or owner in present or owner in closure.needed:
-            raise RuntimeError(f"{missing!r} is imported ({outcome['importer']}) but no "
-                               "installed distribution provides it here")
+            raise RuntimeError(
+                f"{missing!r} is imported ({outcome['importer']}) but no "
+                "installed distribution provides it here"
+            )
         # The owner and what it declares it requires (pip would install those too).
         extra = {owner} if pruned else with_requirements({owner}, site_paths)
         for name in sorted((extra - skip) & set(index.versions)):
             if name in present or name in closure.needed:
                 continue
             closure.needed[name] = index.versions[name]
-            closure.reasons[name] = (f"{missing} (imported at {', '.join(outcome['importer'])})"
-                                     if name == owner else f"required by {owner}")
-            progress(f"import closure: + {name}=={index.versions[name]} "
-                     f"({closure.reasons[name]})")
+            closure.reasons[name] = (
+                f"{missing} (imported at {', '.join(outcome['importer'])})"
+                if name == owner
+                else f"required by {owner}"
+            )
+            progress(f"import closure: + {name}=={index.versions[name]} ({closure.reasons[name]})")
     raise RuntimeError(f"import closure did not converge in {max_rounds} rounds")

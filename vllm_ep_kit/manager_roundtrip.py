@@ -65,10 +65,15 @@ def rank_manager_lifecycle(ctx, backend: str, reverted_fix: bool = False) -> dic
     steps = []
 
     def record(step: str) -> None:
-        steps.append({"step": step, "used_mib": round((baseline - free_device_bytes()) / MIB, 1),
-                      "rows": workspace_rows(manager, backend),
-                      "address": workspace_address(manager, backend),
-                      "initialized": bool(manager.initialized)})
+        steps.append(
+            {
+                "step": step,
+                "used_mib": round((baseline - free_device_bytes()) / MIB, 1),
+                "rows": workspace_rows(manager, backend),
+                "address": workspace_address(manager, backend),
+                "initialized": bool(manager.initialized),
+            }
+        )
         ctx.heartbeat()
 
     shape = WorkspaceShape()
@@ -86,15 +91,23 @@ def rank_manager_lifecycle(ctx, backend: str, reverted_fix: bool = False) -> dic
                 except RuntimeError as exc:  # e.g. FlashInfer's own workspace-size check
                     steps.append({"step": f"{index + 1}. ensure", "error": str(exc)})
                     break
-                label = "ensure" if step_shape is shape else \
-                    f"ensure max_num_tokens={step_shape.max_num_tokens}"
+                label = (
+                    "ensure"
+                    if step_shape is shape
+                    else f"ensure max_num_tokens={step_shape.max_num_tokens}"
+                )
             else:
                 manager.cleanup()
                 label = "cleanup"
             record(f"{index + 1}. {label}")
-    return {"backend": backend, "origin": origin, "ep_size": ep.world_size,
-            "dp_size": ps.get_dp_group().world_size, "baseline_free_mib": baseline // MIB,
-            "steps": steps}
+    return {
+        "backend": backend,
+        "origin": origin,
+        "ep_size": ep.world_size,
+        "dp_size": ps.get_dp_group().world_size,
+        "baseline_free_mib": baseline // MIB,
+        "steps": steps,
+    }
 
 
 def lifecycle_findings(result: dict, tolerance_mib: float = 8.0) -> list[str]:
@@ -112,22 +125,30 @@ def lifecycle_findings(result: dict, tolerance_mib: float = 8.0) -> list[str]:
         if "error" in step:
             findings.append(f"{step['step']} failed: {step['error']}")
         elif step["initialized"] and step["rows"] != result["ep_size"]:
-            findings.append(f"{step['step']}: workspace has {step['rows']} rows, "
-                            f"EP group has {result['ep_size']} ranks")
+            findings.append(
+                f"{step['step']}: workspace has {step['rows']} rows, "
+                f"EP group has {result['ep_size']} ranks"
+            )
     steps = [s for s in steps if "error" not in s]
     if not steps:
         return findings
     first = steps[0]
     for step in steps[1:3]:
-        if step["step"].endswith("ensure") and (step["address"] != first["address"] or abs(
-                step["used_mib"] - first["used_mib"]) > tolerance_mib):
-            findings.append(f"{step['step']}: repeated ensure re-allocated ({first['used_mib']}"
-                            f" -> {step['used_mib']} MiB, address changed: "
-                            f"{step['address'] != first['address']})")
+        if step["step"].endswith("ensure") and (
+            step["address"] != first["address"]
+            or abs(step["used_mib"] - first["used_mib"]) > tolerance_mib
+        ):
+            findings.append(
+                f"{step['step']}: repeated ensure re-allocated ({first['used_mib']}"
+                f" -> {step['used_mib']} MiB, address changed: "
+                f"{step['address'] != first['address']})"
+            )
     for step in [s for s in steps[3:] if s["step"].endswith(". ensure")]:
         if abs(step["used_mib"] - first["used_mib"]) > tolerance_mib:
-            findings.append(f"{step['step']}: re-initialised workspace uses {step['used_mib']} "
-                            f"MiB, the first used {first['used_mib']} MiB")
+            findings.append(
+                f"{step['step']}: re-initialised workspace uses {step['used_mib']} "
+                f"MiB, the first used {first['used_mib']} MiB"
+            )
     return findings
 
 
@@ -136,12 +157,15 @@ def release_findings(result: dict, tolerance_mib: float = 1.0) -> list[str]:
     last = result["steps"][-1]
     if last.get("initialized", True) or abs(last["used_mib"]) <= tolerance_mib:
         return []
-    return [f"{last['step']}: {last['used_mib']} MiB still in use after cleanup "
-            f"(tolerance {tolerance_mib} MiB)"]
+    return [
+        f"{last['step']}: {last['used_mib']} MiB still in use after cleanup "
+        f"(tolerance {tolerance_mib} MiB)"
+    ]
 
 
-def rank_manager_roundtrip(ctx, backend: str, cases: list[RoutingCase],
-                           ignore_ownership: bool = False) -> list[CaseResult]:
+def rank_manager_roundtrip(
+    ctx, backend: str, cases: list[RoutingCase], ignore_ownership: bool = False
+) -> list[CaseResult]:
     """Every case through the manager's own workspace and FlashInfer's kernels (the
     backend's transport); ``ignore_ownership`` is the negative control (tokens
     counted once per destination rank)."""

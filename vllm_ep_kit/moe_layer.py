@@ -73,8 +73,12 @@ def layer_backends() -> list[Backend]:
 
 
 def all_cells() -> list[MoeLayerCell]:
-    return [MoeLayerCell(b.name, q, c) for b in layer_backends() for q in QUANTS
-            for c in PARALLEL_COMBOS]
+    return [
+        MoeLayerCell(b.name, q, c)
+        for b in layer_backends()
+        for q in QUANTS
+        for c in PARALLEL_COMBOS
+    ]
 
 
 NOT_APPLICABLE = "not applicable"  # the table rules the cell out everywhere
@@ -87,8 +91,10 @@ def cell_outcome(cell: MoeLayerCell, gpu_count: int) -> tuple[str, str]:
     if cell.quant not in spec.layer_quants:
         return NOT_APPLICABLE, f"{cell.backend} does not take {cell.quant} activations"
     if cell.layout.is_sequence_parallel and not spec.takes_sp:
-        return NOT_APPLICABLE, (f"{cell.backend} takes no sequence-parallel inputs (not in "
-                                "vLLM's use_sequence_parallel_moe list)")
+        return NOT_APPLICABLE, (
+            f"{cell.backend} takes no sequence-parallel inputs (not in "
+            "vLLM's use_sequence_parallel_moe list)"
+        )
     if gpu_count == 0:
         if not spec.needs.cpu_ok:
             return NOT_HERE, f"{cell.backend} needs {spec.needs.describe()}"
@@ -102,11 +108,15 @@ def _driven(cell: MoeLayerCell) -> tuple[str, str]:
     """Whether this kit's layer cells drive the backend with the cell's quantisation."""
     spec = cell.spec
     if not spec.driven:
-        return NOT_HERE, (f"this kit drives no {cell.backend} all-to-all in the layer cells yet "
-                          "(running them would test another backend's plumbing)")
+        return NOT_HERE, (
+            f"this kit drives no {cell.backend} all-to-all in the layer cells yet "
+            "(running them would test another backend's plumbing)"
+        )
     if cell.quant not in spec.layer_driven:
-        return NOT_HERE, (f"this kit's layer cells do not drive {cell.quant} activations "
-                          f"through {cell.backend} yet (they drive {', '.join(spec.layer_driven)})")
+        return NOT_HERE, (
+            f"this kit's layer cells do not drive {cell.quant} activations "
+            f"through {cell.backend} yet (they drive {', '.join(spec.layer_driven)})"
+        )
     return "", ""
 
 
@@ -127,16 +137,22 @@ def _gpu_outcome(cell: MoeLayerCell, gpu_count: int) -> tuple[str, str]:
 def layer_cases(layout: ParallelLayout, quant: str) -> list[RoutingCase]:
     """Even, uneven and zero-token DP ranks (token counts per DP rank)."""
     dp = layout.dp
-    patterns = [(5,) * dp, tuple(3 + 4 * i for i in range(dp)),
-                tuple(0 if i == dp - 1 else 7 for i in range(dp))]
+    patterns = [
+        (5,) * dp,
+        tuple(3 + 4 * i for i in range(dp)),
+        tuple(0 if i == dp - 1 else 7 for i in range(dp)),
+    ]
     # fp8 rows carry one scale per 128 columns, 16-byte aligned: hidden 512.
     hidden = 512 if quant == "fp8" else 64
-    return [RoutingCase(tokens=t, num_experts=4 * layout.ep_size, top_k=2, hidden=hidden,
-                        dtype=quant) for t in patterns]
+    return [
+        RoutingCase(tokens=t, num_experts=4 * layout.ep_size, top_k=2, hidden=hidden, dtype=quant)
+        for t in patterns
+    ]
 
 
-def sp_moe_forward(layer, x: torch.Tensor, *per_token: torch.Tensor, trim: str = "tokens"
-                   ) -> torch.Tensor:
+def sp_moe_forward(
+    layer, x: torch.Tensor, *per_token: torch.Tensor, trim: str = "tokens"
+) -> torch.Tensor:
     """Split ``x`` (and per-token routing tensors) across TP, run ``layer``, gather, trim.
 
     ``trim`` (``forward.TRIM_MODES``): ``"tokens"`` cuts back to the ``n``
@@ -153,8 +169,9 @@ def sp_moe_forward(layer, x: torch.Tensor, *per_token: torch.Tensor, trim: str =
     return gather_sp_chunks(layer(*chunks), x.shape[0], trim=trim)
 
 
-def rank_moe_layer(ctx, cell: MoeLayerCell, cases: list[RoutingCase],
-                   trim: str = "tokens") -> list[dict]:
+def rank_moe_layer(
+    ctx, cell: MoeLayerCell, cases: list[RoutingCase], trim: str = "tokens"
+) -> list[dict]:
     """The MoE layer on this rank through vLLM's parallel state, vs the fp32 reference.
 
     Dispatch and combine are the cell's backend's transport (under SP every
@@ -171,8 +188,10 @@ def rank_moe_layer(ctx, cell: MoeLayerCell, cases: list[RoutingCase],
     layout: ParallelLayout = ctx.layout
     sp = bool(ctx.vllm_config.parallel_config.use_sequence_parallel_moe)
     if sp != cell.is_sequence_parallel:
-        raise AssertionError(f"vLLM says use_sequence_parallel_moe={sp} for {cell.id}, "
-                             f"the table says {cell.is_sequence_parallel}")
+        raise AssertionError(
+            f"vLLM says use_sequence_parallel_moe={sp} for {cell.id}, "
+            f"the table says {cell.is_sequence_parallel}"
+        )
     device = ctx.device
     impl = default_impl(device)
     transport = cell.spec.open(ctx) if layout.uses_all2all else None
@@ -186,22 +205,36 @@ def rank_moe_layer(ctx, cell: MoeLayerCell, cases: list[RoutingCase],
         full = source.to(device)
         if transport is not None:
             transport.prepare(case)
-        layer = _layer(transport, case, experts, impl, ep.rank_in_group, ep.world_size,
-                       layout.tp)
+        layer = _layer(transport, case, experts, impl, ep.rank_in_group, ep.world_size, layout.tp)
         # fp8 rows travel with their scales alongside; under SP they are chunked as bytes
         # (padding a float8 tensor is not supported) and the layer views them back.
         scale = (full.x_scale,) if full.x_scale is not None else ()
         with dp_forward_context(ctx, case.tokens, sp):
             if sp:
-                out = sp_moe_forward(layer, full.x.view(torch.uint8) if scale else full.x,
-                                     full.topk_ids, full.topk_weights, *scale, trim=trim)
+                out = sp_moe_forward(
+                    layer,
+                    full.x.view(torch.uint8) if scale else full.x,
+                    full.topk_ids,
+                    full.topk_weights,
+                    *scale,
+                    trim=trim,
+                )
             else:
                 out = layer(full.x, full.topk_ids, full.topk_weights, *scale)
                 if transport is not None:
                     out = reduce_tp_partials(out, layout.tp)
         want = mlp_moe_reference(source, experts)
-        results.append(layer_row(case, out.cpu(), want, tolerance_key(impl, case.dtype), start,
-                                 experts=impl, transport=name))
+        results.append(
+            layer_row(
+                case,
+                out.cpu(),
+                want,
+                tolerance_key(impl, case.dtype),
+                start,
+                experts=impl,
+                transport=name,
+            )
+        )
         if transport is not None:
             transport.after_case()
         ctx.heartbeat()
@@ -210,15 +243,20 @@ def rank_moe_layer(ctx, cell: MoeLayerCell, cases: list[RoutingCase],
     return results
 
 
-def _layer(transport, case: RoutingCase, experts: MlpExperts, impl: str, rank: int, world: int,
-           tp: int):
+def _layer(
+    transport, case: RoutingCase, experts: MlpExperts, impl: str, rank: int, world: int, tp: int
+):
     """The layer's all-to-all and experts: ``layer(x, ids, weights, *scale)`` -> rows."""
     from vllm_ep_kit.exchange import mlp_partial
     from vllm_ep_kit.forward import reduce_tp_partials
 
     def layer(x, ids, weights, *scale):
-        rows = Tokens(x=x.view(torch.float8_e4m3fn) if scale else x, topk_ids=ids,
-                      topk_weights=weights, x_scale=scale[0] if scale else None)
+        rows = Tokens(
+            x=x.view(torch.float8_e4m3fn) if scale else x,
+            topk_ids=ids,
+            topk_weights=weights,
+            x_scale=scale[0] if scale else None,
+        )
         if transport is None:  # every rank holds every token: partials summed over TP
             return reduce_tp_partials(mlp_partial(case, rows, rank, world, experts, impl), tp)
         dispatched = transport.dispatch(rows)

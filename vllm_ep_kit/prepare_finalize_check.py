@@ -68,20 +68,27 @@ def _late_reduce_rule():
     import importlib
 
     module = importlib.import_module(RUNNER_MODULE)
-    owners = [cls for _, cls in inspect.getmembers(module, inspect.isclass)
-              if "_maybe_reduce_final_output" in vars(cls)]
+    owners = [
+        cls
+        for _, cls in inspect.getmembers(module, inspect.isclass)
+        if "_maybe_reduce_final_output" in vars(cls)
+    ]
     if not owners:
-        raise RuntimeError(f"{RUNNER_MODULE} defines no _maybe_reduce_final_output: a layer "
-                           "reduction rule this check does not know")
+        raise RuntimeError(
+            f"{RUNNER_MODULE} defines no _maybe_reduce_final_output: a layer "
+            "reduction rule this check does not know"
+        )
     return owners[0]._maybe_reduce_final_output
 
 
-def late_all_reduce(states: torch.Tensor, output_is_reduced: bool, tp: int, ep: int
-                    ) -> torch.Tensor:
+def late_all_reduce(
+    states: torch.Tensor, output_is_reduced: bool, tp: int, ep: int
+) -> torch.Tensor:
     """vLLM's runner's own rule for the layer's final all-reduce (no SP, no shared experts),
     run on a stand-in runner holding only what the rule reads; not reimplemented here."""
-    config = SimpleNamespace(is_sequence_parallel=False, skip_final_all_reduce=False,
-                             tp_size=tp, ep_size=ep)
+    config = SimpleNamespace(
+        is_sequence_parallel=False, skip_final_all_reduce=False, tp_size=tp, ep_size=ep
+    )
     runner = SimpleNamespace(moe_config=config, _fused_output_is_reduced=output_is_reduced)
     return _late_reduce_rule()(runner, states, None, output_is_reduced)
 
@@ -93,19 +100,29 @@ def output_scale(out: torch.Tensor, expected: torch.Tensor) -> float | None:
     return float((out.float() * expected).sum()) / norm if norm else None
 
 
-def prepare_finalize_kwargs(cls, case: RoutingCase, max_num_tokens: int,
-                            num_dispatchers: int) -> dict:
+def prepare_finalize_kwargs(
+    cls, case: RoutingCase, max_num_tokens: int, num_dispatchers: int
+) -> dict:
     """Constructor arguments for the installed class, for a layer of ``case``'s shape
     (0.22-0.32 take per-token byte counts, 0.33 a dispatch format and extra payload bytes:
     pass what it accepts)."""
-    values = {"max_num_tokens": max_num_tokens, "top_k": case.top_k,
-              "num_experts": case.num_experts, "hidden_size": case.hidden,
-              "x_bytes_per_token": case.x_bytes_per_token, "x_sf_bytes_per_token": 0,
-              "dispatch_format": None, "extra_payload_bytes_per_token": 0,
-              "num_dispatchers": num_dispatchers}
+    values = {
+        "max_num_tokens": max_num_tokens,
+        "top_k": case.top_k,
+        "num_experts": case.num_experts,
+        "hidden_size": case.hidden,
+        "x_bytes_per_token": case.x_bytes_per_token,
+        "x_sf_bytes_per_token": 0,
+        "dispatch_format": None,
+        "extra_payload_bytes_per_token": 0,
+        "num_dispatchers": num_dispatchers,
+    }
     accepted = inspect.signature(cls.__init__).parameters
-    unknown = [n for n, p in accepted.items() if n != "self" and n not in values
-               and p.default is inspect.Parameter.empty]
+    unknown = [
+        n
+        for n, p in accepted.items()
+        if n != "self" and n not in values and p.default is inspect.Parameter.empty
+    ]
     if unknown:
         raise TypeError(f"{cls.__name__} needs {unknown}, which this check does not supply")
     return {k: v for k, v in values.items() if k in accepted}
@@ -114,14 +131,24 @@ def prepare_finalize_kwargs(cls, case: RoutingCase, max_num_tokens: int,
 def _row_keys(tokens: Tokens) -> Counter:
     """Each row as (ids, weights, values), counted: compares received rows in any order."""
     keys = Counter()
-    for ids, w, x in zip(tokens.topk_ids.tolist(), tokens.topk_weights.tolist(),
-                         tokens.values().tolist()):
+    for ids, w, x in zip(
+        tokens.topk_ids.tolist(),
+        tokens.topk_weights.tolist(),
+        tokens.values().tolist(),
+        strict=True,
+    ):
         keys[(tuple(ids), tuple(w), tuple(x))] += 1
     return keys
 
 
-def dispatch_findings(received: Tokens, case: RoutingCase, layout, ep_rank: int,
-                      block: int | None, local_ids_only: bool) -> list[str]:
+def dispatch_findings(
+    received: Tokens,
+    case: RoutingCase,
+    layout,
+    ep_rank: int,
+    block: int | None,
+    local_ids_only: bool,
+) -> list[str]:
     """Exactly the tokens owning an expert here, each once (a received row: any id valid);
     every other row invalid in all its top-k slots.  ``block``: rows per source rank when
     they arrive in source blocks (one-sided: the step's token bound), None when packed in
@@ -144,16 +171,24 @@ def dispatch_findings(received: Tokens, case: RoutingCase, layout, ep_rank: int,
             their_ids = theirs.topk_ids
             if local_ids_only:
                 their_ids = torch.where(here, their_ids, case.num_experts)
-            expected += _row_keys(Tokens(theirs.x[mine], their_ids[mine],
-                                         theirs.topk_weights[mine]))
+            expected += _row_keys(
+                Tokens(theirs.x[mine], their_ids[mine], theirs.topk_weights[mine])
+            )
         rows = slice(group[0] * block, (group[0] + 1) * block) if block else slice(None)
         keep = arrived[rows]
-        got = _row_keys(Tokens(received.x[rows][keep], _as_invalid(ids[rows][keep], case),
-                               received.topk_weights[rows][keep]))
+        got = _row_keys(
+            Tokens(
+                received.x[rows][keep],
+                _as_invalid(ids[rows][keep], case),
+                received.topk_weights[rows][keep],
+            )
+        )
         where = f"from EP rank {group[0]}" if block else "from all EP ranks"
         if got != expected:
-            findings.append(f"{where}: {sum((got - expected).values())} rows not sent here, "
-                            f"{sum((expected - got).values())} sent rows missing")
+            findings.append(
+                f"{where}: {sum((got - expected).values())} rows not sent here, "
+                f"{sum((expected - got).values())} sent rows missing"
+            )
     return findings
 
 
@@ -180,8 +215,9 @@ def _manager_on_ep_group(manager):
         yield
 
 
-def rank_prepare_finalize_steps(ctx, backend: str, cases: list[RoutingCase],
-                                reduces_twice: bool = False) -> dict:
+def rank_prepare_finalize_steps(
+    ctx, backend: str, cases: list[RoutingCase], reduces_twice: bool = False
+) -> dict:
     """Forward steps ``cases`` (one per step, ``tokens`` per DP rank) through one of vLLM's
     prepare/finalize for ``backend``, over FlashInfer's kernels emulated on CPU; per step
     the findings (empty: right) and the output's scale against the oracle.  The steps are
@@ -203,12 +239,15 @@ def rank_prepare_finalize_steps(ctx, backend: str, cases: list[RoutingCase],
     shipped = prepare_finalize_class(backend)
     cls = reducing_twice(shipped) if reduces_twice else shipped
     transport = manager_transport(backend)
-    in_blocks, local_ids_only = (transport.RECEIVES_IN_SOURCE_BLOCKS,
-                                 transport.RECEIVES_LOCAL_IDS_ONLY)
+    in_blocks, local_ids_only = (
+        transport.RECEIVES_IN_SOURCE_BLOCKS,
+        transport.RECEIVES_LOCAL_IDS_ONLY,
+    )
     shapes = {(c.num_experts, c.top_k, c.hidden, c.dtype) for c in cases}
     if len(shapes) != 1:
-        raise ValueError(f"cases: one layer's steps share (experts, top_k, hidden, dtype), "
-                         f"got {sorted(shapes)}")
+        raise ValueError(
+            f"cases: one layer's steps share (experts, top_k, hidden, dtype), got {sorted(shapes)}"
+        )
     bound = max(max(max(case.tokens) for case in cases), 1)  # the layer's token bound
     emulator = FlashInferKernelEmulator()
     steps = []
@@ -220,29 +259,54 @@ def rank_prepare_finalize_steps(ctx, backend: str, cases: list[RoutingCase],
                 mine = source_tokens(case, layout.dp_rank(ctx.rank))
                 with dp_forward_context(ctx, case.tokens, sp=False):
                     x, x_sf, _, ids, w = pf.prepare(
-                        mine.x.clone(), mine.topk_weights.clone(), mine.topk_ids.clone(),
-                        case.num_experts, None, False, FUSED_MOE_UNQUANTIZED_CONFIG)
+                        mine.x.clone(),
+                        mine.topk_weights.clone(),
+                        mine.topk_ids.clone(),
+                        case.num_experts,
+                        None,
+                        False,
+                        FUSED_MOE_UNQUANTIZED_CONFIG,
+                    )
                     got = Tokens(x=x, topk_ids=ids, topk_weights=w, x_scale=x_sf)
                     # one-sided blocks: the step's largest DP count (the forward context's),
                     # not the layer's bound
-                    findings = dispatch_findings(got, case, layout, ep_rank,
-                                                 max(case.tokens) if in_blocks else None,
-                                                 local_ids_only)
+                    findings = dispatch_findings(
+                        got,
+                        case,
+                        layout,
+                        ep_rank,
+                        max(case.tokens) if in_blocks else None,
+                        local_ids_only,
+                    )
                     partial = moe_partial(got, case.num_experts, ep_size, ep_rank)
                     out = torch.empty(mine.x.shape, dtype=case.combine_dtype)
-                    pf.finalize(out, partial.to(case.combine_dtype), mine.topk_weights,
-                                mine.topk_ids, False, TopKWeightAndReduceNoOP())
+                    pf.finalize(
+                        out,
+                        partial.to(case.combine_dtype),
+                        mine.topk_weights,
+                        mine.topk_ids,
+                        False,
+                        TopKWeightAndReduceNoOP(),
+                    )
                     out = late_all_reduce(out, pf.output_is_reduced(), layout.tp, ep_size)
                 expected = moe_reference(mine, case.num_experts)
                 tol = TOLERANCE[case.dtype]
                 wrong = mismatch(out, expected, tol, tol)
                 if wrong:
                     findings.append(f"output vs oracle: {wrong}")
-                steps.append({"tokens": list(case.tokens), "findings": findings,
-                              "scale": output_scale(out, expected)})
+                steps.append(
+                    {
+                        "tokens": list(case.tokens),
+                        "findings": findings,
+                        "scale": output_scale(out, expected),
+                    }
+                )
                 ctx.heartbeat()
         manager.cleanup()
-    return {"steps": steps, "output_is_reduced": pf.output_is_reduced(),
-            "dispatches": emulator.dispatches, "combines": emulator.combines,
-            "allocations": len(emulator.allocations)}
-
+    return {
+        "steps": steps,
+        "output_is_reduced": pf.output_is_reduced(),
+        "dispatches": emulator.dispatches,
+        "combines": emulator.combines,
+        "allocations": len(emulator.allocations),
+    }

@@ -36,15 +36,30 @@ def merge_case_rows(backend: str, rows: list[CaseResult]) -> CaseResult:
     is the largest and the note the first failing rank's."""
     failing = [r for r in rows if not r.passed]
     return CaseResult(
-        backend=backend, layout=rows[0].layout, dtype=rows[0].dtype, tokens=rows[0].tokens,
-        dispatch_exact=None if rows[0].dispatch_exact is None
+        backend=backend,
+        layout=rows[0].layout,
+        dtype=rows[0].dtype,
+        tokens=rows[0].tokens,
+        dispatch_exact=None
+        if rows[0].dispatch_exact is None
         else all(r.dispatch_exact for r in rows),
-        max_error=max(r.max_error for r in rows), passed=not failing,
-        seconds=max(r.seconds for r in rows), note=(failing or rows)[0].note)
+        max_error=max(r.max_error for r in rows),
+        passed=not failing,
+        seconds=max(r.seconds for r in rows),
+        note=(failing or rows)[0].note,
+    )
 
 
 def not_run_result(backend: str, layout: str, dtype: str, tokens, why: str) -> CaseResult:
     """A case whose ranks failed before it produced an output."""
-    return CaseResult(backend=backend, layout=layout, dtype=dtype, tokens=str(list(tokens)),
-                      dispatch_exact=None, max_error=float("nan"), passed=False, seconds=0.0,
-                      note=why)
+    return CaseResult(
+        backend=backend,
+        layout=layout,
+        dtype=dtype,
+        tokens=str(list(tokens)),
+        dispatch_exact=None,
+        max_error=float("nan"),
+        passed=False,
+        seconds=0.0,
+        note=why,
+    )

@@ -43,8 +43,7 @@ def _dynamic_symbols(path: Path, defined: bool) -> set[str]:
 
 def stable_abi_imports(extension: Path) -> set[str]:
     """The stable-ABI functions ``extension`` needs from libtorch."""
-    return {s for s in _dynamic_symbols(extension, defined=False)
-            if s.startswith(STABLE_PREFIXES)}
+    return {s for s in _dynamic_symbols(extension, defined=False) if s.startswith(STABLE_PREFIXES)}
 
 
 def torch_library_dir() -> Path:
@@ -78,20 +77,27 @@ class ExtensionVerdict:
 
 def write_symbol_list(extension: Path, out: Path) -> Path:
     """Save the imports of ``extension`` as JSON, to check on a host without the file."""
-    out.write_text(json.dumps({"extension": extension.name,
-                               "imports": sorted(stable_abi_imports(extension))}, indent=0))
+    out.write_text(
+        json.dumps(
+            {"extension": extension.name, "imports": sorted(stable_abi_imports(extension))},
+            indent=0,
+        )
+    )
     return out
 
 
 def check_imports(name: str, imports: set[str], exports: set[str]) -> ExtensionVerdict:
-    return ExtensionVerdict(extension=name, needs=len(imports),
-                            missing=sorted(imports - exports))
+    return ExtensionVerdict(extension=name, needs=len(imports), missing=sorted(imports - exports))
 
 
-def check_extension(extension: Path, exports: set[str] | None = None,
-                    load: bool = False) -> ExtensionVerdict:
-    verdict = check_imports(extension.name, stable_abi_imports(extension),
-                            torch_exports() if exports is None else exports)
+def check_extension(
+    extension: Path, exports: set[str] | None = None, load: bool = False
+) -> ExtensionVerdict:
+    verdict = check_imports(
+        extension.name,
+        stable_abi_imports(extension),
+        torch_exports() if exports is None else exports,
+    )
     if load:
         verdict.load_error = try_load(extension)
     return verdict
@@ -99,8 +105,9 @@ def check_extension(extension: Path, exports: set[str] | None = None,
 
 def check_symbol_list(path: Path, exports: set[str] | None = None) -> ExtensionVerdict:
     data = json.loads(path.read_text())
-    return check_imports(data["extension"], set(data["imports"]),
-                         torch_exports() if exports is None else exports)
+    return check_imports(
+        data["extension"], set(data["imports"]), torch_exports() if exports is None else exports
+    )
 
 
 def try_load(extension: Path, timeout_s: float = 120) -> str | None:
@@ -109,10 +116,16 @@ def try_load(extension: Path, timeout_s: float = 120) -> str | None:
     ``dlopen`` with immediate binding first (its error names the missing
     symbol; torch's wrapper hides it), then ``torch.ops.load_library``.
     """
-    code = ("import ctypes, os, sys, torch; ctypes.CDLL(sys.argv[1], mode=os.RTLD_NOW); "
-            "torch.ops.load_library(sys.argv[1])")
-    proc = subprocess.run([sys.executable, "-c", code, str(extension)], capture_output=True,
-                          text=True, timeout=timeout_s)
+    code = (
+        "import ctypes, os, sys, torch; ctypes.CDLL(sys.argv[1], mode=os.RTLD_NOW); "
+        "torch.ops.load_library(sys.argv[1])"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(extension)],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
     if proc.returncode == 0:
         return None
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
@@ -157,8 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.files:
         if not path.is_file():
             parser.error(f"check: {path} is not a file")
-        verdict = check_symbol_list(path, exports) if path.suffix == ".json" else \
-            check_extension(path, exports, load=args.load)
+        verdict = (
+            check_symbol_list(path, exports)
+            if path.suffix == ".json"
+            else check_extension(path, exports, load=args.load)
+        )
         failed += not verdict.loads
         print(json.dumps(verdict.as_dict()))
     return 1 if failed else 0

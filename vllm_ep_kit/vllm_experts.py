@@ -33,7 +33,7 @@ EXPERT_IMPLS = ("torch", "vllm")
 
 
 def default_impl(device: torch.device) -> str:
-    """"vllm" on a GPU rank where vLLM's kernels run, else the torch reference experts."""
+    """ "vllm" on a GPU rank where vLLM's kernels run, else the torch reference experts."""
     return "vllm" if device.type == "cuda" and not kernels_missing() else "torch"
 
 
@@ -46,9 +46,14 @@ def tolerance_key(impl: str, dtype: str) -> str:
     return {("vllm", "fp32"): "tf32", ("vllm", "bf16"): "bf16-fused"}.get((impl, dtype), dtype)
 
 
-def expert_partial(impl: str, tokens: Tokens, experts: MlpExperts, ep_size: int = 1,
-                   ep_rank: int | None = None, dtype: torch.dtype = torch.bfloat16
-                   ) -> torch.Tensor:
+def expert_partial(
+    impl: str,
+    tokens: Tokens,
+    experts: MlpExperts,
+    ep_size: int = 1,
+    ep_rank: int | None = None,
+    dtype: torch.dtype = torch.bfloat16,
+) -> torch.Tensor:
     """fp32 output of the experts ``ep_rank`` owns over ``tokens``, computed by ``impl``."""
     if impl == "torch":
         return mlp_moe_partial(tokens, experts, ep_size, ep_rank, dtype=dtype)
@@ -57,8 +62,9 @@ def expert_partial(impl: str, tokens: Tokens, experts: MlpExperts, ep_size: int 
     raise ValueError(f"impl={impl!r}: expected one of {EXPERT_IMPLS}")
 
 
-def local_expert_map(num_experts: int, ep_size: int, ep_rank: int,
-                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def local_expert_map(
+    num_experts: int, ep_size: int, ep_rank: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(global ids this rank owns, vLLM-style ``expert_map``: global -> local id or -1).
 
     The map has one extra entry, ``num_experts``, never owned: slots whose id
@@ -71,9 +77,13 @@ def local_expert_map(num_experts: int, ep_size: int, ep_rank: int,
     return local.to(device), expert_map.to(device)
 
 
-def fused_experts_partial(tokens: Tokens, experts: MlpExperts, ep_size: int = 1,
-                          ep_rank: int | None = None, dtype: torch.dtype = torch.bfloat16
-                          ) -> torch.Tensor:
+def fused_experts_partial(
+    tokens: Tokens,
+    experts: MlpExperts,
+    ep_size: int = 1,
+    ep_rank: int | None = None,
+    dtype: torch.dtype = torch.bfloat16,
+) -> torch.Tensor:
     """vLLM's ``fused_experts`` on this EP rank's experts, as an EP rank of a layer runs it.
 
     Same contract as ``mlp_moe_partial``: ids outside [0, num_experts) or owned
@@ -97,12 +107,19 @@ def fused_experts_partial(tokens: Tokens, experts: MlpExperts, ep_size: int = 1,
     rows = mine.any(dim=1).nonzero().squeeze(1)
     if rows.numel() == 0:
         return out
-    w13, w2 = (w[local.cpu()].to(device=device, dtype=dtype).contiguous()
-               for w in experts.weights())
+    w13, w2 = (
+        w[local.cpu()].to(device=device, dtype=dtype).contiguous() for w in experts.weights()
+    )
     routed = torch.where(mine, ids, num)[rows].to(torch.int32).contiguous()
-    y = fused_experts(x[rows].to(dtype).contiguous(), w13, w2,
-                      tokens.topk_weights[rows].float().contiguous(), routed,
-                      global_num_experts=num + 1, expert_map=expert_map)
+    y = fused_experts(
+        x[rows].to(dtype).contiguous(),
+        w13,
+        w2,
+        tokens.topk_weights[rows].float().contiguous(),
+        routed,
+        global_num_experts=num + 1,
+        expert_map=expert_map,
+    )
     out[rows] = y.float()
     return out
 
@@ -110,8 +127,9 @@ def fused_experts_partial(tokens: Tokens, experts: MlpExperts, ep_size: int = 1,
 _LAYER_NAMES = itertools.count()
 
 
-def build_fused_moe_layer(vllm_config, experts: MlpExperts, top_k: int, dtype: torch.dtype,
-                          device: torch.device):
+def build_fused_moe_layer(
+    vllm_config, experts: MlpExperts, top_k: int, dtype: torch.dtype, device: torch.device
+):
     """vLLM's MoE layer (``FusedMoEFactory``) holding ``experts``' weights, ready to run.
 
     Weights go through the layer's own ``weight_loader`` (which keeps only this
@@ -130,22 +148,28 @@ def build_fused_moe_layer(vllm_config, experts: MlpExperts, top_k: int, dtype: t
 
     prefix = f"vllm_ep_kit.moe{next(_LAYER_NAMES)}.experts"
     with set_current_vllm_config(vllm_config), torch.device(device):
-        layer = FusedMoEFactory(num_experts=experts.num_experts, top_k=top_k,
-                                hidden_size=experts.hidden,
-                                intermediate_size=experts.intermediate, params_dtype=dtype,
-                                renormalize=True, prefix=prefix)
+        layer = FusedMoEFactory(
+            num_experts=experts.num_experts,
+            top_k=top_k,
+            hidden_size=experts.hidden,
+            intermediate_size=experts.intermediate,
+            params_dtype=dtype,
+            renormalize=True,
+            prefix=prefix,
+        )
     params = dict(layer.named_parameters())
     w13_name = _one_param(params, "w13_weight")
     w2_name = _one_param(params, "w2_weight")
     w13, w2 = experts.weights()
     inter = experts.intermediate
     for expert in range(experts.num_experts):
-        for name, shard, weight in ((w13_name, "w1", w13[expert, :inter]),
-                                    (w13_name, "w3", w13[expert, inter:]),
-                                    (w2_name, "w2", w2[expert])):
+        for name, shard, weight in (
+            (w13_name, "w1", w13[expert, :inter]),
+            (w13_name, "w3", w13[expert, inter:]),
+            (w2_name, "w2", w2[expert]),
+        ):
             param = params[name]
-            param.weight_loader(param, weight.to(dtype), name, shard_id=shard,
-                                expert_id=expert)
+            param.weight_loader(param, weight.to(dtype), name, shard_id=shard, expert_id=expert)
     with set_current_vllm_config(vllm_config):
         for module in layer.modules():
             method = getattr(module, "quant_method", None)
@@ -163,17 +187,23 @@ def layer_kernels(layer) -> str:
         if isinstance(method, QuantizeMethodBase):
             backend = getattr(method, "unquantized_backend", None)
             experts = getattr(method, "experts_cls", None)
-            return "/".join([type(method).__name__,
-                             getattr(backend, "value", str(backend)),
-                             getattr(experts, "__name__", str(experts))])
+            return "/".join(
+                [
+                    type(method).__name__,
+                    getattr(backend, "value", str(backend)),
+                    getattr(experts, "__name__", str(experts)),
+                ]
+            )
     return "no quantisation method found"
 
 
 def _one_param(params: dict, suffix: str) -> str:
     names = [n for n in params if n.endswith(suffix)]
     if len(names) != 1:
-        raise RuntimeError(f"vLLM's MoE layer has {len(names)} parameters named *{suffix} "
-                           f"(expected one); its parameters: {sorted(params)}")
+        raise RuntimeError(
+            f"vLLM's MoE layer has {len(names)} parameters named *{suffix} "
+            f"(expected one); its parameters: {sorted(params)}"
+        )
     return names[0]
 
 
@@ -185,8 +215,7 @@ def _require_kernels() -> None:
         skip_or_fail(f"vLLM's MoE expert kernels cannot run here: {missing}")
 
 
-def rank_expert_partials(ctx, cases: list[RoutingCase], ep_sizes: tuple[int, ...]
-                         ) -> list[dict]:
+def rank_expert_partials(ctx, cases: list[RoutingCase], ep_sizes: tuple[int, ...]) -> list[dict]:
     """Each EP rank's ``fused_experts`` partial (simulated on this one GPU) vs the reference.
 
     Per case, EP size and EP rank r: vLLM's partial against the fp32 partial of
@@ -211,20 +240,33 @@ def rank_expert_partials(ctx, cases: list[RoutingCase], ep_sizes: tuple[int, ...
             if ep_size > 1:
                 other = mlp_moe_partial(tokens, experts, ep_size, (rank + 1) % ep_size)
             else:
-                other = mlp_moe_partial(tokens, MlpExperts(case.num_experts, case.hidden,
-                                                           seed=experts.seed + 1))
-            per_rank.append({"ep_rank": rank, "max_error": max_error(got, want),
-                             "passed": layer_close(got, want, check),
-                             # None: the two references agree (no tokens, or none routed
-                             # to either rank), so there is nothing to tell apart
-                             "control_rejected": None if layer_close(want, other, check)
-                             else not layer_close(got, other, check)})
+                other = mlp_moe_partial(
+                    tokens, MlpExperts(case.num_experts, case.hidden, seed=experts.seed + 1)
+                )
+            per_rank.append(
+                {
+                    "ep_rank": rank,
+                    "max_error": max_error(got, want),
+                    "passed": layer_close(got, want, check),
+                    # None: the two references agree (no tokens, or none routed
+                    # to either rank), so there is nothing to tell apart
+                    "control_rejected": None
+                    if layer_close(want, other, check)
+                    else not layer_close(got, other, check),
+                }
+            )
             total += got
         want_total = mlp_moe_reference(tokens, experts)
-        results.append({"case": case.describe(), "ep_size": ep_size, "per_rank": per_rank,
-                        "sum_max_error": max_error(total, want_total),
-                        "sum_passed": layer_close(total, want_total, check),
-                        "seconds": time.perf_counter() - start})
+        results.append(
+            {
+                "case": case.describe(),
+                "ep_size": ep_size,
+                "per_rank": per_rank,
+                "sum_max_error": max_error(total, want_total),
+                "sum_passed": layer_close(total, want_total, check),
+                "seconds": time.perf_counter() - start,
+            }
+        )
         ctx.heartbeat()
     return results
 
@@ -257,8 +299,9 @@ def rank_fused_moe_layer(ctx, cases: list[RoutingCase]) -> list[dict]:
         raise ValueError("all cases of one layer share dtype, experts, hidden and top_k")
     case0 = cases[0]
     experts = MlpExperts(case0.num_experts, case0.hidden)
-    layer = build_fused_moe_layer(ctx.vllm_config, experts, case0.top_k, case0.torch_dtype,
-                                  ctx.device)
+    layer = build_fused_moe_layer(
+        ctx.vllm_config, experts, case0.top_k, case0.torch_dtype, ctx.device
+    )
     results = []
     for case in cases:
         start = time.perf_counter()
@@ -267,7 +310,15 @@ def rank_fused_moe_layer(ctx, cases: list[RoutingCase]) -> list[dict]:
             out = layer(x.to(ctx.device), logits.to(ctx.device)).float().cpu()
         weights, ids = softmax_topk(logits, case.top_k)
         want = mlp_moe_reference(Tokens(x=x, topk_ids=ids, topk_weights=weights), experts)
-        results.append(layer_row(case, out, want, tolerance_key("vllm", case.dtype), start,
-                                 kernels=layer_kernels(layer)))
+        results.append(
+            layer_row(
+                case,
+                out,
+                want,
+                tolerance_key("vllm", case.dtype),
+                start,
+                kernels=layer_kernels(layer),
+            )
+        )
         ctx.heartbeat()
     return results

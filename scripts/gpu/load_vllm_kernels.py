@@ -22,8 +22,9 @@ import torch
 
 
 def registered_ops(namespace: str) -> list[str]:
-    return sorted(n for n in torch._C._dispatch_get_all_op_names()
-                  if n.startswith(namespace + "::"))
+    return sorted(
+        n for n in torch._C._dispatch_get_all_op_names() if n.startswith(namespace + "::")
+    )
 
 
 def run_topk_softmax() -> dict:
@@ -36,8 +37,11 @@ def run_topk_softmax() -> dict:
     token_expert = torch.empty(64, k, dtype=torch.int32, device="cuda")
     torch.ops._moe_C.topk_softmax(weights, ids, token_expert, logits, False, None, None)
     want_w, want_ids = torch.softmax(logits, dim=-1).topk(k, dim=-1)
-    return {"op": "_moe_C.topk_softmax", "ids_equal": bool(torch.equal(ids.long(), want_ids)),
-            "max_weight_error": float((weights - want_w).abs().max())}
+    return {
+        "op": "_moe_C.topk_softmax",
+        "ids_equal": bool(torch.equal(ids.long(), want_ids)),
+        "max_weight_error": float((weights - want_w).abs().max()),
+    }
 
 
 def run_silu_and_mul() -> dict:
@@ -56,8 +60,11 @@ KERNEL_CHECKS = {"_moe_C": run_topk_softmax, "_C": run_silu_and_mul}
 def main(paths: list[str]) -> int:
     failed = 0
     for path in paths:
-        row: dict = {"library": os.path.basename(path), "torch": torch.__version__,
-                     "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+        row: dict = {
+            "library": os.path.basename(path),
+            "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        }
         try:
             ctypes.CDLL(path, mode=os.RTLD_NOW)
             torch.ops.load_library(path)
@@ -66,7 +73,7 @@ def main(paths: list[str]) -> int:
             if namespace in KERNEL_CHECKS and torch.cuda.is_available():
                 row["kernel"] = KERNEL_CHECKS[namespace]()
             row["loaded"] = True
-        except Exception as exc:  # every failure is the answer, reported as data
+        except Exception as exc:  # noqa: BLE001 (every failure is the answer, reported as data)
             row["loaded"] = row.get("ops") is not None
             row["error"] = f"{type(exc).__name__}: {exc}"
             failed += 1

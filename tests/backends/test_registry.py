@@ -44,12 +44,17 @@ class LoopbackTransport(Transport):
         return out
 
     def dispatch(self, tokens):
-        parts = self._gather(Tokens(x=tokens.x.cpu(), topk_ids=tokens.topk_ids.cpu(),
-                                    topk_weights=tokens.topk_weights.cpu(),
-                                    x_scale=None if tokens.x_scale is None
-                                    else tokens.x_scale.cpu()))
-        return Dispatched(concat_tokens(parts), state=[p.x.shape[0] for p in parts],
-                          source_rows=tokens.x.shape[0])
+        parts = self._gather(
+            Tokens(
+                x=tokens.x.cpu(),
+                topk_ids=tokens.topk_ids.cpu(),
+                topk_weights=tokens.topk_weights.cpu(),
+                x_scale=None if tokens.x_scale is None else tokens.x_scale.cpu(),
+            )
+        )
+        return Dispatched(
+            concat_tokens(parts), state=[p.x.shape[0] for p in parts], source_rows=tokens.x.shape[0]
+        )
 
     def combine(self, dispatched, partial):
         per_source = self._gather(list(partial.cpu().split(dispatched.state)))
@@ -61,13 +66,20 @@ class DropsPeersTransport(LoopbackTransport):
 
     def combine(self, dispatched, partial):
         start = sum(dispatched.state[: self.rank])
-        return partial[start: start + dispatched.source_rows].cpu()
+        return partial[start : start + dispatched.source_rows].cpu()
 
 
-LOOPBACK = Backend(TOY, Needs(cpu_ok=True), note="a test's loopback backend",
-                   transport=LoopbackTransport, delivers_to=TO_GROUP,
-                   check_dtypes=("bf16", "fp32"), bench_dtypes=("bf16",),
-                   layer_quants=("bf16", "fp32"), layer_driven=("bf16", "fp32"))
+LOOPBACK = Backend(
+    TOY,
+    Needs(cpu_ok=True),
+    note="a test's loopback backend",
+    transport=LoopbackTransport,
+    delivers_to=TO_GROUP,
+    check_dtypes=("bf16", "fp32"),
+    bench_dtypes=("bf16",),
+    layer_quants=("bf16", "fp32"),
+    layer_driven=("bf16", "fp32"),
+)
 BROKEN = dataclasses.replace(LOOPBACK, transport=DropsPeersTransport)
 
 
@@ -84,8 +96,9 @@ def toy(request):
 def test_check_runs_a_registered_backend(toy):
     from vllm_ep_kit.ep_check import make_plan, run_check
 
-    plan = make_plan([2], [1], [TOY], ["fp32", "bf16"], gpu_count=0,
-                     usable=backends.usable_backend_names())
+    plan = make_plan(
+        [2], [1], [TOY], ["fp32", "bf16"], gpu_count=0, usable=backends.usable_backend_names()
+    )
     assert [(run.backend, run.layout.describe()) for run in plan.runs] == [(TOY, "tp=1,dp=2,ep=2")]
     results = run_check(plan, timeout_s=240)
     assert len(results) == 6  # two dtypes x even / uneven / one rank empty
@@ -97,8 +110,13 @@ def test_check_runs_a_registered_backend(toy):
 
 
 def test_layer_matrix_runs_a_registered_backend(toy):
-    from vllm_ep_kit.moe_layer import MoeLayerCell, all_cells, cell_outcome, layer_cases, \
-        rank_moe_layer
+    from vllm_ep_kit.moe_layer import (
+        MoeLayerCell,
+        all_cells,
+        cell_outcome,
+        layer_cases,
+        rank_moe_layer,
+    )
 
     cells = [c for c in all_cells() if c.backend == TOY]
     assert {c.quant for c in cells} == {"fp32", "bf16", "fp8", "nvfp4"}
@@ -106,9 +124,19 @@ def test_layer_matrix_runs_a_registered_backend(toy):
     assert cell_outcome(cell, 0) == ("", "")
     assert cell_outcome(MoeLayerCell(TOY, "fp8", "dp2-ep"), 0)[0] == "not applicable"
     layout = ParallelLayout(tp=1, dp=2)
-    rows = [row for per_rank in run_ranks(rank_moe_layer, 2, cell, layer_cases(layout, "bf16"),
-                                          backend="gloo", layout=layout, timeout_s=240)
-            for row in per_rank]
+    rows = [
+        row
+        for per_rank in run_ranks(
+            rank_moe_layer,
+            2,
+            cell,
+            layer_cases(layout, "bf16"),
+            backend="gloo",
+            layout=layout,
+            timeout_s=240,
+        )
+        for row in per_rank
+    ]
     assert rows and all(r["transport"] == LoopbackTransport.name for r in rows)
     moved = [r for r in rows if r["tokens"]]
     assert all(r["passed"] for r in moved) != toy, rows
@@ -120,8 +148,16 @@ def test_bench_runs_a_registered_backend(toy, tmp_path):
     from vllm_ep_kit.bench.sweep import run_bench
 
     settings = BenchSettings(top_k=2, num_experts=8, warmup=1, repeats=2)
-    plan = make_bench_plan(2, [TOY], [1, 8], [256], ["bf16"], settings, gpu_count=0,
-                           usable=backends.usable_backend_names())
+    plan = make_bench_plan(
+        2,
+        [TOY],
+        [1, 8],
+        [256],
+        ["bf16"],
+        settings,
+        gpu_count=0,
+        usable=backends.usable_backend_names(),
+    )
     report = run_bench(plan, tmp_path / "partial", timeout_s=240)
     assert report["failures"] == []
     rows = report["results"]
@@ -161,13 +197,15 @@ def test_entry_point_registers_a_backend(monkeypatch):
             return lambda: LOOPBACK
 
     monkeypatch.setattr(registry, "_entry_points_loaded", False)
-    monkeypatch.setattr(registry, "entry_points",
-                        lambda group: [Point()] if group == registry.ENTRY_POINT_GROUP else [])
+    monkeypatch.setattr(
+        registry,
+        "entry_points",
+        lambda group: [Point()] if group == registry.ENTRY_POINT_GROUP else [],
+    )
     try:
         assert backends.get(TOY) is LOOPBACK
     finally:
         backends.unregister(TOY)
-
 
 
 def test_managers_are_named_by_their_backend(toy):
@@ -178,12 +216,15 @@ def test_managers_are_named_by_their_backend(toy):
     names = manager_backend_names()
     assert names == ["flashinfer_nvlink_one_sided", "flashinfer_nvlink_two_sided"]
     assert [manager_transport(n).MANAGER_CLASS for n in names] == [
-        "FlashInferNVLinkOneSidedManager", "FlashInferNVLinkTwoSidedManager"]
+        "FlashInferNVLinkOneSidedManager",
+        "FlashInferNVLinkTwoSidedManager",
+    ]
     alias = manager_transport("flashinfer_all2allv")
     assert alias is manager_transport("flashinfer_nvlink_two_sided")
     assert [manager_transport(n).GROWS_ON_INITIALIZE for n in names] == [True, False]
     for other in ("allgather_reducescatter", TOY):
-        with pytest.raises(ValueError, match=f"{other!r}: not driven through a vLLM manager; "
-                           "expected one of") as info:
+        with pytest.raises(
+            ValueError, match=f"{other!r}: not driven through a vLLM manager; expected one of"
+        ) as info:
             manager_transport(other)
         assert "\n" not in str(info.value)

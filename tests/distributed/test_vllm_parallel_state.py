@@ -18,8 +18,11 @@ def rank_groups(ctx):
     from vllm.distributed import parallel_state as ps
 
     def ranks(group):
-        return {"size": group.world_size, "ranks": list(group.ranks),
-                "rank_in_group": group.rank_in_group}
+        return {
+            "size": group.world_size,
+            "ranks": list(group.ranks),
+            "rank_in_group": group.rank_in_group,
+        }
 
     ep = ps.get_ep_group()
     return {
@@ -35,8 +38,9 @@ def rank_groups(ctx):
 @pytest.mark.parametrize(("tp", "dp"), [(2, 1), (1, 2), (2, 2)])
 def test_vllm_groups_match_layout(tp, dp):
     layout = ParallelLayout(tp=tp, dp=dp)
-    results = run_ranks(rank_groups, layout.world_size, backend="gloo", layout=layout,
-                        timeout_s=180)
+    results = run_ranks(
+        rank_groups, layout.world_size, backend="gloo", layout=layout, timeout_s=180
+    )
     for rank, groups in enumerate(results):
         assert groups["tp"]["ranks"] == layout.tp_group_ranks(rank)
         assert groups["dp"]["ranks"] == layout.dp_group_ranks(rank)

@@ -52,12 +52,20 @@ def make_handler(mode: str, delay_s: float, request_file: str | None = None):
                 with open(request_file, "a") as f:
                     f.write("request\n")
             time.sleep(delay_s)
-            choices = [{"index": i, "text": answer(p, mode), "logprobs": None,
-                        "finish_reason": "stop"} for i, p in enumerate(prompts)]
-            self._send(200, {"id": "cmpl-stand-in", "object": "text_completion",
-                             "model": request.get("model"), "choices": choices,
-                             "usage": {"prompt_tokens": 1, "completion_tokens": 1,
-                                       "total_tokens": 2}})
+            choices = [
+                {"index": i, "text": answer(p, mode), "logprobs": None, "finish_reason": "stop"}
+                for i, p in enumerate(prompts)
+            ]
+            self._send(
+                200,
+                {
+                    "id": "cmpl-stand-in",
+                    "object": "text_completion",
+                    "model": request.get("model"),
+                    "choices": choices,
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                },
+            )
 
     return Handler
 
@@ -76,8 +84,9 @@ def main() -> None:
         if args.pid_file:
             with open(args.pid_file, "w") as f:
                 f.write(str(child.pid))
-    ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(args.mode, args.delay,
-                                                                  args.request_file)).serve_forever()
+    ThreadingHTTPServer(
+        ("127.0.0.1", args.port), make_handler(args.mode, args.delay, args.request_file)
+    ).serve_forever()
 
 
 if __name__ == "__main__":

@@ -55,8 +55,10 @@ metadata:
 def task_dir(tmp_path) -> Path:
     folder = tmp_path / "tasks"
     folder.mkdir()
-    rows = [{"question": f"What is {a} plus {b}?", "answer": f"{a} + {b} = {a + b}\n#### {a + b}"}
-            for a, b in [(3, 4), (10, 32), (7, 8), (120, 5), (9, 9), (41, 1)]]
+    rows = [
+        {"question": f"What is {a} plus {b}?", "answer": f"{a} + {b} = {a + b}\n#### {a + b}"}
+        for a, b in [(3, 4), (10, 32), (7, 8), (120, 5), (9, 9), (41, 1)]
+    ]
     data = folder / "test.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     (folder / "gsm8k_synthetic.yaml").write_text(TASK.format(data=data))
@@ -72,14 +74,35 @@ def free_port() -> int:
 def script(tmp_path, task_dir, mode, threshold, extra=(), delay=0.0):
     port = free_port()
     pid_file = tmp_path / "child.pid"
-    server = (f"{sys.executable} {HERE / 'fake_openai_server.py'} --port {port} --mode {mode} "
-              f"--delay {delay} --child --pid-file {pid_file} "
-              f"--request-file {tmp_path / 'requests.log'}")
-    cmd = [sys.executable, "-m", "vllm_ep_kit.e2e.eplb_accuracy", "--model", "stand-in",
-           "--threshold", str(threshold), "--num-questions", "6", "--port", str(port),
-           "--output-dir", str(tmp_path / "out"), "--task", "gsm8k_synthetic",
-           "--include-path", str(task_dir), "--num-fewshot", "0", "--server-command", server,
-           *extra]
+    server = (
+        f"{sys.executable} {HERE / 'fake_openai_server.py'} --port {port} --mode {mode} "
+        f"--delay {delay} --child --pid-file {pid_file} "
+        f"--request-file {tmp_path / 'requests.log'}"
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "vllm_ep_kit.e2e.eplb_accuracy",
+        "--model",
+        "stand-in",
+        "--threshold",
+        str(threshold),
+        "--num-questions",
+        "6",
+        "--port",
+        str(port),
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--task",
+        "gsm8k_synthetic",
+        "--include-path",
+        str(task_dir),
+        "--num-fewshot",
+        "0",
+        "--server-command",
+        server,
+        *extra,
+    ]
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
     return cmd, env, pid_file
 
@@ -88,11 +111,14 @@ def assert_no_leftovers(pid_file: Path):
     if pid_file.exists():
         child = int(pid_file.read_text())
         time.sleep(0.2)
-        assert not (psutil.pid_exists(child)
-                    and psutil.Process(child).status() != psutil.STATUS_ZOMBIE), \
-            "the server's child process survived"
-    assert not [p for p in psutil.Process().children(recursive=True)
-                if "fake_openai_server" in " ".join(p.cmdline())]
+        assert not (
+            psutil.pid_exists(child) and psutil.Process(child).status() != psutil.STATUS_ZOMBIE
+        ), "the server's child process survived"
+    assert not [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if "fake_openai_server" in " ".join(p.cmdline())
+    ]
 
 
 def test_passing_threshold(tmp_path, task_dir):
@@ -115,8 +141,9 @@ def test_failing_threshold(tmp_path, task_dir):
 
 
 def test_server_never_healthy_times_out(tmp_path, task_dir):
-    cmd, env, pid_file = script(tmp_path, task_dir, "never-healthy", 0.8,
-                                extra=("--health-timeout", "4"))
+    cmd, env, pid_file = script(
+        tmp_path, task_dir, "never-healthy", 0.8, extra=("--health-timeout", "4")
+    )
     start = time.monotonic()
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 3
@@ -127,8 +154,7 @@ def test_server_never_healthy_times_out(tmp_path, task_dir):
 
 def test_ctrl_c_stops_the_server(tmp_path, task_dir):
     cmd, env, pid_file = script(tmp_path, task_dir, "correct", 0.8, delay=30.0)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     line = ""
     while "server healthy" not in line and time.monotonic() < deadline:
@@ -149,7 +175,11 @@ def test_ctrl_c_stops_the_server(tmp_path, task_dir):
 
 
 def test_bad_threshold_is_rejected():
-    result = subprocess.run([sys.executable, "-m", "vllm_ep_kit.e2e.eplb_accuracy",
-                             "--threshold", "80"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "vllm_ep_kit.e2e.eplb_accuracy", "--threshold", "80"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "--threshold: 80.0 is not between 0 and 1" in result.stderr

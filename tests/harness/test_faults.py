@@ -34,6 +34,7 @@ TIMEOUT_S = 20
 
 # ----------------------------------------------------------------- rank functions
 
+
 def rank_fails_after_all_reduce(ctx, how):
     """The everyday pattern: a collective, then rank 0 fails while the others finish."""
     t = torch.ones(1)
@@ -56,8 +57,12 @@ def rank_fails_after_all_reduce(ctx, how):
 
 def rank_leaves_a_daemon(ctx, pid_dir):
     """A descendant that leaves the rank's process group and session, then a clean return."""
-    out = subprocess.run(["bash", "-c", "setsid sleep 300 </dev/null >/dev/null 2>&1 & echo $!"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["bash", "-c", "setsid sleep 300 </dev/null >/dev/null 2>&1 & echo $!"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     Path(pid_dir, f"rank{ctx.rank}").write_text(out.stdout.strip())
     return ctx.rank
 
@@ -93,6 +98,7 @@ def task_starts_a_new_session(ctx, pid_dir):
 
 # ----------------------------------------------------------------- helpers
 
+
 @pytest.fixture
 def marked(monkeypatch):
     """A mark in the environment every rank of the test starts with."""
@@ -124,8 +130,12 @@ def assert_none_alive(mark: str, within_s: float) -> None:
 
 def test_the_process_scan_sees_a_marked_daemon(marked):
     """The scan used below can fail: a daemon with the mark is found until killed."""
-    out = subprocess.run(["bash", "-c", "setsid sleep 30 </dev/null >/dev/null 2>&1 & echo $!"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["bash", "-c", "setsid sleep 30 </dev/null >/dev/null 2>&1 & echo $!"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     pid = int(out.stdout)
     try:
         assert [p.pid for p in marked_processes(marked)] == [pid]
@@ -136,6 +146,7 @@ def test_the_process_scan_sees_a_marked_daemon(marked):
 
 # ----------------------------------------------------------------- tests
 
+
 @pytest.mark.parametrize("world_size", WORLD_SIZES)
 @pytest.mark.parametrize("how", ["raise", "exit3", "exit0", "segv", "kill"])
 def test_one_rank_failing_while_the_others_finish_returns_in_time(world_size, how, marked):
@@ -143,22 +154,26 @@ def test_one_rank_failing_while_the_others_finish_returns_in_time(world_size, ho
     ended only when the parent stopped waiting (before: still running at 120 s)."""
     start = time.monotonic()
     with pytest.raises(RankFailures) as info:
-        run_ranks(rank_fails_after_all_reduce, world_size, how, backend="gloo",
-                  timeout_s=TIMEOUT_S)
+        run_ranks(rank_fails_after_all_reduce, world_size, how, backend="gloo", timeout_s=TIMEOUT_S)
     took = time.monotonic() - start
     assert took < TIMEOUT_S + 15, f"took {took:.0f} s"
     assert info.value.failed_ranks == [0], str(info.value)[:3000]
     headline = info.value.reports[0].headline()
-    expected = {"raise": "raised AssertionError: planted", "exit3": "exited with code 3",
-                "exit0": "without reporting a result", "segv": "signal SIGSEGV",
-                "kill": "signal SIGKILL"}[how]
+    expected = {
+        "raise": "raised AssertionError: planted",
+        "exit3": "exited with code 3",
+        "exit0": "without reporting a result",
+        "segv": "signal SIGSEGV",
+        "kill": "signal SIGKILL",
+    }[how]
     assert expected in headline, headline
     assert_none_alive(marked, 2)
 
 
 def test_a_daemonised_grandchild_is_reaped_after_a_successful_run(tmp_path, marked):
-    assert run_ranks(rank_leaves_a_daemon, 2, str(tmp_path), backend="gloo",
-                     timeout_s=TIMEOUT_S) == [0, 1]
+    assert run_ranks(
+        rank_leaves_a_daemon, 2, str(tmp_path), backend="gloo", timeout_s=TIMEOUT_S
+    ) == [0, 1]
     daemons = [int(f.read_text()) for f in tmp_path.iterdir()]
     assert len(daemons) == 2
     assert_none_alive(marked, 2)
@@ -170,8 +185,14 @@ def test_a_rank_stuck_before_its_set_up_is_stopped_by_the_watchdog(marked, deadl
     SIGUSR1 is sent (it would kill the rank and make the signal look like the root cause)."""
     start = time.monotonic()
     with deadline(8 + 60), pytest.raises(RankFailures) as info:
-        run_ranks(rank_all_ranks_return_rank, 2, BlocksWhenUnpickled(), backend="gloo",
-                  timeout_s=5, start_timeout_s=8)
+        run_ranks(
+            rank_all_ranks_return_rank,
+            2,
+            BlocksWhenUnpickled(),
+            backend="gloo",
+            timeout_s=5,
+            start_timeout_s=8,
+        )
     assert time.monotonic() - start < 8 + 15
     message = str(info.value)
     assert "stopped by watchdog: no progress for 8 s (before its set-up finished" in message
@@ -197,19 +218,27 @@ def _sleep_then_none(seconds):
 def test_a_slow_start_up_gets_the_start_up_limit_not_the_progress_limit(marked):
     """A 2 s progress limit with heartbeats must not kill ranks still importing (seen on a
     GPU host, where importing CUDA torch took longer than such a limit)."""
-    assert run_ranks(rank_all_ranks_return_rank, 2, SlowToUnpickle(), backend="gloo",
-                     timeout_s=2, start_timeout_s=30) == [0, 1]
+    assert run_ranks(
+        rank_all_ranks_return_rank,
+        2,
+        SlowToUnpickle(),
+        backend="gloo",
+        timeout_s=2,
+        start_timeout_s=30,
+    ) == [0, 1]
     assert_none_alive(marked, 2)
 
 
 def test_a_value_the_parent_cannot_unpickle_names_its_rank(marked):
     before = set(Path(os.environ.get("TMPDIR", "/tmp")).glob("vllm-ep-kit-ranks-*"))
     with pytest.raises(RankFailures) as info:
-        run_ranks(rank_returns_what_the_parent_cannot_unpickle, 2, backend="gloo",
-                  timeout_s=TIMEOUT_S)
+        run_ranks(
+            rank_returns_what_the_parent_cannot_unpickle, 2, backend="gloo", timeout_s=TIMEOUT_S
+        )
     assert info.value.failed_ranks == [1]
-    assert ("the rank's result could not be unpickled in the parent: RuntimeError: planted"
-            in str(info.value))
+    assert "the rank's result could not be unpickled in the parent: RuntimeError: planted" in str(
+        info.value
+    )
     assert set(Path(os.environ.get("TMPDIR", "/tmp")).glob("vllm-ep-kit-ranks-*")) == before
     assert_none_alive(marked, 2)
 
@@ -259,8 +288,11 @@ def rank_waits_with_a_daemon(ctx, pid_dir):
 def test_ranks_and_their_daemons_die_with_a_killed_parent(signum, tmp_path, marked):
     """A CI cancel or `timeout` kills pytest: ranks (their own process groups) and what
     they started used to stay, re-parented to init (seen alive 68 s later)."""
-    parent = subprocess.Popen([sys.executable, "-c", PARENT_SCRIPT, "2", str(tmp_path)],
-                              cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT_SCRIPT, "2", str(tmp_path)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     try:
         deadline = time.monotonic() + 120
         while len(list(tmp_path.glob("ready*"))) < 2:
@@ -304,19 +336,22 @@ def rank_dies_after_reporting(ctx, how):
     import threading
 
     if ctx.rank == 1:
+
         def die():
             time.sleep(1.0)
             if how == "exit3":
                 os._exit(3)
             os.kill(os.getpid(), signal.SIGKILL)
+
         threading.Thread(target=die, daemon=True).start()
         return ctx.rank
     time.sleep(4.0)  # still working when rank 1 dies
     return ctx.rank
 
 
-@pytest.mark.parametrize("how, headline", [("exit3", "exited with code 3"),
-                                           ("kill", "killed by signal SIGKILL")])
+@pytest.mark.parametrize(
+    "how, headline", [("exit3", "exited with code 3"), ("kill", "killed by signal SIGKILL")]
+)
 def test_a_rank_that_dies_after_reporting_ok_is_a_failure(marked, how, headline, deadline):
     """Before, untested: an ok outcome hid a rank's crash after it (a leak checker, an
     exit handler, the OOM killer)."""

@@ -34,8 +34,9 @@ def a2a(tmp_path):
     try:
         mapping = type("Mapping", (), {"world_size": 1, "moe_ep_size": 1})()
         config = type("Config", (), {"comm_backend": OneRank()})()
-        yield FlashInferKernelEmulator()._one_sided_class()(mapping, 8, 2, 4, 1 << 20,
-                                                            mnnvl_config=config)
+        yield FlashInferKernelEmulator()._one_sided_class()(
+            mapping, 8, 2, 4, 1 << 20, mnnvl_config=config
+        )
     finally:
         dist.destroy_process_group()
 
@@ -47,8 +48,9 @@ def tokens(n):
 
 def test_round_trip_and_junk_rows(a2a):
     ids, x = tokens(3)
-    got_x, got_ids = a2a.dispatch(ids, [x, ids], 5, invalid_token_expert_id=-1,
-                                  expert_id_payload_index=1)
+    got_x, got_ids = a2a.dispatch(
+        ids, [x, ids], 5, invalid_token_expert_id=-1, expert_id_payload_index=1
+    )
     assert got_x.shape == (1, 5, 4) and torch.equal(got_x[0, :3], x)
     assert torch.isnan(got_x[0, 3:].float()).all()  # rows nobody sent: junk
     assert (got_ids[0, 3:] == -1).all() and torch.equal(got_ids[0, :3], ids)

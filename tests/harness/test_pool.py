@@ -64,8 +64,11 @@ def vllm_group_sizes(ctx):
 def gone(pids) -> bool:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        alive = [p for p in pids if psutil.pid_exists(p)
-                 and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        alive = [
+            p
+            for p in pids
+            if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+        ]
         if not alive:
             return True
         time.sleep(0.1)
@@ -158,8 +161,9 @@ def leave_vllm_state_built(ctx):
     from vllm_ep_kit.testing.vllm_state import build_vllm_config
 
     with set_config(build_vllm_config(ParallelLayout(dp=2), ctx.rank, "cpu", None)):
-        ps.init_distributed_environment(world_size=2, rank=ctx.rank, local_rank=ctx.rank,
-                                        backend="gloo")
+        ps.init_distributed_environment(
+            world_size=2, rank=ctx.rank, local_rank=ctx.rank, backend="gloo"
+        )
         ps.initialize_model_parallel(tensor_model_parallel_size=1)
 
 
@@ -174,8 +178,12 @@ def test_pool_builds_each_tasks_vllm_layout_in_the_same_processes():
     """One pool per (world size, backend): layouts come and go with their tasks."""
     pool = RankPool(PoolKey(2, "gloo"))
     try:
-        dp = pool.run(vllm_group_sizes, layout=ParallelLayout(tp=1, dp=2),
-                      all2all_backend="allgather_reducescatter", timeout_s=120)
+        dp = pool.run(
+            vllm_group_sizes,
+            layout=ParallelLayout(tp=1, dp=2),
+            all2all_backend="allgather_reducescatter",
+            timeout_s=120,
+        )
         tp = pool.run(vllm_group_sizes, layout=ParallelLayout(tp=2, dp=1), timeout_s=120)
         assert [pid for pid, *_ in dp] == [pid for pid, *_ in tp]  # the same processes
         assert [sizes for _, *sizes in dp] == [[2, 2]] * 2  # DP=2, EP=2

@@ -27,8 +27,9 @@ def _cases(pytester):
     """The cases plus a conftest that loads the plugin as tests/conftest.py does."""
     from pathlib import Path
 
-    pytester.makeconftest((Path(__file__).parents[1] / "conftest.py").read_text()
-                          .replace('["pytester"] + ', ""))
+    pytester.makeconftest(
+        (Path(__file__).parents[1] / "conftest.py").read_text().replace('["pytester"] + ', "")
+    )
     pytester.makepyfile(CASES)
 
 
@@ -98,12 +99,15 @@ def test_handle_exchange_needs_ptrace_where_flashinfer_uses_pidfd_getfd(tmp_path
     (tmp_path / "flashinfer" / "__init__.py").write_text("")
     (comm / "__init__.py").write_text("")
     (comm / "mnnvl.py").write_text(OLD_MNNVL)
-    code = ("from vllm_ep_kit.testing import probes; h = probes.handle_exchange(); "
-            "print(probes.flashinfer_fd_exchange(), h.ok == probes.ptrace().ok, "
-            "'pidfd_getfd' in h.detail)")
+    code = (
+        "from vllm_ep_kit.testing import probes; h = probes.handle_exchange(); "
+        "print(probes.flashinfer_fd_exchange(), h.ok == probes.ptrace().ok, "
+        "'pidfd_getfd' in h.detail)"
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env=env, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
     assert result.stdout.split() == ["pidfd_getfd", "True", "True"], result.stderr[-2000:]
 
 
@@ -116,11 +120,15 @@ def test_strict_flag_does_not_leak_into_the_calling_process(pytester, monkeypatc
     assert "VLLM_EP_KIT_STRICT" not in os.environ
 
 
-def test_gpu_marker_under_a_multi_node_torchrun_job_counts_this_nodes_ranks(pytester,
-                                                                            monkeypatch):
+def test_gpu_marker_under_a_multi_node_torchrun_job_counts_this_nodes_ranks(pytester, monkeypatch):
     """gpus(64) in a 16-node x 4-GPU job: each node needs 4 GPUs, not 64."""
-    for key, value in {"RANK": "0", "WORLD_SIZE": "64", "LOCAL_WORLD_SIZE": "4",
-                       "MASTER_ADDR": "head", "MASTER_PORT": "29500"}.items():
+    for key, value in {
+        "RANK": "0",
+        "WORLD_SIZE": "64",
+        "LOCAL_WORLD_SIZE": "4",
+        "MASTER_ADDR": "head",
+        "MASTER_PORT": "29500",
+    }.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("VLLM_EP_KIT_SPAWN", raising=False)
     if probes.gpu_count() >= 4:
@@ -136,7 +144,9 @@ def test_own_version_from_a_source_tree_without_metadata(monkeypatch):
     import vllm_ep_kit
 
     real = probes.package_version
-    monkeypatch.setattr(probes, "package_version",
-                        lambda name: None if name == "vllm-ep-kit" else real(name))
-    assert probes.versions()["vllm-ep-kit"] == (f"{vllm_ep_kit.__version__} "
-                                                "(source tree, not installed)")
+    monkeypatch.setattr(
+        probes, "package_version", lambda name: None if name == "vllm-ep-kit" else real(name)
+    )
+    assert probes.versions()["vllm-ep-kit"] == (
+        f"{vllm_ep_kit.__version__} (source tree, not installed)"
+    )

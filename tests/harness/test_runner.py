@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import signal
 import socket
 import subprocess
-import re
 import sys
 import time
 from pathlib import Path
@@ -29,6 +29,7 @@ WORLD_SIZES = [2, 4]
 
 
 # ----------------------------------------------------------------- rank functions
+
 
 def rank_all_reduce(ctx, scale):
     t = torch.tensor([float(ctx.rank + 1)], device=ctx.device)
@@ -98,6 +99,7 @@ def rank_skips(ctx):
 
 # ----------------------------------------------------------------- helpers
 
+
 def test_leftover_check_sees_a_leftover():
     """The orphan check used by every test above can fail."""
     before = {p.pid for p in psutil.Process().children(recursive=True)}
@@ -119,6 +121,7 @@ def _section(message: str, rank: int) -> str:
 
 # ----------------------------------------------------------------- tests
 
+
 @pytest.mark.parametrize("world_size", WORLD_SIZES)
 def test_success_returns_every_rank_value(world_size, no_leftovers):
     values = run_ranks(rank_all_reduce, world_size, 2.0, backend="gloo", timeout_s=60)
@@ -133,8 +136,7 @@ def test_success_returns_every_rank_value(world_size, no_leftovers):
 def test_exception_in_one_rank_is_reported_with_traceback(world_size, no_leftovers):
     bad = world_size - 1
     with pytest.raises(RankFailures) as info:
-        run_ranks(rank_raises_on, world_size, bad, backend="gloo", timeout_s=60,
-                  failure_grace_s=2)
+        run_ranks(rank_raises_on, world_size, bad, backend="gloo", timeout_s=60, failure_grace_s=2)
     message = str(info.value)
     section = _section(message, bad)
     assert "raised ValueError: planted failure on rank" in section
@@ -167,8 +169,7 @@ def test_sys_exit_code_is_reported(no_leftovers):
 @pytest.mark.parametrize("world_size", WORLD_SIZES)
 def test_segfault_names_the_signal_and_shows_the_crash_trace(world_size, no_leftovers):
     with pytest.raises(RankFailures) as info:
-        run_ranks(rank_segfaults, world_size, 0, backend="gloo", timeout_s=60,
-                  failure_grace_s=2)
+        run_ranks(rank_segfaults, world_size, 0, backend="gloo", timeout_s=60, failure_grace_s=2)
     section = _section(str(info.value), 0)
     assert "killed by signal SIGSEGV" in section
     assert "Segmentation fault" in section  # faulthandler's trace from the rank's log
@@ -176,13 +177,13 @@ def test_segfault_names_the_signal_and_shows_the_crash_trace(world_size, no_left
 
 
 @pytest.mark.parametrize("world_size", WORLD_SIZES)
-def test_watchdog_stops_a_rank_hung_in_a_collective(world_size, tmp_path, no_leftovers,
-                                                    deadline):
+def test_watchdog_stops_a_rank_hung_in_a_collective(world_size, tmp_path, no_leftovers, deadline):
     timeout_s = 8
     bad = world_size - 1
     with deadline(timeout_s + 60), pytest.raises(RankFailures) as info:
-        run_ranks(rank_hangs_on, world_size, bad, str(tmp_path), backend="gloo",
-                  timeout_s=timeout_s)
+        run_ranks(
+            rank_hangs_on, world_size, bad, str(tmp_path), backend="gloo", timeout_s=timeout_s
+        )
     fired_after = time.time() - float((tmp_path / "hang_started").read_text())
     assert fired_after < timeout_s + 10, f"watchdog took {fired_after:.1f} s"
     assert info.value.failed_ranks == [bad]  # the finished ranks are not blamed
@@ -201,14 +202,23 @@ def test_heartbeats_keep_a_long_rank_alive(no_leftovers):
 
 def test_grandchildren_are_killed_even_if_they_escape_the_group(tmp_path, no_leftovers):
     with pytest.raises(RankFailures) as info:
-        run_ranks(rank_spawns_children_then_fails, 2, str(tmp_path), backend="gloo",
-                  timeout_s=60, failure_grace_s=2)
+        run_ranks(
+            rank_spawns_children_then_fails,
+            2,
+            str(tmp_path),
+            backend="gloo",
+            timeout_s=60,
+            failure_grace_s=2,
+        )
     assert "failing with grandchildren alive" in str(info.value)
     pids = [int(p) for f in tmp_path.iterdir() for p in f.read_text().split()]
     assert len(pids) == 4
     time.sleep(0.2)
-    alive = [p for p in pids if psutil.pid_exists(p)
-             and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    alive = [
+        p
+        for p in pids
+        if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+    ]
     assert not alive, f"grandchildren left alive: {alive}"
 
 
@@ -244,10 +254,13 @@ def test_strict_mode_turns_a_rank_skip_into_a_failure(no_leftovers, monkeypatch)
     assert re.search("strict mode.*planted skip", str(outcome)), str(outcome)
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"world_size": 0}, "world_size=0: expected an integer >= 1"),
-    ({"world_size": 2, "backend": "mpi"}, "backend='mpi'"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"world_size": 0}, "world_size=0: expected an integer >= 1"),
+        ({"world_size": 2, "backend": "mpi"}, "backend='mpi'"),
+    ],
+)
 def test_bad_arguments_name_the_argument(kwargs, match):
     with pytest.raises(ValueError, match=match):
         run_ranks(rank_all_reduce, **kwargs)
@@ -261,8 +274,9 @@ def test_nccl_without_gpus_skips_with_reason(monkeypatch):
         run_ranks(rank_all_reduce, 2, 1.0, backend="nccl")
 
 
-@pytest.mark.parametrize("world_size", [pytest.param(n, marks=pytest.mark.gpus(n), id=f"{n}gpu")
-                                        for n in (1, 2, 4)])
+@pytest.mark.parametrize(
+    "world_size", [pytest.param(n, marks=pytest.mark.gpus(n), id=f"{n}gpu") for n in (1, 2, 4)]
+)
 def test_nccl_ranks_on_gpus(world_size, no_leftovers):
     values = run_ranks(rank_all_reduce, world_size, 1.0, backend="nccl", timeout_s=120)
     assert [v["sum"] for v in values] == [sum(range(1, world_size + 1))] * world_size
@@ -293,5 +307,5 @@ def test_each_failing_rank_shows_its_own_exception_and_traceback(no_leftovers):
     assert "raised ValueError: rank one's own problem" in one
     assert 'raise ValueError("rank one\'s own problem")' in one  # its traceback
     assert "KeyError" in two and "rank two's missing key" in two
-    assert "{}[\"rank two's missing key\"]" in two
+    assert '{}["rank two\'s missing key"]' in two
     assert "ValueError" not in two and "KeyError" not in one

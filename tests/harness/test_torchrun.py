@@ -15,12 +15,35 @@ HERE = Path(__file__).parent
 def test_run_ranks_runs_in_process_under_torchrun(tmp_path, no_leftovers):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
     env["VLLM_EP_KIT_STRICT"] = "0"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "--log-dir", str(tmp_path / "logs"), "--tee", "3",
-           "-m", "pytest", str(HERE / "torchrun_case.py"), "-q", "-p", "no:cacheprovider",
-           "-rs", "-s"]
-    result = subprocess.run(cmd, cwd=HERE.parent.parent, env=env, capture_output=True,
-                            text=True, timeout=300, check=False)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "--log-dir",
+        str(tmp_path / "logs"),
+        "--tee",
+        "3",
+        "-m",
+        "pytest",
+        str(HERE / "torchrun_case.py"),
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-rs",
+        "-s",
+    ]
+    result = subprocess.run(
+        cmd,
+        cwd=HERE.parent.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-4000:]
     # Both torchrun processes ran the suite: five in-process passes and a skip each.
@@ -41,11 +64,30 @@ def test_nccl_world_under_torchrun(tmp_path, no_leftovers):
     nproc = min(gpus, 2)
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
     env["VLLM_EP_KIT_STRICT"] = "0"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-           str(nproc), "-m", "pytest", str(HERE / "torchrun_nccl_case.py"), "-q", "-p",
-           "no:cacheprovider", "-s"]
-    result = subprocess.run(cmd, cwd=HERE.parent.parent, env=env, capture_output=True,
-                            text=True, timeout=300, check=False)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        str(nproc),
+        "-m",
+        "pytest",
+        str(HERE / "torchrun_nccl_case.py"),
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-s",
+    ]
+    result = subprocess.run(
+        cmd,
+        cwd=HERE.parent.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-4000:]
     assert out.count("3 passed") == nproc, out[-4000:]
@@ -63,15 +105,32 @@ def test_faults_under_torchrun_name_the_rank(tmp_path, world, no_leftovers):
 
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
     env["FAULT_CASE_OUT"] = str(tmp_path)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-           str(world), str(HERE / "torchrun_fault_case.py")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        str(world),
+        str(HERE / "torchrun_fault_case.py"),
+    ]
     start = time.monotonic()
-    result = subprocess.run(cmd, cwd=HERE.parent.parent, env=env, capture_output=True,
-                            text=True, timeout=300, check=False)
+    result = subprocess.run(
+        cmd,
+        cwd=HERE.parent.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     out = result.stdout + result.stderr
     assert time.monotonic() - start < 60 + 15 + 30, out[-4000:]  # timeout_s + 15 + start-up
-    cases = [json.loads(line) for path in sorted(tmp_path.glob("rank*.jsonl"))
-             for line in path.read_text().splitlines()]
+    cases = [
+        json.loads(line)
+        for path in sorted(tmp_path.glob("rank*.jsonl"))
+        for line in path.read_text().splitlines()
+    ]
     last = world - 1
     unpicklable = [c for c in cases if c["case"] == "unpicklable-elsewhere"]
     assert sorted(c["rank"] for c in unpicklable) == list(range(world)), out[-4000:]
@@ -89,8 +148,14 @@ def test_faults_under_torchrun_name_the_rank(tmp_path, world, no_leftovers):
         assert "left the torchrun job without reporting its outcome" in case["first"], case
 
 
-TORCHRUN_ENV = {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4", "LOCAL_RANK": "1",
-                "MASTER_ADDR": "head", "MASTER_PORT": "29500"}
+TORCHRUN_ENV = {
+    "RANK": "5",
+    "WORLD_SIZE": "8",
+    "LOCAL_WORLD_SIZE": "4",
+    "LOCAL_RANK": "1",
+    "MASTER_ADDR": "head",
+    "MASTER_PORT": "29500",
+}
 
 
 def test_a_multi_node_job_needs_gpus_for_this_nodes_ranks_only(monkeypatch):
@@ -114,6 +179,7 @@ def test_a_multi_node_job_needs_gpus_for_this_nodes_ranks_only(monkeypatch):
     if probes.gpu_count() >= 4:
         pytest.skip("this host has 4 GPUs: run_ranks would start the job")
     monkeypatch.setenv("VLLM_EP_KIT_STRICT", "0")
-    with pytest.raises(pytest.skip.Exception, match=f"needs 4 CUDA GPUs, {probes.gpu_count()} "
-                       "visible"):
+    with pytest.raises(
+        pytest.skip.Exception, match=f"needs 4 CUDA GPUs, {probes.gpu_count()} visible"
+    ):
         run_ranks(print, 8, backend="nccl")

@@ -53,8 +53,9 @@ def test_a_failure_on_one_rank_fails_every_rank():
 
 def test_the_world_still_works_after_a_failure():
     world = int(os.environ["WORLD_SIZE"])
-    assert run_ranks(rank_sum, world, backend="gloo", timeout_s=60)[0]["sum"] == \
-        sum(range(1, world + 1))
+    assert run_ranks(rank_sum, world, backend="gloo", timeout_s=60)[0]["sum"] == sum(
+        range(1, world + 1)
+    )
 
 
 def rank_returns_unpicklable_on_first(ctx):

@@ -18,7 +18,7 @@ def rank_returns_a_class_only_it_can_import(ctx, folder):
     if ctx.rank != ctx.world_size - 1:
         return ctx.rank
     sys.path.insert(0, folder)
-    import only_on_the_last_rank  # noqa: F401 (written by the driver below)
+    import only_on_the_last_rank
 
     return only_on_the_last_rank.Value()
 
@@ -33,8 +33,10 @@ def report(case, call, *args):
     try:
         outcome = {"values": [type(v).__name__ for v in call(*args)]}
     except RankFailures as exc:
-        outcome = {"failed_ranks": exc.failed_ranks,
-                   "first": exc.reports[0].headline() if exc.reports else ""}
+        outcome = {
+            "failed_ranks": exc.failed_ranks,
+            "first": exc.reports[0].headline() if exc.reports else "",
+        }
     except BaseException as exc:  # noqa: BLE001 (what the test must never see)
         outcome = {"raw": f"{type(exc).__name__}: {exc}"}
     rank = int(os.environ["RANK"])
@@ -46,11 +48,13 @@ def main():
     world = int(os.environ["WORLD_SIZE"])
     folder = tempfile.mkdtemp()
     (Path(folder) / "only_on_the_last_rank.py").write_text("class Value:\n    pass\n")
-    report("unpicklable-elsewhere", lambda: run_ranks(rank_returns_a_class_only_it_can_import,
-                                                      world, folder, backend="gloo",
-                                                      timeout_s=60))
-    report("exit-0", lambda: run_ranks(rank_leaves_the_job, world, backend="gloo",
-                                       timeout_s=60))
+    report(
+        "unpicklable-elsewhere",
+        lambda: run_ranks(
+            rank_returns_a_class_only_it_can_import, world, folder, backend="gloo", timeout_s=60
+        ),
+    )
+    report("exit-0", lambda: run_ranks(rank_leaves_the_job, world, backend="gloo", timeout_s=60))
 
 
 if __name__ == "__main__":

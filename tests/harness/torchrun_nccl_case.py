@@ -44,6 +44,8 @@ def test_nccl_failure_reaches_every_rank():
 
 
 def test_gloo_call_in_an_nccl_world_is_refused():
-    with pytest.raises(pytest.skip.Exception, match="needs a gloo world; this torchrun "
-                       "process's default group is nccl"):
+    with pytest.raises(
+        pytest.skip.Exception,
+        match="needs a gloo world; this torchrun process's default group is nccl",
+    ):
         run_ranks(rank_cuda_sum, int(os.environ["WORLD_SIZE"]), backend="gloo")

@@ -28,16 +28,22 @@ def release_id(root: str) -> str:
 def pytest_generate_tests(metafunc):
     if "affected_vllm_path" in metafunc.fixturenames:
         roots = affected_roots() or [""]
-        metafunc.parametrize("affected_root", roots, ids=[release_id(r) if r else "unset"
-                                                          for r in roots], scope="session")
+        metafunc.parametrize(
+            "affected_root",
+            roots,
+            ids=[release_id(r) if r else "unset" for r in roots],
+            scope="session",
+        )
 
 
 @pytest.fixture(scope="session")
 def affected_vllm_path(affected_root) -> tuple[str, str]:
     """(sources, extra packages) of one affected release, or skip/fail with the reason."""
     if not affected_root or not Path(affected_root, "VERSION").exists():
-        skip_or_fail(f"{AFFECTED_ENV} does not point at a fetched vLLM release "
-                     f"({affected_root or 'unset'}; make test fetches 0.19.1)")
+        skip_or_fail(
+            f"{AFFECTED_ENV} does not point at a fetched vLLM release "
+            f"({affected_root or 'unset'}; make test fetches 0.19.1)"
+        )
     return str(Path(affected_root, "src")), str(Path(affected_root, "deps"))
 
 

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import pytest
 
+from tests.patches.releases import has_bug
 from vllm_ep_kit.fresh_python import run_json
 from vllm_ep_kit.layout import ParallelLayout
 from vllm_ep_kit.testing import run_ranks
-
-from tests.patches.releases import has_bug
 
 pytestmark = [pytest.mark.vllm]
 
@@ -46,8 +45,14 @@ def rank_nixl_manager_without_store(ctx, apply_plugin):
     outcome = {"vllm": vllm.__version__, "statuses": statuses}
     try:
         manager = all2all.NixlEPAll2AllManager(cpu_group)
-        manager.get_handle({"num_global_experts": 8, "num_ep_ranks": 2,
-                            "max_num_tokens_per_dp_rank": 4, "token_hidden_size": 64})
+        manager.get_handle(
+            {
+                "num_global_experts": 8,
+                "num_ep_ranks": 2,
+                "max_num_tokens_per_dp_rank": 4,
+                "token_hidden_size": 64,
+            }
+        )
         outcome["error"] = ""
     except Exception as exc:  # noqa: BLE001 (the test inspects what was raised)
         outcome["error"] = f"{type(exc).__name__}: {exc}"
@@ -63,12 +68,19 @@ def rank_nixl_manager_without_store(ctx, apply_plugin):
 
 
 @pytest.mark.parametrize("apply_plugin", [True, False], ids=["patched", "patch-disabled"])
-def test_affected_release_reports_missing_tcp_store_group(affected_vllm_path, affected_release,
-                                                         apply_plugin):
+def test_affected_release_reports_missing_tcp_store_group(
+    affected_vllm_path, affected_release, apply_plugin
+):
     bug = has_bug(PATCH, affected_release)
-    results = run_ranks(rank_nixl_manager_without_store, 2, apply_plugin, backend="gloo",
-                        layout=ParallelLayout(tp=1, dp=2), python_path=affected_vllm_path,
-                        timeout_s=300)
+    results = run_ranks(
+        rank_nixl_manager_without_store,
+        2,
+        apply_plugin,
+        backend="gloo",
+        layout=ParallelLayout(tp=1, dp=2),
+        python_path=affected_vllm_path,
+        timeout_s=300,
+    )
     for result in results:
         assert result["vllm"] == affected_release
         if not bug:  # upstream's own check stops it first (0.22.0: a bare assert on
@@ -78,19 +90,23 @@ def test_affected_release_reports_missing_tcp_store_group(affected_vllm_path, af
             assert not result["error"].startswith("AttributeError"), result["error"]
         elif apply_plugin:
             assert result["statuses"][PATCH] == "applied"
-            assert result["error"].startswith("ValueError: NixlEPAll2AllManager needs "
-                                              "tcp_store_group"), result["error"]
+            assert result["error"].startswith(
+                "ValueError: NixlEPAll2AllManager needs tcp_store_group"
+            ), result["error"]
             assert result["with_store"] is True
         else:  # the bug, reproduced: an AttributeError that names nothing useful
-            assert result["error"] == ("AttributeError: 'NoneType' object has no attribute "
-                                       "'store'"), result["error"]
+            assert result["error"] == (
+                "AttributeError: 'NoneType' object has no attribute 'store'"
+            ), result["error"]
 
 
 def test_not_needed_on_pinned_vllm():
-    code = ("import json; from vllm_ep_kit import patches;"
-            "from vllm.distributed.device_communicators import all2all as m;"
-            "before = m.NixlEPAll2AllManager.__init__;"
-            "st = {s.name: s.status for s in patches.apply_all()};"
-            "print(json.dumps({'st': st, 'same': before is m.NixlEPAll2AllManager.__init__}))")
+    code = (
+        "import json; from vllm_ep_kit import patches;"
+        "from vllm.distributed.device_communicators import all2all as m;"
+        "before = m.NixlEPAll2AllManager.__init__;"
+        "st = {s.name: s.status for s in patches.apply_all()};"
+        "print(json.dumps({'st': st, 'same': before is m.NixlEPAll2AllManager.__init__}))"
+    )
     data = run_json(code)
     assert data["st"][PATCH] == "not needed" and data["same"]

@@ -9,22 +9,21 @@ from __future__ import annotations
 
 import pytest
 
-from vllm_ep_kit.fresh_python import run_json
-
 from tests.patches.releases import has_bug
+from vllm_ep_kit.fresh_python import run_json
 
 pytestmark = pytest.mark.vllm
 
 PATCH = "reduce_scatterv_asserts"
 
-PROGRAM = r"""
+PROGRAM = rf"""
 import json, torch, vllm
 from vllm_ep_kit import patches
 from vllm.distributed.device_communicators.cuda_communicator import CudaCommunicator
 from vllm_ep_kit.patches.vllm.distributed.device_communicators.cuda_communicator import (
     _bare_communicator)
-status = {s.name: s.status for s in patches.apply_all()}[%r]
-out = {"vllm": vllm.__version__, "status": status, "errors": {}}
+status = {{s.name: s.status for s in patches.apply_all()}}[{PATCH!r}]
+out = {{"vllm": vllm.__version__, "status": status, "errors": {{}}}}
 for label, rows, sizes in (("sum", 12, [3, 8]), ("count", 11, [3, 8, 0]),
                            ("even", 11, None), ("good", 11, [3, 8])):
     comm = _bare_communicator(CudaCommunicator)
@@ -35,7 +34,7 @@ for label, rows, sizes in (("sum", 12, [3, 8]), ("count", 11, [3, 8, 0]),
     except Exception:  # past the size checks, the stub communicator cannot go on
         out["errors"][label] = "past the size checks"
 print(json.dumps(out))
-""" % PATCH
+"""
 
 
 def run_program(python_path=(), disable=False):
@@ -44,13 +43,19 @@ def run_program(python_path=(), disable=False):
 
 
 def assert_clear_messages(errors):
-    assert errors["sum"] == ("AssertionError: reduce_scatterv on rank 0 of 2 (dim=0): "
-                             "sizes [3, 8] sum to 11 but the input has 12 rows")
-    assert errors["count"] == ("AssertionError: reduce_scatterv on rank 0 of 2 (dim=0): "
-                               "got 3 sizes [3, 8, 0], need one per rank (2)")
-    assert errors["even"] == ("AssertionError: reduce_scatterv on rank 0 of 2 (dim=0): "
-                              "11 input rows do not split evenly over 2 ranks and no sizes "
-                              "were given")
+    assert errors["sum"] == (
+        "AssertionError: reduce_scatterv on rank 0 of 2 (dim=0): "
+        "sizes [3, 8] sum to 11 but the input has 12 rows"
+    )
+    assert errors["count"] == (
+        "AssertionError: reduce_scatterv on rank 0 of 2 (dim=0): "
+        "got 3 sizes [3, 8, 0], need one per rank (2)"
+    )
+    assert errors["even"] == (
+        "AssertionError: reduce_scatterv on rank 0 of 2 (dim=0): "
+        "11 input rows do not split evenly over 2 ranks and no sizes "
+        "were given"
+    )
     assert errors["good"] == "past the size checks"  # valid sizes reach the original method
 
 
@@ -75,7 +80,7 @@ def test_affected_release_gets_clear_messages(affected_vllm_path, affected_relea
     assert_clear_messages(result["errors"])
 
 
-RENAMED = r"""
+RENAMED = rf"""
 import json, logging, torch, vllm
 logging.basicConfig(level=logging.INFO)
 from vllm.distributed.device_communicators import cuda_communicator as module
@@ -88,16 +93,16 @@ def reduce_scatterv(self, *args, **kwargs):  # a vLLM whose signature the wrappe
     return original(self, *args, **kwargs)
 
 module.CudaCommunicator.reduce_scatterv = reduce_scatterv
-status = {s.name: s for s in patches.apply_all()}[%r]
+status = {{s.name: s for s in patches.apply_all()}}[{PATCH!r}]
 try:
     module.CudaCommunicator.reduce_scatterv(_bare_communicator(module.CudaCommunicator),
                                             torch.zeros(11, 4), dim=0, sizes=[3, 8])
     after = "returned"
 except Exception as exc:
     after = type(exc).__name__ + ": " + str(exc)
-print(json.dumps({"status": status.status, "reason": status.reason, "after": after,
-                  "ours": module.CudaCommunicator.reduce_scatterv is reduce_scatterv}))
-""" % PATCH
+print(json.dumps({{"status": status.status, "reason": status.reason, "after": after,
+                  "ours": module.CudaCommunicator.reduce_scatterv is reduce_scatterv}}))
+"""
 
 
 def test_a_signature_the_wrapper_cannot_read_is_refused_not_applied():
@@ -110,12 +115,12 @@ def test_a_signature_the_wrapper_cannot_read_is_refused_not_applied():
     assert "KeyError" not in result["after"]
 
 
-LAZY = r"""
+LAZY = rf"""
 import json, logging, sys, torch
 logging.basicConfig(level=logging.INFO)
 from vllm_ep_kit import patches
 patches.register()  # as vLLM loads it: armed, nothing probed yet
-pending = {s.name: s.status for s in patches.statuses()}[%r]
+pending = {{s.name: s.status for s in patches.statuses()}}[{PATCH!r}]
 from vllm.distributed.device_communicators.cuda_communicator import CudaCommunicator
 from vllm_ep_kit.patches.vllm.distributed.device_communicators.cuda_communicator import (
     _bare_communicator)
@@ -126,9 +131,9 @@ for _ in range(2):  # the first call decides the patch, both see the fix
                                          torch.zeros(12, 4), dim=0, sizes=[3, 8])
     except AssertionError as exc:
         errors.append(str(exc))
-print(json.dumps({"pending": pending, "errors": errors,
-                  "status": {s.name: s.status for s in patches.statuses()}[%r]}))
-""" % (PATCH, PATCH)
+print(json.dumps({{"pending": pending, "errors": errors,
+                  "status": {{s.name: s.status for s in patches.statuses()}}[{PATCH!r}]}}))
+"""
 
 
 def test_the_plugin_decides_at_the_first_call_and_says_so_in_one_info_line():
@@ -136,14 +141,24 @@ def test_the_plugin_decides_at_the_first_call_and_says_so_in_one_info_line():
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-c", LAZY], capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", LAZY], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads(result.stdout.strip().splitlines()[-1])
     assert data["pending"] == "pending" and data["status"] == "applied", data
-    assert data["errors"] == ["reduce_scatterv on rank 0 of 2 (dim=0): sizes [3, 8] sum to 11 "
-                              "but the input has 12 rows"] * 2
-    lines = [line for line in result.stderr.splitlines()
-             if "vllm-ep-kit patch reduce_scatterv_asserts applied" in line]
+    assert (
+        data["errors"]
+        == [
+            "reduce_scatterv on rank 0 of 2 (dim=0): sizes [3, 8] sum to 11 "
+            "but the input has 12 rows"
+        ]
+        * 2
+    )
+    lines = [
+        line
+        for line in result.stderr.splitlines()
+        if "vllm-ep-kit patch reduce_scatterv_asserts applied" in line
+    ]
     assert len(lines) == 1, result.stderr[-3000:]
     assert "FlashInfer All2All initialized" not in result.stderr  # probes' vLLM INFO lines

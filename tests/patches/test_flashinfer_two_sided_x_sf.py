@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import pytest
 
+from tests.patches.releases import has_bug
 from vllm_ep_kit.fresh_python import run_json
 from vllm_ep_kit.testing import run_ranks
-
-from tests.patches.releases import has_bug
 
 pytestmark = [pytest.mark.vllm, pytest.mark.flashinfer]
 
@@ -36,18 +35,35 @@ def rank_dispatch_without_scales(ctx, apply_plugin):
     statuses = {s.name: s.status for s in patches.apply_all()} if apply_plugin else {}
     module = fix.dispatch_module()  # wherever this release defines the dispatch
     recorder = fix._PayloadRecorder()
-    manager = types.SimpleNamespace(ensure_alltoall_workspace_initialized=lambda: True,
-                                    rank=0, world_size=2, workspace_tensor=None,
-                                    prepare_workspace_tensor=None)
-    quant = types.SimpleNamespace(quant_dtype=None, per_act_token_quant=False,
-                                  block_shape=None, is_scale_swizzled=False, mx_alignment=None)
+    manager = types.SimpleNamespace(
+        ensure_alltoall_workspace_initialized=lambda: True,
+        rank=0,
+        world_size=2,
+        workspace_tensor=None,
+        prepare_workspace_tensor=None,
+    )
+    quant = types.SimpleNamespace(
+        quant_dtype=None,
+        per_act_token_quant=False,
+        block_shape=None,
+        is_scale_swizzled=False,
+        mx_alignment=None,
+    )
     x = torch.randn(3, 16, dtype=torch.bfloat16)
     outcome = {"vllm": vllm.__version__, "statuses": statuses}
     with swapped(fix._flashinfer_alltoall_module(), MnnvlMoe=recorder.MnnvlMoe):
         try:
             result = module.flashinfer_alltoall_dispatch(
-                manager, [3, 3], x, None, torch.zeros(3, 2, dtype=torch.int32),
-                torch.full((3, 2), 0.5), 2, 4, quant)
+                manager,
+                [3, 3],
+                x,
+                None,
+                torch.zeros(3, 2, dtype=torch.int32),
+                torch.full((3, 2), 0.5),
+                2,
+                4,
+                quant,
+            )
             outcome["error"] = ""
             outcome["x_equal"] = bool(torch.equal(result[3], x))
             outcome["x_sf"] = None if result[4] is None else "tensor"
@@ -58,11 +74,18 @@ def rank_dispatch_without_scales(ctx, apply_plugin):
 
 
 @pytest.mark.parametrize("apply_plugin", [True, False], ids=["patched", "patch-disabled"])
-def test_affected_release_sends_no_scale_payload_when_patched(affected_vllm_path,
-                                                              affected_release, apply_plugin):
+def test_affected_release_sends_no_scale_payload_when_patched(
+    affected_vllm_path, affected_release, apply_plugin
+):
     bug = has_bug(PATCH, affected_release)
-    (result,) = run_ranks(rank_dispatch_without_scales, 1, apply_plugin, backend="gloo",
-                          python_path=affected_vllm_path, timeout_s=300)
+    (result,) = run_ranks(
+        rank_dispatch_without_scales,
+        1,
+        apply_plugin,
+        backend="gloo",
+        python_path=affected_vllm_path,
+        timeout_s=300,
+    )
     assert result["vllm"] == affected_release
     if apply_plugin or not bug:
         if apply_plugin:
@@ -76,10 +99,12 @@ def test_affected_release_sends_no_scale_payload_when_patched(affected_vllm_path
 
 
 def test_not_needed_on_pinned_vllm():
-    code = ("import json; from vllm_ep_kit import patches;"
-            "from vllm.model_executor.layers.fused_moe.prepare_finalize import "
-            "flashinfer_nvlink_two_sided as m; before = m.flashinfer_alltoall_dispatch;"
-            "st = {s.name: s.status for s in patches.apply_all()};"
-            "print(json.dumps({'st': st, 'same': before is m.flashinfer_alltoall_dispatch}))")
+    code = (
+        "import json; from vllm_ep_kit import patches;"
+        "from vllm.model_executor.layers.fused_moe.prepare_finalize import "
+        "flashinfer_nvlink_two_sided as m; before = m.flashinfer_alltoall_dispatch;"
+        "st = {s.name: s.status for s in patches.apply_all()};"
+        "print(json.dumps({'st': st, 'same': before is m.flashinfer_alltoall_dispatch}))"
+    )
     data = run_json(code)
     assert data["st"][PATCH] == "not needed" and data["same"]

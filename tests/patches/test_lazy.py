@@ -19,7 +19,7 @@ from vllm_ep_kit import patches
 from vllm_ep_kit.patches import lazy
 from vllm_ep_kit.patches.base import Patch, unwrap, wrap
 
-SOURCE = '''
+SOURCE = """
 class Base:
     def run(self, value, *, scale=1):
         return ("base", value * scale)
@@ -36,7 +36,7 @@ class Manager:
 
 def dispatch(value):
     return ("original", value)
-'''
+"""
 _names = itertools.count()
 
 
@@ -65,6 +65,7 @@ class Decider:
 
         def fixed(self_, value, *, scale=1):
             return ("fixed", value * scale)
+
         module.Manager.initialize = fixed
 
 
@@ -83,6 +84,7 @@ def test_armed_before_import_decides_once_at_the_first_call(module_name):
     def call():
         start.wait()
         results.append(module.Manager().initialize(2, scale=3))
+
     threads = [threading.Thread(target=call) for _ in range(8)]
     for thread in threads:
         thread.start()
@@ -120,8 +122,9 @@ def test_a_missing_target_is_decided_as_soon_as_the_module_is_imported(module_na
 
 def test_disarm_puts_the_originals_back_and_never_decides(module_name):
     decide = Decider(module_name)
-    armed = lazy.Armed("p", (f"{module_name}:dispatch", f"{module_name}:Manager.initialize"),
-                       decide)
+    armed = lazy.Armed(
+        "p", (f"{module_name}:dispatch", f"{module_name}:Manager.initialize"), decide
+    )
     armed.arm()
     module = importlib.import_module(module_name)
     armed.disarm()
@@ -132,7 +135,7 @@ def test_disarm_puts_the_originals_back_and_never_decides(module_name):
 
 @pytest.mark.parametrize("target", ["no_colon", ":x", "module:"])
 def test_a_malformed_target_is_an_error(target):
-    with pytest.raises(ValueError, match="expected 'module:Qualified.name'"):
+    with pytest.raises(ValueError, match=r"expected 'module:Qualified\.name'"):
         lazy.split_target(target)
 
 
@@ -161,7 +164,9 @@ class FakePatch(Patch):
         def fixed(original):
             def dispatch(value):
                 return ("fixed", original(value)[1])
+
             return dispatch
+
         wrap(self._module(), "dispatch", fixed, "__fake_fix__")
 
     def revert(self):
@@ -176,8 +181,7 @@ def fresh_plugin(monkeypatch):
     monkeypatch.delenv(patches.ENV_REQUIRE, raising=False)
 
 
-def test_register_arms_then_the_first_call_replaces_pending(module_name, fresh_plugin,
-                                                           monkeypatch):
+def test_register_arms_then_the_first_call_replaces_pending(module_name, fresh_plugin, monkeypatch):
     patch = FakePatch(module_name)
     monkeypatch.setattr(patches, "all_patches", lambda: [patch])
     patches.register()
@@ -187,8 +191,9 @@ def test_register_arms_then_the_first_call_replaces_pending(module_name, fresh_p
     assert [s.status for s in patches.statuses()] == ["applied"] and patch.probes == 2
 
 
-def test_a_crash_while_deciding_is_refused_and_the_call_goes_on(module_name, fresh_plugin,
-                                                               monkeypatch):
+def test_a_crash_while_deciding_is_refused_and_the_call_goes_on(
+    module_name, fresh_plugin, monkeypatch
+):
     patch = FakePatch(module_name, crash=True)
     monkeypatch.setattr(patches, "all_patches", lambda: [patch])
     patches.register()
@@ -199,8 +204,7 @@ def test_a_crash_while_deciding_is_refused_and_the_call_goes_on(module_name, fre
     assert "deciding at first use failed: KeyError" in status.reason
 
 
-def test_a_required_patch_is_decided_when_the_plugin_loads(module_name, fresh_plugin,
-                                                          monkeypatch):
+def test_a_required_patch_is_decided_when_the_plugin_loads(module_name, fresh_plugin, monkeypatch):
     importlib.import_module(module_name)
     patch = FakePatch(module_name)
     monkeypatch.setattr(patches, "all_patches", lambda: [patch])

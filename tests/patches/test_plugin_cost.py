@@ -27,8 +27,7 @@ def test_disable_all_probes_nothing_and_imports_almost_nothing():
     modules, 10-57 s on the loaded CI machine)."""
     result = run_json(PROGRAM, env={"VLLM_EP_KIT_PATCHES_DISABLE": "all"})
     assert {s["status"] for s in result["statuses"]} == {"disabled"}
-    assert all(s["reason"] == "disabled by configuration (not probed)"
-               for s in result["statuses"])
+    assert all(s["reason"] == "disabled by configuration (not probed)" for s in result["statuses"])
     assert len(result["new"]) < 200, len(result["new"])
     assert not [m for m in result["new"] if m.startswith(HEAVY)]
 

@@ -96,11 +96,14 @@ def test_wire_round_trip_keeps_every_byte(name):
     assert torch.equal(dequantize(back, back_scale), tokens.values())
 
 
-@pytest.mark.parametrize("hidden, alignment, error", [
-    (1000, 0, "multiple of its 32-column blocks"),
-    (1024, 48, "scale_alignment=48"),
-    (2880, 0, "not a multiple of 16"),
-])
+@pytest.mark.parametrize(
+    "hidden, alignment, error",
+    [
+        (1000, 0, "multiple of its 32-column blocks"),
+        (1024, 48, "scale_alignment=48"),
+        (2880, 0, "not a multiple of 16"),
+    ],
+)
 def test_cases_refuse_rows_the_kernels_cannot_move(hidden, alignment, error):
     with pytest.raises(ValueError, match=error):
         RoutingCase(tokens=(1,), hidden=hidden, dtype="mxfp8", scale_alignment=alignment)

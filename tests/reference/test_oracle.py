@@ -26,9 +26,11 @@ from vllm_ep_kit.reference.moe import (
 
 def hand_tokens() -> Tokens:
     # token 0 -> experts 0 (w 0.25) and 3 (w 0.75); token 1 -> experts 5 (w 0.5) and 6 (0.5)
-    return Tokens(x=torch.tensor([[1.0, 2.0], [4.0, -8.0]]),
-                  topk_ids=torch.tensor([[0, 3], [5, 6]], dtype=torch.int32),
-                  topk_weights=torch.tensor([[0.25, 0.75], [0.5, 0.5]]))
+    return Tokens(
+        x=torch.tensor([[1.0, 2.0], [4.0, -8.0]]),
+        topk_ids=torch.tensor([[0, 3], [5, 6]], dtype=torch.int32),
+        topk_weights=torch.tensor([[0.25, 0.75], [0.5, 0.5]]),
+    )
 
 
 def test_hand_computed_tokens():
@@ -67,8 +69,9 @@ def test_random_tokens_against_the_loop(dtype):
     for source in range(2):
         tokens = source_tokens(case, source)
         want = loop_reference(tokens, case.num_experts)
-        assert torch.allclose(moe_reference(tokens, case.num_experts).double(), want,
-                              atol=1e-5, rtol=1e-5)
+        assert torch.allclose(
+            moe_reference(tokens, case.num_experts).double(), want, atol=1e-5, rtol=1e-5
+        )
         parts = sum(moe_partial(tokens, case.num_experts, 4, r).double() for r in range(4))
         assert torch.allclose(parts, want, atol=1e-5, rtol=1e-5)
 
@@ -93,6 +96,11 @@ def test_fp8_dequantisation_scales_each_group_of_columns():
     # two groups of FP8_GROUP columns, over a leading [ranks, tokens] shape as received
     x = torch.full((2, 1, 2 * FP8_GROUP), 3.0).to(torch.float8_e4m3fn)
     scale = torch.tensor([[[2.0, 0.5]], [[-1.0, 4.0]]])
-    want = torch.cat([torch.full((2, 1, FP8_GROUP), 3.0) * scale[..., :1],
-                      torch.full((2, 1, FP8_GROUP), 3.0) * scale[..., 1:]], dim=-1)
+    want = torch.cat(
+        [
+            torch.full((2, 1, FP8_GROUP), 3.0) * scale[..., :1],
+            torch.full((2, 1, FP8_GROUP), 3.0) * scale[..., 1:],
+        ],
+        dim=-1,
+    )
     assert torch.equal(dequantize_fp8(x, scale), want)

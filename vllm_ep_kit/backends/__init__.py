@@ -23,7 +23,6 @@ from vllm_ep_kit.backends.registry import (
 )
 from vllm_ep_kit.backends.spec import DP_SOURCES, EP_SOURCES, TO_GROUP, TO_OWNERS, Backend, Needs
 from vllm_ep_kit.backends.transport import Dispatched, Transport
-
 from vllm_ep_kit.backends.usability import (
     BackendStatus,
     usability,
@@ -35,7 +34,25 @@ BUILT_IN = tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name
 for _name in BUILT_IN:  # each registers its backend (name order = the order tools list them)
     importlib.import_module(f"{__name__}.{_name}")
 
-__all__ = ["BUILT_IN", "Backend", "BackendStatus", "DP_SOURCES", "Dispatched",
-           "ENTRY_POINT_GROUP", "EP_SOURCES", "Needs", "TO_GROUP", "TO_OWNERS", "Transport",
-           "UnknownBackend", "all_backends", "canonical", "get", "known_names", "register",
-           "unregister", "usability", "usable_backend_names"]
+__all__ = [
+    "BUILT_IN",
+    "DP_SOURCES",
+    "ENTRY_POINT_GROUP",
+    "EP_SOURCES",
+    "TO_GROUP",
+    "TO_OWNERS",
+    "Backend",
+    "BackendStatus",
+    "Dispatched",
+    "Needs",
+    "Transport",
+    "UnknownBackend",
+    "all_backends",
+    "canonical",
+    "get",
+    "known_names",
+    "register",
+    "unregister",
+    "usability",
+    "usable_backend_names",
+]

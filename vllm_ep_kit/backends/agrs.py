@@ -54,8 +54,9 @@ class AgrsTransport(Transport):
             gx, gw, gids = self.manager.dispatch(x, w, ids, is_sequence_parallel=self.sp)
             gscale = None
         else:
-            gx, gw, gids, extra = self.manager.dispatch(x, w, ids, is_sequence_parallel=self.sp,
-                                                        extra_tensors=[scale])
+            gx, gw, gids, extra = self.manager.dispatch(
+                x, w, ids, is_sequence_parallel=self.sp, extra_tensors=[scale]
+            )
             gscale = extra[0]
         return Dispatched(received(gx, gscale, gids, gw, self.case), source_rows=x.shape[0])
 
@@ -71,12 +72,23 @@ class AgrsTransport(Transport):
         return dp_forward_context(self.ctx, case.tokens, self.sp)
 
 
-BACKEND = registry.register(Backend(
-    NAME, Needs(cpu_ok=True, pynccl=True),
-    note="all-gather dispatch, reduce-scatter combine (the AGRS reference)",
-    aliases=("naive",), vllm_name=NAME, transport=AgrsTransport,
-    sources=DP_SOURCES, delivers_to=TO_GROUP, applies_to=applies_to,
-    # vLLM's dispatch moves hidden states without a scale tensor in check's cases; fp8 +
-    # scales is checked on the FlashInfer backends and timed here (extra_tensors).
-    check_dtypes=("bf16", "fp16", "fp32"), bench_dtypes=("bf16", "fp8"),
-    layer_quants=("bf16", "fp32", "fp8"), layer_driven=("bf16", "fp32"), takes_sp=True))
+BACKEND = registry.register(
+    Backend(
+        NAME,
+        Needs(cpu_ok=True, pynccl=True),
+        note="all-gather dispatch, reduce-scatter combine (the AGRS reference)",
+        aliases=("naive",),
+        vllm_name=NAME,
+        transport=AgrsTransport,
+        sources=DP_SOURCES,
+        delivers_to=TO_GROUP,
+        applies_to=applies_to,
+        # vLLM's dispatch moves hidden states without a scale tensor in check's cases; fp8 +
+        # scales is checked on the FlashInfer backends and timed here (extra_tensors).
+        check_dtypes=("bf16", "fp16", "fp32"),
+        bench_dtypes=("bf16", "fp8"),
+        layer_quants=("bf16", "fp32", "fp8"),
+        layer_driven=("bf16", "fp32"),
+        takes_sp=True,
+    )
+)

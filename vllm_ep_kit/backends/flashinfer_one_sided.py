@@ -39,10 +39,14 @@ MANAGER_COMBINE_DTYPES = (torch.bfloat16,)
 
 
 def case_shape(case: RoutingCase) -> WorkspaceShape:
-    return WorkspaceShape(max_num_tokens=max(max(case.tokens), 1), top_k=case.top_k,
-                          num_experts=case.num_experts, hidden_size=case.hidden,
-                          x_bytes_per_token=case.x_bytes_per_token,
-                          x_sf_bytes_per_token=case.scale_bytes_per_token)
+    return WorkspaceShape(
+        max_num_tokens=max(max(case.tokens), 1),
+        top_k=case.top_k,
+        num_experts=case.num_experts,
+        hidden_size=case.hidden,
+        x_bytes_per_token=case.x_bytes_per_token,
+        x_sf_bytes_per_token=case.scale_bytes_per_token,
+    )
 
 
 class _OneSidedKernels:
@@ -58,8 +62,11 @@ class _OneSidedKernels:
         inputs) under the per-rank token bound ``bound`` (kept as the state combine needs)."""
         payloads = [x, *([scale] if scale is not None else []), ids, w]
         got = self.a2a.dispatch(ids, payloads, bound)
-        return Dispatched(received(got[0], got[1] if scale is not None else None, got[-2],
-                                   got[-1], case), state=bound, source_rows=x.shape[0])
+        return Dispatched(
+            received(got[0], got[1] if scale is not None else None, got[-2], got[-1], case),
+            state=bound,
+            source_rows=x.shape[0],
+        )
 
 
 class _MoeEpKernels:
@@ -70,14 +77,27 @@ class _MoeEpKernels:
 
     def dispatch(self, tokens):
         x, scale, ids, w = tokens.wire(self.device)
-        got = self.communication.dispatch(x, ids, w, hidden_states_scale=scale,
-                                          max_tokens_per_rank=self.max_tokens)
-        return Dispatched(received(got.hidden_states, got.hidden_states_scale, got.topk_ids,
-                                   got.topk_weights, self.case), source_rows=x.shape[0])
+        got = self.communication.dispatch(
+            x, ids, w, hidden_states_scale=scale, max_tokens_per_rank=self.max_tokens
+        )
+        return Dispatched(
+            received(
+                got.hidden_states,
+                got.hidden_states_scale,
+                got.topk_ids,
+                got.topk_weights,
+                self.case,
+            ),
+            source_rows=x.shape[0],
+        )
 
     def combine(self, dispatched, partial):
-        out = torch.empty(dispatched.source_rows, self.case.hidden,
-                          dtype=self.case.combine_dtype, device=self.device)
+        out = torch.empty(
+            dispatched.source_rows,
+            self.case.hidden,
+            dtype=self.case.combine_dtype,
+            device=self.device,
+        )
         self.communication.combine(partial, output=out)
         return out
 
@@ -93,8 +113,10 @@ class OneSidedTransport(_OneSidedKernels, ManagerTransport):
     communication object (0.33: :class:`_MoeEpKernels`)."""
 
     MANAGER_CLASS = ONE_SIDED_MANAGER
-    PREPARE_FINALIZE = ("vllm.model_executor.layers.fused_moe.prepare_finalize."
-                        "flashinfer_nvlink_one_sided:FlashInferNVLinkOneSidedPrepareAndFinalize")
+    PREPARE_FINALIZE = (
+        "vllm.model_executor.layers.fused_moe.prepare_finalize."
+        "flashinfer_nvlink_one_sided:FlashInferNVLinkOneSidedPrepareAndFinalize"
+    )
     RECEIVES_IN_SOURCE_BLOCKS = True
     GROWS_ON_INITIALIZE = True
     COMBINE_DTYPES = MANAGER_COMBINE_DTYPES
@@ -119,12 +141,16 @@ class OneSidedTransport(_OneSidedKernels, ManagerTransport):
 
     def prepare(self, case):
         if case.combine_dtype not in self.COMBINE_DTYPES:
-            raise ValueError(f"case {case.describe()}: vLLM's one-sided manager combines "
-                             f"{self.COMBINE_DTYPES} payloads only")
+            raise ValueError(
+                f"case {case.describe()}: vLLM's one-sided manager combines "
+                f"{self.COMBINE_DTYPES} payloads only"
+            )
         super().prepare(case)
-        if (hasattr(self.manager, "get_communication") and self.manager.initialized
-                and (self.manager.top_k, self.manager.num_experts)
-                != (case.top_k, case.num_experts)):
+        if (
+            hasattr(self.manager, "get_communication")
+            and self.manager.initialized
+            and (self.manager.top_k, self.manager.num_experts) != (case.top_k, case.num_experts)
+        ):
             # vLLM 0.33's manager keeps one top_k and expert count for its life (its
             # initialize asserts them): a case with others starts afresh, as another model
             self.manager.cleanup()
@@ -156,11 +182,13 @@ def workspace_size(case: RoutingCase, world: int, layers: tuple = ()) -> int:
 
     every = (case, *layers)
     dispatch = max(c.x_bytes_per_token + c.scale_bytes_per_token + c.top_k * 8 for c in every)
-    combine = max(c.hidden * torch.tensor([], dtype=c.combine_dtype).element_size()
-                  for c in every)
+    combine = max(c.hidden * torch.tensor([], dtype=c.combine_dtype).element_size() for c in every)
     return moe_a2a_get_workspace_size_per_rank(
-        ep_size=world, max_num_tokens=max(max(c.tokens) for c in every) or 1,
-        total_dispatch_payload_size_per_token=dispatch, combine_payload_size_per_token=combine)
+        ep_size=world,
+        max_num_tokens=max(max(c.tokens) for c in every) or 1,
+        total_dispatch_payload_size_per_token=dispatch,
+        combine_payload_size_per_token=combine,
+    )
 
 
 class DirectOneSidedTransport(_OneSidedKernels, DirectTransport):
@@ -173,12 +201,14 @@ class DirectOneSidedTransport(_OneSidedKernels, DirectTransport):
 
         super().prepare(case)
         self.a2a = None  # drop the previous case's before allocating
-        self.a2a = MoeAlltoAll(mapping=self.mapping(moe_ep_size=self.world),
-                               max_num_tokens=self.max_tokens, top_k=case.top_k,
-                               num_experts=case.num_experts,
-                               workspace_size_per_rank=workspace_size(case, self.world,
-                                                                      self.layers),
-                               mnnvl_config=self.mnnvl_config())
+        self.a2a = MoeAlltoAll(
+            mapping=self.mapping(moe_ep_size=self.world),
+            max_num_tokens=self.max_tokens,
+            top_k=case.top_k,
+            num_experts=case.num_experts,
+            workspace_size_per_rank=workspace_size(case, self.world, self.layers),
+            mnnvl_config=self.mnnvl_config(),
+        )
 
     def combine(self, dispatched, partial):
         return self.a2a.combine(partial, dispatched.state)[: dispatched.source_rows]
@@ -205,14 +235,23 @@ class DirectMoeEpTransport(_MoeEpKernels, DirectTransport):
         super().prepare(case)
         self.close()  # drop the previous case's before allocating
         row = case.combine_dtype  # unquantised rows; expert outputs come back in it
-        params = MoEEpCommParams(num_experts=case.num_experts, top_k=case.top_k,
-                                 max_tokens_per_rank=self.max_tokens, hidden_size=case.hidden,
-                                 dtype=row)
+        params = MoEEpCommParams(
+            num_experts=case.num_experts,
+            top_k=case.top_k,
+            max_tokens_per_rank=self.max_tokens,
+            hidden_size=case.hidden,
+            dtype=row,
+        )
         extra = case_shape(case).bytes_beyond(params.dispatch_bytes_per_token)
-        bootstrap = BootstrapConfig(world_size=self.world, rank=self.rank,
-                                    device=self.device.index, process_group=dist.group.WORLD)
-        config = NVLinkOneSidedConfig(extra_payload_bytes_per_token=extra,
-                                      comm_backend=self.comm_backend())
+        bootstrap = BootstrapConfig(
+            world_size=self.world,
+            rank=self.rank,
+            device=self.device.index,
+            process_group=dist.group.WORLD,
+        )
+        config = NVLinkOneSidedConfig(
+            extra_payload_bytes_per_token=extra, comm_backend=self.comm_backend()
+        )
         self.communication = create_communication(bootstrap, params, backend=config)
 
     def close(self):
@@ -221,16 +260,27 @@ class DirectMoeEpTransport(_MoeEpKernels, DirectTransport):
             self.communication = None
 
 
-BACKEND = registry.register(Backend(
-    NAME, NVLINK_NEEDS,
-    vllm_has="vllm.utils.flashinfer:has_flashinfer_nvlink_one_sided",
-    note="FlashInfer MoeAlltoAll", vllm_name=NAME,
-    transport=OneSidedTransport, check_dtypes=("bf16", "fp8"), check_hidden=512,
-    bench_dtypes=("bf16", "fp8"), layer_quants=("bf16", "fp8", "nvfp4"),
-    layer_driven=("bf16", "fp8"), takes_sp=True))
+BACKEND = registry.register(
+    Backend(
+        NAME,
+        NVLINK_NEEDS,
+        vllm_has="vllm.utils.flashinfer:has_flashinfer_nvlink_one_sided",
+        note="FlashInfer MoeAlltoAll",
+        vllm_name=NAME,
+        transport=OneSidedTransport,
+        check_dtypes=("bf16", "fp8"),
+        check_hidden=512,
+        bench_dtypes=("bf16", "fp8"),
+        layer_quants=("bf16", "fp8", "nvfp4"),
+        layer_driven=("bf16", "fp8"),
+        takes_sp=True,
+    )
+)
 # The same kernels on FlashInfer's own MoeAlltoAll, for the kernel tests (not registered).
 DIRECT = dataclasses.replace(BACKEND, transport=DirectOneSidedTransport)
 # FlashInfer's newer wrapper of the same kernels (vLLM 0.33's manager), for the kernel tests.
-DIRECT_MOE_EP = dataclasses.replace(BACKEND, transport=DirectMoeEpTransport,
-                                    needs=dataclasses.replace(
-                                        NVLINK_NEEDS, modules=("flashinfer.moe_ep",)))
+DIRECT_MOE_EP = dataclasses.replace(
+    BACKEND,
+    transport=DirectMoeEpTransport,
+    needs=dataclasses.replace(NVLINK_NEEDS, modules=("flashinfer.moe_ep",)),
+)

@@ -38,30 +38,52 @@ class _TwoSidedKernels:
         from flashinfer.comm.trtllm_alltoall import MnnvlMoe
 
         info, recv_ids, recv_w, _ = MnnvlMoe.mnnvl_moe_alltoallv_prepare_without_allgather(
-            ids, w, None, self.prepare_workspace, bound, self.rank, self.world,
-            case.num_experts, case.num_experts, case.top_k)
+            ids,
+            w,
+            None,
+            self.prepare_workspace,
+            bound,
+            self.rank,
+            self.world,
+            case.num_experts,
+            case.num_experts,
+            case.top_k,
+        )
         recv_x = MnnvlMoe.mnnvl_moe_alltoallv(x, info, self.workspace, self.rank, self.world)
-        recv_scale = None if scale is None else MnnvlMoe.mnnvl_moe_alltoallv(
-            scale, info, self.workspace, self.rank, self.world)
+        recv_scale = (
+            None
+            if scale is None
+            else MnnvlMoe.mnnvl_moe_alltoallv(scale, info, self.workspace, self.rank, self.world)
+        )
         rows = recv_x.shape[0]
-        return Dispatched(received(recv_x, recv_scale, recv_ids[:rows],
-                                   recv_w[:rows].view(torch.float32), case),
-                          state=info, source_rows=x.shape[0])
+        return Dispatched(
+            received(recv_x, recv_scale, recv_ids[:rows], recv_w[:rows].view(torch.float32), case),
+            state=info,
+            source_rows=x.shape[0],
+        )
 
     def combine(self, dispatched, partial):
         from flashinfer.comm.trtllm_alltoall import MnnvlMoe
 
         return MnnvlMoe.mnnvl_moe_alltoallv_combine(
-            partial, dispatched.state, self.workspace, ep_rank=self.rank, ep_size=self.world,
-            top_k=self.case.top_k, token_count=dispatched.source_rows)
+            partial,
+            dispatched.state,
+            self.workspace,
+            ep_rank=self.rank,
+            ep_size=self.world,
+            top_k=self.case.top_k,
+            token_count=dispatched.source_rows,
+        )
 
 
 class TwoSidedTransport(_TwoSidedKernels, ManagerTransport):
     """vLLM's two-sided manager's workspaces (``ensure_alltoall_workspace_initialized``)."""
 
     MANAGER_CLASS = TWO_SIDED_MANAGER
-    PREPARE_FINALIZE = ("vllm.model_executor.layers.fused_moe.prepare_finalize."
-                        "flashinfer_nvlink_two_sided:FlashInferNVLinkTwoSidedPrepareAndFinalize")
+    PREPARE_FINALIZE = (
+        "vllm.model_executor.layers.fused_moe.prepare_finalize."
+        "flashinfer_nvlink_two_sided:FlashInferNVLinkTwoSidedPrepareAndFinalize"
+    )
     RECEIVES_LOCAL_IDS_ONLY = True  # measured against the kernels: run #43
 
     @staticmethod
@@ -96,13 +118,22 @@ class DirectTwoSidedTransport(_TwoSidedKernels, DirectTransport):
         self.prepare_workspace = MnnvlMoe.get_moe_prepare_workspace(mapping, config)
 
 
-BACKEND = registry.register(Backend(
-    NAME, NVLINK_NEEDS,
-    vllm_has="vllm.utils.flashinfer:has_flashinfer_nvlink_two_sided",
-    note="FlashInfer MnnvlMoe alltoallv",
-    aliases=("flashinfer_all2allv",), vllm_name=NAME, transport=TwoSidedTransport,
-    check_dtypes=("bf16", "fp16", "fp32", "fp8"), check_hidden=512,
-    bench_dtypes=("bf16", "fp8"), layer_quants=("bf16", "fp8", "nvfp4"),
-    layer_driven=("bf16", "fp8"), takes_sp=False))
+BACKEND = registry.register(
+    Backend(
+        NAME,
+        NVLINK_NEEDS,
+        vllm_has="vllm.utils.flashinfer:has_flashinfer_nvlink_two_sided",
+        note="FlashInfer MnnvlMoe alltoallv",
+        aliases=("flashinfer_all2allv",),
+        vllm_name=NAME,
+        transport=TwoSidedTransport,
+        check_dtypes=("bf16", "fp16", "fp32", "fp8"),
+        check_hidden=512,
+        bench_dtypes=("bf16", "fp8"),
+        layer_quants=("bf16", "fp8", "nvfp4"),
+        layer_driven=("bf16", "fp8"),
+        takes_sp=False,
+    )
+)
 # The same kernels on FlashInfer's own workspaces, for the kernel tests (not registered).
 DIRECT = dataclasses.replace(BACKEND, transport=DirectTwoSidedTransport)

@@ -102,8 +102,10 @@ def manager_transport(backend_name: str) -> type[ManagerTransport]:
     backend = registry.get(backend_name)
     cls = _manager_transport_of(backend)
     if cls is None:
-        raise ValueError(f"backend {backend.name!r}: not driven through a vLLM manager; "
-                         f"expected one of {manager_backend_names()}")
+        raise ValueError(
+            f"backend {backend.name!r}: not driven through a vLLM manager; "
+            f"expected one of {manager_backend_names()}"
+        )
     return cls
 
 
@@ -121,8 +123,9 @@ class DirectTransport(Transport):
         self.layers: tuple = ()
         self.rank, self.world = ctx.rank, ctx.world_size
         if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
-            raise RuntimeError(f"{backend.name}: FlashInfer's NVLink kernels need a CUDA GPU, "
-                               "none is visible")
+            raise RuntimeError(
+                f"{backend.name}: FlashInfer's NVLink kernels need a CUDA GPU, none is visible"
+            )
         self.device = torch.device("cuda", ctx.rank % torch.cuda.device_count())
         torch.cuda.set_device(self.device)
 
@@ -134,8 +137,9 @@ class DirectTransport(Transport):
     def mapping(self, **kwargs):
         from flashinfer.comm import Mapping
 
-        return Mapping(self.world, self.rank, torch.cuda.device_count(), tp_size=self.world,
-                       **kwargs)
+        return Mapping(
+            self.world, self.rank, torch.cuda.device_count(), tp_size=self.world, **kwargs
+        )
 
     def mnnvl_config(self, **kwargs):
         """FlashInfer's MNNVL config whose CommBackend is the harness's gloo world group."""

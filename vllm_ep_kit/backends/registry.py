@@ -28,8 +28,11 @@ def register(backend: Backend, replace: bool = False) -> Backend:
     unless ``replace`` (tests that swap a backend for a while use :func:`unregister`)."""
     if not isinstance(backend, Backend):
         raise TypeError(f"register() takes a Backend, got {type(backend).__name__}")
-    taken = [n for n in (backend.name, *backend.aliases)
-             if (n in _BACKENDS or n in _ALIASES) and not replace]
+    taken = [
+        n
+        for n in (backend.name, *backend.aliases)
+        if (n in _BACKENDS or n in _ALIASES) and not replace
+    ]
     if taken:
         raise ValueError(f"backend name {taken[0]!r} is already registered")
     _BACKENDS[backend.name] = backend

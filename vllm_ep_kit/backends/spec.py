@@ -76,15 +76,21 @@ class Backend:
 
     def __post_init__(self) -> None:
         if self.sources not in (DP_SOURCES, EP_SOURCES):
-            raise ValueError(f"backend {self.name}: sources={self.sources!r}: expected "
-                             f"{DP_SOURCES!r} or {EP_SOURCES!r}")
+            raise ValueError(
+                f"backend {self.name}: sources={self.sources!r}: expected "
+                f"{DP_SOURCES!r} or {EP_SOURCES!r}"
+            )
         if self.delivers_to not in (TO_OWNERS, TO_GROUP):
-            raise ValueError(f"backend {self.name}: delivers_to={self.delivers_to!r}: expected "
-                             f"{TO_OWNERS!r} or {TO_GROUP!r}")
+            raise ValueError(
+                f"backend {self.name}: delivers_to={self.delivers_to!r}: expected "
+                f"{TO_OWNERS!r} or {TO_GROUP!r}"
+            )
         unknown = set(self.layer_driven) - set(self.layer_quants)
         if unknown:
-            raise ValueError(f"backend {self.name}: layer_driven {sorted(unknown)} not in "
-                             f"layer_quants {self.layer_quants}")
+            raise ValueError(
+                f"backend {self.name}: layer_driven {sorted(unknown)} not in "
+                f"layer_quants {self.layer_quants}"
+            )
 
     @property
     def driven(self) -> bool:

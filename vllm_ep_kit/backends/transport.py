@@ -83,8 +83,13 @@ class Transport:
         """Release what the transport allocated."""
 
 
-def received(x: torch.Tensor, scale: torch.Tensor | None, ids: torch.Tensor,
-             weights: torch.Tensor, case: RoutingCase) -> Tokens:
+def received(
+    x: torch.Tensor,
+    scale: torch.Tensor | None,
+    ids: torch.Tensor,
+    weights: torch.Tensor,
+    case: RoutingCase,
+) -> Tokens:
     """Received wire tensors as :class:`Tokens` (bytes viewed back as the case's format)."""
     x, scale = from_wire(case.dtype, x, scale)
     return Tokens(x=x, topk_ids=ids, topk_weights=weights, x_scale=scale)

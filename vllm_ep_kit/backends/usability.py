@@ -81,8 +81,12 @@ def software_gap(backend) -> str:
         has = bool(answer())
     except Exception as exc:  # noqa: BLE001 (a check that raises is a "no" with its reason)
         return f"vLLM's {function}() raised {type(exc).__name__}: {exc}"
-    return "" if has else (f"vLLM's {function}() is False: the installed FlashInfer lacks "
-                           "what this vLLM's manager uses")
+    if has:
+        return ""
+    return (
+        f"vLLM's {function}() is False: the installed FlashInfer lacks "
+        "what this vLLM's manager uses"
+    )
 
 
 def usability(software: bool = False) -> list[BackendStatus]:
@@ -96,9 +100,17 @@ def usability(software: bool = False) -> list[BackendStatus]:
         reason = gap or reason
         if not reason and backend.needs.vllm and not probes.vllm().ok:
             reason = probes.vllm().detail
-        rows.append(BackendStatus(backend.name, not reason, reason or "ok", backend.note,
-                                  backend.aliases, backend.driven,
-                                  "not checked" if gap is None else gap or "ok"))
+        rows.append(
+            BackendStatus(
+                backend.name,
+                not reason,
+                reason or "ok",
+                backend.note,
+                backend.aliases,
+                backend.driven,
+                "not checked" if gap is None else gap or "ok",
+            )
+        )
     return rows
 
 

@@ -62,8 +62,10 @@ def _sent(inputs: RankInputs, device) -> torch.Tensor:
 
 # --------------------------------------------------------------------- baseline
 
-def baseline(inputs: RankInputs, point: BenchPoint, settings: BenchSettings, rank: int,
-             device, group) -> Prepared:
+
+def baseline(
+    inputs: RankInputs, point: BenchPoint, settings: BenchSettings, rank: int, device, group
+) -> Prepared:
     """``all_to_all_single`` forward with the routed rows' bytes, and back with bf16 rows."""
     send_rows = torch.tensor(inputs.rows_to, dtype=torch.int64)
     recv_rows = torch.empty_like(send_rows)
@@ -71,8 +73,10 @@ def baseline(inputs: RankInputs, point: BenchPoint, settings: BenchSettings, ran
         send_rows, recv_rows = send_rows.to(device), recv_rows.to(device)
     dist.all_to_all_single(recv_rows, send_rows, group=group)
     sent, got = send_rows.tolist(), recv_rows.tolist()
-    disp, comb = dispatch_row_bytes(point.hidden, point.dtype, settings.top_k), \
-        combine_row_bytes(point.hidden)
+    disp, comb = (
+        dispatch_row_bytes(point.hidden, point.dtype, settings.top_k),
+        combine_row_bytes(point.hidden),
+    )
 
     def buffer(rows: list[int], width: int) -> torch.Tensor:
         return torch.empty(sum(rows) * width, dtype=torch.uint8, device=device)
@@ -81,22 +85,28 @@ def baseline(inputs: RankInputs, point: BenchPoint, settings: BenchSettings, ran
     back_send, back_recv = buffer(got, comb), buffer(sent, comb)
 
     def dispatch(_):
-        dist.all_to_all_single(out_recv, out_send, [r * disp for r in got],
-                               [r * disp for r in sent], group=group)
+        dist.all_to_all_single(
+            out_recv, out_send, [r * disp for r in got], [r * disp for r in sent], group=group
+        )
 
     def combine(_):
-        dist.all_to_all_single(back_recv, back_send, [r * comb for r in sent],
-                               [r * comb for r in got], group=group)
+        dist.all_to_all_single(
+            back_recv, back_send, [r * comb for r in sent], [r * comb for r in got], group=group
+        )
 
-    return Prepared(stages=[("dispatch", dispatch), ("combine", combine)],
-                    check=lambda: None,
-                    remote_bytes=routed_remote_bytes(inputs, rank, point, settings.top_k))
+    return Prepared(
+        stages=[("dispatch", dispatch), ("combine", combine)],
+        check=lambda: None,
+        remote_bytes=routed_remote_bytes(inputs, rank, point, settings.top_k),
+    )
 
 
 # ------------------------------------------------------------------- a backend
 
-def exchange(transport, inputs: RankInputs, point: BenchPoint, settings: BenchSettings,
-             rank: int, world: int) -> Prepared:
+
+def exchange(
+    transport, inputs: RankInputs, point: BenchPoint, settings: BenchSettings, rank: int, world: int
+) -> Prepared:
     """Any backend's transport, prepared for ``point``: dispatch, then combine.
 
     The round trip combines the dispatched values themselves: a token comes
@@ -133,7 +143,14 @@ def exchange(transport, inputs: RankInputs, point: BenchPoint, settings: BenchSe
         values = dispatched.tokens.values().to(torch.bfloat16)
         return roundtrip_error(combine(dispatched, values), _sent(inputs, device), copies)
 
-    remote = agrs_remote_bytes(point, world, settings.top_k) if group else \
-        routed_remote_bytes(inputs, rank, point, settings.top_k)
-    return Prepared(stages=[("dispatch", dispatch), ("combine", combine)], check=check,
-                    remote_bytes=remote, context=transport.forward_context(case))
+    remote = (
+        agrs_remote_bytes(point, world, settings.top_k)
+        if group
+        else routed_remote_bytes(inputs, rank, point, settings.top_k)
+    )
+    return Prepared(
+        stages=[("dispatch", dispatch), ("combine", combine)],
+        check=check,
+        remote_bytes=remote,
+        context=transport.forward_context(case),
+    )

@@ -10,7 +10,7 @@ from vllm_ep_kit.layout import ParallelLayout
 from vllm_ep_kit.reference.moe import FP8_GROUP
 
 BASELINE = "torch_all_to_all"  # all_to_all_single over the world group (NCCL on GPUs)
-DEFAULT_TOKENS = tuple(2 ** i for i in range(14))  # 1 .. 8192 per rank
+DEFAULT_TOKENS = tuple(2**i for i in range(14))  # 1 .. 8192 per rank
 DEFAULT_HIDDEN = (2048, 7168)
 # CPU-only machines (gloo, wall clock): a smoke run, not a measurement.
 CPU_DEFAULT_TOKENS = (1, 16, 256)
@@ -65,10 +65,17 @@ class BenchPlan:
     settings: BenchSettings
 
 
-def make_bench_plan(world_size: int, backends: list[str] | None, tokens: list[int],
-                    hiddens: list[int], dtypes: list[str], settings: BenchSettings,
-                    gpu_count: int, usable: list[str],
-                    unusable: dict[str, str] | None = None) -> BenchPlan:
+def make_bench_plan(
+    world_size: int,
+    backends: list[str] | None,
+    tokens: list[int],
+    hiddens: list[int],
+    dtypes: list[str],
+    settings: BenchSettings,
+    gpu_count: int,
+    usable: list[str],
+    unusable: dict[str, str] | None = None,
+) -> BenchPlan:
     """Validate ``bench``'s arguments (errors name the argument) and plan the runs.
 
     The backends bench can drive, and the payload dtypes it times them with,
@@ -76,11 +83,13 @@ def make_bench_plan(world_size: int, backends: list[str] | None, tokens: list[in
     """
     benchable = {b.name: b for b in registry.all_backends() if b.bench_dtypes and b.driven}
     if world_size < 2:
-        raise BenchArgumentError(f"--world-size: {world_size} is too small; all-to-all needs "
-                                 "at least 2 ranks")
+        raise BenchArgumentError(
+            f"--world-size: {world_size} is too small; all-to-all needs at least 2 ranks"
+        )
     if gpu_count and world_size > gpu_count:
-        raise BenchArgumentError(f"--world-size: {world_size} ranks but only {gpu_count} GPUs "
-                                 "visible (one rank per GPU)")
+        raise BenchArgumentError(
+            f"--world-size: {world_size} ranks but only {gpu_count} GPUs visible (one rank per GPU)"
+        )
     given = []
     for asked in backends or []:
         try:
@@ -88,12 +97,15 @@ def make_bench_plan(world_size: int, backends: list[str] | None, tokens: list[in
         except registry.UnknownBackend:
             name = None
         if name not in benchable:
-            raise BenchArgumentError(f"--backends: unknown backend {asked!r}; expected one of "
-                                     f"{', '.join(benchable)}")
+            raise BenchArgumentError(
+                f"--backends: unknown backend {asked!r}; expected one of {', '.join(benchable)}"
+            )
         given.append(name)
         if name not in usable:
-            raise BenchArgumentError(f"--backends: {name} is not usable on this machine: "
-                                     f"{(unusable or {}).get(name, 'see `vllm-ep-kit doctor`')}")
+            raise BenchArgumentError(
+                f"--backends: {name} is not usable on this machine: "
+                f"{(unusable or {}).get(name, 'see `vllm-ep-kit doctor`')}"
+            )
     if not tokens or any(n < 1 for n in tokens):
         raise BenchArgumentError(f"--tokens: {tokens}: expected token counts >= 1 per rank")
     if not hiddens or any(h < 1 for h in hiddens):
@@ -101,33 +113,52 @@ def make_bench_plan(world_size: int, backends: list[str] | None, tokens: list[in
     known = sorted({d for b in benchable.values() for d in b.bench_dtypes})
     for dtype in dtypes:
         if dtype not in known:
-            raise BenchArgumentError(f"--dtypes: unknown dtype {dtype!r}; expected one of "
-                                     f"{', '.join(known)}")
+            raise BenchArgumentError(
+                f"--dtypes: unknown dtype {dtype!r}; expected one of {', '.join(known)}"
+            )
     if "fp8" in dtypes:
         bad = [h for h in hiddens if h % (4 * FP8_GROUP)]
         if bad:
-            raise BenchArgumentError(f"--hidden: {bad} with fp8: block scales need hidden to be "
-                                     f"a multiple of {4 * FP8_GROUP} (16-byte scale rows)")
+            raise BenchArgumentError(
+                f"--hidden: {bad} with fp8: block scales need hidden to be "
+                f"a multiple of {4 * FP8_GROUP} (16-byte scale rows)"
+            )
     if not 1 <= settings.top_k <= settings.num_experts:
-        raise BenchArgumentError(f"--top-k: {settings.top_k}: expected 1..--experts "
-                                 f"({settings.num_experts})")
+        raise BenchArgumentError(
+            f"--top-k: {settings.top_k}: expected 1..--experts ({settings.num_experts})"
+        )
     if settings.num_experts % world_size:
-        raise BenchArgumentError(f"--experts: {settings.num_experts} is not divisible by the "
-                                 f"world size {world_size} (experts split evenly over EP ranks)")
+        raise BenchArgumentError(
+            f"--experts: {settings.num_experts} is not divisible by the "
+            f"world size {world_size} (experts split evenly over EP ranks)"
+        )
     if settings.repeats < 1 or settings.warmup < 0:
-        raise BenchArgumentError(f"--repeats/--warmup: {settings.repeats}/{settings.warmup}: "
-                                 "expected repeats >= 1 and warmup >= 0")
+        raise BenchArgumentError(
+            f"--repeats/--warmup: {settings.repeats}/{settings.warmup}: "
+            "expected repeats >= 1 and warmup >= 0"
+        )
     chosen = list(dict.fromkeys(given)) if backends else [b for b in benchable if b in usable]
-    skipped = [] if backends else [(name, f"not usable here: {why}")
-                                   for name, why in (unusable or {}).items()
-                                   if name in benchable]
+    skipped = (
+        []
+        if backends
+        else [
+            (name, f"not usable here: {why}")
+            for name, why in (unusable or {}).items()
+            if name in benchable
+        ]
+    )
     layout = ParallelLayout.for_world(world_size, tp=1)  # DP mode: EP group = every rank
     runs = []
     for name in chosen:
         taken = [d for d in dtypes if d in benchable[name].bench_dtypes]
-        points = tuple(BenchPoint(n, h, d) for h in hiddens for d in taken
-                       for n in sorted(set(tokens)))
+        points = tuple(
+            BenchPoint(n, h, d) for h in hiddens for d in taken for n in sorted(set(tokens))
+        )
         if points:
             runs.append(BenchRun(name, layout, points, benchable[name]))
-    return BenchPlan(runs=tuple(runs), skipped=tuple(skipped),
-                     device_backend="nccl" if gpu_count else "gloo", settings=settings)
+    return BenchPlan(
+        runs=tuple(runs),
+        skipped=tuple(skipped),
+        device_backend="nccl" if gpu_count else "gloo",
+        settings=settings,
+    )

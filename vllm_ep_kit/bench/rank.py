@@ -30,8 +30,9 @@ def _largest_case(run: BenchRun, settings: BenchSettings, world: int):
     from vllm_ep_kit.bench.plan import BenchPoint
     from vllm_ep_kit.bench.traffic import point_case
 
-    largest = BenchPoint(max(p.tokens for p in run.points), max(p.hidden for p in run.points),
-                         "bf16")
+    largest = BenchPoint(
+        max(p.tokens for p in run.points), max(p.hidden for p in run.points), "bf16"
+    )
     return point_case(largest, settings, world)
 
 
@@ -43,8 +44,11 @@ def rank_bench(ctx, run: BenchRun, settings: BenchSettings, partial_dir: str) ->
     rank, world = ep.rank_in_group, ep.world_size
     cuda = ctx.backend == "nccl"
     cpu_group = ep.cpu_group
-    link = peer_copy_gbps(settings.link_mib, settings.repeats, cpu_group) if cuda \
+    link = (
+        peer_copy_gbps(settings.link_mib, settings.repeats, cpu_group)
+        if cuda
         else {"gbps": None, "why": "CPU ranks (gloo): no GPU link to measure"}
+    )
     ctx.heartbeat()
     transport = run.spec.open(ctx)
     transport.prepare(_largest_case(run, settings, world))
@@ -57,15 +61,23 @@ def rank_bench(ctx, run: BenchRun, settings: BenchSettings, partial_dir: str) ->
         base = drivers.baseline(inputs, point, settings, rank, ctx.device, group=None)
         with prepared.context:
             error = prepared.check()
-            times = time_stages(prepared.stages, settings.warmup, settings.repeats, cuda,
-                                cpu_group)
+            times = time_stages(prepared.stages, settings.warmup, settings.repeats, cuda, cpu_group)
         base_times = time_stages(base.stages, settings.warmup, settings.repeats, cuda, cpu_group)
-        row = {"backend": run.backend, "tokens": point.tokens, "hidden": point.hidden,
-               "dtype": point.dtype, "rank": rank, "dispatch_ms": times["dispatch"],
-               "combine_ms": times["combine"], "total_ms": times["total"],
-               "remote_bytes": prepared.remote_bytes, "check_error": error,
-               "baseline": BASELINE, "baseline_ms": base_times["total"],
-               "baseline_remote_bytes": base.remote_bytes}
+        row = {
+            "backend": run.backend,
+            "tokens": point.tokens,
+            "hidden": point.hidden,
+            "dtype": point.dtype,
+            "rank": rank,
+            "dispatch_ms": times["dispatch"],
+            "combine_ms": times["combine"],
+            "total_ms": times["total"],
+            "remote_bytes": prepared.remote_bytes,
+            "check_error": error,
+            "baseline": BASELINE,
+            "baseline_ms": base_times["total"],
+            "baseline_remote_bytes": base.remote_bytes,
+        }
         rows.append(row)
         with sink.open("a") as fh:
             fh.write(json.dumps(row) + "\n")

@@ -21,24 +21,62 @@ REPORT_SCHEMA = {
     "type": "object",
     "required": ["meta", "results"],
     "properties": {
-        "meta": {"type": "object", "properties": {
-            "world_size": _COUNT, "timer": {"type": "string"}, "device": {"type": "string"}}},
-        "results": {"type": "array", "items": {
+        "meta": {
             "type": "object",
-            "required": ["backend", "hidden", "dtype", "tokens", "dispatch_ms", "combine_ms",
-                         "total_ms", "gbps", "vs_baseline", "vs_link", "check", "baseline",
-                         "baseline_gbps"],
             "properties": {
-                "backend": {"type": "string"}, "dtype": {"type": "string"},
-                "baseline": {"type": "string"}, "hidden": _COUNT, "tokens": _COUNT,
-                "dispatch_ms": _NUMBER_OR_NULL, "combine_ms": _NUMBER_OR_NULL,
-                "total_ms": _NUMBER_OR_NULL, "gbps": _NUMBER_OR_NULL,
-                "baseline_gbps": _NUMBER_OR_NULL, "vs_baseline": _NUMBER_OR_NULL,
-                "vs_link": _NUMBER_OR_NULL, "check": {"type": "string"}}}},
-        "links": {"type": "array", "items": {
-            "type": "object", "required": ["backend"],
-            "properties": {"backend": {"type": "string"}, "gbps": _NUMBER_OR_NULL,
-                           "why": {"type": "string"}}}},
+                "world_size": _COUNT,
+                "timer": {"type": "string"},
+                "device": {"type": "string"},
+            },
+        },
+        "results": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": [
+                    "backend",
+                    "hidden",
+                    "dtype",
+                    "tokens",
+                    "dispatch_ms",
+                    "combine_ms",
+                    "total_ms",
+                    "gbps",
+                    "vs_baseline",
+                    "vs_link",
+                    "check",
+                    "baseline",
+                    "baseline_gbps",
+                ],
+                "properties": {
+                    "backend": {"type": "string"},
+                    "dtype": {"type": "string"},
+                    "baseline": {"type": "string"},
+                    "hidden": _COUNT,
+                    "tokens": _COUNT,
+                    "dispatch_ms": _NUMBER_OR_NULL,
+                    "combine_ms": _NUMBER_OR_NULL,
+                    "total_ms": _NUMBER_OR_NULL,
+                    "gbps": _NUMBER_OR_NULL,
+                    "baseline_gbps": _NUMBER_OR_NULL,
+                    "vs_baseline": _NUMBER_OR_NULL,
+                    "vs_link": _NUMBER_OR_NULL,
+                    "check": {"type": "string"},
+                },
+            },
+        },
+        "links": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["backend"],
+                "properties": {
+                    "backend": {"type": "string"},
+                    "gbps": _NUMBER_OR_NULL,
+                    "why": {"type": "string"},
+                },
+            },
+        },
     },
 }
 
@@ -48,7 +86,8 @@ def check_report(report) -> None:
     import jsonschema
 
     error = jsonschema.exceptions.best_match(
-        jsonschema.Draft202012Validator(REPORT_SCHEMA).iter_errors(report))
+        jsonschema.Draft202012Validator(REPORT_SCHEMA).iter_errors(report)
+    )
     if error is not None:
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
         raise ValueError(f"{where.lstrip('.') or 'the report'}: {error.message}")
@@ -79,17 +118,24 @@ def merge_point(rank_rows: list[dict], link_gbps: float | None) -> dict:
     base_bytes = sum(r["baseline_remote_bytes"] for r in rank_rows) / len(rank_rows)
     errors = [r["check_error"] for r in rank_rows if r["check_error"] is not None]
     gbps = _gbps(nbytes, total)
-    return {**{k: first[k] for k in KEY}, "ranks": len(rank_rows),
-            "dispatch_ms": max(r["dispatch_ms"] for r in rank_rows),
-            "combine_ms": max(r["combine_ms"] for r in rank_rows),
-            "total_ms": total, "remote_bytes": nbytes, "gbps": gbps,
-            "baseline": first["baseline"], "baseline_ms": base,
-            "baseline_gbps": _gbps(base_bytes, base),
-            "vs_baseline": base / total if total > 0 else None,
-            "vs_link": gbps / link_gbps if gbps is not None and link_gbps else None,
-            "check_error": max(errors) if errors else None,
-            "check": ("not checked" if not errors
-                      else "ok" if max(errors) <= CHECK_TOLERANCE else "FAILED")}
+    return {
+        **{k: first[k] for k in KEY},
+        "ranks": len(rank_rows),
+        "dispatch_ms": max(r["dispatch_ms"] for r in rank_rows),
+        "combine_ms": max(r["combine_ms"] for r in rank_rows),
+        "total_ms": total,
+        "remote_bytes": nbytes,
+        "gbps": gbps,
+        "baseline": first["baseline"],
+        "baseline_ms": base,
+        "baseline_gbps": _gbps(base_bytes, base),
+        "vs_baseline": base / total if total > 0 else None,
+        "vs_link": gbps / link_gbps if gbps is not None and link_gbps else None,
+        "check_error": max(errors) if errors else None,
+        "check": (
+            "not checked" if not errors else "ok" if max(errors) <= CHECK_TOLERANCE else "FAILED"
+        ),
+    }
 
 
 def merge_ranks(rank_rows: list[dict], world: int, link_gbps: float | None) -> list[dict]:

@@ -26,12 +26,22 @@ def _show_new(run: BenchRun, rows: list[dict], shown: set, on_point) -> None:
 
 def _watch(run: BenchRun, partial_dir: Path, world: int, shown: set, on_point, stop) -> None:
     while not stop.wait(0.5):
-        _show_new(run, merge_ranks(read_partial_rows(partial_dir, run.backend), world, None),
-                  shown, on_point)
+        _show_new(
+            run,
+            merge_ranks(read_partial_rows(partial_dir, run.backend), world, None),
+            shown,
+            on_point,
+        )
 
 
-def run_bench(plan: BenchPlan, partial_dir: Path, on_start=None, on_point=None,
-              on_error=None, timeout_s: float = 300.0) -> dict:
+def run_bench(
+    plan: BenchPlan,
+    partial_dir: Path,
+    on_start=None,
+    on_point=None,
+    on_error=None,
+    timeout_s: float = 300.0,
+) -> dict:
     """{"results": merged rows, "links": per-run link limit, "failures": failed runs}.
 
     ``on_start(run)``; ``on_point(run, row, done)`` once per point (during the
@@ -50,23 +60,37 @@ def run_bench(plan: BenchPlan, partial_dir: Path, on_start=None, on_point=None,
         shown: set = set()
         show = on_point or (lambda *a: None)
         stop = threading.Event()
-        watcher = threading.Thread(target=_watch, daemon=True, args=(
-            run, partial_dir, world, shown, show, stop))
+        watcher = threading.Thread(
+            target=_watch, daemon=True, args=(run, partial_dir, world, shown, show, stop)
+        )
         watcher.start()
         try:
-            per_rank = run_ranks(rank_bench, world, run, plan.settings, str(partial_dir),
-                                 backend=plan.device_backend, layout=run.layout,
-                                 all2all_backend=run.spec.vllm_name, timeout_s=timeout_s)
+            per_rank = run_ranks(
+                rank_bench,
+                world,
+                run,
+                plan.settings,
+                str(partial_dir),
+                backend=plan.device_backend,
+                layout=run.layout,
+                all2all_backend=run.spec.vllm_name,
+                timeout_s=timeout_s,
+            )
             link = link_summary([r["link"] for r in per_rank])
-            rows = merge_ranks([row for r in per_rank for row in r["rows"]], world,
-                               link["gbps"])
+            rows = merge_ranks([row for r in per_rank for row in r["rows"]], world, link["gbps"])
         except RankFailures as exc:
             if on_error:
                 on_error(run, str(exc))
             link = {"gbps": None, "why": "run failed"}
             rows = merge_ranks(read_partial_rows(partial_dir, run.backend), world, None)
-            failures.append({"backend": run.backend, "error": exc.summary(),
-                             "points_measured": len(rows), "points_planned": len(run.points)})
+            failures.append(
+                {
+                    "backend": run.backend,
+                    "error": exc.summary(),
+                    "points_measured": len(rows),
+                    "points_planned": len(run.points),
+                }
+            )
         finally:
             stop.set()
             watcher.join()

@@ -8,6 +8,7 @@ timed separately inside the same repeat as their total.
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from collections.abc import Callable
@@ -42,8 +43,13 @@ def sync_ranks(cuda: bool, cpu_group) -> None:
     dist.barrier(group=cpu_group)
 
 
-def time_stages(stages: list[Stage], warmup: int, repeats: int, cuda: bool, cpu_group,
-                ) -> dict[str, float]:
+def time_stages(
+    stages: list[Stage],
+    warmup: int,
+    repeats: int,
+    cuda: bool,
+    cpu_group,
+) -> dict[str, float]:
     """Median milliseconds of each stage and of their sum (key ``total``).
 
     A stage gets the previous stage's return value (the first gets None).
@@ -62,7 +68,7 @@ def time_stages(stages: list[Stage], warmup: int, repeats: int, cuda: bool, cpu_
             torch.cuda.synchronize()
         if index < warmup:
             continue
-        for (name, _), start, end in zip(stages, stamps, stamps[1:]):
+        for (name, _), (start, end) in zip(stages, itertools.pairwise(stamps), strict=True):
             samples[name].append(marks.ms(start, end))
         samples["total"].append(marks.ms(stamps[0], stamps[-1]))
     return {name: statistics.median(values) for name, values in samples.items()}
@@ -84,16 +90,23 @@ def peer_copy_gbps(mib: int, repeats: int, cpu_group) -> dict:
     if not torch.cuda.can_device_access_peer(here, peer):
         return {"gbps": None, "why": f"cuda:{here} has no peer access to cuda:{peer}"}
     nbytes = mib << 20
-    buffers = {"src": torch.empty(nbytes, dtype=torch.uint8, device=here),
-               "dst": torch.empty(nbytes, dtype=torch.uint8, device=peer)}
+    buffers = {
+        "src": torch.empty(nbytes, dtype=torch.uint8, device=here),
+        "dst": torch.empty(nbytes, dtype=torch.uint8, device=peer),
+    }
 
     def copy(_):
         buffers["dst"].copy_(buffers["src"], non_blocking=True)
 
-    result = time_stages([("copy", copy)], warmup=3, repeats=repeats, cuda=True,
-                         cpu_group=cpu_group)
+    result = time_stages(
+        [("copy", copy)], warmup=3, repeats=repeats, cuda=True, cpu_group=cpu_group
+    )
     torch.cuda.synchronize(peer)  # the copy ran on this device's stream; the peer's too
     buffers.clear()
     torch.cuda.empty_cache()
-    return {"gbps": nbytes / (result["copy"] * 1e-3) / 1e9, "bytes": nbytes,
-            "from": f"cuda:{here}", "to": f"cuda:{peer}"}
+    return {
+        "gbps": nbytes / (result["copy"] * 1e-3) / 1e9,
+        "bytes": nbytes,
+        "from": f"cuda:{here}",
+        "to": f"cuda:{peer}",
+    }

@@ -21,8 +21,13 @@ COMBINE_ELEMENT_BYTES = 2  # combine payloads are bf16 (fp8 inputs too, as vLLM 
 
 
 def point_case(point: BenchPoint, settings: BenchSettings, world: int) -> RoutingCase:
-    return RoutingCase(tokens=(point.tokens,) * world, num_experts=settings.num_experts,
-                       top_k=settings.top_k, hidden=point.hidden, dtype=point.dtype)
+    return RoutingCase(
+        tokens=(point.tokens,) * world,
+        num_experts=settings.num_experts,
+        top_k=settings.top_k,
+        hidden=point.hidden,
+        dtype=point.dtype,
+    )
 
 
 def dispatch_row_bytes(hidden: int, dtype: str, top_k: int) -> int:
@@ -65,12 +70,14 @@ def routed_remote_bytes(inputs: RankInputs, rank: int, point: BenchPoint, top_k:
     count here uses its own dispatch rows for both directions.
     """
     remote = sum(inputs.rows_to) - inputs.rows_to[rank]
-    return remote * (dispatch_row_bytes(point.hidden, point.dtype, top_k)
-                     + combine_row_bytes(point.hidden))
+    return remote * (
+        dispatch_row_bytes(point.hidden, point.dtype, top_k) + combine_row_bytes(point.hidden)
+    )
 
 
 def agrs_remote_bytes(point: BenchPoint, world: int, top_k: int) -> int:
     """All-gather: own rows to every other rank; reduce-scatter: the others' rows out."""
     n = point.tokens
-    return (n * (world - 1) * dispatch_row_bytes(point.hidden, point.dtype, top_k)
-            + n * (world - 1) * combine_row_bytes(point.hidden))
+    return n * (world - 1) * dispatch_row_bytes(point.hidden, point.dtype, top_k) + n * (
+        world - 1
+    ) * combine_row_bytes(point.hidden)

@@ -36,8 +36,7 @@ def _step_shape() -> jsonschema.Draft202012Validator:
     """The types of a step's fields, from the schema: a step that breaks them is reported
     by the schema rule and skipped by every other rule (which read those fields)."""
     step = load_schema()["$defs"]["step"]
-    return jsonschema.Draft202012Validator({"type": "object",
-                                            "properties": step["properties"]})
+    return jsonschema.Draft202012Validator({"type": "object", "properties": step["properties"]})
 
 
 _SHAPE = _step_shape()
@@ -49,9 +48,10 @@ def decode(raw: bytes) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw[:exc.start].count(b"\n") + 1
-        raise AreaError(line, "encoding", f"not UTF-8 text: byte 0x{raw[exc.start]:02x} at "
-                                          f"offset {exc.start}") from None
+        line = raw[: exc.start].count(b"\n") + 1
+        raise AreaError(
+            line, "encoding", f"not UTF-8 text: byte 0x{raw[exc.start]:02x} at offset {exc.start}"
+        ) from None
 
 
 def expanded_size(root: yaml.Node | None, limit: int = MAX_NODES) -> int:
@@ -96,13 +96,16 @@ class Area:
     _lines: dict = field(default_factory=dict)
 
     @classmethod
-    def load(cls, path: Path, display: str | None = None) -> "Area":
+    def load(cls, path: Path, display: str | None = None) -> Area:
         """Raises :class:`AreaError` (encoding, size) or ``yaml.YAMLError``."""
         text = decode(path.read_bytes())
         root = yaml.compose(text, Loader=_FAST_LOADER)  # parsed once, by libyaml if present
         if expanded_size(root) > MAX_NODES:
-            raise AreaError(1, "yaml", f"expands to more than {MAX_NODES:,} YAML nodes "
-                                       "(aliases of aliases?): not read")
+            raise AreaError(
+                1,
+                "yaml",
+                f"expands to more than {MAX_NODES:,} YAML nodes (aliases of aliases?): not read",
+            )
         data = None if root is None else yaml.SafeLoader("").construct_document(root)
         return cls(path=path, data=data, root=root, display=display or str(path))
 

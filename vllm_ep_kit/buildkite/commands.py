@@ -20,8 +20,9 @@ from vllm_ep_kit.buildkite import conventions
 
 ASSIGNMENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
 # Options whose value names a file to leave out or a pattern, not a file that runs.
-NOT_RUN_AFTER = frozenset({"-name", "-iname", "-path", "-ipath", "--ignore", "--deselect",
-                           "--ignore-glob", "-k", "-m"})
+NOT_RUN_AFTER = frozenset(
+    {"-name", "-iname", "-path", "-ipath", "--ignore", "--deselect", "--ignore-glob", "-k", "-m"}
+)
 RUNNERS = frozenset({"pytest", "find"})  # their operands are test paths
 OPERAND = re.compile(r"[\w.*/-]*[A-Za-z_][\w.*/-]*")
 FILE_LIKE = re.compile(r"^(tests|scripts|benchmarks|examples)/|\.(py|sh|yaml|yml)$")
@@ -52,8 +53,12 @@ def _resolve(cwd: str | None, word: str) -> str | None:
     return None if joined.startswith("..") else joined
 
 
-def parse_commands(commands: list[str], step_env: dict | None = None,
-                   working_dir: str = conventions.WORKSPACE, depth: int = 0) -> list[CommandInfo]:
+def parse_commands(
+    commands: list[str],
+    step_env: dict | None = None,
+    working_dir: str = conventions.WORKSPACE,
+    depth: int = 0,
+) -> list[CommandInfo]:
     exported = {k: str(v) for k, v in (step_env or {}).items()}
     start = conventions.to_repo_path(working_dir)
     cwd: str | None = None if start is None else posixpath.normpath(str(start) or ".")
@@ -82,8 +87,11 @@ def parse_commands(commands: list[str], step_env: dict | None = None,
                 continue
             if word == "export":
                 continue
-            if pos > 0 and words[pos - 1] == "cd" and (pos < 2 or words[pos - 2] in
-                                                       ("&&", "||", ";", "|")):
+            if (
+                pos > 0
+                and words[pos - 1] == "cd"
+                and (pos < 2 or words[pos - 2] in ("&&", "||", ";", "|"))
+            ):
                 cwd = _resolve(cwd, word)
                 continue
             inline = False
@@ -94,8 +102,10 @@ def parse_commands(commands: list[str], step_env: dict | None = None,
                     # a runner script's argument holding command lines; a folder of the
                     # image named before it (run-multi-node-test.sh's first argument) is
                     # where they run, else the checkout's root
-                    folder = next((w for w in reversed(words[:pos])
-                                   if w.startswith(conventions.WORKSPACE)), conventions.WORKSPACE)
+                    folder = next(
+                        (w for w in reversed(words[:pos]) if w.startswith(conventions.WORKSPACE)),
+                        conventions.WORKSPACE,
+                    )
                     _embedded(info, word, folder, depth)
                 continue
             path, _, selector = word.partition("::")
@@ -118,8 +128,9 @@ def _embedded(info: CommandInfo, text: str, folder: str, depth: int) -> None:
     (a ``cd`` among them holds for the lines after it)."""
     if depth >= 2:
         return
-    lines = [line for line in text.replace("&&", "\n").replace(";", "\n").splitlines()
-             if line.strip()]
+    lines = [
+        line for line in text.replace("&&", "\n").replace(";", "\n").splitlines() if line.strip()
+    ]
     for inner in parse_commands(lines, None, folder, depth=depth + 1):
         info.files.extend(inner.files)
         info.selectors.extend(inner.selectors)

@@ -12,12 +12,34 @@ from pathlib import Path, PurePosixPath
 import yaml
 
 # step.py: the step model (a pydantic model: keys it does not declare are dropped silently).
-STEP_KEYS = frozenset({
-    "label", "group", "working_dir", "key", "depends_on", "commands", "device", "agent_tags",
-    "num_devices", "num_nodes", "source_file_dependencies", "soft_fail", "parallelism",
-    "timeout_in_minutes", "mount_buildkite_agent", "env", "retry", "optional", "no_plugin",
-    "mirror", "concurrency", "concurrency_group", "no_gpu", "dind",
-})
+STEP_KEYS = frozenset(
+    {
+        "label",
+        "group",
+        "working_dir",
+        "key",
+        "depends_on",
+        "commands",
+        "device",
+        "agent_tags",
+        "num_devices",
+        "num_nodes",
+        "source_file_dependencies",
+        "soft_fail",
+        "parallelism",
+        "timeout_in_minutes",
+        "mount_buildkite_agent",
+        "env",
+        "retry",
+        "optional",
+        "no_plugin",
+        "mirror",
+        "concurrency",
+        "concurrency_group",
+        "no_gpu",
+        "dind",
+    }
+)
 # A mirror block (``mirror: {amd: {...}}``) is a step of its own on that hardware.
 MIRROR_KEYS = STEP_KEYS - {"mirror"}
 
@@ -29,8 +51,9 @@ VLLM_DEFAULT_WORKING_DIR = "/vllm-workspace/tests"
 
 # buildkite_step.py get_agent_queue: CPU queues.  No device means a GPU pool
 # (gpu_1_queue; gpu_4_queue when num_devices is 2 or 4); no num_devices means 1.
-CPU_DEVICES = frozenset({"cpu", "cpu-small", "cpu-medium", "intel_cpu", "arm_cpu", "amd_cpu",
-                         "amd_zen5_cpu"})
+CPU_DEVICES = frozenset(
+    {"cpu", "cpu-small", "cpu-medium", "intel_cpu", "arm_cpu", "amd_cpu", "amd_zen5_cpu"}
+)
 # h200_18gb / h200_35gb are slices of one H200; they hold one GPU each.
 ONE_GPU_SLICES = frozenset({"h200_18gb", "h200_35gb"})
 
@@ -39,10 +62,29 @@ DEFAULT_JOB_DIRS = (".buildkite/test_areas",)
 
 # Variables the CI image or agent sets for every command (a script's branch on them is
 # opened by the environment, not by a step): the ROCm image's ROCM_PATH, Buildkite's own.
-IMAGE_VARIABLES = frozenset({"ROCM_PATH", "CI", "HOME", "PATH", "HF_TOKEN", "BUILDKITE",
-                             # bash's own
-                             "BASH_SOURCE", "BASH_VERSION", "LINENO", "RANDOM", "PWD", "OLDPWD",
-                             "UID", "EUID", "HOSTNAME", "SECONDS", "PIPESTATUS", "FUNCNAME"})
+IMAGE_VARIABLES = frozenset(
+    {
+        "ROCM_PATH",
+        "CI",
+        "HOME",
+        "PATH",
+        "HF_TOKEN",
+        "BUILDKITE",
+        # bash's own
+        "BASH_SOURCE",
+        "BASH_VERSION",
+        "LINENO",
+        "RANDOM",
+        "PWD",
+        "OLDPWD",
+        "UID",
+        "EUID",
+        "HOSTNAME",
+        "SECONDS",
+        "PIPESTATUS",
+        "FUNCNAME",
+    }
+)
 AGENT_PREFIXES = ("BUILDKITE_",)  # every job's environment: the agent's own variables
 
 
@@ -81,9 +123,15 @@ def job_dirs(root: Path) -> list[str]:
 
 def pipeline_members(root: Path, displays: list[str]) -> dict[str, set[str]]:
     """Which of the area files (repository paths) each pipeline reads ('' when none is set)."""
-    result = {name: {d for d in displays for folder in _strings(config, "job_dirs")
-                     if d.startswith(folder.rstrip("/") + "/")}
-              for name, config in pipeline_configs(root).items()}
+    result = {
+        name: {
+            d
+            for d in displays
+            for folder in _strings(config, "job_dirs")
+            if d.startswith(folder.rstrip("/") + "/")
+        }
+        for name, config in pipeline_configs(root).items()
+    }
     return result or {"": set(displays)}
 
 
@@ -91,8 +139,10 @@ def run_all_patterns(root: Path) -> tuple[list[str], list[str]]:
     """``run_all_patterns`` / ``run_all_exclude_patterns`` of every pipeline: a change to a
     matching path (``re.match``) runs every step of that pipeline."""
     configs = pipeline_configs(root).values()
-    return ([p for c in configs for p in _strings(c, "run_all_patterns")],
-            [p for c in configs for p in _strings(c, "run_all_exclude_patterns")])
+    return (
+        [p for c in configs for p in _strings(c, "run_all_patterns")],
+        [p for c in configs for p in _strings(c, "run_all_exclude_patterns")],
+    )
 
 
 def runs_everything(path: str, patterns: tuple[list[str], list[str]]) -> bool:
@@ -154,5 +204,6 @@ def covered(path: str, entries: list[str]) -> bool:
     """Whether a change to ``path`` triggers a step with these dependency entries."""
     included = [e for e in entries if not e.startswith("!")]
     excluded = [e[1:] for e in entries if e.startswith("!")]
-    return (any(dependency_matches(e, path) for e in included)
-            and not any(dependency_matches(e, path) for e in excluded))
+    return any(dependency_matches(e, path) for e in included) and not any(
+        dependency_matches(e, path) for e in excluded
+    )

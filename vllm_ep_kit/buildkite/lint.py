@@ -24,8 +24,9 @@ def _display(root: Path, file: Path) -> str:
     return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(file)
 
 
-def load_areas(root: Path, files: list[Path], keep_all: bool = False
-               ) -> tuple[list[Area], list[Finding]]:
+def load_areas(
+    root: Path, files: list[Path], keep_all: bool = False
+) -> tuple[list[Area], list[Finding]]:
     """The files that hold steps (every file with ``keep_all``), and a finding for each file
     that cannot be read as YAML."""
     areas, findings = [], []
@@ -39,36 +40,60 @@ def load_areas(root: Path, files: list[Path], keep_all: bool = False
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             first = str(exc).strip().splitlines()
-            findings.append(Finding(display, mark.line + 1 if mark else 1, "yaml",
-                                    " ".join(line.strip() for line in first if line.strip()
-                                             and not line.strip().startswith("^"))))
+            findings.append(
+                Finding(
+                    display,
+                    mark.line + 1 if mark else 1,
+                    "yaml",
+                    " ".join(
+                        line.strip()
+                        for line in first
+                        if line.strip() and not line.strip().startswith("^")
+                    ),
+                )
+            )
             continue
         if keep_all or area.holds_steps:
             areas.append(area)
     return areas, findings
 
 
-def lint(root: Path, files: list[Path] | None = None, select: set[str] | None = None,
-         ignore: set[str] = frozenset()) -> list[Finding]:
+def lint(
+    root: Path,
+    files: list[Path] | None = None,
+    select: set[str] | None = None,
+    ignore: set[str] = frozenset(),
+) -> list[Finding]:
     root = root.resolve()
     listed = files is not None and len(files) > 0
     files = files or area_files(root)
     areas, findings = load_areas(root, files, keep_all=listed)
     if not files:
-        findings.append(Finding(str(root / DEFAULT_GLOB), 1, "no-areas",
-                                "no test-area files found (no job_dirs in .buildkite/ci_config"
-                                "*.yaml, no .buildkite/test_areas/)", "pass files or run from "
-                                                                      "the repository root"))
+        findings.append(
+            Finding(
+                str(root / DEFAULT_GLOB),
+                1,
+                "no-areas",
+                "no test-area files found (no job_dirs in .buildkite/ci_config"
+                "*.yaml, no .buildkite/test_areas/)",
+                "pass files or run from the repository root",
+            )
+        )
     ctx = read_steps(root, areas)
     for rule in ALL_RULES:
         if (select and rule.RULE not in select) or rule.RULE in ignore:
             continue
         findings.extend(rule.check(ctx))
-    findings = [f for f in findings if (not select or f.rule in select or f.rule in
-                                        ("yaml", "encoding", "no-areas")) and f.rule not in ignore]
+    findings = [
+        f
+        for f in findings
+        if (not select or f.rule in select or f.rule in ("yaml", "encoding", "no-areas"))
+        and f.rule not in ignore
+    ]
     unique = {(f.path, f.line, f.rule, f.message): f for f in findings}  # a file run twice
-    return sorted(apply_suppressions(root, list(unique.values())),
-                  key=lambda f: (f.path, f.line, f.rule))
+    return sorted(
+        apply_suppressions(root, list(unique.values())), key=lambda f: (f.path, f.line, f.rule)
+    )
 
 
 SUPPRESSION = re.compile(r"#\s*lint-ci:\s*ignore\[([a-z0-9_,\s-]+)\]\s*:?\s*(.*)$")
@@ -85,8 +110,9 @@ def apply_suppressions(root: Path, findings: list[Finding]) -> list[Finding]:
     for finding in findings:
         if finding.path not in lines_of:
             try:
-                lines_of[finding.path] = (root / finding.path).read_text(
-                    errors="replace").splitlines()
+                lines_of[finding.path] = (
+                    (root / finding.path).read_text(errors="replace").splitlines()
+                )
             except OSError:
                 lines_of[finding.path] = []
         lines = lines_of[finding.path]
@@ -99,9 +125,13 @@ def apply_suppressions(root: Path, findings: list[Finding]) -> list[Finding]:
                 suppressed = True
             else:
                 unexplained[(finding.path, number)] = Finding(
-                    finding.path, number, "suppression", f"`lint-ci: ignore[{match.group(1)}]` "
+                    finding.path,
+                    number,
+                    "suppression",
+                    f"`lint-ci: ignore[{match.group(1)}]` "
                     "gives no reason, so it suppresses nothing",
-                    "add why after the bracket: # lint-ci: ignore[rule] reason")
+                    "add why after the bracket: # lint-ci: ignore[rule] reason",
+                )
         if not suppressed:
             kept.append(finding)
     return kept + list(unexplained.values())
@@ -109,12 +139,13 @@ def apply_suppressions(root: Path, findings: list[Finding]) -> list[Finding]:
 
 def without_baseline(findings: list[Finding], baseline: list[dict]) -> list[Finding]:
     """Findings not in ``baseline`` (a ``--format json`` output); lines may have moved."""
-    known = {(b.get("path"), b.get("rule"), b.get("message")) for b in baseline
-             if isinstance(b, dict)}
+    known = {
+        (b.get("path"), b.get("rule"), b.get("message")) for b in baseline if isinstance(b, dict)
+    }
     return [f for f in findings if (f.path, f.rule, f.message) not in known]
 
 
-__all__ = ["lint", "explain"]
+__all__ = ["explain", "lint"]
 
 
 def explain(root: Path, path: str) -> list[dict]:
@@ -127,12 +158,22 @@ def explain(root: Path, path: str) -> list[dict]:
     for step in read_steps(root, load_areas(root, area_files(root))[0]).steps:
         runs = listed_not_run.runs(step, target)
         # no dependencies: the generator runs it on every change
-        lists = (not step.dependencies or conventions.covered(target, step.dependencies)
-                 or conventions.runs_everything(target, run_all))
-        if not runs and not (step.dependencies and conventions.covered(target,
-                                                                       step.dependencies)):
+        lists = (
+            not step.dependencies
+            or conventions.covered(target, step.dependencies)
+            or conventions.runs_everything(target, run_all)
+        )
+        if not runs and not (step.dependencies and conventions.covered(target, step.dependencies)):
             continue  # neither runs it nor names it
-        rows.append({"step": step.label, "where": f"{step.area.display}:{step.line()}",
-                     "device": step.device or "default GPU pool", "gpus": step.gpus,
-                     "optional": step.optional, "runs_it": runs, "selected_by_it": lists})
+        rows.append(
+            {
+                "step": step.label,
+                "where": f"{step.area.display}:{step.line()}",
+                "device": step.device or "default GPU pool",
+                "gpus": step.gpus,
+                "optional": step.optional,
+                "runs_it": runs,
+                "selected_by_it": lists,
+            }
+        )
     return rows

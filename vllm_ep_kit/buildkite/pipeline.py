@@ -23,7 +23,7 @@ class Step:
     raw: dict
     working_dir: str
     mirror: str = ""  # "" for the step itself, else the mirror's name (amd)
-    parent: "Step | None" = None
+    parent: Step | None = None
     _parsed: list | None = field(default=None, repr=False)
 
     @property
@@ -60,8 +60,9 @@ class Step:
         if self._parsed is None:
             from vllm_ep_kit.buildkite.commands import parse_commands
 
-            self._parsed = parse_commands(self.commands, self.env,
-                                          conventions.commands_folder(self.raw, self.working_dir))
+            self._parsed = parse_commands(
+                self.commands, self.env, conventions.commands_folder(self.raw, self.working_dir)
+            )
         return self._parsed
 
     def line(self, *more) -> int:
@@ -95,20 +96,33 @@ def _mirror_step(step: Step, name: str, block: dict) -> Step:
     """A mirror block inherits what it does not say (commands, dependencies, working_dir)."""
     merged = {k: v for k, v in step.raw.items() if k != "mirror"}
     merged.update(block)
-    return Step(area=step.area, keys=step.keys + ("mirror", name), raw=merged,
-                working_dir=str(block.get("working_dir") or step.working_dir), mirror=name,
-                parent=step)
+    return Step(
+        area=step.area,
+        keys=step.keys + ("mirror", name),
+        raw=merged,
+        working_dir=str(block.get("working_dir") or step.working_dir),
+        mirror=name,
+        parent=step,
+    )
 
 
 def read_steps(root: Path, areas: list[Area]) -> Pipeline:
-    pipeline = Pipeline(root=root, areas=areas, vllm_tree=conventions.is_vllm_tree(root),
-                        pipelines=conventions.pipeline_members(root, [a.display for a in areas]))
+    pipeline = Pipeline(
+        root=root,
+        areas=areas,
+        vllm_tree=conventions.is_vllm_tree(root),
+        pipelines=conventions.pipeline_members(root, [a.display for a in areas]),
+    )
     for area in areas:
         group_depends = isinstance(area.data, dict) and bool(area.data.get("depends_on"))
         default_dir = conventions.default_working_dir(root, group_depends)
         for index, raw in area.indexed_steps():
-            step = Step(area=area, keys=("steps", index), raw=raw,
-                        working_dir=str(raw.get("working_dir") or default_dir))
+            step = Step(
+                area=area,
+                keys=("steps", index),
+                raw=raw,
+                working_dir=str(raw.get("working_dir") or default_dir),
+            )
             pipeline.steps.append(step)
             for name, block in (raw.get("mirror") or {}).items():
                 if isinstance(block, dict) and area.shape_ok(block):

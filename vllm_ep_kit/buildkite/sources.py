@@ -17,7 +17,7 @@ def python_tree(path: Path) -> ast.Module | None:
     return _parse(path, stamp)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _parse(path: Path, stamp: int) -> ast.Module | None:
     try:
         return ast.parse(path.read_text(errors="replace"), filename=str(path))

@@ -30,28 +30,54 @@ EXIT_INTERRUPTED = 130
 
 
 def vllm_serve_command(model: str, port: int) -> list[str]:
-    return ["vllm", "serve", model, "--port", str(port), "--data-parallel-size", "4",
-            "--enable-expert-parallel", "--enable-eplb", "--eplb-config",
-            json.dumps(EPLB_CONFIG, separators=(",", ":")),
-            "--all2all-backend", "allgather_reducescatter"]
+    return [
+        "vllm",
+        "serve",
+        model,
+        "--port",
+        str(port),
+        "--data-parallel-size",
+        "4",
+        "--enable-expert-parallel",
+        "--enable-eplb",
+        "--eplb-config",
+        json.dumps(EPLB_CONFIG, separators=(",", ":")),
+        "--all2all-backend",
+        "allgather_reducescatter",
+    ]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="eplb_accuracy", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="Qwen/Qwen3-30B-A3B-FP8")
-    parser.add_argument("--threshold", type=float, default=0.8,
-                        help="minimum GSM8K exact-match accuracy (default 0.8)")
-    parser.add_argument("--num-questions", type=int, default=1319,
-                        help="GSM8K questions to ask (default: the whole test split)")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=0.8,
+        help="minimum GSM8K exact-match accuracy (default 0.8)",
+    )
+    parser.add_argument(
+        "--num-questions",
+        type=int,
+        default=1319,
+        help="GSM8K questions to ask (default: the whole test split)",
+    )
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--output-dir", type=Path, default=Path("eplb_accuracy_out"))
-    parser.add_argument("--health-timeout", type=float, default=1200.0,
-                        help="seconds to wait for /health (default 1200)")
+    parser.add_argument(
+        "--health-timeout",
+        type=float,
+        default=1200.0,
+        help="seconds to wait for /health (default 1200)",
+    )
     parser.add_argument("--task", default="gsm8k", help="lm-eval task (default gsm8k)")
     parser.add_argument("--include-path", default=None, help="extra lm-eval task directory")
     parser.add_argument("--num-fewshot", type=int, default=5)
-    parser.add_argument("--server-command", default=None,
-                        help="replace `vllm serve ...` (a shell-quoted command line)")
+    parser.add_argument(
+        "--server-command",
+        default=None,
+        help="replace `vllm serve ...` (a shell-quoted command line)",
+    )
     args = parser.parse_args(argv)
     if not 0.0 <= args.threshold <= 1.0:
         parser.error(f"--threshold: {args.threshold} is not between 0 and 1")
@@ -67,24 +93,38 @@ def run_gsm8k(args: argparse.Namespace, base_url: str) -> float:
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    model_args = {"model": args.model, "base_url": f"{base_url}/v1/completions",
-                  "num_concurrent": 4, "max_retries": 2, "tokenized_requests": False,
-                  "tokenizer_backend": None}
+    model_args = {
+        "model": args.model,
+        "base_url": f"{base_url}/v1/completions",
+        "num_concurrent": 4,
+        "max_retries": 2,
+        "tokenized_requests": False,
+        "tokenizer_backend": None,
+    }
     manager = TaskManager(include_path=args.include_path) if args.include_path else TaskManager()
-    results = lm_eval.simple_evaluate(model="local-completions", model_args=model_args,
-                                      tasks=[args.task], num_fewshot=args.num_fewshot,
-                                      limit=args.num_questions, task_manager=manager)
+    results = lm_eval.simple_evaluate(
+        model="local-completions",
+        model_args=model_args,
+        tasks=[args.task],
+        num_fewshot=args.num_fewshot,
+        limit=args.num_questions,
+        task_manager=manager,
+    )
     metrics = results["results"][args.task]
-    (args.output_dir / "results.json").write_text(json.dumps(results["results"], indent=2,
-                                                             default=str))
+    (args.output_dir / "results.json").write_text(
+        json.dumps(results["results"], indent=2, default=str)
+    )
     return float(metrics["exact_match,strict-match"])
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    command = (shlex.split(args.server_command) if args.server_command
-               else vllm_serve_command(args.model, args.port))
+    command = (
+        shlex.split(args.server_command)
+        if args.server_command
+        else vllm_serve_command(args.model, args.port)
+    )
     server = Server(command, args.port, args.output_dir / "server.log")
 
     def on_sigterm(signum, frame):
@@ -100,10 +140,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(f"eplb_accuracy: starting {shlex.join(command)}", flush=True)
         server.start()
-        waited = server.wait_healthy(args.health_timeout,
-                                     progress=lambda m: print(f"eplb_accuracy: {m}", flush=True))
-        print(f"eplb_accuracy: server healthy after {waited:.1f} s; running {args.task} "
-              f"({args.num_questions} questions)", flush=True)
+        waited = server.wait_healthy(
+            args.health_timeout, progress=lambda m: print(f"eplb_accuracy: {m}", flush=True)
+        )
+        print(
+            f"eplb_accuracy: server healthy after {waited:.1f} s; running {args.task} "
+            f"({args.num_questions} questions)",
+            flush=True,
+        )
         accuracy = run_gsm8k(args, server.url)
     except ServerNotHealthy as exc:
         print(f"eplb_accuracy: error: {exc}", file=sys.stderr, flush=True)
@@ -116,12 +160,19 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous)
         signal.signal(signal.SIGINT, previous_int)
     verdict = "PASS" if accuracy >= args.threshold else "FAIL"
-    summary = {"model": args.model, "task": args.task, "accuracy": accuracy,
-               "threshold": args.threshold, "verdict": verdict,
-               "seconds": round(time.monotonic() - started, 1)}
+    summary = {
+        "model": args.model,
+        "task": args.task,
+        "accuracy": accuracy,
+        "threshold": args.threshold,
+        "verdict": verdict,
+        "seconds": round(time.monotonic() - started, 1),
+    }
     (args.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"eplb_accuracy: {verdict}: accuracy {accuracy:.3f} vs threshold "
-          f"{args.threshold:.3f}", flush=True)
+    print(
+        f"eplb_accuracy: {verdict}: accuracy {accuracy:.3f} vs threshold {args.threshold:.3f}",
+        flush=True,
+    )
     return 0 if verdict == "PASS" else EXIT_BELOW_THRESHOLD
 
 

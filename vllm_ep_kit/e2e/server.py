@@ -7,6 +7,7 @@ on Ctrl-C: SIGTERM to the group, a grace period, then SIGKILL for what is left.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -24,8 +25,9 @@ class ServerNotHealthy(RuntimeError):
 
 
 class Server:
-    def __init__(self, command: list[str], port: int, log_path: Path,
-                 env: dict[str, str] | None = None):
+    def __init__(
+        self, command: list[str], port: int, log_path: Path, env: dict[str, str] | None = None
+    ):
         self.command, self.port, self.log_path = command, port, log_path
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen | None = None
@@ -37,8 +39,9 @@ class Server:
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 (the child owns it)
-        self.proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT,
-                                     env=self.env, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+        )
         log.close()
 
     def wait_healthy(self, timeout_s: float, progress: Callable[[str], None] = print) -> float:
@@ -48,8 +51,10 @@ class Server:
         last_error, next_note = "no answer yet", start + 30
         while time.monotonic() - start < timeout_s:
             if self.proc.poll() is not None:
-                raise ServerNotHealthy(f"server exited with code {self.proc.returncode} before "
-                                       f"becoming healthy; see {self.log_path}")
+                raise ServerNotHealthy(
+                    f"server exited with code {self.proc.returncode} before "
+                    f"becoming healthy; see {self.log_path}"
+                )
             try:
                 with urllib.request.urlopen(self.url + "/health", timeout=5) as response:
                     if response.status == 200:
@@ -58,12 +63,16 @@ class Server:
             except (urllib.error.URLError, OSError) as exc:
                 last_error = str(getattr(exc, "reason", exc))
             if time.monotonic() > next_note:
-                progress(f"waiting for {self.url}/health: {time.monotonic() - start:.0f} s "
-                         f"(last: {last_error})")
+                progress(
+                    f"waiting for {self.url}/health: {time.monotonic() - start:.0f} s "
+                    f"(last: {last_error})"
+                )
                 next_note += 30
             time.sleep(1)
-        raise ServerNotHealthy(f"server at {self.url} did not become healthy within "
-                               f"{timeout_s:.0f} s (last: {last_error}); see {self.log_path}")
+        raise ServerNotHealthy(
+            f"server at {self.url} did not become healthy within "
+            f"{timeout_s:.0f} s (last: {last_error}); see {self.log_path}"
+        )
 
     def stop(self, grace_s: float = 30.0) -> None:
         """Stop the server's whole process group; no process of it survives."""
@@ -71,20 +80,14 @@ class Server:
             return
         pgid = self.proc.pid
         members = [psutil.Process(self.proc.pid)] if self.proc.poll() is None else []
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             members += psutil.Process(self.proc.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            pass
         for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pgid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
             for proc in members:
-                try:
+                with contextlib.suppress(psutil.NoSuchProcess):
                     proc.send_signal(sig)
-                except psutil.NoSuchProcess:
-                    pass
             _, members = psutil.wait_procs(members, timeout=wait)
             if not members:
                 break

@@ -65,8 +65,9 @@ def _names_from_env(variable: str, known: list[str]) -> set[str]:
         return set(known)
     unknown = sorted(names - set(known))
     if unknown:
-        raise PatchConfigError(f"{variable}: unknown patch name(s) {', '.join(unknown)}; "
-                               f"known: {', '.join(known)}")
+        raise PatchConfigError(
+            f"{variable}: unknown patch name(s) {', '.join(unknown)}; known: {', '.join(known)}"
+        )
     return names
 
 
@@ -76,16 +77,18 @@ def _configuration(patches: list[Patch]) -> tuple[set[str], set[str]]:
     required = _names_from_env(ENV_REQUIRE, known)
     both = disabled & required
     if both:
-        raise PatchConfigError(f"{ENV_DISABLE} and {ENV_REQUIRE} both name "
-                               f"{', '.join(sorted(both))}")
+        raise PatchConfigError(
+            f"{ENV_DISABLE} and {ENV_REQUIRE} both name {', '.join(sorted(both))}"
+        )
     return disabled, required
 
 
 def _check_required(results: list[PatchStatus], required: set[str]) -> None:
     failed = [r for r in results if r.name in required and r.status not in (APPLIED, NOT_NEEDED)]
     if failed:
-        raise RequiredPatchError("; ".join(f"required patch {r.name} is {r.status}: {r.reason}"
-                                           for r in failed))
+        raise RequiredPatchError(
+            "; ".join(f"required patch {r.name} is {r.status}: {r.reason}" for r in failed)
+        )
 
 
 def _disarm_all() -> None:
@@ -102,14 +105,19 @@ def apply_all(force: bool = False, probe_disabled: bool = True) -> list[PatchSta
     and decided here.
     """
     global _results, _results_probed_disabled
-    if (_results is not None and not force and not _armed
-            and (_results_probed_disabled or not probe_disabled)):
+    if (
+        _results is not None
+        and not force
+        and not _armed
+        and (_results_probed_disabled or not probe_disabled)
+    ):
         return _results
     _disarm_all()
     patches = all_patches()
     disabled, required = _configuration(patches)
-    _results = [p.run(enabled=p.name not in disabled, probe_disabled=probe_disabled)
-                for p in patches]
+    _results = [
+        p.run(enabled=p.name not in disabled, probe_disabled=probe_disabled) for p in patches
+    ]
     _results_probed_disabled = probe_disabled
     _check_required(_results, required)
     return _results
@@ -121,8 +129,9 @@ def _decide_at_first_use(index: int, patch: Patch) -> None:
         verdict = patch.run(enabled=True)
     except Exception as exc:  # noqa: BLE001 (a bug of ours must not stop the user's vLLM)
         logger.exception("vllm-ep-kit patch %s: deciding at first use failed", patch.name)
-        verdict = patch.status(REFUSED, f"deciding at first use failed: "
-                                        f"{type(exc).__name__}: {exc}")
+        verdict = patch.status(
+            REFUSED, f"deciding at first use failed: {type(exc).__name__}: {exc}"
+        )
     _armed.pop(patch.name, None)
     if _results is not None and index < len(_results) and _results[index].name == patch.name:
         _results[index] = verdict
@@ -143,14 +152,16 @@ def register() -> None:
         elif patch.name in required or not patch.triggers or missing_package(*patch.requires):
             verdict = patch.run(enabled=True)  # now (a missing package: says which)
         else:
-            verdict = patch.status(PENDING, "decided at the first call of "
-                                            + " or ".join(patch.triggers))
+            verdict = patch.status(
+                PENDING, "decided at the first call of " + " or ".join(patch.triggers)
+            )
         _results.append(verdict)
         if verdict.status == PENDING:
             from vllm_ep_kit.patches import lazy  # wrapt: only where something waits
 
-            armed = lazy.Armed(patch.name, patch.triggers,
-                               lambda i=index, p=patch: _decide_at_first_use(i, p))
+            armed = lazy.Armed(
+                patch.name, patch.triggers, lambda i=index, p=patch: _decide_at_first_use(i, p)
+            )
             _armed[patch.name] = armed
             armed.arm()  # may decide at once (module already imported, target missing)
     _check_required(_results, required)

@@ -81,8 +81,9 @@ class Patch:
             with quiet_vllm_logs():
                 present, observed = self.probe()
         except UnrecognisedShape as exc:
-            logger.warning("vllm-ep-kit patch %s: not applied, unrecognised vLLM code: %s",
-                           self.name, exc)
+            logger.warning(
+                "vllm-ep-kit patch %s: not applied, unrecognised vLLM code: %s", self.name, exc
+            )
             return self.status(REFUSED, f"unrecognised vLLM code: {exc}")
         if not present:
             return self.status(NOT_NEEDED, observed)
@@ -96,8 +97,9 @@ class Patch:
             still, after = True, f"probe failed after patching: {exc}"
         if still:
             self.revert()
-            logger.warning("vllm-ep-kit patch %s: fix did not verify (%s); reverted",
-                           self.name, after)
+            logger.warning(
+                "vllm-ep-kit patch %s: fix did not verify (%s); reverted", self.name, after
+            )
             return self.status(REFUSED, f"fix did not verify: {after}")
         logger.info("vllm-ep-kit patch %s applied (%s): %s", self.name, self.upstream, self.summary)
         return self.status(APPLIED, f"{observed}; after patch: {after}")

@@ -42,16 +42,23 @@ def one_sided_initialize_kwargs(manager, shape: WorkspaceShape) -> dict:
     it.  Pass what it accepts.
     """
     accepted = inspect.signature(manager.initialize).parameters
-    values = {"max_num_tokens": shape.max_num_tokens, "top_k": shape.top_k,
-              "num_experts": shape.num_experts, "hidden_size": shape.hidden_size,
-              "x_bytes_per_token": shape.x_bytes_per_token,
-              "x_sf_bytes_per_token": shape.x_sf_bytes_per_token,
-              "extra_payload_bytes_per_token": shape.bytes_beyond(shape.hidden_size * 2)}
-    unknown = [n for n, p in accepted.items()
-               if n not in values and p.default is inspect.Parameter.empty]
+    values = {
+        "max_num_tokens": shape.max_num_tokens,
+        "top_k": shape.top_k,
+        "num_experts": shape.num_experts,
+        "hidden_size": shape.hidden_size,
+        "x_bytes_per_token": shape.x_bytes_per_token,
+        "x_sf_bytes_per_token": shape.x_sf_bytes_per_token,
+        "extra_payload_bytes_per_token": shape.bytes_beyond(shape.hidden_size * 2),
+    }
+    unknown = [
+        n for n, p in accepted.items() if n not in values and p.default is inspect.Parameter.empty
+    ]
     if unknown:
-        raise TypeError(f"{type(manager).__name__}.initialize needs {unknown}, "
-                        "which this vllm-ep-kit does not know how to supply")
+        raise TypeError(
+            f"{type(manager).__name__}.initialize needs {unknown}, "
+            "which this vllm-ep-kit does not know how to supply"
+        )
     return {k: v for k, v in values.items() if k in accepted}
 
 
@@ -63,5 +70,9 @@ def accelerator_stand_ins():
 
     from vllm_ep_kit.patches.base import swapped
 
-    return swapped(torch.accelerator, empty_cache=lambda: None, synchronize=lambda *a: None,
-                   current_device_index=lambda: 0)
+    return swapped(
+        torch.accelerator,
+        empty_cache=lambda: None,
+        synchronize=lambda *a: None,
+        current_device_index=lambda: 0,
+    )

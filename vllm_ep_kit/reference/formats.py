@@ -71,8 +71,9 @@ def _groups(x: torch.Tensor, group: int) -> torch.Tensor:
 def _pad_columns(scale: torch.Tensor, columns: int, fill) -> torch.Tensor:
     if scale.shape[-1] >= columns:
         return scale
-    pad = torch.full((*scale.shape[:-1], columns - scale.shape[-1]), fill, dtype=scale.dtype,
-                     device=scale.device)
+    pad = torch.full(
+        (*scale.shape[:-1], columns - scale.shape[-1]), fill, dtype=scale.dtype, device=scale.device
+    )
     return torch.cat([scale, pad], dim=-1)
 
 
@@ -93,7 +94,7 @@ def _quantize_mxfp8(x: torch.Tensor):
     groups = _groups(x, 32)
     amax = groups.abs().amax(dim=-1)
     # the smallest power of two 2^e with amax / 2^e <= 448; all-zero blocks get 2^-127
-    exponent = torch.ceil(torch.log2(amax.clamp(min=2.0 ** -127) / FP8_MAX)).clamp(-127, 127)
+    exponent = torch.ceil(torch.log2(amax.clamp(min=2.0**-127) / FP8_MAX)).clamp(-127, 127)
     values = (groups / torch.exp2(exponent).unsqueeze(-1)).flatten(-2)
     return values.to(torch.float8_e4m3fn), (exponent + 127).to(torch.uint8)
 
@@ -110,8 +111,9 @@ def _e2m1_table(device) -> torch.Tensor:
     list reads freed memory on replay)."""
     code = torch.arange(8, device=device)
     exponent, mantissa = (code >> 1).float(), (code & 1).float()
-    return torch.where(exponent == 0, 0.5 * mantissa,
-                       torch.exp2(exponent - 1) * (1 + 0.5 * mantissa))
+    return torch.where(
+        exponent == 0, 0.5 * mantissa, torch.exp2(exponent - 1) * (1 + 0.5 * mantissa)
+    )
 
 
 def _quantize_nvfp4(x: torch.Tensor):
@@ -133,17 +135,44 @@ def _dequantize_nvfp4(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return _dequantize_block(values, scale, 16)
 
 
-FORMATS: dict[str, PayloadFormat] = {f.name: f for f in (
-    PayloadFormat("bf16", torch.bfloat16, values_per_byte=0.5),
-    PayloadFormat("fp16", torch.float16, values_per_byte=0.5),
-    PayloadFormat("fp32", torch.float32, values_per_byte=0.25),
-    PayloadFormat("fp8", torch.float8_e4m3fn, 128, torch.float32, 4, 1.0, _quantize_fp8,
-                  lambda x, s: _dequantize_block(x, s, 128)),
-    PayloadFormat("mxfp8", torch.float8_e4m3fn, 32, torch.uint8, 1, 1.0, _quantize_mxfp8,
-                  _dequantize_mxfp8),
-    PayloadFormat("nvfp4", torch.uint8, 16, torch.float8_e4m3fn, 1, 2.0, _quantize_nvfp4,
-                  _dequantize_nvfp4),
-)}
+FORMATS: dict[str, PayloadFormat] = {
+    f.name: f
+    for f in (
+        PayloadFormat("bf16", torch.bfloat16, values_per_byte=0.5),
+        PayloadFormat("fp16", torch.float16, values_per_byte=0.5),
+        PayloadFormat("fp32", torch.float32, values_per_byte=0.25),
+        PayloadFormat(
+            "fp8",
+            torch.float8_e4m3fn,
+            128,
+            torch.float32,
+            4,
+            1.0,
+            _quantize_fp8,
+            lambda x, s: _dequantize_block(x, s, 128),
+        ),
+        PayloadFormat(
+            "mxfp8",
+            torch.float8_e4m3fn,
+            32,
+            torch.uint8,
+            1,
+            1.0,
+            _quantize_mxfp8,
+            _dequantize_mxfp8,
+        ),
+        PayloadFormat(
+            "nvfp4",
+            torch.uint8,
+            16,
+            torch.float8_e4m3fn,
+            1,
+            2.0,
+            _quantize_nvfp4,
+            _dequantize_nvfp4,
+        ),
+    )
+}
 SCALE_FILL = {"fp8": 1.0, "mxfp8": 127, "nvfp4": 1.0}  # padding columns: scale 1
 
 
@@ -195,16 +224,20 @@ def from_wire(name: str, x: torch.Tensor, scale: torch.Tensor | None):
 
 
 def alignment_problem(name: str, hidden: int, alignment: int = 0) -> str:
-    """"" when the kernels can move ``name`` rows of ``hidden`` values, else why not."""
+    """ "" when the kernels can move ``name`` rows of ``hidden`` values, else why not."""
     fmt = FORMATS[name]
     if fmt.quantised and hidden % fmt.group:
         return f"hidden={hidden}: {name} needs a multiple of its {fmt.group}-column blocks"
     if fmt.quantised and alignment and alignment % fmt.group:
         return f"scale_alignment={alignment}: expected a multiple of {fmt.group}"
-    for what, size in (("value", fmt.x_bytes(hidden)),
-                       ("scale", fmt.scale_row_bytes(hidden, alignment))):
+    for what, size in (
+        ("value", fmt.x_bytes(hidden)),
+        ("scale", fmt.scale_row_bytes(hidden, alignment)),
+    ):
         if fmt.quantised and size % ROW_ALIGN:
-            return (f"hidden={hidden}: {name} {what} rows of {size} bytes are not a multiple "
-                    f"of {ROW_ALIGN}, which FlashInfer's two-sided alltoallv needs; pad the "
-                    f"scales (scale_alignment) as vLLM does")
+            return (
+                f"hidden={hidden}: {name} {what} rows of {size} bytes are not a multiple "
+                f"of {ROW_ALIGN}, which FlashInfer's two-sided alltoallv needs; pad the "
+                f"scales (scale_alignment) as vLLM does"
+            )
     return ""

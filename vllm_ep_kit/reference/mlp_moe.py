@@ -25,8 +25,13 @@ from vllm_ep_kit.reference.moe import Tokens, expert_owner, max_error, mismatch
 # measured on an H200 (hidden 512, 64 tokens): max error 0.027 with fp32 weights and
 # 0.024 with these bf16-exact ones, where (2e-2, 2e-2) failed an element; so 3e-2
 # (docs/gpu-validation.md, runs #18 and #19).
-LAYER_TOLERANCE = {"fp32": (1e-4, 1e-4), "tf32": (5e-3, 5e-3), "bf16": (2e-2, 2e-2),
-                   "bf16-fused": (3e-2, 3e-2), "fp8": (6.5e-2, 6.5e-2)}
+LAYER_TOLERANCE = {
+    "fp32": (1e-4, 1e-4),
+    "tf32": (5e-3, 5e-3),
+    "bf16": (2e-2, 2e-2),
+    "bf16-fused": (3e-2, 3e-2),
+    "fp8": (6.5e-2, 6.5e-2),
+}
 
 
 @dataclass(frozen=True)
@@ -45,16 +50,24 @@ class MlpExperts:
         weights holds these very weights and the fp32 reference uses them too.
         """
         gen = torch.Generator().manual_seed(self.seed)
-        w13 = torch.randn(self.num_experts, 2 * self.intermediate, self.hidden,
-                          generator=gen) / self.hidden ** 0.5
-        w2 = torch.randn(self.num_experts, self.hidden, self.intermediate,
-                         generator=gen) / self.intermediate ** 0.5
+        w13 = (
+            torch.randn(self.num_experts, 2 * self.intermediate, self.hidden, generator=gen)
+            / self.hidden**0.5
+        )
+        w2 = (
+            torch.randn(self.num_experts, self.hidden, self.intermediate, generator=gen)
+            / self.intermediate**0.5
+        )
         return w13.bfloat16().float(), w2.bfloat16().float()
 
 
-def mlp_moe_partial(tokens: Tokens, experts: MlpExperts, ep_size: int = 1,
-                    ep_rank: int | None = None, dtype: torch.dtype = torch.float32
-                    ) -> torch.Tensor:
+def mlp_moe_partial(
+    tokens: Tokens,
+    experts: MlpExperts,
+    ep_size: int = 1,
+    ep_rank: int | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """Sum over routed experts owned by ``ep_rank`` (all if None) of weight * f_e(x), fp32 out.
 
     ``dtype`` is the precision the expert matmuls run in (the layer under test
@@ -94,17 +107,25 @@ def softmax_topk(logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.
     return weights / weights.sum(dim=-1, keepdim=True), ids.to(torch.int32)
 
 
-def layer_row(case, out: torch.Tensor, want: torch.Tensor, tolerance: str, start: float,
-              **extra) -> dict:
+def layer_row(
+    case, out: torch.Tensor, want: torch.Tensor, tolerance: str, start: float, **extra
+) -> dict:
     """One case's result row: output rows vs the reference's tokens, error, verdict, time."""
     passed = layer_close(out, want, tolerance)
-    return {"case": case.describe(), "rows": int(out.shape[0]), "tokens": int(want.shape[0]),
-            "max_error": max_error(out, want) if out.shape == want.shape else float("inf"),
-            "passed": passed, **extra, "seconds": time.perf_counter() - start,
-            "mismatch": "" if passed else mismatch(out, want, *LAYER_TOLERANCE[tolerance])}
+    return {
+        "case": case.describe(),
+        "rows": int(out.shape[0]),
+        "tokens": int(want.shape[0]),
+        "max_error": max_error(out, want) if out.shape == want.shape else float("inf"),
+        "passed": passed,
+        **extra,
+        "seconds": time.perf_counter() - start,
+        "mismatch": "" if passed else mismatch(out, want, *LAYER_TOLERANCE[tolerance]),
+    }
 
 
 def layer_close(actual: torch.Tensor, expected: torch.Tensor, dtype: str) -> bool:
     atol, rtol = LAYER_TOLERANCE[dtype]
     return actual.shape == expected.shape and bool(
-        torch.allclose(actual.float(), expected.float(), atol=atol, rtol=rtol))
+        torch.allclose(actual.float(), expected.float(), atol=atol, rtol=rtol)
+    )

@@ -27,8 +27,7 @@ DTYPES = {name: FORMATS[name].value_dtype for name in ("bf16", "fp16", "fp32", "
 # Combine tolerances (atol = rtol) per payload dtype; dispatch must be exact.  fp8
 # payloads (per-token scales) are combined in bf16 and compared with the reference
 # of the *dequantised* inputs, so only the bf16 combine rounds: bf16's tolerance.
-TOLERANCE = {"bf16": 2e-2, "fp16": 2e-3, "fp32": 1e-5, "fp8": 2e-2, "mxfp8": 2e-2,
-             "nvfp4": 2e-2}
+TOLERANCE = {"bf16": 2e-2, "fp16": 2e-3, "fp32": 1e-5, "fp8": 2e-2, "mxfp8": 2e-2, "nvfp4": 2e-2}
 FP8_GROUP = FORMATS["fp8"].group  # fp8 scales per (token, 128 columns), as vLLM's block fp8
 
 
@@ -74,8 +73,10 @@ class RoutingCase:
         return FORMATS[self.dtype].scale_row_bytes(self.hidden, self.scale_alignment)
 
     def describe(self) -> str:
-        return (f"tokens={list(self.tokens)} E={self.num_experts} k={self.top_k} "
-                f"h={self.hidden} {self.dtype}")
+        return (
+            f"tokens={list(self.tokens)} E={self.num_experts} k={self.top_k} "
+            f"h={self.hidden} {self.dtype}"
+        )
 
 
 @dataclass
@@ -92,12 +93,14 @@ class Tokens:
 
     def to(self, device) -> Tokens:
         """The same tokens on ``device`` (a rank's GPU)."""
-        return Tokens(x=self.x.to(device), topk_ids=self.topk_ids.to(device),
-                      topk_weights=self.topk_weights.to(device),
-                      x_scale=None if self.x_scale is None else self.x_scale.to(device))
+        return Tokens(
+            x=self.x.to(device),
+            topk_ids=self.topk_ids.to(device),
+            topk_weights=self.topk_weights.to(device),
+            x_scale=None if self.x_scale is None else self.x_scale.to(device),
+        )
 
-    def wire(self, device) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor,
-                                    torch.Tensor]:
+    def wire(self, device) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
         """(x as it travels, its scales or None, top-k ids, weights) on ``device``.
 
         Quantised rows travel as raw bytes (the all-to-all kernels move bytes)
@@ -121,14 +124,19 @@ def source_tokens(case: RoutingCase, source: int) -> Tokens:
     """The tokens of source ``source`` (a DP rank, or a rank in DP mode)."""
     n = case.tokens[source]
     gen = torch.Generator().manual_seed(case.seed * 1000003 + source)
-    x, x_scale = quantize(case.dtype, torch.randn(n, case.hidden, generator=gen),
-                          case.scale_alignment)
-    ids = torch.stack([torch.randperm(case.num_experts, generator=gen)[: case.top_k]
-                       for _ in range(n)]) if n else torch.empty(0, case.top_k, dtype=torch.long)
+    x, x_scale = quantize(
+        case.dtype, torch.randn(n, case.hidden, generator=gen), case.scale_alignment
+    )
+    ids = (
+        torch.stack(
+            [torch.randperm(case.num_experts, generator=gen)[: case.top_k] for _ in range(n)]
+        )
+        if n
+        else torch.empty(0, case.top_k, dtype=torch.long)
+    )
     weights = torch.rand(n, case.top_k, generator=gen) + 0.1
     weights = weights / weights.sum(dim=1, keepdim=True)
-    return Tokens(x=x, topk_ids=ids.to(torch.int32), topk_weights=weights.float(),
-                  x_scale=x_scale)
+    return Tokens(x=x, topk_ids=ids.to(torch.int32), topk_weights=weights.float(), x_scale=x_scale)
 
 
 def expert_scales(num_experts: int, device=None) -> torch.Tensor:
@@ -143,8 +151,9 @@ def expert_owner(num_experts: int, ep_size: int, device=None) -> torch.Tensor:
     return torch.arange(num_experts, device=device) // (num_experts // ep_size)
 
 
-def moe_partial(tokens: Tokens, num_experts: int, ep_size: int,
-                ep_rank: int | None) -> torch.Tensor:
+def moe_partial(
+    tokens: Tokens, num_experts: int, ep_size: int, ep_rank: int | None
+) -> torch.Tensor:
     """fp32 sum over routed experts owned by ``ep_rank`` (all experts if None).
 
     Runs where ``tokens`` are, over any leading shape (a one-sided receive
@@ -169,10 +178,12 @@ def moe_reference(tokens: Tokens, num_experts: int) -> torch.Tensor:
 
 def concat_tokens(parts: list[Tokens]) -> Tokens:
     scales = [p.x_scale for p in parts]
-    return Tokens(x=torch.cat([p.x for p in parts]),
-                  topk_ids=torch.cat([p.topk_ids for p in parts]),
-                  topk_weights=torch.cat([p.topk_weights for p in parts]),
-                  x_scale=None if any(s is None for s in scales) else torch.cat(scales))
+    return Tokens(
+        x=torch.cat([p.x for p in parts]),
+        topk_ids=torch.cat([p.topk_ids for p in parts]),
+        topk_weights=torch.cat([p.topk_weights for p in parts]),
+        x_scale=None if any(s is None for s in scales) else torch.cat(scales),
+    )
 
 
 def max_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -182,7 +193,7 @@ def max_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 def mismatch(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float) -> str:
-    """"" when close, else torch.testing's account in one line: how many elements differ,
+    """ "" when close, else torch.testing's account in one line: how many elements differ,
     the greatest differences and where (a rank's note says what went wrong, not just that)."""
     try:
         torch.testing.assert_close(actual.float(), expected.float(), atol=atol, rtol=rtol)
@@ -195,4 +206,5 @@ def mismatch(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: fl
 def within_tolerance(actual: torch.Tensor, expected: torch.Tensor, dtype: str) -> bool:
     tol = TOLERANCE[dtype]
     return actual.shape == expected.shape and bool(
-        torch.allclose(actual.float(), expected.float(), atol=tol, rtol=tol))
+        torch.allclose(actual.float(), expected.float(), atol=tol, rtol=tol)
+    )

@@ -95,8 +95,17 @@ class FlashInferKernelEmulator(FlashInferAllocationRecorder):
         class EmulatedMnnvlMoe(recorder_class):
             @staticmethod
             def mnnvl_moe_alltoallv_prepare_without_allgather(
-                    expert_ids, scales, expert_statics, workspace, max_token_count_per_rank,
-                    ep_rank, ep_size, expert_count, slot_count, top_k):
+                expert_ids,
+                scales,
+                expert_statics,
+                workspace,
+                max_token_count_per_rank,
+                ep_rank,
+                ep_size,
+                expert_count,
+                slot_count,
+                top_k,
+            ):
                 comm = emulator._comm_of(workspace)
                 ids = expert_ids.to("cpu", torch.long)
                 n, bound = ids.shape[0], int(max_token_count_per_rank)
@@ -104,14 +113,17 @@ class FlashInferKernelEmulator(FlashInferAllocationRecorder):
                     raise ValueError(f"{n} local tokens > max_token_count_per_rank {bound}")
                 owner = expert_owner(int(expert_count), int(ep_size))
                 owners = owner[ids.clamp(0, int(expert_count) - 1)]
-                sent = [torch.nonzero((owners == r).any(dim=1)).flatten()
-                        for r in range(ep_size)]
+                sent = [torch.nonzero((owners == r).any(dim=1)).flatten() for r in range(ep_size)]
                 # the sender writes slot_count over the ids of experts the target lacks
-                local_only = [torch.where(owners[rows] == r, expert_ids.cpu()[rows],
-                                          int(slot_count)).to(expert_ids.dtype)
-                              for r, rows in enumerate(sent)]
-                everyone = comm.allgather([(local_only[r], scales.cpu()[rows])
-                                           for r, rows in enumerate(sent)])
+                local_only = [
+                    torch.where(owners[rows] == r, expert_ids.cpu()[rows], int(slot_count)).to(
+                        expert_ids.dtype
+                    )
+                    for r, rows in enumerate(sent)
+                ]
+                everyone = comm.allgather(
+                    [(local_only[r], scales.cpu()[rows]) for r, rows in enumerate(sent)]
+                )
                 mine = [everyone[s][ep_rank] for s in range(ep_size)]
                 received = [len(m[0]) for m in mine]
                 total = sum(received)
@@ -134,20 +146,23 @@ class FlashInferKernelEmulator(FlashInferAllocationRecorder):
                 start = 0
                 for s in range(ep_size):
                     part = everyone[s][ep_rank]
-                    out[start: start + len(part)] = part
+                    out[start : start + len(part)] = part
                     start += len(part)
                 emulator.dispatches += 1
                 return out.to(x.device)
 
             @staticmethod
-            def mnnvl_moe_alltoallv_combine(x, alltoall_info, workspace, ep_rank, ep_size,
-                                            top_k, token_count):
+            def mnnvl_moe_alltoallv_combine(
+                x, alltoall_info, workspace, ep_rank, ep_size, top_k, token_count
+            ):
                 route = alltoall_info
                 if token_count != route.local_tokens:
-                    raise ValueError(f"token_count {token_count} != the {route.local_tokens} "
-                                     "tokens prepare routed")
+                    raise ValueError(
+                        f"token_count {token_count} != the {route.local_tokens} "
+                        "tokens prepare routed"
+                    )
                 bounds = [sum(route.received[:s]) for s in range(ep_size + 1)]
-                back = [x.cpu()[bounds[s]: bounds[s + 1]] for s in range(ep_size)]
+                back = [x.cpu()[bounds[s] : bounds[s + 1]] for s in range(ep_size)]
                 everyone = route.comm.allgather(back)
                 total = torch.zeros(token_count, x.shape[1], dtype=torch.float32)
                 for r in range(ep_size):
@@ -161,13 +176,28 @@ class FlashInferKernelEmulator(FlashInferAllocationRecorder):
         emulator = self
 
         class EmulatedMoeAlltoAll:
-            def __init__(self, mapping, max_num_tokens, top_k, num_experts,
-                         workspace_size_per_rank=None, hidden_size=None, mnnvl_config=None,
-                         eplb_stats_num_experts=0, enable_rank_mask=False, **kwargs):
+            def __init__(
+                self,
+                mapping,
+                max_num_tokens,
+                top_k,
+                num_experts,
+                workspace_size_per_rank=None,
+                hidden_size=None,
+                mnnvl_config=None,
+                eplb_stats_num_experts=0,
+                enable_rank_mask=False,
+                **kwargs,
+            ):
                 self.workspace = emulator._record(
-                    "one_sided", mapping, mnnvl_config, max_num_tokens=max_num_tokens,
-                    top_k=top_k, num_experts=num_experts,
-                    workspace_size_per_rank=workspace_size_per_rank)
+                    "one_sided",
+                    mapping,
+                    mnnvl_config,
+                    max_num_tokens=max_num_tokens,
+                    top_k=top_k,
+                    num_experts=num_experts,
+                    workspace_size_per_rank=workspace_size_per_rank,
+                )
                 self.comm = mnnvl_config.comm_backend
                 self.ep_rank, self.ep_size = self.comm.Get_rank(), self.comm.Get_size()
                 self.max_num_tokens, self.top_k = int(max_num_tokens), int(top_k)
@@ -177,30 +207,43 @@ class FlashInferKernelEmulator(FlashInferAllocationRecorder):
                 self._state = None  # (local tokens, tokens sent per target, rows received
                 #                      per source, runtime bound) between dispatch and combine
 
-            def dispatch(self, token_selected_experts, input_payloads,
-                         runtime_max_tokens_per_rank, invalid_token_expert_id=None,
-                         expert_id_payload_index=None, eplb_local_stats=None,
-                         active_rank_mask=None):
+            def dispatch(
+                self,
+                token_selected_experts,
+                input_payloads,
+                runtime_max_tokens_per_rank,
+                invalid_token_expert_id=None,
+                expert_id_payload_index=None,
+                eplb_local_stats=None,
+                active_rank_mask=None,
+            ):
                 if self._state is not None:
                     raise RuntimeError("dispatch called twice without combine")
                 bound = int(runtime_max_tokens_per_rank)
                 ids = token_selected_experts.to("cpu", torch.long)
                 n = ids.shape[0]
                 if not n <= bound <= self.max_num_tokens:
-                    raise ValueError(f"{n} local tokens, runtime bound {bound}, built for "
-                                     f"{self.max_num_tokens}: the kernel would overrun")
+                    raise ValueError(
+                        f"{n} local tokens, runtime bound {bound}, built for "
+                        f"{self.max_num_tokens}: the kernel would overrun"
+                    )
                 if ids.shape[1:] != (self.top_k,):
-                    raise ValueError(f"token_selected_experts {tuple(ids.shape)}: expected "
-                                     f"[tokens, {self.top_k}]")
+                    raise ValueError(
+                        f"token_selected_experts {tuple(ids.shape)}: expected "
+                        f"[tokens, {self.top_k}]"
+                    )
                 if invalid_token_expert_id is not None and expert_id_payload_index is None:
                     raise ValueError("invalid_token_expert_id needs expert_id_payload_index")
                 owners = self.owner[ids.clamp(0, self.num_experts - 1)]
-                sent = [torch.nonzero((owners == r).any(dim=1)).flatten()
-                        for r in range(self.ep_size)]
+                sent = [
+                    torch.nonzero((owners == r).any(dim=1)).flatten() for r in range(self.ep_size)
+                ]
                 outgoing = [[p.cpu()[rows] for p in input_payloads] for rows in sent]
                 everyone = self.comm.allgather(outgoing)
-                received = [len(everyone[s][self.ep_rank][0]) if input_payloads else 0
-                            for s in range(self.ep_size)]
+                received = [
+                    len(everyone[s][self.ep_rank][0]) if input_payloads else 0
+                    for s in range(self.ep_size)
+                ]
                 recv = []
                 for index, payload in enumerate(input_payloads):
                     buf = junk_like((self.ep_size, bound, *payload.shape[1:]), payload.dtype)
@@ -208,33 +251,51 @@ class FlashInferKernelEmulator(FlashInferAllocationRecorder):
                         buf[s, : received[s]] = everyone[s][self.ep_rank][index]
                     if index == expert_id_payload_index and invalid_token_expert_id is not None:
                         for s in range(self.ep_size):
-                            buf[s, received[s]:] = int(invalid_token_expert_id)
+                            buf[s, received[s] :] = int(invalid_token_expert_id)
                     recv.append(buf.to(payload.device))
                 self._state = (n, sent, received, bound)
                 emulator.dispatches += 1
                 return recv
 
-            def get_combine_payload_tensor_in_workspace(self, runtime_max_tokens_per_rank,
-                                                        hidden_size, dtype):
-                return torch.empty(self.ep_size, runtime_max_tokens_per_rank, hidden_size,
-                                   dtype=dtype)
+            def get_combine_payload_tensor_in_workspace(
+                self, runtime_max_tokens_per_rank, hidden_size, dtype
+            ):
+                return torch.empty(
+                    self.ep_size, runtime_max_tokens_per_rank, hidden_size, dtype=dtype
+                )
 
-            def combine(self, payload, runtime_max_tokens_per_rank, payload_in_workspace=False,
-                        output_dtype=None, output_scales=None, output_scalar_scale=1.0,
-                        sf_layout=None, output=None, *, use_low_precision=False,
-                        active_rank_mask=None):
+            def combine(
+                self,
+                payload,
+                runtime_max_tokens_per_rank,
+                payload_in_workspace=False,
+                output_dtype=None,
+                output_scales=None,
+                output_scalar_scale=1.0,
+                sf_layout=None,
+                output=None,
+                *,
+                use_low_precision=False,
+                active_rank_mask=None,
+            ):
                 if self._state is None:
                     raise RuntimeError("combine called before dispatch")
                 n, sent, received, bound = self._state
                 if int(runtime_max_tokens_per_rank) != bound:
-                    raise ValueError(f"combine bound {runtime_max_tokens_per_rank} != "
-                                     f"dispatch bound {bound}")
-                if use_low_precision or output_scales is not None or (
-                        output_dtype not in (None, payload.dtype)):
+                    raise ValueError(
+                        f"combine bound {runtime_max_tokens_per_rank} != dispatch bound {bound}"
+                    )
+                if (
+                    use_low_precision
+                    or output_scales is not None
+                    or (output_dtype not in (None, payload.dtype))
+                ):
                     raise NotImplementedError("emulated combine: unquantised output only")
                 if tuple(payload.shape[:2]) != (self.ep_size, bound):
-                    raise ValueError(f"combine payload {tuple(payload.shape)}: expected "
-                                     f"[{self.ep_size}, {bound}, hidden]")
+                    raise ValueError(
+                        f"combine payload {tuple(payload.shape)}: expected "
+                        f"[{self.ep_size}, {bound}, hidden]"
+                    )
                 back = [payload[s, : received[s]].cpu() for s in range(self.ep_size)]
                 everyone = self.comm.allgather(back)
                 total = torch.zeros(n, payload.shape[-1], dtype=torch.float32)
@@ -243,8 +304,10 @@ class FlashInferKernelEmulator(FlashInferAllocationRecorder):
                 result = total.to(payload.dtype).to(payload.device)
                 if output is not None:
                     if output.shape != result.shape or output.dtype != result.dtype:
-                        raise ValueError(f"output {tuple(output.shape)} {output.dtype}: "
-                                         f"expected {tuple(result.shape)} {result.dtype}")
+                        raise ValueError(
+                            f"output {tuple(output.shape)} {output.dtype}: "
+                            f"expected {tuple(result.shape)} {result.dtype}"
+                        )
                     result = output.copy_(result)
                 self._state = None
                 emulator.combines += 1
@@ -260,14 +323,23 @@ class FlashInferKernelEmulator(FlashInferAllocationRecorder):
         setup = getattr(comm_module, "mnnvl_mapping_and_config", None)
         common = inspect.getmodule(setup) if setup is not None else None
         if common is None or not hasattr(common, "nvlink_platform_supported"):
-            raise RuntimeError(f"{comm_class.__module__}: no mnnvl_mapping_and_config / "
-                               "nvlink_platform_supported, a one-sided communication this "
-                               "emulator does not know")
+            raise RuntimeError(
+                f"{comm_class.__module__}: no mnnvl_mapping_and_config / "
+                "nvlink_platform_supported, a one-sided communication this "
+                "emulator does not know"
+            )
         kernels = importlib.import_module("flashinfer.comm.trtllm_moe_alltoall")
-        return [(kernels, {"MoeAlltoAll": self._one_sided_class(),
-                           "moe_a2a_get_workspace_size_per_rank": self._workspace_size}),
-                (common, {"nvlink_platform_supported": lambda: True}),
-                (comm_class, {"is_platform_supported": classmethod(lambda cls: True)})]
+        return [
+            (
+                kernels,
+                {
+                    "MoeAlltoAll": self._one_sided_class(),
+                    "moe_a2a_get_workspace_size_per_rank": self._workspace_size,
+                },
+            ),
+            (common, {"nvlink_platform_supported": lambda: True}),
+            (comm_class, {"is_platform_supported": classmethod(lambda cls: True)}),
+        ]
 
 
 def _blocks(recv: list[torch.Tensor], ids_index: int, num_experts: int) -> list[Counter]:
@@ -279,8 +351,9 @@ def _blocks(recv: list[torch.Tensor], ids_index: int, num_experts: int) -> list[
         valid = ((ids[s] >= 0) & (ids[s] < num_experts)).any(dim=1)
         rows = Counter({"invalid": int((~valid).sum())})
         for t in torch.nonzero(valid).flatten().tolist():
-            rows[tuple(bytes(p[s, t].cpu().contiguous().view(torch.uint8).numpy())
-                       for p in recv)] += 1
+            rows[
+                tuple(bytes(p[s, t].cpu().contiguous().view(torch.uint8).numpy()) for p in recv)
+            ] += 1
         out.append(rows)
     return out
 
@@ -290,10 +363,12 @@ def _comparison_row(case, seen: dict, combined: dict) -> dict:
     combined outputs side by side."""
     from vllm_ep_kit.reference.moe import max_error
 
-    return {"case": case.describe(),
-            "same_rows": seen["kernels"] == seen["emulator"],
-            "invalid_rows": [b["invalid"] for b in seen["kernels"]],
-            "combine_difference": max_error(combined["kernels"], combined["emulator"])}
+    return {
+        "case": case.describe(),
+        "same_rows": seen["kernels"] == seen["emulator"],
+        "invalid_rows": [b["invalid"] for b in seen["kernels"]],
+        "combine_difference": max_error(combined["kernels"], combined["emulator"]),
+    }
 
 
 def rank_emulator_vs_kernels(ctx, cases) -> list[dict]:
@@ -312,20 +387,33 @@ def rank_emulator_vs_kernels(ctx, cases) -> list[dict]:
         transport.prepare(case)  # FlashInfer's MoeAlltoAll for the case: transport.a2a
         world, rank, bound = transport.world, transport.rank, transport.max_tokens
         real = transport.a2a
-        fake = emulated_class(transport.mapping(moe_ep_size=world), bound, case.top_k,
-                              case.num_experts, workspace_size(case, world),
-                              mnnvl_config=transport.mnnvl_config())
+        fake = emulated_class(
+            transport.mapping(moe_ep_size=world),
+            bound,
+            case.top_k,
+            case.num_experts,
+            workspace_size(case, world),
+            mnnvl_config=transport.mnnvl_config(),
+        )
         x, scale, ids, w = source_tokens(case, rank).wire(transport.device)
         payloads = [x, *([scale] if scale is not None else []), ids, w]
         id_index = len(payloads) - 2
         seen, combined = {}, {}
         for name, a2a in (("kernels", real), ("emulator", fake)):
-            recv = [t.clone() for t in a2a.dispatch(ids, payloads, bound,
-                                                    invalid_token_expert_id=-1,
-                                                    expert_id_payload_index=id_index)]
+            recv = [
+                t.clone()
+                for t in a2a.dispatch(
+                    ids,
+                    payloads,
+                    bound,
+                    invalid_token_expert_id=-1,
+                    expert_id_payload_index=id_index,
+                )
+            ]
             seen[name] = _blocks(recv, id_index, case.num_experts)
-            got = received(recv[0], recv[1] if scale is not None else None, recv[-2],
-                           recv[-1], case)
+            got = received(
+                recv[0], recv[1] if scale is not None else None, recv[-2], recv[-1], case
+            )
             partial = moe_partial(got, case.num_experts, world, rank).to(case.combine_dtype)
             combined[name] = a2a.combine(partial.nan_to_num(0.0), bound)[: x.shape[0]].clone()
             ctx.heartbeat()
@@ -358,8 +446,10 @@ def rank_two_sided_emulator_vs_kernels(ctx, cases) -> list[dict]:
     transport = DIRECT.transport_class()(ctx, DIRECT)
     fake = FlashInferKernelEmulator()._two_sided_class()
     config = transport.mnnvl_config()
-    fake_workspaces = (fake.get_moe_workspaces(transport.mapping(), config),
-                       fake.get_moe_prepare_workspace(transport.mapping(), config))
+    fake_workspaces = (
+        fake.get_moe_workspaces(transport.mapping(), config),
+        fake.get_moe_prepare_workspace(transport.mapping(), config),
+    )
     results = []
     for case in cases:
         transport.prepare(case)
@@ -367,24 +457,46 @@ def rank_two_sided_emulator_vs_kernels(ctx, cases) -> list[dict]:
         x, scale, ids, w = source_tokens(case, rank).wire(transport.device)
         seen, combined = {}, {}
         for name, moe, (workspace, prepare_workspace) in (
-                ("kernels", MnnvlMoe, (transport.workspace, transport.prepare_workspace)),
-                ("emulator", fake, fake_workspaces)):
+            ("kernels", MnnvlMoe, (transport.workspace, transport.prepare_workspace)),
+            ("emulator", fake, fake_workspaces),
+        ):
             info, got_ids, got_w, _ = moe.mnnvl_moe_alltoallv_prepare_without_allgather(
-                ids, w, None, prepare_workspace, bound, rank, world, case.num_experts,
-                case.num_experts, case.top_k)
+                ids,
+                w,
+                None,
+                prepare_workspace,
+                bound,
+                rank,
+                world,
+                case.num_experts,
+                case.num_experts,
+                case.top_k,
+            )
             got_x = moe.mnnvl_moe_alltoallv(x, info, workspace, rank, world).clone()
-            got_s = None if scale is None else \
-                moe.mnnvl_moe_alltoallv(scale, info, workspace, rank, world).clone()
+            got_s = (
+                None
+                if scale is None
+                else moe.mnnvl_moe_alltoallv(scale, info, workspace, rank, world).clone()
+            )
             rows = got_x.shape[0]
-            recv = [got_x, *([got_s] if got_s is not None else []), got_ids[:rows].clone(),
-                    got_w[:rows].view(torch.float32).clone()]
-            seen[name] = _blocks([t.unsqueeze(0) for t in recv], len(recv) - 2,
-                                 case.num_experts)
+            recv = [
+                got_x,
+                *([got_s] if got_s is not None else []),
+                got_ids[:rows].clone(),
+                got_w[:rows].view(torch.float32).clone(),
+            ]
+            seen[name] = _blocks([t.unsqueeze(0) for t in recv], len(recv) - 2, case.num_experts)
             got = received(recv[0], got_s, recv[-2], recv[-1], case)
             partial = moe_partial(got, case.num_experts, world, rank).to(case.combine_dtype)
             combined[name] = moe.mnnvl_moe_alltoallv_combine(
-                partial.nan_to_num(0.0), info, workspace, ep_rank=rank, ep_size=world,
-                top_k=case.top_k, token_count=x.shape[0]).clone()
+                partial.nan_to_num(0.0),
+                info,
+                workspace,
+                ep_rank=rank,
+                ep_size=world,
+                top_k=case.top_k,
+                token_count=x.shape[0],
+            ).clone()
             ctx.heartbeat()
         torch.cuda.synchronize()
         results.append(_comparison_row(case, seen, combined))

@@ -53,12 +53,19 @@ class FlashInferAllocationRecorder:
         comm = config.comm_backend
         members = comm.allgather(dist.get_rank())
         rows = comm.Get_size()
-        self.allocations.append(Allocation(
-            kind=kind, comm_size=comm.Get_size(), group_ranks=list(members),
-            mapping_world_size=int(mapping.world_size),
-            mapping_ep_extent=int(mapping.moe_ep_size if kind == "one_sided"
-                                  else mapping.tp_size),
-            rows=rows, details=details))
+        self.allocations.append(
+            Allocation(
+                kind=kind,
+                comm_size=comm.Get_size(),
+                group_ranks=list(members),
+                mapping_world_size=int(mapping.world_size),
+                mapping_ep_extent=int(
+                    mapping.moe_ep_size if kind == "one_sided" else mapping.tp_size
+                ),
+                rows=rows,
+                details=details,
+            )
+        )
         return torch.zeros(rows, WORKSPACE_WORDS, dtype=torch.int64)
 
     def _two_sided_class(self):
@@ -79,27 +86,52 @@ class FlashInferAllocationRecorder:
         recorder = self
 
         class RecordingMoeAlltoAll:
-            def __init__(self, mapping, max_num_tokens, top_k, num_experts,
-                         workspace_size_per_rank, mnnvl_config=None, **kwargs):
+            def __init__(
+                self,
+                mapping,
+                max_num_tokens,
+                top_k,
+                num_experts,
+                workspace_size_per_rank,
+                mnnvl_config=None,
+                **kwargs,
+            ):
                 self.workspace = recorder._record(
-                    "one_sided", mapping, mnnvl_config, max_num_tokens=max_num_tokens,
-                    top_k=top_k, num_experts=num_experts,
-                    workspace_size_per_rank=workspace_size_per_rank)
+                    "one_sided",
+                    mapping,
+                    mnnvl_config,
+                    max_num_tokens=max_num_tokens,
+                    top_k=top_k,
+                    num_experts=num_experts,
+                    workspace_size_per_rank=workspace_size_per_rank,
+                )
 
             def dispatch(self, *args, **kwargs):
                 raise NotImplementedError("allocation recorder: no FlashInfer kernels here")
 
-            def combine(self, payload, runtime_max_tokens_per_rank, output=None,
-                        use_low_precision=False):
+            def combine(
+                self, payload, runtime_max_tokens_per_rank, output=None, use_low_precision=False
+            ):
                 raise NotImplementedError("allocation recorder: no FlashInfer kernels here")
 
         return RecordingMoeAlltoAll
 
-    def _workspace_size(self, ep_size, max_num_tokens, total_dispatch_payload_size_per_token,
-                        combine_payload_size_per_token, *args, **kwargs) -> int:
+    def _workspace_size(
+        self,
+        ep_size,
+        max_num_tokens,
+        total_dispatch_payload_size_per_token,
+        combine_payload_size_per_token,
+        *args,
+        **kwargs,
+    ) -> int:
         self.size_queries.append(int(ep_size))
-        return workspace_bytes(ep_size, max_num_tokens, total_dispatch_payload_size_per_token,
-                               combine_payload_size_per_token)
+        return workspace_bytes(
+            ep_size,
+            max_num_tokens,
+            total_dispatch_payload_size_per_token,
+            combine_payload_size_per_token,
+        )
 
     def _moe_ep_classes(self, moe_ep):
         """``create_communication`` and the class vLLM 0.33 asserts it returns, recording."""
@@ -111,12 +143,18 @@ class FlashInferAllocationRecorder:
                 self.params, self.config, self.bootstrap = params, config, bootstrap
                 mapping = _BootstrapMapping(bootstrap)
                 self.workspace = recorder._record(
-                    "one_sided", mapping, config, max_num_tokens=params.max_tokens_per_rank,
-                    top_k=params.top_k, num_experts=params.num_experts,
+                    "one_sided",
+                    mapping,
+                    config,
+                    max_num_tokens=params.max_tokens_per_rank,
+                    top_k=params.top_k,
+                    num_experts=params.num_experts,
                     hidden_size=params.hidden_size,
                     extra_payload_bytes_per_token=config.extra_payload_bytes_per_token,
-                    dispatch_bytes_per_token=(params.dispatch_bytes_per_token
-                                              + config.extra_payload_bytes_per_token))
+                    dispatch_bytes_per_token=(
+                        params.dispatch_bytes_per_token + config.extra_payload_bytes_per_token
+                    ),
+                )
 
             def destroy(self):
                 self.workspace = None
@@ -129,22 +167,25 @@ class FlashInferAllocationRecorder:
         def create_communication(bootstrap, params, backend, **options):
             return RecordingNVLinkOneSidedAlltoAll(bootstrap, params, backend)
 
-        return {"NVLinkOneSidedAlltoAll": RecordingNVLinkOneSidedAlltoAll,
-                "create_communication": create_communication}
+        return {
+            "NVLinkOneSidedAlltoAll": RecordingNVLinkOneSidedAlltoAll,
+            "create_communication": create_communication,
+        }
 
     def replacements(self) -> list[tuple[object, dict[str, object]]]:
         """(module, {name: stand-in}) for every place the installed managers look up."""
         from vllm.distributed.device_communicators import all2all
 
         two_sided = {"MnnvlMoe": self._two_sided_class()}
-        legacy_one_sided = {"MoeAlltoAll": self._one_sided_class(),
-                            "moe_a2a_get_workspace_size_per_rank": self._workspace_size}
+        legacy_one_sided = {
+            "MoeAlltoAll": self._one_sided_class(),
+            "moe_a2a_get_workspace_size_per_rank": self._workspace_size,
+        }
         places = []
         if hasattr(all2all, "MnnvlMoe"):  # imported into vLLM's module (vLLM <= 0.32)
             places.append((all2all, two_sided))
         else:  # imported at initialise time from FlashInfer
-            places.append((importlib.import_module("flashinfer.comm.trtllm_alltoall"),
-                           two_sided))
+            places.append((importlib.import_module("flashinfer.comm.trtllm_alltoall"), two_sided))
         if hasattr(all2all, "MoeAlltoAll"):
             places.append((all2all, legacy_one_sided))
         else:
@@ -156,8 +197,10 @@ class FlashInferAllocationRecorder:
                     f"not import ({exc}): a one-sided manager this recorder does not know"
                 ) from exc
             if not hasattr(moe_ep, "create_communication"):
-                raise RuntimeError("flashinfer.moe_ep has no create_communication: a "
-                                   "one-sided manager this recorder does not know")
+                raise RuntimeError(
+                    "flashinfer.moe_ep has no create_communication: a "
+                    "one-sided manager this recorder does not know"
+                )
             places.extend(self._moe_ep_places(moe_ep))
         return places
 
@@ -180,13 +223,17 @@ class FlashInferAllocationRecorder:
             yield self
 
 
-def workspace_bytes(ep_size, max_num_tokens, dispatch_bytes_per_token,
-                    combine_bytes_per_token) -> int:
+def workspace_bytes(
+    ep_size, max_num_tokens, dispatch_bytes_per_token, combine_bytes_per_token
+) -> int:
     """The stand-in's per-rank workspace size for FlashInfer's ``MoeAlltoAll``: every EP
     rank's tokens, dispatch and combine payloads (FlashInfer adds alignment; the stand-in
     need not)."""
-    return (int(ep_size) * int(max_num_tokens)
-            * (int(dispatch_bytes_per_token) + int(combine_bytes_per_token)))
+    return (
+        int(ep_size)
+        * int(max_num_tokens)
+        * (int(dispatch_bytes_per_token) + int(combine_bytes_per_token))
+    )
 
 
 def one_sided_shortfalls(alloc: Allocation, shape) -> list[str]:
@@ -201,8 +248,9 @@ def one_sided_shortfalls(alloc: Allocation, shape) -> list[str]:
         short.append(f"max_num_tokens {have['max_num_tokens']} < {shape.max_num_tokens}")
     dispatch = shape.x_bytes_per_token + shape.x_sf_bytes_per_token
     if "workspace_size_per_rank" in have:  # MoeAlltoAll: one byte count per rank
-        need = workspace_bytes(alloc.rows, shape.max_num_tokens, dispatch + shape.top_k * 8,
-                               shape.hidden_size * 2)
+        need = workspace_bytes(
+            alloc.rows, shape.max_num_tokens, dispatch + shape.top_k * 8, shape.hidden_size * 2
+        )
         if have["workspace_size_per_rank"] < need:
             short.append(f"workspace {have['workspace_size_per_rank']} B per rank < {need} B")
         return short
@@ -231,11 +279,16 @@ def growth_findings(steps: list[dict]) -> list[str]:
         for earlier in steps[: index + 1]:
             short = one_sided_shortfalls(newest, earlier["shape"])
             if short:
-                findings.append(f"after {step['label']}: the workspace no longer holds "
-                                f"{earlier['label']} ({'; '.join(short)})")
+                findings.append(
+                    f"after {step['label']}: the workspace no longer holds "
+                    f"{earlier['label']} ({'; '.join(short)})"
+                )
         before = steps[index - 1]["allocations"] if index else []
-        if (before and len(made) > len(before)
-                and not one_sided_shortfalls(before[-1], step["shape"])):
+        if (
+            before
+            and len(made) > len(before)
+            and not one_sided_shortfalls(before[-1], step["shape"])
+        ):
             findings.append(f"{step['label']}: re-allocated although the workspace held it")
     return findings
 
@@ -261,12 +314,17 @@ def workspace_group_findings(allocations: list[Allocation], ep_ranks: list[int])
     ep_size = len(ep_ranks)
     for alloc in allocations:
         if alloc.group_ranks != ep_ranks:
-            findings.append(f"{alloc.kind}: MNNVL communicator spans ranks {alloc.group_ranks}, "
-                            f"the EP group is {ep_ranks}")
+            findings.append(
+                f"{alloc.kind}: MNNVL communicator spans ranks {alloc.group_ranks}, "
+                f"the EP group is {ep_ranks}"
+            )
         if alloc.rows != ep_size:
-            findings.append(f"{alloc.kind}: workspace has {alloc.rows} rows, the kernel "
-                            f"asserts one per EP rank ({ep_size})")
+            findings.append(
+                f"{alloc.kind}: workspace has {alloc.rows} rows, the kernel "
+                f"asserts one per EP rank ({ep_size})"
+            )
         if alloc.mapping_ep_extent != ep_size:
-            findings.append(f"{alloc.kind}: Mapping spans {alloc.mapping_ep_extent} ranks, "
-                            f"EP size is {ep_size}")
+            findings.append(
+                f"{alloc.kind}: Mapping spans {alloc.mapping_ep_extent} ranks, EP size is {ep_size}"
+            )
     return findings

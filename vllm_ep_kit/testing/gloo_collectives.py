@@ -47,7 +47,7 @@ def make_gloo_communicator(group):
             padded[: tensor.shape[0]] = tensor
             parts = [torch.empty_like(padded) for _ in range(world)]
             dist.all_gather(parts, padded, group=self.device_group)
-            return torch.cat([part[:n] for part, n in zip(parts, sizes)])
+            return torch.cat([part[:n] for part, n in zip(parts, sizes, strict=True)])
 
         def reduce_scatterv(self, input_, dim=-1, sizes=None):
             if dim < 0:
@@ -59,10 +59,14 @@ def make_gloo_communicator(group):
             total = input_.float().clone() if input_.dtype == torch.bfloat16 else input_.clone()
             dist.all_reduce(total, group=self.device_group)
             start = sum(sizes[: self.rank_in_group])
-            return total[start: start + sizes[self.rank_in_group]].to(input_.dtype)
+            return total[start : start + sizes[self.rank_in_group]].to(input_.dtype)
 
-    return GlooVCommunicator(cpu_group=group.cpu_group, device=torch.device("cpu"),
-                             device_group=group.device_group, unique_name=group.unique_name)
+    return GlooVCommunicator(
+        cpu_group=group.cpu_group,
+        device=torch.device("cpu"),
+        device_group=group.device_group,
+        unique_name=group.unique_name,
+    )
 
 
 def ensure_v_collectives(group) -> bool:

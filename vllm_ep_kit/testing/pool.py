@@ -38,9 +38,10 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from vllm_ep_kit.layout import ParallelLayout
 from vllm_ep_kit.testing import proctree
@@ -82,6 +83,7 @@ class PoolKey:
 
 # ----------------------------------------------------------------------------- rank side
 
+
 def _isolation_check(ctx: RankContext, before: dict) -> dict:
     """Local half of the check: the world group is intact, no vLLM state is left and
     vLLM's code is as the task found it.  Returns the snapshot for the next task."""
@@ -95,14 +97,16 @@ def _isolation_check(ctx: RankContext, before: dict) -> dict:
         from vllm.distributed import parallel_state as ps
 
         if ps.model_parallel_is_initialized() or ps._WORLD is not None:
-            raise RuntimeError("the task left vLLM's parallel state built (the next task "
-                               "would inherit its groups)")
+            raise RuntimeError(
+                "the task left vLLM's parallel state built (the next task would inherit its groups)"
+            )
     after = vllm_isolation.snapshot()
     changed = vllm_isolation.changes(before, after)
     if changed:
-        raise RuntimeError("the task changed vLLM's code and left it changed (the next task "
-                           "would run it; restore it, e.g. with patches.base.swapped): "
-                           + "; ".join(changed[:5]))
+        raise RuntimeError(
+            "the task changed vLLM's code and left it changed (the next task "
+            "would run it; restore it, e.g. with patches.base.swapped): " + "; ".join(changed[:5])
+        )
     return after
 
 
@@ -121,8 +125,15 @@ def pool_rank_main(spec: RankSpec, conn) -> None:
     """A pooled rank: set up once, then run tasks from ``conn`` until told to stop."""
     ctx = prepare_rank_process(spec)
     try:
-        init_world(spec.backend, spec.rank, spec.world_size, spec.master_addr,
-                   spec.master_port, spec.timeout_s, ctx.local_rank)
+        init_world(
+            spec.backend,
+            spec.rank,
+            spec.world_size,
+            spec.master_addr,
+            spec.master_port,
+            spec.timeout_s,
+            ctx.local_rank,
+        )
         from vllm_ep_kit.testing.vllm_isolation import snapshot
 
         code = snapshot()
@@ -167,6 +178,7 @@ def pool_rank_main(spec: RankSpec, conn) -> None:
 
 # ----------------------------------------------------------------------------- parent side
 
+
 class PoolBroken(RuntimeError):
     """The pool was torn down; make a new one."""
 
@@ -189,15 +201,32 @@ class RankPool:
         self.run_id = proctree.new_run_id()
         try:
             for rank in range(key.world_size):
-                spec = RankSpec(fn=None, args=(), kwargs={}, rank=rank,
-                                world_size=key.world_size, workdir=str(self._workdir),
-                                backend=key.backend, master_addr=self._rendezvous.host,
-                                master_port=self._rendezvous.port,
-                                timeout_s=max(start_timeout_s, 60.0), env=child_env,
-                                run_id=self.run_id, parent_pid=os.getpid())
+                spec = RankSpec(
+                    fn=None,
+                    args=(),
+                    kwargs={},
+                    rank=rank,
+                    world_size=key.world_size,
+                    workdir=str(self._workdir),
+                    backend=key.backend,
+                    master_addr=self._rendezvous.host,
+                    master_port=self._rendezvous.port,
+                    timeout_s=max(start_timeout_s, 60.0),
+                    env=child_env,
+                    run_id=self.run_id,
+                    parent_pid=os.getpid(),
+                )
                 parent_end, child_end = ctx.Pipe()
-                self._live.append(spawn_rank(ctx, pool_rank_main, (spec, child_end), rank,
-                                             self._workdir, f"pool-rank{rank}"))
+                self._live.append(
+                    spawn_rank(
+                        ctx,
+                        pool_rank_main,
+                        (spec, child_end),
+                        rank,
+                        self._workdir,
+                        f"pool-rank{rank}",
+                    )
+                )
                 child_end.close()
                 self._conns.append(parent_end)
             self._await("ready", start_timeout_s, grace_s=30.0)
@@ -214,9 +243,16 @@ class RankPool:
         """Every rank process still running (something outside may have killed one)."""
         return not self.closed and all(item.proc.exitcode is None for item in self._live)
 
-    def run(self, fn: Callable[..., Any], *args, layout: ParallelLayout | None = None,
-            all2all_backend: str | None = None, timeout_s: float = 300.0,
-            failure_grace_s: float = 30.0, **kwargs) -> list[Any]:
+    def run(
+        self,
+        fn: Callable[..., Any],
+        *args,
+        layout: ParallelLayout | None = None,
+        all2all_backend: str | None = None,
+        timeout_s: float = 300.0,
+        failure_grace_s: float = 30.0,
+        **kwargs,
+    ) -> list[Any]:
         """``fn(ctx, *args, **kwargs)`` on every rank; values, or RankFailures (pool closed).
 
         With ``layout``, inside vLLM's parallel state built for this task only.
@@ -224,8 +260,10 @@ class RankPool:
         if self.closed:
             raise PoolBroken("this pool was torn down")
         if layout is not None and layout.world_size != self.key.world_size:
-            raise ValueError(f"layout={layout.describe()} needs {layout.world_size} ranks, "
-                             f"this pool has {self.key.world_size}")
+            raise ValueError(
+                f"layout={layout.describe()} needs {layout.world_size} ranks, "
+                f"this pool has {self.key.world_size}"
+            )
         task_id = next(self._ids)
         for conn in self._conns:
             conn.send(("task", task_id, fn, args, kwargs, layout, all2all_backend))
@@ -253,8 +291,9 @@ class RankPool:
         while len(got) < len(self._live):
             waiting = [i for i in range(len(self._live)) if i not in got]
             ready = multiprocessing.connection.wait(
-                [self._conns[i] for i in waiting] + [self._live[i].proc.sentinel
-                                                     for i in waiting], timeout=POLL_S)
+                [self._conns[i] for i in waiting] + [self._live[i].proc.sentinel for i in waiting],
+                timeout=POLL_S,
+            )
             for i in waiting:
                 item, conn = self._live[i], self._conns[i]
                 if conn in ready or conn.poll():
@@ -293,9 +332,11 @@ class RankPool:
             report.outcome = got.get(i)
         failing = order_failures(reports)
         shutil.rmtree(self._workdir, ignore_errors=True)
-        raise RankFailures(format_failures(failing, self.key.world_size, self.key.backend)
-                           + f"\n(the rank pool for {describe(self.key)} was torn down)",
-                           failing)
+        raise RankFailures(
+            format_failures(failing, self.key.world_size, self.key.backend)
+            + f"\n(the rank pool for {describe(self.key)} was torn down)",
+            failing,
+        )
 
     def close(self, keep_workdir: bool = False) -> None:
         """Stop the ranks (politely, then by killing their process groups); idempotent."""
@@ -329,9 +370,16 @@ def describe(key: PoolKey) -> str:
 _POOLS: dict[PoolKey, RankPool] = {}
 
 
-def pooled_run(fn: Callable[..., Any], key: PoolKey, args: tuple, kwargs: dict,
-               timeout_s: float, failure_grace_s: float, layout: ParallelLayout | None = None,
-               all2all_backend: str | None = None) -> list[Any]:
+def pooled_run(
+    fn: Callable[..., Any],
+    key: PoolKey,
+    args: tuple,
+    kwargs: dict,
+    timeout_s: float,
+    failure_grace_s: float,
+    layout: ParallelLayout | None = None,
+    all2all_backend: str | None = None,
+) -> list[Any]:
     """Run on the pool for ``key``, starting one if there is none, it was torn down, or one
     of its ranks died between tasks (killed from outside: not the next task's failure)."""
     pool = _POOLS.get(key)
@@ -341,8 +389,15 @@ def pooled_run(fn: Callable[..., Any], key: PoolKey, args: tuple, kwargs: dict,
     if pool is None:
         pool = _POOLS[key] = RankPool(key, start_timeout_s=max(timeout_s, 60.0))
     try:
-        return pool.run(fn, *args, layout=layout, all2all_backend=all2all_backend,
-                        timeout_s=timeout_s, failure_grace_s=failure_grace_s, **kwargs)
+        return pool.run(
+            fn,
+            *args,
+            layout=layout,
+            all2all_backend=all2all_backend,
+            timeout_s=timeout_s,
+            failure_grace_s=failure_grace_s,
+            **kwargs,
+        )
     finally:
         if pool.closed:
             _POOLS.pop(key, None)

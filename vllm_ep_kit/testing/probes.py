@@ -36,6 +36,7 @@ class Probe:
 
 # --------------------------------------------------------------------------- versions
 
+
 def package_version(dist_name: str) -> str | None:
     try:
         return importlib.metadata.version(dist_name)
@@ -63,8 +64,9 @@ def versions() -> dict[str, str | None]:
         "vllm-ep-kit": own_version(),
         "torch": package_version("torch"),
         "vllm": package_version("vllm") or vllm().data.get("version"),
-        "flashinfer-python": (package_version("flashinfer-python")
-                              or flashinfer_comm().data.get("version")),
+        "flashinfer-python": (
+            package_version("flashinfer-python") or flashinfer_comm().data.get("version")
+        ),
     }
     try:
         import torch
@@ -79,6 +81,7 @@ def versions() -> dict[str, str | None]:
 
 # --------------------------------------------------------------------------- GPUs
 
+
 @functools.cache
 def gpus() -> Probe:
     """GPU count and names through NVML (no CUDA context)."""
@@ -92,8 +95,10 @@ def gpus() -> Probe:
         return Probe("gpus", False, f"no NVIDIA driver ({exc})", {"count": 0})
     try:
         count = pynvml.nvmlDeviceGetCount()
-        names = [_str(pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i)))
-                 for i in range(count)]
+        names = [
+            _str(pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i)))
+            for i in range(count)
+        ]
         driver = _str(pynvml.nvmlSystemGetDriverVersion())
     finally:
         pynvml.nvmlShutdown()
@@ -140,8 +145,10 @@ def nvlink() -> Probe:
     peers = _peer_access_matrix(count)
     all_peer = all(peers[i][j] for i in range(count) for j in range(count) if i != j)
     ok = all(n > 0 for n in links.values()) and all_peer
-    detail = (f"active NVLinks per GPU {links}; peer access between all pairs: "
-              f"{'yes' if all_peer else 'no'}")
+    detail = (
+        f"active NVLinks per GPU {links}; peer access between all pairs: "
+        f"{'yes' if all_peer else 'no'}"
+    )
     return Probe("nvlink", ok, detail, {"links": links, "peer_access": peers})
 
 
@@ -185,25 +192,33 @@ def mnnvl_handles() -> Probe:
         return Probe("mnnvl_handles", False, "no GPU visible", {})
     drv = _cuda_driver()
     if drv is None:
-        return Probe("mnnvl_handles", False,
-                     "cuda-bindings missing or cuInit failed: cannot query handle types", {})
+        return Probe(
+            "mnnvl_handles",
+            False,
+            "cuda-bindings missing or cuInit failed: cannot query handle types",
+            {},
+        )
     attr = drv.CUdevice_attribute
     dev = _dev(drv, 0)
     found = {}
-    for key, name in (("fabric", "CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_FABRIC_SUPPORTED"),
-                      ("posix_fd",
-                       "CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED")):
+    for key, name in (
+        ("fabric", "CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_FABRIC_SUPPORTED"),
+        ("posix_fd", "CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED"),
+    ):
         err, value = drv.cuDeviceGetAttribute(getattr(attr, name), dev)
         found[key] = bool(value) and int(err) == 0
     ok = found["fabric"] or found["posix_fd"]
-    detail = (f"fabric handles: {'yes' if found['fabric'] else 'no'}; "
-              f"POSIX-fd handles: {'yes' if found['posix_fd'] else 'no'}")
+    detail = (
+        f"fabric handles: {'yes' if found['fabric'] else 'no'}; "
+        f"POSIX-fd handles: {'yes' if found['posix_fd'] else 'no'}"
+    )
     if not found["fabric"] and found["posix_fd"]:
         detail += " (same-host exchange of POSIX fds: see handle_exchange)"
     return Probe("mnnvl_handles", ok, detail, found)
 
 
 # --------------------------------------------------------------------------- ptrace
+
 
 def _cap_eff() -> int:
     with open("/proc/self/status") as status:
@@ -221,18 +236,18 @@ def _yama_scope() -> str:
         return "n/a"
 
 
-_GETFD_CHILD = r"""
+_GETFD_CHILD = rf"""
 import ctypes, os, sys
 libc = ctypes.CDLL(None, use_errno=True)
 pid = int(sys.argv[1])
-pidfd = libc.syscall(%d, pid, 0)
+pidfd = libc.syscall({SYS_PIDFD_OPEN}, pid, 0)
 if pidfd < 0:
     print("pidfd_open", os.strerror(ctypes.get_errno())); sys.exit(2)
-fd = libc.syscall(%d, pidfd, 0, 0)
+fd = libc.syscall({SYS_PIDFD_GETFD}, pidfd, 0, 0)
 if fd < 0:
     print("pidfd_getfd", os.strerror(ctypes.get_errno())); sys.exit(3)
 print("ok")
-""" % (SYS_PIDFD_OPEN, SYS_PIDFD_GETFD)
+"""
 
 
 @functools.cache
@@ -249,17 +264,23 @@ def ptrace() -> Probe:
         return Probe("ptrace", False, "pidfd_getfd needs Linux", data)
     sibling = subprocess.Popen(["sleep", "30"], stdin=subprocess.PIPE)
     try:
-        result = subprocess.run([sys.executable, "-c", _GETFD_CHILD, str(sibling.pid)],
-                                capture_output=True, text=True, timeout=30)
+        result = subprocess.run(
+            [sys.executable, "-c", _GETFD_CHILD, str(sibling.pid)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     finally:
         sibling.kill()
         sibling.wait()
     works = result.returncode == 0
     data["pidfd_getfd"] = works
     reason = result.stdout.strip() or result.stderr.strip()[-200:]
-    detail = (f"CAP_SYS_PTRACE {'present' if has_cap else 'missing'}; "
-              f"yama ptrace_scope {data['yama_ptrace_scope']}; pidfd_getfd between "
-              f"siblings {'works' if works else 'fails: ' + reason}")
+    detail = (
+        f"CAP_SYS_PTRACE {'present' if has_cap else 'missing'}; "
+        f"yama ptrace_scope {data['yama_ptrace_scope']}; pidfd_getfd between "
+        f"siblings {'works' if works else 'fails: ' + reason}"
+    )
     return Probe("ptrace", works, detail, data)
 
 
@@ -299,8 +320,11 @@ def flashinfer_fd_exchange() -> str | None:
     with open(source, encoding="utf-8", errors="replace") as f:
         tree = ast.parse(f.read(), source)
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and (node.module or "").endswith("fd_exchange") \
-                and any(alias.name == "exchange_fds" for alias in node.names):
+        if (
+            isinstance(node, ast.ImportFrom)
+            and (node.module or "").endswith("fd_exchange")
+            and any(alias.name == "exchange_fds" for alias in node.names)
+        ):
             return "scm_rights"
     return "pidfd_getfd"
 
@@ -311,9 +335,13 @@ def _scm_rights_works() -> tuple[bool, str]:
 
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        child = subprocess.run([sys.executable, "-c", _SCM_RIGHTS_CHILD, str(theirs.fileno())],
-                               pass_fds=(theirs.fileno(),), capture_output=True, text=True,
-                               timeout=30)
+        child = subprocess.run(
+            [sys.executable, "-c", _SCM_RIGHTS_CHILD, str(theirs.fileno())],
+            pass_fds=(theirs.fileno(),),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         theirs.close()
         if child.returncode:
             return False, child.stderr.strip()[-200:]
@@ -348,8 +376,10 @@ def handle_exchange() -> Probe:
         return Probe("handle_exchange", False, "flashinfer-python not installed", data)
     if mechanism == "scm_rights":
         works, why = _scm_rights_works()
-        detail = ("FlashInfer passes fds over a Unix socket (SCM_RIGHTS, no CAP_SYS_PTRACE "
-                  "needed; ranks on one host): " + ("works" if works else f"fails: {why}"))
+        detail = (
+            "FlashInfer passes fds over a Unix socket (SCM_RIGHTS, no CAP_SYS_PTRACE "
+            "needed; ranks on one host): " + ("works" if works else f"fails: {why}")
+        )
         return Probe("handle_exchange", works, detail, data)
     taken = ptrace()
     detail = f"FlashInfer takes fds with pidfd_getfd (needs ptrace rights): {taken.detail}"
@@ -357,6 +387,7 @@ def handle_exchange() -> Probe:
 
 
 # --------------------------------------------------------------------------- packages
+
 
 def _importable(label: str, dist_name: str, module: str, what: str) -> Probe:
     """Import ``module``; the version from package metadata, else from the module.
@@ -370,11 +401,19 @@ def _importable(label: str, dist_name: str, module: str, what: str) -> Probe:
     try:
         importlib.import_module(module)
     except Exception as exc:  # noqa: BLE001 (report the import failure itself)
-        if version is None and isinstance(exc, ModuleNotFoundError) and \
-                exc.name == module.split(".")[0]:
+        if (
+            version is None
+            and isinstance(exc, ModuleNotFoundError)
+            and exc.name == module.split(".")[0]
+        ):
             return Probe(label, False, f"{dist_name} not installed", {})
-        return Probe(label, False, f"{dist_name} {version or '(no metadata)'}: import {module} "
-                     f"failed: {type(exc).__name__}: {exc}", {"version": version})
+        return Probe(
+            label,
+            False,
+            f"{dist_name} {version or '(no metadata)'}: import {module} "
+            f"failed: {type(exc).__name__}: {exc}",
+            {"version": version},
+        )
     root = importlib.import_module(module.split(".")[0])
     version = version or getattr(root, "__version__", None) or "unknown version"
     return Probe(label, True, f"{dist_name} {version}: {what}", {"version": version})
@@ -382,8 +421,9 @@ def _importable(label: str, dist_name: str, module: str, what: str) -> Probe:
 
 @functools.cache
 def flashinfer_comm() -> Probe:
-    return _importable("flashinfer", "flashinfer-python", "flashinfer.comm",
-                       "flashinfer.comm imports")
+    return _importable(
+        "flashinfer", "flashinfer-python", "flashinfer.comm", "flashinfer.comm imports"
+    )
 
 
 @functools.cache
@@ -407,8 +447,9 @@ def vllm_pynccl() -> Probe:
         from vllm.distributed.device_communicators.pynccl_wrapper import NCCLLibrary
         from vllm.utils.nccl import find_nccl_library
     except Exception as exc:  # noqa: BLE001 (older vLLM layouts, or vLLM not importable)
-        return Probe(label, False, f"vLLM's NCCL wrapper not importable: "
-                     f"{type(exc).__name__}: {exc}")
+        return Probe(
+            label, False, f"vLLM's NCCL wrapper not importable: {type(exc).__name__}: {exc}"
+        )
     try:
         so_file = find_nccl_library()
         lib = ctypes.CDLL(so_file)
@@ -423,14 +464,22 @@ def vllm_pynccl() -> Probe:
     try:
         NCCLLibrary(so_file)
     except Exception as exc:  # noqa: BLE001 (the loader's own verdict)
-        return Probe(label, False, f"vLLM's PyNccl rejects {so_file} ({nccl}): "
-                     f"{type(exc).__name__}: {exc}; functions it lacks: {', '.join(missing)}; "
-                     "fix: point VLLM_NCCL_SO_PATH at a newer libnccl.so.2 (e.g. from "
-                     "`pip install nvidia-nccl-cu13`, nvidia/nccl/lib/)",
-                     {"nccl": nccl, "missing": missing})
-    return Probe(label, True, f"{so_file} ({nccl}) has what vLLM's PyNccl needs"
-                 + (f" (optional ones absent: {', '.join(missing)})" if missing else ""),
-                 {"nccl": nccl, "missing": missing})
+        return Probe(
+            label,
+            False,
+            f"vLLM's PyNccl rejects {so_file} ({nccl}): "
+            f"{type(exc).__name__}: {exc}; functions it lacks: {', '.join(missing)}; "
+            "fix: point VLLM_NCCL_SO_PATH at a newer libnccl.so.2 (e.g. from "
+            "`pip install nvidia-nccl-cu13`, nvidia/nccl/lib/)",
+            {"nccl": nccl, "missing": missing},
+        )
+    return Probe(
+        label,
+        True,
+        f"{so_file} ({nccl}) has what vLLM's PyNccl needs"
+        + (f" (optional ones absent: {', '.join(missing)})" if missing else ""),
+        {"nccl": nccl, "missing": missing},
+    )
 
 
 @functools.cache
@@ -453,14 +502,23 @@ def vllm_moe_kernels_missing() -> str:
         return f"vLLM's platform or kernels do not import: {type(exc).__name__}: {exc}"
     if not HAS_TRITON:
         return "vLLM sees no usable Triton (its fused_experts GEMMs are Triton kernels)"
-    needed = {"_moe_C": ("moe_align_block_size", "topk_softmax", "moe_sum"),
-              "_C": ("silu_and_mul",)}
-    absent = [f"{ns}.{op}" for ns, ops in needed.items() for op in ops
-              if not hasattr(getattr(torch.ops, ns), op)]
+    needed = {
+        "_moe_C": ("moe_align_block_size", "topk_softmax", "moe_sum"),
+        "_C": ("silu_and_mul",),
+    }
+    absent = [
+        f"{ns}.{op}"
+        for ns, ops in needed.items()
+        for op in ops
+        if not hasattr(getattr(torch.ops, ns), op)
+    ]
     if absent:
-        return ("vLLM's compiled MoE ops are not registered (" + ", ".join(absent) +
-                "): a sources-only vLLM; install its _C / _moe_C libraries "
-                "(scripts/gpu/run_with_bundle.sh VLLM_EP_KIT_VLLM_KERNELS)")
+        return (
+            "vLLM's compiled MoE ops are not registered ("
+            + ", ".join(absent)
+            + "): a sources-only vLLM; install its _C / _moe_C libraries "
+            "(scripts/gpu/run_with_bundle.sh VLLM_EP_KIT_VLLM_KERNELS)"
+        )
     return ""
 
 
@@ -472,8 +530,11 @@ def vllm_moe_kernels() -> Probe:
     0.32.0's load and run (docs/gpu-validation.md, runs #15-#20).
     """
     missing = vllm_moe_kernels_missing()
-    return Probe("vllm moe kernels", not missing,
-                 missing or "vLLM's compiled MoE ops and Triton load: fused_experts can run")
+    return Probe(
+        "vllm moe kernels",
+        not missing,
+        missing or "vLLM's compiled MoE ops and Triton load: fused_experts can run",
+    )
 
 
 def module_available(name: str) -> bool:
@@ -481,4 +542,3 @@ def module_available(name: str) -> bool:
         return importlib.util.find_spec(name) is not None
     except (ImportError, ValueError):
         return False
-

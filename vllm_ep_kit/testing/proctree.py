@@ -11,6 +11,7 @@ the run, then verifies with psutil that nothing of the run is alive.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -74,19 +75,16 @@ def members_of_groups(pgids: Iterable[int]) -> list[psutil.Process]:
 def kill_groups(pgids: Iterable[int], extra: Iterable[psutil.Process] = ()) -> None:
     """SIGKILL whole process groups plus any listed stragglers."""
     for pgid in set(pgids):
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
     for proc in extra:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
-        except psutil.NoSuchProcess:
-            pass
 
 
-def wait_until_gone(pgids: Iterable[int], timeout_s: float = 10.0,
-                    run_id: str = "") -> list[psutil.Process]:
+def wait_until_gone(
+    pgids: Iterable[int], timeout_s: float = 10.0, run_id: str = ""
+) -> list[psutil.Process]:
     """Kill and wait until no member of ``pgids`` nor process of ``run_id`` is alive;
     return survivors."""
     pgids = set(pgids)

@@ -27,14 +27,16 @@ from vllm_ep_kit.testing.skips import STRICT_ENV, skip_or_fail
 
 # Command-line flags that set an environment variable (spawned ranks inherit it), with
 # the stash key keeping the variable's previous value for pytest_unconfigure.
-_ENV_FLAGS = {"--ep-strict": (STRICT_ENV, pytest.StashKey[str | None]()),
-              "--ep-pool": (POOL_ENV, pytest.StashKey[str | None]())}
+_ENV_FLAGS = {
+    "--ep-strict": (STRICT_ENV, pytest.StashKey[str | None]()),
+    "--ep-pool": (POOL_ENV, pytest.StashKey[str | None]()),
+}
 
 MARKERS = {
     "gpus(n)": "needs at least n CUDA GPUs",
     "nvlink": "needs NVLink peer access between all visible GPUs",
     "handle_exchange": "needs the installed FlashInfer's POSIX-fd handle exchange to work "
-                       "here (SCM_RIGHTS; pidfd_getfd with CAP_SYS_PTRACE on older FlashInfer)",
+    "here (SCM_RIGHTS; pidfd_getfd with CAP_SYS_PTRACE on older FlashInfer)",
     "ptrace": "needs pidfd_getfd between sibling processes (CAP_SYS_PTRACE)",
     "mnnvl_handles": "needs fabric or POSIX-fd GPU memory handle support",
     "flashinfer": "needs flashinfer.comm to import",
@@ -53,13 +55,21 @@ _PROBE_FOR_MARKER = {
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("vllm-ep-kit")
-    group.addoption("--ep-strict", action="store_true", default=False,
-                    help="fail, rather than skip, tests whose required GPUs or "
-                         f"capabilities are missing (same as {STRICT_ENV}=1)")
-    group.addoption("--ep-pool", action="store_true", default=False,
-                    help="run multi-rank tests in persistent rank pools, one per (world size, "
-                         "backend; vLLM layouts are built per test), torn down on failure "
-                         f"(same as {POOL_ENV}=1)")
+    group.addoption(
+        "--ep-strict",
+        action="store_true",
+        default=False,
+        help="fail, rather than skip, tests whose required GPUs or "
+        f"capabilities are missing (same as {STRICT_ENV}=1)",
+    )
+    group.addoption(
+        "--ep-pool",
+        action="store_true",
+        default=False,
+        help="run multi-rank tests in persistent rank pools, one per (world size, "
+        "backend; vLLM layouts are built per test), torn down on failure "
+        f"(same as {POOL_ENV}=1)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:

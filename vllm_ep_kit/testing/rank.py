@@ -18,6 +18,7 @@ A rank dies with its parent: a thread notices when the rank is re-parented
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import faulthandler
 import os
@@ -27,9 +28,10 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from vllm_ep_kit.layout import ParallelLayout
 from vllm_ep_kit.testing import proctree
@@ -74,8 +76,15 @@ class RankOutcome:
 class RankContext:
     """Handed to the test function as its first argument."""
 
-    def __init__(self, rank: int, world_size: int, local_rank: int, backend: str,
-                 workdir: str | None, layout: ParallelLayout | None):
+    def __init__(
+        self,
+        rank: int,
+        world_size: int,
+        local_rank: int,
+        backend: str,
+        workdir: str | None,
+        layout: ParallelLayout | None,
+    ):
         self.rank = rank
         self.world_size = world_size
         self.local_rank = local_rank
@@ -125,8 +134,15 @@ def outcome_from_exception(exc: BaseException) -> RankOutcome:
     )
 
 
-def init_world(backend: str, rank: int, world_size: int, master_addr: str, master_port: int,
-               timeout_s: float, local_rank: int):
+def init_world(
+    backend: str,
+    rank: int,
+    world_size: int,
+    master_addr: str,
+    master_port: int,
+    timeout_s: float,
+    local_rank: int,
+):
     """Join the parent's rendezvous store, create the default process group, return the store."""
     import torch
     import torch.distributed as dist
@@ -135,8 +151,13 @@ def init_world(backend: str, rank: int, world_size: int, master_addr: str, maste
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
     store = dist.TCPStore(master_addr, master_port, is_master=False, timeout=timeout)
-    dist.init_process_group(backend, store=dist.PrefixStore("world", store), rank=rank,
-                            world_size=world_size, timeout=timeout)
+    dist.init_process_group(
+        backend,
+        store=dist.PrefixStore("world", store),
+        rank=rank,
+        world_size=world_size,
+        timeout=timeout,
+    )
     return store
 
 
@@ -159,8 +180,9 @@ def run_in_context(spec_fn, ctx: RankContext, args, kwargs, layout, all2all_back
     from vllm_ep_kit.testing.vllm_state import vllm_parallel_state
 
     device = "cuda" if ctx.backend == "nccl" else "cpu"
-    with vllm_parallel_state(layout, ctx.rank, ctx.local_rank, ctx.backend, device,
-                             all2all_backend) as config:
+    with vllm_parallel_state(
+        layout, ctx.rank, ctx.local_rank, ctx.backend, device, all2all_backend
+    ) as config:
         ctx.vllm_config = config
         ctx.heartbeat()
         return spec_fn(ctx, *args, **kwargs)
@@ -183,14 +205,13 @@ def die_with_parent(parent_pid: int, run_id: str) -> None:
     ``PARENT_POLL_S``.  (``PR_SET_PDEATHSIG`` alone would kill only the rank and
     orphan its descendants.)
     """
+
     def watch() -> None:
         while os.getppid() == parent_pid:
             time.sleep(PARENT_POLL_S)
         for proc in proctree.processes_of_run(run_id):
-            try:
+            with contextlib.suppress(Exception):  # gone already
                 proc.kill()
-            except Exception:  # noqa: BLE001 (gone already)
-                pass
         os.killpg(0, signal.SIGKILL)
 
     if parent_pid:
@@ -223,10 +244,12 @@ def prepare_rank_process(spec: RankSpec) -> RankContext:
     if spec.python_path:
         sys.path[:0] = list(spec.python_path)
         os.environ["PYTHONPATH"] = os.pathsep.join(
-            [*spec.python_path, *filter(None, [os.environ.get("PYTHONPATH")])])
+            [*spec.python_path, *filter(None, [os.environ.get("PYTHONPATH")])]
+        )
     (work / f"rank{spec.rank}.beat").touch()
-    return RankContext(spec.rank, spec.world_size, spec.rank, spec.backend, spec.workdir,
-                       spec.layout)
+    return RankContext(
+        spec.rank, spec.world_size, spec.rank, spec.backend, spec.workdir, spec.layout
+    )
 
 
 def rank_main(spec: RankSpec) -> None:
@@ -238,11 +261,19 @@ def rank_main(spec: RankSpec) -> None:
     work = Path(spec.workdir)
     store = None
     try:
-        store = init_world(spec.backend, spec.rank, spec.world_size, spec.master_addr,
-                   spec.master_port, spec.timeout_s, ctx.local_rank)
+        store = init_world(
+            spec.backend,
+            spec.rank,
+            spec.world_size,
+            spec.master_addr,
+            spec.master_port,
+            spec.timeout_s,
+            ctx.local_rank,
+        )
         ctx.heartbeat()
-        value = run_in_context(spec.fn, ctx, spec.args, spec.kwargs, spec.layout,
-                               spec.all2all_backend)
+        value = run_in_context(
+            spec.fn, ctx, spec.args, spec.kwargs, spec.layout, spec.all2all_backend
+        )
         outcome = RankOutcome(status="ok", value=value)
     except BaseException as exc:  # noqa: BLE001 (report everything, SystemExit included)
         outcome = outcome_from_exception(exc)
@@ -262,11 +293,16 @@ def outcome_bytes(outcome: RankOutcome) -> bytes:
     """The pickled outcome, or a pickled error outcome saying why it could not be pickled."""
     try:
         return pickle.dumps(outcome)
-    except Exception as exc:  # an unpicklable return value or exception detail
-        return pickle.dumps(RankOutcome(
-            status="error", error_type=type(exc).__name__,
-            message=f"rank outcome could not be pickled: {exc}",
-            traceback=outcome.traceback, exit_code=1))
+    except Exception as exc:  # noqa: BLE001 (an unpicklable value or exception detail)
+        return pickle.dumps(
+            RankOutcome(
+                status="error",
+                error_type=type(exc).__name__,
+                message=f"rank outcome could not be pickled: {exc}",
+                traceback=outcome.traceback,
+                exit_code=1,
+            )
+        )
 
 
 def _write_outcome(path: Path, outcome: RankOutcome) -> None:
@@ -279,7 +315,5 @@ def _destroy_world_quietly() -> None:
     import torch.distributed as dist
 
     if dist.is_initialized():
-        try:
+        with contextlib.suppress(Exception):  # already reported; exiting anyway
             dist.destroy_process_group()
-        except Exception:  # noqa: BLE001 (already reported; exiting anyway)
-            pass

@@ -21,8 +21,9 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from vllm_ep_kit.layout import ParallelLayout
 from vllm_ep_kit.testing import proctree, torchrun
@@ -82,8 +83,7 @@ def run_ranks(
         raise ValueError(f"world_size={world_size!r}: expected an integer >= 1")
     if layout is not None and layout.world_size != world_size:
         raise ValueError(
-            f"layout={layout.describe()} needs {layout.world_size} ranks, "
-            f"world_size={world_size}"
+            f"layout={layout.describe()} needs {layout.world_size} ranks, world_size={world_size}"
         )
     backend = backend or default_backend()
     if backend not in ("gloo", "nccl"):
@@ -98,14 +98,35 @@ def run_ranks(
 
     from vllm_ep_kit.testing import pool
 
-    if pool.pool_enabled() and not fresh_processes and not torchrun.active() \
-            and not master_port and not env and not python_path:
-        return pool.pooled_run(fn, pool.PoolKey(world_size, backend), args, kwargs, timeout_s,
-                               failure_grace_s, layout=layout, all2all_backend=all2all_backend)
+    if (
+        pool.pool_enabled()
+        and not fresh_processes
+        and not torchrun.active()
+        and not master_port
+        and not env
+        and not python_path
+    ):
+        return pool.pooled_run(
+            fn,
+            pool.PoolKey(world_size, backend),
+            args,
+            kwargs,
+            timeout_s,
+            failure_grace_s,
+            layout=layout,
+            all2all_backend=all2all_backend,
+        )
     if torchrun.active():
-        return torchrun.run_here(fn, world_size, args, kwargs, backend=backend,
-                                 timeout_s=timeout_s, layout=layout,
-                                 all2all_backend=all2all_backend)
+        return torchrun.run_here(
+            fn,
+            world_size,
+            args,
+            kwargs,
+            backend=backend,
+            timeout_s=timeout_s,
+            layout=layout,
+            all2all_backend=all2all_backend,
+        )
 
     rendezvous = open_rendezvous(port=master_port, timeout_s=max(timeout_s, 60.0))
     workdir = tempfile.mkdtemp(prefix="vllm-ep-kit-ranks-")
@@ -116,16 +137,26 @@ def run_ranks(
     child_env.setdefault("NCCL_NVLS_ENABLE", "0")  # NVLink multicast stays off
     try:
         for rank in range(world_size):
-            spec = RankSpec(fn=fn, args=args, kwargs=kwargs, rank=rank, world_size=world_size,
-                            workdir=workdir, backend=backend, master_addr=rendezvous.host,
-                            master_port=rendezvous.port, timeout_s=max(timeout_s, 60.0),
-                            layout=layout, all2all_backend=all2all_backend, env=child_env,
-                            python_path=tuple(str(p) for p in python_path), run_id=run_id,
-                            parent_pid=os.getpid())
-            live.append(spawn_rank(ctx, rank_main, (spec,), rank, Path(workdir),
-                                   f"rank{rank}"))
-        _supervise(live, Path(workdir), timeout_s, failure_grace_s,
-                   max(timeout_s, start_timeout_s))
+            spec = RankSpec(
+                fn=fn,
+                args=args,
+                kwargs=kwargs,
+                rank=rank,
+                world_size=world_size,
+                workdir=workdir,
+                backend=backend,
+                master_addr=rendezvous.host,
+                master_port=rendezvous.port,
+                timeout_s=max(timeout_s, 60.0),
+                layout=layout,
+                all2all_backend=all2all_backend,
+                env=child_env,
+                python_path=tuple(str(p) for p in python_path),
+                run_id=run_id,
+                parent_pid=os.getpid(),
+            )
+            live.append(spawn_rank(ctx, rank_main, (spec,), rank, Path(workdir), f"rank{rank}"))
+        _supervise(live, Path(workdir), timeout_s, failure_grace_s, max(timeout_s, start_timeout_s))
     finally:
         try:
             teardown(live, run_id)
@@ -152,8 +183,7 @@ def _visible_gpus() -> int:
 def _require_gpus(ranks_here: int) -> None:
     have = _visible_gpus()
     if have < ranks_here:
-        skip_or_fail(f"needs {ranks_here} CUDA GPU{'s' if ranks_here > 1 else ''}, {have} "
-                     "visible")
+        skip_or_fail(f"needs {ranks_here} CUDA GPU{'s' if ranks_here > 1 else ''}, {have} visible")
 
 
 def _require_cpu_host_or_gpus(world_size: int) -> None:
@@ -165,12 +195,15 @@ def _require_cpu_host_or_gpus(world_size: int) -> None:
     """
     have = _visible_gpus()
     if 0 < have < world_size:
-        skip_or_fail(f"vLLM's CUDA platform binds each of the {world_size} ranks to its own "
-                     f"GPU, {have} visible (this gloo case runs on CPU-only hosts)")
+        skip_or_fail(
+            f"vLLM's CUDA platform binds each of the {world_size} ranks to its own "
+            f"GPU, {have} visible (this gloo case runs on CPU-only hosts)"
+        )
 
 
-def _supervise(live: list[LiveRank], workdir: Path, timeout_s: float, grace_s: float,
-               start_limit_s: float) -> None:
+def _supervise(
+    live: list[LiveRank], workdir: Path, timeout_s: float, grace_s: float, start_limit_s: float
+) -> None:
     """Poll until every rank exits, or the watchdog stops the ones left."""
     watchdog = Watchdog(workdir, timeout_s, grace_s, start_limit_s)
     while True:

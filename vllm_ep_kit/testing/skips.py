@@ -30,6 +30,7 @@ def skip_or_fail(reason: str) -> None:
     except ImportError:  # used by the CLI without pytest installed
         raise NotRunnableHere(reason) from None
     if strict_mode():
-        pytest.fail(f"strict mode ({STRICT_ENV}=1), required capability missing: {reason}",
-                    pytrace=False)
+        pytest.fail(
+            f"strict mode ({STRICT_ENV}=1), required capability missing: {reason}", pytrace=False
+        )
     pytest.skip(reason)

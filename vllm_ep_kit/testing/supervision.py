@@ -9,6 +9,7 @@ cause first).
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import pickle
@@ -150,8 +151,7 @@ def last_beat(workdir: Path, rank: int) -> float:
     return time.monotonic() - max(age, 0.0)
 
 
-def spawn_rank(mp_context, target, args: tuple, rank: int, workdir: Path,
-               name: str) -> LiveRank:
+def spawn_rank(mp_context, target, args: tuple, rank: int, workdir: Path, name: str) -> LiveRank:
     """Start one rank process (the runner's and the pool's one spawn path).
 
     The watchdog's clock starts here: a rank stuck before its own first
@@ -172,8 +172,9 @@ class Watchdog:
     (``start_limit_s`` before its set-up finished, if given).
     """
 
-    def __init__(self, workdir: Path, timeout_s: float, grace_s: float,
-                 start_limit_s: float | None = None):
+    def __init__(
+        self, workdir: Path, timeout_s: float, grace_s: float, start_limit_s: float | None = None
+    ):
         self.workdir, self.timeout_s, self.grace_s = workdir, timeout_s, grace_s
         self.start_limit_s = start_limit_s
         self.first_failure_at: float | None = None
@@ -199,8 +200,11 @@ class Watchdog:
             return False
         now = time.monotonic()
         if self.first_failure_at is not None and now - self.first_failure_at > self.grace_s:
-            stop_stuck(pending, self.workdir, f"still running {self.grace_s:.0f} s after rank "
-                                              f"{self.first_failed_rank} failed")
+            stop_stuck(
+                pending,
+                self.workdir,
+                f"still running {self.grace_s:.0f} s after rank {self.first_failed_rank} failed",
+            )
             return True
         for item in pending:
             limit = self._limit(item)
@@ -219,19 +223,21 @@ def stop_stuck(running: list[LiveRank], workdir: Path, why: str) -> None:
     """
     for item in running:
         item.report.hung = why
-        item.report.last_progress = time.time() - (time.monotonic()
-                                                   - last_beat(workdir, item.report.rank))
+        item.report.last_progress = time.time() - (
+            time.monotonic() - last_beat(workdir, item.report.rank)
+        )
         if not armed_file(workdir, item.report.rank).exists():
             item.report.hung += " (before its set-up finished: no stacks to show)"
             continue
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(item.proc.pid, STACK_DUMP_SIGNAL)
-        except ProcessLookupError:
-            pass
     deadline = time.monotonic() + 3.0
     while time.monotonic() < deadline:
-        if all(stack_file(workdir, it.report.rank).stat().st_size > 0 for it in running
-               if stack_file(workdir, it.report.rank).exists()):
+        if all(
+            stack_file(workdir, it.report.rank).stat().st_size > 0
+            for it in running
+            if stack_file(workdir, it.report.rank).exists()
+        ):
             time.sleep(0.2)  # let the handler finish writing every thread
             return
         time.sleep(POLL_S)
@@ -282,13 +288,20 @@ def outcome_from_bytes(data: bytes, where: str = "the parent") -> RankOutcome | 
     try:
         outcome = pickle.loads(data)
     except Exception as exc:  # noqa: BLE001 (whatever unpickling raises is the report)
-        return RankOutcome(status="error", error_type=type(exc).__name__,
-                           message=f"the rank's result could not be unpickled in {where}: "
-                                   f"{type(exc).__name__}: {exc}", exit_code=1)
+        return RankOutcome(
+            status="error",
+            error_type=type(exc).__name__,
+            message=f"the rank's result could not be unpickled in {where}: "
+            f"{type(exc).__name__}: {exc}",
+            exit_code=1,
+        )
     if not isinstance(outcome, RankOutcome):
-        return RankOutcome(status="error", error_type="TypeError",
-                           message=f"the rank's result file holds {type(outcome).__name__}, "
-                                   "not an outcome", exit_code=1)
+        return RankOutcome(
+            status="error",
+            error_type="TypeError",
+            message=f"the rank's result file holds {type(outcome).__name__}, not an outcome",
+            exit_code=1,
+        )
     return outcome
 
 
@@ -320,9 +333,10 @@ def log_tail(log: Path) -> str:
 
 
 def format_failures(failed: list[RankReport], world_size: int, backend: str) -> str:
-    lines = [f"{len(failed)} of {world_size} ranks failed (backend={backend}), first to "
-             f"fail: rank {failed[0].rank}; in order: "
-             + ", ".join(f"rank {r.rank}" for r in failed)]
+    lines = [
+        f"{len(failed)} of {world_size} ranks failed (backend={backend}), first to "
+        f"fail: rank {failed[0].rank}; in order: " + ", ".join(f"rank {r.rank}" for r in failed)
+    ]
     for report in failed:
         lines.append(f"--- rank {report.rank}: {report.headline()} ---")
         if report.outcome is not None and report.outcome.traceback:
@@ -339,8 +353,10 @@ def format_failures(failed: list[RankReport], world_size: int, backend: str) -> 
 def order_failures(reports: list[RankReport]) -> list[RankReport]:
     """The failed ranks, root cause first; each later one records who failed first."""
     # Among ranks the watchdog stopped, the one whose progress stopped first leads.
-    failed = sorted((r for r in reports if r.failed),
-                    key=lambda r: (r.failed_at, r.last_progress or 0.0, r.rank))
+    failed = sorted(
+        (r for r in reports if r.failed),
+        key=lambda r: (r.failed_at, r.last_progress or 0.0, r.rank),
+    )
     for later in failed[1:]:
         later.after = failed[0].rank
     return failed
@@ -353,9 +369,11 @@ def conclude(reports: list[RankReport], world_size: int, backend: str) -> list:
         message = format_failures(failed, world_size, backend)
         finished = [r.rank for r in reports if not r.failed and r.outcome is not None]
         if finished and any(r.hung for r in failed):
-            message += ("\nfinished while the others were stuck: "
-                        + ", ".join(f"rank {rank}" for rank in finished)
-                        + " (a collective the stuck ranks wait in that these never joined?)")
+            message += (
+                "\nfinished while the others were stuck: "
+                + ", ".join(f"rank {rank}" for rank in finished)
+                + " (a collective the stuck ranks wait in that these never joined?)"
+            )
         raise RankFailures(message, failed)
     skipped = [r for r in reports if r.outcome and r.outcome.status == "skip"]
     if skipped:

@@ -23,7 +23,8 @@ import faulthandler
 import os
 import sys
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from vllm_ep_kit.layout import ParallelLayout
 from vllm_ep_kit.testing.skips import skip_or_fail
@@ -71,8 +72,10 @@ def gpus_for_job(local_gpus: int) -> int:
     if local_gpus == 0:
         return 0
     if local_gpus < local_ranks:
-        raise ValueError(f"this node runs {local_ranks} torchrun ranks but has {local_gpus} "
-                         "GPUs visible (one rank per GPU)")
+        raise ValueError(
+            f"this node runs {local_ranks} torchrun ranks but has {local_gpus} "
+            "GPUs visible (one rank per GPU)"
+        )
     return int(os.environ["WORLD_SIZE"])
 
 
@@ -98,16 +101,25 @@ def _lost_outcomes(outcome, rank: int, world_size: int, missing: list[int], erro
         if r == rank:
             outcomes.append(outcome)
         elif r in missing:
-            outcomes.append(RankOutcome(
-                status="error", error_type="LeftTheJob", at=0.0, exit_code=1,
-                message="left the torchrun job without reporting its outcome (it exited or was "
-                        "killed before the exchange; torchrun's log has its exit code)"))
+            outcomes.append(
+                RankOutcome(
+                    status="error",
+                    error_type="LeftTheJob",
+                    at=0.0,
+                    exit_code=1,
+                    message="left the torchrun job without reporting its outcome (it exited or was "
+                    "killed before the exchange; torchrun's log has its exit code)",
+                )
+            )
         else:  # arrived, but its outcome did not reach this rank
             outcomes.append(RankOutcome(status="ok"))
     if not missing:
         outcomes[rank] = RankOutcome(
-            status="error", error_type=type(error).__name__, exit_code=1,
-            message=f"the exchange of outcomes failed and every rank had arrived: {error}")
+            status="error",
+            error_type=type(error).__name__,
+            exit_code=1,
+            message=f"the exchange of outcomes failed and every rank had arrived: {error}",
+        )
     return outcomes
 
 
@@ -127,8 +139,10 @@ def _exchange(outcome, world_size: int) -> list:
     global _exchange_group, _exchanges
     world = dist.group.WORLD
     if _exchange_group[0] is not world:  # first call, or the world group was remade
-        _exchange_group = (world, dist.new_group(backend="gloo")
-                           if dist.get_backend() != "gloo" else world)
+        _exchange_group = (
+            world,
+            dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else world,
+        )
     _exchanges += 1
     rank = dist.get_rank()
     store = dist.distributed_c10d._get_default_store()
@@ -137,15 +151,24 @@ def _exchange(outcome, world_size: int) -> list:
     try:
         dist.all_gather_object(gathered, outcome_bytes(outcome), group=_exchange_group[1])
     except Exception as exc:  # noqa: BLE001 (gloo: "Connection closed by peer")
-        missing = sorted(set(range(world_size)) - set(_arrived(store, _exchanges,
-                                                               range(world_size))))
+        missing = sorted(
+            set(range(world_size)) - set(_arrived(store, _exchanges, range(world_size)))
+        )
         return _lost_outcomes(outcome, rank, world_size, missing, exc)
     return [outcome_from_bytes(data, where=f"rank {rank}'s process") for data in gathered]
 
 
-def run_here(fn: Callable[..., Any], world_size: int, args: tuple, kwargs: dict, *,
-             backend: str, timeout_s: float, layout: ParallelLayout | None,
-             all2all_backend: str | None) -> list[Any]:
+def run_here(
+    fn: Callable[..., Any],
+    world_size: int,
+    args: tuple,
+    kwargs: dict,
+    *,
+    backend: str,
+    timeout_s: float,
+    layout: ParallelLayout | None,
+    all2all_backend: str | None,
+) -> list[Any]:
     import datetime
 
     import torch
@@ -167,14 +190,17 @@ def run_here(fn: Callable[..., Any], world_size: int, args: tuple, kwargs: dict,
     if not dist.is_initialized():
         if backend == "nccl":
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend, init_method="env://",
-                                timeout=datetime.timedelta(seconds=max(timeout_s, 60.0)))
+        dist.init_process_group(
+            backend, init_method="env://", timeout=datetime.timedelta(seconds=max(timeout_s, 60.0))
+        )
     elif dist.get_backend() != backend:
         # The world group lives as long as the process: a call wanting another
         # backend would silently run on this one.
-        skip_or_fail(f"needs a {backend} world; this torchrun process's default group is "
-                     f"{dist.get_backend()} (made by an earlier call): run it in its own "
-                     "torchrun job")
+        skip_or_fail(
+            f"needs a {backend} world; this torchrun process's default group is "
+            f"{dist.get_backend()} (made by an earlier call): run it in its own "
+            "torchrun job"
+        )
     ctx = RankContext(rank, world_size, local_rank, backend, None, layout)
 
     def rearm() -> None:
@@ -185,8 +211,9 @@ def run_here(fn: Callable[..., Any], world_size: int, args: tuple, kwargs: dict,
     rearm()
     try:
         try:
-            outcome = RankOutcome(status="ok", value=run_in_context(
-                fn, ctx, args, kwargs, layout, all2all_backend))
+            outcome = RankOutcome(
+                status="ok", value=run_in_context(fn, ctx, args, kwargs, layout, all2all_backend)
+            )
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # noqa: BLE001 (reported to every rank below)

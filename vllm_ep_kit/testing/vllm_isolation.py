@@ -40,8 +40,9 @@ def snapshot() -> dict[str, object]:
             seen[f"{name}:{attr}"] = value
             if isinstance(value, type) and value.__module__ == name:
                 for cattr, cvalue in list(vars(value).items()):
-                    if isinstance(cvalue, _CODE) and not (cattr.startswith("__")
-                                                           and cattr.endswith("__")):
+                    if isinstance(cvalue, _CODE) and not (
+                        cattr.startswith("__") and cattr.endswith("__")
+                    ):
                         seen[f"{name}:{attr}.{cattr}"] = cvalue
     return seen
 

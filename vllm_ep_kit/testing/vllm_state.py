@@ -38,8 +38,11 @@ def build_vllm_config(layout: ParallelLayout, rank: int, device: str, all2all_ba
     # passes (for TP > 1 on CUDA, all-reduce + RMSNorm) whose import looks up vLLM's
     # compiled custom ops, which a sources-only install lacks (measured on 2x H200:
     # "'_OpNamespace' '_C' object has no attribute 'rotary_embedding'").
-    return VllmConfig(parallel_config=parallel, device_config=DeviceConfig(device=device),
-                      optimization_level=OptimizationLevel.O0)
+    return VllmConfig(
+        parallel_config=parallel,
+        device_config=DeviceConfig(device=device),
+        optimization_level=OptimizationLevel.O0,
+    )
 
 
 def vllm_has_compiled_ops() -> bool:

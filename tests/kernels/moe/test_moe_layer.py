@@ -14,8 +14,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vllm_ep_kit.forward import TRIM_NONE, TRIM_TO_LOCAL_CHUNK, TRIM_TO_TOKENS
 from vllm_ep_kit.backends import all_backends
+from vllm_ep_kit.forward import TRIM_NONE, TRIM_TO_LOCAL_CHUNK, TRIM_TO_TOKENS
 from vllm_ep_kit.layout import ParallelLayout
 from vllm_ep_kit.moe_layer import (
     NOT_APPLICABLE,
@@ -52,10 +52,17 @@ def start_cell(backend: str, quant: str, combo: str, trim: str = TRIM_TO_TOKENS)
     """
     cell = MoeLayerCell(backend, quant, combo)
     gpus = probes.gpu_count()
-    return run_ranks(rank_moe_layer, cell.layout.world_size, cell,
-                     layer_cases(cell.layout, quant), trim, backend="nccl" if gpus else "gloo",
-                     layout=cell.layout, all2all_backend=cell.spec.vllm_name,
-                     timeout_s=420 if gpus else 300)
+    return run_ranks(
+        rank_moe_layer,
+        cell.layout.world_size,
+        cell,
+        layer_cases(cell.layout, quant),
+        trim,
+        backend="nccl" if gpus else "gloo",
+        layout=cell.layout,
+        all2all_backend=cell.spec.vllm_name,
+        timeout_s=420 if gpus else 300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +78,13 @@ def test_sp_rule_matches_vllm(backend, combo):
     from vllm.config import ParallelConfig
 
     layout = PARALLEL_COMBOS[combo]
-    config = ParallelConfig(tensor_parallel_size=layout.tp, data_parallel_size=layout.dp,
-                            enable_expert_parallel=layout.enable_ep, all2all_backend=backend,
-                            distributed_executor_backend="mp")
+    config = ParallelConfig(
+        tensor_parallel_size=layout.tp,
+        data_parallel_size=layout.dp,
+        enable_expert_parallel=layout.enable_ep,
+        all2all_backend=backend,
+        distributed_executor_backend="mp",
+    )
     cell = MoeLayerCell(backend, "bf16", combo)
     assert bool(config.use_sequence_parallel_moe) == cell.is_sequence_parallel
 
@@ -107,12 +118,12 @@ SP_CONTROL_BACKENDS = ["allgather_reducescatter", "flashinfer_nvlink_one_sided"]
 def sp_control_results(cell_results, backend: str, trim: str) -> list:
     """Runs wherever the backend's SP cell runs: AGRS over gloo on CPU hosts (on GPUs it
     needs vLLM's PyNccl), FlashInfer's one-sided all-to-all on 4 GPUs."""
-    kind, reason = cell_outcome(MoeLayerCell(backend, "bf16", "tp2-dp2-ep-sp"),
-                                probes.gpu_count())
+    kind, reason = cell_outcome(MoeLayerCell(backend, "bf16", "tp2-dp2-ep-sp"), probes.gpu_count())
     if kind:
         skip_or_fail(reason)
-    return [r for per_rank in cell_results(backend, "bf16", "tp2-dp2-ep-sp", trim)
-            for r in per_rank]
+    return [
+        r for per_rank in cell_results(backend, "bf16", "tp2-dp2-ep-sp", trim) for r in per_rank
+    ]
 
 
 @pytest.mark.parametrize("backend", SP_CONTROL_BACKENDS)
@@ -156,9 +167,11 @@ def test_expert_impl_choice_and_dispatch_on_cpu():
     if not torch.cuda.is_available():
         assert kernels_missing() == "no CUDA GPU"
     assert default_impl(torch.device("cpu")) == "torch"
-    assert torch.equal(expert_partial("torch", tokens, experts, 2, 1, dtype=torch.float32),
-                       mlp_moe_partial(tokens, experts, 2, 1))
-    with pytest.raises(ValueError, match="impl='triton'.*torch.*vllm"):
+    assert torch.equal(
+        expert_partial("torch", tokens, experts, 2, 1, dtype=torch.float32),
+        mlp_moe_partial(tokens, experts, 2, 1),
+    )
+    with pytest.raises(ValueError, match=r"impl='triton'.*torch.*vllm"):
         expert_partial("triton", tokens, experts)
     assert tolerance_key("vllm", "fp32") == "tf32"
     assert tolerance_key("torch", "fp32") == "fp32"
@@ -197,10 +210,19 @@ def expert_partial_results():
 
 def start_expert_partials(dtype: str) -> list[dict]:
     """One GPU process per dtype: every case x EP size x EP rank through ``fused_experts``."""
-    cases = [RoutingCase(tokens=(n,), num_experts=8, top_k=2, hidden=512, dtype=dtype)
-             for n in (0, 1, 7, 64)]
-    return run_ranks(rank_expert_partials, 1, cases, EXPERT_EP_SIZES, backend="nccl",
-                     layout=ParallelLayout(), timeout_s=420)[0]
+    cases = [
+        RoutingCase(tokens=(n,), num_experts=8, top_k=2, hidden=512, dtype=dtype)
+        for n in (0, 1, 7, 64)
+    ]
+    return run_ranks(
+        rank_expert_partials,
+        1,
+        cases,
+        EXPERT_EP_SIZES,
+        backend="nccl",
+        layout=ParallelLayout(),
+        timeout_s=420,
+    )[0]
 
 
 @pytest.mark.gpus(1)
@@ -211,27 +233,51 @@ def test_vllm_fused_experts_per_ep_rank(dtype, ep_size, expert_partial_results):
     rows = [r for r in expert_partial_results(dtype) if r["ep_size"] == ep_size]
     assert rows
     for row in rows:
-        print(row["case"], "ep", ep_size, "sum max error", row["sum_max_error"], "per rank",
-              [r["max_error"] for r in row["per_rank"]])
+        print(
+            row["case"],
+            "ep",
+            ep_size,
+            "sum max error",
+            row["sum_max_error"],
+            "per rank",
+            [r["max_error"] for r in row["per_rank"]],
+        )
         assert row["sum_passed"], row
         for rank in row["per_rank"]:
             assert rank["passed"], (row["case"], rank)
             assert rank["control_rejected"] is not False, (
                 f"{row['case']}: rank {rank['ep_rank']}'s output also matches another "
-                "reference: the comparison cannot tell experts apart")
+                "reference: the comparison cannot tell experts apart"
+            )
 
 
 @pytest.mark.gpus(1)
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
 def test_vllm_fused_moe_layer_on_one_gpu(dtype):
     """vLLM's MoE layer (router, weight loader, kernel selection, experts) vs fp32."""
-    cases = [RoutingCase(tokens=(n,), num_experts=8, top_k=2, hidden=256, dtype=dtype)
-             for n in (1, 7, 64, 300)]
-    results = run_ranks(rank_fused_moe_layer, 1, cases, backend="nccl",
-                        layout=ParallelLayout(), timeout_s=420, fresh_processes=True)[0]
+    cases = [
+        RoutingCase(tokens=(n,), num_experts=8, top_k=2, hidden=256, dtype=dtype)
+        for n in (1, 7, 64, 300)
+    ]
+    results = run_ranks(
+        rank_fused_moe_layer,
+        1,
+        cases,
+        backend="nccl",
+        layout=ParallelLayout(),
+        timeout_s=420,
+        fresh_processes=True,
+    )[0]
     for result in results:
-        print(result["case"], "max error", result["max_error"], "kernels", result["kernels"],
-              "seconds", result["seconds"])
+        print(
+            result["case"],
+            "max error",
+            result["max_error"],
+            "kernels",
+            result["kernels"],
+            "seconds",
+            result["seconds"],
+        )
     for result in results:
         assert result["rows"] == result["tokens"], result
         assert result["passed"], result
@@ -247,15 +293,23 @@ def test_what_a_four_gpu_host_runs(monkeypatch):
     """
     from vllm_ep_kit import backends
 
-    monkeypatch.setattr(backends, "usability", lambda: [
-        backends.BackendStatus(b.name, True, "ok", "") for b in all_backends()])
+    monkeypatch.setattr(
+        backends,
+        "usability",
+        lambda: [backends.BackendStatus(b.name, True, "ok", "") for b in all_backends()],
+    )
     sp_cells = [c for c in all_cells() if c.combo == "tp2-dp2-ep-sp"]
     runs = sorted(c.id for c in sp_cells if cell_outcome(c, 4) == ("", ""))
-    assert runs == ["allgather_reducescatter-bf16-tp2-dp2-ep-sp",
-                    "allgather_reducescatter-fp32-tp2-dp2-ep-sp",
-                    "flashinfer_nvlink_one_sided-bf16-tp2-dp2-ep-sp",
-                    "flashinfer_nvlink_one_sided-fp8-tp2-dp2-ep-sp"]
-    assert all(cell_outcome(c, 2)[1] == "needs 4 GPUs, 2 visible" for c in sp_cells
-               if cell_outcome(c, 2)[0] != NOT_APPLICABLE)
+    assert runs == [
+        "allgather_reducescatter-bf16-tp2-dp2-ep-sp",
+        "allgather_reducescatter-fp32-tp2-dp2-ep-sp",
+        "flashinfer_nvlink_one_sided-bf16-tp2-dp2-ep-sp",
+        "flashinfer_nvlink_one_sided-fp8-tp2-dp2-ep-sp",
+    ]
+    assert all(
+        cell_outcome(c, 2)[1] == "needs 4 GPUs, 2 visible"
+        for c in sp_cells
+        if cell_outcome(c, 2)[0] != NOT_APPLICABLE
+    )
     deepep = cell_outcome(MoeLayerCell("deepep_low_latency", "bf16", "dp2-ep"), 2)
     assert deepep[0] == NOT_HERE and "no deepep_low_latency all-to-all" in deepep[1]

@@ -15,7 +15,18 @@ from vllm_ep_kit.buildkite.rules import (
     unique_labels,
 )
 
-ALL_RULES = [schema, dead_key, unique_labels, gpu_count, paths_exist, stale_dependency,
-             uncovered, listed_not_run, missing_test, flag_spelling, gated_branches,
-             dependencies]
+ALL_RULES = [
+    schema,
+    dead_key,
+    unique_labels,
+    gpu_count,
+    paths_exist,
+    stale_dependency,
+    uncovered,
+    listed_not_run,
+    missing_test,
+    flag_spelling,
+    gated_branches,
+    dependencies,
+]
 RULE_NAMES = [rule.RULE for rule in ALL_RULES]

@@ -12,17 +12,32 @@ from vllm_ep_kit.buildkite import conventions
 
 RULE = "dead-key"
 # What such a key is usually meant to say (difflib's nearest spelling is not it).
-MEANT = {"num_gpus": "num_devices", "gpus": "num_devices", "gpu": "device",
-         "num_gpu": "num_devices", "nodes": "num_nodes", "timeout": "timeout_in_minutes",
-         "dependencies": "source_file_dependencies", "command": "commands"}
+MEANT = {
+    "num_gpus": "num_devices",
+    "gpus": "num_devices",
+    "gpu": "device",
+    "num_gpu": "num_devices",
+    "nodes": "num_nodes",
+    "timeout": "timeout_in_minutes",
+    "dependencies": "source_file_dependencies",
+    "command": "commands",
+}
 
 
 def _finding(step, keys: tuple, key, known) -> object:
-    close = [MEANT[key]] if key in MEANT else difflib.get_close_matches(
-        str(key), sorted(known), n=1, cutoff=0.6)
+    close = (
+        [MEANT[key]]
+        if key in MEANT
+        else difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.6)
+    )
     hint = f"did you mean `{close[0]}`?" if close else "remove it (the generator ignores it)"
-    return step.area.finding(keys, RULE, f"step {step.label!r}: key {key!r} is not read by the "
-                                         "pipeline generator (dropped silently)", hint)
+    return step.area.finding(
+        keys,
+        RULE,
+        f"step {step.label!r}: key {key!r} is not read by the "
+        "pipeline generator (dropped silently)",
+        hint,
+    )
 
 
 def check(ctx) -> list:
@@ -31,10 +46,12 @@ def check(ctx) -> list:
         if step.mirror:
             block = step.raw if step.parent is None else step.parent.raw["mirror"][step.mirror]
             unknown = [k for k in block if k not in conventions.MIRROR_KEYS]
-            findings += [_finding(step, step.keys + (k,), k, conventions.MIRROR_KEYS)
-                         for k in unknown]
+            findings += [
+                _finding(step, step.keys + (k,), k, conventions.MIRROR_KEYS) for k in unknown
+            ]
         else:
             unknown = [k for k in step.raw if k not in conventions.STEP_KEYS]
-            findings += [_finding(step, step.keys + (k,), k, conventions.STEP_KEYS)
-                         for k in unknown]
+            findings += [
+                _finding(step, step.keys + (k,), k, conventions.STEP_KEYS) for k in unknown
+            ]
     return findings

@@ -41,7 +41,7 @@ def _imports(root: Path, path: Path) -> tuple[set[Path], bool]:
     return _imports_of(root, path, stamp)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _imports_of(root: Path, path: Path, stamp: int) -> tuple[frozenset, bool]:
     tree = python_tree(path)
     if tree is None:
@@ -114,9 +114,14 @@ def check(ctx) -> list:
         deps = step.dependencies
         label = step.label
         if not deps:
-            findings.append(step.finding(
-                (), RULE, f"step {label!r} declares no source_file_dependencies",
-                "list the tests, helpers and scripts it runs"))
+            findings.append(
+                step.finding(
+                    (),
+                    RULE,
+                    f"step {label!r} declares no source_file_dependencies",
+                    "list the tests, helpers and scripts it runs",
+                )
+            )
             continue
         files, uses_vllm = closure(ctx.root, tests)
         needed = {str(f.relative_to(ctx.root)) for f in files | set(scripts)}
@@ -124,12 +129,20 @@ def check(ctx) -> list:
             needed.add(VLLM_PIN)
         missing = sorted(rel for rel in needed if not conventions.covered(rel, deps))
         if missing:
-            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more"
-                                              if len(missing) > 5 else "")
-            suggest = missing if len(missing) <= 3 else sorted(
-                {str(Path(m).parent) + "/" for m in missing})
-            findings.append(step.finding(
-                ("source_file_dependencies",), RULE,
-                f"step {label!r} runs code not in its source_file_dependencies: {shown}",
-                "add " + ", ".join(suggest[:5])))
+            shown = ", ".join(missing[:5]) + (
+                f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            )
+            suggest = (
+                missing
+                if len(missing) <= 3
+                else sorted({str(Path(m).parent) + "/" for m in missing})
+            )
+            findings.append(
+                step.finding(
+                    ("source_file_dependencies",),
+                    RULE,
+                    f"step {label!r} runs code not in its source_file_dependencies: {shown}",
+                    "add " + ", ".join(suggest[:5]),
+                )
+            )
     return findings

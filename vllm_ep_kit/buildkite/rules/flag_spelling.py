@@ -11,9 +11,18 @@ from collections import defaultdict
 from vllm_ep_kit.buildkite.commands import parse_commands
 
 RULE = "flag-spelling"
-SPELLINGS = {"1": "1/0", "0": "1/0", "true": "true/false", "false": "true/false",
-             "True": "True/False", "False": "True/False", "yes": "yes/no", "no": "yes/no",
-             "on": "on/off", "off": "on/off"}
+SPELLINGS = {
+    "1": "1/0",
+    "0": "1/0",
+    "true": "true/false",
+    "false": "true/false",
+    "True": "True/False",
+    "False": "True/False",
+    "yes": "yes/no",
+    "no": "yes/no",
+    "on": "on/off",
+    "off": "on/off",
+}
 
 
 def check(ctx) -> list:
@@ -24,13 +33,13 @@ def check(ctx) -> list:
         for info in parse_commands(step.commands):
             for name, value in info.env.items():
                 if value in SPELLINGS:
-                    uses[name].append((SPELLINGS[value], value, step.area,
-                                       step.keys + ("commands", info.index)))
+                    uses[name].append(
+                        (SPELLINGS[value], value, step.area, step.keys + ("commands", info.index))
+                    )
         for name, value in step.env.items():
             value = str(value) if not isinstance(value, bool) else str(value).lower()
             if value in SPELLINGS:
-                uses[name].append((SPELLINGS[value], value, step.area,
-                                   step.keys + ("env", name)))
+                uses[name].append((SPELLINGS[value], value, step.area, step.keys + ("env", name)))
     findings = []
     for name, entries in uses.items():
         styles = defaultdict(int)
@@ -41,7 +50,12 @@ def check(ctx) -> list:
         usual = max(styles, key=lambda s: (styles[s], s == "1/0"))
         for style, value, area, keys in entries:
             if style != usual:
-                findings.append(area.finding(
-                    keys, RULE, f"{name}={value} while other steps spell it {usual}",
-                    f"write {name} as {usual.split('/')[0]} / {usual.split('/')[1]}"))
+                findings.append(
+                    area.finding(
+                        keys,
+                        RULE,
+                        f"{name}={value} while other steps spell it {usual}",
+                        f"write {name} as {usual.split('/')[0]} / {usual.split('/')[1]}",
+                    )
+                )
     return findings

@@ -23,7 +23,9 @@ from vllm_ep_kit.buildkite.commands import ASSIGNMENT
 RULE = "gated-branch"
 CONDITION = re.compile(r"^\s*(if|elif|while)\b|^\s*\[\[.*\]\]\s*(&&|\|\|)")
 VARIABLE = re.compile(r"\$\{?([A-Z][A-Z0-9_]*)")
-FIXED_ASSIGNMENT = re.compile(r"^\s*(?:readonly\s+|declare\s+\S+\s+)?([A-Z][A-Z0-9_]*)=(?!\"?\$\{\1)")
+FIXED_ASSIGNMENT = re.compile(
+    r"^\s*(?:readonly\s+|declare\s+\S+\s+)?([A-Z][A-Z0-9_]*)=(?!\"?\$\{\1)"
+)
 FALSY = {"", "0", "false", "False", "no", "off"}
 BRANCH_END = re.compile(r"^\s*(elif|else|fi)\b")
 # A branch that chooses what runs: it takes the elements of one of the script's own
@@ -40,7 +42,7 @@ def config_arrays(lines: list[str]) -> set[str]:
 
 def selects_what_runs(lines: list[str], start: int, arrays: set[str], reach: int = 15) -> bool:
     """Whether the branch opened at ``lines[start]`` takes a config array or runs tests."""
-    for offset, line in enumerate(lines[start:start + reach]):
+    for offset, line in enumerate(lines[start : start + reach]):
         if offset and BRANCH_END.match(line):
             return False
         used = set(re.findall(r"\$\{(\w+)\[@\]\}", line))
@@ -74,7 +76,9 @@ def opens(value: str, required: str | None) -> bool:
     return value == required if required is not None else value not in FALSY
 
 
-ASSIGNED_PATH = re.compile(r"^\s*(?:local\s+|readonly\s+)?([A-Za-z_]\w*)=[\"']?([\w./-]+\.sh)[\"']?\s*$")
+ASSIGNED_PATH = re.compile(
+    r"^\s*(?:local\s+|readonly\s+)?([A-Za-z_]\w*)=[\"']?([\w./-]+\.sh)[\"']?\s*$"
+)
 CALL = re.compile(r"\b(?:bash|sh|source|\.)\s+[\"']?(\$\{?\w+\}?|[\w./-]+\.sh)[\"']?")
 ARRAY_START = re.compile(r"^\s*(?:local\s+-a\s+|declare\s+-a\s+)?\w+=\(\s*$")
 
@@ -131,8 +135,8 @@ def calls(root: Path, script: str) -> list[tuple[str, dict[str, str]]]:
             callee = _resolve(root, script, name) if name else None
             if callee is None or callee == script:
                 continue
-            inline = _assignments(line[:match.start()])
-            if "[@]}" in line[:match.start()]:  # env "${cfg_parts[@]}" bash ...
+            inline = _assignments(line[: match.start()])
+            if "[@]}" in line[: match.start()]:  # env "${cfg_parts[@]}" bash ...
                 found.extend((callee, {**inline, **cfg}) for cfg in configs or [{}])
             else:
                 found.append((callee, inline))
@@ -173,9 +177,18 @@ def check(ctx) -> list:
             if any(name in env and opens(env[name], required) for env in envs):
                 continue
             seen = sorted({env[name] for env in envs if name in env})
-            why = (f"steps set it only to {', '.join(seen)}, the script tests == {required}"
-                   if seen else f"no step that runs {script} sets {name}")
-            findings.append(Finding(
-                script, line, RULE, f"branch gated by {name} is never enabled: {why}",
-                f"add a step (or command) running `{name}={required or 1} bash {script}`"))
+            why = (
+                f"steps set it only to {', '.join(seen)}, the script tests == {required}"
+                if seen
+                else f"no step that runs {script} sets {name}"
+            )
+            findings.append(
+                Finding(
+                    script,
+                    line,
+                    RULE,
+                    f"branch gated by {name} is never enabled: {why}",
+                    f"add a step (or command) running `{name}={required or 1} bash {script}`",
+                )
+            )
     return findings

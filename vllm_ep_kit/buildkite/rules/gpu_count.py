@@ -25,8 +25,12 @@ from vllm_ep_kit.buildkite.sources import python_tree
 
 RULE = "gpu-count"
 SIZES = {  # flag -> which parallel size it sets
-    "--tensor-parallel-size": "tp", "-tp": "tp", "--data-parallel-size": "dp", "-dp": "dp",
-    "--pipeline-parallel-size": "pp", "-pp": "pp",
+    "--tensor-parallel-size": "tp",
+    "-tp": "tp",
+    "--data-parallel-size": "dp",
+    "-dp": "dp",
+    "--pipeline-parallel-size": "pp",
+    "-pp": "pp",
 }
 
 
@@ -97,9 +101,11 @@ def _marked(ctx, repo: str, selector: str) -> tuple[int, str]:
 
 def _runs_test(step, repo: str, test: str) -> bool:
     """Whether ``step`` runs ``repo`` whole, or that test of it."""
-    return any(path == repo and (not selector or _selected_test(selector) == test)
-               for info in step.parsed() for path, selector in zip(info.repo_files,
-                                                                   info.selectors))
+    return any(
+        path == repo and (not selector or _selected_test(selector) == test)
+        for info in step.parsed()
+        for path, selector in zip(info.repo_files, info.selectors, strict=True)
+    )
 
 
 def _unmet_marks(ctx, step) -> list:
@@ -107,21 +113,29 @@ def _unmet_marks(ctx, step) -> list:
     non-optional step runs."""
     findings = []
     for info in step.parsed():
-        for repo, selector in zip(info.repo_files, info.selectors):
+        for repo, selector in zip(info.repo_files, info.selectors, strict=True):
             if not repo.endswith(".py"):
                 continue
             need, test = _marked(ctx, repo, selector)
             if need <= step.gpus:
                 continue
-            bigger = [other for other in ctx.steps if not other.optional and other.gpus >= need
-                      and _runs_test(other, repo, test)]
+            bigger = [
+                other
+                for other in ctx.steps
+                if not other.optional and other.gpus >= need and _runs_test(other, repo, test)
+            ]
             if bigger:
                 continue
-            findings.append(step.finding(
-                ("commands", info.index), RULE,
-                f"step {step.label!r} gets {step.gpus} GPU(s) but {repo}::{test} is marked for "
-                f"{need}, and no non-optional step with {need} runs it: it skips in every "
-                "automatic build", f"run {repo} in a step with `num_devices: {need}`"))
+            findings.append(
+                step.finding(
+                    ("commands", info.index),
+                    RULE,
+                    f"step {step.label!r} gets {step.gpus} GPU(s) but {repo}::{test} is marked for "
+                    f"{need}, and no non-optional step with {need} runs it: it skips in every "
+                    "automatic build",
+                    f"run {repo} in a step with `num_devices: {need}`",
+                )
+            )
     return findings
 
 
@@ -135,8 +149,13 @@ def check(ctx) -> list:
         for index, text in enumerate(step.commands):
             need, why = needed_gpus(text)
             if need > step.gpus:
-                findings.append(step.finding(
-                    ("commands", index), RULE,
-                    f"step {step.label!r} gets {step.gpus} GPU(s) but a command needs {need} "
-                    f"({why})", f"set `num_devices: {need}` or run it with fewer ranks"))
+                findings.append(
+                    step.finding(
+                        ("commands", index),
+                        RULE,
+                        f"step {step.label!r} gets {step.gpus} GPU(s) but a command needs {need} "
+                        f"({why})",
+                        f"set `num_devices: {need}` or run it with fewer ranks",
+                    )
+                )
     return findings

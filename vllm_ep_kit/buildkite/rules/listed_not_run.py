@@ -41,10 +41,17 @@ def check(ctx) -> list:
         runners = [other for other in ctx.steps if other is not step and runs(other, entry)]
         if any(not other.optional for other in runners):
             continue
-        where = (f"only optional steps run it: {', '.join(repr(o.label) for o in runners)}"
-                 if runners else "no step runs it")
-        findings.append(step.finding(
-            ("source_file_dependencies", index), RULE,
-            f"step {step.label!r} lists {entry} but does not run it; {where}",
-            f"run it in this step (e.g. `pytest -v {entry}`), or make a runner non-optional"))
+        where = (
+            f"only optional steps run it: {', '.join(repr(o.label) for o in runners)}"
+            if runners
+            else "no step runs it"
+        )
+        findings.append(
+            step.finding(
+                ("source_file_dependencies", index),
+                RULE,
+                f"step {step.label!r} lists {entry} but does not run it; {where}",
+                f"run it in this step (e.g. `pytest -v {entry}`), or make a runner non-optional",
+            )
+        )
     return findings

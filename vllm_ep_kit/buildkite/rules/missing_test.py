@@ -26,8 +26,9 @@ def _names(path: Path) -> dict[str, set[str]] | None:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             names[node.name] = set()
         elif isinstance(node, ast.ClassDef):
-            names[node.name] = {n.name for n in node.body
-                                if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+            names[node.name] = {
+                n.name for n in node.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+            }
             names[node.name] |= {"*"} if node.bases else set()  # inherited tests: not judged
         elif isinstance(node, (ast.Assign, ast.AnnAssign)):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
@@ -52,7 +53,9 @@ def check(ctx) -> list:
     findings = []
     for step in ctx.steps:
         for info in step.parsed():
-            for written, repo, selector in zip(info.files, info.repo_files, info.selectors):
+            for written, repo, selector in zip(
+                info.files, info.repo_files, info.selectors, strict=True
+            ):
                 if not selector or not repo or not repo.endswith(".py"):
                     continue
                 path = ctx.root / repo
@@ -60,8 +63,13 @@ def check(ctx) -> list:
                     continue  # path-exists reports it
                 lacking = missing(path, selector)
                 if lacking:
-                    findings.append(step.finding(
-                        ("commands", info.index), RULE,
-                        f"step {step.label!r} runs {written}::{selector}, but {repo} has no "
-                        f"test {lacking}", f"fix the name, or run {written} whole"))
+                    findings.append(
+                        step.finding(
+                            ("commands", info.index),
+                            RULE,
+                            f"step {step.label!r} runs {written}::{selector}, but {repo} has no "
+                            f"test {lacking}",
+                            f"fix the name, or run {written} whole",
+                        )
+                    )
     return findings

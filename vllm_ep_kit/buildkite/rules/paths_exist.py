@@ -14,13 +14,17 @@ def check(ctx) -> list:
     findings = []
     for step in ctx.steps:
         for info in step.parsed():
-            for written, repo in zip(info.files, info.repo_files):
+            for written, repo in zip(info.files, info.repo_files, strict=True):
                 if not repo or any(mark in written for mark in UNRESOLVED):
                     continue  # outside the workspace (the image's own files), or unknown
                 if not (ctx.root / repo).exists():
                     where = f" ({repo} from {step.working_dir})" if repo != written else ""
-                    findings.append(step.finding(
-                        ("commands", info.index), RULE,
-                        f"step {step.label!r} runs {written}{where}, which does not exist",
-                        "fix the path or add the file"))
+                    findings.append(
+                        step.finding(
+                            ("commands", info.index),
+                            RULE,
+                            f"step {step.label!r} runs {written}{where}, which does not exist",
+                            "fix the path or add the file",
+                        )
+                    )
     return findings

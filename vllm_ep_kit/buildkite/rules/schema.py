@@ -16,6 +16,9 @@ def check(ctx) -> list:
         for error in sorted(validator.iter_errors(area.data), key=lambda e: list(e.path)):
             keys = tuple(error.absolute_path)
             where = "/".join(str(k) for k in keys) or "(top level)"
-            findings.append(area.finding(keys, RULE, f"{where}: {error.message}",
-                                         "see vllm_ep_kit/buildkite/schema.json"))
+            findings.append(
+                area.finding(
+                    keys, RULE, f"{where}: {error.message}", "see vllm_ep_kit/buildkite/schema.json"
+                )
+            )
     return findings

@@ -25,12 +25,17 @@ def check(ctx) -> list:
         near = [s for s in (".py", ".sh", ".yaml") if target.with_name(target.name + s).exists()]
         if near:
             bare = path.rstrip("/")
-            message = (f"entry {entry!r} matches no change: {bare}{near[0]} exists, and an "
-                       "entry matches only a path or a folder")
-            hint = f"write `{entry[:len(entry) - len(path)]}{bare}{near[0]}`"
+            message = (
+                f"entry {entry!r} matches no change: {bare}{near[0]} exists, and an "
+                "entry matches only a path or a folder"
+            )
+            hint = f"write `{entry[: len(entry) - len(path)]}{bare}{near[0]}`"
         else:
             message = f"entry {entry!r} names nothing in the tree"
             hint = "fix the path or remove the entry"
-        findings.append(step.finding(("source_file_dependencies", index), RULE,
-                                     f"step {step.label!r}: {message}", hint))
+        findings.append(
+            step.finding(
+                ("source_file_dependencies", index), RULE, f"step {step.label!r}: {message}", hint
+            )
+        )
     return findings

@@ -20,15 +20,20 @@ def check(ctx) -> list:
         if step.optional or not step.dependencies:
             continue  # no dependencies: the generator runs it on every change
         for info in step.parsed():
-            for written, repo in zip(info.files, info.repo_files):
+            for repo in info.repo_files:
                 if not repo or not (ctx.root / repo).exists():
                     continue  # outside the tree (path-exists reports missing files)
-                if (conventions.covered(repo, step.dependencies)
-                        or conventions.runs_everything(repo, run_all)):
+                if conventions.covered(repo, step.dependencies) or conventions.runs_everything(
+                    repo, run_all
+                ):
                     continue  # listed, or a change to it runs every step
-                findings.append(step.finding(
-                    ("commands", info.index), RULE,
-                    f"step {step.label!r} runs {repo}, which no entry of its "
-                    "source_file_dependencies covers (a change to it does not re-run the step)",
-                    f"add `{repo}` (or its folder) to source_file_dependencies"))
+                findings.append(
+                    step.finding(
+                        ("commands", info.index),
+                        RULE,
+                        f"step {step.label!r} runs {repo}, which no entry of its "
+                        "source_file_dependencies covers (a change to it does not re-run the step)",
+                        f"add `{repo}` (or its folder) to source_file_dependencies",
+                    )
+                )
     return findings

@@ -21,11 +21,16 @@ def check(ctx) -> list:
                 if value is None:
                     continue
                 if (field, value) in seen:
-                    findings.append(step.finding(
-                        (field,), RULE, f"{field} {value!r} is already used at "
-                                        f"{seen[(field, value)]}"
-                                        + (f" (pipeline {pipeline})" if pipeline else ""),
-                        f"rename one of the two steps' {field}"))
+                    findings.append(
+                        step.finding(
+                            (field,),
+                            RULE,
+                            f"{field} {value!r} is already used at "
+                            f"{seen[(field, value)]}"
+                            + (f" (pipeline {pipeline})" if pipeline else ""),
+                            f"rename one of the two steps' {field}",
+                        )
+                    )
                 else:
                     seen[(field, value)] = f"{step.area.display}:{step.line(field)}"
     return list({(f.path, f.line, f.message): f for f in findings}.values())

@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import contextlib
 import types
+from typing import ClassVar
 
 from vllm_ep_kit.patches.base import (
     Patch,
@@ -116,8 +117,9 @@ class _Recorder:
             def __init__(self, *args, **kwargs):
                 pass
 
-            def combine(self, payload, runtime_max_tokens_per_rank, output=None,
-                        use_low_precision=False):
+            def combine(
+                self, payload, runtime_max_tokens_per_rank, output=None, use_low_precision=False
+            ):
                 return None
 
         self.Communicator, self.Config, self.Mapping = Communicator, Config, Mapping
@@ -135,18 +137,22 @@ class _Recorder:
             def destroy(self):
                 pass
 
-        return {"NVLinkOneSidedAlltoAll": Communication,
-                "create_communication": lambda *args, **kwargs: Communication()}
+        return {
+            "NVLinkOneSidedAlltoAll": Communication,
+            "create_communication": lambda *args, **kwargs: Communication(),
+        }
 
     def flashinfer_places(self) -> list[tuple[object, dict]]:
         """FlashInfer's own modules with their stand-ins: releases that import FlashInfer's
         names inside ``initialize`` (vLLM 0.33) find them there, not in vLLM's module."""
         import importlib
 
-        wanted = [("flashinfer.comm", {"Mapping": self.Mapping}),
-                  ("flashinfer.comm.mnnvl", {"MnnvlConfig": self.Config}),
-                  ("flashinfer.comm.trtllm_alltoall", {"MnnvlMoe": self.MnnvlMoe}),
-                  ("flashinfer.comm.trtllm_moe_alltoall", {"MoeAlltoAll": self.MoeAlltoAll})]
+        wanted = [
+            ("flashinfer.comm", {"Mapping": self.Mapping}),
+            ("flashinfer.comm.mnnvl", {"MnnvlConfig": self.Config}),
+            ("flashinfer.comm.trtllm_alltoall", {"MnnvlMoe": self.MnnvlMoe}),
+            ("flashinfer.comm.trtllm_moe_alltoall", {"MoeAlltoAll": self.MoeAlltoAll}),
+        ]
         places = []
         for module_name, names in wanted:
             try:
@@ -165,11 +171,25 @@ class _Recorder:
 
 def _bare_manager(cls, group):
     manager = cls.__new__(cls)
-    fields = dict(cpu_group=group, rank=0, world_size=2, initialized=False, mapping=None,
-                  workspace_tensor=None, prepare_workspace_tensor=None, moe_alltoall=None,
-                  workspace_size=0, max_num_tokens=0, top_k=0, num_experts=0, communication=None,
-                  gpus_per_node=2, _combine_supports_output=False,
-                  low_precision_combine=False, alltoall_info=None)
+    fields = dict(
+        cpu_group=group,
+        rank=0,
+        world_size=2,
+        initialized=False,
+        mapping=None,
+        workspace_tensor=None,
+        prepare_workspace_tensor=None,
+        moe_alltoall=None,
+        workspace_size=0,
+        max_num_tokens=0,
+        top_k=0,
+        num_experts=0,
+        communication=None,
+        gpus_per_node=2,
+        _combine_supports_output=False,
+        low_precision_combine=False,
+        alltoall_info=None,
+    )
     manager.__dict__.update(fields)
     return manager
 
@@ -180,8 +200,8 @@ def observed_mnnvl_group(class_name: str) -> str:
     UnrecognisedShape for anything else."""
     try:
         from vllm.distributed.device_communicators import all2all, mnnvl_compat
-    except Exception as exc:  # noqa: BLE001 (flashinfer missing raises AssertionError)
-        raise UnrecognisedShape(f"cannot import vLLM's FlashInfer all2all modules: {exc}")
+    except Exception as exc:
+        raise UnrecognisedShape(f"cannot import vLLM's FlashInfer all2all modules: {exc}") from exc
     cls = getattr(all2all, class_name, None)
     if cls is None:
         raise UnrecognisedShape(f"vLLM has no {class_name}")
@@ -189,10 +209,15 @@ def observed_mnnvl_group(class_name: str) -> str:
     rec = _Recorder()
     manager = _bare_manager(cls, own)
     fake_dist = types.SimpleNamespace(barrier=lambda *a, **k: None)
-    module_names = dict(get_dp_group=lambda: types.SimpleNamespace(cpu_group=dp),
-                        Mapping=rec.Mapping, MnnvlConfig=rec.Config, MnnvlMoe=rec.MnnvlMoe,
-                        MoeAlltoAll=rec.MoeAlltoAll, dist=fake_dist,
-                        moe_a2a_get_workspace_size_per_rank=lambda *a, **k: 0)
+    module_names = dict(
+        get_dp_group=lambda: types.SimpleNamespace(cpu_group=dp),
+        Mapping=rec.Mapping,
+        MnnvlConfig=rec.Config,
+        MnnvlMoe=rec.MnnvlMoe,
+        MoeAlltoAll=rec.MoeAlltoAll,
+        dist=fake_dist,
+        moe_a2a_get_workspace_size_per_rank=lambda *a, **k: 0,
+    )
     try:
         with contextlib.ExitStack() as stack:
             stack.enter_context(swapped(all2all, **module_names))
@@ -204,15 +229,18 @@ def observed_mnnvl_group(class_name: str) -> str:
                 manager.initialize(world_size=2, rank=0, gpus_per_node=2)
             else:
                 manager.initialize(**one_sided_initialize_kwargs(manager, WorkspaceShape()))
-    except Exception as exc:  # noqa: BLE001 (any surprise means: unknown code)
-        raise UnrecognisedShape(f"{cls.__name__}.initialize failed under the probe: "
-                                f"{type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        raise UnrecognisedShape(
+            f"{cls.__name__}.initialize failed under the probe: {type(exc).__name__}: {exc}"
+        ) from exc
     if rec.comm_groups == [own]:
         return "own"
     if rec.comm_groups == [dp]:
         return "dp"
-    raise UnrecognisedShape(f"{cls.__name__}.initialize built {len(rec.comm_groups)} MNNVL "
-                            "communicators on unexpected groups")
+    raise UnrecognisedShape(
+        f"{cls.__name__}.initialize built {len(rec.comm_groups)} MNNVL "
+        "communicators on unexpected groups"
+    )
 
 
 class MnnvlWorkspaceOnEpGroup(Patch):
@@ -238,6 +266,7 @@ class MnnvlWorkspaceOnEpGroup(Patch):
                 own = types.SimpleNamespace(cpu_group=self.cpu_group)
                 with swapped(all2all, get_dp_group=lambda: own):
                     return original(self, *args, **kwargs)
+
             return initialize
 
         for cls_name in MANAGER_CLASSES:
@@ -255,7 +284,8 @@ NIXL_MISSING_STORE = (
     "NixlEPAll2AllManager needs tcp_store_group (a StatelessProcessGroup whose TCP store "
     "NIXL's Buffer uses to exchange connection metadata) but got None: this vLLM passes one "
     "only for stateless (elastic EP) process groups. Enable elastic EP, or use a vLLM "
-    "release whose NIXL EP manager creates its own store (0.32.0 does).")
+    "release whose NIXL EP manager creates its own store (0.32.0 does)."
+)
 
 
 class _FakeCpuGroup:
@@ -274,7 +304,7 @@ class _FakeCpuGroup:
 class _RecordingBuffer:
     """Stands in for ``nixl_ep.Buffer``: accepts everything, records the store it got."""
 
-    stores: list = []
+    stores: ClassVar[list] = []
 
     def __init__(self, rank=0, tcp_store_group=None, **kwargs):
         _RecordingBuffer.stores.append(tcp_store_group)
@@ -293,8 +323,9 @@ def _names_tcp_store_group(exc: BaseException) -> bool:
     import traceback
 
     frames = traceback.extract_tb(exc.__traceback__)
-    return "tcp_store_group" in str(exc) or bool(frames and "tcp_store_group" in
-                                                 (frames[-1].line or ""))
+    return "tcp_store_group" in str(exc) or bool(
+        frames and "tcp_store_group" in (frames[-1].line or "")
+    )
 
 
 def observed_nixl_store_handling() -> str:
@@ -305,8 +336,8 @@ def observed_nixl_store_handling() -> str:
     try:
         from vllm.distributed import parallel_state
         from vllm.distributed.device_communicators import all2all
-    except Exception as exc:  # noqa: BLE001
-        raise UnrecognisedShape(f"cannot import vLLM's all2all module: {exc}")
+    except Exception as exc:
+        raise UnrecognisedShape(f"cannot import vLLM's all2all module: {exc}") from exc
     cls = getattr(all2all, "NixlEPAll2AllManager", None)
     if cls is None:
         raise UnrecognisedShape("vLLM has no NixlEPAll2AllManager")
@@ -322,42 +353,51 @@ def observed_nixl_store_handling() -> str:
     if hasattr(all2all, "StatelessProcessGroup"):
         module_names["StatelessProcessGroup"] = RecordingStatelessGroup
     if hasattr(all2all, "dist"):  # PrefixStore over the stand-in group's store
-        module_names["dist"] = types.SimpleNamespace(PrefixStore=lambda prefix, store: object(),
-                                                     barrier=lambda *a, **k: None)
+        module_names["dist"] = types.SimpleNamespace(
+            PrefixStore=lambda prefix, store: object(), barrier=lambda *a, **k: None
+        )
     fake_module = types.ModuleType("nixl_ep")
     fake_module.Buffer = _RecordingBuffer
     saved_module = sys.modules.get("nixl_ep")
     sys.modules["nixl_ep"] = fake_module
     try:
-        with swapped(parallel_state, get_dp_group=lambda: group, get_tp_group=lambda: group,
-                     in_the_same_node_as=lambda *a, **k: [True, True]), \
-                swapped(all2all, **module_names):
+        with (
+            swapped(
+                parallel_state,
+                get_dp_group=lambda: group,
+                get_tp_group=lambda: group,
+                in_the_same_node_as=lambda *a, **k: [True, True],
+            ),
+            swapped(all2all, **module_names),
+        ):
             try:
                 manager = cls(_FakeCpuGroup(), None)
             except (ValueError, AssertionError) as exc:
                 if _names_tcp_store_group(exc):
                     return "clear"
-                raise UnrecognisedShape(f"constructor failed: {type(exc).__name__}: {exc}")
+                raise UnrecognisedShape(f"constructor failed: {type(exc).__name__}: {exc}") from exc
             if getattr(manager, "tcp_store_group", None) is not None:
                 return "own"
             manager.__dict__.setdefault("max_num_ep_ranks", 2)
             try:
-                manager._init_buffer(max_num_tokens_per_dp_rank=1, token_hidden_size=8,
-                                     num_experts_per_rank=1)
+                manager._init_buffer(
+                    max_num_tokens_per_dp_rank=1, token_hidden_size=8, num_experts_per_rank=1
+                )
             except AttributeError as exc:
                 if "NoneType" in str(exc) and "store" in str(exc):
                     return "attribute-error"
-                raise UnrecognisedShape(f"_init_buffer: {exc}")
+                raise UnrecognisedShape(f"_init_buffer: {exc}") from exc
             except (ValueError, AssertionError) as exc:
                 if _names_tcp_store_group(exc):
                     return "clear"
-                raise UnrecognisedShape(f"_init_buffer: {type(exc).__name__}: {exc}")
+                raise UnrecognisedShape(f"_init_buffer: {type(exc).__name__}: {exc}") from exc
             raise UnrecognisedShape("_init_buffer ran without a tcp_store_group")
     except UnrecognisedShape:
         raise
-    except Exception as exc:  # noqa: BLE001 (any surprise means: unknown code)
-        raise UnrecognisedShape(f"NixlEPAll2AllManager under the probe: "
-                                f"{type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        raise UnrecognisedShape(
+            f"NixlEPAll2AllManager under the probe: {type(exc).__name__}: {exc}"
+        ) from exc
     finally:
         cls._buffer = None
         if saved_module is None:
@@ -376,8 +416,10 @@ class NixlEpTcpStoreGroupRequired(Patch):
     def probe(self) -> tuple[bool, str]:
         seen = observed_nixl_store_handling()
         if seen == "attribute-error":
-            return True, ("without tcp_store_group the manager fails at its first buffer with "
-                          "AttributeError on None")
+            return True, (
+                "without tcp_store_group the manager fails at its first buffer with "
+                "AttributeError on None"
+            )
         if seen == "clear":
             return False, "the manager reports a missing tcp_store_group clearly"
         return False, "the manager creates its own TCP store when none is given"
@@ -390,6 +432,7 @@ class NixlEpTcpStoreGroupRequired(Patch):
                 if tcp_store_group is None:
                     raise ValueError(NIXL_MISSING_STORE)
                 original(self, cpu_group, tcp_store_group, *args, **kwargs)
+
             return __init__
 
         wrap(all2all.NixlEPAll2AllManager, "__init__", checked_init, _NIXL_ATTR)

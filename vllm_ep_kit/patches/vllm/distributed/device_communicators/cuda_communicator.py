@@ -44,14 +44,18 @@ def check_reduce_scatterv_sizes(input_, dim: int, sizes, world_size: int, rank: 
     where = f"reduce_scatterv on rank {rank} of {world_size} (dim={dim})"
     if sizes is not None:
         if len(sizes) != world_size:
-            raise AssertionError(f"{where}: got {len(sizes)} sizes {list(sizes)}, "
-                                 f"need one per rank ({world_size})")
+            raise AssertionError(
+                f"{where}: got {len(sizes)} sizes {list(sizes)}, need one per rank ({world_size})"
+            )
         if rows != sum(sizes):
-            raise AssertionError(f"{where}: sizes {list(sizes)} sum to {sum(sizes)} but the "
-                                 f"input has {rows} rows")
+            raise AssertionError(
+                f"{where}: sizes {list(sizes)} sum to {sum(sizes)} but the input has {rows} rows"
+            )
     elif rows % world_size:
-        raise AssertionError(f"{where}: {rows} input rows do not split evenly over "
-                             f"{world_size} ranks and no sizes were given")
+        raise AssertionError(
+            f"{where}: {rows} input rows do not split evenly over "
+            f"{world_size} ranks and no sizes were given"
+        )
 
 
 def _bare_communicator(cls):
@@ -60,11 +64,20 @@ def _bare_communicator(cls):
     def unreachable(*args, **kwargs):
         raise RuntimeError("probe reached NCCL")
 
-    stub = types.SimpleNamespace(disabled=False, reduce_scatter=unreachable,
-                                 reduce_scatterv=unreachable)
-    comm.__dict__.update(world_size=2, rank=0, rank_in_group=0, pynccl_comm=stub,
-                         ca_comm=None, qr_comm=None, symm_mem_comm=None, aiter_ar_comm=None,
-                         use_custom_op_call=False)
+    stub = types.SimpleNamespace(
+        disabled=False, reduce_scatter=unreachable, reduce_scatterv=unreachable
+    )
+    comm.__dict__.update(
+        world_size=2,
+        rank=0,
+        rank_in_group=0,
+        pynccl_comm=stub,
+        ca_comm=None,
+        qr_comm=None,
+        symm_mem_comm=None,
+        aiter_ar_comm=None,
+        use_custom_op_call=False,
+    )
     return comm
 
 
@@ -73,15 +86,16 @@ def assertion_message_for_bad_sizes() -> str:
 
     try:
         cls = importlib.import_module(MODULE).CudaCommunicator
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise UnrecognisedShape(f"cannot import {MODULE}: {exc}") from exc
     try:
         cls.reduce_scatterv(_bare_communicator(cls), torch.zeros(12, 4), 0, [3, 8])
     except AssertionError as exc:
         return str(exc)
-    except Exception as exc:  # noqa: BLE001
-        raise UnrecognisedShape(f"reduce_scatterv under the probe raised "
-                                f"{type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        raise UnrecognisedShape(
+            f"reduce_scatterv under the probe raised {type(exc).__name__}: {exc}"
+        ) from exc
     raise UnrecognisedShape("reduce_scatterv accepted sizes that do not add up")
 
 
@@ -100,11 +114,18 @@ def check_signatures(cls) -> None:
         if method is None:
             continue
         params = inspect.signature(method).parameters
-        named = [p for p in WRAPPED_PARAMETERS if p in params and params[p].kind in (
-            inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+        named = [
+            p
+            for p in WRAPPED_PARAMETERS
+            if p in params
+            and params[p].kind
+            in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        ]
         if len(named) != len(WRAPPED_PARAMETERS):
-            raise UnrecognisedShape(f"CudaCommunicator.{name}{inspect.signature(method)} lacks "
-                                    f"the parameters {', '.join(WRAPPED_PARAMETERS)}")
+            raise UnrecognisedShape(
+                f"CudaCommunicator.{name}{inspect.signature(method)} lacks "
+                f"the parameters {', '.join(WRAPPED_PARAMETERS)}"
+            )
 
 
 class ReduceScattervAsserts(Patch):
@@ -128,10 +149,15 @@ class ReduceScattervAsserts(Patch):
             def method(self, *args, **kwargs):
                 bound = signature.bind(self, *args, **kwargs)
                 bound.apply_defaults()
-                check_reduce_scatterv_sizes(bound.arguments["input_"], bound.arguments["dim"],
-                                            bound.arguments["sizes"], self.world_size,
-                                            self.rank_in_group)
+                check_reduce_scatterv_sizes(
+                    bound.arguments["input_"],
+                    bound.arguments["dim"],
+                    bound.arguments["sizes"],
+                    self.world_size,
+                    self.rank_in_group,
+                )
                 return original(self, *args, **kwargs)
+
             return method
 
         cls = importlib.import_module(MODULE).CudaCommunicator

@@ -90,8 +90,9 @@ class _PayloadRecorder:
 
         class MnnvlMoe:
             @staticmethod
-            def mnnvl_moe_alltoallv_prepare_without_allgather(topk_ids, topk_weights, *args,
-                                                              **kwargs):
+            def mnnvl_moe_alltoallv_prepare_without_allgather(
+                topk_ids, topk_weights, *args, **kwargs
+            ):
                 return object(), topk_ids, topk_weights, None
 
             @staticmethod
@@ -113,21 +114,37 @@ def scale_payloads_when_no_scales() -> list[str]:
         fi = _flashinfer_alltoall_module()
     except UnrecognisedShape:
         raise
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise UnrecognisedShape(f"cannot import {MODULES} or FlashInfer: {exc}") from exc
     dispatch = getattr(module, FUNCTION, None)
     if dispatch is None or not hasattr(module, "moe_kernel_quantize_input"):
-        raise UnrecognisedShape(f"{module.__name__} has no {FUNCTION} / "
-                                "moe_kernel_quantize_input")
+        raise UnrecognisedShape(f"{module.__name__} has no {FUNCTION} / moe_kernel_quantize_input")
     rec = _PayloadRecorder()
-    manager = types.SimpleNamespace(ensure_alltoall_workspace_initialized=lambda: True,
-                                    rank=0, world_size=2, workspace_tensor=None,
-                                    prepare_workspace_tensor=None)
-    quant = types.SimpleNamespace(quant_dtype=None, per_act_token_quant=False, block_shape=None,
-                                  is_scale_swizzled=False, mx_alignment=None)
-    values = dict(all2all_manager=manager, global_num_tokens_cpu=[2, 2],
-                  x=torch.zeros(2, 8), gs=None, topk_ids=torch.zeros(2, 2, dtype=torch.int32),
-                  topk_weights=torch.zeros(2, 2), top_k=2, num_experts=4, quant_config=quant)
+    manager = types.SimpleNamespace(
+        ensure_alltoall_workspace_initialized=lambda: True,
+        rank=0,
+        world_size=2,
+        workspace_tensor=None,
+        prepare_workspace_tensor=None,
+    )
+    quant = types.SimpleNamespace(
+        quant_dtype=None,
+        per_act_token_quant=False,
+        block_shape=None,
+        is_scale_swizzled=False,
+        mx_alignment=None,
+    )
+    values = dict(
+        all2all_manager=manager,
+        global_num_tokens_cpu=[2, 2],
+        x=torch.zeros(2, 8),
+        gs=None,
+        topk_ids=torch.zeros(2, 2, dtype=torch.int32),
+        topk_weights=torch.zeros(2, 2),
+        top_k=2,
+        num_experts=4,
+        quant_config=quant,
+    )
     params = inspect.signature(dispatch).parameters
     required = [n for n, p in params.items() if p.default is inspect.Parameter.empty]
     unknown = [n for n in required if n not in values]
@@ -135,15 +152,18 @@ def scale_payloads_when_no_scales() -> list[str]:
         raise UnrecognisedShape(f"{FUNCTION} takes {unknown}, which the probe does not know")
     kwargs = {n: v for n, v in values.items() if n in params}
     try:
-        with swapped(fi, MnnvlMoe=rec.MnnvlMoe), \
-                swapped(module, moe_kernel_quantize_input=lambda x, *a, **k: (x, None)):
+        with (
+            swapped(fi, MnnvlMoe=rec.MnnvlMoe),
+            swapped(module, moe_kernel_quantize_input=lambda x, *a, **k: (x, None)),
+        ):
             dispatch(**kwargs)
     except TypeError as exc:
         if "got None as its payload" not in str(exc):
             raise UnrecognisedShape(f"{FUNCTION} failed under the probe: {exc}") from exc
-    except Exception as exc:  # noqa: BLE001
-        raise UnrecognisedShape(f"{FUNCTION} failed under the probe: "
-                                f"{type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        raise UnrecognisedShape(
+            f"{FUNCTION} failed under the probe: {type(exc).__name__}: {exc}"
+        ) from exc
     return ["none" if p is None else "tensor" for p in rec.payloads]
 
 
@@ -167,6 +187,7 @@ class TwoSidedDispatchXsfGuard(Patch):
                 fi = _flashinfer_alltoall_module()
                 with swapped(fi, MnnvlMoe=none_passthrough(fi.MnnvlMoe)):
                     return original(*args, **kwargs)
+
             return dispatch
 
         wrap(dispatch_module(), FUNCTION, guarded, _PATCHED_ATTR)
