@@ -740,13 +740,16 @@ def gpu_manager_test(fn):
     return fn
 
 
-def run_on_gpus(fn, layout: ParallelLayout, all2all: str, *args, timeout_s: float = 420):
-    """``timeout_s`` covers a first FlashInfer JIT build (up to ~200 s measured).
+# The lifecycle tests measure device memory and FlashInfer's process-wide workspace caches,
+# which a pooled rank would carry over from earlier tests.
+FRESH_FOR_DEVICE_MEMORY = pytest.mark.fresh_ranks(
+    "measures device memory and FlashInfer's class-level workspace caches, which a pooled "
+    "rank carries over from earlier tests"
+)
 
-    The lifecycle functions measure device memory and FlashInfer's process-wide
-    workspace caches, which a pooled rank would carry over from earlier tests:
-    they always get fresh processes.
-    """
+
+def run_on_gpus(fn, layout: ParallelLayout, all2all: str, *args, timeout_s: float = 420):
+    """``timeout_s`` covers a first FlashInfer JIT build (up to ~200 s measured)."""
     return run_ranks(
         fn,
         layout.world_size,
@@ -756,11 +759,11 @@ def run_on_gpus(fn, layout: ParallelLayout, all2all: str, *args, timeout_s: floa
         layout=layout,
         all2all_backend=all2all,
         timeout_s=timeout_s,
-        fresh_processes=fn is rank_manager_lifecycle,
     )
 
 
 @gpu_manager_test
+@FRESH_FOR_DEVICE_MEMORY
 @pytest.mark.parametrize("layout", GPU_LAYOUTS)
 @pytest.mark.parametrize("all2all", MANAGER_BACKENDS)
 def test_vllm_manager_lifecycle_on_gpus(all2all, layout):
@@ -784,6 +787,7 @@ def test_vllm_manager_lifecycle_on_gpus(all2all, layout):
         "keeps the smaller one too"
     ),
 )
+@FRESH_FOR_DEVICE_MEMORY
 @pytest.mark.parametrize("all2all", MANAGER_BACKENDS)
 def test_vllm_manager_cleanup_returns_device_memory(all2all):
     """After the last cleanup, device memory is back to its level before the first ensure."""
@@ -794,6 +798,7 @@ def test_vllm_manager_cleanup_returns_device_memory(all2all):
 
 @gpu_manager_test
 @pytest.mark.gpus(2)
+@FRESH_FOR_DEVICE_MEMORY
 @pytest.mark.parametrize("all2all", MANAGER_BACKENDS)
 def test_vllm_manager_lifecycle_check_fails_when_fix_reverted(all2all):
     """Negative control on real allocations: TP mode has a 1-rank DP group, so the

@@ -62,11 +62,8 @@ def deadline():
     return bound
 
 
-@pytest.fixture(autouse=True)
-def process_per_run(monkeypatch):
-    """These tests test ``run_ranks``'s own processes (spawn, watchdog, teardown, nothing
-    left behind), so ``--ep-pool`` does not route them to a pool; ``test_pool.py`` drives
-    pools itself (and sets the variable where it tests the routing)."""
-    from vllm_ep_kit.testing.pool import POOL_ENV
-
-    monkeypatch.delenv(POOL_ENV, raising=False)
+# The harness tests of run_ranks' own processes (spawn, watchdog, teardown, nothing left
+# behind) are about those processes: under --ep-pool they still get them.
+OWN_PROCESSES = pytest.mark.fresh_ranks(
+    "tests run_ranks' own rank processes: spawn, watchdog, teardown, nothing left behind"
+)

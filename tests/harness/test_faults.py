@@ -26,6 +26,10 @@ import torch.distributed as dist
 from vllm_ep_kit.testing import RankFailures, proctree, run_ranks
 from vllm_ep_kit.testing.pool import PoolKey, RankPool
 
+from .conftest import OWN_PROCESSES
+
+pytestmark = OWN_PROCESSES
+
 REPO = Path(__file__).resolve().parents[2]
 MARK = "VLLM_EP_KIT_TEST_MARK"
 WORLD_SIZES = [2, 4]

@@ -22,6 +22,13 @@ from vllm_ep_kit.testing.pool import POOL_ENV, PoolKey, RankPool, pooled_run
 KEY = PoolKey(world_size=2, backend="gloo")
 
 
+@pytest.fixture(autouse=True)
+def pool_off_unless_set_here(monkeypatch):
+    """These tests drive pools themselves; where one tests run_ranks' routing, it sets
+    the variable itself (``make test`` runs with ``--ep-pool``)."""
+    monkeypatch.delenv(POOL_ENV, raising=False)
+
+
 def whoami(ctx):
     return os.getpid(), ctx.rank
 
@@ -96,6 +103,24 @@ def test_environment_changes_do_not_leak_into_the_next_task(pool):
     assert pool.run(set_env_and_report, "EP_KIT_POOL_PROBE") == [None, None]
 
 
+def read_env(ctx, name):
+    return os.environ.get(name)
+
+
+def test_a_task_sees_the_parents_environment_of_now_as_a_fresh_rank_would(pool, monkeypatch):
+    monkeypatch.setenv("EP_KIT_POOL_SET_LATER", "now")
+    assert pool.run(read_env, "EP_KIT_POOL_SET_LATER") == ["now", "now"]
+    monkeypatch.setenv("EP_KIT_POOL_SET_LATER", "changed")
+    assert pool.run(read_env, "EP_KIT_POOL_SET_LATER") == ["changed", "changed"]
+    monkeypatch.delenv("EP_KIT_POOL_SET_LATER")
+    assert pool.run(read_env, "EP_KIT_POOL_SET_LATER") == [None, None]
+    home = os.environ["HOME"]
+    monkeypatch.delenv("HOME")  # set when the ranks started, unset for this task only
+    assert pool.run(read_env, "HOME") == [None, None]
+    monkeypatch.setenv("HOME", home)
+    assert pool.run(read_env, "HOME") == [home, home]
+
+
 def test_failure_tears_the_pool_down_with_the_rank_error(pool):
     pids = pool.pids
     with pytest.raises(RankFailures) as info:
@@ -144,6 +169,20 @@ def test_run_ranks_goes_through_the_pool_when_asked(monkeypatch):
     monkeypatch.delenv(POOL_ENV)
     third = run_ranks(whoami, 2, backend="gloo")  # a process per call again
     assert not {pid for pid, _ in third} & {pid for pid, _ in first}
+
+
+def test_fresh_ranks_takes_processes_of_its_own_and_gives_the_pool_back(monkeypatch):
+    monkeypatch.setenv(POOL_ENV, "1")
+    pooled = run_ranks(whoami, 2, backend="gloo")
+    with pool_module.fresh_ranks("measures process-wide state"):
+        assert POOL_ENV not in os.environ  # processes started here do not pool either
+        own = run_ranks(whoami, 2, backend="gloo")
+    assert os.environ[POOL_ENV] == "1"
+    again = run_ranks(whoami, 2, backend="gloo")
+    assert again == pooled  # the same pooled processes serve after the block
+    assert not {pid for pid, _ in own} & {pid for pid, _ in pooled}
+    with pytest.raises(ValueError, match="say why"), pool_module.fresh_ranks("  "):
+        pass
 
 
 def vllm_state_left(ctx):

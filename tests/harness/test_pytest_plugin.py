@@ -150,3 +150,37 @@ def test_own_version_from_a_source_tree_without_metadata(monkeypatch):
     assert probes.versions()["vllm-ep-kit"] == (
         f"{vllm_ep_kit.__version__} (source tree, not installed)"
     )
+
+
+FRESH_CASES = """
+import pytest
+
+from vllm_ep_kit.testing import pool
+
+
+@pytest.mark.fresh_ranks("measures process-wide state")
+def test_marked_gets_processes_of_its_own():
+    assert not pool.pool_enabled()
+
+
+def test_unmarked_is_served_by_the_pool():
+    assert pool.pool_enabled()
+"""
+
+
+def test_fresh_ranks_marker_opts_one_test_out_of_the_pool(pytester, monkeypatch):
+    monkeypatch.delenv("VLLM_EP_KIT_POOL", raising=False)
+    _cases(pytester)
+    pytester.makepyfile(test_fresh=FRESH_CASES)
+    result = pytester.runpytest("--ep-pool", "test_fresh.py")
+    result.assert_outcomes(passed=2)
+
+
+def test_fresh_ranks_marker_without_a_reason_stops_the_run(pytester):
+    _cases(pytester)
+    pytester.makepyfile(
+        test_fresh="import pytest\n\n@pytest.mark.fresh_ranks()\ndef test_x():\n    pass\n"
+    )
+    result = pytester.runpytest("test_fresh.py")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*test_x: @pytest.mark.fresh_ranks needs its reason*"])

@@ -23,7 +23,9 @@ import torch.distributed as dist
 from vllm_ep_kit.testing import RankFailures, run_ranks
 from vllm_ep_kit.testing.ports import PortInUseError
 
-from .conftest import new_processes
+from .conftest import OWN_PROCESSES, new_processes
+
+pytestmark = OWN_PROCESSES
 
 WORLD_SIZES = [2, 4]
 

@@ -9,6 +9,10 @@ import pytest
 
 from vllm_ep_kit.testing import skip_or_fail
 
+from .conftest import OWN_PROCESSES
+
+pytestmark = OWN_PROCESSES
+
 HERE = Path(__file__).parent
 
 

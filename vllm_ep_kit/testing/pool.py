@@ -38,7 +38,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,8 +71,37 @@ from vllm_ep_kit.testing.supervision import (
 POOL_ENV = "VLLM_EP_KIT_POOL"  # "1": run_ranks goes through a persistent pool
 
 
+# Why the running test takes processes of its own although the pool is on (the pytest
+# plugin sets it around a test marked ``fresh_ranks(reason)``); None: the pool may serve.
+_fresh_reason: str | None = None
+
+
 def pool_enabled() -> bool:
+    """The pool serves ``run_ranks`` now: asked for, and the running test does not opt out."""
+    if _fresh_reason is not None:
+        return False
     return os.environ.get(POOL_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@contextlib.contextmanager
+def fresh_ranks(reason: str) -> Iterator[None]:
+    """Inside the block every ``run_ranks`` spawns its own processes, pool or not, here
+    and in the processes the block starts (``VLLM_EP_KIT_POOL`` is unset meanwhile).
+
+    For a test whose outcome depends on process-wide state (device memory, library
+    caches, a library's global registry) or on the spawning runner itself.
+    """
+    global _fresh_reason
+    if not isinstance(reason, str) or not reason.strip():
+        raise ValueError(f"reason={reason!r}: say why the ranks need fresh processes")
+    previous, _fresh_reason = _fresh_reason, reason
+    previous_env = os.environ.pop(POOL_ENV, None)
+    try:
+        yield
+    finally:
+        _fresh_reason = previous
+        if previous_env is not None:
+            os.environ[POOL_ENV] = previous_env
 
 
 @dataclass(frozen=True)
@@ -150,19 +179,23 @@ def pool_rank_main(spec: RankSpec, conn) -> None:
             try:
                 _collective_check(ctx)
                 outcome = RankOutcome(status="ok")
-            except BaseException as exc:  # noqa: BLE001
+            except BaseException as exc:  # noqa: BLE001 (a broken group is the report)
                 outcome = outcome_from_exception(exc)
             conn.send((message, outcome_bytes(outcome)))
             continue
-        _, task_id, fn, args, kwargs, layout, all2all_backend = message
+        _, task_id, fn, args, kwargs, layout, all2all_backend, (env_set, env_unset) = message
         ctx.heartbeat()
         saved_env = dict(os.environ)
+        # The parent's environment as it is now, as a fresh rank would inherit it.
+        for name in env_unset:
+            os.environ.pop(name, None)
+        os.environ.update(env_set)
         ctx.layout, ctx.vllm_config = layout, None
         try:
             value = run_in_context(fn, ctx, args, kwargs, layout, all2all_backend)
             code = _isolation_check(ctx, code)
             outcome = RankOutcome(status="ok", value=value)
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:  # noqa: BLE001 (the task's failure, skips too, is the report)
             outcome = outcome_from_exception(exc)
             if outcome.status == "error":
                 traceback.print_exc()
@@ -199,6 +232,7 @@ class RankPool:
         child_env.setdefault("NCCL_NVLS_ENABLE", "0")
         self.closed = False
         self.run_id = proctree.new_run_id()
+        self._started_env = dict(os.environ)  # what the ranks inherited
         try:
             for rank in range(key.world_size):
                 spec = RankSpec(
@@ -266,7 +300,9 @@ class RankPool:
             )
         task_id = next(self._ids)
         for conn in self._conns:
-            conn.send(("task", task_id, fn, args, kwargs, layout, all2all_backend))
+            conn.send(
+                ("task", task_id, fn, args, kwargs, layout, all2all_backend, self._env_change())
+            )
         outcomes = self._await(task_id, timeout_s, failure_grace_s)
         # Every rank is done: prove the world group still works before the next test.
         for conn in self._conns:
@@ -279,6 +315,14 @@ class RankPool:
 
             skip_or_fail("; ".join(sorted(set(skipped))))
         return [o.value for o in outcomes]
+
+    def _env_change(self) -> tuple[dict[str, str], tuple[str, ...]]:
+        """What changed in this process's environment since the ranks started (a test's
+        monkeypatch.setenv): set and unset for the task, as a fresh rank would see it."""
+        now = dict(os.environ)
+        changed = {k: v for k, v in now.items() if self._started_env.get(k) != v}
+        removed = tuple(k for k in self._started_env if k not in now)
+        return changed, removed
 
     def _await(self, tag, timeout_s: float, grace_s: float) -> list[RankOutcome]:
         """Collect one message per rank; on any failure tear down and raise RankFailures."""

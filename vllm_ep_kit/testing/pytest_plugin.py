@@ -9,10 +9,13 @@ Markers::
     @pytest.mark.mnnvl_handles   # fabric or POSIX-fd GPU memory handles
     @pytest.mark.flashinfer      # flashinfer.comm imports
     @pytest.mark.vllm            # vllm imports
+    @pytest.mark.fresh_ranks("why")  # run_ranks spawns, even under --ep-pool
 
 An unmet marker skips with the probe's reason; ``--ep-strict`` (or
 ``VLLM_EP_KIT_STRICT=1``) turns those skips, and skips reported by ranks,
-into failures, for CI jobs that must really run them.
+into failures, for CI jobs that must really run them.  ``--ep-pool`` runs
+multi-rank tests in persistent rank pools; a test whose outcome depends on
+process-wide state says so with ``fresh_ranks`` and its reason.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ MARKERS = {
     "mnnvl_handles": "needs fabric or POSIX-fd GPU memory handle support",
     "flashinfer": "needs flashinfer.comm to import",
     "vllm": "needs vllm to import",
+    "fresh_ranks(reason)": "its ranks run in processes of their own even under --ep-pool "
+    "(the reason says which process-wide state the outcome depends on)",
 }
 
 _PROBE_FOR_MARKER = {
@@ -116,3 +121,33 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     reasons = unmet_requirements(item)
     if reasons:
         skip_or_fail("; ".join(reasons))
+
+
+def fresh_ranks_reason(item: pytest.Item) -> str | None:
+    """The reason a test's ranks need processes of their own, None if the pool may serve."""
+    mark = item.get_closest_marker("fresh_ranks")
+    if mark is None:
+        return None
+    reason = mark.args[0] if mark.args else mark.kwargs.get("reason")
+    if not isinstance(reason, str) or not reason.strip():
+        raise pytest.UsageError(
+            f"{item.nodeid}: @pytest.mark.fresh_ranks needs its reason, e.g. "
+            '@pytest.mark.fresh_ranks("measures device memory")'
+        )
+    return reason
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        fresh_ranks_reason(item)  # a marker without its reason stops the run here
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> object:
+    reason = fresh_ranks_reason(item)
+    if reason is None:
+        return (yield)
+    from vllm_ep_kit.testing import pool
+
+    with pool.fresh_ranks(reason):
+        return (yield)

@@ -252,6 +252,7 @@ def test_vllm_fused_experts_per_ep_rank(dtype, ep_size, expert_partial_results):
 
 
 @pytest.mark.gpus(1)
+@pytest.mark.fresh_ranks("builds a FusedMoE layer, which registers itself in vLLM's config")
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
 def test_vllm_fused_moe_layer_on_one_gpu(dtype):
     """vLLM's MoE layer (router, weight loader, kernel selection, experts) vs fp32."""
@@ -266,7 +267,6 @@ def test_vllm_fused_moe_layer_on_one_gpu(dtype):
         backend="nccl",
         layout=ParallelLayout(),
         timeout_s=420,
-        fresh_processes=True,
     )[0]
     for result in results:
         print(
