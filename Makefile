@@ -11,12 +11,12 @@ PRIMARY_VLLM := $(shell sed -n 's/^-r vllm-\(.*\)\.txt$$/\1/p' requirements/comm
 SECOND_VLLM  ?= 0.32.0
 SECOND_VENV  := .venv-$(SECOND_VLLM)
 SECOND_STAMP := $(SECOND_VENV)/.installed
-# The second leg: the test modules that import vLLM or drive it through the CLI (the rest,
-# lint-ci, the harness and the oracle, do not depend on the vLLM release).
-SECOND_TESTS ?= tests/distributed tests/kernels tests/patches tests/backends tests/bench \
-	tests/test_ep_check.py tests/test_cli.py tests/test_binary_compat.py tests/test_bundle.py
+# Multi-rank tests share persistent rank pools (one per world size and process-group
+# backend); a test whose outcome needs processes of its own says so with
+# @pytest.mark.fresh_ranks(reason) (docs/harness.md).
+POOL_ARGS ?= --ep-pool
 
-.PHONY: venv doctor check test test-primary test-second test-releases mutants lint clean
+.PHONY: venv doctor check test test-primary test-second test-fast test-releases mutants lint clean
 
 venv: $(STAMP)
 
@@ -55,11 +55,29 @@ test: $(STAMP) $(SECOND_STAMP) $(AFFECTED_DIR)/VERSION
 	exit $$rc
 
 test-primary: $(STAMP) $(AFFECTED_DIR)/VERSION
-	$(AFFECTED_ENV) $(BIN)/python -m pytest tests $(PYTEST_ARGS)
+	$(AFFECTED_ENV) $(BIN)/python -m pytest tests $(POOL_ARGS) $(PYTEST_ARGS)
 
+# The second leg: the tests that reach vLLM, which the `vllm` marker names (a test that
+# imports vLLM without it fails the collection: tests/vllm_marker.py).
 test-second: $(SECOND_STAMP) $(AFFECTED_DIR)/VERSION
-	$(AFFECTED_ENV) $(SECOND_VENV)/bin/python -m pytest \
-		$(SECOND_TESTS) $(PYTEST_ARGS)
+	$(AFFECTED_ENV) $(SECOND_VENV)/bin/python -m pytest tests -m vllm $(POOL_ARGS) $(PYTEST_ARGS)
+
+# The inner loop: every test that starts no vLLM rank and installs nothing (no second
+# venv, no release sources), on the primary venv.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests -m "not vllm and not slow" $(POOL_ARGS) $(PYTEST_ARGS)
+
+# Lint and types, as .pre-commit-config.yaml runs them; every tool runs, then the
+# target fails if any found something.
+lint: $(STAMP)
+	@rc=0; \
+	$(BIN)/ruff check . || rc=1; \
+	$(BIN)/ruff format --check . || rc=1; \
+	$(BIN)/typos || rc=1; \
+	$(BIN)/python scripts/check_noqa.py || rc=1; \
+	$(BIN)/mypy || rc=1; \
+	[ $$rc = 0 ] && echo "make lint: clean" || echo "make lint: findings above"; \
+	exit $$rc
 
 # The hotfix tests over every release the patches document (each asserts what that release
 # carries: tests/patches/releases.py); sources cached in .cache/ between runs.

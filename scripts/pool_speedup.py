@@ -21,20 +21,9 @@ import json
 import subprocess
 import sys
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
-
-def outcomes(junit: Path) -> dict[str, str]:
-    """test id -> passed | failed | skipped | error (from a JUnit XML report)."""
-    result = {}
-    for case in ET.parse(junit).iter("testcase"):
-        name = f"{case.get('classname')}::{case.get('name')}"
-        kinds = [child.tag for child in case]
-        result[name] = next(
-            (k for k in ("failure", "error", "skipped") if k in kinds), "passed"
-        ).replace("failure", "failed")
-    return result
+from junit_report import outcomes
 
 
 def timed_pytest(out: Path, label: str, args: list[str]) -> dict:

@@ -21,6 +21,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -171,7 +172,7 @@ def plan(
     include_vllm: bool,
     have: set[str],
     extra_modules: tuple[str, ...] = (),
-    skip: set[str] = frozenset(),
+    skip: AbstractSet[str] = frozenset(),
     progress=lambda message: None,
 ) -> BundlePlan:
     """What to ship: FlashInfer's pruned tree, optionally vLLM, and the import closure.
@@ -301,6 +302,8 @@ def write(
         folder.mkdir(parents=True, exist_ok=True)
     root = bundle.flashinfer_root
     for path in bundle.flashinfer_files:
+        if root is None:
+            raise ValueError("the bundle plan lists FlashInfer files without their root")
         target = site / "flashinfer" / path.relative_to(root)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, target)

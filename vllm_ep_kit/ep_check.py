@@ -77,7 +77,8 @@ class CheckRun:
     backend: str
     layout: ParallelLayout
     cases: tuple[RoutingCase, ...]
-    spec: Backend = None  # the registry's entry (ranks receive it: see exchange.rank_cases)
+    # the registry's entry (ranks receive it: see exchange.rank_cases)
+    spec: Backend = None  # type: ignore[assignment]  # None: the registry's, set in __post_init__
 
     def __post_init__(self) -> None:
         if self.spec is None:

@@ -202,6 +202,7 @@ def rank_graph_replays(
             if not stale_inputs:
                 for into, value in zip(inputs, sent.wire(transport.device), strict=False):
                     if into is not None:
+                        assert value is not None, "captured scales: the case has them"
                         into.copy_(value)
             graph.replay()
             replays.append((index, round_index, case, sent, out.clone()))

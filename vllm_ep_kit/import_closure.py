@@ -19,6 +19,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -68,7 +69,7 @@ class SiteIndex:
             if not name or name in self.versions or not dist.files:
                 continue
             self.versions[name] = dist.version
-            self.roots[name] = Path(dist.locate_file(""))
+            self.roots[name] = Path(str(dist.locate_file("")))
             for entry in dist.files:
                 parts = PurePosixPath(entry).parts
                 if not parts or parts[0] in ("..", "__pycache__") or parts[0].endswith(".pth"):
@@ -146,13 +147,13 @@ def with_requirements(names: set[str], paths: list[str] | None = None) -> set[st
 def minimal_distributions(
     modules: tuple[str, ...],
     have: set[str],
-    always: set[str] = frozenset(),
+    always: AbstractSet[str] = frozenset(),
     extra_path: tuple[str, ...] = (),
     stubs: tuple[str, ...] = (),
     max_rounds: int = 80,
     progress=lambda message: None,
     site_paths: list[str] | None = None,
-    skip: set[str] = frozenset(),
+    skip: AbstractSet[str] = frozenset(),
 ) -> Closure:
     """Distributions beyond ``have`` that importing ``modules`` cannot do without.
 

@@ -86,6 +86,7 @@ def rank_manager_lifecycle(ctx, backend: str, reverted_fix: bool = False) -> dic
     with mutant:
         for index, (step, step_shape) in enumerate(plan):
             if step == "ensure":
+                assert step_shape is not None, "each ensure step has its shape"
                 try:
                     ensure_workspace(manager, backend, step_shape)
                 except RuntimeError as exc:  # e.g. FlashInfer's own workspace-size check

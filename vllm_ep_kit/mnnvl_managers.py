@@ -44,12 +44,12 @@ def mnnvl_on_dp_group():
 
     original = mnnvl_compat.CustomCommunicator
 
-    class DpGroupCommunicator(original):
+    class DpGroupCommunicator(mnnvl_compat.CustomCommunicator):
         def __init__(self, group):
             super().__init__(ps.get_dp_group().cpu_group)
 
-    mnnvl_compat.CustomCommunicator = DpGroupCommunicator
+    mnnvl_compat.CustomCommunicator = DpGroupCommunicator  # type: ignore[misc]  # the mutant's swap
     try:
         yield
     finally:
-        mnnvl_compat.CustomCommunicator = original
+        mnnvl_compat.CustomCommunicator = original  # type: ignore[misc]  # vLLM's class back

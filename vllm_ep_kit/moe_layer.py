@@ -47,7 +47,7 @@ class MoeLayerCell:
     combo: str
     # Resolved where the cell is made: rank processes receive it with the cell, so a
     # backend registered only in the test process still runs there.
-    spec: Backend = field(default=None, compare=False, repr=False)
+    spec: Backend = field(default=None, compare=False, repr=False)  # type: ignore[assignment]  # None: the registry's, set in __post_init__
 
     def __post_init__(self) -> None:
         if self.spec is None:

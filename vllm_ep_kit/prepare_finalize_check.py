@@ -26,6 +26,7 @@ import functools
 import inspect
 from collections import Counter
 from types import SimpleNamespace
+from typing import Any
 
 import torch
 
@@ -68,7 +69,7 @@ def _late_reduce_rule():
     import importlib
 
     module = importlib.import_module(RUNNER_MODULE)
-    owners = [
+    owners: list[Any] = [  # the runner module's classes, whatever this vLLM defines
         cls
         for _, cls in inspect.getmembers(module, inspect.isclass)
         if "_maybe_reduce_final_output" in vars(cls)
@@ -128,9 +129,12 @@ def prepare_finalize_kwargs(
     return {k: v for k, v in values.items() if k in accepted}
 
 
-def _row_keys(tokens: Tokens) -> Counter:
+RowKey = tuple[tuple[int, ...], tuple[float, ...], tuple[float, ...]]  # (ids, weights, values)
+
+
+def _row_keys(tokens: Tokens) -> Counter[RowKey]:
     """Each row as (ids, weights, values), counted: compares received rows in any order."""
-    keys = Counter()
+    keys: Counter[RowKey] = Counter()
     for ids, w, x in zip(
         tokens.topk_ids.tolist(),
         tokens.topk_weights.tolist(),
@@ -163,7 +167,7 @@ def dispatch_findings(
     findings = []
     sources = [[s] for s in range(len(ep_ranks))] if block else [list(range(len(ep_ranks)))]
     for group in sources:
-        expected = Counter()
+        expected: Counter[RowKey] = Counter()
         for s in group:
             theirs = source_tokens(case, layout.dp_rank(ep_ranks[s]))
             here = owner[theirs.topk_ids.long()] == ep_rank

@@ -27,10 +27,11 @@ STABLE_PREFIXES = ("aoti_torch_", "torch_")
 
 def _dynamic_symbols(path: Path, defined: bool) -> set[str]:
     from elftools.elf.elffile import ELFFile
+    from elftools.elf.sections import SymbolTableSection
 
     with open(path, "rb") as handle:
         table = ELFFile(handle).get_section_by_name(".dynsym")
-        if table is None:
+        if not isinstance(table, SymbolTableSection):  # None: no dynamic symbols
             return set()
         names = set()
         for sym in table.iter_symbols():

@@ -169,7 +169,7 @@ def build_fused_moe_layer(
             (w2_name, "w2", w2[expert]),
         ):
             param = params[name]
-            param.weight_loader(param, weight.to(dtype), name, shard_id=shard, expert_id=expert)
+            param.weight_loader(param, weight.to(dtype), name, shard_id=shard, expert_id=expert)  # type: ignore[attr-defined]  # vLLM sets it on its parameters
     with set_current_vllm_config(vllm_config):
         for module in layer.modules():
             method = getattr(module, "quant_method", None)

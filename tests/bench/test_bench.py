@@ -311,7 +311,7 @@ def rank_bench_with_doubled_combine(ctx, run, settings, partial_dir):
     from vllm_ep_kit.patches.base import swapped
 
     original = AgRsAll2AllManager.combine
-    doubled = lambda self, h, **kw: original(self, h, **kw) * 2  # noqa: E731
+    doubled = lambda self, h, **kw: original(self, h, **kw) * 2  # noqa: E731 (a one-line stand-in)
     with swapped(AgRsAll2AllManager, combine=doubled):  # restored: a pooled rank runs on
         return rank_bench(ctx, run, settings, partial_dir)
 

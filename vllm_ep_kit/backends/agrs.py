@@ -9,11 +9,23 @@ dispatch sends them (``extra_tensors``).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
+
+import torch
+
 from vllm_ep_kit.backends import registry
 from vllm_ep_kit.backends.spec import DP_SOURCES, TO_GROUP, Backend, Needs
 from vllm_ep_kit.backends.transport import Dispatched, Transport, received
 from vllm_ep_kit.layout import ParallelLayout
-from vllm_ep_kit.reference.moe import concat_tokens
+from vllm_ep_kit.reference.moe import RoutingCase, Tokens, concat_tokens
+
+if TYPE_CHECKING:
+    from vllm.distributed.device_communicators.all2all import AgRsAll2AllManager
+    from vllm.distributed.parallel_state import GroupCoordinator
+
+    from vllm_ep_kit.testing.rank import RankContext
 
 NAME = "allgather_reducescatter"
 
@@ -32,7 +44,7 @@ class AgrsTransport(Transport):
 
     name = "vllm AgRsAll2AllManager"
 
-    def __init__(self, ctx, backend):
+    def __init__(self, ctx: RankContext, backend: Backend) -> None:
         super().__init__(ctx, backend)
         from vllm.distributed import parallel_state as ps
         from vllm.distributed.device_communicators.all2all import AgRsAll2AllManager
@@ -42,31 +54,43 @@ class AgrsTransport(Transport):
         if ctx.backend == "gloo":
             for group in (ps.get_dp_group(), ps.get_ep_group(), ps.get_tp_group()):
                 ensure_v_collectives(group)
-        self.sp = bool(ctx.vllm_config.parallel_config.use_sequence_parallel_moe)
+        assert ctx.vllm_config is not None, "AGRS runs inside vLLM's parallel state"
+        self.sp: bool = bool(ctx.vllm_config.parallel_config.use_sequence_parallel_moe)
         ep = ps.get_ep_group()
         self.rank, self.world = ep.rank_in_group, ep.world_size
-        self.group = ep if self.sp else ps.get_dp_group()  # whose tokens dispatch gathers
-        self.manager = AgRsAll2AllManager(ep.cpu_group)
+        # whose tokens dispatch gathers
+        self.group: GroupCoordinator = ep if self.sp else ps.get_dp_group()
+        self.manager: AgRsAll2AllManager = AgRsAll2AllManager(ep.cpu_group)
 
-    def dispatch(self, tokens):
+    def dispatch(self, tokens: Tokens) -> Dispatched:
         x, scale, ids, w = tokens.wire(self.ctx.device)
+        gscale: torch.Tensor | None
+        # vLLM's dispatch returns the gathered extra_tensors as a 4th item when given some
         if scale is None:
-            gx, gw, gids = self.manager.dispatch(x, w, ids, is_sequence_parallel=self.sp)
+            gx, gw, gids = cast(
+                "tuple[torch.Tensor, torch.Tensor, torch.Tensor]",
+                self.manager.dispatch(x, w, ids, is_sequence_parallel=self.sp),
+            )
             gscale = None
         else:
-            gx, gw, gids, extra = self.manager.dispatch(
-                x, w, ids, is_sequence_parallel=self.sp, extra_tensors=[scale]
+            gx, gw, gids, extra = cast(
+                "tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]",
+                self.manager.dispatch(
+                    x, w, ids, is_sequence_parallel=self.sp, extra_tensors=[scale]
+                ),
             )
             gscale = extra[0]
-        return Dispatched(received(gx, gscale, gids, gw, self.case), source_rows=x.shape[0])
+        return Dispatched(
+            received(gx, gscale, gids, gw, self.prepared_case), source_rows=x.shape[0]
+        )
 
-    def combine(self, dispatched, partial):
+    def combine(self, dispatched: Dispatched, partial: torch.Tensor) -> torch.Tensor:
         return self.manager.combine(partial, is_sequence_parallel=self.sp)
 
-    def expected_dispatch(self, source):
+    def expected_dispatch(self, source: Callable[[int], Tokens]) -> Tokens | None:
         return concat_tokens([source(rank) for rank in self.group.ranks])
 
-    def forward_context(self, case):
+    def forward_context(self, case: RoutingCase) -> contextlib.AbstractContextManager[object]:
         from vllm_ep_kit.forward import dp_forward_context
 
         return dp_forward_context(self.ctx, case.tokens, self.sp)

@@ -20,19 +20,26 @@ region" check (measured), so check covers bf16 and fp8 only.
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from vllm_ep_kit.backends import registry
 from vllm_ep_kit.backends.mnnvl import NVLINK_NEEDS, DirectTransport, ManagerTransport
 from vllm_ep_kit.backends.spec import Backend
-from vllm_ep_kit.backends.transport import Dispatched, received
+from vllm_ep_kit.backends.transport import Dispatched, Transport, received
 from vllm_ep_kit.patches.flashinfer_managers import (
     ONE_SIDED_MANAGER,
     WorkspaceShape,
     one_sided_initialize_kwargs,
 )
-from vllm_ep_kit.reference.moe import RoutingCase
+from vllm_ep_kit.reference.moe import RoutingCase, Tokens
+
+if TYPE_CHECKING:
+    from flashinfer.comm.trtllm_moe_alltoall import MoeAlltoAll
+    from flashinfer.moe_ep import MoEEpCommunication, NVLinkOneSidedAlltoAll
+
+    from vllm_ep_kit.testing.rank import RankContext
 
 NAME = "flashinfer_nvlink_one_sided"
 MANAGER_COMBINE_DTYPES = (torch.bfloat16,)
@@ -49,18 +56,28 @@ def case_shape(case: RoutingCase) -> WorkspaceShape:
     )
 
 
-class _OneSidedKernels:
+class _OneSidedKernels(Transport):
     """Dispatch through ``self.a2a`` (a ``MoeAlltoAll``); combine is the transport's."""
 
-    a2a = None
+    a2a: MoeAlltoAll | None = None
+    device: torch.device  # the concrete transport's
 
-    def dispatch(self, tokens):
-        return self.send(self.case, *tokens.wire(self.device), self.max_tokens)
+    def dispatch(self, tokens: Tokens) -> Dispatched:
+        return self.send(self.prepared_case, *tokens.wire(self.device), self.max_tokens)
 
-    def send(self, case, x, scale, ids, w, bound: int) -> Dispatched:
+    def send(
+        self,
+        case: RoutingCase,
+        x: torch.Tensor,
+        scale: torch.Tensor | None,
+        ids: torch.Tensor,
+        w: torch.Tensor,
+        bound: int,
+    ) -> Dispatched:
         """Dispatch ``case``'s wire tensors already on the GPU (also a CUDA graph's captured
         inputs) under the per-rank token bound ``bound`` (kept as the state combine needs)."""
         payloads = [x, *([scale] if scale is not None else []), ids, w]
+        assert self.a2a is not None, "no MoeAlltoAll: prepare() first"
         got = self.a2a.dispatch(ids, payloads, bound)
         return Dispatched(
             received(got[0], got[1] if scale is not None else None, got[-2], got[-1], case),
@@ -69,40 +86,64 @@ class _OneSidedKernels:
         )
 
 
-class _MoeEpKernels:
+def _moe_ep_dispatch(
+    transport: Transport,
+    communication: MoEEpCommunication,
+    device: torch.device,
+    tokens: Tokens,
+) -> Dispatched:
+    x, scale, ids, w = tokens.wire(device)
+    got = communication.dispatch(
+        x, ids, w, hidden_states_scale=scale, max_tokens_per_rank=transport.max_tokens
+    )
+    assert got.topk_weights is not None, "dispatched with weights: received with them"
+    return Dispatched(
+        received(
+            got.hidden_states,
+            got.hidden_states_scale,
+            got.topk_ids,
+            got.topk_weights,
+            transport.prepared_case,
+        ),
+        source_rows=x.shape[0],
+    )
+
+
+def _moe_ep_combine(
+    transport: Transport,
+    communication: MoEEpCommunication,
+    device: torch.device,
+    dispatched: Dispatched,
+    partial: torch.Tensor,
+) -> torch.Tensor:
+    case = transport.prepared_case
+    out = torch.empty(
+        dispatched.source_rows,
+        case.hidden,
+        dtype=case.combine_dtype,
+        device=device,
+    )
+    communication.combine(partial, output=out)
+    return out
+
+
+class _MoeEpKernels(Transport):
     """Dispatch and combine through ``self.communication``, FlashInfer's
     ``NVLinkOneSidedAlltoAll`` (received rows come flattened: [ranks * max_tokens, ...])."""
 
-    communication = None
+    communication: MoEEpCommunication | None = None
+    device: torch.device  # the concrete transport's
 
-    def dispatch(self, tokens):
-        x, scale, ids, w = tokens.wire(self.device)
-        got = self.communication.dispatch(
-            x, ids, w, hidden_states_scale=scale, max_tokens_per_rank=self.max_tokens
-        )
-        return Dispatched(
-            received(
-                got.hidden_states,
-                got.hidden_states_scale,
-                got.topk_ids,
-                got.topk_weights,
-                self.case,
-            ),
-            source_rows=x.shape[0],
-        )
+    def dispatch(self, tokens: Tokens) -> Dispatched:
+        assert self.communication is not None, "no communication: prepare() first"
+        return _moe_ep_dispatch(self, self.communication, self.device, tokens)
 
-    def combine(self, dispatched, partial):
-        out = torch.empty(
-            dispatched.source_rows,
-            self.case.hidden,
-            dtype=self.case.combine_dtype,
-            device=self.device,
-        )
-        self.communication.combine(partial, output=out)
-        return out
+    def combine(self, dispatched: Dispatched, partial: torch.Tensor) -> torch.Tensor:
+        assert self.communication is not None, "no communication: prepare() first"
+        return _moe_ep_combine(self, self.communication, self.device, dispatched, partial)
 
 
-def manager_communication(manager):
+def manager_communication(manager: Any) -> NVLinkOneSidedAlltoAll | None:
     """vLLM 0.33's ``NVLinkOneSidedAlltoAll`` behind the manager, None for older managers."""
     return manager.get_communication() if hasattr(manager, "get_communication") else None
 
@@ -120,26 +161,28 @@ class OneSidedTransport(_OneSidedKernels, ManagerTransport):
     RECEIVES_IN_SOURCE_BLOCKS = True
     GROWS_ON_INITIALIZE = True
     COMBINE_DTYPES = MANAGER_COMBINE_DTYPES
+    communication: MoEEpCommunication | None  # vLLM 0.33's manager's, set by prepare
 
     @staticmethod
-    def ensure(manager, shape: WorkspaceShape = WorkspaceShape()) -> bool:
+    def ensure(manager: Any, shape: WorkspaceShape = WorkspaceShape()) -> bool:
         """(Re)initialise through the manager's ``initialize``; it grows, never shrinks."""
         manager.initialize(**one_sided_initialize_kwargs(manager, shape))
         return bool(manager.initialized)
 
     @staticmethod
-    def workspace(manager):
+    def workspace(manager: Any) -> torch.Tensor | None:
         if not manager.initialized:
             return None
         communication = manager_communication(manager)
-        a2a = manager.moe_alltoall if communication is None else communication.alltoall
-        return a2a.workspace
+        a2a: MoeAlltoAll = manager.moe_alltoall if communication is None else communication.alltoall
+        workspace: torch.Tensor = a2a.workspace
+        return workspace
 
-    def __init__(self, ctx, backend):
+    def __init__(self, ctx: RankContext, backend: Backend) -> None:
         super().__init__(ctx, backend)
-        self._out: dict[tuple, torch.Tensor] = {}
+        self._out: dict[tuple[int, int, torch.dtype], torch.Tensor] = {}
 
-    def prepare(self, case):
+    def prepare(self, case: RoutingCase) -> None:
         if case.combine_dtype not in self.COMBINE_DTYPES:
             raise ValueError(
                 f"case {case.describe()}: vLLM's one-sided manager combines "
@@ -158,15 +201,16 @@ class OneSidedTransport(_OneSidedKernels, ManagerTransport):
         self.communication = manager_communication(self.manager)
         self.a2a = None if self.communication is not None else self.manager.moe_alltoall
 
-    def dispatch(self, tokens):
+    def dispatch(self, tokens: Tokens) -> Dispatched:
         if self.communication is not None:
-            return _MoeEpKernels.dispatch(self, tokens)
+            return _moe_ep_dispatch(self, self.communication, self.device, tokens)
         return super().dispatch(tokens)
 
-    def combine(self, dispatched, partial):
+    def combine(self, dispatched: Dispatched, partial: torch.Tensor) -> torch.Tensor:
         if self.communication is not None:
-            return _MoeEpKernels.combine(self, dispatched, partial)
-        key = (dispatched.source_rows, self.case.hidden, self.case.combine_dtype)
+            return _moe_ep_combine(self, self.communication, self.device, dispatched, partial)
+        case = self.prepared_case
+        key = (dispatched.source_rows, case.hidden, case.combine_dtype)
         if key not in self._out:  # one output buffer per shape, as a layer keeps one
             self._out[key] = torch.empty(key[0], key[1], dtype=key[2], device=self.device)
         out = self._out[key]
@@ -174,7 +218,7 @@ class OneSidedTransport(_OneSidedKernels, ManagerTransport):
         return out
 
 
-def workspace_size(case: RoutingCase, world: int, layers: tuple = ()) -> int:
+def workspace_size(case: RoutingCase, world: int, layers: tuple[RoutingCase, ...] = ()) -> int:
     """FlashInfer's workspace bytes per rank for ``case`` (payloads + combine region), grown
     to the union of ``layers``' payloads: one workspace serves every layer, as vLLM's
     manager grows it (e.g. an NVFP4 model with a bf16 MTP head)."""
@@ -183,12 +227,13 @@ def workspace_size(case: RoutingCase, world: int, layers: tuple = ()) -> int:
     every = (case, *layers)
     dispatch = max(c.x_bytes_per_token + c.scale_bytes_per_token + c.top_k * 8 for c in every)
     combine = max(c.hidden * torch.tensor([], dtype=c.combine_dtype).element_size() for c in every)
-    return moe_a2a_get_workspace_size_per_rank(
+    size: int = moe_a2a_get_workspace_size_per_rank(
         ep_size=world,
         max_num_tokens=max(max(c.tokens) for c in every) or 1,
         total_dispatch_payload_size_per_token=dispatch,
         combine_payload_size_per_token=combine,
     )
+    return size
 
 
 class DirectOneSidedTransport(_OneSidedKernels, DirectTransport):
@@ -196,7 +241,7 @@ class DirectOneSidedTransport(_OneSidedKernels, DirectTransport):
 
     name = "flashinfer MoeAlltoAll"
 
-    def prepare(self, case):
+    def prepare(self, case: RoutingCase) -> None:
         from flashinfer.comm.trtllm_moe_alltoall import MoeAlltoAll
 
         super().prepare(case)
@@ -210,10 +255,13 @@ class DirectOneSidedTransport(_OneSidedKernels, DirectTransport):
             mnnvl_config=self.mnnvl_config(),
         )
 
-    def combine(self, dispatched, partial):
-        return self.a2a.combine(partial, dispatched.state)[: dispatched.source_rows]
+    def combine(self, dispatched: Dispatched, partial: torch.Tensor) -> torch.Tensor:
+        assert self.a2a is not None, "no MoeAlltoAll: prepare() first"
+        combined: torch.Tensor = self.a2a.combine(partial, dispatched.state)
+        rows: torch.Tensor = combined[: dispatched.source_rows]
+        return rows
 
-    def close(self):
+    def close(self) -> None:
         self.a2a = None
 
 
@@ -223,7 +271,7 @@ class DirectMoeEpTransport(_MoeEpKernels, DirectTransport):
 
     name = "flashinfer moe_ep NVLinkOneSidedAlltoAll"
 
-    def prepare(self, case):
+    def prepare(self, case: RoutingCase) -> None:
         import torch.distributed as dist
         from flashinfer.moe_ep import (
             BootstrapConfig,
@@ -254,7 +302,7 @@ class DirectMoeEpTransport(_MoeEpKernels, DirectTransport):
         )
         self.communication = create_communication(bootstrap, params, backend=config)
 
-    def close(self):
+    def close(self) -> None:
         if self.communication is not None:
             self.communication.destroy()
             self.communication = None

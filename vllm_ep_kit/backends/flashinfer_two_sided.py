@@ -10,28 +10,43 @@ dispatch sends ``x_sf``; combine sums each token's rows back at its source.
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from vllm_ep_kit.backends import registry
 from vllm_ep_kit.backends.mnnvl import NVLINK_NEEDS, DirectTransport, ManagerTransport
 from vllm_ep_kit.backends.spec import Backend
-from vllm_ep_kit.backends.transport import Dispatched, received
-from vllm_ep_kit.patches.flashinfer_managers import TWO_SIDED_MANAGER
+from vllm_ep_kit.backends.transport import Dispatched, Transport, received
+from vllm_ep_kit.patches.flashinfer_managers import TWO_SIDED_MANAGER, WorkspaceShape
+from vllm_ep_kit.reference.moe import RoutingCase, Tokens
+
+if TYPE_CHECKING:
+    from vllm_ep_kit.testing.rank import RankContext
 
 NAME = "flashinfer_nvlink_two_sided"
 
 
-class _TwoSidedKernels:
-    """Dispatch and combine through ``MnnvlMoe`` on ``self.workspace`` /
-    ``self.prepare_workspace`` (set by the concrete transport)."""
+class _TwoSidedKernels(Transport):
+    """Dispatch and combine through ``MnnvlMoe`` on ``self.moe_workspace`` /
+    ``self.moe_prepare_workspace`` (set by the concrete transport)."""
 
-    workspace = prepare_workspace = None
+    moe_workspace: torch.Tensor
+    moe_prepare_workspace: torch.Tensor
+    device: torch.device  # the concrete transport's
 
-    def dispatch(self, tokens):
-        return self.send(self.case, *tokens.wire(self.device), self.max_tokens)
+    def dispatch(self, tokens: Tokens) -> Dispatched:
+        return self.send(self.prepared_case, *tokens.wire(self.device), self.max_tokens)
 
-    def send(self, case, x, scale, ids, w, bound: int) -> Dispatched:
+    def send(
+        self,
+        case: RoutingCase,
+        x: torch.Tensor,
+        scale: torch.Tensor | None,
+        ids: torch.Tensor,
+        w: torch.Tensor,
+        bound: int,
+    ) -> Dispatched:
         """Dispatch ``case``'s wire tensors already on the GPU (also a CUDA graph's captured
         inputs) under the per-rank token bound ``bound``; the routing info is combine's
         state."""
@@ -41,7 +56,7 @@ class _TwoSidedKernels:
             ids,
             w,
             None,
-            self.prepare_workspace,
+            self.moe_prepare_workspace,
             bound,
             self.rank,
             self.world,
@@ -49,11 +64,13 @@ class _TwoSidedKernels:
             case.num_experts,
             case.top_k,
         )
-        recv_x = MnnvlMoe.mnnvl_moe_alltoallv(x, info, self.workspace, self.rank, self.world)
+        recv_x = MnnvlMoe.mnnvl_moe_alltoallv(x, info, self.moe_workspace, self.rank, self.world)
         recv_scale = (
             None
             if scale is None
-            else MnnvlMoe.mnnvl_moe_alltoallv(scale, info, self.workspace, self.rank, self.world)
+            else MnnvlMoe.mnnvl_moe_alltoallv(
+                scale, info, self.moe_workspace, self.rank, self.world
+            )
         )
         rows = recv_x.shape[0]
         return Dispatched(
@@ -62,18 +79,19 @@ class _TwoSidedKernels:
             source_rows=x.shape[0],
         )
 
-    def combine(self, dispatched, partial):
+    def combine(self, dispatched: Dispatched, partial: torch.Tensor) -> torch.Tensor:
         from flashinfer.comm.trtllm_alltoall import MnnvlMoe
 
-        return MnnvlMoe.mnnvl_moe_alltoallv_combine(
+        combined: torch.Tensor = MnnvlMoe.mnnvl_moe_alltoallv_combine(
             partial,
             dispatched.state,
-            self.workspace,
+            self.moe_workspace,
             ep_rank=self.rank,
             ep_size=self.world,
-            top_k=self.case.top_k,
+            top_k=self.prepared_case.top_k,
             token_count=dispatched.source_rows,
         )
+        return combined
 
 
 class TwoSidedTransport(_TwoSidedKernels, ManagerTransport):
@@ -87,20 +105,21 @@ class TwoSidedTransport(_TwoSidedKernels, ManagerTransport):
     RECEIVES_LOCAL_IDS_ONLY = True  # measured against the kernels: run #43
 
     @staticmethod
-    def ensure(manager, shape=None) -> bool:
+    def ensure(manager: Any, shape: WorkspaceShape | None = None) -> bool:
         """The manager's own entry point (its workspace size is fixed: ``shape`` unused)."""
         return bool(manager.ensure_alltoall_workspace_initialized())
 
     @staticmethod
-    def workspace(manager):
-        return manager.workspace_tensor if manager.initialized else None
+    def workspace(manager: Any) -> torch.Tensor | None:
+        workspace: torch.Tensor | None = manager.workspace_tensor if manager.initialized else None
+        return workspace
 
-    def prepare(self, case):
+    def prepare(self, case: RoutingCase) -> None:
         super().prepare(case)
         if not self.ensure(self.manager):
             raise RuntimeError("two-sided manager did not initialise its workspace")
-        self.workspace = self.manager.workspace_tensor
-        self.prepare_workspace = self.manager.prepare_workspace_tensor
+        self.moe_workspace = self.manager.workspace_tensor
+        self.moe_prepare_workspace = self.manager.prepare_workspace_tensor
 
 
 class DirectTwoSidedTransport(_TwoSidedKernels, DirectTransport):
@@ -108,14 +127,14 @@ class DirectTwoSidedTransport(_TwoSidedKernels, DirectTransport):
 
     name = "flashinfer MnnvlMoe"
 
-    def __init__(self, ctx, backend):
+    def __init__(self, ctx: RankContext, backend: Backend) -> None:
         super().__init__(ctx, backend)
         from flashinfer.comm.trtllm_alltoall import MnnvlMoe
 
         mapping = self.mapping()
         config = self.mnnvl_config(fabric_page_size=1 << 29, allocation_granularity=0)
-        self.workspace = MnnvlMoe.get_moe_workspaces(mapping, config)
-        self.prepare_workspace = MnnvlMoe.get_moe_prepare_workspace(mapping, config)
+        self.moe_workspace = MnnvlMoe.get_moe_workspaces(mapping, config)
+        self.moe_prepare_workspace = MnnvlMoe.get_moe_prepare_workspace(mapping, config)
 
 
 BACKEND = registry.register(

@@ -10,17 +10,30 @@ vLLM), for the kernel tests.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import torch
 
 from vllm_ep_kit.backends import registry
-from vllm_ep_kit.backends.spec import Needs
+from vllm_ep_kit.backends.spec import Backend, Needs
 from vllm_ep_kit.backends.transport import Transport
 from vllm_ep_kit.patches.flashinfer_managers import WorkspaceShape
+from vllm_ep_kit.reference.moe import RoutingCase
+
+if TYPE_CHECKING:
+    from flashinfer.comm import Mapping
+    from flashinfer.comm.mnnvl import CommBackend, MnnvlConfig
+    from torch.distributed import ProcessGroup
+
+    from vllm_ep_kit.testing.rank import RankContext
+
+# vLLM's all-to-all manager objects are Any here: their attributes differ between the
+# vLLM releases this kit drives (e.g. 0.33's one-sided manager wraps flashinfer.moe_ep).
 
 NVLINK_NEEDS = Needs(min_gpus=2, nvlink=True, mnnvl_handles=True, modules=("flashinfer.comm",))
 
 
-def build_manager(class_name: str, cpu_group=None):
+def build_manager(class_name: str, cpu_group: ProcessGroup | None = None) -> Any:
     """vLLM's manager ``class_name`` on ``cpu_group`` (default: the EP group's)."""
     from vllm.distributed import parallel_state as ps
     from vllm.distributed.device_communicators import all2all
@@ -29,7 +42,7 @@ def build_manager(class_name: str, cpu_group=None):
     return cls(cpu_group if cpu_group is not None else ps.get_ep_group().cpu_group)
 
 
-def vllm_manager(class_name: str):
+def vllm_manager(class_name: str) -> tuple[Any, str]:
     """(manager, origin): vLLM's own EP-group manager when it made one of ``class_name``."""
     from vllm.distributed import parallel_state as ps
 
@@ -61,22 +74,24 @@ class ManagerTransport(Transport):
     COMBINE_DTYPES: tuple[torch.dtype, ...] | None = None  # None: any the kernels take
 
     @staticmethod
-    def ensure(manager, shape: WorkspaceShape = WorkspaceShape()) -> bool:
+    def ensure(manager: Any, shape: WorkspaceShape = WorkspaceShape()) -> bool:
         """Make sure the manager's workspace exists, through its own entry point."""
         raise NotImplementedError
 
     @staticmethod
-    def workspace(manager) -> torch.Tensor | None:
+    def workspace(manager: Any) -> torch.Tensor | None:
         """The manager's (main) workspace tensor, None before it is initialised."""
         raise NotImplementedError
 
-    def __init__(self, ctx, backend):
+    def __init__(self, ctx: RankContext, backend: Backend) -> None:
         super().__init__(ctx, backend)
         from vllm.distributed import parallel_state as ps
 
         self.ep = ps.get_ep_group()
         self.rank, self.world = self.ep.rank_in_group, self.ep.world_size
         self.device = torch.device("cuda", torch.cuda.current_device())
+        self.manager: Any
+        self.origin: str
         self.manager, self.origin = vllm_manager(self.MANAGER_CLASS)
         self.name = f"vllm {self.MANAGER_CLASS}"
 
@@ -87,7 +102,7 @@ class ManagerTransport(Transport):
         self.manager.cleanup()
 
 
-def _manager_transport_of(backend) -> type[ManagerTransport] | None:
+def _manager_transport_of(backend: Backend) -> type[ManagerTransport] | None:
     cls = backend.transport_class() if backend.driven else None
     return cls if isinstance(cls, type) and issubclass(cls, ManagerTransport) else None
 
@@ -118,9 +133,9 @@ class DirectTransport(Transport):
     layers' cases the buffers must also carry (sized buffers grow to their union).
     """
 
-    def __init__(self, ctx, backend):
+    def __init__(self, ctx: RankContext, backend: Backend) -> None:
         super().__init__(ctx, backend)
-        self.layers: tuple = ()
+        self.layers: tuple[RoutingCase, ...] = ()
         self.rank, self.world = ctx.rank, ctx.world_size
         if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
             raise RuntimeError(
@@ -134,21 +149,21 @@ class DirectTransport(Transport):
 
         dist.barrier()
 
-    def mapping(self, **kwargs):
+    def mapping(self, **kwargs: Any) -> Mapping:
         from flashinfer.comm import Mapping
 
         return Mapping(
             self.world, self.rank, torch.cuda.device_count(), tp_size=self.world, **kwargs
         )
 
-    def mnnvl_config(self, **kwargs):
+    def mnnvl_config(self, **kwargs: Any) -> MnnvlConfig:
         """FlashInfer's MNNVL config whose CommBackend is the harness's gloo world group."""
         from flashinfer.comm.mnnvl import MnnvlConfig
 
         return MnnvlConfig(comm_backend=self.comm_backend(), **kwargs)
 
     @staticmethod
-    def comm_backend():
+    def comm_backend() -> CommBackend:
         """FlashInfer's ``CommBackend`` over the harness's gloo world group (the handle
         exchange vLLM runs over the EP group's CPU group)."""
         import torch.distributed as dist
@@ -163,12 +178,12 @@ class DirectTransport(Transport):
             def Get_size(self) -> int:
                 return dist.get_world_size(group)
 
-            def allgather(self, data):
-                out = [None] * self.Get_size()
+            def allgather(self, data: Any) -> list[Any]:  # type: ignore[override]  # tuple in FlashInfer's protocol; mpi4py's is a list
+                out: list[Any] = [None] * self.Get_size()
                 dist.all_gather_object(out, data, group=group)
                 return out
 
-            def bcast(self, data, root: int):
+            def bcast(self, data: Any, root: int) -> Any:
                 box = [data]
                 dist.broadcast_object_list(box, src=root, group=group)
                 return box[0]
@@ -176,7 +191,7 @@ class DirectTransport(Transport):
             def barrier(self) -> None:
                 dist.barrier(group=group)
 
-            def Split(self, color: int, key: int):
+            def Split(self, color: int, key: int) -> CommBackend:
                 return self
 
         return GlooCommBackend()

@@ -13,8 +13,13 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 from vllm_ep_kit.layout import ParallelLayout
+
+if TYPE_CHECKING:  # the transport module imports torch: not when reading the registry
+    from vllm_ep_kit.backends.transport import Transport
+    from vllm_ep_kit.testing.rank import RankContext
 
 # Whose tokens enter ``dispatch``:
 DP_SOURCES = "dp"  # each DP rank's tokens (replicated over TP; TP-chunked under SP), as vLLM's AGRS
@@ -38,7 +43,7 @@ class Needs:
 
     def describe(self) -> str:
         """One line for skip reasons: what it needs beyond a CUDA GPU."""
-        parts = []
+        parts: list[str] = []
         if self.min_gpus > 1:
             parts.append(f"{self.min_gpus}+ GPUs" + (" with NVLink" if self.nvlink else ""))
         parts += [m.split(".")[0] for m in self.modules]
@@ -60,7 +65,8 @@ class Backend:
     # The all2all_backend vLLM's config is built with (None: vLLM's default, e.g. for a
     # backend vLLM does not know, driven by the kit's own transport).
     vllm_name: str | None = None
-    transport: str | type | None = None  # "module:Class" (or the class); None: not driven
+    # "module:Class" (or the class); None: not driven
+    transport: str | type[Transport] | None = None
     sources: str = EP_SOURCES
     delivers_to: str = TO_OWNERS
     check_dtypes: tuple[str, ...] = ()  # payload dtypes ``check`` moves through it
@@ -97,15 +103,15 @@ class Backend:
         """Whether this kit has a transport that moves tokens through it."""
         return self.transport is not None
 
-    def transport_class(self) -> type:
+    def transport_class(self) -> type[Transport]:
         """The transport class (imported on first use: it may import vLLM)."""
         if self.transport is None:
             raise LookupError(f"backend {self.name}: this kit drives no transport for it")
         if isinstance(self.transport, str):
             module, _, attr = self.transport.partition(":")
-            return getattr(importlib.import_module(module), attr)
+            return cast("type[Transport]", getattr(importlib.import_module(module), attr))
         return self.transport
 
-    def open(self, ctx):
+    def open(self, ctx: RankContext) -> Transport:
         """This rank's transport, inside the rank's vLLM parallel state."""
         return self.transport_class()(ctx, self)

@@ -10,13 +10,18 @@ backend it drives.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from vllm_ep_kit.reference.formats import from_wire
 from vllm_ep_kit.reference.moe import RoutingCase, Tokens
+
+if TYPE_CHECKING:
+    from vllm_ep_kit.backends.spec import Backend
+    from vllm_ep_kit.testing.rank import RankContext
 
 
 @dataclass
@@ -30,7 +35,7 @@ class Dispatched:
     """
 
     tokens: Tokens
-    state: Any = None
+    state: Any = None  # the backend's own (routing info, the token bound, ...)
     source_rows: int = 0  # rows this rank dispatched (combine returns as many)
 
 
@@ -43,16 +48,26 @@ class Transport:
     """
 
     name = ""  # what moves the tokens, shown in result rows
+    # This rank in the EP group and the group's size: each subclass's ``__init__`` sets them.
+    rank: int
+    world: int
 
-    def __init__(self, ctx, backend):
+    def __init__(self, ctx: RankContext, backend: Backend) -> None:
         self.ctx = ctx
         self.backend = backend
-        self.case: RoutingCase | None = None
+        self.case: RoutingCase | None = None  # set by ``prepare``
+
+    @property
+    def prepared_case(self) -> RoutingCase:
+        """The case of the last ``prepare`` (dispatch and combine run after one)."""
+        if self.case is None:
+            raise AttributeError(f"{type(self).__name__}: no case prepared (call prepare first)")
+        return self.case
 
     @property
     def max_tokens(self) -> int:
         """The per-rank token bound of the prepared case (at least 1)."""
-        return max(max(self.case.tokens), 1)
+        return max(max(self.prepared_case.tokens), 1)
 
     def prepare(self, case: RoutingCase) -> None:
         """Make buffers fit ``case`` (grow only, as vLLM's managers do)."""
@@ -66,13 +81,13 @@ class Transport:
         sources: this rank's ``dispatched.source_rows`` rows."""
         raise NotImplementedError
 
-    def expected_dispatch(self, source: Any) -> Tokens | None:
+    def expected_dispatch(self, source: Callable[[int], Tokens]) -> Tokens | None:
         """The exact rows ``dispatch`` must deliver here, given ``source(rank)`` -> that
         rank's dispatched tokens; None where the layout of received rows is the
         backend's own (then dispatch is checked through the combined output)."""
         return None
 
-    def forward_context(self, case: RoutingCase) -> contextlib.AbstractContextManager:
+    def forward_context(self, case: RoutingCase) -> contextlib.AbstractContextManager[object]:
         """The context dispatch and combine run in (vLLM's forward context for AGRS)."""
         return contextlib.nullcontext()
 

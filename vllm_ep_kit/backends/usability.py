@@ -7,10 +7,11 @@ the capability probes (each probe runs once per process).
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from vllm_ep_kit.backends import registry
-from vllm_ep_kit.backends.spec import Needs
+from vllm_ep_kit.backends.spec import Backend, Needs
 from vllm_ep_kit.testing import probes
 
 
@@ -50,7 +51,7 @@ def unmet(needs: Needs) -> str:
     return ""
 
 
-def missing_module(modules) -> str:
+def missing_module(modules: Iterable[str]) -> str:
     """The first of ``modules`` that does not import here, or ""."""
     for module in modules:
         if module == "flashinfer.comm":
@@ -62,7 +63,7 @@ def missing_module(modules) -> str:
     return ""
 
 
-def software_gap(backend) -> str:
+def software_gap(backend: Backend) -> str:
     """What the installed packages lack for ``backend`` ("" if nothing), on any machine:
     its modules, then the installed vLLM's own verdict (``Backend.vllm_has``), which
     knows what that release's manager imports (e.g. ``flashinfer.moe_ep`` from 0.33)."""

@@ -50,7 +50,8 @@ class BenchRun:
     backend: str
     layout: ParallelLayout
     points: tuple[BenchPoint, ...]
-    spec: Backend = None  # the registry's entry (ranks receive it with the run)
+    # the registry's entry (ranks receive it with the run)
+    spec: Backend = None  # type: ignore[assignment]  # None: the registry's, set in __post_init__
 
     def __post_init__(self) -> None:
         if self.spec is None:

@@ -7,6 +7,7 @@ One walk of the tree: the files of every ``job_dirs`` folder that hold steps
 from __future__ import annotations
 
 import re
+from collections.abc import Set as AbstractSet
 from pathlib import Path, PurePosixPath
 
 import yaml
@@ -62,7 +63,7 @@ def lint(
     root: Path,
     files: list[Path] | None = None,
     select: set[str] | None = None,
-    ignore: set[str] = frozenset(),
+    ignore: AbstractSet[str] = frozenset(),
 ) -> list[Finding]:
     root = root.resolve()
     listed = files is not None and len(files) > 0

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vllm_ep_kit.buildkite import conventions
-from vllm_ep_kit.buildkite.area import Area
+from vllm_ep_kit.buildkite.area import Area, Finding
 
 
 @dataclass
@@ -68,7 +68,9 @@ class Step:
     def line(self, *more) -> int:
         return self.area.line(*self.keys, *more)
 
-    def finding(self, more: tuple, rule: str, message: str, hint: str = ""):
+    def finding(
+        self, more: tuple[str | int, ...], rule: str, message: str, hint: str = ""
+    ) -> Finding:
         return self.area.finding(self.keys + more, rule, message, hint)
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import overload
 
 import torch
 
@@ -44,8 +45,10 @@ class PayloadFormat:
     scale_dtype: torch.dtype | None = None
     scale_bytes: int = 0  # per block scale
     values_per_byte: float = 1.0  # 2 for packed fp4; below 1 for wider types
-    quantize: Callable | None = None  # fp32 [n, hidden] -> (values, scales [n, groups])
-    dequantize: Callable | None = None  # (values, scales) -> fp32, any leading shape
+    # fp32 [n, hidden] -> (values, scales [n, groups])
+    quantize: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+    # (values, scales) -> fp32, any leading shape
+    dequantize: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
     @property
     def quantised(self) -> bool:
@@ -182,6 +185,7 @@ def quantize(name: str, x: torch.Tensor, alignment: int = 0):
     fmt = FORMATS[name]
     if not fmt.quantised:
         return x.to(fmt.value_dtype), None
+    assert fmt.quantize is not None, f"{name}: a quantised format without quantize"
     values, scale = fmt.quantize(x)
     columns = fmt.scale_columns(x.shape[-1], alignment)
     return values, _pad_columns(scale, columns, SCALE_FILL[name])
@@ -203,9 +207,16 @@ def format_of(x: torch.Tensor, scale: torch.Tensor | None) -> PayloadFormat:
 def dequantize(x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
     """fp32 values of ``x`` (any leading shape), read as the format its dtypes say."""
     fmt = format_of(x, scale)
-    return x.float() if scale is None else fmt.dequantize(x, scale)
+    if scale is None:
+        return x.float()
+    assert fmt.dequantize is not None, f"{fmt.name}: a quantised format without dequantize"
+    return fmt.dequantize(x, scale)
 
 
+@overload
+def to_wire(t: torch.Tensor) -> torch.Tensor: ...
+@overload
+def to_wire(t: None) -> None: ...
 def to_wire(t: torch.Tensor | None) -> torch.Tensor | None:
     """A tensor as the kernels move it: one-byte float types as raw bytes."""
     if t is not None and t.dtype.is_floating_point and t.dtype.itemsize == 1:

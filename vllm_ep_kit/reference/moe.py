@@ -117,7 +117,9 @@ def quantize_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def dequantize_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """fp32 values of group-quantised ``x`` (the last dimension holds the groups)."""
-    return FORMATS["fp8"].dequantize(x, scale)
+    fp8 = FORMATS["fp8"]
+    assert fp8.dequantize is not None, "fp8 is a quantised format"
+    return fp8.dequantize(x, scale)
 
 
 def source_tokens(case: RoutingCase, source: int) -> Tokens:
@@ -177,12 +179,12 @@ def moe_reference(tokens: Tokens, num_experts: int) -> torch.Tensor:
 
 
 def concat_tokens(parts: list[Tokens]) -> Tokens:
-    scales = [p.x_scale for p in parts]
+    scales = [p.x_scale for p in parts if p.x_scale is not None]
     return Tokens(
         x=torch.cat([p.x for p in parts]),
         topk_ids=torch.cat([p.topk_ids for p in parts]),
         topk_weights=torch.cat([p.topk_weights for p in parts]),
-        x_scale=None if any(s is None for s in scales) else torch.cat(scales),
+        x_scale=torch.cat(scales) if len(scales) == len(parts) else None,
     )
 
 

@@ -90,7 +90,7 @@ class FlashInferKernelEmulator(FlashInferAllocationRecorder):
         (rows past them: expert id ``slot_count``, as the kernels' memset leaves them, and
         junk); combine returns each rank's rows to their sources and sums them per token."""
         emulator = self
-        recorder_class = super()._two_sided_class()
+        recorder_class: type = super()._two_sided_class()
 
         class EmulatedMnnvlMoe(recorder_class):
             @staticmethod
@@ -349,7 +349,7 @@ def _blocks(recv: list[torch.Tensor], ids_index: int, num_experts: int) -> list[
     out = []
     for s in range(ids.shape[0]):
         valid = ((ids[s] >= 0) & (ids[s] < num_experts)).any(dim=1)
-        rows = Counter({"invalid": int((~valid).sum())})
+        rows: Counter[str | tuple[bytes, ...]] = Counter({"invalid": int((~valid).sum())})
         for t in torch.nonzero(valid).flatten().tolist():
             rows[
                 tuple(bytes(p[s, t].cpu().contiguous().view(torch.uint8).numpy()) for p in recv)
@@ -376,17 +376,23 @@ def rank_emulator_vs_kernels(ctx, cases) -> list[dict]:
     same communicator and inputs: per source block the same valid rows (every payload's
     bytes, fp8 block scales included) and the same number of invalid-id rows, and the same
     combine of the oracle's partials (GPU ranks)."""
-    from vllm_ep_kit.backends.flashinfer_one_sided import DIRECT, workspace_size
+    from vllm_ep_kit.backends.flashinfer_one_sided import (
+        DIRECT,
+        DirectOneSidedTransport,
+        workspace_size,
+    )
     from vllm_ep_kit.backends.transport import received
     from vllm_ep_kit.reference.moe import moe_partial, source_tokens
 
     transport = DIRECT.transport_class()(ctx, DIRECT)
+    assert isinstance(transport, DirectOneSidedTransport)
     emulated_class = FlashInferKernelEmulator()._one_sided_class()
     results = []
     for case in cases:
         transport.prepare(case)  # FlashInfer's MoeAlltoAll for the case: transport.a2a
         world, rank, bound = transport.world, transport.rank, transport.max_tokens
         real = transport.a2a
+        assert real is not None, "prepare() built it"
         fake = emulated_class(
             transport.mapping(moe_ep_size=world),
             bound,
@@ -439,11 +445,12 @@ def rank_two_sided_emulator_vs_kernels(ctx, cases) -> list[dict]:
     scales follow the rows in an alltoallv of their own, as vLLM sends them."""
     from flashinfer.comm.trtllm_alltoall import MnnvlMoe
 
-    from vllm_ep_kit.backends.flashinfer_two_sided import DIRECT
+    from vllm_ep_kit.backends.flashinfer_two_sided import DIRECT, DirectTwoSidedTransport
     from vllm_ep_kit.backends.transport import received
     from vllm_ep_kit.reference.moe import moe_partial, source_tokens
 
     transport = DIRECT.transport_class()(ctx, DIRECT)
+    assert isinstance(transport, DirectTwoSidedTransport)
     fake = FlashInferKernelEmulator()._two_sided_class()
     config = transport.mnnvl_config()
     fake_workspaces = (
@@ -457,7 +464,7 @@ def rank_two_sided_emulator_vs_kernels(ctx, cases) -> list[dict]:
         x, scale, ids, w = source_tokens(case, rank).wire(transport.device)
         seen, combined = {}, {}
         for name, moe, (workspace, prepare_workspace) in (
-            ("kernels", MnnvlMoe, (transport.workspace, transport.prepare_workspace)),
+            ("kernels", MnnvlMoe, (transport.moe_workspace, transport.moe_prepare_workspace)),
             ("emulator", fake, fake_workspaces),
         ):
             info, got_ids, got_w, _ = moe.mnnvl_moe_alltoallv_prepare_without_allgather(

@@ -136,13 +136,13 @@ class FlashInferAllocationRecorder:
     def _moe_ep_classes(self, moe_ep):
         """``create_communication`` and the class vLLM 0.33 asserts it returns, recording."""
         recorder = self
-        real_class = moe_ep.NVLinkOneSidedAlltoAll
+        real_class: type = moe_ep.NVLinkOneSidedAlltoAll
 
         class RecordingNVLinkOneSidedAlltoAll(real_class):
             def __init__(self, bootstrap, params, config):  # never FlashInfer's own
                 self.params, self.config, self.bootstrap = params, config, bootstrap
                 mapping = _BootstrapMapping(bootstrap)
-                self.workspace = recorder._record(
+                self.workspace: torch.Tensor | None = recorder._record(
                     "one_sided",
                     mapping,
                     config,
@@ -181,7 +181,7 @@ class FlashInferAllocationRecorder:
             "MoeAlltoAll": self._one_sided_class(),
             "moe_a2a_get_workspace_size_per_rank": self._workspace_size,
         }
-        places = []
+        places: list[tuple[object, dict[str, object]]] = []
         if hasattr(all2all, "MnnvlMoe"):  # imported into vLLM's module (vLLM <= 0.32)
             places.append((all2all, two_sided))
         else:  # imported at initialise time from FlashInfer

@@ -58,6 +58,7 @@ from vllm_ep_kit.testing.rank import (
 )
 from vllm_ep_kit.testing.supervision import (
     POLL_S,
+    LiveRank,
     RankFailures,
     Watchdog,
     collect,
@@ -113,7 +114,7 @@ class PoolKey:
 # ----------------------------------------------------------------------------- rank side
 
 
-def _isolation_check(ctx: RankContext, before: dict) -> dict:
+def _isolation_check(ctx: RankContext, before: dict[str, Any]) -> dict[str, Any]:
     """Local half of the check: the world group is intact, no vLLM state is left and
     vLLM's code is as the task found it.  Returns the snapshot for the next task."""
     import torch.distributed as dist
@@ -150,7 +151,7 @@ def _collective_check(ctx: RankContext) -> None:
         raise RuntimeError(f"world all-reduce gave {one.item()}, expected {ctx.world_size}")
 
 
-def pool_rank_main(spec: RankSpec, conn) -> None:
+def pool_rank_main(spec: RankSpec, conn: multiprocessing.connection.Connection) -> None:
     """A pooled rank: set up once, then run tasks from ``conn`` until told to stop."""
     ctx = prepare_rank_process(spec)
     try:
@@ -219,15 +220,17 @@ class PoolBroken(RuntimeError):
 class RankPool:
     """World-size many rank processes that run tasks until a failure or :meth:`close`."""
 
-    def __init__(self, key: PoolKey, start_timeout_s: float = 300.0, env: dict | None = None):
+    def __init__(
+        self, key: PoolKey, start_timeout_s: float = 300.0, env: dict[str, str] | None = None
+    ) -> None:
         self.key = key
         self.tasks_run = 0
         self._ids = itertools.count()
         self._rendezvous = open_rendezvous(timeout_s=max(start_timeout_s, 60.0))
         self._workdir = Path(tempfile.mkdtemp(prefix="vllm-ep-kit-pool-"))
         ctx = multiprocessing.get_context("spawn")
-        self._live: list = []
-        self._conns: list = []
+        self._live: list[LiveRank] = []
+        self._conns: list[multiprocessing.connection.Connection] = []
         child_env = dict(env or {})
         child_env.setdefault("NCCL_NVLS_ENABLE", "0")
         self.closed = False
@@ -270,7 +273,7 @@ class RankPool:
 
     @property
     def pids(self) -> list[int]:
-        return [item.proc.pid for item in self._live]
+        return [item.pid for item in self._live]
 
     @property
     def alive(self) -> bool:
@@ -280,12 +283,12 @@ class RankPool:
     def run(
         self,
         fn: Callable[..., Any],
-        *args,
+        *args: Any,
         layout: ParallelLayout | None = None,
         all2all_backend: str | None = None,
         timeout_s: float = 300.0,
         failure_grace_s: float = 30.0,
-        **kwargs,
+        **kwargs: Any,
     ) -> list[Any]:
         """``fn(ctx, *args, **kwargs)`` on every rank; values, or RankFailures (pool closed).
 
@@ -324,7 +327,9 @@ class RankPool:
         removed = tuple(k for k in self._started_env if k not in now)
         return changed, removed
 
-    def _await(self, tag, timeout_s: float, grace_s: float) -> list[RankOutcome]:
+    def _await(
+        self, tag: str | int | tuple[str, int], timeout_s: float, grace_s: float
+    ) -> list[RankOutcome]:
         """Collect one message per rank; on any failure tear down and raise RankFailures."""
         got: dict[int, RankOutcome | None] = {}
         watchdog = Watchdog(self._workdir, timeout_s, grace_s)
@@ -354,9 +359,9 @@ class RankPool:
                         continue
                     # Unpickled here, not by recv: a value this process cannot rebuild
                     # is that rank's failure (outcome_from_bytes), not the pool's crash.
-                    outcome = outcome_from_bytes(outcome)
-                    got[i] = item.report.outcome = outcome or RankOutcome(status="ok")
-                    if got[i].status == "error":
+                    received = outcome_from_bytes(outcome) or RankOutcome(status="ok")
+                    got[i] = item.report.outcome = received
+                    if received.status == "error":
                         watchdog.failed(i)
                 elif item.proc.exitcode is not None:
                     item.report.exit_code = item.proc.exitcode
@@ -368,7 +373,8 @@ class RankPool:
                 break
         failed = watchdog.saw_failure or len(got) < len(self._live)
         if not failed:
-            return [got[i] for i in range(len(self._live))]
+            # not failed: every rank sent its outcome (a None there is a failure)
+            return [o for i in range(len(self._live)) if (o := got[i]) is not None]
         reports = [item.report for item in self._live]
         self.close(keep_workdir=True)
         collect(reports, self._workdir)  # stacks of stuck ranks, log tails
@@ -417,8 +423,8 @@ _POOLS: dict[PoolKey, RankPool] = {}
 def pooled_run(
     fn: Callable[..., Any],
     key: PoolKey,
-    args: tuple,
-    kwargs: dict,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
     timeout_s: float,
     failure_grace_s: float,
     layout: ParallelLayout | None = None,

@@ -91,7 +91,7 @@ def gpus() -> Probe:
         return Probe("gpus", False, "nvidia-ml-py (pynvml) not installed", {"count": 0})
     try:
         pynvml.nvmlInit()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 (any NVML failure: no usable driver)
         return Probe("gpus", False, f"no NVIDIA driver ({exc})", {"count": 0})
     try:
         count = pynvml.nvmlDeviceGetCount()

@@ -93,10 +93,11 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     pool.close_all()
     for env, previous in _ENV_FLAGS.values():
         if previous in config.stash:
-            if config.stash[previous] is None:
+            value = config.stash[previous]
+            if value is None:
                 os.environ.pop(env, None)
             else:
-                os.environ[env] = config.stash[previous]
+                os.environ[env] = value
 
 
 def unmet_requirements(item: pytest.Item) -> list[str]:

@@ -31,10 +31,15 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vllm_ep_kit.layout import ParallelLayout
 from vllm_ep_kit.testing import proctree
+
+if TYPE_CHECKING:
+    import torch
+    import torch.distributed
+    from vllm.config import VllmConfig
 
 STACK_DUMP_SIGNAL = signal.SIGUSR1
 PARENT_POLL_S = 0.2
@@ -44,9 +49,9 @@ PARENT_POLL_S = 0.2
 class RankSpec:
     """Everything a spawned rank needs, picklable."""
 
-    fn: Callable[..., Any]
-    args: tuple
-    kwargs: dict
+    fn: Callable[..., Any] | None  # None: a pooled rank, which gets its tasks over a pipe
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
     rank: int
     world_size: int
     workdir: str
@@ -90,12 +95,12 @@ class RankContext:
         self.local_rank = local_rank
         self.backend = backend
         self.layout = layout
-        self.vllm_config = None
+        self.vllm_config: VllmConfig | None = None  # set inside vLLM's parallel state
         self._beat = Path(workdir, f"rank{rank}.beat") if workdir else None
         self._on_beat: Callable[[], None] | None = None
 
     @property
-    def device(self):
+    def device(self) -> torch.device:
         import torch
 
         if self.backend == "nccl":
@@ -142,7 +147,7 @@ def init_world(
     master_port: int,
     timeout_s: float,
     local_rank: int,
-):
+) -> torch.distributed.TCPStore:
     """Join the parent's rendezvous store, create the default process group, return the store."""
     import torch
     import torch.distributed as dist
@@ -161,7 +166,7 @@ def init_world(
     return store
 
 
-def wait_for_all_outcomes(store, world_size: int) -> None:
+def wait_for_all_outcomes(store: torch.distributed.Store, world_size: int) -> None:
     """Exit barrier: a rank that finished stays alive until every rank has an outcome.
 
     Tearing down a process group while peers still use it turns their hang or
@@ -173,13 +178,20 @@ def wait_for_all_outcomes(store, world_size: int) -> None:
         time.sleep(0.05)
 
 
-def run_in_context(spec_fn, ctx: RankContext, args, kwargs, layout, all2all_backend):
+def run_in_context(
+    spec_fn: Callable[..., Any],
+    ctx: RankContext,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    layout: ParallelLayout | None,
+    all2all_backend: str | None,
+) -> Any:
     """Run the test function, inside vLLM's parallel state when a layout is given."""
     if layout is None:
         return spec_fn(ctx, *args, **kwargs)
-    from vllm_ep_kit.testing.vllm_state import vllm_parallel_state
+    from vllm_ep_kit.testing.vllm_state import Device, vllm_parallel_state
 
-    device = "cuda" if ctx.backend == "nccl" else "cpu"
+    device: Device = "cuda" if ctx.backend == "nccl" else "cpu"
     with vllm_parallel_state(
         layout, ctx.rank, ctx.local_rank, ctx.backend, device, all2all_backend
     ) as config:
@@ -271,6 +283,8 @@ def rank_main(spec: RankSpec) -> None:
             ctx.local_rank,
         )
         ctx.heartbeat()
+        if spec.fn is None:
+            raise TypeError("rank_main runs a function: this spec has none (a pooled rank's)")
         value = run_in_context(
             spec.fn, ctx, spec.args, spec.kwargs, spec.layout, spec.all2all_backend
         )

@@ -30,20 +30,22 @@ from vllm_ep_kit.testing import proctree, torchrun
 from vllm_ep_kit.testing.ports import open_rendezvous
 from vllm_ep_kit.testing.rank import RankSpec, rank_main
 from vllm_ep_kit.testing.skips import skip_or_fail
-from vllm_ep_kit.testing.supervision import (  # noqa: F401 (RankReport, signal_name: public here too)
+from vllm_ep_kit.testing.supervision import (
     POLL_S,
     LiveRank,
-    RankFailures,
-    RankReport,
     Watchdog,
     collect,
     conclude,
     exited_badly,
     result_file,
-    signal_name,
     spawn_rank,
     teardown,
 )
+
+# Public here too: ``X as X`` marks an explicit re-export (mypy's no_implicit_reexport).
+from vllm_ep_kit.testing.supervision import RankFailures as RankFailures
+from vllm_ep_kit.testing.supervision import RankReport as RankReport
+from vllm_ep_kit.testing.supervision import signal_name as signal_name
 
 
 def run_ranks(
@@ -212,7 +214,7 @@ def _supervise(
             if item.proc.pid is not None and item.pgid is None:
                 item.pgid = item.proc.pid  # rank_main makes pid its own group leader
             if item.proc.exitcode is None:
-                for child in proctree.descendants(item.proc.pid):
+                for child in proctree.descendants(item.pid):
                     item.seen.setdefault(child.pid, child)
                 running.append(item)
             elif item.report.exit_code is None:

@@ -11,6 +11,7 @@ which sets it so spawned ranks see it too).
 from __future__ import annotations
 
 import os
+from typing import NoReturn
 
 STRICT_ENV = "VLLM_EP_KIT_STRICT"
 
@@ -23,7 +24,7 @@ def strict_mode() -> bool:
     return os.environ.get(STRICT_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def skip_or_fail(reason: str) -> None:
+def skip_or_fail(reason: str) -> NoReturn:
     """Skip (default) or fail (strict mode) the current test with ``reason``."""
     try:
         import pytest

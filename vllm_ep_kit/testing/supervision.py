@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import multiprocessing.context
 import os
 import pickle
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -92,9 +95,9 @@ class RankReport:
 class RankFailures(AssertionError):
     """One or more ranks failed; ``reports`` holds the failing ranks' details."""
 
-    def __init__(self, message: str, reports: list[RankReport]):
+    def __init__(self, message: str, reports: list[RankReport]) -> None:
         super().__init__(message)
-        self.reports = reports
+        self.reports: list[RankReport] = reports  # the failing ranks, root cause first
 
     @property
     def failed_ranks(self) -> list[int]:
@@ -130,6 +133,14 @@ class LiveRank:
     # refuse to signal a process that reused the pid after ours exited.
     seen: dict[int, psutil.Process] = field(default_factory=dict)
 
+    @property
+    def pid(self) -> int:
+        """The rank process's pid (``spawn_rank`` started it: it has one)."""
+        pid = self.proc.pid
+        if pid is None:
+            raise RuntimeError(f"rank {self.report.rank}: its process was never started")
+        return pid
+
 
 def result_file(workdir: Path, rank: int) -> Path:
     return workdir / f"rank{rank}.result"
@@ -151,7 +162,14 @@ def last_beat(workdir: Path, rank: int) -> float:
     return time.monotonic() - max(age, 0.0)
 
 
-def spawn_rank(mp_context, target, args: tuple, rank: int, workdir: Path, name: str) -> LiveRank:
+def spawn_rank(
+    mp_context: multiprocessing.context.SpawnContext,
+    target: Callable[..., object],
+    args: tuple[Any, ...],
+    rank: int,
+    workdir: Path,
+    name: str,
+) -> LiveRank:
     """Start one rank process (the runner's and the pool's one spawn path).
 
     The watchdog's clock starts here: a rank stuck before its own first
@@ -174,7 +192,7 @@ class Watchdog:
 
     def __init__(
         self, workdir: Path, timeout_s: float, grace_s: float, start_limit_s: float | None = None
-    ):
+    ) -> None:
         self.workdir, self.timeout_s, self.grace_s = workdir, timeout_s, grace_s
         self.start_limit_s = start_limit_s
         self.first_failure_at: float | None = None
@@ -230,7 +248,7 @@ def stop_stuck(running: list[LiveRank], workdir: Path, why: str) -> None:
             item.report.hung += " (before its set-up finished: no stacks to show)"
             continue
         with contextlib.suppress(ProcessLookupError):
-            os.kill(item.proc.pid, STACK_DUMP_SIGNAL)
+            os.kill(item.pid, STACK_DUMP_SIGNAL)
     deadline = time.monotonic() + 3.0
     while time.monotonic() < deadline:
         if all(
@@ -362,7 +380,7 @@ def order_failures(reports: list[RankReport]) -> list[RankReport]:
     return failed
 
 
-def conclude(reports: list[RankReport], world_size: int, backend: str) -> list:
+def conclude(reports: list[RankReport], world_size: int, backend: str) -> list[Any]:
     """Every rank's value, or ``RankFailures`` (root cause first), or a skip with the reasons."""
     failed = order_failures(reports)
     if failed:
@@ -375,7 +393,11 @@ def conclude(reports: list[RankReport], world_size: int, backend: str) -> list:
                 + " (a collective the stuck ranks wait in that these never joined?)"
             )
         raise RankFailures(message, failed)
-    skipped = [r for r in reports if r.outcome and r.outcome.status == "skip"]
+    skipped = [r.outcome for r in reports if r.outcome and r.outcome.status == "skip"]
     if skipped:
-        skip_or_fail("; ".join(sorted({r.outcome.message for r in skipped})))
-    return [r.outcome.value for r in reports]
+        skip_or_fail("; ".join(sorted({outcome.message for outcome in skipped})))
+    values = []
+    for report in reports:  # none failed: each reported an outcome (``RankReport.failed``)
+        assert report.outcome is not None, f"rank {report.rank}: no outcome, not failed"
+        values.append(report.outcome.value)
+    return values

@@ -23,11 +23,16 @@ import faulthandler
 import os
 import sys
 import traceback
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 from vllm_ep_kit.layout import ParallelLayout
 from vllm_ep_kit.testing.skips import skip_or_fail
+
+if TYPE_CHECKING:
+    import torch.distributed
+
+    from vllm_ep_kit.testing.rank import RankOutcome
 
 SPAWN_ENV = "VLLM_EP_KIT_SPAWN"  # "1": spawn ranks even inside a torchrun job
 
@@ -79,12 +84,15 @@ def gpus_for_job(local_gpus: int) -> int:
     return int(os.environ["WORLD_SIZE"])
 
 
-_exchange_group: tuple = (None, None)  # (the world group it was made for, the gloo group)
+# (the world group it was made for, the gloo group)
+_exchange_group: tuple[
+    torch.distributed.ProcessGroup | None, torch.distributed.ProcessGroup | None
+] = (None, None)
 _exchanges = 0  # run_ranks calls so far in this process: the same count on every rank
 ARRIVAL_KEY = "vllm_ep_kit/exchange/{call}/rank{rank}"
 
 
-def _arrived(store, call: int, ranks) -> list[int]:
+def _arrived(store: torch.distributed.Store, call: int, ranks: Sequence[int]) -> list[int]:
     """Which of ``ranks`` marked their arrival at exchange ``call`` (best effort)."""
     try:
         return [r for r in ranks if store.check([ARRIVAL_KEY.format(call=call, rank=r)])]
@@ -92,7 +100,9 @@ def _arrived(store, call: int, ranks) -> list[int]:
         return list(ranks)
 
 
-def _lost_outcomes(outcome, rank: int, world_size: int, missing: list[int], error: Exception):
+def _lost_outcomes(
+    outcome: RankOutcome, rank: int, world_size: int, missing: list[int], error: Exception
+) -> list[RankOutcome]:
     """Outcomes when the gather broke: this rank's own, and the ranks that never arrived."""
     from vllm_ep_kit.testing.rank import RankOutcome
 
@@ -123,7 +133,7 @@ def _lost_outcomes(outcome, rank: int, world_size: int, missing: list[int], erro
     return outcomes
 
 
-def _exchange(outcome, world_size: int) -> list:
+def _exchange(outcome: RankOutcome, world_size: int) -> Sequence[RankOutcome | None]:
     """Every rank's outcome, over a gloo group (usable after an NCCL failure).
 
     Each travels pickled once (``rank.outcome_bytes``): an outcome that cannot be
@@ -141,13 +151,16 @@ def _exchange(outcome, world_size: int) -> list:
     if _exchange_group[0] is not world:  # first call, or the world group was remade
         _exchange_group = (
             world,
-            dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else world,
+            # every rank joins: never torch's NON_GROUP_MEMBER
+            cast("dist.ProcessGroup", dist.new_group(backend="gloo"))
+            if dist.get_backend() != "gloo"
+            else world,
         )
     _exchanges += 1
     rank = dist.get_rank()
     store = dist.distributed_c10d._get_default_store()
     store.set(ARRIVAL_KEY.format(call=_exchanges, rank=rank), "1")
-    gathered: list = [None] * world_size
+    gathered: list[Any] = [None] * world_size
     try:
         dist.all_gather_object(gathered, outcome_bytes(outcome), group=_exchange_group[1])
     except Exception as exc:  # noqa: BLE001 (gloo: "Connection closed by peer")
@@ -161,8 +174,8 @@ def _exchange(outcome, world_size: int) -> list:
 def run_here(
     fn: Callable[..., Any],
     world_size: int,
-    args: tuple,
-    kwargs: dict,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
     *,
     backend: str,
     timeout_s: float,

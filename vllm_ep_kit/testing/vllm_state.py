@@ -13,16 +13,25 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Literal
 
 from vllm_ep_kit.layout import ParallelLayout
 
+if TYPE_CHECKING:
+    from vllm.config import VllmConfig
 
-def build_vllm_config(layout: ParallelLayout, rank: int, device: str, all2all_backend: str | None):
+Device = Literal["cuda", "cpu"]  # the device kinds a rank runs vLLM's groups on
+
+
+def build_vllm_config(
+    layout: ParallelLayout, rank: int, device: Device, all2all_backend: str | None
+) -> VllmConfig:
     """A ``VllmConfig`` describing ``layout`` as seen from global ``rank``."""
     from vllm.config import DeviceConfig, ParallelConfig, VllmConfig
     from vllm.config.vllm import OptimizationLevel
 
-    kwargs = dict(
+    # Any: the values' types are ParallelConfig's, checked by it (pydantic) at run time
+    kwargs: dict[str, Any] = dict(
         tensor_parallel_size=layout.tp,
         data_parallel_size=layout.dp,
         data_parallel_rank=layout.dp_rank(rank),
@@ -69,9 +78,9 @@ def vllm_parallel_state(
     rank: int,
     local_rank: int,
     backend: str,
-    device: str,
+    device: Device,
     all2all_backend: str | None = None,
-) -> Iterator[object]:
+) -> Iterator[VllmConfig]:
     """Yield the ``VllmConfig`` with vLLM's groups built; tear them down after."""
     import torch.distributed as dist
     from vllm.config import set_current_vllm_config

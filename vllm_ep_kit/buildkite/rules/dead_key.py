@@ -7,8 +7,14 @@ them believes something happens that does not.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from vllm_ep_kit.buildkite import conventions
+
+if TYPE_CHECKING:
+    from vllm_ep_kit.buildkite.area import Finding
+    from vllm_ep_kit.buildkite.pipeline import Pipeline, Step
 
 RULE = "dead-key"
 # What such a key is usually meant to say (difflib's nearest spelling is not it).
@@ -24,7 +30,7 @@ MEANT = {
 }
 
 
-def _finding(step, keys: tuple, key, known) -> object:
+def _finding(step: Step, keys: tuple[str | int, ...], key: object, known: Iterable[str]) -> Finding:
     close = (
         [MEANT[key]]
         if key in MEANT
@@ -40,7 +46,7 @@ def _finding(step, keys: tuple, key, known) -> object:
     )
 
 
-def check(ctx) -> list:
+def check(ctx: Pipeline) -> list[Finding]:
     findings = []
     for step in ctx.steps:
         if step.mirror:

@@ -14,10 +14,16 @@ from __future__ import annotations
 
 import ast
 import functools
+from collections.abc import Set as AbstractSet
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vllm_ep_kit.buildkite import conventions
 from vllm_ep_kit.buildkite.sources import python_tree
+
+if TYPE_CHECKING:
+    from vllm_ep_kit.buildkite.area import Finding
+    from vllm_ep_kit.buildkite.pipeline import Pipeline
 
 RULE = "dependencies"
 VLLM_PIN = "requirements/common.txt"
@@ -31,7 +37,7 @@ def _module_file(root: Path, dotted: str) -> Path | None:
     return None
 
 
-def _imports(root: Path, path: Path) -> tuple[set[Path], bool]:
+def _imports(root: Path, path: Path) -> tuple[AbstractSet[Path], bool]:
     """Repo files imported by ``path``, and whether it imports vllm (read once per version
     of the file: the import graph of a tree is built once per run, not once per step)."""
     try:
@@ -42,7 +48,7 @@ def _imports(root: Path, path: Path) -> tuple[set[Path], bool]:
 
 
 @functools.cache
-def _imports_of(root: Path, path: Path, stamp: int) -> tuple[frozenset, bool]:
+def _imports_of(root: Path, path: Path, stamp: int) -> tuple[frozenset[Path], bool]:
     tree = python_tree(path)
     if tree is None:
         return frozenset(), False
@@ -99,8 +105,8 @@ def _test_files(root: Path, paths: list[str]) -> list[Path]:
     return files
 
 
-def check(ctx) -> list:
-    findings = []
+def check(ctx: Pipeline) -> list[Finding]:
+    findings: list[Finding] = []
     if ctx.vllm_tree:
         return findings  # vLLM lists parts of its tree on purpose; see uncovered.py there
     for step in ctx.steps:

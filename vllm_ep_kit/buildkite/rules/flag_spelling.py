@@ -7,8 +7,13 @@ silently runs the other branch.  Upstream's disaggregated split did exactly that
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import TYPE_CHECKING
 
 from vllm_ep_kit.buildkite.commands import parse_commands
+
+if TYPE_CHECKING:
+    from vllm_ep_kit.buildkite.area import Finding
+    from vllm_ep_kit.buildkite.pipeline import Pipeline
 
 RULE = "flag-spelling"
 SPELLINGS = {
@@ -25,7 +30,7 @@ SPELLINGS = {
 }
 
 
-def check(ctx) -> list:
+def check(ctx: Pipeline) -> list[Finding]:
     uses = defaultdict(list)  # name -> [(style, value, area, keys)]
     for step in ctx.steps:
         if step.mirror:
@@ -42,7 +47,7 @@ def check(ctx) -> list:
                 uses[name].append((SPELLINGS[value], value, step.area, step.keys + ("env", name)))
     findings = []
     for name, entries in uses.items():
-        styles = defaultdict(int)
+        styles: defaultdict[str, int] = defaultdict(int)
         for style, *_ in entries:
             styles[style] += 1
         if len(styles) < 2:

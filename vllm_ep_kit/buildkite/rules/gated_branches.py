@@ -15,10 +15,14 @@ from __future__ import annotations
 import re
 import shlex
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vllm_ep_kit.buildkite import conventions
 from vllm_ep_kit.buildkite.area import Finding
 from vllm_ep_kit.buildkite.commands import ASSIGNMENT
+
+if TYPE_CHECKING:
+    from vllm_ep_kit.buildkite.pipeline import Pipeline
 
 RULE = "gated-branch"
 CONDITION = re.compile(r"^\s*(if|elif|while)\b|^\s*\[\[.*\]\]\s*(&&|\|\|)")
@@ -126,7 +130,7 @@ def calls(root: Path, script: str) -> list[tuple[str, dict[str, str]]]:
         return []
     paths = {m.group(1): m.group(2) for line in lines if (m := ASSIGNED_PATH.match(line))}
     configs = [_assignments(element) for element in _array_elements(lines)]
-    found = []
+    found: list[tuple[str, dict[str, str]]] = []
     for line in lines:
         for match in CALL.finditer(line):
             name = match.group(1)
@@ -163,7 +167,7 @@ def script_settings(ctx) -> dict[str, list[dict[str, str]]]:
     return settings
 
 
-def check(ctx) -> list:
+def check(ctx: Pipeline) -> list[Finding]:
     settings = script_settings(ctx)
     findings = []
     for script, envs in sorted(settings.items()):

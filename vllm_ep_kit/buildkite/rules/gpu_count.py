@@ -19,9 +19,14 @@ import ast
 import re
 import shlex
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vllm_ep_kit.buildkite import conventions
 from vllm_ep_kit.buildkite.sources import python_tree
+
+if TYPE_CHECKING:
+    from vllm_ep_kit.buildkite.area import Finding
+    from vllm_ep_kit.buildkite.pipeline import Pipeline
 
 RULE = "gpu-count"
 SIZES = {  # flag -> which parallel size it sets
@@ -53,8 +58,8 @@ def needed_gpus(text: str) -> tuple[int, str]:
     if not parallel:
         return 0, ""
     total = 1
-    for value in parallel.values():
-        total *= value
+    for size in parallel.values():
+        total *= size
     return total, " x ".join(f"{k.upper()}={v}" for k, v in sorted(parallel.items()))
 
 
@@ -95,7 +100,7 @@ def _marked(ctx, repo: str, selector: str) -> tuple[int, str]:
     scope = {k: v for k, v in marks.items() if not name or k == name}
     if not scope:
         return 0, ""
-    test = max(scope, key=scope.get)
+    test = max(scope, key=lambda k: scope[k])
     return scope[test], test
 
 
@@ -139,7 +144,7 @@ def _unmet_marks(ctx, step) -> list:
     return findings
 
 
-def check(ctx) -> list:
+def check(ctx: Pipeline) -> list[Finding]:
     findings = []
     for step in ctx.steps:
         if step.device in conventions.CPU_DEVICES or (step.raw.get("num_nodes") or 1) > 1:

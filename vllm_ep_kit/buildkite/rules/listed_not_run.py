@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import fnmatch
 import posixpath
+from typing import TYPE_CHECKING
 
 from vllm_ep_kit.buildkite.pipeline import consulted_entries
+
+if TYPE_CHECKING:
+    from vllm_ep_kit.buildkite.area import Finding
+    from vllm_ep_kit.buildkite.pipeline import Pipeline
 
 RULE = "listed-not-run"
 
@@ -30,7 +35,7 @@ def runs(step, path: str) -> bool:
     return False
 
 
-def check(ctx) -> list:
+def check(ctx: Pipeline) -> list[Finding]:
     findings = []
     for step, index, entry in consulted_entries(ctx.steps):
         name = posixpath.basename(entry)

@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vllm_ep_kit.buildkite.sources import python_tree
+
+if TYPE_CHECKING:
+    from vllm_ep_kit.buildkite.area import Finding
+    from vllm_ep_kit.buildkite.pipeline import Pipeline
 
 RULE = "missing-test"
 
@@ -49,7 +54,7 @@ def missing(path: Path, selector: str) -> str:
     return ""
 
 
-def check(ctx) -> list:
+def check(ctx: Pipeline) -> list[Finding]:
     findings = []
     for step in ctx.steps:
         for info in step.parsed():

@@ -6,11 +6,17 @@ Each file is looked up from the folder it is named in: the step's ``working_dir`
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vllm_ep_kit.buildkite.area import Finding
+    from vllm_ep_kit.buildkite.pipeline import Pipeline
+
 RULE = "path-exists"
 UNRESOLVED = ("$", "*", "{", "?")  # a variable or a glob: the shell decides
 
 
-def check(ctx) -> list:
+def check(ctx: Pipeline) -> list[Finding]:
     findings = []
     for step in ctx.steps:
         for info in step.parsed():

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import jsonschema
 
 from vllm_ep_kit.buildkite.area import load_schema
 
+if TYPE_CHECKING:
+    from vllm_ep_kit.buildkite.area import Finding
+    from vllm_ep_kit.buildkite.pipeline import Pipeline
+
 RULE = "schema"
 
 
-def check(ctx) -> list:
+def check(ctx: Pipeline) -> list[Finding]:
     validator = jsonschema.Draft202012Validator(load_schema())
     findings = []
     for area in ctx.areas:

@@ -8,12 +8,18 @@ generator never consults their dependencies).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from vllm_ep_kit.buildkite.pipeline import consulted_entries
+
+if TYPE_CHECKING:
+    from vllm_ep_kit.buildkite.area import Finding
+    from vllm_ep_kit.buildkite.pipeline import Pipeline
 
 RULE = "stale-dependency"
 
 
-def check(ctx) -> list:
+def check(ctx: Pipeline) -> list[Finding]:
     findings = []
     for step, index, entry in consulted_entries(ctx.steps):
         path = entry[1:] if entry.startswith("!") else entry

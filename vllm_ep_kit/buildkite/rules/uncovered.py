@@ -8,12 +8,18 @@ a tree is not vLLM's own.  Optional steps are skipped (never selected by changes
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from vllm_ep_kit.buildkite import conventions
+
+if TYPE_CHECKING:
+    from vllm_ep_kit.buildkite.area import Finding
+    from vllm_ep_kit.buildkite.pipeline import Pipeline
 
 RULE = "uncovered"
 
 
-def check(ctx) -> list:
+def check(ctx: Pipeline) -> list[Finding]:
     findings = []
     run_all = conventions.run_all_patterns(ctx.root)
     for step in ctx.steps:

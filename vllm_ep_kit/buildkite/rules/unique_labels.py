@@ -6,10 +6,16 @@ Intel pipeline and the main one is no clash.  Mirror blocks share their step's l
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vllm_ep_kit.buildkite.area import Finding
+    from vllm_ep_kit.buildkite.pipeline import Pipeline
+
 RULE = "unique-labels"
 
 
-def check(ctx) -> list:
+def check(ctx: Pipeline) -> list[Finding]:
     findings = []
     for pipeline, areas in ctx.pipelines.items():
         seen: dict = {}

@@ -64,7 +64,7 @@ from __future__ import annotations
 
 import contextlib
 import types
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from vllm_ep_kit.patches.base import (
     Patch,
@@ -89,7 +89,7 @@ class _Recorder:
     """Everything ``initialize`` reaches outside vLLM, answering harmlessly."""
 
     def __init__(self):
-        self.comm_groups = []
+        self.comm_groups: list[Any] = []  # the groups vLLM built communicators on
         recorder = self
 
         class Communicator:
@@ -147,13 +147,13 @@ class _Recorder:
         names inside ``initialize`` (vLLM 0.33) find them there, not in vLLM's module."""
         import importlib
 
-        wanted = [
+        wanted: list[tuple[str, dict[str, Any]]] = [
             ("flashinfer.comm", {"Mapping": self.Mapping}),
             ("flashinfer.comm.mnnvl", {"MnnvlConfig": self.Config}),
             ("flashinfer.comm.trtllm_alltoall", {"MnnvlMoe": self.MnnvlMoe}),
             ("flashinfer.comm.trtllm_moe_alltoall", {"MoeAlltoAll": self.MoeAlltoAll}),
         ]
-        places = []
+        places: list[tuple[object, dict[str, Any]]] = []
         for module_name, names in wanted:
             try:
                 module = importlib.import_module(module_name)
@@ -162,7 +162,7 @@ class _Recorder:
             places.append((module, {n: v for n, v in names.items() if hasattr(module, n)}))
         try:
             moe_ep = importlib.import_module("flashinfer.moe_ep")
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 (no usable flashinfer.moe_ep: nothing there)
             return places
         if hasattr(moe_ep, "NVLinkOneSidedAlltoAll"):
             places.append((moe_ep, self.moe_ep_names(moe_ep)))
@@ -349,7 +349,7 @@ def observed_nixl_store_handling() -> str:
             made.append(kwargs)
             self.store = object()
 
-    module_names = {}
+    module_names: dict[str, object] = {}
     if hasattr(all2all, "StatelessProcessGroup"):
         module_names["StatelessProcessGroup"] = RecordingStatelessGroup
     if hasattr(all2all, "dist"):  # PrefixStore over the stand-in group's store
@@ -357,7 +357,7 @@ def observed_nixl_store_handling() -> str:
             PrefixStore=lambda prefix, store: object(), barrier=lambda *a, **k: None
         )
     fake_module = types.ModuleType("nixl_ep")
-    fake_module.Buffer = _RecordingBuffer
+    fake_module.Buffer = _RecordingBuffer  # type: ignore[attr-defined]  # a module made at run time
     saved_module = sys.modules.get("nixl_ep")
     sys.modules["nixl_ep"] = fake_module
     try:

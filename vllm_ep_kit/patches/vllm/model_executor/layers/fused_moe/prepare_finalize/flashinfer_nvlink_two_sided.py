@@ -34,6 +34,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import types
+from typing import TYPE_CHECKING, Any
 
 from vllm_ep_kit.patches.base import (
     Patch,
@@ -42,6 +43,9 @@ from vllm_ep_kit.patches.base import (
     unwrap,
     wrap,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 MODULE = "vllm.model_executor.layers.fused_moe.prepare_finalize.flashinfer_nvlink_two_sided"
 # vLLM 0.18.0 keeps the same function one package up, under a longer module name.
@@ -69,7 +73,7 @@ def _flashinfer_alltoall_module():
     return importlib.import_module("flashinfer.comm.trtllm_alltoall")
 
 
-def none_passthrough(mnnvl_moe_cls):
+def none_passthrough(mnnvl_moe_cls: type[Any]) -> type[Any]:
     """``mnnvl_moe_cls`` whose ``mnnvl_moe_alltoallv(None, ...)`` returns None."""
     original = mnnvl_moe_cls.mnnvl_moe_alltoallv
 
@@ -85,7 +89,7 @@ class _PayloadRecorder:
     """FlashInfer's two-sided kernels, replaced: records each all-to-all payload."""
 
     def __init__(self):
-        self.payloads = []
+        self.payloads: list[torch.Tensor | None] = []
         recorder = self
 
         class MnnvlMoe:
