@@ -65,7 +65,7 @@ test-second: $(SECOND_STAMP) $(AFFECTED_DIR)/VERSION
 # The inner loop: every test that starts no vLLM rank and installs nothing (no second
 # venv, no release sources), on the primary venv.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest tests -m "not vllm and not slow" $(POOL_ARGS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests -m "not vllm" $(POOL_ARGS) $(PYTEST_ARGS)
 
 # Lint and types, as .pre-commit-config.yaml runs them; every tool runs, then the
 # target fails if any found something.

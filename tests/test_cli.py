@@ -163,6 +163,7 @@ def test_cli_check_under_torchrun_refuses_other_world_sizes():
     ) in result.stderr
 
 
+@pytest.mark.vllm  # doctor reads the installed vLLM: its backends and which hotfixes it needs
 def test_cli_doctor_json():
     result = cli("doctor", "--json", timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
