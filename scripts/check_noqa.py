@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import tokenize
 from pathlib import Path
 
 NOQA = re.compile(r"#\s*noqa\b(?P<rest>.*)$")
@@ -18,14 +19,19 @@ WELL_FORMED = re.compile(r":\s*[A-Z]+[0-9]+(?:\s*,\s*[A-Z]+[0-9]+)*\s+\(\S[^)]*\
 
 
 def problems(path: Path) -> list[str]:
+    """A line per comment of ``path`` whose noqa lacks its rule or its reason (comments
+    only: a string that shows a noqa, like this docstring, is not one)."""
     found = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        match = NOQA.search(line)
-        if match and not WELL_FORMED.match(match.group("rest")):
-            found.append(
-                f"{path}:{number}: a noqa names its rule and its reason, "
-                f"e.g. `# noqa: BLE001 (a probe never raises)` [noqa-reason]"
-            )
+    with tokenize.open(path) as source:
+        for token in tokenize.generate_tokens(source.readline):
+            if token.type != tokenize.COMMENT:
+                continue
+            match = NOQA.search(token.string)
+            if match and not WELL_FORMED.match(match.group("rest")):
+                found.append(
+                    f"{path}:{token.start[0]}: a noqa names its rule and its reason, "
+                    "e.g. `# noqa: BLE001 (a probe never raises)` [noqa-reason]"
+                )
     return found
 
 
