@@ -14,7 +14,9 @@ SECOND_STAMP := $(SECOND_VENV)/.installed
 # Multi-rank tests share persistent rank pools (one per world size and process-group
 # backend); a test whose outcome needs processes of its own says so with
 # @pytest.mark.fresh_ranks(reason) (docs/harness.md).
-POOL_ARGS ?= --ep-pool
+# Two pytest workers (pytest-xdist; the CI machine has 2 cores), each module on one worker
+# (its rank pools and module fixtures stay with it). Both: docs/contributing.md.
+POOL_ARGS ?= --ep-pool -n 2 --dist loadfile
 
 .PHONY: venv doctor check test test-primary test-second test-fast test-releases mutants lint clean
 

@@ -38,6 +38,8 @@ IGNORED = (
     ".pytest_cache",
     "*.egg-info",
     ".hypothesis",
+    ".mypy_cache",
+    ".ruff_cache",
 )
 
 
@@ -413,6 +415,38 @@ MUTANTS = [
         "        padded = hidden\n",
         ("tests/reference/test_formats.py",),
         "scale rows are padded as vLLM's mx_alignment pads them (gpt-oss: 90 -> 96 bytes)",
+    ),
+    # the rank pool's opt-out, its environment, and the suite's vllm-marker rule
+    M(
+        "fresh-ranks-ignored",
+        "vllm_ep_kit/testing/pool.py",
+        "    if _fresh_reason is not None:\n        return False\n",
+        "    if False:\n        return False\n",
+        (
+            "tests/harness/test_pool.py",
+            "-k",
+            "fresh_ranks",
+            "tests/harness/test_pytest_plugin.py",
+            "-k",
+            "fresh_ranks",
+        ),
+        "a test marked fresh_ranks would run in the pool it opted out of",
+    ),
+    M(
+        "pool-task-keeps-the-start-environment",
+        "vllm_ep_kit/testing/pool.py",
+        "os.environ.update(env_set)",
+        "os.environ.update({})",
+        ("tests/harness/test_pool.py", "-k", "parents_environment"),
+        "a pooled task would not see what the test set after the pool started",
+    ),
+    M(
+        "vllm-marker-rule-direct-imports-only",
+        "tests/vllm_marker.py",
+        "for used in sorted(_names(node) & reach.keys()):",
+        "for used in ():",
+        ("tests/test_vllm_marker.py",),
+        "rank functions and helpers import vLLM for the test that names them",
     ),
     # the CLI
     M(

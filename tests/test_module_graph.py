@@ -3,7 +3,9 @@
 Read from the sources (every ``import`` statement, also those inside
 functions, since a lazy import is a dependency too).  ``from package import
 name`` counts as importing the submodule when ``name`` is one; a module's
-implicit import of its own parent package is not an edge.
+implicit import of its own parent package is not an edge, nor is an import under
+``if TYPE_CHECKING:`` (it never runs: an annotation's name, as import-linter's
+``exclude_type_checking_imports`` counts it).
 """
 
 from __future__ import annotations
@@ -26,10 +28,27 @@ def kit_modules() -> dict[str, Path]:
     return {module_name(p): p for p in (ROOT / PACKAGE).rglob("*.py")}
 
 
+def _type_checking_only(tree: ast.AST) -> set[int]:
+    """ids of the statements under ``if TYPE_CHECKING:`` (or ``typing.TYPE_CHECKING``)."""
+    inside: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and (
+            (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING")
+            or (isinstance(node.test, ast.Attribute) and node.test.attr == "TYPE_CHECKING")
+        ):
+            for statement in node.body:
+                inside.update(id(sub) for sub in ast.walk(statement))
+    return inside
+
+
 def imports_of(path: Path, modules: dict[str, Path]) -> set[str]:
-    """The kit modules ``path`` imports anywhere in its text."""
+    """The kit modules ``path`` imports anywhere in its text, type-only imports aside."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    tree = ast.parse(path.read_text(), str(path))
+    type_only = _type_checking_only(tree)
+    for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
@@ -55,6 +74,13 @@ def test_the_graph_sees_lazy_imports():
     graph = import_graph()
     assert graph.has_edge("vllm_ep_kit.ep_check", "vllm_ep_kit.exchange")
     assert graph.has_edge("vllm_ep_kit.backends.agrs", "vllm_ep_kit.backends.registry")
+
+
+def test_type_only_imports_are_not_edges():
+    """spec names Transport and transport names Backend, for annotations only."""
+    graph = import_graph()
+    assert not graph.has_edge("vllm_ep_kit.backends.transport", "vllm_ep_kit.backends.spec")
+    assert graph.has_edge("vllm_ep_kit.backends.transport", "vllm_ep_kit.reference.moe")
 
 
 def test_no_import_cycle():
