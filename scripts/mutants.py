@@ -420,8 +420,8 @@ MUTANTS = [
     M(
         "fresh-ranks-ignored",
         "vllm_ep_kit/testing/pool.py",
-        "    if _fresh_reason is not None:\n        return False\n",
-        "    if False:\n        return False\n",
+        "previous_env = os.environ.pop(POOL_ENV, None)",
+        "previous_env = os.environ.get(POOL_ENV)",
         (
             "tests/harness/test_pool.py",
             "-k",

@@ -72,15 +72,8 @@ from vllm_ep_kit.testing.supervision import (
 POOL_ENV = "VLLM_EP_KIT_POOL"  # "1": run_ranks goes through a persistent pool
 
 
-# Why the running test takes processes of its own although the pool is on (the pytest
-# plugin sets it around a test marked ``fresh_ranks(reason)``); None: the pool may serve.
-_fresh_reason: str | None = None
-
-
 def pool_enabled() -> bool:
-    """The pool serves ``run_ranks`` now: asked for, and the running test does not opt out."""
-    if _fresh_reason is not None:
-        return False
+    """The pool serves ``run_ranks`` now (``fresh_ranks`` unsets the variable meanwhile)."""
     return os.environ.get(POOL_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
@@ -92,15 +85,12 @@ def fresh_ranks(reason: str) -> Iterator[None]:
     For a test whose outcome depends on process-wide state (device memory, library
     caches, a library's global registry) or on the spawning runner itself.
     """
-    global _fresh_reason
     if not isinstance(reason, str) or not reason.strip():
         raise ValueError(f"reason={reason!r}: say why the ranks need fresh processes")
-    previous, _fresh_reason = _fresh_reason, reason
     previous_env = os.environ.pop(POOL_ENV, None)
     try:
         yield
     finally:
-        _fresh_reason = previous
         if previous_env is not None:
             os.environ[POOL_ENV] = previous_env
 
