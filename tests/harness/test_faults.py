@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import uuid
@@ -233,8 +234,10 @@ def test_a_slow_start_up_gets_the_start_up_limit_not_the_progress_limit(marked):
     assert_none_alive(marked, 2)
 
 
-def test_a_value_the_parent_cannot_unpickle_names_its_rank(marked):
-    before = set(Path(os.environ.get("TMPDIR", "/tmp")).glob("vllm-ep-kit-ranks-*"))
+def test_a_value_the_parent_cannot_unpickle_names_its_rank(marked, tmp_path, monkeypatch):
+    # The run's folder goes to a temporary folder of this test's own: other tests running
+    # at the same time (xdist) create and remove theirs in the shared one.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     with pytest.raises(RankFailures) as info:
         run_ranks(
             rank_returns_what_the_parent_cannot_unpickle, 2, backend="gloo", timeout_s=TIMEOUT_S
@@ -243,7 +246,7 @@ def test_a_value_the_parent_cannot_unpickle_names_its_rank(marked):
     assert "the rank's result could not be unpickled in the parent: RuntimeError: planted" in str(
         info.value
     )
-    assert set(Path(os.environ.get("TMPDIR", "/tmp")).glob("vllm-ep-kit-ranks-*")) == before
+    assert list(tmp_path.glob("vllm-ep-kit-ranks-*")) == []  # the run's folder is gone
     assert_none_alive(marked, 2)
 
 
