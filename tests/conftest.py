@@ -14,6 +14,15 @@ _installed = any(ep.value == PLUGIN for ep in entry_points(group="pytest11"))
 pytest_plugins = ["pytester"] + ([] if _installed else [PLUGIN])
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "affected_release: runs a fetched vLLM release's sources (VLLM_EP_KIT_AFFECTED_VLLM), "
+        "not the installed vLLM; set by tests/patches/conftest.py, and left out of make "
+        "test's second leg, whose subject is the installed vLLM",
+    )
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     problems = unmarked_vllm_tests(items)
     if problems:

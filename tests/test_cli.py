@@ -131,6 +131,33 @@ def test_cli_bad_argument_is_one_line_with_exit_2():
     )
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["check", "--tp", "3", "--world-sizes", "4"],
+        ["check", "--backends", "nope"],
+        ["check", "--dtypes", "int3"],
+        ["bench", "--out", "/proc/vllm-ep-kit-out"],
+    ],
+    ids=["check-tp", "check-backends", "check-dtypes", "bench-out"],
+)
+def test_argument_errors_are_answered_before_vllm_is_imported(argv):
+    """Importing vLLM costs seconds (about ten on this CI machine): a typo in an argument
+    gets its one line without it."""
+    from vllm_ep_kit.fresh_python import run_json
+
+    code = (
+        "import contextlib, io, json, sys; from vllm_ep_kit.cli import main\n"
+        "with contextlib.redirect_stderr(io.StringIO()) as err:\n"
+        f"    rc = main({argv!r})\n"
+        "print(json.dumps({'rc': rc, 'err': err.getvalue(),"
+        " 'vllm': sorted(m for m in sys.modules if m.split('.')[0] == 'vllm')[:3]}))"
+    )
+    data = run_json(code)
+    assert data["rc"] == 2 and "error: --" in data["err"], data
+    assert data["vllm"] == [], data
+
+
 @pytest.mark.vllm
 def test_cli_check_json_end_to_end():
     result = cli("check", "--world-sizes", "2", "--tp", "1", "--dtypes", "fp32", "--json")

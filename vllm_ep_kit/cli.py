@@ -210,6 +210,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"vllm-ep-kit check: error: {too_many}", file=sys.stderr)
         return 2
     try:
+        # the arguments first: usability below imports vLLM, seconds before any answer
+        ep_check.validate_arguments(
+            world_sizes, args.tp, args.backends, args.dtypes, gpu_count=gpu_count
+        )
         plan = ep_check.make_plan(
             world_sizes,
             args.tp,
@@ -446,6 +450,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "repeats": args.repeats,
     }
     settings = bench_plan.BenchSettings(**{k: v for k, v in given.items() if v is not None})
+    if torchrun.active() and not args.out:
+        print(
+            "vllm-ep-kit bench: error: --out: required under torchrun (every rank writes "
+            "its partial rows there; a default named by each process's clock could differ)",
+            file=sys.stderr,
+        )
+        return 2
+    out = Path(args.out or datetime.datetime.now().strftime("bench-%Y%m%d-%H%M%S"))
+    # Under torchrun the lead checks; the others would race with its partial folder.
+    if lead:
+        why = _unusable_out_dir(out)
+        if why:
+            print(f"vllm-ep-kit bench: error: --out: {out} {why}", file=sys.stderr)
+            return 2
+    # usability imports vLLM (seconds): every argument above is answered before it
     status = backends.usability()
     try:
         plan = bench_plan.make_bench_plan(
@@ -462,20 +481,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     except bench_plan.BenchArgumentError as exc:
         print(f"vllm-ep-kit bench: error: {exc}", file=sys.stderr)
         return 2
-    if torchrun.active() and not args.out:
-        print(
-            "vllm-ep-kit bench: error: --out: required under torchrun (every rank writes "
-            "its partial rows there; a default named by each process's clock could differ)",
-            file=sys.stderr,
-        )
-        return 2
-    out = Path(args.out or datetime.datetime.now().strftime("bench-%Y%m%d-%H%M%S"))
-    # Under torchrun the lead checks; the others would race with its partial folder.
-    if lead:
-        why = _unusable_out_dir(out)
-        if why:
-            print(f"vllm-ep-kit bench: error: --out: {out} {why}", file=sys.stderr)
-            return 2
     for what, why in plan.skipped:
         console.print(f"[yellow]not run[/yellow] {what}: {why}")
     if not plan.runs:

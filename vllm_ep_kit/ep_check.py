@@ -118,13 +118,17 @@ def backend_cases(
     ]
 
 
-def _validate(
+def validate_arguments(
     world_sizes: list[int],
     tps: list[int],
     backends: list[str] | None,
     dtypes: list[str],
     gpu_count: int,
 ) -> list[ParallelLayout]:
+    """The layouts ``check`` would cover, or :class:`CheckArgumentError` naming the argument.
+
+    Needs no vLLM: the command line answers a bad argument before importing it.
+    """
     from vllm_ep_kit.reference.moe import DTYPES
 
     for name in backends or []:
@@ -172,7 +176,7 @@ def make_plan(
     ``unusable`` (backend -> why) lists, as not run, the checkable backends
     that the default selection leaves out on this machine.
     """
-    layouts = _validate(world_sizes, tps, backends, dtypes, gpu_count)
+    layouts = validate_arguments(world_sizes, tps, backends, dtypes, gpu_count)
     checkable = [b.name for b in registry.all_backends() if b.check_dtypes and b.driven]
     chosen = (
         list(dict.fromkeys(registry.canonical(n) for n in backends))

@@ -3,7 +3,9 @@
 ``VLLM_EP_KIT_AFFECTED_VLLM`` names one fetched release folder, or several
 separated by ``os.pathsep``; every hotfix test that takes ``affected_vllm_path``
 runs once per release, and asserts what that release carries
-(``tests/patches/releases.py``).
+(``tests/patches/releases.py``).  Each such test carries the ``affected_release``
+marker: its subject is the fetched sources, not the installed vLLM, so make test
+runs it in the first leg only.
 """
 
 import os
@@ -30,7 +32,7 @@ def pytest_generate_tests(metafunc):
         roots = affected_roots() or [""]
         metafunc.parametrize(
             "affected_root",
-            roots,
+            [pytest.param(r, marks=pytest.mark.affected_release) for r in roots],
             ids=[release_id(r) if r else "unset" for r in roots],
             scope="session",
         )
