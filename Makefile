@@ -17,6 +17,10 @@ SECOND_STAMP := $(SECOND_VENV)/.installed
 # Two pytest workers (pytest-xdist; the CI machine has 2 cores), each module on one worker
 # (its rank pools and module fixtures stay with it). Both: docs/contributing.md.
 POOL_ARGS ?= --ep-pool -n 2 --dist loadfile
+# JUNIT_DIR=DIR: each leg writes its JUnit report there (leg1-junit.xml, leg2-junit.xml),
+# for scripts/junit_report.py or a CI's test view.
+JUNIT_DIR ?=
+junit = $(if $(JUNIT_DIR),--junitxml=$(JUNIT_DIR)/$(1)-junit.xml)
 
 .PHONY: venv doctor check test test-primary test-second test-fast test-releases mutants lint clean
 
@@ -57,14 +61,14 @@ test: $(STAMP) $(SECOND_STAMP) $(AFFECTED_DIR)/VERSION
 	exit $$rc
 
 test-primary: $(STAMP) $(AFFECTED_DIR)/VERSION
-	$(AFFECTED_ENV) $(BIN)/python -m pytest tests $(POOL_ARGS) $(PYTEST_ARGS)
+	$(AFFECTED_ENV) $(BIN)/python -m pytest tests $(POOL_ARGS) $(call junit,leg1) $(PYTEST_ARGS)
 
 # The second leg: the tests that reach the installed vLLM, which the `vllm` marker names (a
 # test that imports vLLM without it fails the collection: tests/vllm_marker.py). The tests
 # of an affected release's fetched sources (`affected_release`) do not read the installed
 # vLLM: they run in the first leg only.
 test-second: $(SECOND_STAMP)
-	$(SECOND_VENV)/bin/python -m pytest tests -m "vllm and not affected_release" $(POOL_ARGS) $(PYTEST_ARGS)
+	$(SECOND_VENV)/bin/python -m pytest tests -m "vllm and not affected_release" $(POOL_ARGS) $(call junit,leg2) $(PYTEST_ARGS)
 
 # The inner loop: every test that starts no vLLM rank and installs nothing (no second
 # venv, no release sources), on the primary venv.
