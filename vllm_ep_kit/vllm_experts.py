@@ -246,6 +246,9 @@ def rank_expert_partials(ctx, cases: list[RoutingCase], ep_sizes: tuple[int, ...
             per_rank.append(
                 {
                     "ep_rank": rank,
+                    "got": got,
+                    "want": want,
+                    "other": other,
                     "max_error": max_error(got, want),
                     "passed": layer_close(got, want, check),
                     # None: the two references agree (no tokens, or none routed
@@ -262,6 +265,9 @@ def rank_expert_partials(ctx, cases: list[RoutingCase], ep_sizes: tuple[int, ...
                 "case": case.describe(),
                 "ep_size": ep_size,
                 "per_rank": per_rank,
+                "tolerance": check,
+                "total": total,
+                "want_total": want_total,
                 "sum_max_error": max_error(total, want_total),
                 "sum_passed": layer_close(total, want_total, check),
                 "seconds": time.perf_counter() - start,

@@ -110,7 +110,12 @@ def softmax_topk(logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.
 def layer_row(
     case, out: torch.Tensor, want: torch.Tensor, tolerance: str, start: float, **extra
 ) -> dict:
-    """One case's result row: output rows vs the reference's tokens, error, verdict, time."""
+    """One case's result row: output rows vs the reference's tokens, error, verdict, time.
+
+    The row carries both tensors (``out``, ``want``: small, on the CPU) and the
+    ``tolerance`` key, so a test compares them itself and its failure says
+    which elements differ and by how much.
+    """
     passed = layer_close(out, want, tolerance)
     return {
         "case": case.describe(),
@@ -118,6 +123,9 @@ def layer_row(
         "tokens": int(want.shape[0]),
         "max_error": max_error(out, want) if out.shape == want.shape else float("inf"),
         "passed": passed,
+        "tolerance": tolerance,
+        "out": out,
+        "want": want,
         **extra,
         "seconds": time.perf_counter() - start,
         "mismatch": "" if passed else mismatch(out, want, *LAYER_TOLERANCE[tolerance]),

@@ -28,7 +28,12 @@ from vllm_ep_kit.moe_layer import (
     layer_cases,
     rank_moe_layer,
 )
-from vllm_ep_kit.reference.mlp_moe import MlpExperts, mlp_moe_partial, softmax_topk
+from vllm_ep_kit.reference.mlp_moe import (
+    LAYER_TOLERANCE,
+    MlpExperts,
+    mlp_moe_partial,
+    softmax_topk,
+)
 from vllm_ep_kit.reference.moe import RoutingCase, source_tokens
 from vllm_ep_kit.testing import probes, run_ranks, skip_or_fail
 from vllm_ep_kit.testing.shared_runs import SharedRuns
@@ -43,6 +48,30 @@ from vllm_ep_kit.vllm_experts import (
 )
 
 pytestmark = pytest.mark.vllm
+
+
+def assert_matches_reference(
+    actual: torch.Tensor, expected: torch.Tensor, tolerance: str, where: str
+) -> None:
+    """``actual`` is ``expected`` within the layer tolerance ``tolerance`` names; a failure
+    says which elements differ and by how much (or that the shapes differ)."""
+    atol, rtol = LAYER_TOLERANCE[tolerance]
+    torch.testing.assert_close(
+        actual.float(),
+        expected.float(),
+        atol=atol,
+        rtol=rtol,
+        msg=lambda m: f"{where} ({tolerance}: atol {atol}, rtol {rtol}): {m}",
+    )
+
+
+def matches_reference(row: dict) -> bool:
+    """Whether a row's output passes :func:`assert_matches_reference` (negative controls)."""
+    try:
+        assert_matches_reference(row["out"], row["want"], row["tolerance"], row["case"])
+    except AssertionError:
+        return False
+    return True
 
 
 def start_cell(backend: str, quant: str, combo: str, trim: str = TRIM_TO_TOKENS) -> list:
@@ -107,9 +136,9 @@ def test_moe_layer_cell(cell, cell_results):
         skip_or_fail(reason)
     results = cell_results(cell.backend, cell.quant, cell.combo)
     for rank, per_rank in enumerate(results):
-        for result in per_rank:
-            assert result["rows"] == result["tokens"], f"rank {rank} {result}"
-            assert result["passed"], f"rank {rank} {result}"
+        for row in per_rank:
+            where = f"rank {rank}, {row['case']}, experts {row['experts']}"
+            assert_matches_reference(row["out"], row["want"], row["tolerance"], where)
 
 
 SP_CONTROL_BACKENDS = ["allgather_reducescatter", "flashinfer_nvlink_one_sided"]
@@ -131,7 +160,7 @@ def test_sp_layer_fails_without_the_trim(backend, cell_results):
     """Negative control: the SP wrapper without the trim keeps chunk padding rows."""
     uneven = [r for r in sp_control_results(cell_results, backend, TRIM_NONE) if r["tokens"] % 2]
     assert uneven, "the cases need an odd token count on some rank"
-    assert all(r["rows"] == r["tokens"] + 1 and not r["passed"] for r in uneven)
+    assert all(r["rows"] == r["tokens"] + 1 and not matches_reference(r) for r in uneven)
 
 
 @pytest.mark.parametrize("backend", SP_CONTROL_BACKENDS)
@@ -141,7 +170,10 @@ def test_sp_layer_fails_with_upstreams_trim_to_the_local_chunk(backend, cell_res
     rows = sp_control_results(cell_results, backend, TRIM_TO_LOCAL_CHUNK)
     several = [r for r in rows if r["tokens"] >= 2]
     assert several, "the cases need a rank with 2 or more tokens"
-    assert all(r["rows"] == -(-r["tokens"] // 2) and not r["passed"] for r in several), several
+    kept = [(r["case"], r["rows"]) for r in several]
+    assert all(r["rows"] == -(-r["tokens"] // 2) and not matches_reference(r) for r in several), (
+        kept
+    )
 
 
 @pytest.mark.parametrize("ep_size", [1, 2, 4])
@@ -242,13 +274,23 @@ def test_vllm_fused_experts_per_ep_rank(dtype, ep_size, expert_partial_results):
             "per rank",
             [r["max_error"] for r in row["per_rank"]],
         )
-        assert row["sum_passed"], row
+        tolerance = row["tolerance"]
         for rank in row["per_rank"]:
-            assert rank["passed"], (row["case"], rank)
-            assert rank["control_rejected"] is not False, (
-                f"{row['case']}: rank {rank['ep_rank']}'s output also matches another "
-                "reference: the comparison cannot tell experts apart"
+            where = f"{row['case']}, EP rank {rank['ep_rank']} of {ep_size}"
+            assert_matches_reference(rank["got"], rank["want"], tolerance, where)
+            # the control: where the two references differ, the output must not match the
+            # other one, or the comparison could not tell experts apart
+            other = {"out": rank["got"], "want": rank["other"], "tolerance": tolerance}
+            references_differ = not matches_reference(
+                {"out": rank["want"], "want": rank["other"], "tolerance": tolerance, "case": ""}
             )
+            if references_differ:
+                assert not matches_reference({**other, "case": where}), (
+                    f"{where}: the output also matches another rank's reference"
+                )
+        assert_matches_reference(
+            row["total"], row["want_total"], tolerance, f"{row['case']}, sum over {ep_size}"
+        )
 
 
 @pytest.mark.gpus(1)
@@ -278,9 +320,9 @@ def test_vllm_fused_moe_layer_on_one_gpu(dtype):
             "seconds",
             result["seconds"],
         )
-    for result in results:
-        assert result["rows"] == result["tokens"], result
-        assert result["passed"], result
+    for row in results:
+        where = f"{row['case']}, kernels {row['kernels']}"
+        assert_matches_reference(row["out"], row["want"], row["tolerance"], where)
 
 
 def test_what_a_four_gpu_host_runs(monkeypatch):
