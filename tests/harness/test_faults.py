@@ -134,19 +134,23 @@ def assert_none_alive(mark: str, within_s: float) -> None:
 
 
 def test_the_process_scan_sees_a_marked_daemon(marked):
-    """The scan used below can fail: a daemon with the mark is found until killed."""
-    out = subprocess.run(
-        ["bash", "-c", "setsid sleep 30 </dev/null >/dev/null 2>&1 & echo $!"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    pid = int(out.stdout)
-    try:
-        assert [p.pid for p in marked_processes(marked)] == [pid]
-    finally:
-        os.kill(pid, signal.SIGKILL)
-    assert_none_alive(marked, 2)
+    """The scan used below can fail: a daemon with the mark is found until killed, and
+    found at once, though a scan right after the start often meets it inside execve, with
+    an environment that reads empty for a moment (missed about 1 scan in 10 as a user
+    without CAP_SYS_PTRACE, 1 in 50 as root, before the scan read such a process again)."""
+    for attempt in range(60):
+        out = subprocess.run(
+            ["bash", "-c", "setsid sleep 30 </dev/null >/dev/null 2>&1 & echo $!"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        pid = int(out.stdout)
+        try:
+            assert [p.pid for p in marked_processes(marked)] == [pid], f"start {attempt + 1}"
+        finally:
+            os.kill(pid, signal.SIGKILL)
+        assert_none_alive(marked, 2)
 
 
 # ----------------------------------------------------------------- tests

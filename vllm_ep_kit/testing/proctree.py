@@ -46,17 +46,61 @@ def processes_of_run(run_id: str) -> list[psutil.Process]:
 
 
 def processes_with_env(name: str, value: str) -> list[psutil.Process]:
-    """Live processes other than this one started with ``name=value`` in their environment."""
-    found, me = [], os.getpid()
+    """Live processes other than this one started with ``name=value`` in their environment.
+
+    A process caught inside ``execve`` shows an empty environment for a moment
+    (or, to a user without CAP_SYS_PTRACE, refuses it): such a process is read
+    again after a short wait rather than passed over, since a daemon that a
+    rank leaves behind and that is starting a program at the scan is exactly
+    the one teardown must not miss.
+    """
+    found, unsettled, me = [], [], os.getpid()
     for proc in psutil.process_iter(["pid"]):
         if proc.pid == me:
             continue
-        try:
-            if proc.environ().get(name) == value and proc.status() != psutil.STATUS_ZOMBIE:
+        match = _env_match(proc, name, value)
+        if match is None:
+            unsettled.append(proc)
+        elif match:
+            found.append(proc)
+    for wait_s in (0.01, 0.03, 0.1, 0.3):
+        if not unsettled:
+            break
+        time.sleep(wait_s)
+        again = []
+        for proc in unsettled:
+            match = _env_match(proc, name, value)
+            if match is None:
+                again.append(proc)
+            elif match:
                 found.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
-            continue
+        unsettled = again
     return found
+
+
+def _env_match(proc: psutil.Process, name: str, value: str) -> bool | None:
+    """Whether ``proc`` was started with ``name=value``; None while it cannot tell yet (an
+    empty environment or a refusal from a process of this user: one inside ``execve``)."""
+    try:
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        env = proc.environ()
+        if env:
+            return env.get(name) == value
+        # Empty for good: kernel threads, or a program that wrote over its environment
+        # (setproctitle does); these are not new. One in execve is.
+        return None if _just_started(proc) else False
+    except psutil.AccessDenied:
+        try:
+            return None if proc.uids().real == os.getuid() and _just_started(proc) else False
+        except psutil.Error:
+            return False
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, OSError):
+        return False
+
+
+def _just_started(proc: psutil.Process, within_s: float = 5.0) -> bool:
+    return time.time() - proc.create_time() < within_s
 
 
 def members_of_groups(pgids: Iterable[int]) -> list[psutil.Process]:
