@@ -22,7 +22,7 @@ POOL_ARGS ?= --ep-pool -n 2 --dist loadfile
 JUNIT_DIR ?=
 junit = $(if $(JUNIT_DIR),--junitxml=$(JUNIT_DIR)/$(1)-junit.xml)
 
-.PHONY: venv doctor check test test-primary test-second test-fast test-releases mutants lint clean
+.PHONY: venv doctor check test test-primary test-second test-fast test-releases mutants mutation lint clean
 
 venv: $(STAMP)
 
@@ -102,6 +102,15 @@ test-releases: $(STAMP) $(foreach d,$(RELEASE_DIRS),$(d)/VERSION)
 # Each known bug planted in a copy of the tree; its tests must fail (docs/contributing.md).
 mutants: $(STAMP) $(AFFECTED_DIR)/VERSION
 	$(AFFECTED_ENV) $(BIN)/python scripts/mutants.py
+
+# Mutation testing with mutmut ([tool.mutmut] in pyproject.toml): every mutant of the
+# modules in scope against the tests that reach it, two at a time; then the score per
+# module, each survivor with its diff, into docs/assets/mutation/report.json. mutmut keeps
+# its results in mutants/ and re-tests only what changed since.
+MUTATION_REPORT := docs/assets/mutation/report.json
+mutation: $(STAMP)
+	$(BIN)/mutmut run --max-children 2
+	$(BIN)/python scripts/mutation_report.py --out $(MUTATION_REPORT)
 
 clean:
 	rm -rf $(VENV) $(SECOND_VENV)

@@ -30,7 +30,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 IGNORED = (
     ".venv",
+    ".venv-*",
     ".cache",
+    "mutants",
     "device",
     ".git",
     "__pycache__",

@@ -1,0 +1,120 @@
+"""One case's result as JSON, merged over ranks, and for ranks that never produced one.
+
+Every field a reader of ``check --json`` or of the merged row sees is stated here: which
+rank each field comes from, and what a case that never ran looks like.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from vllm_ep_kit.results import CaseResult, merge_case_rows, not_run_result
+
+FIELDS = [
+    "backend",
+    "layout",
+    "dtype",
+    "tokens",
+    "dispatch_exact",
+    "max_error",
+    "passed",
+    "seconds",
+    "note",
+]
+
+
+def rank_row(rank: int, **changes) -> CaseResult:
+    """Rank ``rank``'s row of one case: every field says which rank it came from."""
+    fields = {
+        "backend": f"backend-{rank}",
+        "layout": f"layout-{rank}",
+        "dtype": f"dtype-{rank}",
+        "tokens": f"tokens-{rank}",
+        "dispatch_exact": True,
+        "max_error": 0.001 * (rank + 1),
+        "passed": True,
+        "seconds": 0.1 * (rank + 1),
+        "note": f"note of rank {rank}",
+    }
+    return CaseResult(**{**fields, **changes})
+
+
+def test_as_dict_is_every_field_by_name_and_json_ready():
+    row = rank_row(2, dispatch_exact=None, passed=False)
+    data = row.as_dict()
+    assert list(data) == FIELDS
+    assert data == {name: getattr(row, name) for name in FIELDS}
+    assert json.loads(json.dumps(data, allow_nan=False)) == data
+
+
+@pytest.mark.parametrize("error", [math.nan, math.inf, -math.inf])
+def test_as_dict_writes_an_error_that_is_not_a_number_as_null(error):
+    data = rank_row(0, max_error=error).as_dict()
+    assert data["max_error"] is None
+    assert data["passed"] is True and data["note"] == "note of rank 0"  # nothing else moved
+
+
+def test_merge_takes_the_case_from_rank_0_and_the_backend_from_the_caller():
+    merged = merge_case_rows("merged-backend", [rank_row(0), rank_row(1), rank_row(2)])
+    assert (merged.backend, merged.layout, merged.dtype, merged.tokens) == (
+        "merged-backend",
+        "layout-0",
+        "dtype-0",
+        "tokens-0",
+    )
+
+
+@pytest.mark.parametrize("largest", [0, 1, 2])
+def test_merge_reports_the_largest_error_and_time_of_any_rank(largest):
+    rows = [rank_row(r) for r in range(3)]
+    rows[largest] = rank_row(largest, max_error=9.0, seconds=7.0)
+    merged = merge_case_rows("b", rows)
+    assert merged.max_error == 9.0
+    assert merged.seconds == 7.0
+
+
+@pytest.mark.parametrize("inexact", [0, 1, 2])
+def test_merged_dispatch_is_exact_only_if_exact_on_every_rank(inexact):
+    rows = [rank_row(r) for r in range(3)]
+    assert merge_case_rows("b", rows).dispatch_exact is True
+    rows[inexact] = rank_row(inexact, dispatch_exact=False)
+    assert merge_case_rows("b", rows).dispatch_exact is False
+
+
+def test_merged_dispatch_stays_unobserved_where_rank_0_could_not_observe_it():
+    rows = [rank_row(0, dispatch_exact=None), rank_row(1), rank_row(2)]
+    assert merge_case_rows("b", rows).dispatch_exact is None
+
+
+def test_merge_of_passing_ranks_passes_with_rank_0s_note():
+    merged = merge_case_rows("b", [rank_row(0), rank_row(1)])
+    assert merged.passed is True
+    assert merged.note == "note of rank 0"
+
+
+@pytest.mark.parametrize("failing", [[0], [1], [2], [1, 2]])
+def test_merge_fails_when_any_rank_failed_and_says_the_first_failing_ranks_note(failing):
+    rows = [rank_row(r, passed=r not in failing) for r in range(3)]
+    merged = merge_case_rows("b", rows)
+    assert merged.passed is False
+    assert merged.note == f"note of rank {failing[0]}"
+
+
+def test_a_case_that_never_ran_failed_with_the_reason_and_no_error():
+    result = not_run_result("b", "tp=1,dp=2,ep=2", "fp8", (3, 0), "rank 1 exited with code 3")
+    assert result == CaseResult(
+        backend="b",
+        layout="tp=1,dp=2,ep=2",
+        dtype="fp8",
+        tokens="[3, 0]",
+        dispatch_exact=None,
+        max_error=result.max_error,
+        passed=False,
+        seconds=0.0,
+        note="rank 1 exited with code 3",
+    )
+    assert math.isnan(result.max_error)
+    assert result.as_dict()["max_error"] is None
