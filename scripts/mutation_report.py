@@ -66,7 +66,7 @@ def diff_of(name: str, module: str) -> str:
     from mutmut.mutation.diff_apply import get_diff_for_mutant
 
     try:
-        return get_diff_for_mutant(name, path=MUTANTS / module)
+        return get_diff_for_mutant(name, path=module)
     except Exception as exc:  # noqa: BLE001 (a diff that cannot be made is reported, not fatal)
         return f"(no diff: {type(exc).__name__}: {exc})"
 
