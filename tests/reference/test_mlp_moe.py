@@ -185,3 +185,51 @@ def test_a_layer_row_reports_rows_error_verdict_and_what_differs():
     short = layer_row(case, want[:2], want, "fp32", start)
     assert short["rows"] == 2 and short["tokens"] == 3
     assert short["passed"] is False and short["max_error"] == math.inf
+
+
+def test_weights_are_scaled_by_the_fan_in_of_each_matmul():
+    """w13 ~ N(0, 1/hidden), w2 ~ N(0, 1/intermediate): outputs keep the inputs' scale."""
+    big = MlpExperts(num_experts=16, hidden=64, intermediate=32)
+    w13, w2 = big.weights()
+    assert float(w13.std()) == pytest.approx(64**-0.5, rel=0.05)
+    assert float(w2.std()) == pytest.approx(32**-0.5, rel=0.05)
+
+
+def test_a_reference_over_all_experts_needs_no_ep_split():
+    """Three experts cannot be split over two EP ranks; the full reference never splits."""
+    three = MlpExperts(num_experts=3, hidden=8, intermediate=6)
+    tokens = routed([[0, 2], [1, 0]], [[0.5, 0.5], [0.25, 0.75]])
+    torch.testing.assert_close(
+        mlp_moe_reference(tokens, three).double(), loop_moe(tokens, three), atol=1e-5, rtol=1e-5
+    )
+    with pytest.raises(ValueError, match="not divisible"):
+        mlp_moe_partial(tokens, three, 2, 0)
+
+
+def test_softmax_topk_renormalises_each_token_on_its_own():
+    logits = torch.tensor([[0.0, math.log(3), 5.0], [math.log(2), 0.0, -9.0]])
+    weights, ids = softmax_topk(logits, 2)
+    assert ids.tolist() == [[2, 1], [0, 1]]
+    e5 = math.exp(5.0)
+    torch.testing.assert_close(
+        weights, torch.tensor([[e5 / (e5 + 3), 3 / (e5 + 3)], [2 / 3, 1 / 3]])
+    )
+
+
+@pytest.mark.parametrize("tolerance", sorted(LAYER_TOLERANCE))
+@pytest.mark.parametrize(("factor", "close"), [(0.5, True), (3.0, False)])
+def test_layer_close_near_zero_is_the_absolute_tolerance(tolerance, factor, close):
+    atol, _ = LAYER_TOLERANCE[tolerance]
+    want = torch.zeros(2, 3)
+    got = want.clone()
+    got[1, 0] = factor * atol
+    assert layer_close(got, want, tolerance) is close
+
+
+def test_a_layer_row_keeps_both_tensors_and_times_the_case_alone():
+    case = RoutingCase(tokens=(2,), num_experts=4, top_k=2, hidden=4)
+    want, out = torch.ones(2, 4), torch.full((2, 4), 1.5)
+    start = time.perf_counter()
+    row = layer_row(case, out, want, "bf16", start)
+    assert torch.equal(row["want"], want) and torch.equal(row["out"], out)
+    assert 0 <= row["seconds"] < 60
