@@ -22,6 +22,7 @@ from __future__ import annotations
 import faulthandler
 import os
 import sys
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
@@ -100,6 +101,22 @@ def _arrived(store: torch.distributed.Store, call: int, ranks: Sequence[int]) ->
         return list(ranks)
 
 
+# How long a broken exchange waits for ranks that have not marked their arrival: a rank
+# still finishing its part (a slower process on a loaded host) arrives within it, one that
+# left the job never does. Without it a rank a moment late was reported as having left.
+ARRIVAL_GRACE_S = 10.0
+
+
+def _arrivals(store: torch.distributed.Store, call: int, world_size: int) -> list[int]:
+    """The ranks that arrived at exchange ``call``, waiting up to ``ARRIVAL_GRACE_S`` for all."""
+    deadline = time.monotonic() + ARRIVAL_GRACE_S
+    while True:
+        arrived = _arrived(store, call, range(world_size))
+        if len(arrived) == world_size or time.monotonic() >= deadline:
+            return arrived
+        time.sleep(0.1)
+
+
 def _lost_outcomes(
     outcome: RankOutcome, rank: int, world_size: int, missing: list[int], error: Exception
 ) -> list[RankOutcome]:
@@ -164,9 +181,7 @@ def _exchange(outcome: RankOutcome, world_size: int) -> Sequence[RankOutcome | N
     try:
         dist.all_gather_object(gathered, outcome_bytes(outcome), group=_exchange_group[1])
     except Exception as exc:  # noqa: BLE001 (gloo: "Connection closed by peer")
-        missing = sorted(
-            set(range(world_size)) - set(_arrived(store, _exchanges, range(world_size)))
-        )
+        missing = sorted(set(range(world_size)) - set(_arrivals(store, _exchanges, world_size)))
         return _lost_outcomes(outcome, rank, world_size, missing, exc)
     return [outcome_from_bytes(data, where=f"rank {rank}'s process") for data in gathered]
 
