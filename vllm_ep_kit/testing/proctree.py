@@ -54,16 +54,9 @@ def processes_with_env(name: str, value: str) -> list[psutil.Process]:
     rank leaves behind and that is starting a program at the scan is exactly
     the one teardown must not miss.
     """
-    found, unsettled, me = [], [], os.getpid()
-    for proc in psutil.process_iter(["pid"]):
-        if proc.pid == me:
-            continue
-        match = _env_match(proc, name, value)
-        if match is None:
-            unsettled.append(proc)
-        elif match:
-            found.append(proc)
-    for wait_s in (0.01, 0.03, 0.1, 0.3):
+    me = os.getpid()
+    found, unsettled = [], [p for p in psutil.process_iter(["pid"]) if p.pid != me]
+    for wait_s in (0.0, 0.01, 0.03, 0.1, 0.3):
         if not unsettled:
             break
         time.sleep(wait_s)

@@ -93,25 +93,22 @@ _exchanges = 0  # run_ranks calls so far in this process: the same count on ever
 ARRIVAL_KEY = "vllm_ep_kit/exchange/{call}/rank{rank}"
 
 
-def _arrived(store: torch.distributed.Store, call: int, ranks: Sequence[int]) -> list[int]:
-    """Which of ``ranks`` marked their arrival at exchange ``call`` (best effort)."""
-    try:
-        return [r for r in ranks if store.check([ARRIVAL_KEY.format(call=call, rank=r)])]
-    except Exception:  # noqa: BLE001 (the store went with the job: nothing to tell)
-        return list(ranks)
-
-
 # How long a broken exchange waits for ranks that have not marked their arrival: a rank
 # still finishing its part (a slower process on a loaded host) arrives within it, one that
 # left the job never does. Without it a rank a moment late was reported as having left.
 ARRIVAL_GRACE_S = 10.0
 
 
-def _arrivals(store: torch.distributed.Store, call: int, world_size: int) -> list[int]:
-    """The ranks that arrived at exchange ``call``, waiting up to ``ARRIVAL_GRACE_S`` for all."""
+def _arrived(store: torch.distributed.Store, call: int, world_size: int) -> list[int]:
+    """The ranks that marked their arrival at exchange ``call`` (best effort), waiting up to
+    ``ARRIVAL_GRACE_S`` for all of them."""
     deadline = time.monotonic() + ARRIVAL_GRACE_S
     while True:
-        arrived = _arrived(store, call, range(world_size))
+        try:
+            keys = [ARRIVAL_KEY.format(call=call, rank=r) for r in range(world_size)]
+            arrived = [r for r, key in enumerate(keys) if store.check([key])]
+        except Exception:  # noqa: BLE001 (the store went with the job: nothing to tell)
+            return list(range(world_size))
         if len(arrived) == world_size or time.monotonic() >= deadline:
             return arrived
         time.sleep(0.1)
@@ -181,7 +178,7 @@ def _exchange(outcome: RankOutcome, world_size: int) -> Sequence[RankOutcome | N
     try:
         dist.all_gather_object(gathered, outcome_bytes(outcome), group=_exchange_group[1])
     except Exception as exc:  # noqa: BLE001 (gloo: "Connection closed by peer")
-        missing = sorted(set(range(world_size)) - set(_arrivals(store, _exchanges, world_size)))
+        missing = sorted(set(range(world_size)) - set(_arrived(store, _exchanges, world_size)))
         return _lost_outcomes(outcome, rank, world_size, missing, exc)
     return [outcome_from_bytes(data, where=f"rank {rank}'s process") for data in gathered]
 
