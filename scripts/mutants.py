@@ -208,8 +208,8 @@ MUTANTS = [
     M(
         "torchrun-loses-the-leaver",
         "vllm_ep_kit/testing/torchrun.py",
-        "        missing = sorted(\n",
-        "        missing = [] and sorted(\n",
+        "        missing = sorted(set(range(world_size))",
+        "        missing = [] and sorted(set(range(world_size))",
         ("tests/harness/test_torchrun.py", "-k", "faults and 2"),
         "os._exit(0) under torchrun",
     ),
