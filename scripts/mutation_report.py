@@ -28,7 +28,8 @@ MUTANTS = Path("mutants")
 # names them; timeouts and crashes are mutants the tests noticed)
 KILLED = {"killed", "timeout", "segfault", "caught by type check"}
 MARK = re.compile(r"#\s*pragma:\s*no mutate\b(.*)$")
-REASON = re.compile(r"^\s*\(equivalent: (?P<why>[^)]+)\)")
+# the reason runs to the mark's last ")" (it may hold parentheses of its own)
+REASON = re.compile(r"^\s*\(equivalent: (?P<why>.+)\)\s*$")
 
 
 def statuses() -> dict[str, dict[str, str]]:

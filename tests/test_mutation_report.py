@@ -18,7 +18,7 @@ SOURCE = """def f(x):
 
 
 def g(x):
-    return x * 2  # pragma: no mutate (equivalent: doubling is the identity on the zeros used)
+    return x * 2  # pragma: no mutate (equivalent: doubling is the identity on the zeros (and only those) used)
 
 
 def h(x):
@@ -72,7 +72,7 @@ def test_the_score_is_killed_over_the_mutants_that_ran(results):
 def test_a_no_mutate_mark_counts_apart_with_its_reason_and_is_refused_without(results):
     report, problems = mutation_report.build_report()
     assert report["modules"]["pkg/mod.py"]["equivalent_lines"] == [
-        {"line": 6, "why": "doubling is the identity on the zeros used"}
+        {"line": 6, "why": "doubling is the identity on the zeros (and only those) used"}
     ]
     assert len(problems) == 1 and problems[0].startswith("pkg/mod.py:10: ")
     assert mutation_report.main([]) == 1
