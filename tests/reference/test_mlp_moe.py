@@ -185,6 +185,7 @@ def test_a_layer_row_reports_rows_error_verdict_and_what_differs():
     short = layer_row(case, want[:2], want, "fp32", start)
     assert short["rows"] == 2 and short["tokens"] == 3
     assert short["passed"] is False and short["max_error"] == math.inf
+    assert "'shape' do not match" in short["mismatch"]
 
 
 def test_weights_are_scaled_by_the_fan_in_of_each_matmul():
@@ -233,3 +234,12 @@ def test_a_layer_row_keeps_both_tensors_and_times_the_case_alone():
     row = layer_row(case, out, want, "bf16", start)
     assert torch.equal(row["want"], want) and torch.equal(row["out"], out)
     assert 0 <= row["seconds"] < 60
+
+
+def test_softmax_topk_routes_over_the_last_dimension_of_any_leading_shape():
+    logits = torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(1))
+    weights, ids = softmax_topk(logits, 3)
+    rows = [softmax_topk(logits[i], 3) for i in range(2)]
+    assert torch.equal(ids, torch.stack([i for _, i in rows]))
+    torch.testing.assert_close(weights, torch.stack([w for w, _ in rows]), rtol=0, atol=0)
+    torch.testing.assert_close(weights.sum(dim=-1), torch.ones(2, 5))

@@ -9,6 +9,7 @@ or rank changes the result by far more than any rounding.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -110,35 +111,24 @@ class Tokens:
         return to_wire(t.x), to_wire(t.x_scale), t.topk_ids, t.topk_weights
 
 
-def quantize_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Group-wise absmax fp8 (e4m3): (values, fp32 scales [n, hidden / FP8_GROUP])."""
-    return quantize("fp8", x)
-
-
-def dequantize_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """fp32 values of group-quantised ``x`` (the last dimension holds the groups)."""
-    fp8 = FORMATS["fp8"]
-    assert fp8.dequantize is not None, "fp8 is a quantised format"
-    return fp8.dequantize(x, scale)
-
-
 def source_tokens(case: RoutingCase, source: int) -> Tokens:
     """The tokens of source ``source`` (a DP rank, or a rank in DP mode)."""
     n = case.tokens[source]
-    gen = torch.Generator().manual_seed(case.seed * 1000003 + source)
+    # a generator per (seed, source): every rank makes the same map, so any one-to-one map serves
+    stream = case.seed * 1000003 + source  # pragma: no mutate (equivalent: any 1:1 map serves)
+    gen = torch.Generator().manual_seed(stream)
     x, x_scale = quantize(
         case.dtype, torch.randn(n, case.hidden, generator=gen), case.scale_alignment
     )
-    ids = (
-        torch.stack(
-            [torch.randperm(case.num_experts, generator=gen)[: case.top_k] for _ in range(n)]
-        )
-        if n
-        else torch.empty(0, case.top_k, dtype=torch.long)
-    )
+    ids = torch.empty(0, case.top_k, dtype=torch.int32)
+    if n:
+        picks = [torch.randperm(case.num_experts, generator=gen)[: case.top_k] for _ in range(n)]
+        ids = torch.stack(picks).to(torch.int32)
+    # weights from 0.1 to 1.1 before normalising: up to 11x apart within a token, so a
+    # combine that swaps two of a token's weights shows
     weights = torch.rand(n, case.top_k, generator=gen) + 0.1
     weights = weights / weights.sum(dim=1, keepdim=True)
-    return Tokens(x=x, topk_ids=ids.to(torch.int32), topk_weights=weights.float(), x_scale=x_scale)
+    return Tokens(x=x, topk_ids=ids, topk_weights=weights, x_scale=x_scale)
 
 
 def expert_scales(num_experts: int, device=None) -> torch.Tensor:
@@ -154,7 +144,7 @@ def expert_owner(num_experts: int, ep_size: int, device=None) -> torch.Tensor:
 
 
 def moe_partial(
-    tokens: Tokens, num_experts: int, ep_size: int, ep_rank: int | None
+    tokens: Tokens, num_experts: int, ep_size: int = 1, ep_rank: int | None = None
 ) -> torch.Tensor:
     """fp32 sum over routed experts owned by ``ep_rank`` (all experts if None).
 
@@ -175,10 +165,11 @@ def moe_partial(
 
 def moe_reference(tokens: Tokens, num_experts: int) -> torch.Tensor:
     """The full MoE output of every token, in fp32."""
-    return moe_partial(tokens, num_experts, 1, None)
+    return moe_partial(tokens, num_experts)
 
 
 def concat_tokens(parts: list[Tokens]) -> Tokens:
+    """The rows of ``parts`` one after another (scales too, where every part has them)."""
     scales = [p.x_scale for p in parts if p.x_scale is not None]
     return Tokens(
         x=torch.cat([p.x for p in parts]),
@@ -189,6 +180,9 @@ def concat_tokens(parts: list[Tokens]) -> Tokens:
 
 
 def max_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """The largest absolute difference; infinite where the shapes differ."""
+    if actual.shape != expected.shape:
+        return math.inf
     if actual.numel() == 0:
         return 0.0
     return float((actual.float() - expected.float()).abs().max())
@@ -201,7 +195,7 @@ def mismatch(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: fl
         torch.testing.assert_close(actual.float(), expected.float(), atol=atol, rtol=rtol)
     except AssertionError as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        return "; ".join(lines[:4])
+        return "; ".join(lines)
     return ""
 
 
