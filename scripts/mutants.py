@@ -53,7 +53,21 @@ class Mutant:
     new: str
     tests: tuple[str, ...]  # pytest arguments that must fail under the mutant
     why: str
+    by_hand: tuple[str, ...]  # keys of BY_HAND: why the tool (make mutation) does not make it
 
+
+# Why a bug shape is planted by hand rather than left to mutmut (make mutation, which makes
+# every edit its operators know: a literal +1, a swapped operator or comparison, a dropped
+# `not`, an argument removed or None, an assignment of None, a ternary forced one way).
+BY_HAND = {
+    "operand": "an operand replaced or dropped (the tool swaps operators, never operands)",
+    "statement": "a statement's condition forced or a statement deleted (the tool only "
+    "forces ternaries)",
+    "name": "one function or name called for another (the tool renames only True/False)",
+    "rank-process": "its tests reach the code only in rank processes or subprocesses, where "
+    "the tool cannot see which test ran it",
+    "out-of-scope": "its module is not in the tool's scope ([tool.mutmut] only_mutate) yet",
+}
 
 M = Mutant
 MUTANTS = [
@@ -65,6 +79,7 @@ MUTANTS = [
         "coeff = expert_scales",
         ("tests/reference",),
         "partials and reference share the bug; hand-computed tokens do not",
+        ("operand",),
     ),
     M(
         "oracle-drops-ep-ownership",
@@ -73,14 +88,7 @@ MUTANTS = [
         "coeff = coeff * (owner[safe] >= 0).float()",
         ("tests/reference",),
         "each EP rank would sum every expert",
-    ),
-    M(
-        "tolerance-x100",
-        "vllm_ep_kit/reference/moe.py",
-        "tol = TOLERANCE[dtype]",
-        "tol = TOLERANCE[dtype] * 100",
-        ("tests/reference",),
-        "negative controls just outside the tolerance",
+        ("operand",),
     ),
     M(
         "check-merges-rank-0",
@@ -89,6 +97,7 @@ MUTANTS = [
         "passed=rows[0].passed,",
         ("tests/test_ep_check.py",),
         "ranks that disagree on a case",
+        ("operand",),
     ),
     # the SP wrapper and the reverted vLLM fix
     M(
@@ -98,6 +107,7 @@ MUTANTS = [
         "return gathered",
         ("tests/kernels/moe/test_moe_layer.py", "-k", "allgather_reducescatter and ep-sp"),
         "the SP cells compare every token against the reference",
+        ("operand", "rank-process"),
     ),
     M(
         "reverted-fix-control-is-a-no-op",
@@ -106,6 +116,7 @@ MUTANTS = [
         "super().__init__(group)",
         ("tests/distributed/test_mnnvl_alltoall.py", "-k", "fix_reverted and not gpus"),
         "the negative control must reproduce upstream's bug",
+        ("name", "rank-process"),
     ),
     M(
         "recorder-skips-mapping-extent",
@@ -114,6 +125,7 @@ MUTANTS = [
         "if False:",
         ("tests/distributed/test_mnnvl_alltoall.py", "-k", "each_workspace_fact"),
         "the Mapping extent alone wrong",
+        ("statement", "rank-process"),
     ),
     M(
         "recorder-skips-rows",
@@ -122,6 +134,7 @@ MUTANTS = [
         "if False:",
         ("tests/distributed/test_mnnvl_alltoall.py", "-k", "each_workspace_fact"),
         "the row count alone wrong",
+        ("statement", "rank-process"),
     ),
     # patches: detection, verification, lazy decision
     M(
@@ -131,6 +144,7 @@ MUTANTS = [
         "                still, after = False, 'not verified'\n",
         ("tests/patches/test_lazy.py",),
         "a fix that does not take must be refused",
+        ("operand", "out-of-scope"),
     ),
     M(
         "patch-probe-inverted",
@@ -139,6 +153,7 @@ MUTANTS = [
         "        if present:\n",
         ("tests/patches/test_lazy.py",),
         "a present bug must be patched",
+        ("out-of-scope",),
     ),
     M(
         "reduce-scatterv-detection-blind",
@@ -147,6 +162,7 @@ MUTANTS = [
         "if True:",
         ("tests/patches/test_cuda_communicator_asserts.py", "-k", "pinned"),
         "the bare asserts of the pinned vLLM must be detected",
+        ("statement", "out-of-scope"),
     ),
     M(
         "lazy-decides-twice",
@@ -155,6 +171,7 @@ MUTANTS = [
         "            self.decided, ",
         ("tests/patches/test_lazy.py", "-k", "decides_once"),
         "8 threads, one decision",
+        ("statement", "out-of-scope"),
     ),
     M(
         "fix-wraps-the-trigger",
@@ -163,6 +180,7 @@ MUTANTS = [
         "",
         ("tests/patches/test_lazy.py", "-k", "register"),
         "a fix wrapping the trigger recurses",
+        ("statement", "out-of-scope"),
     ),
     # the harness: reporting, signals, watchdog, strict mode, torchrun
     M(
@@ -172,6 +190,7 @@ MUTANTS = [
         "    for report in failed[:1]:\n        lines.append",
         ("tests/harness/test_runner.py", "-k", "own_exception"),
         "two ranks, two exceptions",
+        ("operand", "out-of-scope"),
     ),
     M(
         "ok-then-crash-passes",
@@ -180,6 +199,7 @@ MUTANTS = [
         "        return False",
         ("tests/harness/test_faults.py", "-k", "dies_after_reporting"),
         "a rank dying after its ok outcome",
+        ("operand", "out-of-scope"),
     ),
     M(
         "signal-deaths-unnamed",
@@ -188,6 +208,7 @@ MUTANTS = [
         "elif self.exit_code is not None and self.exit_code < -100:",
         ("tests/harness/test_faults.py", "-k", "dies_after_reporting and kill"),
         "SIGKILL must be named",
+        ("operand", "out-of-scope"),
     ),
     M(
         "watchdog-never-fires",
@@ -196,6 +217,7 @@ MUTANTS = [
         "            if False:",
         ("tests/harness/test_runner.py", "-k", "watchdog_stops"),
         "fails in about a minute through the test's own deadline, not pytest-timeout",
+        ("statement", "out-of-scope"),
     ),
     M(
         "strict-mode-skips",
@@ -204,6 +226,7 @@ MUTANTS = [
         "    if False:",
         ("tests/harness/test_runner.py", "-k", "strict_mode"),
         "the strict-mode test must fail, not be reported skipped",
+        ("statement", "out-of-scope"),
     ),
     M(
         "torchrun-loses-the-leaver",
@@ -212,6 +235,7 @@ MUTANTS = [
         "        missing = [] and sorted(set(range(world_size))",
         ("tests/harness/test_torchrun.py", "-k", "faults and 2"),
         "os._exit(0) under torchrun",
+        ("operand", "rank-process"),
     ),
     # lint-ci
     M(
@@ -221,6 +245,7 @@ MUTANTS = [
         "            if True:",
         ("tests/buildkite",),
         "the gemma-3 array nobody enabled",
+        ("statement",),
     ),
     M(
         "gated-branch-ignores-callers",
@@ -229,6 +254,7 @@ MUTANTS = [
         "            for callee, env in []:",
         ("tests/buildkite/test_conventions.py", "-k", "calls_it"),
         'config arrays handed over with env "${cfg_parts[@]}" bash "$SCRIPT"',
+        ("operand",),
     ),
     M(
         "gated-branch-counts-knobs",
@@ -237,6 +263,7 @@ MUTANTS = [
         "        if used or RUNS_TESTS.search(line):",
         ("tests/buildkite/test_conventions.py", "-k", "branch"),
         "an extra-args knob is not a coverage gate",
+        ("operand",),
     ),
     M(
         "flag-spelling-never-fires",
@@ -245,6 +272,7 @@ MUTANTS = [
         "        if True:",
         ("tests/buildkite",),
         "True vs 1",
+        ("statement",),
     ),
     M(
         "lint-default-working-dir",
@@ -253,6 +281,7 @@ MUTANTS = [
         "        return WORKSPACE",
         ("tests/buildkite/test_conventions.py",),
         "vLLM's steps run in /vllm-workspace/tests",
+        ("name", "out-of-scope"),
     ),
     M(
         "lint-prefix-matching",
@@ -261,6 +290,7 @@ MUTANTS = [
         "    return path.startswith(entry)",
         ("tests/buildkite/test_conventions.py",),
         "an entry without .py matches nothing",
+        ("operand", "out-of-scope"),
     ),
     M(
         "lint-judges-optional-steps",
@@ -269,6 +299,7 @@ MUTANTS = [
         "        if True:\n            for index, entry",
         ("tests/buildkite/test_conventions.py",),
         "optional steps' entries are never consulted",
+        ("statement", "out-of-scope"),
     ),
     M(
         "gpu-marks-never-judged",
@@ -277,6 +308,7 @@ MUTANTS = [
         "            if True:",
         ("tests/buildkite/test_conventions.py", "-k", "marked"),
         "4-GPU tests that skip in every build",
+        ("statement",),
     ),
     M(
         "listed-not-run-ignores-optional",
@@ -285,6 +317,7 @@ MUTANTS = [
         "        if runners:",
         ("tests/buildkite/test_conventions.py",),
         "the MNNVL suite run only by an optional step",
+        ("operand",),
     ),
     # bench's check, the pool's isolation
     M(
@@ -294,6 +327,7 @@ MUTANTS = [
         "copies = inputs.copies",
         ("tests/bench/test_bench.py", "-k", "end_to_end_on_cpu"),
         "an all-gather's round trip returns every token once per rank",
+        ("operand", "rank-process"),
     ),
     M(
         "pool-ignores-replaced-vllm-code",
@@ -302,6 +336,7 @@ MUTANTS = [
         "        elif False:",
         ("tests/harness/test_pool.py", "-k", "vllm_method_replaced"),
         "a mutant left in a vLLM class would reach later pooled tasks",
+        ("statement", "rank-process"),
     ),
     M(
         "software-verdict-ignored",
@@ -310,6 +345,7 @@ MUTANTS = [
         "    if True:\n",
         ("tests/backends/test_usability.py",),
         "doctor must name a FlashInfer that lacks a backend's kernels",
+        ("statement", "out-of-scope"),
     ),
     M(
         "managers-any-backend",
@@ -318,6 +354,7 @@ MUTANTS = [
         "True else None",
         ("tests/backends/test_registry.py", "-k", "managers_are_named"),
         "only vLLM's manager-driven backends have a manager to build",
+        ("operand", "out-of-scope"),
     ),
     M(
         "growth-forgets-earlier-layers",
@@ -326,6 +363,7 @@ MUTANTS = [
         "for earlier in steps[index: index + 1]:",
         ("tests/distributed/test_mnnvl_alltoall.py", "-k", "shrunk"),
         "a workspace must hold every layer so far, not only the newest",
+        ("operand", "rank-process"),
     ),
     M(
         "growth-no-rebuild",
@@ -334,6 +372,7 @@ MUTANTS = [
         "        newest = made[0]\n",
         ("tests/distributed/test_mnnvl_alltoall.py", "-k", "union_of_layers"),
         "the newest workspace is the one judged (a first one kept would hold too little)",
+        ("operand", "rank-process"),
     ),
     # vLLM's one-sided prepare/finalize over the emulated kernels
     M(
@@ -343,6 +382,7 @@ MUTANTS = [
         "    return states\n",
         ("tests/distributed/test_mnnvl_alltoall.py", "-k", "double_reduce"),
         "the runner's own late all-reduce rule must run, or a double reduce goes unseen",
+        ("operand", "rank-process"),
     ),
     M(
         "emulator-combine-own-rows",
@@ -355,6 +395,7 @@ MUTANTS = [
             "prepare_finalize_vs_oracle and one_sided",
         ),
         "combine must sum every owner rank's rows, not only this rank's",
+        ("operand", "rank-process"),
     ),
     M(
         "emulator-no-sanitize",
@@ -368,6 +409,7 @@ MUTANTS = [
             "prepare_finalize_vs_oracle and one_sided",
         ),
         "rows past a source's count must carry the invalid id, not a stale row's experts",
+        ("statement", "rank-process"),
     ),
     M(
         "emulator-two-sided-own-rows",
@@ -376,6 +418,7 @@ MUTANTS = [
         "                for r in [ep_rank]:\n                    total[route.sent[r]]",
         ("tests/distributed/test_mnnvl_alltoall.py", "-k", "prepare_finalize_vs_oracle"),
         "the two-sided combine must sum every owner rank's rows",
+        ("operand", "rank-process"),
     ),
     M(
         "emulator-two-sided-no-memset",
@@ -384,6 +427,7 @@ MUTANTS = [
         "got_ids = torch.zeros((rows, top_k), dtype=expert_ids.dtype)",
         ("tests/distributed/test_mnnvl_alltoall.py", "-k", "prepare_finalize_vs_oracle"),
         "rows past the received tokens must carry the invalid id (slot_count)",
+        ("name", "rank-process"),
     ),
     M(
         "emulator-two-sided-global-ids",
@@ -392,6 +436,7 @@ MUTANTS = [
         "torch.where(owners[rows] >= 0, expert_ids.cpu()[rows], int(slot_count))",
         ("tests/distributed/test_mnnvl_alltoall.py", "-k", "prepare_finalize_vs_oracle"),
         "a two-sided receiver gets slot_count for the experts it lacks (FlashInfer's sender)",
+        ("operand", "rank-process"),
     ),
     # the payload formats the kernels move (reference.formats)
     M(
@@ -401,6 +446,7 @@ MUTANTS = [
         "    packed = codes[..., 1::2] | (codes[..., 0::2] << 4)\n",
         ("tests/reference/test_formats.py",),
         "NVFP4 keeps the even column in the low nibble, and the dequantiser must agree",
+        ("operand",),
     ),
     M(
         "mxfp8-exponent-floor",
@@ -409,14 +455,7 @@ MUTANTS = [
         "    exponent = torch.floor(torch.log2(",
         ("tests/reference/test_formats.py",),
         "an MXFP8 block scale must bring the block's amax within e4m3's 448",
-    ),
-    M(
-        "scale-padding-dropped",
-        "vllm_ep_kit/reference/formats.py",
-        "        padded = -(-hidden // alignment) * alignment if alignment else hidden\n",
-        "        padded = hidden\n",
-        ("tests/reference/test_formats.py",),
-        "scale rows are padded as vLLM's mx_alignment pads them (gpt-oss: 90 -> 96 bytes)",
+        ("name",),
     ),
     # the rank pool's opt-out, its environment, and the suite's vllm-marker rule
     M(
@@ -433,6 +472,7 @@ MUTANTS = [
             "fresh_ranks",
         ),
         "a test marked fresh_ranks would run in the pool it opted out of",
+        ("name", "out-of-scope"),
     ),
     M(
         "pool-task-keeps-the-start-environment",
@@ -441,6 +481,7 @@ MUTANTS = [
         "os.environ.update({})",
         ("tests/harness/test_pool.py", "-k", "parents_environment"),
         "a pooled task would not see what the test set after the pool started",
+        ("operand", "rank-process"),
     ),
     M(
         "vllm-marker-rule-direct-imports-only",
@@ -449,6 +490,7 @@ MUTANTS = [
         "for used in ():",
         ("tests/test_vllm_marker.py",),
         "rank functions and helpers import vLLM for the test that names them",
+        ("operand", "out-of-scope"),
     ),
     # the CLI
     M(
@@ -458,6 +500,7 @@ MUTANTS = [
         "    if False:\n",
         ("tests/test_cli_fuzz.py", "-k", "from_json"),
         "a report with wrong field types must be one line, not a traceback",
+        ("statement", "out-of-scope"),
     ),
 ]
 
@@ -558,7 +601,10 @@ def main() -> int:
         return 1 if moved else 0
     if args.list:
         for m in chosen:
-            print(f"{m.name}: {m.path} -- {m.why} [{' '.join(m.tests)}]")
+            print(
+                f"{m.name}: {m.path} -- {m.why} [{' '.join(m.tests)}] "
+                f"(by hand: {', '.join(m.by_hand)})"
+            )
         return 0
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="vllm-ep-kit-mutants-") as folder:

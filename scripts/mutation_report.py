@@ -17,6 +17,7 @@ codes: 0 fine, 1 a refused mark or a score that fell, 2 no results to read.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 import sys
@@ -62,6 +63,11 @@ def equivalent_marks(module: str) -> tuple[list[dict], list[str]]:
     return marks, problems
 
 
+def source_hash(module: str) -> str:
+    """The module's text as the report saw it: the ratchet re-runs a module whose hash moved."""
+    return hashlib.sha256(Path(module).read_bytes()).hexdigest()
+
+
 def diff_of(name: str, module: str) -> str:
     """The mutant's diff against its function, as ``mutmut show`` prints it."""
     from mutmut.mutation.diff_apply import get_diff_for_mutant
@@ -82,6 +88,7 @@ def build_report() -> tuple[dict, list[str]]:
         checked = len(by_name) - counts["not checked"]
         survivors = sorted(n for n, s in by_name.items() if s not in KILLED | {"not checked"})
         modules[module] = {
+            "sha256": source_hash(module),
             "mutants": len(by_name),
             "not_checked": counts["not checked"],
             "killed": killed,
@@ -96,17 +103,21 @@ def build_report() -> tuple[dict, list[str]]:
                 {"name": n, "status": by_name[n], "diff": diff_of(n, module)} for n in survivors
             ],
         }
+    return {"summary": summarize(modules), "modules": modules}, problems
+
+
+def summarize(modules: dict) -> dict:
+    """The totals over ``modules`` (the report's entries)."""
     total = sum(m["mutants"] for m in modules.values())
     checked = total - sum(m["not_checked"] for m in modules.values())
     killed = sum(m["killed"] for m in modules.values())
-    summary = {
+    return {
         "mutants": total,
         "not_checked": total - checked,
         "killed": killed,
         "score": round(killed / checked, 4) if checked else None,
         "equivalent_lines": sum(len(m["equivalent_lines"]) for m in modules.values()),
     }
-    return {"summary": summary, "modules": modules}, problems
 
 
 def fell(report: dict, baseline: dict) -> list[str]:
