@@ -1,10 +1,27 @@
-"""``check`` merges the ranks' verdicts on each case: one rank's failure fails the case."""
+"""What ``check`` decides: which backends run on which layouts with which cases, which
+arguments it refuses (by name), and how the ranks' verdicts on a case merge (one rank's
+failure fails the case; ranks that fail fail every case of their run)."""
 
 from __future__ import annotations
 
+import dataclasses
+import re
+
 import pytest
 
-from vllm_ep_kit.ep_check import CaseResult, merge_case_rows
+from vllm_ep_kit import backends as registry
+from vllm_ep_kit.ep_check import (
+    DEFAULT_TOKEN_PATTERNS,
+    CaseResult,
+    CheckArgumentError,
+    make_plan,
+    merge_case_rows,
+    plan_cases,
+    run_check,
+    token_counts,
+    validate_arguments,
+)
+from vllm_ep_kit.layout import ParallelLayout
 
 
 def row(passed: bool, error: float, note: str = "", exact: bool | None = True) -> CaseResult:
@@ -36,3 +53,201 @@ def test_a_case_fails_when_any_rank_failed_it(failing_rank):
 def test_a_case_passes_when_every_rank_passed_it():
     merged = merge_case_rows("naive", [row(True, 1e-3), row(True, 4e-3)])
     assert merged.passed and merged.max_error == 4e-3 and merged.dispatch_exact
+
+
+# --- what check plans: arguments, backends, layouts, cases ---------------------------------
+
+AGRS, ONE, TWO = (
+    "allgather_reducescatter",
+    "flashinfer_nvlink_one_sided",
+    "flashinfer_nvlink_two_sided",
+)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "sources", "counts"),
+    [
+        ("even", 2, (8, 8)),
+        ("uneven", 3, (3, 8, 13)),
+        ("zero", 2, (6, 0)),
+        ("zero", 4, (6, 7, 8, 0)),
+    ],
+)
+def test_token_patterns_give_each_source_its_count(pattern, sources, counts):
+    assert token_counts(pattern, sources) == counts
+
+
+def test_an_unknown_token_pattern_is_named():
+    with pytest.raises(ValueError, match=re.escape("token pattern 'odd': expected one of")):
+        token_counts("odd", 2)
+
+
+def test_plan_cases_cover_every_dtype_and_pattern_with_four_experts_per_rank():
+    layout = ParallelLayout.for_world(4, tp=2)
+    cases = plan_cases(layout, ("bf16", "fp16"))
+    assert [(c.dtype, c.tokens) for c in cases] == [
+        (d, token_counts(p, layout.dp)) for d in ("bf16", "fp16") for p in DEFAULT_TOKEN_PATTERNS
+    ]
+    assert {c.num_experts for c in cases} == {16}
+
+
+def validate(**changes):
+    arguments = {
+        "world_sizes": [2, 4],
+        "tps": [1],
+        "backends": None,
+        "dtypes": ["bf16"],
+        "gpu_count": 0,
+    }
+    return validate_arguments(**{**arguments, **changes})
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"backends": ["nope"]}, "--backends: unknown backend 'nope'; expected one of "),
+        ({"dtypes": ["int4"]}, "--dtypes: unknown dtype 'int4'; expected one of bf16, fp16"),
+        ({"world_sizes": [1]}, "--world-sizes: 1 is too small; all-to-all needs at least 2"),
+        (
+            {"world_sizes": [2, 4], "gpu_count": 2},
+            "--world-sizes: 4 ranks but only 2 GPUs visible (one rank per GPU)",
+        ),
+        ({"tps": [0]}, "--tp: world size 2 is not divisible by tp=0"),
+        ({"world_sizes": [4], "tps": [3]}, "--tp: world size 4 is not divisible by tp=3"),
+    ],
+)
+def test_a_bad_check_argument_is_answered_by_name(changes, message):
+    with pytest.raises(CheckArgumentError, match=re.escape(message)):
+        validate(**changes)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"world_sizes": [2]},  # the smallest world
+        {"world_sizes": [2], "gpu_count": 2},  # as many ranks as GPUs
+        {"world_sizes": [8], "gpu_count": 0},  # CPU: gloo ranks, no GPU bound
+        {"backends": ["naive", TWO]},  # an alias vLLM accepts
+        {"dtypes": ["bf16", "fp16", "fp32", "fp8"]},
+    ],
+)
+def test_arguments_on_the_right_side_of_each_bound_are_taken(changes):
+    assert validate(**changes)
+
+
+def test_the_layouts_are_every_world_size_with_every_tp_in_order():
+    layouts = validate(world_sizes=[2, 4], tps=[1, 2])
+    assert [(lay.world_size, lay.tp) for lay in layouts] == [(2, 1), (2, 2), (4, 1), (4, 2)]
+
+
+def plan(**changes):
+    arguments = {
+        "world_sizes": [2],
+        "tps": [1],
+        "backends": None,
+        "dtypes": ["bf16"],
+        "gpu_count": 0,
+        "usable": [AGRS, ONE, TWO, "deepep_low_latency"],
+        "unusable": None,
+    }
+    return make_plan(**{**arguments, **changes})
+
+
+def test_by_default_every_usable_checkable_backend_runs():
+    made = plan(usable=[TWO, AGRS, "deepep_low_latency"])
+    assert made.backends == (TWO, AGRS)  # deepep: usable, but check does not drive it
+    assert made.skipped == () and made.device_backend == "gloo"
+
+
+def test_by_default_unusable_checkable_backends_are_listed_as_not_run_with_why():
+    made = plan(usable=[AGRS], unusable={ONE: "needs NVLink", "deepep_low_latency": "no deep_ep"})
+    assert made.backends == (AGRS,)
+    assert made.skipped == ((ONE, "not usable here: needs NVLink"),)
+
+
+def test_named_backends_run_once_each_and_unusable_ones_are_not_listed():
+    made = plan(backends=["naive", AGRS], unusable={ONE: "needs NVLink"})
+    assert made.backends == (AGRS,) and made.skipped == ()
+
+
+def test_a_named_backend_that_is_not_usable_here_is_an_argument_error():
+    with pytest.raises(CheckArgumentError, match=re.escape(f"--backends: {ONE} is not usable")):
+        plan(backends=[ONE], usable=[AGRS])
+
+
+def test_a_named_backend_check_does_not_drive_is_listed_as_not_run():
+    made = plan(backends=["deepep_low_latency"])
+    assert made.runs == ()
+    assert made.skipped == (("deepep_low_latency", "dispatch/combine check not implemented yet"),)
+
+
+def test_dtypes_a_backend_does_not_move_are_listed_and_the_rest_run():
+    made = plan(backends=[ONE], dtypes=["bf16", "fp16", "fp32"])
+    assert made.skipped == (
+        (
+            f"{ONE} fp16,fp32",
+            "payload dtype not covered by this backend's check (covers bf16, fp8)",
+        ),
+    )
+    (run,) = made.runs
+    assert {case.dtype for case in run.cases} == {"bf16"}
+
+
+def test_a_backend_moving_none_of_the_dtypes_has_no_run():
+    made = plan(backends=[ONE], dtypes=["fp32"])
+    assert made.runs == () and len(made.skipped) == 1
+
+
+def test_cases_count_tokens_per_source_of_the_backend():
+    made = plan(backends=[AGRS, TWO], world_sizes=[4], tps=[2])
+    by_backend = {run.backend: run for run in made.runs}
+    layout = ParallelLayout.for_world(4, tp=2)
+    agrs, two = by_backend[AGRS], by_backend[TWO]
+    assert [c.tokens for c in agrs.cases] == [token_counts(p, 2) for p in DEFAULT_TOKEN_PATTERNS]
+    assert [c.tokens for c in two.cases] == [token_counts(p, 4) for p in DEFAULT_TOKEN_PATTERNS]
+    assert {c.hidden for c in two.cases} == {registry.get(TWO).check_hidden}
+    assert {c.num_experts for c in agrs.cases + two.cases} == {16}
+    assert agrs.layout == layout and agrs.spec is registry.get(AGRS)
+
+
+def test_a_layout_a_backend_refuses_is_listed_as_not_run_and_the_others_run(monkeypatch):
+    def refuses_wide(layout):
+        return "only on 2 ranks" if layout.world_size > 2 else ""
+
+    spec = dataclasses.replace(
+        registry.get(AGRS), name="plugin_agrs", aliases=(), applies_to=refuses_wide
+    )
+    registry.register(spec)
+    try:
+        made = plan(backends=["plugin_agrs"], usable=["plugin_agrs"], world_sizes=[2, 4])
+    finally:
+        registry.unregister("plugin_agrs")
+    assert [run.layout.world_size for run in made.runs] == [2]
+    assert made.skipped == (("plugin_agrs tp=1,dp=4,ep=4", "only on 2 ranks"),)
+
+
+def test_ranks_on_gpus_exchange_over_nccl():
+    assert plan(world_sizes=[2], gpu_count=2).device_backend == "nccl"
+
+
+def test_a_run_whose_ranks_fail_fails_each_of_its_cases_with_the_first_error():
+    """Ranks stopped by the watchdog: every case is reported failed, on_error gets the report."""
+    made = plan(backends=[AGRS])
+    events = []
+    results = run_check(
+        made,
+        on_result=lambda r: events.append(("result", r.passed)),
+        on_start=lambda backend, layout, n: events.append(("start", backend, n)),
+        on_error=lambda run, message: events.append(("error", run.backend, message)),
+        timeout_s=0.5,
+    )
+    assert events[0] == ("start", AGRS, 3)
+    assert events[1][:2] == ("error", AGRS) and "2 of 2 ranks failed" in events[1][2]
+    assert events[2:] == [("result", False)] * 3
+    assert [(r.backend, r.dtype, r.tokens) for r in results] == [
+        (AGRS, "bf16", str(list(c.tokens))) for c in made.runs[0].cases
+    ]
+    # each case carries the first failing rank's headline, which the full report holds too
+    (note,) = {r.note for r in results}
+    assert not any(r.passed for r in results) and re.match(r"rank \d: ", note)
+    assert note.split(": ", 1)[1][:40] in events[1][2]

@@ -1,4 +1,5 @@
-"""One case's result as JSON, merged over ranks, and for ranks that never produced one.
+"""One case's verdict against the oracle, its result as JSON, merged over ranks, and for
+ranks that never produced one.
 
 Every field a reader of ``check --json`` or of the merged row sees is stated here: which
 rank each field comes from, and what a case that never ran looks like.
@@ -6,12 +7,23 @@ rank each field comes from, and what a case that never ran looks like.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import time
 
 import pytest
+import torch
 
-from vllm_ep_kit.results import CaseResult, merge_case_rows, not_run_result
+from vllm_ep_kit.reference.moe import TOLERANCE, RoutingCase, moe_reference, source_tokens
+from vllm_ep_kit.results import (
+    VIA_COMBINE,
+    CaseResult,
+    merge_case_rows,
+    not_run_result,
+    oracle_result,
+    same_rows,
+)
 
 FIELDS = [
     "backend",
@@ -118,3 +130,65 @@ def test_a_case_that_never_ran_failed_with_the_reason_and_no_error():
     )
     assert math.isnan(result.max_error)
     assert result.as_dict()["max_error"] is None
+
+
+CASE = RoutingCase(tokens=(5, 3), num_experts=8, top_k=2, hidden=32, dtype="fp16")
+
+
+def verdict(out: torch.Tensor, exact: bool | None, source: int = 1) -> CaseResult:
+    return oracle_result(
+        "b", "tp=1,dp=2", CASE, out, source_tokens(CASE, source), time.perf_counter(), exact
+    )
+
+
+def oracle_out(source: int = 1) -> torch.Tensor:
+    """The combined output a correct backend returns to ``source``, in the case's dtype."""
+    return moe_reference(source_tokens(CASE, source), CASE.num_experts).to(CASE.combine_dtype)
+
+
+@pytest.mark.parametrize(("exact", "note"), [(True, ""), (None, VIA_COMBINE)])
+def test_an_output_matching_the_oracle_passes(exact, note):
+    result = verdict(oracle_out(), exact)
+    assert result.passed and result.note == note and result.dispatch_exact is exact
+    assert (result.backend, result.layout, result.dtype, result.tokens) == (
+        "b",
+        "tp=1,dp=2",
+        "fp16",
+        "[5, 3]",
+    )
+    assert result.max_error < TOLERANCE["fp16"] and 0 <= result.seconds < 60
+
+
+@pytest.mark.parametrize("exact", [True, None])
+def test_an_output_off_by_more_than_the_tolerance_fails_saying_where(exact):
+    out = oracle_out()
+    out[2, 7] += 0.5
+    result = verdict(out, exact)
+    assert not result.passed and result.max_error == pytest.approx(0.5, rel=1e-2)
+    assert "Mismatched elements: 1 / 96" in result.note
+
+
+def test_an_inexact_dispatch_fails_even_when_the_output_matches():
+    result = verdict(oracle_out(), False)
+    assert not result.passed and result.dispatch_exact is False
+    assert result.note == "dispatch delivered other rows than the sources sent"
+
+
+def test_the_oracle_is_of_the_tokens_this_rank_sent():
+    result = verdict(oracle_out(source=0)[:3], True, source=1)  # another source's rows
+    assert not result.passed
+
+
+def test_an_output_of_the_wrong_shape_fails_with_an_infinite_error():
+    result = verdict(oracle_out()[:2], True)
+    assert not result.passed and result.max_error == math.inf
+    assert "'shape' do not match" in result.note
+
+
+def test_dispatched_rows_are_the_same_only_if_values_ids_and_weights_all_are():
+    want = source_tokens(CASE, 0)
+    assert same_rows(dataclasses.replace(want), want)
+    for field in ("x", "topk_ids", "topk_weights"):
+        changed = getattr(want, field).clone()
+        changed[1, 0] += 1
+        assert not same_rows(dataclasses.replace(want, **{field: changed}), want), field

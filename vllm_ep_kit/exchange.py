@@ -20,19 +20,13 @@ import torch
 from vllm_ep_kit.backends.spec import DP_SOURCES
 from vllm_ep_kit.layout import ParallelLayout
 from vllm_ep_kit.reference.moe import (
-    TOLERANCE,
     RoutingCase,
     Tokens,
-    max_error,
-    mismatch,
     moe_partial,
     moe_reference,
     source_tokens,
-    within_tolerance,
 )
-from vllm_ep_kit.results import CaseResult
-
-VIA_COMBINE = "dispatch checked through the combined output"
+from vllm_ep_kit.results import CaseResult, oracle_result, same_rows
 
 
 def oracle_partial(
@@ -50,7 +44,7 @@ def oracle_partial(
             topk_weights=got.topk_weights,
             x_scale=got.x_scale,
         )
-        return moe_partial(got, case.num_experts).to(case.combine_dtype)
+        return moe_reference(got, case.num_experts).to(case.combine_dtype)
     return moe_partial(got, case.num_experts, world, rank).to(case.combine_dtype)
 
 
@@ -87,47 +81,6 @@ def source_input(case: RoutingCase, layout: ParallelLayout, rank: int, sp: bool)
 
     return Tokens(
         x=take(full.x), topk_ids=take(full.topk_ids), topk_weights=take(full.topk_weights)
-    )
-
-
-def _same_rows(got: Tokens, want: Tokens) -> bool:
-    return (
-        torch.equal(got.x.cpu(), want.x)
-        and torch.equal(got.topk_ids.cpu(), want.topk_ids)
-        and torch.equal(got.topk_weights.cpu(), want.topk_weights)
-    )
-
-
-def oracle_result(
-    backend_name: str,
-    where: str,
-    case: RoutingCase,
-    out: torch.Tensor,
-    source: Tokens,
-    start: float,
-    exact: bool | None = None,
-) -> CaseResult:
-    """One case's verdict on this rank: ``out`` (the combined output) against the fp32
-    oracle of ``source``, the tokens this rank sent; ``exact`` is the dispatch's own verdict
-    where the backend's received rows are known (None: checked through ``out`` alone)."""
-    got, want = out.float().cpu(), moe_reference(source, case.num_experts)
-    close = within_tolerance(got, want, case.dtype)
-    note = "" if exact is not None else VIA_COMBINE
-    if exact is False:
-        note = "dispatch delivered other rows than the sources sent"
-    elif not close:
-        tol = TOLERANCE[case.dtype]
-        note = mismatch(got, want, tol, tol)
-    return CaseResult(
-        backend=backend_name,
-        layout=where,
-        dtype=case.dtype,
-        tokens=str(list(case.tokens)),
-        dispatch_exact=exact,
-        max_error=max_error(got, want),
-        passed=exact is not False and close,
-        seconds=time.perf_counter() - start,
-        note=note,
     )
 
 
@@ -176,7 +129,7 @@ def rank_cases(
             expected = transport.expected_dispatch(
                 lambda g, case=case: source_input(case, layout, g, sp)
             )
-            exact = None if expected is None else _same_rows(dispatched.tokens, expected)
+            exact = None if expected is None else same_rows(dispatched.tokens, expected)
             partial = oracle_partial(
                 case, dispatched.tokens, transport.rank, transport.world, ignore_ownership
             )

@@ -149,8 +149,8 @@ def rank_graph_replays(
     between replays), each on new tokens copied into the captured inputs.  One row per
     warm-up and per replay, against the fp32 oracle of that replay's tokens.
     ``stale_inputs`` is the negative control: the new tokens are not copied in."""
-    from vllm_ep_kit.exchange import oracle_result
     from vllm_ep_kit.reference.moe import moe_partial, source_tokens
+    from vllm_ep_kit.results import oracle_result
 
     backends = graph_backends()
     if backend_name not in backends:

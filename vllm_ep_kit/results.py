@@ -1,4 +1,5 @@
-"""The result of one dispatch + combine case on one rank, or merged over ranks.
+"""The result of one dispatch + combine case on one rank, or merged over ranks, and the
+verdict that makes it: a combined output against the oracle, with the dispatch's own.
 
 Every rank function that checks a case (``check``, the manager round trips,
 the loopback and real backends alike) returns these, so the CLI, the tests
@@ -8,7 +9,22 @@ and the merge over ranks read one shape.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass
+
+import torch
+
+from vllm_ep_kit.reference.moe import (
+    TOLERANCE,
+    RoutingCase,
+    Tokens,
+    max_error,
+    mismatch,
+    moe_reference,
+    within_tolerance,
+)
+
+VIA_COMBINE = "dispatch checked through the combined output"
 
 
 @dataclass
@@ -62,4 +78,46 @@ def not_run_result(backend: str, layout: str, dtype: str, tokens, why: str) -> C
         passed=False,
         seconds=0.0,
         note=why,
+    )
+
+
+def same_rows(got: Tokens, want: Tokens) -> bool:
+    """Whether dispatch delivered exactly the rows expected (values, ids and weights)."""
+    return (
+        torch.equal(got.x.cpu(), want.x)
+        and torch.equal(got.topk_ids.cpu(), want.topk_ids)
+        and torch.equal(got.topk_weights.cpu(), want.topk_weights)
+    )
+
+
+def oracle_result(
+    backend_name: str,
+    where: str,
+    case: RoutingCase,
+    out: torch.Tensor,
+    source: Tokens,
+    start: float,
+    exact: bool | None = None,
+) -> CaseResult:
+    """One case's verdict on this rank: ``out`` (the combined output) against the fp32
+    oracle of ``source``, the tokens this rank sent; ``exact`` is the dispatch's own verdict
+    where the backend's received rows are known (None: checked through ``out`` alone)."""
+    got, want = out.float().cpu(), moe_reference(source, case.num_experts)
+    close = within_tolerance(got, want, case.dtype)
+    note = "" if exact is not None else VIA_COMBINE
+    if exact is False:
+        note = "dispatch delivered other rows than the sources sent"
+    elif not close:
+        tol = TOLERANCE[case.dtype]
+        note = mismatch(got, want, tol, tol)
+    return CaseResult(
+        backend=backend_name,
+        layout=where,
+        dtype=case.dtype,
+        tokens=str(list(case.tokens)),
+        dispatch_exact=exact,
+        max_error=max_error(got, want),
+        passed=exact is not False and close,
+        seconds=time.perf_counter() - start,
+        note=note,
     )

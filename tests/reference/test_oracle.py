@@ -210,8 +210,7 @@ def test_ids_outside_the_experts_add_nothing_on_both_sides_of_each_bound():
     torch.testing.assert_close(moe_partial(tokens, 8, 2, 1), torch.tensor([[0.4, -0.8]]))
 
 
-@pytest.mark.parametrize("ep_rank", [None, 1])
-def test_the_oracle_reads_any_leading_shape_as_rows(ep_rank):
+def test_the_oracle_reads_any_leading_shape_as_rows():
     # a one-sided receive buffer is [ranks, max_tokens, ...]: each slice is its own rows
     case = RoutingCase(tokens=(3, 3), dtype="fp8", hidden=512)
     a, b = source_tokens(case, 0), source_tokens(case, 1)
@@ -221,8 +220,10 @@ def test_the_oracle_reads_any_leading_shape_as_rows(ep_rank):
         topk_weights=torch.stack([a.topk_weights, b.topk_weights]),
         x_scale=torch.stack([a.x_scale, b.x_scale]),
     )
-    want = torch.stack([moe_partial(t, 16, 4, ep_rank) for t in (a, b)])
-    torch.testing.assert_close(moe_partial(stacked, 16, 4, ep_rank), want, rtol=0, atol=0)
+    want = torch.stack([moe_partial(t, 16, 4, 1) for t in (a, b)])
+    torch.testing.assert_close(moe_partial(stacked, 16, 4, 1), want, rtol=0, atol=0)
+    want = torch.stack([moe_reference(t, 16) for t in (a, b)])
+    torch.testing.assert_close(moe_reference(stacked, 16), want, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("dtype", sorted(FORMATS))
@@ -231,8 +232,7 @@ def test_the_oracle_runs_where_its_tokens_are(dtype):
     once and read after it is freed. The meta device refuses any mix with a CPU tensor."""
     case = RoutingCase(tokens=(3,), dtype=dtype, hidden=hidden_for(dtype))
     tokens = source_tokens(case, 0).to("meta")
-    for ep_rank in (None, 1):
-        out = moe_partial(tokens, case.num_experts, 4, ep_rank)
+    for out in (moe_partial(tokens, case.num_experts, 4, 1), moe_reference(tokens, 16)):
         assert (out.device.type, out.shape) == ("meta", (3, case.hidden))
 
 
@@ -304,3 +304,12 @@ def test_a_mismatch_is_one_line_saying_what_differs_and_by_how_much():
     # with a tolerance that allows the difference it is close again
     assert mismatch(actual, expected, 0.6, 0.0) == ""
     assert mismatch(actual, expected, 0.0, 0.2) == ""
+
+
+@pytest.mark.parametrize("dtype", sorted(TOLERANCE))
+@pytest.mark.parametrize(("factor", "close"), [(0.5, True), (1.5, False)])
+def test_within_tolerance_far_from_zero_is_the_relative_tolerance(dtype, factor, close):
+    expected = torch.full((3,), 100.0)
+    tol = TOLERANCE[dtype]
+    actual = expected + factor * tol * 100.0  # the absolute tolerance adds only 1% of it
+    assert within_tolerance(actual, expected, dtype) is close

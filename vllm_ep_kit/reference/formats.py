@@ -123,9 +123,10 @@ def _e2m1_table(device) -> torch.Tensor:
 def _quantize_nvfp4(x: torch.Tensor):
     groups = _groups(x, 16)
     scale = (groups.abs().amax(dim=-1) / 6.0).to(torch.float8_e4m3fn)
-    # a block under e4m3's smallest scale has scale 0: its values (0/0, or x/0) send code 0
-    scaled = (groups / scale.float().unsqueeze(-1)).nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
-    # the nearest code; a tie goes to the lower code: the smaller magnitude, and +0 over -0
+    scaled = groups / scale.float().unsqueeze(-1)
+    # the nearest code; a tie goes to the lower code: the smaller magnitude, and +0 over -0.
+    # A block under e4m3's smallest scale has scale 0: its values become NaN (0/0) or +-inf,
+    # whose distances to the codes are all NaN or all inf, and argmin answers code 0
     codes = (scaled.unsqueeze(-1) - _e2m1_table(x.device)).abs().argmin(dim=-1).flatten(-2)
     packed = codes[..., 0::2] | (codes[..., 1::2] << 4)
     return packed.to(torch.uint8), scale
@@ -226,9 +227,7 @@ def from_wire(name: str, x: torch.Tensor, scale: torch.Tensor | None):
     """Received wire tensors back in format ``name``'s dtypes."""
     fmt = FORMATS[name]
     values = x.view(fmt.value_dtype)
-    if scale is None or fmt.scale_dtype is None:
-        return values, scale
-    return values, scale.view(fmt.scale_dtype)
+    return values, None if scale is None else scale.view(fmt.scale_dtype or scale.dtype)
 
 
 def alignment_problem(name: str, hidden: int, alignment: int) -> str:

@@ -143,29 +143,33 @@ def expert_owner(num_experts: int, ep_size: int, device=None) -> torch.Tensor:
     return torch.arange(num_experts, device=device) // (num_experts // ep_size)
 
 
-def moe_partial(
-    tokens: Tokens, num_experts: int, ep_size: int = 1, ep_rank: int | None = None
-) -> torch.Tensor:
-    """fp32 sum over routed experts owned by ``ep_rank`` (all experts if None).
+def _routed(tokens: Tokens, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight x expert scale of each routed slot, its expert id made safe to index): ids
+    outside [0, num_experts), which received slots that were never sent may hold, weigh 0.
 
-    Runs where ``tokens`` are, over any leading shape (a one-sided receive
-    buffer is [ranks, max_tokens, ...]); ids outside [0, num_experts), which
-    received slots that were never sent may hold, add 0.  Its tables are built where the
-    ids are, with no host copy or data-dependent shape: it runs inside a CUDA graph capture.
+    Runs where ``tokens`` are, over any leading shape (a one-sided receive buffer is
+    [ranks, max_tokens, ...]).  Its tables are built where the ids are, with no host copy or
+    data-dependent shape: it runs inside a CUDA graph capture.
     """
     ids = tokens.topk_ids.long()
     valid = (ids >= 0) & (ids < num_experts)
     safe = ids.clamp(0, num_experts - 1)
     coeff = tokens.topk_weights.float() * expert_scales(num_experts, ids.device)[safe] * valid
-    if ep_rank is not None:
-        owner = expert_owner(num_experts, ep_size, ids.device)
-        coeff = coeff * (owner[safe] == ep_rank).float()
+    return coeff, safe
+
+
+def moe_partial(tokens: Tokens, num_experts: int, ep_size: int, ep_rank: int) -> torch.Tensor:
+    """fp32 sum over the routed experts that EP rank ``ep_rank`` of ``ep_size`` owns."""
+    coeff, safe = _routed(tokens, num_experts)
+    owner = expert_owner(num_experts, ep_size, safe.device)
+    coeff = coeff * (owner[safe] == ep_rank).float()
     return tokens.values() * coeff.sum(dim=-1, keepdim=True)
 
 
 def moe_reference(tokens: Tokens, num_experts: int) -> torch.Tensor:
-    """The full MoE output of every token, in fp32."""
-    return moe_partial(tokens, num_experts)
+    """The full MoE output of every token, in fp32 (every expert counts)."""
+    coeff, _ = _routed(tokens, num_experts)
+    return tokens.values() * coeff.sum(dim=-1, keepdim=True)
 
 
 def concat_tokens(parts: list[Tokens]) -> Tokens:
