@@ -31,11 +31,8 @@ MEANT = {
 
 
 def _finding(step: Step, keys: tuple[str | int, ...], key: object, known: Iterable[str]) -> Finding:
-    close = (
-        [MEANT[key]]
-        if key in MEANT
-        else difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.6)
-    )
+    # difflib's best match first (its default cutoff, 0.6, is the one wanted)
+    close = [MEANT[key]] if key in MEANT else difflib.get_close_matches(str(key), sorted(known))
     hint = f"did you mean `{close[0]}`?" if close else "remove it (the generator ignores it)"
     return step.area.finding(
         keys,
@@ -49,15 +46,9 @@ def _finding(step: Step, keys: tuple[str | int, ...], key: object, known: Iterab
 def check(ctx: Pipeline) -> list[Finding]:
     findings = []
     for step in ctx.steps:
-        if step.mirror:
-            block = step.raw if step.parent is None else step.parent.raw["mirror"][step.mirror]
-            unknown = [k for k in block if k not in conventions.MIRROR_KEYS]
-            findings += [
-                _finding(step, step.keys + (k,), k, conventions.MIRROR_KEYS) for k in unknown
-            ]
+        if step.parent:  # a mirror block: a step of its own, whose keys are the block's
+            block, known = step.parent.raw["mirror"][step.mirror], conventions.MIRROR_KEYS
         else:
-            unknown = [k for k in step.raw if k not in conventions.STEP_KEYS]
-            findings += [
-                _finding(step, step.keys + (k,), k, conventions.STEP_KEYS) for k in unknown
-            ]
+            block, known = step.raw, conventions.STEP_KEYS
+        findings += [_finding(step, step.keys + (k,), k, known) for k in block if k not in known]
     return findings
