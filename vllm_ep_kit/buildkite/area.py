@@ -130,7 +130,8 @@ class Area:
         line = 1 if node is None else node.start_mark.line + 1
         for key in keys:
             if isinstance(node, yaml.MappingNode):
-                match = next((v for k, v in node.value if k.value == key), None)
+                # a node's key is its text (``1:`` reads as the int 1, written "1")
+                match = next((v for k, v in node.value if k.value == str(key)), None)
                 if match is None:
                     return line
                 node = match

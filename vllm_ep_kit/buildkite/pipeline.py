@@ -94,8 +94,9 @@ def consulted_entries(steps: list[Step]):
                 yield step, index, entry
 
 
-def _mirror_step(step: Step, name: str, block: dict) -> Step:
-    """A mirror block inherits what it does not say (commands, dependencies, working_dir)."""
+def _mirror_step(step: Step, name: object, block: dict) -> Step:
+    """A mirror block inherits what it does not say (commands, dependencies, working_dir).
+    ``name`` is the block's key as YAML read it (``1:`` is an int); ``mirror`` its text."""
     merged = {k: v for k, v in step.raw.items() if k != "mirror"}
     merged.update(block)
     return Step(
@@ -103,7 +104,7 @@ def _mirror_step(step: Step, name: str, block: dict) -> Step:
         keys=step.keys + ("mirror", name),
         raw=merged,
         working_dir=str(block.get("working_dir") or step.working_dir),
-        mirror=name,
+        mirror=str(name),
         parent=step,
     )
 
@@ -128,7 +129,7 @@ def read_steps(root: Path, areas: list[Area]) -> Pipeline:
             pipeline.steps.append(step)
             for name, block in (raw.get("mirror") or {}).items():
                 if isinstance(block, dict) and area.shape_ok(block):
-                    pipeline.steps.append(_mirror_step(step, str(name), block))
+                    pipeline.steps.append(_mirror_step(step, name, block))
     return pipeline
 
 

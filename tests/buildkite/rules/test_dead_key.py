@@ -71,11 +71,10 @@ def test_a_key_like_no_key_the_generator_reads_says_to_remove_it(ci):
     assert finding.hint == REMOVE
 
 
-def test_a_number_used_as_a_key_is_found_at_its_step(ci):
+def test_a_number_used_as_a_key_is_found_at_its_line(ci):
     ci.area(STEP.format(key="1"))
     (finding,) = ci.findings("dead-key")
-    # the YAML key 1 is no string key of the file's mapping: the step's own line
-    assert finding.line == ci.line_of("label: first")
+    assert finding.line == ci.line_of("1: 2")  # YAML reads the key as the int 1
     assert finding.message == f"step 'first': key 1 {NOT_READ}"
     assert finding.hint == REMOVE
 
@@ -155,6 +154,25 @@ def test_a_mirror_block_key_the_generator_does_not_read_is_found_under_the_mirro
     assert (finding.path, finding.line) == (AREA, ci.line_of("gpus: 2"))
     assert finding.message == f"step 'first [mirror amd]': key 'gpus' {NOT_READ}"
     assert finding.hint == "did you mean `num_devices`?"
+
+
+def test_a_mirror_named_by_a_number_is_judged_like_any_other(ci):
+    """YAML reads ``1:`` as an int: the block is still found (before: a KeyError)."""
+    ci.area(
+        """\
+        group: g
+        steps:
+          - label: first
+            commands: [pytest -v tests/a.py]
+            mirror:
+              1:
+                device: mi325_1
+                gpus: 2
+        """
+    )
+    (finding,) = ci.findings("dead-key")
+    assert (finding.path, finding.line) == (AREA, ci.line_of("gpus: 2"))
+    assert finding.message == f"step 'first [mirror 1]': key 'gpus' {NOT_READ}"
 
 
 def test_a_mirror_inside_a_mirror_block_is_not_read(ci):

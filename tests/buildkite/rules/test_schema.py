@@ -93,3 +93,22 @@ def test_every_error_of_every_file_is_found_those_of_one_line_in_path_order(ci):
         (a, 4, "steps/0/label: 1 is not of type 'string'"),
         (b, 1, "group: '' should be non-empty"),
     ]
+
+
+def test_errors_under_keys_of_mixed_types_are_each_found(ci):
+    """``1:`` (an int) and ``FOO:`` under one mapping (before: a TypeError sorting them)."""
+    ci.area(
+        """\
+        group: g
+        steps:
+          - label: first
+            commands: [pytest -v tests/a.py]
+            env:
+              1: [x]
+              FOO: [y]
+        """
+    )
+    assert sorted(f.line for f in ci.findings("schema")) == [
+        ci.line_of("1: [x]"),
+        ci.line_of("FOO: [y]"),
+    ]

@@ -47,7 +47,7 @@ def check(ctx: Pipeline) -> list[Finding]:
     findings = []
     for step in ctx.steps:
         if step.parent:  # a mirror block: a step of its own, whose keys are the block's
-            block, known = step.parent.raw["mirror"][step.mirror], conventions.MIRROR_KEYS
+            block, known = step.parent.raw["mirror"][step.keys[-1]], conventions.MIRROR_KEYS
         else:
             block, known = step.raw, conventions.STEP_KEYS
         findings += [_finding(step, step.keys + (k,), k, known) for k in block if k not in known]

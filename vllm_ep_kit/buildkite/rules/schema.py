@@ -19,7 +19,9 @@ def check(ctx: Pipeline) -> list[Finding]:
     validator = jsonschema.Draft202012Validator(load_schema())
     findings = []
     for area in ctx.areas:
-        for error in sorted(validator.iter_errors(area.data), key=lambda e: list(e.path)):
+        # a path may mix int and str keys (``1:`` and ``FOO:`` under one mapping): compare as text
+        errors = sorted(validator.iter_errors(area.data), key=lambda e: [str(k) for k in e.path])
+        for error in errors:
             keys = tuple(error.absolute_path)
             where = "/".join(str(k) for k in keys) or "(top level)"
             findings.append(
