@@ -311,3 +311,32 @@ def test_each_failing_rank_shows_its_own_exception_and_traceback(no_leftovers):
     assert "KeyError" in two and "rank two's missing key" in two
     assert '{}["rank two\'s missing key"]' in two
     assert "ValueError" not in two and "KeyError" not in one
+
+
+def rank_binds_vllm_ipc_and_dies(ctx, out: Path):
+    """Binds a zmq socket where vLLM puts its IPC endpoints, says where, and rank 1 is
+    killed: nothing unlinks its socket file (nor rank 0's, stopped at teardown)."""
+    import zmq
+    from vllm.utils.network_utils import get_open_zmq_ipc_path
+
+    path = get_open_zmq_ipc_path().removeprefix("ipc://")
+    zmq.Context().socket(zmq.PULL).bind(f"ipc://{path}")
+    assert Path(path).is_socket()
+    (out / f"ipc{ctx.rank}").write_text(path)
+    dist.barrier()
+    if ctx.rank == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    dist.barrier()
+
+
+@pytest.mark.vllm
+def test_vllm_ipc_sockets_of_killed_ranks_are_removed_with_the_run(tmp_path, monkeypatch):
+    """vLLM puts zmq ``ipc://`` files in VLLM_RPC_BASE_PATH (the system's temp folder by
+    default), and a killed rank leaves them there; the runner points it at the run's own
+    folder, removed with the run."""
+    monkeypatch.delenv("VLLM_RPC_BASE_PATH", raising=False)
+    with pytest.raises(RankFailures) as failure:
+        run_ranks(rank_binds_vllm_ipc_and_dies, 2, tmp_path, timeout_s=60)
+    assert 1 in failure.value.failed_ranks
+    paths = [Path((tmp_path / f"ipc{rank}").read_text()) for rank in range(2)]
+    assert [p for p in paths if p.exists()] == []

@@ -50,6 +50,7 @@ from vllm_ep_kit.testing.rank import (
     RankContext,
     RankOutcome,
     RankSpec,
+    child_environment,
     init_world,
     outcome_bytes,
     outcome_from_exception,
@@ -221,8 +222,7 @@ class RankPool:
         ctx = multiprocessing.get_context("spawn")
         self._live: list[LiveRank] = []
         self._conns: list[multiprocessing.connection.Connection] = []
-        child_env = dict(env or {})
-        child_env.setdefault("NCCL_NVLS_ENABLE", "0")
+        child_env = child_environment(env, self._workdir)
         self.closed = False
         self.run_id = proctree.new_run_id()
         self._started_env = dict(os.environ)  # what the ranks inherited

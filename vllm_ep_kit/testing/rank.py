@@ -45,6 +45,18 @@ STACK_DUMP_SIGNAL = signal.SIGUSR1
 PARENT_POLL_S = 0.2
 
 
+def child_environment(env: dict[str, str] | None, workdir: str | Path) -> dict[str, str]:
+    """What a run's rank processes set over the environment they inherit: ``env``, NVLink
+    multicast off, and vLLM's IPC sockets (``VLLM_RPC_BASE_PATH``: zmq ``ipc://`` files
+    that a killed rank never unlinks) in the run's folder, removed with it, unless the
+    caller's environment chose a place for them."""
+    child = dict(env or {})
+    child.setdefault("NCCL_NVLS_ENABLE", "0")
+    if "VLLM_RPC_BASE_PATH" not in os.environ:
+        child.setdefault("VLLM_RPC_BASE_PATH", str(workdir))
+    return child
+
+
 @dataclass
 class RankSpec:
     """Everything a spawned rank needs, picklable."""

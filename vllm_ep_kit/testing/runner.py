@@ -28,7 +28,7 @@ from typing import Any
 from vllm_ep_kit.layout import ParallelLayout
 from vllm_ep_kit.testing import proctree, torchrun
 from vllm_ep_kit.testing.ports import open_rendezvous
-from vllm_ep_kit.testing.rank import RankSpec, rank_main
+from vllm_ep_kit.testing.rank import RankSpec, child_environment, rank_main
 from vllm_ep_kit.testing.skips import skip_or_fail
 from vllm_ep_kit.testing.supervision import (
     POLL_S,
@@ -135,8 +135,7 @@ def run_ranks(
     ctx = multiprocessing.get_context("spawn")
     live: list[LiveRank] = []
     run_id = proctree.new_run_id()
-    child_env = dict(env or {})
-    child_env.setdefault("NCCL_NVLS_ENABLE", "0")  # NVLink multicast stays off
+    child_env = child_environment(env, workdir)
     try:
         for rank in range(world_size):
             spec = RankSpec(
