@@ -27,7 +27,8 @@ from vllm_ep_kit.bench.traffic import (
     routed_remote_bytes,
 )
 from vllm_ep_kit.layout import ParallelLayout
-from vllm_ep_kit.reference.moe import Tokens, dequantize_fp8, expert_owner, quantize_fp8
+from vllm_ep_kit.reference.formats import dequantize, quantize
+from vllm_ep_kit.reference.moe import Tokens, expert_owner
 
 AGRS = "allgather_reducescatter"
 ONE = "flashinfer_nvlink_one_sided"
@@ -119,12 +120,12 @@ def test_fp8_rows_travel_as_bytes_with_their_scales():
     values = torch.randn(5, 256, generator=gen)
     ids = torch.randint(0, 16, (5, 2), dtype=torch.int32, generator=gen)
     weights = torch.full((5, 2), 0.5)
-    q, scale = quantize_fp8(values)
+    q, scale = quantize("fp8", values, 0)
     x, s, got_ids, got_w = Tokens(q, ids, weights, scale).wire("cpu")
     assert x.dtype == torch.uint8 and x.shape == (5, 256)
     assert torch.equal(x, q.view(torch.uint8)) and torch.equal(s, scale)
     assert torch.equal(
-        dequantize_fp8(x.view(torch.float8_e4m3fn), s), Tokens(q, ids, weights, scale).values()
+        dequantize(x.view(torch.float8_e4m3fn), s), Tokens(q, ids, weights, scale).values()
     )
     assert torch.equal(got_ids, ids) and torch.equal(got_w, weights)
     bf16 = values.to(torch.bfloat16)
