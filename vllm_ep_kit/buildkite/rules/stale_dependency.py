@@ -25,7 +25,7 @@ def check(ctx: Pipeline) -> list[Finding]:
         path = entry[1:] if entry.startswith("!") else entry
         if not path or any(mark in path for mark in ("*", "$")):
             continue
-        target = ctx.root / path.rstrip("/")
+        target = ctx.root / path  # a Path drops a trailing slash
         if target.exists():
             continue
         near = [s for s in (".py", ".sh", ".yaml") if target.with_name(target.name + s).exists()]
