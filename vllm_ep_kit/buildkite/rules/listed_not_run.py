@@ -28,7 +28,7 @@ def runs(step, path: str) -> bool:
         for repo in [*info.repo_files, *info.run_paths]:
             if not repo:
                 continue
-            if repo == path or path.startswith(repo.rstrip("/") + "/"):
+            if repo == path or path.startswith(repo + "/"):  # repo: normalized, no "/" at the end
                 return True
             if "*" in repo and fnmatch.fnmatchcase(path, repo):
                 return True

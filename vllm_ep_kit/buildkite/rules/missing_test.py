@@ -15,7 +15,10 @@ from typing import TYPE_CHECKING
 from vllm_ep_kit.buildkite.sources import python_tree
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from vllm_ep_kit.buildkite.area import Finding
+    from vllm_ep_kit.buildkite.commands import CommandInfo
     from vllm_ep_kit.buildkite.pipeline import Pipeline
 
 RULE = "missing-test"
@@ -46,7 +49,7 @@ def missing(path: Path, selector: str) -> str:
     names = _names(path)
     if names is None:
         return ""
-    parts = [part.split("[", 1)[0] for part in selector.split("::") if part]
+    parts = [part.partition("[")[0] for part in selector.split("::") if part]
     if not parts or parts[0] not in names:
         return parts[0] if parts else ""
     if len(parts) > 1 and "*" not in names[parts[0]] and parts[1] not in names[parts[0]]:
@@ -54,15 +57,20 @@ def missing(path: Path, selector: str) -> str:
     return ""
 
 
+def _named(i: CommandInfo) -> Iterator[tuple[str, str, str]]:
+    """(as written, as a repository path, ``::`` selector) of each file command ``i`` names;
+    commands.py fills the three lists together, so ``strict`` never decides."""
+    lists = (i.files, i.repo_files, i.selectors)
+    return zip(*lists, strict=True)  # pragma: no mutate (equivalent: same length)
+
+
 def check(ctx: Pipeline) -> list[Finding]:
     findings = []
     for step in ctx.steps:
         for info in step.parsed():
-            for written, repo, selector in zip(
-                info.files, info.repo_files, info.selectors, strict=True
-            ):
-                if not selector or not repo or not repo.endswith(".py"):
-                    continue
+            for written, repo, selector in _named(info):
+                if not selector or not repo.endswith(".py"):
+                    continue  # "" (outside the workspace) is no .py file either
                 path = ctx.root / repo
                 if not path.is_file():
                     continue  # path-exists reports it

@@ -9,18 +9,27 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from vllm_ep_kit.buildkite.area import Finding
+    from vllm_ep_kit.buildkite.commands import CommandInfo
     from vllm_ep_kit.buildkite.pipeline import Pipeline
 
 RULE = "path-exists"
 UNRESOLVED = ("$", "*", "{", "?")  # a variable or a glob: the shell decides
 
 
+def _named(i: CommandInfo) -> Iterator[tuple[str, str]]:
+    """(as written, as a repository path) of each file command ``i`` names; commands.py fills
+    the two lists together, so ``strict`` never decides."""
+    return zip(i.files, i.repo_files, strict=True)  # pragma: no mutate (equivalent: same length)
+
+
 def check(ctx: Pipeline) -> list[Finding]:
     findings = []
     for step in ctx.steps:
         for info in step.parsed():
-            for written, repo in zip(info.files, info.repo_files, strict=True):
+            for written, repo in _named(info):
                 if not repo or any(mark in written for mark in UNRESOLVED):
                     continue  # outside the workspace (the image's own files), or unknown
                 if not (ctx.root / repo).exists():

@@ -1,0 +1,125 @@
+"""path-exists: a test file or script a step runs that is not in the repository, looked up
+from the folder the step's shell names it in (working_dir, then any ``cd``)."""
+
+from __future__ import annotations
+
+import pytest
+
+RULE = "path-exists"
+
+STEP = """\
+group: g
+steps:
+  - label: unit
+    commands:
+      - echo start
+      - {command}
+"""
+
+
+def test_a_test_file_that_does_not_exist_is_found_at_its_command(ci):
+    ci.area(STEP.format(command="pytest -v tests/test_gone.py"))
+    (finding,) = ci.findings(RULE)
+    assert finding.rule == RULE
+    assert finding.path == ".buildkite/test_areas/area.yaml"
+    assert finding.line == ci.line_of("pytest -v tests/test_gone.py")
+    assert finding.message == "step 'unit' runs tests/test_gone.py, which does not exist"
+    assert finding.hint == "fix the path or add the file"
+
+
+def test_a_script_that_does_not_exist_is_found(ci):
+    ci.area(STEP.format(command="bash scripts/run_all.sh"))
+    (finding,) = ci.findings(RULE)
+    assert finding.message == "step 'unit' runs scripts/run_all.sh, which does not exist"
+
+
+def test_a_test_file_that_exists_is_clean(ci):
+    ci.write("tests/test_here.py").area(STEP.format(command="pytest -v tests/test_here.py"))
+    assert ci.findings(RULE) == []
+
+
+def test_a_folder_that_exists_is_clean(ci):
+    ci.write("tests/unit/test_here.py").area(STEP.format(command="pytest -v tests/unit"))
+    assert ci.findings(RULE) == []
+
+
+def test_each_missing_file_of_one_command_is_found(ci):
+    ci.write("tests/test_here.py").area(
+        STEP.format(command="pytest tests/test_gone.py tests/test_here.py tests/test_lost.py")
+    )
+    assert ci.messages(RULE) == [
+        "step 'unit' runs tests/test_gone.py, which does not exist",
+        "step 'unit' runs tests/test_lost.py, which does not exist",
+    ]
+
+
+def test_a_file_is_looked_up_from_the_working_dir_and_the_message_says_so(ci):
+    ci.write("test_gone.py").area(
+        """\
+        group: g
+        steps:
+          - label: unit
+            working_dir: /vllm-workspace/tests
+            commands:
+              - echo start
+              - pytest -v test_gone.py
+        """
+    )
+    (finding,) = ci.findings(RULE)
+    assert finding.line == ci.line_of("pytest -v test_gone.py")
+    assert finding.message == (
+        "step 'unit' runs test_gone.py (tests/test_gone.py from /vllm-workspace/tests), "
+        "which does not exist"
+    )
+
+
+def test_a_file_that_exists_under_the_working_dir_is_clean(ci):
+    ci.write("tests/test_here.py").area(
+        """\
+        group: g
+        steps:
+          - label: unit
+            working_dir: /vllm-workspace/tests
+            commands: [pytest -v test_here.py]
+        """
+    )
+    assert ci.findings(RULE) == []
+
+
+def test_a_file_is_looked_up_from_the_folder_a_cd_moved_to(ci):
+    ci.write("tests/test_here.py").area(
+        STEP.format(command="cd tests && pytest -v test_here.py test_gone.py")
+    )
+    (finding,) = ci.findings(RULE)
+    # only the resolved path is stated here: the message names the working_dir, not the cd
+    assert finding.message.startswith("step 'unit' runs test_gone.py (tests/test_gone.py from ")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "bash /opt/tools/run.sh",  # an absolute path outside the checkout: the image's own
+        "cd /tmp && pytest -v tests/test_gone.py",  # named from outside the checkout
+    ],
+)
+def test_a_file_outside_the_checkout_is_not_judged(ci, command):
+    ci.area(STEP.format(command=command))
+    assert ci.findings(RULE) == []
+
+
+@pytest.mark.parametrize(
+    "word", ["tests/test_$NAME.py", "tests/test_*.py", "tests/test_{a,b}.py", "tests/test_?.py"]
+)
+def test_a_path_holding_a_variable_or_a_glob_is_left_to_the_shell(ci, word):
+    ci.area(STEP.format(command=f"pytest -v '{word}'"))
+    assert ci.findings(RULE) == []
+
+
+def test_a_missing_file_after_a_glob_in_the_same_command_is_still_found(ci):
+    ci.area(STEP.format(command="pytest -v 'tests/test_*.py' tests/test_gone.py"))
+    assert ci.messages(RULE) == ["step 'unit' runs tests/test_gone.py, which does not exist"]
+
+
+def test_a_missing_file_after_one_outside_the_checkout_is_still_found(ci):
+    ci.area(STEP.format(command="python /opt/tools/runner.py tests/test_gone.py"))
+    assert ci.messages(RULE) == ["step 'unit' runs tests/test_gone.py, which does not exist"]
