@@ -16,6 +16,7 @@ runs the file (then those tests run in no automatic build).
 from __future__ import annotations
 
 import ast
+import math
 import re
 import shlex
 from pathlib import Path
@@ -25,6 +26,8 @@ from vllm_ep_kit.buildkite import conventions
 from vllm_ep_kit.buildkite.sources import python_tree
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from vllm_ep_kit.buildkite.area import Finding
     from vllm_ep_kit.buildkite.pipeline import Pipeline
 
@@ -40,52 +43,51 @@ SIZES = {  # flag -> which parallel size it sets
 
 
 def needed_gpus(text: str) -> tuple[int, str]:
-    """(GPUs the command line asks for, which flags say so); 0 when it names none."""
+    """(GPUs the command line asks for, which flags say so); (1, "") when it names no size."""
     try:
         words = shlex.split(text, comments=True)
     except ValueError:
         words = text.split()
-    sizes: dict[str, int] = {}
+    sizes: dict[str, list[int]] = {}  # tp/dp/pp -> each number the line gives it
     for pos, word in enumerate(words):
         flag, _, value = word.partition("=")
         if flag not in SIZES:
             continue
         if not value and pos + 1 < len(words):
             value = words[pos + 1]
-        if re.fullmatch(r"\d+", value or ""):
-            sizes[SIZES[flag]] = max(sizes.get(SIZES[flag], 0), int(value))
-    parallel = {k: v for k, v in sizes.items() if k in ("tp", "dp", "pp")}
-    if not parallel:
-        return 0, ""
-    total = 1
-    for size in parallel.values():
-        total *= size
-    return total, " x ".join(f"{k.upper()}={v}" for k, v in sorted(parallel.items()))
+        if re.fullmatch(r"\d+", value):
+            sizes.setdefault(SIZES[flag], []).append(int(value))
+    need = math.prod(max(values) for values in sizes.values())
+    return need, " x ".join(f"{k.upper()}={max(v)}" for k, v in sorted(sizes.items()))
 
 
 MARKERS = ("multi_gpu_test", "multi_gpu_only", "gpus")
 
 
-def _gpus_of_decorator(node: ast.expr) -> int:
+def _gpus_of_decorator(node: ast.expr) -> int | None:
+    """The GPUs a decorator asks for; None when it is no GPU mark with a number."""
     if not isinstance(node, ast.Call):
-        return 0
-    name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+        return None
+    func = node.func
+    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
     if name not in MARKERS:
-        return 0
-    values = [kw.value for kw in node.keywords if kw.arg == "num_gpus"] + list(node.args[:1])
-    value = values[0] if values else None
-    return value.value if isinstance(value, ast.Constant) and isinstance(value.value, int) else 0
+        return None
+    keyword = (kw.value for kw in node.keywords if kw.arg == "num_gpus")
+    value = next(keyword, node.args[0] if node.args else None)
+    if isinstance(value, ast.Constant) and isinstance(value.value, int):
+        return value.value
+    return None
 
 
 def marked_gpus(path: Path) -> dict[str, int]:
-    """Test name -> GPUs its marks ask for (only tests that ask for more than one)."""
+    """Test name -> the most GPUs its marks ask for (only tests that carry such a mark)."""
     tree = python_tree(path)
     found = {}
     for node in tree.body if tree is not None else []:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            need = max((_gpus_of_decorator(d) for d in node.decorator_list), default=0)
-            if need > 1:
-                found[node.name] = need
+            needs = [n for n in map(_gpus_of_decorator, node.decorator_list) if n is not None]
+            if needs:
+                found[node.name] = max(needs)
     return found
 
 
@@ -94,22 +96,18 @@ def _selected_test(selector: str) -> str:
     return selector.split("::")[0].split("[")[0]
 
 
-def _marked(ctx, repo: str, selector: str) -> tuple[int, str]:
-    marks = marked_gpus(ctx.root / repo)
-    name = _selected_test(selector)
-    scope = {k: v for k, v in marks.items() if not name or k == name}
-    if not scope:
-        return 0, ""
-    test = max(scope, key=lambda k: scope[k])
-    return scope[test], test
+def _named_files(step) -> Iterator[tuple[int, str, str]]:
+    """(command index, repository path, pytest selector) of each file the step's commands name."""
+    for info in step.parsed():
+        for pos, repo in enumerate(info.repo_files):
+            yield info.index, repo, info.selectors[pos]
 
 
 def _runs_test(step, repo: str, test: str) -> bool:
     """Whether ``step`` runs ``repo`` whole, or that test of it."""
     return any(
         path == repo and (not selector or _selected_test(selector) == test)
-        for info in step.parsed()
-        for path, selector in zip(info.repo_files, info.selectors, strict=True)
+        for _, path, selector in _named_files(step)
     )
 
 
@@ -117,30 +115,31 @@ def _unmet_marks(ctx, step) -> list:
     """Findings for tests marked for more GPUs than the step has, that no bigger
     non-optional step runs."""
     findings = []
-    for info in step.parsed():
-        for repo, selector in zip(info.repo_files, info.selectors, strict=True):
-            if not repo.endswith(".py"):
-                continue
-            need, test = _marked(ctx, repo, selector)
-            if need <= step.gpus:
-                continue
-            bigger = [
-                other
-                for other in ctx.steps
-                if not other.optional and other.gpus >= need and _runs_test(other, repo, test)
-            ]
-            if bigger:
-                continue
-            findings.append(
-                step.finding(
-                    ("commands", info.index),
-                    RULE,
-                    f"step {step.label!r} gets {step.gpus} GPU(s) but {repo}::{test} is marked for "
-                    f"{need}, and no non-optional step with {need} runs it: it skips in every "
-                    "automatic build",
-                    f"run {repo} in a step with `num_devices: {need}`",
-                )
+    for index, repo, selector in _named_files(step):
+        if not repo.endswith(".py"):
+            continue
+        name = _selected_test(selector)
+        marks = {k: v for k, v in marked_gpus(ctx.root / repo).items() if not name or k == name}
+        if not marks:
+            continue
+        test = max(marks, key=lambda k: marks[k])
+        need = marks[test]
+        # a non-optional step with enough GPUs runs it: this one, when it has them
+        if any(
+            not other.optional and other.gpus >= need and _runs_test(other, repo, test)
+            for other in ctx.steps
+        ):
+            continue
+        findings.append(
+            step.finding(
+                ("commands", index),
+                RULE,
+                f"step {step.label!r} gets {step.gpus} GPU(s) but {repo}::{test} is marked for "
+                f"{need}, and no non-optional step with {need} runs it: it skips in every "
+                "automatic build",
+                f"run {repo} in a step with `num_devices: {need}`",
             )
+        )
     return findings
 
 
