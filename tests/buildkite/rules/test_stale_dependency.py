@@ -3,6 +3,8 @@ or a file without its suffix (an entry that matches no change)."""
 
 from __future__ import annotations
 
+import pytest
+
 AREA = "area.yaml"
 STEP = """\
 group: g
@@ -180,11 +182,35 @@ def test_an_entry_with_a_trailing_space_names_nothing(ci):
     assert finding.message == "step 'unit': entry 'tests/unit ' names nothing in the tree"
 
 
-def test_an_absolute_entry_names_nothing_in_the_tree(ci):
-    (finding,) = _step(ci, "/tests/unit/test_a.py")
+WRITTEN = "written from the repository root, without ./, .., // or a leading /"
+
+
+@pytest.mark.parametrize("entry", ["/tests/unit/test_a.py", "/tmp", "/"])
+def test_an_absolute_entry_matches_no_change_whatever_the_machine_holds(ci, entry):
+    (finding,) = _step(ci, entry)
+    assert finding.line == ci.line_of(f"'{entry}'")
     assert finding.message == (
-        "step 'unit': entry '/tests/unit/test_a.py' names nothing in the tree"
+        f"step 'unit': entry '{entry}' matches no change: changed paths are {WRITTEN}"
     )
+    assert finding.hint == "write it from the repository root"
+
+
+@pytest.mark.parametrize(
+    ("entry", "written"),
+    [
+        ("./tests/unit/test_a.py", "tests/unit/test_a.py"),
+        ("tests//unit/test_a.py", "tests/unit/test_a.py"),
+        ("tests/../tests/unit/test_a.py", "tests/unit/test_a.py"),
+        ("!./tests/unit/", "!tests/unit"),
+    ],
+)
+def test_an_entry_written_otherwise_than_changed_paths_matches_no_change(ci, entry, written):
+    """The file exists, but the generator compares the entry's text with the changed path."""
+    (finding,) = _step(ci, entry)
+    assert finding.message == (
+        f"step 'unit': entry '{entry}' matches no change: changed paths are {WRITTEN}"
+    )
+    assert finding.hint == f"write `{written}`"
 
 
 def test_entries_after_an_unchecked_one_are_still_checked(ci):
