@@ -259,13 +259,55 @@ def test_other_decorators_ask_for_no_more_gpus(ci, decorator):
     assert lint_steps(ci, step("pytest -v tests/test_m.py")) == []
 
 
-def test_a_marked_method_of_a_class_is_not_read(ci):
-    # only module-level tests are read: a gap (a class's marked test on a small step is missed)
-    ci.write(
-        "tests/test_m.py",
+@pytest.mark.parametrize(
+    "text",
+    [
         "class TestA:\n    @pytest.mark.gpus(2)\n    def test_a(self):\n        pass\n",
-    )
-    assert lint_steps(ci, step("pytest -v tests/test_m.py")) == []
+        "@pytest.mark.gpus(2)\nclass TestA:\n    def test_a(self):\n        pass\n",
+    ],
+)
+def test_a_marked_method_or_class_is_judged_under_its_class(ci, text):
+    ci.write("tests/test_m.py", text)
+    (finding,) = lint_steps(ci, step("pytest -v tests/test_m.py"))
+    assert "tests/test_m.py::TestA is marked for 2" in finding.message
+    assert lint_steps(ci, step("pytest -v tests/test_m.py::TestA::test_a", num_devices=2)) == []
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "python a.py -tp 2 && python b.py -dp 2",  # one after the other
+        "python a.py -tp 2; python b.py -dp 2",
+        "python a.py -tp 2 | tee log && python b.py -dp 2 > out",
+        "vllm serve m -tp 4 -tp 2",  # argparse keeps the last value
+    ],
+)
+def test_each_command_of_a_line_is_judged_on_its_own(ci, command):
+    assert lint_steps(ci, step(command, num_devices=2)) == []
+
+
+def test_the_neediest_command_of_a_line_is_the_one_named(ci):
+    (finding,) = lint_steps(ci, step("python a.py -tp 2 && vllm serve m -tp 2 -dp 2"))
+    assert finding.message == too_few("serve", 1, 4, "DP=2 x TP=2")
+
+
+@pytest.mark.parametrize(
+    ("flag", "why"),
+    [
+        ("--tensor_parallel_size 4", "TP=4"),
+        ("--data_parallel_size=4", "DP=4"),
+        ("--pipeline_parallel_size 4", "PP=4"),
+    ],
+)
+def test_vllms_underscore_spelling_of_a_size_counts(ci, flag, why):
+    """vLLM's argument parser reads --tensor_parallel_size as --tensor-parallel-size."""
+    (finding,) = lint_steps(ci, step(f"vllm serve m {flag}"))
+    assert finding.message == too_few("serve", 1, 4, why)
+
+
+def test_an_unclosed_quote_reads_the_words_as_written(ci):
+    (finding,) = lint_steps(ci, step("vllm serve m -tp 2 --name 'x  # -tp 8"))
+    assert finding.message == too_few("serve", 1, 2, "TP=2")
 
 
 @pytest.mark.parametrize("text", ["def test_a(:\n", None])

@@ -3,7 +3,10 @@
 The job gets ``num_devices`` GPUs (1 when absent, also on the default pool; one
 for an ``h200_18gb``/``h200_35gb`` slice); a vLLM command asking for more (tensor
 x data x pipeline parallel sizes: one GPU per rank) fails or waits on hardware the
-step never has.  ``torchrun --nproc-per-node`` is not judged (gloo tests run more
+step never has.  Each command of a line (``&&``, ``;``, ``|``, ``&``) is judged on its
+own, a size given twice counts its last value (as argparse reads it), and vLLM's
+``--tensor_parallel_size`` spelling is its ``--tensor-parallel-size``.  ``torchrun
+--nproc-per-node`` is not judged (gloo tests run more
 processes than GPUs on purpose), nor are CPU steps or multi-node steps (their
 sizes span nodes).
 
@@ -42,23 +45,42 @@ SIZES = {  # flag -> which parallel size it sets
 }
 
 
-def needed_gpus(text: str) -> tuple[int, str]:
-    """(GPUs the command line asks for, which flags say so); (1, "") when it names no size."""
+def _commands(text: str) -> list[list[str]]:
+    """The words of each command of a shell line, split at its control operators."""
+    lexer = shlex.shlex(text, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
     try:
-        words = shlex.split(text, comments=True)
-    except ValueError:
-        words = text.split()
-    sizes: dict[str, list[int]] = {}  # tp/dp/pp -> each number the line gives it
+        words = list(lexer)
+    except ValueError:  # an unclosed quote: the words as written
+        words = text.split("#", 1)[0].split()
+    commands: list[list[str]] = [[]]
+    for word in words:
+        if set(word) <= set(lexer.punctuation_chars):  # &&, ;, |, &, a redirection
+            commands.append([])
+        else:
+            commands[-1].append(word)
+    return commands
+
+
+def _command_gpus(words: list[str]) -> tuple[int, str]:
+    sizes: dict[str, int] = {}  # tp/dp/pp -> the number the command gives it last
     for pos, word in enumerate(words):
         flag, _, value = word.partition("=")
-        if flag not in SIZES:
+        kind = SIZES.get(flag.replace("_", "-") if flag.startswith("--") else flag)
+        if kind is None:
             continue
         if not value and pos + 1 < len(words):
             value = words[pos + 1]
         if re.fullmatch(r"\d+", value):
-            sizes.setdefault(SIZES[flag], []).append(int(value))
-    need = math.prod(max(values) for values in sizes.values())
-    return need, " x ".join(f"{k.upper()}={max(v)}" for k, v in sorted(sizes.items()))
+            sizes[kind] = int(value)
+    need = math.prod(sizes.values())
+    return need, " x ".join(f"{k.upper()}={v}" for k, v in sorted(sizes.items()))
+
+
+def needed_gpus(text: str) -> tuple[int, str]:
+    """(GPUs the line's neediest command asks for, which flags say so); (1, "") when no
+    command names a size."""
+    return max((_command_gpus(words) for words in _commands(text)), key=lambda need: need[0])
 
 
 MARKERS = ("multi_gpu_test", "multi_gpu_only", "gpus")
@@ -79,13 +101,22 @@ def _gpus_of_decorator(node: ast.expr) -> int | None:
     return None
 
 
+def _marks(node: ast.AST) -> list[int]:
+    decorators = getattr(node, "decorator_list", [])
+    return [n for n in map(_gpus_of_decorator, decorators) if n is not None]
+
+
 def marked_gpus(path: Path) -> dict[str, int]:
-    """Test name -> the most GPUs its marks ask for (only tests that carry such a mark)."""
+    """Test name -> the most GPUs its marks ask for (only tests that carry such a mark): a
+    module's functions, and a class's methods under the class's name (a mark on the class
+    counts for each of them)."""
     tree = python_tree(path)
     found = {}
     for node in tree.body if tree is not None else []:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            needs = [n for n in map(_gpus_of_decorator, node.decorator_list) if n is not None]
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _marks(node):
+            found[node.name] = max(_marks(node))
+        elif isinstance(node, ast.ClassDef):
+            needs = _marks(node) + [n for item in node.body for n in _marks(item)]
             if needs:
                 found[node.name] = max(needs)
     return found
