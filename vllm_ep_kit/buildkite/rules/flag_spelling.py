@@ -6,7 +6,7 @@ silently runs the other branch.  Upstream's disaggregated split did exactly that
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import TYPE_CHECKING
 
 from vllm_ep_kit.buildkite.commands import parse_commands
@@ -47,20 +47,18 @@ def check(ctx: Pipeline) -> list[Finding]:
                 uses[name].append((SPELLINGS[value], value, step.area, step.keys + ("env", name)))
     findings = []
     for name, entries in uses.items():
-        styles: defaultdict[str, int] = defaultdict(int)
-        for style, *_ in entries:
-            styles[style] += 1
+        styles = Counter(style for style, *_ in entries)
         if len(styles) < 2:
             continue
-        usual = max(styles, key=lambda s: (styles[s], s == "1/0"))
-        for style, value, area, keys in entries:
-            if style != usual:
-                findings.append(
-                    area.finding(
-                        keys,
-                        RULE,
-                        f"{name}={value} while other steps spell it {usual}",
-                        f"write {name} as {usual.split('/')[0]} / {usual.split('/')[1]}",
-                    )
-                )
+        usual = max(styles, key=lambda s: (styles[s], s == "1/0"))  # a tie goes to 1/0
+        findings.extend(
+            area.finding(
+                keys,
+                RULE,
+                f"{name}={value} while other steps spell it {usual}",
+                f"write {name} as {usual.replace('/', ' / ')}",
+            )
+            for style, value, area, keys in entries
+            if style != usual
+        )
     return findings

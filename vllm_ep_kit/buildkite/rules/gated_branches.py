@@ -83,7 +83,8 @@ def opens(value: str, required: str | None) -> bool:
 ASSIGNED_PATH = re.compile(
     r"^\s*(?:local\s+|readonly\s+)?([A-Za-z_]\w*)=[\"']?([\w./-]+\.sh)[\"']?\s*$"
 )
-CALL = re.compile(r"\b(?:bash|sh|source|\.)\s+[\"']?(\$\{?\w+\}?|[\w./-]+\.sh)[\"']?")
+# the script a call runs: a variable holding its path, or the path
+CALL = re.compile(r"\b(?:bash|sh|source|\.)\s+[\"']?(?:\$\{?(\w+)\}?|([\w./-]+\.sh))[\"']?")
 ARRAY_START = re.compile(r"^\s*(?:local\s+-a\s+|declare\s+-a\s+)?\w+=\(\s*$")
 
 
@@ -100,15 +101,14 @@ def _array_elements(lines: list[str]) -> list[str]:
     elements, inside = [], False
     for line in lines:
         if not inside:
-            inside = bool(ARRAY_START.match(line))
+            inside = ARRAY_START.match(line) is not None
             continue
-        if line.strip() == ")":
-            inside = False
-            continue
-        try:
-            elements.extend(shlex.split(line, comments=True))
-        except ValueError:
-            continue
+        inside = line.strip() != ")"
+        if inside:
+            try:
+                elements.extend(shlex.split(line, comments=True))
+            except ValueError:
+                continue
     return elements
 
 
@@ -133,9 +133,8 @@ def calls(root: Path, script: str) -> list[tuple[str, dict[str, str]]]:
     found: list[tuple[str, dict[str, str]]] = []
     for line in lines:
         for match in CALL.finditer(line):
-            name = match.group(1)
-            if name.startswith("$"):
-                name = paths.get(name.strip("${}"), "")
+            variable, literal = match.groups()
+            name = paths.get(variable) if variable else literal
             callee = _resolve(root, script, name) if name else None
             if callee is None or callee == script:
                 continue
@@ -160,7 +159,7 @@ def script_settings(ctx) -> dict[str, list[dict[str, str]]]:
         added = []
         for script in frontier:
             for callee, env in calls(ctx.root, script):
-                for outer in settings.get(script, [{}]):
+                for outer in settings[script]:
                     settings.setdefault(callee, []).append({**outer, **env})
                 added.append(callee)
         frontier = list(dict.fromkeys(added))
@@ -175,7 +174,7 @@ def check(ctx: Pipeline) -> list[Finding]:
         if not file.exists():
             continue  # path-exists reports it
         gates = gating_variables(file.read_text(errors="replace"))
-        for name, (line, required) in sorted(gates.items(), key=lambda item: item[1][0]):
+        for name, (line, required) in gates.items():  # in the order of their lines
             if conventions.set_by_environment(name):
                 continue  # set by the image or the agent, not by a step
             if any(name in env and opens(env[name], required) for env in envs):
