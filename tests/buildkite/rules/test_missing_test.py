@@ -204,3 +204,65 @@ def test_a_file_is_named_as_written_and_as_resolved_from_the_working_dir(ci):
         "step 'unit' runs test_mod.py::test_absent, but tests/test_mod.py has no test test_absent"
     )
     assert finding.hint == "fix the name, or run test_mod.py whole"
+
+
+BOUND_ELSEWHERE = """\
+import sys
+from shared import test_common, check as test_renamed
+
+if sys.version_info >= (3,):
+    def test_under_if():
+        pass
+else:
+    def test_under_else():
+        pass
+
+try:
+    import numpy
+except ImportError:
+    def test_without_numpy():
+        pass
+
+
+class TestOuter:
+    class TestInner:
+        def test_x(self):
+            pass
+
+    test_bound = test_common
+
+    if True:
+        def test_under_class_if(self):
+            pass
+"""
+
+
+@pytest.mark.parametrize(
+    "selector",
+    [
+        "test_common",  # imported: pytest collects it from this module
+        "test_renamed",
+        "test_under_if",
+        "test_under_else",
+        "test_without_numpy",
+        "TestOuter::TestInner::test_x",
+        "TestOuter::test_bound",
+        "TestOuter::test_under_class_if",
+    ],
+)
+def test_a_test_bound_by_an_import_a_block_or_a_nested_class_exists(ci, selector):
+    assert lint(ci, f"pytest -v tests/test_mod.py::{selector}", BOUND_ELSEWHERE) == []
+
+
+@pytest.mark.parametrize(
+    ("selector", "lacking"),
+    [("test_gone", "test_gone"), ("TestOuter::test_gone", "TestOuter::test_gone")],
+)
+def test_a_name_bound_nowhere_in_such_a_module_is_still_found(ci, selector, lacking):
+    (finding,) = lint(ci, f"pytest -v tests/test_mod.py::{selector}", BOUND_ELSEWHERE)
+    assert finding.message.endswith(f"but tests/test_mod.py has no test {lacking}")
+
+
+def test_a_star_import_may_bind_any_test_so_none_is_judged(ci):
+    module = "from shared import *\n\n\ndef test_a():\n    pass\n"
+    assert lint(ci, "pytest -v tests/test_mod.py::test_anything", module) == []

@@ -24,24 +24,50 @@ if TYPE_CHECKING:
 RULE = "missing-test"
 
 
+# statements whose blocks bind names at the level they are in (a test defined under an
+# ``if`` or a ``try`` at module level is a module-level test)
+BLOCKS = (ast.If, ast.Try, ast.TryStar, ast.With, ast.AsyncWith, ast.For, ast.AsyncFor, ast.While)
+
+
+def _statements(body: list[ast.stmt]) -> Iterator[ast.stmt]:
+    for node in body:
+        yield node
+        if isinstance(node, BLOCKS):
+            for block in ("body", "orelse", "finalbody"):
+                yield from _statements(getattr(node, block, []))
+            for handler in getattr(node, "handlers", []):
+                yield from _statements(handler.body)
+
+
+def _bound(node: ast.stmt) -> list[str]:
+    """The names a statement binds in its scope ("*" for a star import: any name)."""
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return [node.name]
+    if isinstance(node, (ast.Assign, ast.AnnAssign)):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        return [t.id for t in targets if isinstance(t, ast.Name)]
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+        return [alias.asname or alias.name.split(".")[0] for alias in node.names]
+    return []
+
+
 def _names(path: Path) -> dict[str, set[str]] | None:
-    """{top-level name: its test methods}; None when the file does not parse."""
+    """{module-level name: the names its class body binds ("*": not judged)}; None when the
+    file does not parse or a star import may bind any name."""
     tree = python_tree(path)
     if tree is None:
         return None
     names: dict[str, set[str]] = {}
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            names[node.name] = set()
-        elif isinstance(node, ast.ClassDef):
-            names[node.name] = {
-                n.name for n in node.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
-            }
-            names[node.name] |= {"*"} if node.bases else set()  # inherited tests: not judged
-        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            names.update({t.id: {"*"} for t in targets if isinstance(t, ast.Name)})
-    return names
+    for node in _statements(tree.body):
+        for name in _bound(node):
+            if isinstance(node, ast.ClassDef):
+                inner = {n for item in _statements(node.body) for n in _bound(item)}
+                names[name] = inner | ({"*"} if node.bases else set())  # inherited: not judged
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                names[name] = set()
+            else:  # an assignment or an import: what it holds is not read
+                names[name] = {"*"}
+    return None if "*" in names else names
 
 
 def missing(path: Path, selector: str) -> str:
