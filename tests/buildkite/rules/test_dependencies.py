@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from tests.buildkite.rules.conftest import CiTree
 
 AREA = ".buildkite/test_areas/area.yaml"
@@ -404,3 +406,20 @@ def test_an_edited_test_is_read_again(ci):
     assert ci.messages("dependencies") == [
         "step 'unit' runs code not in its source_file_dependencies: tests/helpers.py"
     ]
+
+
+@pytest.mark.parametrize(
+    "statement", ["import tests.support.tools", "from tests.support.tools import make"]
+)
+def test_importing_a_module_runs_the_init_files_of_its_packages_and_what_they_import(ci, statement):
+    found = _missing(
+        ci,
+        deps=f"[{TEST_A}, tests/support/tools.py]",
+        files={
+            TEST_A: f"{statement}\n",
+            "tests/support/__init__.py": "from tests import shared\n",
+            "tests/support/tools.py": "",
+            "tests/shared.py": "",
+        },
+    )
+    assert found == "tests/shared.py, tests/support/__init__.py"

@@ -179,3 +179,21 @@ def test_each_unrun_entry_after_entries_that_are_fine_is_found(ci):
 def test_an_entry_that_is_no_existing_test_file_is_not_judged(ci, entry, file):
     ci.write(file).area(LISTER.format(entry=entry, command="pytest -v tests/test_other.py"))
     assert ci.findings(RULE) == []
+
+
+@pytest.mark.parametrize(
+    ("command", "runs_it"),
+    [
+        ("pytest -v tests/*.py", True),
+        ("pytest -v tests/test_?.py", True),
+        ("pytest -v tests/test_[ab].py", True),
+        ("pytest -v tests/*", True),  # a folder level: everything below it
+        ("pytest -v */test_a.py", True),
+        ("pytest -v tests/test_[bc].py", False),
+        ("pytest -v tests/test_??.py", False),
+        ("pytest -v *.py", False),  # the shell's * stays within one folder level
+        ("pytest -v tests/*/test_a.py", False),
+    ],
+)
+def test_a_glob_runs_what_the_shell_expands_it_to(ci, command, runs_it):
+    assert (lister(ci, command).findings(RULE) == []) is runs_it

@@ -69,6 +69,12 @@ def _imports_of(root: Path, path: Path, stamp: int) -> tuple[frozenset[Path], bo
         for name in names:
             if name == "vllm" or name.startswith("vllm."):
                 uses_vllm = True
+            # importing a.b.c runs a/__init__.py and a/b/__init__.py first
+            parts = name.split(".") if name else []
+            for depth in range(1, len(parts)):
+                init = root.joinpath(*parts[:depth], "__init__.py")
+                if init.is_file():
+                    found.add(init)
             target = _module_file(root, name) if name else None
             if target is not None:
                 found.add(target)

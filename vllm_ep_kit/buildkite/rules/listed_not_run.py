@@ -30,9 +30,20 @@ def runs(step, path: str) -> bool:
                 continue
             if repo == path or path.startswith(repo + "/"):  # repo: normalized, no "/" at the end
                 return True
-            if "*" in repo and fnmatch.fnmatchcase(path, repo):
+            if _glob_runs(repo, path):
                 return True
     return False
+
+
+def _glob_runs(pattern: str, path: str) -> bool:
+    """Whether the shell's expansion of ``pattern`` (``*``, ``?``, ``[...]`` within one
+    folder level) names ``path`` or a folder holding it."""
+    if not any(mark in pattern for mark in "*?["):
+        return False
+    parts, names = pattern.split("/"), path.split("/")
+    return len(names) >= len(parts) and all(
+        fnmatch.fnmatchcase(name, part) for name, part in zip(names, parts, strict=False)
+    )
 
 
 def check(ctx: Pipeline) -> list[Finding]:
