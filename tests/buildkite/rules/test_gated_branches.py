@@ -335,7 +335,7 @@ def test_a_step_enables_it_through_its_env_an_export_or_a_mirror(ci, area):
 INNER = "scripts/inner.sh"
 
 
-@pytest.mark.parametrize("runner", ["bash", "sh", "source"])
+@pytest.mark.parametrize("runner", ["bash", "sh", "source", "."])
 def test_a_calling_script_hands_its_variables_to_the_script_it_runs(ci, runner):
     ci.write(INNER, gated())
     ci.write(SWEEP, f"SW=1 {runner} {INNER}\n")
@@ -530,3 +530,18 @@ def test_a_hand_over_without_arrays_keeps_the_calls_own_variables(ci):
     ci.write(SWEEP, f"SCRIPT={INNER}\ncfg_parts=(SW=0)\nSW=1 {HAND_OVER}\n")
     steps(ci, f"bash {SWEEP}")
     assert ci.findings(RULE) == []
+
+
+@pytest.mark.parametrize("caller", [". scripts/inner.sh\n", "cd x && . scripts/inner.sh\n"])
+def test_a_script_sourced_with_a_dot_is_followed(ci, caller):
+    ci.write(INNER, gated())
+    ci.write(SWEEP, caller)
+    steps(ci, f"bash {SWEEP}")
+    assert gates(ci) == [never_set(script=INNER)]
+
+
+def test_a_dot_inside_a_word_is_no_call(ci):
+    ci.write(INNER, gated())
+    ci.write(SWEEP, "echo v1. scripts/inner.sh\n")
+    steps(ci, f"bash {SWEEP}")
+    assert gates(ci) == []

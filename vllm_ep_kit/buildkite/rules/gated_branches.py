@@ -84,7 +84,11 @@ ASSIGNED_PATH = re.compile(
     r"^\s*(?:local\s+|readonly\s+)?([A-Za-z_]\w*)=[\"']?([\w./-]+\.sh)[\"']?\s*$"
 )
 # the script a call runs: a variable holding its path, or the path
-CALL = re.compile(r"\b(?:bash|sh|source|\.)\s+[\"']?(?:\$\{?(\w+)\}?|([\w./-]+\.sh))[\"']?")
+# a script run or sourced: bash/sh/source are words; ``.`` starts a command (\b cannot
+# precede it)
+CALL = re.compile(
+    r"(?:\b(?:bash|sh|source)|(?:^|(?<=[\s;&|(]))\.)\s+[\"']?(?:\$\{?(\w+)\}?|([\w./-]+\.sh))[\"']?"
+)
 ARRAY_START = re.compile(r"^\s*(?:local\s+-a\s+|declare\s+-a\s+)?\w+=\(\s*$")
 
 
