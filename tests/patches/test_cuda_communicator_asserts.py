@@ -7,10 +7,16 @@ interpreter, for the pinned vLLM and for each fetched release, with the plugin o
 
 from __future__ import annotations
 
+import re
+
 import pytest
+import torch
 
 from tests.patches.releases import has_bug
 from vllm_ep_kit.fresh_python import run_json
+from vllm_ep_kit.patches.vllm.distributed.device_communicators.cuda_communicator import (
+    check_reduce_scatterv_sizes,
+)
 
 pytestmark = pytest.mark.vllm
 
@@ -24,11 +30,20 @@ from vllm_ep_kit.patches.vllm.distributed.device_communicators.cuda_communicator
     _bare_communicator)
 status = {{s.name: s.status for s in patches.apply_all()}}[{PATCH!r}]
 out = {{"vllm": vllm.__version__, "status": status, "errors": {{}}}}
-for label, rows, sizes in (("sum", 12, [3, 8]), ("count", 11, [3, 8, 0]),
-                           ("even", 11, None), ("good", 11, [3, 8])):
-    comm = _bare_communicator(CudaCommunicator)
+calls = {{
+    label: (lambda comm, rows=rows, sizes=sizes: CudaCommunicator.reduce_scatterv(
+        comm, torch.zeros(rows, 4), dim=0, sizes=sizes))
+    for label, rows, sizes in (("sum", 12, [3, 8]), ("count", 11, [3, 8, 0]),
+                               ("even", 11, None), ("good", 11, [3, 8]))
+}}
+# as vLLM 0.33 calls it: the default dim (-1), and the method that fills a given output
+calls["default_dim"] = lambda comm: CudaCommunicator.reduce_scatterv(
+    comm, torch.zeros(4, 12), sizes=[3, 8])
+calls["into_output"] = lambda comm: CudaCommunicator.reduce_scatterv_into_output(
+    comm, torch.zeros(12, 4), torch.zeros(3, 4), dim=0, sizes=[3, 8])
+for label, call in calls.items():
     try:
-        CudaCommunicator.reduce_scatterv(comm, torch.zeros(rows, 4), dim=0, sizes=sizes)
+        call(_bare_communicator(CudaCommunicator))
     except AssertionError as exc:
         out["errors"][label] = "AssertionError: " + str(exc)
     except Exception:  # past the size checks, the stub communicator cannot go on
@@ -57,6 +72,14 @@ def assert_clear_messages(errors):
         "were given"
     )
     assert errors["good"] == "past the size checks"  # valid sizes reach the original method
+    assert errors["default_dim"] == (
+        "AssertionError: reduce_scatterv on rank 0 of 2 (dim=1): "
+        "sizes [3, 8] sum to 11 but the input has 12 rows"
+    )
+    assert errors["into_output"] == (
+        "AssertionError: reduce_scatterv on rank 0 of 2 (dim=0): "
+        "sizes [3, 8] sum to 11 but the input has 12 rows"
+    )
 
 
 def test_pinned_vllm_gets_clear_messages():
@@ -162,3 +185,36 @@ def test_the_plugin_decides_at_the_first_call_and_says_so_in_one_info_line():
     ]
     assert len(lines) == 1, result.stderr[-3000:]
     assert "FlashInfer All2All initialized" not in result.stderr  # probes' vLLM INFO lines
+
+
+@pytest.mark.parametrize(
+    ("shape", "dim", "where"),
+    [
+        ((12, 4), 0, "dim=0"),
+        ((4, 12), 1, "dim=1"),
+        ((4, 12), -1, "dim=1"),
+        ((2, 12, 3), 1, "dim=1"),
+    ],
+)
+def test_rows_are_counted_along_the_dimension_scattered(shape, dim, where):
+    with pytest.raises(AssertionError, match=re.escape(f"({where}): sizes [3, 8] sum to 11")):
+        check_reduce_scatterv_sizes(torch.zeros(shape), dim, [3, 8], 2, 0)
+    check_reduce_scatterv_sizes(torch.zeros(shape), dim, [4, 8], 2, 0)
+
+
+@pytest.mark.parametrize(
+    ("rows", "sizes", "error"),
+    [
+        (12, [4, 4], None),  # equal sizes: vLLM drops them and splits the rows evenly
+        (12, [6, 6, 6], None),
+        (11, [4, 4], "11 input rows do not split evenly over 2 ranks"),
+        (12, [3, 8, 1], "got 3 sizes [3, 8, 1], need one per rank (2)"),
+    ],
+)
+def test_equal_sizes_count_as_none_as_vllm_reads_them(rows, sizes, error):
+    """Where vLLM's asserts pass the wrapper must not raise: it only says more where they fail."""
+    if error is None:
+        check_reduce_scatterv_sizes(torch.zeros(rows, 4), 0, sizes, 2, 0)
+    else:
+        with pytest.raises(AssertionError, match=re.escape(error)):
+            check_reduce_scatterv_sizes(torch.zeros(rows, 4), 0, sizes, 2, 0)

@@ -37,12 +37,13 @@ _PATCHED_ATTR = "__vllm_ep_kit_rs_asserts__"
 
 
 def check_reduce_scatterv_sizes(input_, dim: int, sizes, world_size: int, rank: int) -> None:
-    """Raise AssertionError naming what disagrees (same conditions as vLLM's asserts)."""
+    """Raise AssertionError naming what disagrees, where vLLM's asserts would fail: sizes
+    all equal count as none (vLLM drops them), rows are counted along ``dim``."""
     if dim < 0:
         dim += input_.dim()
     rows = input_.movedim(0, dim).shape[0]  # the row count vLLM's code checks
     where = f"reduce_scatterv on rank {rank} of {world_size} (dim={dim})"
-    if sizes is not None:
+    if sizes is not None and len(set(sizes)) > 1:
         if len(sizes) != world_size:
             raise AssertionError(
                 f"{where}: got {len(sizes)} sizes {list(sizes)}, need one per rank ({world_size})"
