@@ -71,7 +71,7 @@ class Decider:
 
 def test_armed_before_import_decides_once_at_the_first_call(module_name):
     decide = Decider(module_name)
-    armed = lazy.Armed("p", (f"{module_name}:Manager.initialize",), decide)
+    armed = lazy.Armed((f"{module_name}:Manager.initialize",), decide)
     armed.arm()
     assert decide.calls == 0 and module_name not in sys.modules
     module = importlib.import_module(module_name)
@@ -99,14 +99,14 @@ def test_armed_before_import_decides_once_at_the_first_call(module_name):
 def test_a_module_imported_before_arming_is_armed_at_once(module_name):
     module = importlib.import_module(module_name)
     decide = Decider(module_name)
-    lazy.Armed("p", (f"{module_name}:Manager.initialize",), decide).arm()
+    lazy.Armed((f"{module_name}:Manager.initialize",), decide).arm()
     assert getattr(module.Manager.initialize, "__vllm_ep_kit_trigger__", False)
     assert module.Manager().initialize(4) == ("fixed", 4) and decide.calls == 1
 
 
 def test_an_inherited_method_is_inherited_again_after_the_decision(module_name):
     decide = Decider(module_name)
-    lazy.Armed("p", (f"{module_name}:Child.run",), decide).arm()
+    lazy.Armed((f"{module_name}:Child.run",), decide).arm()
     module = importlib.import_module(module_name)
     assert "run" in module.Child.__dict__  # the trigger sits on the class named
     assert module.Child().run(5) == ("base", 5)
@@ -115,16 +115,14 @@ def test_an_inherited_method_is_inherited_again_after_the_decision(module_name):
 
 def test_a_missing_target_is_decided_as_soon_as_the_module_is_imported(module_name):
     decide = Decider(module_name)
-    lazy.Armed("p", (f"{module_name}:Manager.no_such_method",), decide).arm()
+    lazy.Armed((f"{module_name}:Manager.no_such_method",), decide).arm()
     importlib.import_module(module_name)
     assert decide.calls == 1  # the probe then reports the unknown code
 
 
 def test_disarm_puts_the_originals_back_and_never_decides(module_name):
     decide = Decider(module_name)
-    armed = lazy.Armed(
-        "p", (f"{module_name}:dispatch", f"{module_name}:Manager.initialize"), decide
-    )
+    armed = lazy.Armed((f"{module_name}:dispatch", f"{module_name}:Manager.initialize"), decide)
     armed.arm()
     module = importlib.import_module(module_name)
     armed.disarm()

@@ -159,9 +159,7 @@ def register() -> None:
         if verdict.status == PENDING:
             from vllm_ep_kit.patches import lazy  # wrapt: only where something waits
 
-            armed = lazy.Armed(
-                patch.name, patch.triggers, lambda i=index, p=patch: _decide_at_first_use(i, p)
-            )
+            armed = lazy.Armed(patch.triggers, lambda i=index, p=patch: _decide_at_first_use(i, p))
             _armed[patch.name] = armed
             armed.arm()  # may decide at once (module already imported, target missing)
     _check_required(_results, required)

@@ -153,7 +153,7 @@ def wrap(owner, attr: str, make_wrapper, marker: str) -> None:
     """
     original = getattr(owner, attr)
     original = getattr(original, UNDERLYING_ATTR, original)
-    if getattr(original, marker, False):
+    if getattr(original, marker, None) is True:
         return
     wrapper = functools.wraps(original)(make_wrapper(original))
     setattr(wrapper, marker, True)
@@ -164,5 +164,5 @@ def wrap(owner, attr: str, make_wrapper, marker: str) -> None:
 def unwrap(owner, attr: str, marker: str) -> None:
     """Undo :func:`wrap` (no-op if ``owner.attr`` is not our wrapper)."""
     current = getattr(owner, attr, None)
-    if current is not None and getattr(current, marker, False):
+    if getattr(current, marker, None) is True:
         setattr(owner, attr, getattr(current, ORIGINAL_ATTR))

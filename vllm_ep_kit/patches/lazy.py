@@ -39,14 +39,28 @@ def split_target(target: str) -> tuple[str, list[str]]:
     return module, qualname.split(".")
 
 
+def _is_trigger(value) -> bool:
+    return getattr(value, _TRIGGER_ATTR, None) is True
+
+
+def _function_owner(module, path: list[str]):
+    """What holds the plain function ``path`` names in ``module`` (a class or the module),
+    or None where there is no such function."""
+    owner = module
+    for part in path[:-1]:
+        owner = getattr(owner, part, None)
+    return owner if inspect.isfunction(getattr(owner, path[-1], None)) else None
+
+
 class Armed:
     """One patch waiting for its first use; ``fire()`` decides it exactly once."""
 
-    def __init__(self, name: str, targets: tuple[str, ...], decide):
-        self.name, self.targets, self._decide = name, targets, decide
+    decided = False  # set by fire() or disarm(), never cleared
+    _decider: int | None = None  # the thread id while a decision runs (set on the instance)
+
+    def __init__(self, targets: tuple[str, ...], decide):
+        self.targets, self._decide = targets, decide
         self._lock = threading.RLock()
-        self.decided = False
-        self._decider: int | None = None  # thread id while a decision runs
         self._installed: list[tuple[object, str, object]] = []  # owner, attr, saved or None
 
     def arm(self) -> None:
@@ -62,24 +76,18 @@ class Armed:
         with self._lock:
             if self.decided:
                 return
-            installed = 0
-            for path in paths:
-                owner = module
-                for part in path[:-1]:
-                    owner = getattr(owner, part, None)
-                attr = path[-1]
-                if owner is None or not inspect.isfunction(getattr(owner, attr, None)):
-                    continue
+            owners = [(_function_owner(module, path), path[-1]) for path in paths]
+            found = [(owner, attr) for owner, attr in owners if owner is not None]
+            for owner, attr in found:
                 self._wrap(owner, attr)
-                installed += 1
-        if not installed:
+        if not found:
             self.fire()  # nothing to wait for: the probe reports the unknown shape
 
     def _wrap(self, owner, attr: str) -> None:
         current = getattr(owner, attr)
-        if getattr(current, _TRIGGER_ATTR, False):
+        if _is_trigger(current):
             return
-        own = owner.__dict__.get(attr) if isinstance(owner, type) else current
+        own = vars(owner).get(attr)  # None: a class inherited it
         armed = self
 
         @functools.wraps(current)  # signature tools see the original's parameters
@@ -87,7 +95,7 @@ class Armed:
             if armed._decider != threading.get_ident():
                 armed.fire()  # waits while another thread decides
                 now = getattr(owner, attr)
-                if not getattr(now, _TRIGGER_ATTR, False):
+                if not _is_trigger(now):
                     return now(*args, **kwargs)
             return current(*args, **kwargs)  # the probe's own calls: the original
 
@@ -101,7 +109,7 @@ class Armed:
         with self._lock:
             self.decided = True
             for owner, attr, own in reversed(self._installed):
-                if not getattr(getattr(owner, attr, None), _TRIGGER_ATTR, False):
+                if not _is_trigger(getattr(owner, attr, None)):
                     continue  # replaced since by someone else: leave theirs
                 if own is None:  # the class inherited it
                     delattr(owner, attr)
@@ -117,5 +125,5 @@ class Armed:
             try:
                 self._decide()
             finally:
-                self._decider = None
+                del self._decider  # the class's None again: no thread decides
                 self.disarm()  # triggers the fix did not replace
