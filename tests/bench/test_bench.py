@@ -1,4 +1,7 @@
-"""``vllm-ep-kit bench``: arguments, byte accounting, merging, the round-trip check, end to end.
+"""``vllm-ep-kit bench``: byte accounting, the round-trip error, end to end.
+
+Its arguments and plan are decided in test_plan.py, the merge over ranks and the
+round-trip verdict in test_report.py.
 
 The end-to-end cases run vLLM's real AGRS manager over gloo on CPU ranks
 (wall clock: they prove the pipeline, not speed); the FlashInfer drivers
@@ -12,14 +15,8 @@ import torch
 
 from tests.test_cli import cli, torchrun_cli
 from vllm_ep_kit.bench.drivers import roundtrip_error
-from vllm_ep_kit.bench.plan import (
-    BenchArgumentError,
-    BenchPoint,
-    BenchRun,
-    BenchSettings,
-    make_bench_plan,
-)
-from vllm_ep_kit.bench.report import CHECK_TOLERANCE, merge_point, merge_ranks, read_partial_rows
+from vllm_ep_kit.bench.plan import BenchPoint, BenchRun, BenchSettings
+from vllm_ep_kit.bench.report import CHECK_TOLERANCE, merge_ranks
 from vllm_ep_kit.bench.traffic import (
     destinations,
     dispatch_row_bytes,
@@ -30,72 +27,7 @@ from vllm_ep_kit.layout import ParallelLayout
 from vllm_ep_kit.reference.formats import dequantize, quantize
 from vllm_ep_kit.reference.moe import Tokens, expert_owner
 
-AGRS = "allgather_reducescatter"
-ONE = "flashinfer_nvlink_one_sided"
-TWO = "flashinfer_nvlink_two_sided"
-
-
-def plan(**overrides):
-    args = {
-        "world_size": 2,
-        "backends": None,
-        "tokens": [1, 8],
-        "hiddens": [512],
-        "dtypes": ["bf16"],
-        "settings": BenchSettings(),
-        "gpu_count": 0,
-        "usable": [AGRS],
-        "unusable": {ONE: "needs CUDA GPUs", TWO: "needs CUDA GPUs"},
-    }
-    args |= overrides
-    return make_bench_plan(
-        args["world_size"],
-        args["backends"],
-        args["tokens"],
-        args["hiddens"],
-        args["dtypes"],
-        args["settings"],
-        args["gpu_count"],
-        args["usable"],
-        args["unusable"],
-    )
-
-
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        ({"world_size": 1}, "--world-size: 1 is too small"),
-        ({"world_size": 4, "gpu_count": 2}, "--world-size: 4 ranks but only 2 GPUs visible"),
-        ({"backends": ["nope"]}, "--backends: unknown backend 'nope'"),
-        ({"backends": [ONE]}, f"--backends: {ONE} is not usable on this machine: needs CUDA GPUs"),
-        ({"tokens": [0, 4]}, "--tokens: .* expected token counts >= 1"),
-        ({"dtypes": ["int4"]}, "--dtypes: unknown dtype 'int4'"),
-        ({"dtypes": ["fp8"], "hiddens": [256]}, "--hidden: \\[256\\] with fp8"),
-        ({"settings": BenchSettings(top_k=9, num_experts=8)}, "--top-k: 9: expected 1..--experts"),
-        ({"settings": BenchSettings(num_experts=255)}, "--experts: 255 is not divisible"),
-        ({"settings": BenchSettings(repeats=0)}, "--repeats/--warmup"),
-    ],
-)
-def test_bench_argument_errors_name_the_argument(overrides, message):
-    with pytest.raises(BenchArgumentError, match=message):
-        plan(**overrides)
-
-
-def test_plan_runs_usable_backends_and_lists_the_rest():
-    got = plan(dtypes=["bf16", "fp8"], tokens=[8, 1, 8])
-    assert [run.backend for run in got.runs] == [AGRS]
-    assert got.runs[0].layout.describe() == "tp=1,dp=2,ep=2"
-    assert [p.describe() for p in got.runs[0].points] == [
-        "tokens=1 hidden=512 bf16",
-        "tokens=8 hidden=512 bf16",
-        "tokens=1 hidden=512 fp8",
-        "tokens=8 hidden=512 fp8",
-    ]
-    assert dict(got.skipped) == {
-        ONE: "not usable here: needs CUDA GPUs",
-        TWO: "not usable here: needs CUDA GPUs",
-    }
-    assert got.device_backend == "gloo"
+from .conftest import AGRS, ONE, TWO
 
 
 def test_destinations_match_a_per_token_count():
@@ -140,49 +72,6 @@ def test_bytes_per_row_and_leaving_the_rank():
     inputs = rank_inputs(point, BenchSettings(), 0, 2)
     remote = inputs.rows_to[1]
     assert routed_remote_bytes(inputs, 0, point, 8) == remote * (512 * 2 + 64 + 512 * 2)
-
-
-def rank_row(rank, total, base, nbytes, error=0.0, tokens=8):
-    return {
-        "backend": AGRS,
-        "tokens": tokens,
-        "hidden": 512,
-        "dtype": "bf16",
-        "rank": rank,
-        "dispatch_ms": total / 2,
-        "combine_ms": total / 2,
-        "total_ms": total,
-        "remote_bytes": nbytes,
-        "check_error": error,
-        "baseline": "torch_all_to_all",
-        "baseline_ms": base,
-        "baseline_remote_bytes": nbytes,
-    }
-
-
-def test_merge_takes_the_slowest_rank_and_reports_ratios():
-    row = merge_point([rank_row(0, 2.0, 1.0, 1e6), rank_row(1, 4.0, 3.0, 3e6)], link_gbps=10.0)
-    assert row["total_ms"] == 4.0 and row["baseline_ms"] == 3.0
-    assert row["gbps"] == pytest.approx(2e6 / 4e-3 / 1e9)
-    assert row["vs_baseline"] == pytest.approx(0.75)
-    assert row["vs_link"] == pytest.approx(row["gbps"] / 10.0)
-    assert row["check"] == "ok"
-    bad = merge_point([rank_row(0, 1, 1, 1, error=CHECK_TOLERANCE * 5), rank_row(1, 1, 1, 1)], None)
-    assert bad["check"] == "FAILED" and bad["vs_link"] is None
-
-
-def test_partial_rows_keep_only_points_every_rank_finished(tmp_path):
-    (tmp_path / f"{AGRS}.rank0.jsonl").write_text(
-        json.dumps(rank_row(0, 1, 1, 1, tokens=1))
-        + "\n"
-        + json.dumps(rank_row(0, 1, 1, 1, tokens=2))
-        + "\n"
-    )
-    (tmp_path / f"{AGRS}.rank1.jsonl").write_text(
-        json.dumps(rank_row(1, 1, 1, 1, tokens=1)) + "\n" + '{"torn'
-    )
-    rows = merge_ranks(read_partial_rows(tmp_path, AGRS), 2, None)
-    assert [r["tokens"] for r in rows] == [1]
 
 
 def test_roundtrip_error_flags_a_wrong_combine():

@@ -91,12 +91,10 @@ def make_bench_plan(
         raise BenchArgumentError(
             f"--world-size: {world_size} ranks but only {gpu_count} GPUs visible (one rank per GPU)"
         )
+    names = {n: registry.canonical(n) for n in registry.known_names()}  # aliases too
     given = []
     for asked in backends or []:
-        try:
-            name = registry.canonical(asked)
-        except registry.UnknownBackend:
-            name = None
+        name = names.get(asked)
         if name not in benchable:
             raise BenchArgumentError(
                 f"--backends: unknown backend {asked!r}; expected one of {', '.join(benchable)}"
@@ -156,7 +154,7 @@ def make_bench_plan(
             BenchPoint(n, h, d) for h in hiddens for d in taken for n in sorted(set(tokens))
         )
         if points:
-            runs.append(BenchRun(name, layout, points, benchable[name]))
+            runs.append(BenchRun(name, layout, points))  # spec: the registry's entry
     return BenchPlan(
         runs=tuple(runs),
         skipped=tuple(skipped),

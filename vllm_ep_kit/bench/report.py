@@ -89,8 +89,8 @@ def check_report(report) -> None:
         jsonschema.Draft202012Validator(REPORT_SCHEMA).iter_errors(report)
     )
     if error is not None:
-        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
-        raise ValueError(f"{where.lstrip('.') or 'the report'}: {error.message}")
+        # "$.results[1].hidden" -> "results[1].hidden"; the schema's keys are plain names
+        raise ValueError(f"{error.json_path[2:] or 'the report'}: {error.message}")
 
 
 # Round trip of bf16 hidden states summed over up to top_k ranks: bf16 rounding only.
