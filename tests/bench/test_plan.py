@@ -278,3 +278,14 @@ def test_a_run_given_no_spec_takes_the_registry_entry():
 
 def test_a_point_describes_itself_in_one_line():
     assert BenchPoint(16, 7168, "fp8").describe() == "tokens=16 hidden=7168 fp8"
+
+
+def test_a_repeated_value_plans_each_point_once():
+    """A point measured twice had twice a point's rows, and the merge over ranks dropped it."""
+    got = plan(tokens=[8, 8], hiddens=[512, 1024, 512], dtypes=["bf16", "fp8", "bf16"])
+    assert [p.describe() for p in got.runs[0].points] == [
+        "tokens=8 hidden=512 bf16",
+        "tokens=8 hidden=512 fp8",
+        "tokens=8 hidden=1024 bf16",
+        "tokens=8 hidden=1024 fp8",
+    ]

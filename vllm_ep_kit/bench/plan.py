@@ -149,9 +149,14 @@ def make_bench_plan(
     layout = ParallelLayout.for_world(world_size, tp=1)  # DP mode: EP group = every rank
     runs = []
     for name in chosen:
-        taken = [d for d in dtypes if d in benchable[name].bench_dtypes]
+        # each point once: a point measured twice has twice the rows of a point and is
+        # dropped by the merge over ranks (a repeated --hidden or --dtypes value)
+        taken = [d for d in dict.fromkeys(dtypes) if d in benchable[name].bench_dtypes]
         points = tuple(
-            BenchPoint(n, h, d) for h in hiddens for d in taken for n in sorted(set(tokens))
+            BenchPoint(n, h, d)
+            for h in dict.fromkeys(hiddens)
+            for d in taken
+            for n in sorted(set(tokens))
         )
         if points:
             runs.append(BenchRun(name, layout, points))  # spec: the registry's entry
