@@ -265,7 +265,7 @@ def stack_file(workdir: Path, rank: int) -> Path:
     return workdir / f"rank{rank}.stacks"
 
 
-def teardown(live: list[LiveRank], run_id: str = "") -> None:
+def teardown(live: list[LiveRank], run_id: str) -> None:
     """Kill every rank's process group, every descendant seen and every process of
     ``run_id`` (those that left the group), and wait until nothing of it is alive."""
     pgids = {item.pgid for item in live if item.pgid is not None}
