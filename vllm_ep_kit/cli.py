@@ -9,6 +9,8 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
+from vllm_ep_kit import exit_codes
+
 OK = "[green]yes[/green]"
 NO = "[red]no[/red]"
 
@@ -301,7 +303,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         console.print(table)
     failed = sum(not r.passed for r in results)
     console.print(f"{len(results) - failed} passed, {failed} failed")
-    return 1 if failed else 0
+    return exit_codes.check(results)
 
 
 def _bench_table(report: dict, console: Console) -> None:
@@ -545,7 +547,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             _bench_table(report, console)
         _bench_plot(report, out / "bench.png", console)
         console.print(f"results: {out / 'bench.json'}")
-    bad = [r for r in report["results"] if r["check"] == "FAILED"]
+    bad = exit_codes.failed_points(report)
     for failure in report["failures"]:
         console.print(
             f"[red]{failure['backend']}: failed after {failure['points_measured']}/"
@@ -553,7 +555,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         )
     if bad:
         console.print(f"[red]{len(bad)} point(s) failed the round-trip check[/red]")
-    return 1 if bad or report["failures"] else 0
+    return exit_codes.bench(report)
 
 
 def _finding_line(finding, form: str) -> str:
@@ -692,7 +694,7 @@ def cmd_lint_ci(args: argparse.Namespace) -> int:
         for finding in findings:
             print(_finding_line(finding, args.format))
     print(f"lint-ci: {len(findings)} finding(s)", file=sys.stderr)
-    return 1 if findings else 0
+    return exit_codes.lint_ci(findings)
 
 
 def cmd_bundle(args: argparse.Namespace) -> int:
@@ -740,7 +742,7 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     )
     print(json.dumps(manifest, indent=2))
     print(f"bundle ready: on the target run `source {out}/bootstrap.sh`", file=sys.stderr)
-    return 1 if manifest["wheel_failures"] else 0
+    return exit_codes.bundle(manifest)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,39 +16,7 @@ from vllm_ep_kit.bench.report import (
     read_partial_rows,
 )
 
-from .conftest import AGRS, ONE, TWO
-
-
-def rank_row(
-    rank,
-    *,
-    dispatch=1.0,
-    combine=1.0,
-    total=2.0,
-    base=1.0,
-    nbytes=1e6,
-    base_bytes=1e6,
-    error=0.0,
-    tokens=8,
-    hidden=512,
-    dtype="bf16",
-    backend=AGRS,
-):
-    return {
-        "backend": backend,
-        "tokens": tokens,
-        "hidden": hidden,
-        "dtype": dtype,
-        "rank": rank,
-        "dispatch_ms": dispatch,
-        "combine_ms": combine,
-        "total_ms": total,
-        "remote_bytes": nbytes,
-        "check_error": error,
-        "baseline": "torch_all_to_all",
-        "baseline_ms": base,
-        "baseline_remote_bytes": base_bytes,
-    }
+from .conftest import AGRS, ONE, TWO, rank_row
 
 
 def exactly(value):
