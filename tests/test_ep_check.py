@@ -14,6 +14,8 @@ from vllm_ep_kit.ep_check import (
     DEFAULT_TOKEN_PATTERNS,
     CaseResult,
     CheckArgumentError,
+    CheckRun,
+    backend_cases,
     make_plan,
     merge_case_rows,
     plan_cases,
@@ -226,6 +228,62 @@ def test_a_layout_a_backend_refuses_is_listed_as_not_run_and_the_others_run(monk
     assert made.skipped == (("plugin_agrs tp=1,dp=4,ep=4", "only on 2 ranks"),)
 
 
+def test_a_run_takes_the_registry_entry_of_its_backend_unless_given_one():
+    layout = ParallelLayout.for_world(2, tp=1)
+    assert CheckRun(AGRS, layout, ()).spec is registry.get(AGRS)
+    given = dataclasses.replace(registry.get(AGRS), check_hidden=64)
+    assert CheckRun(AGRS, layout, (), given).spec is given
+
+
+@pytest.mark.parametrize("layout", [ParallelLayout.for_world(4, tp=2), ParallelLayout(tp=1, dp=2)])
+def test_backend_cases_are_its_check_dtypes_by_pattern_sized_by_its_sources(layout):
+    one, agrs = registry.get(ONE), registry.get(AGRS)
+    dtypes = ("fp32", "fp8", "bf16")  # fp32: not a dtype the one-sided kernel's check covers
+    cases = backend_cases(one, layout, dtypes)
+    assert [(c.dtype, c.tokens) for c in cases] == [
+        (d, token_counts(p, layout.ep_size))
+        for d in ("fp8", "bf16")
+        for p in DEFAULT_TOKEN_PATTERNS
+    ]
+    assert {(c.num_experts, c.hidden) for c in cases} == {(4 * layout.ep_size, one.check_hidden)}
+    by_dp = backend_cases(agrs, layout, ("bf16",))
+    assert [c.tokens for c in by_dp] == [token_counts(p, layout.dp) for p in DEFAULT_TOKEN_PATTERNS]
+    assert {(c.num_experts, c.hidden) for c in by_dp} == {(4 * layout.ep_size, agrs.check_hidden)}
+
+
+def test_make_plan_refuses_what_validation_refuses():
+    with pytest.raises(CheckArgumentError, match="--world-sizes: 4 ranks but only 2 GPUs"):
+        plan(world_sizes=[2, 4], gpu_count=2)
+    with pytest.raises(CheckArgumentError, match="--backends: unknown backend 'nope'"):
+        plan(backends=["nope"])
+
+
+def test_an_unknown_backend_is_answered_with_every_known_name():
+    with pytest.raises(CheckArgumentError) as raised:
+        validate(backends=["nope"])
+    names = str(raised.value).split("expected one of ", 1)[1].split(", ")
+    assert names == list(registry.known_names()) and len(names) > 2
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"transport": None}, {"check_dtypes": ()}],
+    ids=["not driven by the kit", "no check dtypes"],
+)
+def test_a_backend_check_cannot_drive_is_not_run_and_does_not_stop_the_next(changes):
+    spec = dataclasses.replace(registry.get(AGRS), name="plugin_partial", aliases=(), **changes)
+    registry.register(spec)
+    try:
+        usable = ["plugin_partial", AGRS]
+        default = plan(usable=usable, unusable={"plugin_partial": "never"})
+        named = plan(backends=["plugin_partial", AGRS], usable=usable)
+    finally:
+        registry.unregister("plugin_partial")
+    assert default.backends == (AGRS,) and default.skipped == ()
+    assert named.backends == (AGRS,)
+    assert named.skipped == (("plugin_partial", "dispatch/combine check not implemented yet"),)
+
+
 def test_ranks_on_gpus_exchange_over_nccl():
     assert plan(world_sizes=[2], gpu_count=2).device_backend == "nccl"
 
@@ -237,17 +295,39 @@ def test_a_run_whose_ranks_fail_fails_each_of_its_cases_with_the_first_error():
     results = run_check(
         made,
         on_result=lambda r: events.append(("result", r.passed)),
-        on_start=lambda backend, layout, n: events.append(("start", backend, n)),
+        on_start=lambda backend, layout, n: events.append(("start", backend, layout, n)),
         on_error=lambda run, message: events.append(("error", run.backend, message)),
         timeout_s=0.5,
     )
-    assert events[0] == ("start", AGRS, 3)
+    assert events[0] == ("start", AGRS, made.runs[0].layout, 3)
     assert events[1][:2] == ("error", AGRS) and "2 of 2 ranks failed" in events[1][2]
     assert events[2:] == [("result", False)] * 3
-    assert [(r.backend, r.dtype, r.tokens) for r in results] == [
-        (AGRS, "bf16", str(list(c.tokens))) for c in made.runs[0].cases
+    assert [(r.backend, r.layout, r.dtype, r.tokens) for r in results] == [
+        (AGRS, "tp=1,dp=2,ep=2", "bf16", str(list(c.tokens))) for c in made.runs[0].cases
     ]
     # each case carries the first failing rank's headline, which the full report holds too
     (note,) = {r.note for r in results}
     assert not any(r.passed for r in results) and re.match(r"rank \d: ", note)
     assert note.split(": ", 1)[1][:40] in events[1][2]
+
+
+@pytest.mark.vllm
+def test_a_run_whose_ranks_pass_reports_each_case_as_every_rank_saw_it():
+    """vLLM's AGRS manager on two gloo ranks: each case once, merged over the ranks, in the
+    plan's order, announced with its backend, layout and number of cases."""
+    made = plan(backends=[AGRS])
+    (run,) = made.runs
+    events = []
+    results = run_check(
+        made,
+        on_result=lambda r: events.append(("result", r.tokens, r.passed)),
+        on_start=lambda backend, layout, n: events.append(("start", backend, layout, n)),
+        on_error=lambda run, message: events.append(("error", message)),
+        timeout_s=240,
+    )
+    expected = [(AGRS, "tp=1,dp=2,ep=2", "bf16", str(list(c.tokens))) for c in run.cases]
+    assert [(r.backend, r.layout, r.dtype, r.tokens) for r in results] == expected
+    assert all(r.passed and r.dispatch_exact for r in results), [r.as_dict() for r in results]
+    assert events == [("start", AGRS, run.layout, 3)] + [
+        ("result", tokens, True) for *_, tokens in expected
+    ]

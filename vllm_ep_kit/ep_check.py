@@ -29,7 +29,6 @@ __all__ = [
     "make_plan",
     "merge_case_rows",
     "plan_cases",
-    "rank_agrs_check",
     "run_check",
     "token_counts",
 ]
@@ -57,13 +56,6 @@ def plan_cases(
         for d in dtypes
         for p in patterns
     ]
-
-
-def rank_agrs_check(ctx, cases: list[RoutingCase]) -> list[CaseResult]:
-    """Every case through vLLM's ``AgRsAll2AllManager`` on this rank."""
-    from vllm_ep_kit.exchange import rank_cases
-
-    return rank_cases(ctx, registry.get("allgather_reducescatter"), cases)
 
 
 class CheckArgumentError(ValueError):
@@ -188,13 +180,17 @@ def make_plan(
             raise CheckArgumentError(
                 f"--backends: {name} is not usable on this machine (see `vllm-ep-kit doctor`)"
             )
-    runs, skipped = [], []
-    if not backends:
-        skipped += [
+    runs: list[CheckRun] = []
+    # the default selection says which checkable backends it left out, and why
+    skipped = (
+        []
+        if backends
+        else [
             (name, f"not usable here: {why}")
             for name, why in (unusable or {}).items()
             if name in checkable
         ]
+    )
     for name in chosen:
         backend = registry.get(name)
         if name not in checkable:
@@ -215,16 +211,17 @@ def make_plan(
             if why:
                 skipped.append((f"{name} {layout.describe()}", why))
             elif cases:
-                runs.append(CheckRun(name, layout, tuple(cases), backend))
+                runs.append(CheckRun(name, layout, tuple(cases)))
     return CheckPlan(
         runs=tuple(runs), skipped=tuple(skipped), device_backend="nccl" if gpu_count else "gloo"
     )
 
 
 def run_check(
-    plan: CheckPlan, on_result=None, on_start=None, on_error=None, timeout_s: float = 300.0
+    plan: CheckPlan, *, timeout_s: float, on_result=None, on_start=None, on_error=None
 ) -> list[CaseResult]:
     """Run the plan; call ``on_start(backend, layout, n_cases)`` and ``on_result(result)``.
+    ``timeout_s``: the ranks' watchdog limit (``run_ranks``).
 
     When a run's ranks fail, ``on_error(run, message)`` gets the ranks' full
     report and each of the run's cases is reported failed with the first

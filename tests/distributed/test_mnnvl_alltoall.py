@@ -17,9 +17,10 @@ import itertools
 
 import pytest
 
+from vllm_ep_kit import backends as registry
 from vllm_ep_kit.backends import flashinfer_one_sided, flashinfer_two_sided
 from vllm_ep_kit.backends.mnnvl import manager_transport
-from vllm_ep_kit.ep_check import plan_cases, rank_agrs_check, token_counts
+from vllm_ep_kit.ep_check import plan_cases, token_counts
 from vllm_ep_kit.flashinfer_direct import (
     alternating_layers,
     default_cases,
@@ -400,6 +401,13 @@ def test_prepare_finalize_check_catches_a_double_reduce(all2all, prepare_finaliz
 # ----------------------------------------------------------------- dispatch + combine (AGRS)
 
 AGRS_LAYOUTS = [ParallelLayout(tp=1, dp=2), ParallelLayout(tp=1, dp=4), ParallelLayout(tp=2, dp=2)]
+
+
+def rank_agrs_check(ctx, cases):
+    """Every case through vLLM's ``AgRsAll2AllManager`` on this rank."""
+    from vllm_ep_kit.exchange import rank_cases
+
+    return rank_cases(ctx, registry.get("allgather_reducescatter"), cases)
 
 
 def rank_agrs_with_local_only_combine(ctx, cases):
