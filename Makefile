@@ -22,9 +22,13 @@ POOL_ARGS ?= --ep-pool -n 2 --dist loadfile
 JUNIT_DIR ?=
 junit = $(if $(JUNIT_DIR),--junitxml=$(JUNIT_DIR)/$(1)-junit.xml)
 
-.PHONY: venv doctor check test test-primary test-second test-fast test-releases mutants mutation mutation-ratchet lint clean
+.PHONY: venv venvs doctor check test test-primary test-second test-fast test-releases mutants mutation mutation-ratchet lint clean
 
 venv: $(STAMP)
+
+# Everything make test installs: both venvs and the affected release's sources. With -j
+# the second venv builds beside the first (.ci/run: make -j 2 venvs).
+venvs: $(STAMP) $(SECOND_STAMP) $(AFFECTED_DIR)/VERSION
 
 $(STAMP): pyproject.toml requirements/*.txt scripts/install_venv.sh
 	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/install_venv.sh
