@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 import mutation_ratchet  # noqa: E402 (a script, imported from its folder)
-import mutation_report  # noqa: E402
+import mutation_report  # noqa: E402 (a script, imported from its folder)
 
 
 @pytest.fixture

@@ -45,7 +45,7 @@ def check(ctx: Pipeline) -> list[Finding]:
             value = str(value) if not isinstance(value, bool) else str(value).lower()
             if value in SPELLINGS:
                 uses[name].append((SPELLINGS[value], value, step.area, step.keys + ("env", name)))
-    findings = []
+    findings: list[Finding] = []
     for name, entries in uses.items():
         styles = Counter(style for style, *_ in entries)
         if len(styles) < 2:
