@@ -495,6 +495,53 @@ MUTANTS = [
         "a report with wrong field types must be one line, not a traceback",
         ("statement",),
     ),
+    # the kinds of bug a reader who had not seen this list planted and some of which got
+    # through: each must fail a test of make test
+    M(
+        "case-verdict-ignores-dispatch",
+        "vllm_ep_kit/results.py",
+        "        passed=exact is not False and close,\n",
+        "        passed=close,\n",
+        ("tests/test_results.py",),
+        "a dispatch that delivered the wrong rows must fail its case however close the output",
+        ("operand",),
+    ),
+    M(
+        "reduce-scatterv-rows-along-dim-0",
+        "vllm_ep_kit/patches/vllm/distributed/device_communicators/cuda_communicator.py",
+        "    rows = input_.movedim(0, dim).shape[0]",
+        "    rows = input_.shape[0]",
+        ("tests/patches/test_cuda_communicator_asserts.py", "-k", "rows_are_counted"),
+        "vLLM 0.33 scatters along the last dimension: dimension 0 is the wrong count",
+        ("operand", "out-of-scope"),
+    ),
+    M(
+        "ep-group-fix-wraps-one-manager",
+        "vllm_ep_kit/patches/vllm/distributed/device_communicators/all2all.py",
+        "        for cls_name in MANAGER_CLASSES:\n            wrap(",
+        "        for cls_name in MANAGER_CLASSES[:1]:\n            wrap(",
+        ("tests/patches/test_all2all_ep_group.py", "-k", "detected_and_fixed"),
+        "the fix names both managers; each must be checked after it applied",
+        ("operand", "rank-process", "out-of-scope"),
+    ),
+    M(
+        "unique-labels-one-field",
+        "vllm_ep_kit/buildkite/rules/unique_labels.py",
+        'for field in ("label", "key"):',
+        'for field in ("label",):',
+        ("tests/buildkite/rules/test_unique_labels.py",),
+        "the rule names two fields; a key used twice must be found too",
+        ("operand",),
+    ),
+    M(
+        "dequantize-keeps-padded-scales",
+        "vllm_ep_kit/reference/formats.py",
+        "scale.float()[..., : groups.shape[-2]]",
+        "scale.float()",
+        ("tests/reference/test_formats.py",),
+        "scale rows padded to the kernels' alignment carry columns past the last block",
+        ("operand",),
+    ),
 ]
 
 
