@@ -14,6 +14,7 @@ from vllm_ep_kit.ep_check import (
     DEFAULT_TOKEN_PATTERNS,
     CaseResult,
     CheckArgumentError,
+    CheckPlan,
     CheckRun,
     backend_cases,
     make_plan,
@@ -24,6 +25,7 @@ from vllm_ep_kit.ep_check import (
     validate_arguments,
 )
 from vllm_ep_kit.layout import ParallelLayout
+from vllm_ep_kit.reference.moe import RoutingCase
 
 
 def row(passed: bool, error: float, note: str = "", exact: bool | None = True) -> CaseResult:
@@ -288,9 +290,22 @@ def test_ranks_on_gpus_exchange_over_nccl():
     assert plan(world_sizes=[2], gpu_count=2).device_backend == "nccl"
 
 
+def agrs_plan() -> CheckPlan:
+    """AGRS on two gloo ranks with three cases, written out: the run tests start ranks, so
+    they read no planning code (a mutation run would start ranks for each of its mutants)."""
+    cases = tuple(
+        RoutingCase(tokens=t, dtype="bf16", num_experts=8) for t in [(8, 8), (3, 8), (6, 0)]
+    )
+    return CheckPlan(
+        runs=(CheckRun(AGRS, ParallelLayout(tp=1, dp=2), cases, registry.get(AGRS)),),
+        skipped=(),
+        device_backend="gloo",
+    )
+
+
 def test_a_run_whose_ranks_fail_fails_each_of_its_cases_with_the_first_error():
     """Ranks stopped by the watchdog: every case is reported failed, on_error gets the report."""
-    made = plan(backends=[AGRS])
+    made = agrs_plan()
     events = []
     results = run_check(
         made,
@@ -315,7 +330,7 @@ def test_a_run_whose_ranks_fail_fails_each_of_its_cases_with_the_first_error():
 def test_a_run_whose_ranks_pass_reports_each_case_as_every_rank_saw_it():
     """vLLM's AGRS manager on two gloo ranks: each case once, merged over the ranks, in the
     plan's order, announced with its backend, layout and number of cases."""
-    made = plan(backends=[AGRS])
+    made = agrs_plan()
     (run,) = made.runs
     events = []
     results = run_check(
