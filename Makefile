@@ -26,10 +26,6 @@ junit = $(if $(JUNIT_DIR),--junitxml=$(JUNIT_DIR)/$(1)-junit.xml)
 
 venv: $(STAMP)
 
-# Everything make test installs: both venvs and the affected release's sources. With -j
-# the second venv builds beside the first (.ci/run: make -j 2 venvs).
-venvs: $(STAMP) $(SECOND_STAMP) $(AFFECTED_DIR)/VERSION
-
 $(STAMP): pyproject.toml requirements/*.txt scripts/install_venv.sh
 	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/install_venv.sh
 	touch $(STAMP)
@@ -52,6 +48,11 @@ AFFECTED_ENV  := VLLM_EP_KIT_AFFECTED_VLLM=$(CURDIR)/$(AFFECTED_DIR)
 
 $(AFFECTED_DIR)/VERSION: scripts/fetch_vllm_sources.sh | $(STAMP)
 	bash scripts/fetch_vllm_sources.sh $(AFFECTED_VLLM) $(AFFECTED_DIR) $(AFFECTED_DEPS)
+
+# Everything make test installs: both venvs and the affected release's sources (defined
+# after AFFECTED_DIR: make expands a rule's prerequisites where it reads the rule). With -j
+# the second venv builds beside the first (.ci/run: make -j 2 venvs).
+venvs: $(STAMP) $(SECOND_STAMP) $(AFFECTED_DIR)/VERSION
 
 # Both legs run even when the first fails; make test fails if either does (pytest's exit 5,
 # no tests collected, included).
