@@ -86,13 +86,14 @@ def test_an_unknown_token_pattern_is_named():
         token_counts("odd", 2)
 
 
-def test_plan_cases_cover_every_dtype_and_pattern_with_four_experts_per_rank():
-    layout = ParallelLayout.for_world(4, tp=2)
+@pytest.mark.parametrize(("world", "tp", "experts"), [(4, 2, 16), (2, 1, 8), (8, 1, 32)])
+def test_plan_cases_cover_every_dtype_and_pattern_with_four_experts_per_rank(world, tp, experts):
+    layout = ParallelLayout.for_world(world, tp=tp)
     cases = plan_cases(layout, ("bf16", "fp16"))
     assert [(c.dtype, c.tokens) for c in cases] == [
         (d, token_counts(p, layout.dp)) for d in ("bf16", "fp16") for p in DEFAULT_TOKEN_PATTERNS
     ]
-    assert {c.num_experts for c in cases} == {16}
+    assert {c.num_experts for c in cases} == {experts}
 
 
 def validate(**changes):
@@ -303,16 +304,25 @@ def agrs_plan() -> CheckPlan:
     )
 
 
+class RefusesToOpen:
+    """A transport whose every rank fails as it opens (ranks import it from this module)."""
+
+    def __init__(self, ctx, backend):
+        raise RuntimeError(f"rank {ctx.rank}: this transport refuses to open")
+
+
 def test_a_run_whose_ranks_fail_fails_each_of_its_cases_with_the_first_error():
-    """Ranks stopped by the watchdog: every case is reported failed, on_error gets the report."""
-    made = agrs_plan()
+    """Every rank fails: every case is reported failed, on_error gets the ranks' report."""
+    planned = agrs_plan()
+    refusing = dataclasses.replace(registry.get(AGRS), transport=RefusesToOpen)
+    made = dataclasses.replace(planned, runs=(dataclasses.replace(planned.runs[0], spec=refusing),))
     events = []
     results = run_check(
         made,
         on_result=lambda r: events.append(("result", r.passed)),
         on_start=lambda backend, layout, n: events.append(("start", backend, layout, n)),
         on_error=lambda run, message: events.append(("error", run.backend, message)),
-        timeout_s=0.5,
+        timeout_s=120,
     )
     assert events[0] == ("start", AGRS, made.runs[0].layout, 3)
     assert events[1][:2] == ("error", AGRS) and "2 of 2 ranks failed" in events[1][2]
@@ -323,6 +333,7 @@ def test_a_run_whose_ranks_fail_fails_each_of_its_cases_with_the_first_error():
     # each case carries the first failing rank's headline, which the full report holds too
     (note,) = {r.note for r in results}
     assert not any(r.passed for r in results) and re.match(r"rank \d: ", note)
+    assert "this transport refuses to open" in note
     assert note.split(": ", 1)[1][:40] in events[1][2]
 
 
