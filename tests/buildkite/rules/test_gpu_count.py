@@ -116,6 +116,7 @@ def test_a_line_shlex_cannot_split_is_read_word_by_word(ci):
         "vllm serve m --data-parallel-size-local 4",
         "vllm serve m --tensor-parallel 4",
         "vllm serve m -TP 4",
+        "python run.py _tp 4",  # a word, not a flag: only --long_flags are respelt
     ],
 )
 def test_other_flags_ask_for_no_gpus(ci, command):
@@ -308,6 +309,36 @@ def test_vllms_underscore_spelling_of_a_size_counts(ci, flag, why):
 def test_an_unclosed_quote_reads_the_words_as_written(ci):
     (finding,) = lint_steps(ci, step("vllm serve m -tp 2 --name 'x  # -tp 8"))
     assert finding.message == too_few("serve", 1, 2, "TP=2")
+
+
+def test_an_unclosed_quote_line_ends_at_its_first_comment_mark(ci):
+    (finding,) = lint_steps(ci, step("vllm serve m -tp 2 --name 'x  # -tp 8 # -tp 4"))
+    assert finding.message == too_few("serve", 1, 2, "TP=2")
+
+
+@pytest.mark.parametrize("value", ['"4"', "'4'", '"4"""'])
+def test_a_quoted_size_is_read_as_the_shell_passes_it(ci, value):
+    (finding,) = lint_steps(ci, step(f"vllm serve m --tensor-parallel-size {value}"))
+    assert finding.message == too_few("serve", 1, 4, "TP=4")
+
+
+def test_a_size_glued_to_other_characters_is_no_number(ci):
+    assert lint_steps(ci, step("vllm serve m -tp 4,2 -dp 2@x")) == []
+
+
+def test_of_two_commands_needing_as_many_gpus_the_first_is_named(ci):
+    (finding,) = lint_steps(ci, step("python a.py -dp 2 && python b.py -tp 2"))
+    assert finding.message == too_few("serve", 1, 2, "DP=2")
+
+
+def test_a_class_with_attributes_and_a_marked_method_is_judged(ci):
+    ci.write(
+        "tests/test_m.py",
+        "class TestA:\n    size = 2\n\n    @pytest.mark.gpus(2)\n    def test_a(self):\n"
+        "        pass\n",
+    )
+    (finding,) = lint_steps(ci, step("pytest -v tests/test_m.py"))
+    assert "tests/test_m.py::TestA is marked for 2" in finding.message
 
 
 @pytest.mark.parametrize("text", ["def test_a(:\n", None])

@@ -189,10 +189,13 @@ def test_an_entry_that_is_no_existing_test_file_is_not_judged(ci, entry, file):
         ("pytest -v tests/test_[ab].py", True),
         ("pytest -v tests/*", True),  # a folder level: everything below it
         ("pytest -v */test_a.py", True),
+        ("pytest -v te*", True),  # a glob naming a folder that holds it
         ("pytest -v tests/test_[bc].py", False),
         ("pytest -v tests/test_??.py", False),
         ("pytest -v *.py", False),  # the shell's * stays within one folder level
         ("pytest -v tests/*/test_a.py", False),
+        ("pytest -v tests/test_a.py/*", False),  # below the file: nothing
+        ("pytest -v tests/test_b.py", False),  # no glob, another file
     ],
 )
 def test_a_glob_runs_what_the_shell_expands_it_to(ci, command, runs_it):

@@ -222,6 +222,11 @@ try:
 except ImportError:
     def test_without_numpy():
         pass
+finally:
+    def test_in_finally():
+        pass
+
+import test_helpers.checks
 
 
 class TestOuter:
@@ -245,6 +250,8 @@ class TestOuter:
         "test_under_if",
         "test_under_else",
         "test_without_numpy",
+        "test_in_finally",
+        "test_helpers",  # `import a.b` binds a
         "TestOuter::TestInner::test_x",
         "TestOuter::test_bound",
         "TestOuter::test_under_class_if",

@@ -242,3 +242,20 @@ def test_entries_after_an_existing_one_are_still_checked(ci):
     assert ci.messages("stale-dependency") == [
         "step 'unit': entry 'tests/gone_one' names nothing in the tree"
     ]
+
+
+def test_entries_after_one_written_otherwise_are_still_checked(ci):
+    ci.write("tests/a.py")
+    ci.area(
+        """\
+        group: g
+        steps:
+          - label: unit
+            commands: [pytest -v tests/a.py]
+            source_file_dependencies: [./tests/a.py, tests/gone_one]
+        """
+    )
+    assert ci.messages("stale-dependency") == [
+        f"step 'unit': entry './tests/a.py' matches no change: changed paths are {WRITTEN}",
+        "step 'unit': entry 'tests/gone_one' names nothing in the tree",
+    ]

@@ -52,10 +52,10 @@ def _commands(text: str) -> list[list[str]]:
     try:
         words = list(lexer)
     except ValueError:  # an unclosed quote: the words as written
-        words = text.split("#", 1)[0].split()
+        words = text.partition("#")[0].split()
     commands: list[list[str]] = [[]]
     for word in words:
-        if set(word) <= set(lexer.punctuation_chars):  # &&, ;, |, &, a redirection
+        if not set(word) - set(lexer.punctuation_chars):  # &&, ;, |, &, a redirection
             commands.append([])
         else:
             commands[-1].append(word)

@@ -38,11 +38,9 @@ def runs(step, path: str) -> bool:
 def _glob_runs(pattern: str, path: str) -> bool:
     """Whether the shell's expansion of ``pattern`` (``*``, ``?``, ``[...]`` within one
     folder level) names ``path`` or a folder holding it."""
-    if not any(mark in pattern for mark in "*?["):
-        return False
     parts, names = pattern.split("/"), path.split("/")
     return len(names) >= len(parts) and all(
-        fnmatch.fnmatchcase(name, part) for name, part in zip(names, parts, strict=False)
+        fnmatch.fnmatchcase(names[level], part) for level, part in enumerate(parts)
     )
 
 
