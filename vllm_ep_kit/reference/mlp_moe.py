@@ -77,8 +77,8 @@ def mlp_moe_partial(
     x = tokens.values().to(dtype)
     w13, w2 = (w.to(dtype) for w in experts.weights())
     # the tokens' device (a GPU rank's weights may be built on the CPU); the mutation run
-    # has no GPU, where every tensor is on the CPU already
-    w13, w2 = w13.to(x.device), w2.to(x.device)  # pragma: no mutate (equivalent: on a CPU host; GPU runs catch it)
+    # has no GPU, where every tensor is on the CPU already (the GPU runs catch a wrong one)
+    w13, w2 = (w.to(x.device) for w in (w13, w2))  # pragma: no mutate (equivalent: CPU host)
     ids = tokens.topk_ids.long()
     out = x.new_zeros(x.shape[0], experts.hidden, dtype=torch.float32)
     owner = expert_owner(experts.num_experts, ep_size)

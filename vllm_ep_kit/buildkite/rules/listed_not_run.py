@@ -28,16 +28,14 @@ def runs(step, path: str) -> bool:
         for repo in [*info.repo_files, *info.run_paths]:
             if not repo:
                 continue
-            if repo == path or path.startswith(repo + "/"):  # repo: normalized, no "/" at the end
-                return True
-            if _glob_runs(repo, path):
+            if _glob_runs(repo, path):  # repo: normalized, no "/" at the end
                 return True
     return False
 
 
 def _glob_runs(pattern: str, path: str) -> bool:
-    """Whether the shell's expansion of ``pattern`` (``*``, ``?``, ``[...]`` within one
-    folder level) names ``path`` or a folder holding it."""
+    """Whether ``pattern`` names ``path`` or a folder holding it, as written or as the
+    shell expands it (``*``, ``?``, ``[...]`` within one folder level)."""
     parts, names = pattern.split("/"), path.split("/")
     return len(names) >= len(parts) and all(
         fnmatch.fnmatchcase(names[level], part) for level, part in enumerate(parts)
