@@ -566,6 +566,9 @@ def run_tests(root: Path, tests: tuple[str, ...], timeout_s: float) -> tuple[int
                 "no:cacheprovider",
                 "-o",
                 "addopts=",
+                # as make test runs them: ranks shared where a test's outcome is the same
+                # (tests that need fresh processes say so and get them)
+                "--ep-pool",
                 *tests,
             ],
             cwd=root,

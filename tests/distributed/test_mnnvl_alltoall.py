@@ -57,7 +57,6 @@ from vllm_ep_kit.testing.flashinfer_recorder import (
     growth_findings,
     workspace_group_findings,
 )
-from vllm_ep_kit.testing.shared_runs import SharedRuns
 
 MANAGER_BACKENDS = manager_backends()
 LAYOUTS = [ParallelLayout(tp=1, dp=2), ParallelLayout(tp=2, dp=2), ParallelLayout(tp=1, dp=4)]
@@ -148,35 +147,45 @@ def recorded_growth(all2all, manager_per_layer=False):
     }
 
 
-def rank_manager_checks(ctx):
-    """Every CPU check of both managers in one rank start (vLLM imports are slow)."""
+def rank_lifecycle(ctx, all2all, steps, reverted_fix=False):
+    """One manager's ``steps`` under the recorder on this rank, beside the rank's EP and DP
+    groups as vLLM built them."""
     from vllm.distributed import parallel_state as ps
 
-    out = {"ep_ranks": list(ps.get_ep_group().ranks), "dp_ranks": list(ps.get_dp_group().ranks)}
-    for all2all in MANAGER_BACKENDS:
-        out[all2all] = recorded_lifecycle(all2all, LIFECYCLE)
-        ctx.heartbeat()
-        out[all2all + ":reverted"] = recorded_lifecycle(all2all, ("ensure",), reverted_fix=True)
-        ctx.heartbeat()
-    for all2all in GROWING_BACKENDS:
-        out[all2all + ":growth"] = recorded_growth(all2all)
-        out[all2all + ":growth:per-layer"] = recorded_growth(all2all, manager_per_layer=True)
-        ctx.heartbeat()
-    return out
+    return {
+        "ep_ranks": list(ps.get_ep_group().ranks),
+        "dp_ranks": list(ps.get_dp_group().ranks),
+        **recorded_lifecycle(all2all, steps, reverted_fix),
+    }
 
 
-def start_manager_checks(layout: ParallelLayout) -> tuple:
-    return tuple(
-        run_ranks(
-            rank_manager_checks, layout.world_size, backend="gloo", layout=layout, timeout_s=240
-        )
+def lifecycle(all2all, layout: ParallelLayout, steps, reverted_fix=False) -> list[dict]:
+    return run_ranks(
+        rank_lifecycle,
+        layout.world_size,
+        all2all,
+        steps,
+        reverted_fix,
+        backend="gloo",
+        layout=layout,
+        timeout_s=240,
     )
 
 
-@pytest.fixture(scope="module")
-def manager_check_results():
-    """One multi-rank run per layout, shared by the tests below (a failure too)."""
-    return SharedRuns(start_manager_checks)
+def rank_growth(ctx, all2all, manager_per_layer=False):
+    return recorded_growth(all2all, manager_per_layer)
+
+
+def growth(all2all, layout: ParallelLayout, manager_per_layer=False) -> list[dict]:
+    return run_ranks(
+        rank_growth,
+        layout.world_size,
+        all2all,
+        manager_per_layer,
+        backend="gloo",
+        layout=layout,
+        timeout_s=240,
+    )
 
 
 # ----------------------------------------------------------------- CPU tests
@@ -201,10 +210,12 @@ def test_flashinfer_comm_api_present():
 @pytest.mark.flashinfer
 @pytest.mark.parametrize("layout", LAYOUTS, ids=LAYOUT_IDS)
 @pytest.mark.parametrize("all2all", MANAGER_BACKENDS)
-def test_workspace_spans_ep_group(all2all, layout, manager_check_results):
-    for rank, result in enumerate(manager_check_results(layout)):
+def test_workspace_spans_ep_group(all2all, layout):
+    """Every workspace a lifecycle allocates (first use, repeats, re-initialise after a
+    cleanup) spans the rank's EP group as vLLM built it."""
+    for rank, result in enumerate(lifecycle(all2all, layout, LIFECYCLE)):
         assert result["ep_ranks"] == layout.ep_group_ranks(rank)
-        assert result[all2all]["findings"] == [], f"rank {rank}: {result[all2all]['findings']}"
+        assert result["findings"] == [], f"rank {rank}: {result['findings']}"
 
 
 @pytest.mark.parametrize("wrong", ["group", "rows", "mapping"])
@@ -240,15 +251,15 @@ def test_each_workspace_fact_is_checked_on_its_own(wrong):
 @pytest.mark.vllm
 @pytest.mark.flashinfer
 @pytest.mark.parametrize("all2all", MANAGER_BACKENDS)
-def test_ep_group_check_fails_when_fix_reverted(all2all, manager_check_results):
+def test_ep_group_check_fails_when_fix_reverted(all2all):
     """Negative control: the check above must catch the pre-fix DP-group workspace.
 
     With TP=2 x DP=2 the DP group has 2 ranks and the EP group 4; vLLM before
     the fix sized the MNNVL workspace to the former.
     """
-    for result in manager_check_results(ParallelLayout(tp=2, dp=2)):
+    for result in lifecycle(all2all, ParallelLayout(tp=2, dp=2), ("ensure",), reverted_fix=True):
         assert result["dp_ranks"] != result["ep_ranks"]
-        findings = " | ".join(result[all2all + ":reverted"]["findings"])
+        findings = " | ".join(result["findings"])
         assert f"MNNVL communicator spans ranks {result['dp_ranks']}" in findings
         assert "workspace has 2 rows, the kernel asserts one per EP rank (4)" in findings
 
@@ -256,38 +267,34 @@ def test_ep_group_check_fails_when_fix_reverted(all2all, manager_check_results):
 @pytest.mark.vllm
 @pytest.mark.flashinfer
 @pytest.mark.parametrize("all2all", MANAGER_BACKENDS)
-def test_ensure_initialized_allocates_once(all2all, manager_check_results):
+def test_ensure_initialized_allocates_once(all2all):
     per_init = ALLOCATIONS_PER_INIT[all2all]
-    for result in manager_check_results(ParallelLayout(tp=1, dp=2)):
-        history = result[all2all]["history"][:3]
-        assert [h["step"] for h in history] == ["ensure"] * 3
-        assert [h["allocations"] for h in history] == [per_init] * 3
+    for result in lifecycle(all2all, ParallelLayout(tp=1, dp=2), ("ensure",) * 3):
+        assert [h["allocations"] for h in result["history"]] == [per_init] * 3
 
 
 @pytest.mark.vllm
 @pytest.mark.flashinfer
 @pytest.mark.parametrize("all2all", MANAGER_BACKENDS)
-def test_reinitialize_after_cleanup(all2all, manager_check_results):
+def test_reinitialize_after_cleanup(all2all):
     per_init = ALLOCATIONS_PER_INIT[all2all]
-    for result in manager_check_results(ParallelLayout(tp=1, dp=2)):
-        history = result[all2all]["history"][2:]
-        assert [h["step"] for h in history] == ["ensure", "cleanup", "ensure"]
-        assert [h["initialized"] for h in history] == [True, False, True]
+    steps = ("ensure", "cleanup", "ensure")
+    for rank, result in enumerate(lifecycle(all2all, ParallelLayout(tp=1, dp=2), steps)):
+        history = result["history"]
+        assert [h["initialized"] for h in history] == [True, False, True], f"rank {rank}"
         assert [h["allocations"] for h in history] == [per_init, per_init, 2 * per_init]
-        assert result[all2all]["findings"] == []
 
 
 @pytest.mark.vllm
 @pytest.mark.flashinfer
 @pytest.mark.parametrize("layout", LAYOUTS, ids=LAYOUT_IDS)
 @pytest.mark.parametrize("all2all", GROWING_BACKENDS)
-def test_one_sided_workspace_grows_to_the_union_of_layers(all2all, layout, manager_check_results):
+def test_one_sided_workspace_grows_to_the_union_of_layers(all2all, layout):
     """Each layer's initialise leaves a workspace that holds every layer so far; a layer
     it already holds allocates nothing; both branches are taken by GROWTH_LAYERS."""
-    for rank, result in enumerate(manager_check_results(layout)):
-        growth = result[all2all + ":growth"]
-        assert growth["findings"] == [], f"rank {rank}: {growth['findings']}"
-        counts = growth["allocations"]
+    for rank, result in enumerate(growth(all2all, layout)):
+        assert result["findings"] == [], f"rank {rank}: {result['findings']}"
+        counts = result["allocations"]
         grew = sum(b > a for a, b in itertools.pairwise(counts))
         kept = sum(b == a for a, b in itertools.pairwise(counts))
         assert grew >= 1 and kept >= 1, f"rank {rank}: allocations per layer {counts}"
@@ -296,10 +303,11 @@ def test_one_sided_workspace_grows_to_the_union_of_layers(all2all, layout, manag
 @pytest.mark.vllm
 @pytest.mark.flashinfer
 @pytest.mark.parametrize("all2all", GROWING_BACKENDS)
-def test_workspace_growth_check_catches_a_shrunk_workspace(all2all, manager_check_results):
+def test_workspace_growth_check_catches_a_shrunk_workspace(all2all):
     """Negative control: a workspace per layer, sized to that layer alone, must fail."""
-    for rank, result in enumerate(manager_check_results(ParallelLayout(tp=1, dp=2))):
-        findings = " | ".join(result[all2all + ":growth:per-layer"]["findings"])
+    per_layer = growth(all2all, ParallelLayout(tp=1, dp=2), manager_per_layer=True)
+    for rank, result in enumerate(per_layer):
+        findings = " | ".join(result["findings"])
         assert (
             "after layer 2 (narrower: 32 tokens, bf16 rows of 128): the workspace no "
             "longer holds layer 1"
@@ -320,33 +328,24 @@ def prepare_finalize_steps(layout: ParallelLayout) -> list[RoutingCase]:
     ]
 
 
-def rank_prepare_finalize_checks(ctx, cases):
-    """Per backend, the steps through vLLM's class as shipped, then through the reduce-twice
-    control (one rank start: vLLM imports are slow)."""
+def rank_prepare_finalize(ctx, all2all, cases, reduces_twice=False):
     from vllm_ep_kit.prepare_finalize_check import rank_prepare_finalize_steps
 
-    out = {}
-    for backend in MANAGER_BACKENDS:
-        out[backend] = rank_prepare_finalize_steps(ctx, backend, cases)
-        out[backend + ":reduces_twice"] = rank_prepare_finalize_steps(
-            ctx, backend, cases, reduces_twice=True
-        )
-    return out
+    return rank_prepare_finalize_steps(ctx, all2all, cases, reduces_twice=reduces_twice)
 
 
-@pytest.fixture(scope="module")
-def prepare_finalize_results():
-    return SharedRuns(
-        lambda layout: tuple(
-            run_ranks(
-                rank_prepare_finalize_checks,
-                layout.world_size,
-                prepare_finalize_steps(layout),
-                backend="gloo",
-                layout=layout,
-                timeout_s=240,
-            )
-        )
+def prepare_finalize(all2all, layout: ParallelLayout, reduces_twice=False) -> list[dict]:
+    """The steps of ``prepare_finalize_steps`` through vLLM's class for ``all2all`` (or its
+    reduce-twice control) on every rank of ``layout``."""
+    return run_ranks(
+        rank_prepare_finalize,
+        layout.world_size,
+        all2all,
+        prepare_finalize_steps(layout),
+        reduces_twice,
+        backend="gloo",
+        layout=layout,
+        timeout_s=240,
     )
 
 
@@ -354,15 +353,14 @@ def prepare_finalize_results():
 @pytest.mark.flashinfer
 @pytest.mark.parametrize("layout", LAYOUTS, ids=LAYOUT_IDS)
 @pytest.mark.parametrize("all2all", MANAGER_BACKENDS)
-def test_prepare_finalize_vs_oracle(all2all, layout, prepare_finalize_results):
+def test_prepare_finalize_vs_oracle(all2all, layout):
     """vLLM's FlashInfer prepare/finalize (one- and two-sided), driven as its MoE runner
     drives a layer (late all-reduce by the runner's own rule), over FlashInfer's kernels
     emulated on CPU: each token dispatched exactly once to each owner rank, output within
     bf16 of the oracle, on every step including a DP rank with no tokens."""
     steps = prepare_finalize_steps(layout)
     assert any(0 in case.tokens for case in steps)
-    for rank, result in enumerate(prepare_finalize_results(layout)):
-        shipped = result[all2all]
+    for rank, shipped in enumerate(prepare_finalize(all2all, layout)):
         assert shipped["output_is_reduced"] is True
         assert (shipped["dispatches"], shipped["combines"]) == (len(steps), len(steps))
         assert shipped["allocations"] == ALLOCATIONS_PER_INIT[all2all], (
@@ -378,14 +376,12 @@ def test_prepare_finalize_vs_oracle(all2all, layout, prepare_finalize_results):
 @pytest.mark.vllm
 @pytest.mark.flashinfer
 @pytest.mark.parametrize("all2all", MANAGER_BACKENDS)
-def test_prepare_finalize_check_catches_a_double_reduce(all2all, prepare_finalize_results):
+def test_prepare_finalize_check_catches_a_double_reduce(all2all):
     """Negative control (upstream PR 41382): the class saying its output is not reduced
     makes the runner all-reduce over TP what combine already summed: at TP=2 every step
-    with tokens on the rank must fail, the output ``tp`` times the oracle's.  At TP=1 that
-    all-reduce spans one rank and the bug is invisible (why the check runs at TP > 1)."""
+    with tokens on the rank must fail, the output ``tp`` times the oracle's."""
     layout = ParallelLayout(tp=2, dp=2)
-    for rank, result in enumerate(prepare_finalize_results(layout)):
-        control = result[all2all + ":reduces_twice"]
+    for rank, control in enumerate(prepare_finalize(all2all, layout, reduces_twice=True)):
         assert control["output_is_reduced"] is False
         for step in control["steps"]:
             if not step["tokens"][layout.dp_rank(rank)]:
@@ -394,8 +390,20 @@ def test_prepare_finalize_check_catches_a_double_reduce(all2all, prepare_finaliz
                 f"rank {rank} tokens {step['tokens']}: the double reduce went unseen"
             )
             assert step["scale"] == pytest.approx(layout.tp, rel=0.02)
-    for result in prepare_finalize_results(ParallelLayout(tp=1, dp=2)):
-        assert all(step["findings"] == [] for step in result[all2all + ":reduces_twice"]["steps"])
+
+
+@pytest.mark.vllm
+@pytest.mark.flashinfer
+@pytest.mark.parametrize("all2all", MANAGER_BACKENDS)
+def test_a_double_reduce_is_invisible_at_tp_1(all2all):
+    """Why the control runs at TP > 1: at TP=1 the runner's extra all-reduce spans one rank,
+    so the same class passes every step."""
+    for rank, control in enumerate(
+        prepare_finalize(all2all, ParallelLayout(tp=1, dp=2), reduces_twice=True)
+    ):
+        assert control["output_is_reduced"] is False
+        for step in control["steps"]:
+            assert step["findings"] == [], f"rank {rank} tokens {step['tokens']}"
 
 
 # ----------------------------------------------------------------- dispatch + combine (AGRS)

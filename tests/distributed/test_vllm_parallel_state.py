@@ -1,6 +1,6 @@
 """vLLM's real parallel state over gloo: the EP group is DP x PCP x TP.
 
-This is the layout behind BRIEF item 3: with TP=1 the EP group equals the DP
+This is the layout behind the MNNVL workspace fix: with TP=1 the EP group equals the DP
 group, which hid the MNNVL workspace bug; with TP=2 x DP=2 they differ.
 """
 

@@ -186,7 +186,9 @@ def test_watchdog_stops_a_rank_hung_in_a_collective(world_size, tmp_path, no_lef
         run_ranks(
             rank_hangs_on, world_size, bad, str(tmp_path), backend="gloo", timeout_s=timeout_s
         )
-    fired_after = time.time() - float((tmp_path / "hang_started").read_text())
+    stamp = tmp_path / "hang_started"
+    assert stamp.exists(), f"rank {bad} never reached its hang: {info.value}"
+    fired_after = time.time() - float(stamp.read_text())
     assert fired_after < timeout_s + 10, f"watchdog took {fired_after:.1f} s"
     assert info.value.failed_ranks == [bad]  # the finished ranks are not blamed
     section = _section(str(info.value), bad)

@@ -36,7 +36,6 @@ from vllm_ep_kit.reference.mlp_moe import (
 )
 from vllm_ep_kit.reference.moe import RoutingCase, source_tokens
 from vllm_ep_kit.testing import probes, run_ranks, skip_or_fail
-from vllm_ep_kit.testing.shared_runs import SharedRuns
 from vllm_ep_kit.vllm_experts import (
     default_impl,
     expert_partial,
@@ -74,8 +73,9 @@ def matches_reference(row: dict) -> bool:
     return True
 
 
-def start_cell(backend: str, quant: str, combo: str, trim: str = TRIM_TO_TOKENS) -> list:
-    """One multi-rank start per cell: gloo on CPU, NCCL with one rank per GPU on GPUs.
+def run_cell(backend: str, quant: str, combo: str, trim: str = TRIM_TO_TOKENS) -> list:
+    """One cell's cases on every rank of its layout: gloo on CPU, NCCL with one rank per
+    GPU on GPUs.
 
     420 s on GPUs covers a first FlashInfer JIT build (about 200 s measured).
     """
@@ -92,12 +92,6 @@ def start_cell(backend: str, quant: str, combo: str, trim: str = TRIM_TO_TOKENS)
         all2all_backend=cell.spec.vllm_name,
         timeout_s=420 if gpus else 300,
     )
-
-
-@pytest.fixture(scope="module")
-def cell_results():
-    """Each cell's run, started once for the module's tests (its failure too)."""
-    return SharedRuns(start_cell)
 
 
 @pytest.mark.parametrize("combo", sorted(PARALLEL_COMBOS))
@@ -127,15 +121,14 @@ def test_table_names_only_known_backends_and_has_an_sp_layout():
 
 
 @pytest.mark.parametrize("cell", all_cells(), ids=lambda c: c.id)
-def test_moe_layer_cell(cell, cell_results):
+def test_moe_layer_cell(cell):
     """Each cell: run and match the fp32 reference, or skip with the table's reason."""
     kind, reason = cell_outcome(cell, probes.gpu_count())
     if kind == NOT_APPLICABLE:
         pytest.skip(reason)
     if kind:
         skip_or_fail(reason)
-    results = cell_results(cell.backend, cell.quant, cell.combo)
-    for rank, per_rank in enumerate(results):
+    for rank, per_rank in enumerate(run_cell(cell.backend, cell.quant, cell.combo)):
         for row in per_rank:
             where = f"rank {rank}, {row['case']}, experts {row['experts']}"
             assert_matches_reference(row["out"], row["want"], row["tolerance"], where)
@@ -144,30 +137,28 @@ def test_moe_layer_cell(cell, cell_results):
 SP_CONTROL_BACKENDS = ["allgather_reducescatter", "flashinfer_nvlink_one_sided"]
 
 
-def sp_control_results(cell_results, backend: str, trim: str) -> list:
+def sp_control_rows(backend: str, trim: str) -> list:
     """Runs wherever the backend's SP cell runs: AGRS over gloo on CPU hosts (on GPUs it
     needs vLLM's PyNccl), FlashInfer's one-sided all-to-all on 4 GPUs."""
     kind, reason = cell_outcome(MoeLayerCell(backend, "bf16", "tp2-dp2-ep-sp"), probes.gpu_count())
     if kind:
         skip_or_fail(reason)
-    return [
-        r for per_rank in cell_results(backend, "bf16", "tp2-dp2-ep-sp", trim) for r in per_rank
-    ]
+    return [r for per_rank in run_cell(backend, "bf16", "tp2-dp2-ep-sp", trim) for r in per_rank]
 
 
 @pytest.mark.parametrize("backend", SP_CONTROL_BACKENDS)
-def test_sp_layer_fails_without_the_trim(backend, cell_results):
+def test_sp_layer_fails_without_the_trim(backend):
     """Negative control: the SP wrapper without the trim keeps chunk padding rows."""
-    uneven = [r for r in sp_control_results(cell_results, backend, TRIM_NONE) if r["tokens"] % 2]
+    uneven = [r for r in sp_control_rows(backend, TRIM_NONE) if r["tokens"] % 2]
     assert uneven, "the cases need an odd token count on some rank"
     assert all(r["rows"] == r["tokens"] + 1 and not matches_reference(r) for r in uneven)
 
 
 @pytest.mark.parametrize("backend", SP_CONTROL_BACKENDS)
-def test_sp_layer_fails_with_upstreams_trim_to_the_local_chunk(backend, cell_results):
+def test_sp_layer_fails_with_upstreams_trim_to_the_local_chunk(backend):
     """Negative control: upstream's wrapper cuts the gathered output to the local chunk's
     ceil(n / 2) rows, TP rank 0's tokens only; the check must see the missing rows."""
-    rows = sp_control_results(cell_results, backend, TRIM_TO_LOCAL_CHUNK)
+    rows = sp_control_rows(backend, TRIM_TO_LOCAL_CHUNK)
     several = [r for r in rows if r["tokens"] >= 2]
     assert several, "the cases need a rank with 2 or more tokens"
     kept = [(r["case"], r["rows"]) for r in several]
@@ -235,13 +226,8 @@ EXPERT_DTYPES = ("bf16", "fp32", "fp8")
 EXPERT_EP_SIZES = (1, 2, 4)
 
 
-@pytest.fixture(scope="module")
-def expert_partial_results():
-    return SharedRuns(start_expert_partials)
-
-
-def start_expert_partials(dtype: str) -> list[dict]:
-    """One GPU process per dtype: every case x EP size x EP rank through ``fused_experts``."""
+def expert_partials(dtype: str, ep_size: int) -> list[dict]:
+    """Every case x EP rank of ``ep_size`` through ``fused_experts``, on one GPU."""
     cases = [
         RoutingCase(tokens=(n,), num_experts=8, top_k=2, hidden=512, dtype=dtype)
         for n in (0, 1, 7, 64)
@@ -250,7 +236,7 @@ def start_expert_partials(dtype: str) -> list[dict]:
         rank_expert_partials,
         1,
         cases,
-        EXPERT_EP_SIZES,
+        (ep_size,),
         backend="nccl",
         layout=ParallelLayout(),
         timeout_s=420,
@@ -260,10 +246,10 @@ def start_expert_partials(dtype: str) -> list[dict]:
 @pytest.mark.gpus(1)
 @pytest.mark.parametrize("ep_size", EXPERT_EP_SIZES)
 @pytest.mark.parametrize("dtype", EXPERT_DTYPES)
-def test_vllm_fused_experts_per_ep_rank(dtype, ep_size, expert_partial_results):
+def test_vllm_fused_experts_per_ep_rank(dtype, ep_size):
     """vLLM's ``fused_experts`` with an EP expert map, per simulated EP rank, vs fp32."""
-    rows = [r for r in expert_partial_results(dtype) if r["ep_size"] == ep_size]
-    assert rows
+    rows = expert_partials(dtype, ep_size)
+    assert [r["ep_size"] for r in rows] == [ep_size] * len(rows) and rows
     for row in rows:
         print(
             row["case"],
