@@ -357,3 +357,57 @@ def test_a_run_whose_ranks_pass_reports_each_case_as_every_rank_saw_it():
     assert events == [("start", AGRS, run.layout, 3)] + [
         ("result", tokens, True) for *_, tokens in expected
     ]
+
+
+class NamesWhatItWasGiven:
+    """A transport that fails as it opens, naming the process group's backend and the
+    all-to-all backend vLLM was configured with (ranks import it from this module)."""
+
+    def __init__(self, ctx, backend):
+        import torch.distributed as dist
+
+        configured = ctx.vllm_config.parallel_config.all2all_backend
+        raise RuntimeError(f"process group {dist.get_backend()}, vLLM all2all {configured}")
+
+
+class SleepsPastItsLimit:
+    """A transport that opens for longer than the watchdog allows without progress."""
+
+    def __init__(self, ctx, backend):
+        import time
+
+        time.sleep(30)
+        raise RuntimeError("no watchdog stopped this rank")
+
+
+def run_with(transport, vllm_name: str = AGRS, timeout_s: float = 120) -> list:
+    """``agrs_plan()`` with its run's transport (and vLLM name) replaced; the failing
+    cases' notes."""
+    planned = agrs_plan()
+    spec = dataclasses.replace(registry.get(AGRS), transport=transport, vllm_name=vllm_name)
+    made = dataclasses.replace(planned, runs=(dataclasses.replace(planned.runs[0], spec=spec),))
+    return [r.note for r in run_check(made, timeout_s=timeout_s)]
+
+
+@pytest.mark.vllm
+def test_a_run_gets_the_plans_process_group_and_its_backends_vllm_name(monkeypatch):
+    """The plan's process-group backend, not the host's default (pretended NCCL here), and
+    vLLM configured with the run's own all-to-all backend, not vLLM's default."""
+    from vllm_ep_kit.testing import runner
+
+    monkeypatch.setattr(runner, "default_backend", lambda: "nccl")
+    try:
+        notes = run_with(NamesWhatItWasGiven, vllm_name="flashinfer_nvlink_two_sided")
+    except pytest.skip.Exception as exc:  # NCCL on a host without GPUs skips the run
+        pytest.fail(f"the run asked for the host's default process group: {exc}")
+    assert len(notes) == 3
+    for note in notes:
+        assert "process group gloo, vLLM all2all flashinfer_nvlink_two_sided" in note, note
+
+
+@pytest.mark.vllm
+def test_a_run_gets_the_watchdog_limit_check_was_given():
+    notes = run_with(SleepsPastItsLimit, timeout_s=3)
+    assert len(notes) == 3
+    for note in notes:
+        assert "no progress for 3 s" in note, note
