@@ -5,7 +5,8 @@
 For each module in scope: how many mutants mutmut made, how many it has not run yet (a
 run stopped early: mutmut resumes where it stopped), how many a test killed (a failing
 test, a timeout, a crash), how many survived or reached no test, and the score, killed /
-mutants run. Lines marked ``# pragma: no mutate (equivalent: why)`` make no mutants: they are
+every mutant: one not run yet counts as not killed, so a run stopped early cannot score
+high (equivalent mutants are never made, so they are not in the total). Lines marked ``# pragma: no mutate (equivalent: why)`` make no mutants: they are
 counted apart, each with its reason, and a mark without a reason is refused. Every
 survivor is listed with its diff (``mutmut show``).
 
@@ -96,8 +97,8 @@ def build_report() -> tuple[dict, list[str]]:
             "survived": counts["survived"],
             "no_tests": counts["no tests"],
             "other": checked - killed - counts["survived"] - counts["no tests"],
-            # of the mutants checked so far (a run stopped early leaves some unchecked)
-            "score": round(killed / checked, 4) if checked else None,
+            # over every mutant: one not run yet is one not killed
+            "score": round(killed / len(by_name), 4) if by_name else None,
             "equivalent_lines": marks,
             "survivors": [
                 {"name": n, "status": by_name[n], "diff": diff_of(n, module)} for n in survivors
@@ -115,7 +116,7 @@ def summarize(modules: dict) -> dict:
         "mutants": total,
         "not_checked": total - checked,
         "killed": killed,
-        "score": round(killed / checked, 4) if checked else None,
+        "score": round(killed / total, 4) if total else None,
         "equivalent_lines": sum(len(m["equivalent_lines"]) for m in modules.values()),
     }
 
