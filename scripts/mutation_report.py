@@ -6,8 +6,9 @@ For each module in scope: how many mutants mutmut made, how many it has not run 
 run stopped early: mutmut resumes where it stopped), how many a test killed (a failing
 test, a timeout, a crash), how many survived or reached no test, and the score, killed /
 every mutant: one not run yet counts as not killed, so a run stopped early cannot score
-high (equivalent mutants are never made, so they are not in the total). Lines marked ``# pragma: no mutate (equivalent: why)`` make no mutants: they are
-counted apart, each with its reason, and a mark without a reason is refused. Every
+high. Lines marked ``# pragma: no mutate (equivalent: why)`` make no mutants (so they are
+not in the total): they are counted apart, each with its reason, and a mark without a
+reason is refused. Every
 survivor is listed with its diff (``mutmut show``).
 
 ``--out`` writes the report as JSON (kept in docs/assets/mutation/); ``--baseline`` fails

@@ -311,11 +311,16 @@ class RefusesToOpen:
         raise RuntimeError(f"rank {ctx.rank}: this transport refuses to open")
 
 
+def agrs_plan_with(transport, vllm_name: str = AGRS) -> CheckPlan:
+    """``agrs_plan()`` with its run's transport (and the vLLM name it runs under) replaced."""
+    planned = agrs_plan()
+    spec = dataclasses.replace(registry.get(AGRS), transport=transport, vllm_name=vllm_name)
+    return dataclasses.replace(planned, runs=(dataclasses.replace(planned.runs[0], spec=spec),))
+
+
 def test_a_run_whose_ranks_fail_fails_each_of_its_cases_with_the_first_error():
     """Every rank fails: every case is reported failed, on_error gets the ranks' report."""
-    planned = agrs_plan()
-    refusing = dataclasses.replace(registry.get(AGRS), transport=RefusesToOpen)
-    made = dataclasses.replace(planned, runs=(dataclasses.replace(planned.runs[0], spec=refusing),))
+    made = agrs_plan_with(RefusesToOpen)
     events = []
     results = run_check(
         made,
@@ -381,12 +386,8 @@ class SleepsPastItsLimit:
 
 
 def run_with(transport, vllm_name: str = AGRS, timeout_s: float = 120) -> list:
-    """``agrs_plan()`` with its run's transport (and vLLM name) replaced; the failing
-    cases' notes."""
-    planned = agrs_plan()
-    spec = dataclasses.replace(registry.get(AGRS), transport=transport, vllm_name=vllm_name)
-    made = dataclasses.replace(planned, runs=(dataclasses.replace(planned.runs[0], spec=spec),))
-    return [r.note for r in run_check(made, timeout_s=timeout_s)]
+    """The cases' notes of ``agrs_plan_with(transport, vllm_name)`` run under ``timeout_s``."""
+    return [r.note for r in run_check(agrs_plan_with(transport, vllm_name), timeout_s=timeout_s)]
 
 
 @pytest.mark.vllm

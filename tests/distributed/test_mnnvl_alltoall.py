@@ -159,17 +159,13 @@ def rank_lifecycle(ctx, all2all, steps, reverted_fix=False):
     }
 
 
+def on_gloo_ranks(fn, layout: ParallelLayout, *args) -> list:
+    """``fn(ctx, *args)`` on every rank of ``layout`` over gloo, with vLLM's groups built."""
+    return run_ranks(fn, layout.world_size, *args, backend="gloo", layout=layout, timeout_s=240)
+
+
 def lifecycle(all2all, layout: ParallelLayout, steps, reverted_fix=False) -> list[dict]:
-    return run_ranks(
-        rank_lifecycle,
-        layout.world_size,
-        all2all,
-        steps,
-        reverted_fix,
-        backend="gloo",
-        layout=layout,
-        timeout_s=240,
-    )
+    return on_gloo_ranks(rank_lifecycle, layout, all2all, steps, reverted_fix)
 
 
 def rank_growth(ctx, all2all, manager_per_layer=False):
@@ -177,15 +173,7 @@ def rank_growth(ctx, all2all, manager_per_layer=False):
 
 
 def growth(all2all, layout: ParallelLayout, manager_per_layer=False) -> list[dict]:
-    return run_ranks(
-        rank_growth,
-        layout.world_size,
-        all2all,
-        manager_per_layer,
-        backend="gloo",
-        layout=layout,
-        timeout_s=240,
-    )
+    return on_gloo_ranks(rank_growth, layout, all2all, manager_per_layer)
 
 
 # ----------------------------------------------------------------- CPU tests
@@ -337,16 +325,8 @@ def rank_prepare_finalize(ctx, all2all, cases, reduces_twice=False):
 def prepare_finalize(all2all, layout: ParallelLayout, reduces_twice=False) -> list[dict]:
     """The steps of ``prepare_finalize_steps`` through vLLM's class for ``all2all`` (or its
     reduce-twice control) on every rank of ``layout``."""
-    return run_ranks(
-        rank_prepare_finalize,
-        layout.world_size,
-        all2all,
-        prepare_finalize_steps(layout),
-        reduces_twice,
-        backend="gloo",
-        layout=layout,
-        timeout_s=240,
-    )
+    steps = prepare_finalize_steps(layout)
+    return on_gloo_ranks(rank_prepare_finalize, layout, all2all, steps, reduces_twice)
 
 
 @pytest.mark.vllm
@@ -439,9 +419,7 @@ def rank_agrs_with_local_only_combine(ctx, cases):
 def test_agrs_dispatch_combine_matches_reference(layout):
     """vLLM's AGRS manager vs the oracle: even, uneven and zero-token ranks, bf16 and fp32."""
     cases = plan_cases(layout, ("bf16", "fp32"))
-    results = run_ranks(
-        rank_agrs_check, layout.world_size, cases, backend="gloo", layout=layout, timeout_s=240
-    )
+    results = on_gloo_ranks(rank_agrs_check, layout, cases)
     assert token_counts("zero", layout.dp) in {c.tokens for c in cases}  # a rank with none
     for rank, per_rank in enumerate(results):
         assert len(per_rank) == len(cases)
@@ -455,9 +433,7 @@ def test_agrs_check_catches_a_combine_that_drops_peers():
     """Negative control: the check must fail when combine loses other ranks' experts."""
     layout = ParallelLayout(tp=1, dp=2)
     cases = plan_cases(layout, ("fp32",), ("uneven",))
-    results = run_ranks(
-        rank_agrs_with_local_only_combine, 2, cases, backend="gloo", layout=layout, timeout_s=240
-    )
+    results = on_gloo_ranks(rank_agrs_with_local_only_combine, layout, cases)
     for per_rank in results:
         assert [r.dispatch_exact for r in per_rank] == [True]  # dispatch untouched
         assert [r.passed for r in per_rank] == [False]
