@@ -286,6 +286,16 @@ PARENT_SCRIPT = textwrap.dedent("""
               timeout_s=600)
 """)
 
+# The same, on a rank pool: its ranks are forked by a fork server, not by this process.
+POOL_PARENT_SCRIPT = textwrap.dedent("""
+    import sys
+    from vllm_ep_kit.testing.pool import PoolKey, RankPool
+    from tests.harness.test_faults import rank_waits_with_a_daemon
+
+    RankPool(PoolKey(int(sys.argv[1]), "gloo")).run(rank_waits_with_a_daemon, sys.argv[2],
+                                                     timeout_s=600)
+""")
+
 
 def rank_waits_with_a_daemon(ctx, pid_dir):
     rank_leaves_a_daemon(ctx, pid_dir)
@@ -295,12 +305,14 @@ def rank_waits_with_a_daemon(ctx, pid_dir):
         ctx.heartbeat()
 
 
+@pytest.mark.parametrize("script", [PARENT_SCRIPT, POOL_PARENT_SCRIPT], ids=["spawned", "pool"])
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
-def test_ranks_and_their_daemons_die_with_a_killed_parent(signum, tmp_path, marked):
+def test_ranks_and_their_daemons_die_with_a_killed_parent(signum, script, tmp_path, marked):
     """A CI cancel or `timeout` kills pytest: ranks (their own process groups) and what
-    they started used to stay, re-parented to init (seen alive 68 s later)."""
+    they started used to stay, re-parented to init (seen alive 68 s later).  A pool's
+    ranks and the fork server they came from go too."""
     parent = subprocess.Popen(
-        [sys.executable, "-c", PARENT_SCRIPT, "2", str(tmp_path)],
+        [sys.executable, "-c", script, "2", str(tmp_path)],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )

@@ -121,6 +121,35 @@ def test_a_task_sees_the_parents_environment_of_now_as_a_fresh_rank_would(pool, 
     assert pool.run(read_env, "HOME") == [home, home]
 
 
+def where_started(ctx, name):
+    preloaded = "vllm_ep_kit.testing.rank_imports" in sys.modules  # before this task imports
+    from vllm_ep_kit.testing.rank_imports import VLLM_MODULES
+
+    every = all(m in sys.modules for m in VLLM_MODULES)
+    return os.getppid(), os.environ.get(name), os.environ.get("HOME"), preloaded, every
+
+
+@pytest.mark.vllm
+def test_ranks_fork_from_a_server_that_imported_vllm_and_take_the_environment_of_now(
+    monkeypatch,
+):
+    """One vLLM import for the whole pool: both ranks come from one fork server (a child
+    of this process) with torch and vLLM imported; they still start with this process's
+    environment as it is when the pool starts, not the server's."""
+    monkeypatch.setenv("EP_KIT_POOL_SET_BEFORE_START", "yes")
+    monkeypatch.delenv("HOME")
+    pool = RankPool(KEY)
+    try:
+        seen = pool.run(where_started, "EP_KIT_POOL_SET_BEFORE_START")
+    finally:
+        pool.close()
+    assert gone(pool.pids)
+    (server,) = {parent for parent, *_ in seen}
+    assert server != os.getpid() and psutil.Process(server).ppid() == os.getpid()
+    assert [(env, home) for _, env, home, _, _ in seen] == [("yes", None), ("yes", None)]
+    assert [(preloaded, every) for *_, preloaded, every in seen] == [(True, True)] * 2
+
+
 def test_failure_tears_the_pool_down_with_the_rank_error(pool):
     pids = pool.pids
     with pytest.raises(RankFailures) as info:

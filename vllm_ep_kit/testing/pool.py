@@ -21,6 +21,13 @@ fails the task.
 What does persist is process-wide state (imports, CUDA context, library
 caches): tests measuring that ask ``run_ranks`` for ``fresh_processes``.
 
+A pool's ranks fork from a fork server that has imported torch and vLLM once
+(``rank_imports``), as vLLM's engine forks its workers after ``import vllm``: a
+pool of four ranks costs one vLLM import, not four.  The server starts with the
+environment this process had when the harness was imported (a test's
+``monkeypatch.setenv`` does not stay in it) and each rank then takes this
+process's environment as it is at the pool's start, as a spawned rank would.
+
 Selected for every multi-rank test by ``VLLM_EP_KIT_POOL=1`` (pytest
 ``--ep-pool``), through ``run_ranks``.
 """
@@ -32,6 +39,8 @@ import contextlib
 import itertools
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.context
+import multiprocessing.forkserver
 import os
 import shutil
 import sys
@@ -71,6 +80,12 @@ from vllm_ep_kit.testing.supervision import (
 )
 
 POOL_ENV = "VLLM_EP_KIT_POOL"  # "1": run_ranks goes through a persistent pool
+# What the fork server imports (the module's import is the preload; this process never
+# imports it), and the variable that tells that module it is in the server.
+PRELOAD = ("vllm_ep_kit.testing.rank_imports",)
+SERVER_ENV = "VLLM_EP_KIT_FORK_SERVER"
+# This process's environment before any test changed it: the fork server's.
+_HARNESS_ENV = dict(os.environ)
 
 
 def pool_enabled() -> bool:
@@ -94,6 +109,25 @@ def fresh_ranks(reason: str) -> Iterator[None]:
     finally:
         if previous_env is not None:
             os.environ[POOL_ENV] = previous_env
+
+
+def rank_context() -> multiprocessing.context.ForkServerContext:
+    """The context the pools' ranks start from: the fork server, started on first use
+    with ``PRELOAD`` imported and this process's environment from before any test.  The
+    server dies with this process (its thread, to be exact: pools are made in the main
+    thread)."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(list(PRELOAD))
+    current = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(_HARNESS_ENV)
+    os.environ[SERVER_ENV] = str(os.getpid())
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        os.environ.clear()
+        os.environ.update(current)
+    return ctx
 
 
 @dataclass(frozen=True)
@@ -219,7 +253,7 @@ class RankPool:
         self._ids = itertools.count()
         self._rendezvous = open_rendezvous(timeout_s=max(start_timeout_s, 60.0))
         self._workdir = Path(tempfile.mkdtemp(prefix="vllm-ep-kit-pool-"))
-        ctx = multiprocessing.get_context("spawn")
+        ctx = rank_context()
         self._live: list[LiveRank] = []
         self._conns: list[multiprocessing.connection.Connection] = []
         child_env = child_environment(env, self._workdir)
@@ -240,6 +274,7 @@ class RankPool:
                     master_port=self._rendezvous.port,
                     timeout_s=max(start_timeout_s, 60.0),
                     env=child_env,
+                    inherit_env=self._started_env,
                     run_id=self.run_id,
                     parent_pid=os.getpid(),
                 )

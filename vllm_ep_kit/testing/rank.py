@@ -75,6 +75,9 @@ class RankSpec:
     all2all_backend: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     python_path: tuple[str, ...] = ()  # put first on sys.path (e.g. another vLLM's sources)
+    # The environment a spawned rank would have inherited, for a rank forked from a fork
+    # server (which holds the environment it was started with); None: keep what it has.
+    inherit_env: dict[str, str] | None = None
     run_id: str = ""  # proctree.RUN_ENV of this run's processes
     parent_pid: int = 0  # the supervising process: the rank dies when it does
 
@@ -227,19 +230,41 @@ def die_with_parent(parent_pid: int, run_id: str) -> None:
     The parent may die without a chance to tear down (SIGKILL, a CI cancel):
     the rank is then re-parented, which a daemon thread notices within
     ``PARENT_POLL_S``.  (``PR_SET_PDEATHSIG`` alone would kill only the rank and
-    orphan its descendants.)
+    orphan its descendants.)  A rank forked by a fork server is not
+    ``parent_pid``'s child, and the server outlives ``parent_pid`` while its
+    children hold it open: that rank watches ``parent_pid`` itself.
     """
+    if not parent_pid:
+        return
+    import psutil
+
+    spawned = os.getppid() == parent_pid
+    parent: psutil.Process | None = None
+    if not spawned:
+        with contextlib.suppress(psutil.Error):  # gone already: the watch ends at once
+            parent = psutil.Process(parent_pid)
+
+    def parent_alive() -> bool:
+        if spawned:  # re-parented: the parent died
+            return os.getppid() == parent_pid
+        try:
+            return (
+                parent is not None
+                and parent.is_running()
+                and parent.status() != psutil.STATUS_ZOMBIE
+            )
+        except psutil.Error:
+            return False
 
     def watch() -> None:
-        while os.getppid() == parent_pid:
+        while parent_alive():
             time.sleep(PARENT_POLL_S)
         for proc in proctree.processes_of_run(run_id):
             with contextlib.suppress(Exception):  # gone already
                 proc.kill()
         os.killpg(0, signal.SIGKILL)
 
-    if parent_pid:
-        threading.Thread(target=watch, name="vllm-ep-kit-parent-watch", daemon=True).start()
+    threading.Thread(target=watch, name="vllm-ep-kit-parent-watch", daemon=True).start()
 
 
 def armed_file(workdir: str | Path, rank: int) -> Path:
@@ -255,6 +280,9 @@ def prepare_rank_process(spec: RankSpec) -> RankContext:
     the spec's environment and import path, and a first heartbeat.
     """
     os.setpgid(0, 0)
+    if spec.inherit_env is not None:
+        os.environ.clear()
+        os.environ.update(spec.inherit_env)
     if spec.run_id:
         os.environ[proctree.RUN_ENV] = spec.run_id
     die_with_parent(spec.parent_pid, spec.run_id)
