@@ -305,8 +305,15 @@ def rank_waits_with_a_daemon(ctx, pid_dir):
         ctx.heartbeat()
 
 
-@pytest.mark.parametrize("script", [PARENT_SCRIPT, POOL_PARENT_SCRIPT], ids=["spawned", "pool"])
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+@pytest.mark.parametrize(
+    ("signum", "script"),
+    [
+        pytest.param(signal.SIGTERM, PARENT_SCRIPT, id="SIGTERM"),
+        pytest.param(signal.SIGKILL, PARENT_SCRIPT, id="SIGKILL"),
+        # no handler in either script: SIGTERM would end the pool's parent as SIGKILL does
+        pytest.param(signal.SIGKILL, POOL_PARENT_SCRIPT, id="SIGKILL-pool"),
+    ],
+)
 def test_ranks_and_their_daemons_die_with_a_killed_parent(signum, script, tmp_path, marked):
     """A CI cancel or `timeout` kills pytest: ranks (their own process groups) and what
     they started used to stay, re-parented to init (seen alive 68 s later).  A pool's
