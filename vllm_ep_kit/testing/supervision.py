@@ -163,7 +163,7 @@ def last_beat(workdir: Path, rank: int) -> float:
 
 
 def spawn_rank(
-    mp_context: multiprocessing.context.SpawnContext | multiprocessing.context.ForkServerContext,
+    mp_context: multiprocessing.context.SpawnContext,
     target: Callable[..., object],
     args: tuple[Any, ...],
     rank: int,
