@@ -8,18 +8,16 @@ import sys
 import pytest
 
 from vllm_ep_kit.ep_check import CheckArgumentError, make_plan
-from vllm_ep_kit.testing.pool import POOL_ENV
 
 USABLE = ["allgather_reducescatter", "naive"]
 
 
-def cli(*args, timeout=600, env=None):
+def cli(*args, timeout=600):
     return subprocess.run(
         [sys.executable, "-m", "vllm_ep_kit.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=env,
     )
 
 
@@ -218,16 +216,12 @@ def test_cli_doctor_json():
 
 
 @pytest.mark.vllm
+@pytest.mark.fresh_ranks("a 2 s limit must not fit the ranks' vLLM import, which pooled ranks skip")
 def test_cli_check_reports_failed_ranks_as_failed_rows_and_goes_on():
     """Ranks stopped by the watchdog fail every case of the run with the ranks' reason;
-    check exits 1 and prints the ranks' report.  The ranks are spawned, as a user's are
-    (no test pool, whose ranks start with vLLM imported): a 2 s limit cannot fit their
-    import of vLLM."""
-    env = {k: v for k, v in os.environ.items() if k != POOL_ENV}
+    check exits 1 and prints the ranks' report.  The ranks are spawned, as a user's are."""
     result = cli(
-        "check",
-        *("--world-sizes", "2", "--tp", "1", "--dtypes", "fp32", "--timeout", "2", "--json"),
-        env=env,
+        "check", "--world-sizes", "2", "--tp", "1", "--dtypes", "fp32", "--timeout", "2", "--json"
     )
     assert result.returncode == 1, result.stderr[-3000:]
     rows = json.loads(result.stdout)["results"]
