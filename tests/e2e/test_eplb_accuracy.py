@@ -18,6 +18,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from vllm_ep_kit.e2e.eplb_accuracy import task_manager
+
 pytest.importorskip("lm_eval", reason="lm-eval not installed (requirements/test.txt)")
 
 HERE = Path(__file__).parent
@@ -183,3 +185,13 @@ def test_bad_threshold_is_rejected():
     )
     assert result.returncode == 2
     assert "--threshold: 80.0 is not between 0 and 1" in result.stderr
+
+
+def test_a_task_of_ones_own_folder_is_looked_up_in_that_folder_alone(task_dir):
+    manager = task_manager("gsm8k_synthetic", str(task_dir))
+    assert manager.all_tasks == ["gsm8k_synthetic"]
+
+
+def test_any_other_task_name_gets_lm_evals_own_tasks_beside_the_folders(task_dir):
+    manager = task_manager("gsm8k", str(task_dir))
+    assert {"gsm8k", "gsm8k_synthetic"} <= set(manager.all_subtasks)
