@@ -1,14 +1,20 @@
-"""The mutation ratchet: re-run mutmut on the modules in scope that changed since the kept
+"""The mutation ratchet: re-run mutmut where the modules in scope changed since the kept
 report, and fail where a module's score fell below the kept one (``make mutation-ratchet``,
 run by ``.ci/run``).
 
     python scripts/mutation_ratchet.py [--report docs/assets/mutation/report.json] [--dry-run]
 
 A module changed when its text's hash differs from the one the kept report recorded, or it
-is in scope (``[tool.mutmut] only_mutate``) and the report does not have it. Only those
-modules' mutants run, so the check costs what the change touched; a module with no kept
-score is measured and shown, and must reach ``NEW_MODULE_FLOOR``. After a change that moves
-a score up, ``make mutation`` keeps the new report (and with it the new hashes).
+is in scope (``[tool.mutmut] only_mutate``) and the report does not have it. Of a changed
+module, only the mutants of the functions whose text moved run (mutmut's own hash of each
+function, the rule mutmut follows when it resumes), with the kept results standing for the
+rest; the whole module runs when what it holds outside its functions moved (imports,
+constants, class attributes), or the report keeps no per-function record of it. So the
+check costs what the change touched. A module with no kept score is measured and shown,
+and must reach ``NEW_MODULE_FLOOR``. After a change that moves a score up, ``make
+mutation`` keeps the new report (and with it the new hashes). What a per-function re-run
+cannot see, an unchanged function whose mutants a change elsewhere let survive, the next
+full run does.
 
 Exit codes: 0 nothing changed, or no score fell; 1 a score fell, a new module is under the
 floor, or a no-mutate mark has no reason; 2 no kept report, or mutmut did not run.
@@ -51,7 +57,43 @@ def changed(modules: list[str], kept: dict) -> list[str]:
 
 def mutant_patterns(modules: list[str]) -> list[str]:
     """mutmut's names for every mutant of ``modules`` (``package.module.*``)."""
-    return [m.removesuffix(".py").replace("/", ".") + ".*" for m in modules]
+    return [mutation_report.dotted(m) + ".*" for m in modules]
+
+
+def functions_to_rerun(module: str, kept_entry: dict | None) -> list[str] | None:
+    """The functions of ``module`` (mutmut's mangled names) whose text moved since the kept
+    report, or None for the whole module: new in scope, kept without a per-function
+    record, or moved outside its functions."""
+    if (
+        not kept_entry
+        or "functions" not in kept_entry
+        or kept_entry.get("outside_sha256") != mutation_report.outside_hash(module)
+    ):
+        return None
+    hashes, _ = mutation_report.function_index(module)
+    kept = kept_entry["functions"]
+    return sorted(f for f, h in hashes.items() if kept.get(f, {}).get("sha256") != h)
+
+
+def patterns_for(module: str, functions: list[str] | None) -> list[str]:
+    """mutmut's names for the mutants to re-run: the module's, or those of ``functions``."""
+    if functions is None:
+        return mutant_patterns([module])
+    return [f"{mutation_report.dotted(module)}.{f}__mutmut_*" for f in functions]
+
+
+def combined_score(
+    module: str, functions: list[str], kept_entry: dict, now_entry: dict
+) -> float | None:
+    """The score of ``module`` when only ``functions`` were re-run: their results now, the
+    kept ones for every other function, over every mutant the module has now."""
+    _, names = mutation_report.function_index(module)
+    total = sum(len(n) for n in names.values())
+    killed = sum(
+        (now_entry if f in functions else kept_entry)["functions"].get(f, {}).get("killed", 0)
+        for f in names
+    )
+    return round(killed / total, 4) if total else None
 
 
 def verdicts(report: dict, kept: dict, modules: list[str]) -> list[str]:
@@ -70,6 +112,10 @@ def verdicts(report: dict, kept: dict, modules: list[str]) -> list[str]:
     return problems
 
 
+def pct(score: float | None) -> str:
+    return "-" if score is None else f"{score:.1%}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--report", type=Path, default=REPORT, help="the kept report")
@@ -84,19 +130,39 @@ def main(argv: list[str] | None = None) -> int:
         print("mutation ratchet: no module in scope changed since the kept report")
         return 0
     print(f"mutation ratchet: {len(modules)} module(s) changed: {', '.join(modules)}")
+    plans = {m: functions_to_rerun(m, kept["modules"].get(m)) for m in modules}
+    for m in modules:
+        what = "every mutant" if plans[m] is None else f"functions {', '.join(plans[m]) or '-'}"
+        print(f"mutation ratchet: {m}: re-running {what}")
+    patterns = [p for m in modules for p in patterns_for(m, plans[m])]
+    if not patterns:
+        print("mutation ratchet: no function that mutmut mutates changed; nothing to run")
+        return 0
     if args.dry_run:
         return 0
-    run = subprocess.run(
-        [sys.executable, "-m", "mutmut", "run", "--max-children", "2"] + mutant_patterns(modules)
-    )
+    run = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", "2", *patterns])
     if run.returncode not in (0, 1) or not mutation_report.MUTANTS.is_dir():
         print(f"mutation_ratchet: mutmut exited {run.returncode}", file=sys.stderr)
         return 2
     report, problems = mutation_report.build_report()
-    shown = {m: report["modules"][m] for m in modules if m in report["modules"]}
-    print(mutation_report.table({"modules": shown, "summary": mutation_report.summarize(shown)}))
+    shown = {}
+    for m in modules:
+        if m not in report["modules"]:
+            continue
+        entry = dict(report["modules"][m])
+        functions = plans[m]
+        if functions is not None:  # the other functions' mutants were not run: kept results
+            entry["score"] = combined_score(m, functions, kept["modules"][m], entry)
+        shown[m] = entry
+        before = kept["modules"].get(m, {}).get("score")
+        ran = sum(entry["functions"].get(f, {}).get("mutants", 0) for f in functions or [])
+        print(
+            f"mutation ratchet: {m}: "
+            + (f"{ran} mutants re-run, " if functions is not None else "")
+            + f"score {pct(entry['score'])} (kept: {pct(before)})"
+        )
     problems = [p for p in problems if p.split(":", 1)[0] in modules]
-    problems += verdicts(report, kept, modules)
+    problems += verdicts({"modules": shown}, kept, modules)
     for problem in problems:
         print(f"mutation_ratchet: {problem}", file=sys.stderr)
     return 1 if problems else 0

@@ -19,11 +19,12 @@ codes: 0 fine, 1 a refused mark or a score that fell, 2 no results to read.
 from __future__ import annotations
 
 import argparse
+import ast
 import hashlib
 import json
 import re
 import sys
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
 MUTANTS = Path("mutants")
@@ -40,11 +41,61 @@ def statuses() -> dict[str, dict[str, str]]:
     from mutmut.stats import status_by_exit_code
 
     found = {}
-    for meta in sorted(MUTANTS.rglob("*.py.meta")):
-        codes = json.loads(meta.read_text())["exit_code_by_key"]
-        module = str(meta.relative_to(MUTANTS))[: -len(".meta")]
+    for module, meta in metas().items():
+        codes = meta["exit_code_by_key"]
         found[module] = {name: status_by_exit_code[code] for name, code in codes.items()}
     return found
+
+
+def metas() -> dict[str, dict]:
+    """{module path: mutmut's record of it} from mutants/**/*.py.meta."""
+    return {
+        str(meta.relative_to(MUTANTS))[: -len(".meta")]: json.loads(meta.read_text())
+        for meta in sorted(MUTANTS.rglob("*.py.meta"))
+    }
+
+
+def dotted(module: str) -> str:
+    """mutmut's name of a module: ``pkg/mod.py`` -> ``pkg.mod``."""
+    return module.removesuffix(".py").replace("/", ".")
+
+
+def function_of(name: str, module: str) -> str:
+    """The function (mutmut's mangled name) a mutant of ``module`` belongs to:
+    ``pkg.mod.x_f__mutmut_3`` -> ``x_f``, ``pkg.mod.xǁKǁm__mutmut_1`` -> ``xǁKǁm``."""
+    return name.removeprefix(dotted(module) + ".").rsplit("__mutmut_", 1)[0]
+
+
+def function_index(module: str) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """mutmut's own view of ``module`` as its text is now, made without running a test:
+    the hash of each function it mutates, and each such function's mutant names."""
+    from mutmut.mutation.file_mutation import mutate_file_contents
+
+    made = mutate_file_contents(module, Path(module).read_text())
+    names: dict[str, list[str]] = defaultdict(list)
+    for name in made.mutant_names:
+        names[name.rsplit("__mutmut_", 1)[0]].append(name)
+    return dict(made.hash_by_function_name), dict(names)
+
+
+def outside_hash(module: str) -> str:
+    """The hash of what ``module`` holds outside its functions and methods (imports,
+    constants, class attributes, docstrings), as syntax: comments and layout do not count.
+    A change there may move any function's behaviour."""
+    tree = ast.parse(Path(module).read_text())
+
+    def without_functions(body: list[ast.stmt]) -> list[ast.stmt]:
+        kept = []
+        for node in body:
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            if isinstance(node, ast.ClassDef):
+                node.body = without_functions(node.body)
+            kept.append(node)
+        return kept
+
+    tree.body = without_functions(tree.body)
+    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()
 
 
 def equivalent_marks(module: str) -> tuple[list[dict], list[str]]:
@@ -80,8 +131,26 @@ def diff_of(name: str, module: str) -> str:
         return f"(no diff: {type(exc).__name__}: {exc})"
 
 
+def functions_of(module: str, by_name: dict[str, str], hashes: dict[str, str]) -> dict:
+    """Per function mutmut mutates in ``module``: its hash, its mutants, how many a test
+    killed (what the ratchet needs to re-run only the functions whose text moved)."""
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for name, status in by_name.items():
+        counts[function_of(name, module)]["mutants"] += 1
+        counts[function_of(name, module)]["killed"] += status in KILLED
+    return {
+        function: {
+            "sha256": hashes.get(function),
+            "mutants": counts[function]["mutants"],
+            "killed": counts[function]["killed"],
+        }
+        for function in sorted(counts)
+    }
+
+
 def build_report() -> tuple[dict, list[str]]:
     modules, problems = {}, []
+    records = metas()
     for module, by_name in statuses().items():
         counts = Counter(by_name.values())
         killed = sum(counts[s] for s in KILLED)
@@ -101,6 +170,10 @@ def build_report() -> tuple[dict, list[str]]:
             # over every mutant: one not run yet is one not killed
             "score": round(killed / len(by_name), 4) if by_name else None,
             "equivalent_lines": marks,
+            "outside_sha256": outside_hash(module),
+            "functions": functions_of(
+                module, by_name, records[module].get("hash_by_function_name", {})
+            ),
             "survivors": [
                 {"name": n, "status": by_name[n], "diff": diff_of(n, module)} for n in survivors
             ],

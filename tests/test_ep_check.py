@@ -364,6 +364,55 @@ def test_a_run_whose_ranks_pass_reports_each_case_as_every_rank_saw_it():
     ]
 
 
+def test_a_run_hands_the_harness_its_plan_and_merges_what_the_ranks_return(monkeypatch):
+    """What run_check gives run_ranks (the rank function, the world, the backend spec and
+    cases, the plan's process group, the layout, the vLLM all-to-all name, the watchdog
+    limit) and how it merges the rows that come back, read in this process: rank 1 fails
+    the second case.  The runs below start real ranks for the same; this one is what a
+    mutation run can afford for every mutant."""
+    from vllm_ep_kit import testing
+    from vllm_ep_kit.exchange import rank_cases
+
+    calls = []
+
+    def recorded_run_ranks(fn, world_size, *args, **kwargs):
+        calls.append((fn, world_size, args, kwargs))
+        _, cases = args
+        return [
+            [
+                row(not (rank == 1 and i == 1), 0.25 * (rank + 1) + i, note=f"rank {rank}")
+                for i in range(len(cases))
+            ]
+            for rank in range(world_size)
+        ]
+
+    monkeypatch.setattr(testing, "run_ranks", recorded_run_ranks)
+    made = dataclasses.replace(
+        agrs_plan_with(RefusesToOpen, vllm_name="flashinfer_nvlink_two_sided"),
+        device_backend="nccl",
+    )
+    (run,) = made.runs
+    results = run_check(made, timeout_s=37)
+    assert calls == [
+        (
+            rank_cases,
+            2,
+            (run.spec, list(run.cases)),
+            {
+                "backend": "nccl",
+                "layout": run.layout,
+                "all2all_backend": "flashinfer_nvlink_two_sided",
+                "timeout_s": 37,
+            },
+        )
+    ]
+    assert [(r.backend, r.passed, r.max_error, r.note) for r in results] == [
+        (AGRS, True, 0.5, "rank 0"),
+        (AGRS, False, 1.5, "rank 1"),
+        (AGRS, True, 2.5, "rank 0"),
+    ]
+
+
 class NamesWhatItWasGiven:
     """A transport that fails as it opens, naming the process group's backend and the
     all-to-all backend vLLM was configured with (ranks import it from this module)."""

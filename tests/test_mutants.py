@@ -78,3 +78,15 @@ def test_every_path_the_tool_is_configured_with_exists():
         assert list(REPO.glob(pattern)), f"only_mutate {pattern} matches nothing"
     for path in TOOL["pytest_add_cli_args_test_selection"] + TOOL["also_copy"]:
         assert (REPO / path).exists(), path
+
+
+def test_every_test_the_tool_leaves_out_exists():
+    """A renamed test would slip back into the mutation run's selection unseen (the
+    deselection then matches nothing): each one left out names a test that exists."""
+    args = TOOL["pytest_add_cli_args"]
+    left_out = [args[i + 1] for i, arg in enumerate(args) if arg == "--deselect"]
+    assert left_out
+    for node in left_out:
+        path, name = node.split("::")
+        assert (REPO / path).is_file(), node
+        assert f"\ndef {name}(" in (REPO / path).read_text(), node

@@ -89,3 +89,96 @@ def test_a_dry_run_names_the_changed_modules(project, capsys):
 def test_no_kept_report_is_exit_2(project, capsys):
     assert mutation_ratchet.main(["--report", "missing.json"]) == 2
     assert "no kept report at missing.json" in capsys.readouterr().err
+
+
+TWO_FUNCTIONS = """LIMIT = 3
+
+
+def f(x):
+    return x + 1  # a comment
+
+
+def g(x):
+    return x * LIMIT
+"""
+
+
+@pytest.fixture
+def kept_per_function(tmp_path, monkeypatch):
+    """A module of two functions and its kept entry, per function, as the report writes it
+    (f: 3 of its mutants killed, g: all of them)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pkg").mkdir()
+    module = tmp_path / "pkg" / "two.py"
+    module.write_text(TWO_FUNCTIONS)
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.mutmut]\nsource_paths = ["pkg/"]\nonly_mutate = ["pkg/*.py"]\n'
+    )
+    hashes, names = mutation_report.function_index("pkg/two.py")
+    assert sorted(names) == ["x_f", "x_g"]
+    killed = {"x_f": 3, "x_g": len(names["x_g"])}
+    entry = {
+        "sha256": mutation_report.source_hash("pkg/two.py"),
+        "outside_sha256": mutation_report.outside_hash("pkg/two.py"),
+        "functions": {
+            f: {"sha256": hashes[f], "mutants": len(names[f]), "killed": killed[f]} for f in names
+        },
+    }
+    return module, entry, names
+
+
+@pytest.mark.parametrize(
+    ("edit", "rerun"),
+    [
+        (lambda s: s, []),
+        (lambda s: s.replace("x + 1", "x + 2"), ["x_f"]),
+        (lambda s: s.replace("# a comment", "# another"), []),
+        (lambda s: s + "\n\ndef h(x):\n    return x - 1\n", ["x_h"]),
+        (lambda s: s.replace("LIMIT = 3", "LIMIT = 4"), None),
+        (lambda s: "import os\n" + s, None),
+        (lambda s: s.replace("LIMIT = 3", "LIMIT = 3  # same value"), []),
+    ],
+    ids=["same", "body", "comment-in-body", "new-function", "constant", "import", "comment-out"],
+)
+def test_only_functions_whose_text_moved_rerun_unless_the_module_moved_outside_them(
+    kept_per_function, edit, rerun
+):
+    module, entry, _ = kept_per_function
+    module.write_text(edit(TWO_FUNCTIONS))
+    assert mutation_ratchet.functions_to_rerun("pkg/two.py", entry) == rerun
+
+
+def test_a_module_kept_without_per_function_results_reruns_whole(kept_per_function):
+    _, entry, _ = kept_per_function
+    assert mutation_ratchet.functions_to_rerun("pkg/two.py", None) is None
+    del entry["functions"]
+    assert mutation_ratchet.functions_to_rerun("pkg/two.py", entry) is None
+
+
+def test_patterns_name_the_mutants_of_the_functions_to_rerun():
+    assert mutation_ratchet.patterns_for("pkg/two.py", ["x_f", "xǁKǁm"]) == [
+        "pkg.two.x_f__mutmut_*",
+        "pkg.two.xǁKǁm__mutmut_*",
+    ]
+    assert mutation_ratchet.patterns_for("pkg/two.py", None) == ["pkg.two.*"]
+
+
+@pytest.mark.parametrize(("f_killed_now", "score_f_part"), [(0, 0), (2, 2)])
+def test_a_partial_rerun_scores_rerun_functions_now_and_the_others_as_kept(
+    kept_per_function, f_killed_now, score_f_part
+):
+    """f re-run (its result now counts, not its kept 3), g as kept (every mutant killed)."""
+    _, entry, names = kept_per_function
+    now = {"functions": {"x_f": {"killed": f_killed_now}, "x_g": {"killed": 0}}}
+    total = len(names["x_f"]) + len(names["x_g"])
+    expected = round((score_f_part + len(names["x_g"])) / total, 4)
+    assert mutation_ratchet.combined_score("pkg/two.py", ["x_f"], entry, now) == expected
+
+
+def test_a_dry_run_names_the_functions_it_would_rerun(kept_per_function, tmp_path, capsys):
+    module, entry, _ = kept_per_function
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"summary": {}, "modules": {"pkg/two.py": entry}}))
+    module.write_text(TWO_FUNCTIONS.replace("x * LIMIT", "x * LIMIT * 1"))
+    assert mutation_ratchet.main(["--report", str(report), "--dry-run"]) == 0
+    assert "pkg/two.py: re-running functions x_g" in capsys.readouterr().out
