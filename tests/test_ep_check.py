@@ -413,6 +413,49 @@ def test_a_run_hands_the_harness_its_plan_and_merges_what_the_ranks_return(monke
     ]
 
 
+def test_a_run_whose_ranks_fail_fails_its_cases_and_the_next_run_still_runs(monkeypatch):
+    """The first run's ranks fail (rank 1 exits with code 3): each of its cases is reported
+    failed, not run, with that rank's headline, and on_error gets the ranks' whole report;
+    the second run (another backend, another layout) runs and reports as usual.  Every
+    callback gets what it names, in the plan's order, in this process."""
+    from vllm_ep_kit import testing
+    from vllm_ep_kit.testing import RankFailures, RankReport
+
+    failing = RankFailures("2 of 2 ranks failed\n(the whole report)", [RankReport(1, 3)])
+
+    def recorded_run_ranks(fn, world_size, spec, cases, **kwargs):
+        if kwargs["layout"] == first.layout:
+            raise failing
+        return [[row(True, 0.5, note="fine") for _ in cases] for _ in range(world_size)]
+
+    monkeypatch.setattr(testing, "run_ranks", recorded_run_ranks)
+    made = agrs_plan()
+    (first,) = made.runs
+    second = dataclasses.replace(first, backend="second", layout=ParallelLayout(tp=2, dp=1))
+    assert second.layout.describe() != first.layout.describe()
+    events = []
+    results = run_check(
+        dataclasses.replace(made, runs=(first, second)),
+        timeout_s=60,
+        on_start=lambda backend, layout, n: events.append(("start", backend, layout, n)),
+        on_error=lambda run, message: events.append(("error", run, message)),
+        on_result=lambda result: events.append(("result", result)),
+    )
+    headline = failing.summary()
+    assert headline.startswith("rank 1: ")
+    tokens = [str(list(case.tokens)) for case in first.cases]
+    assert [(r.backend, r.layout, r.dtype, r.tokens, r.passed, r.note) for r in results] == [
+        (AGRS, first.layout.describe(), "bf16", t, False, headline) for t in tokens
+    ] + [("second", "tp=1 dp=2", "bf16", "[4, 0]", True, "fine")] * 3
+    assert events == [
+        ("start", AGRS, first.layout, 3),
+        ("error", first, str(failing)),
+        *(("result", r) for r in results[:3]),
+        ("start", "second", second.layout, 3),
+        *(("result", r) for r in results[3:]),
+    ]
+
+
 class NamesWhatItWasGiven:
     """A transport that fails as it opens, naming the process group's backend and the
     all-to-all backend vLLM was configured with (ranks import it from this module)."""
