@@ -253,9 +253,7 @@ class RankPool:
         self._ids = itertools.count()
         self._rendezvous = open_rendezvous(timeout_s=max(start_timeout_s, 60.0))
         self._workdir = Path(tempfile.mkdtemp(prefix="vllm-ep-kit-pool-"))
-        # spawn_rank is typed for the runner's spawn context; the fork server's context
-        # makes processes the same way (Process, start, exitcode, sentinel).
-        ctx: Any = rank_context()
+        ctx = rank_context()
         self._live: list[LiveRank] = []
         self._conns: list[multiprocessing.connection.Connection] = []
         child_env = child_environment(env, self._workdir)

@@ -163,14 +163,15 @@ def last_beat(workdir: Path, rank: int) -> float:
 
 
 def spawn_rank(
-    mp_context: multiprocessing.context.SpawnContext,
+    mp_context: multiprocessing.context.SpawnContext | multiprocessing.context.ForkServerContext,
     target: Callable[..., object],
     args: tuple[Any, ...],
     rank: int,
     workdir: Path,
     name: str,
 ) -> LiveRank:
-    """Start one rank process (the runner's and the pool's one spawn path).
+    """Start one rank process (the runner's and the pool's one start path: spawned, or
+    forked from the pool's fork server).
 
     The watchdog's clock starts here: a rank stuck before its own first
     heartbeat (importing the test module, say) is stopped like any other.
