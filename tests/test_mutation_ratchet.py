@@ -114,17 +114,48 @@ def kept_per_function(tmp_path, monkeypatch):
     (tmp_path / "pyproject.toml").write_text(
         '[tool.mutmut]\nsource_paths = ["pkg/"]\nonly_mutate = ["pkg/*.py"]\n'
     )
-    hashes, names = mutation_report.function_index("pkg/two.py")
+    _, names = mutation_report.function_index("pkg/two.py")
     assert sorted(names) == ["x_f", "x_g"]
-    killed = {"x_f": 3, "x_g": len(names["x_g"])}
-    entry = {
-        "sha256": mutation_report.source_hash("pkg/two.py"),
-        "outside_sha256": mutation_report.outside_hash("pkg/two.py"),
+    entry = kept_entry("pkg/two.py", {"x_f": 3, "x_g": len(names["x_g"])})
+    return module, entry, names
+
+
+def kept_entry(module: str, killed: dict[str, int]) -> dict:
+    """The report's entry for ``module`` as it is now, with ``killed`` kills per function."""
+    hashes, names = mutation_report.function_index(module)
+    return {
+        "sha256": mutation_report.source_hash(module),
+        "outside_sha256": mutation_report.outside_hash(module),
         "functions": {
             f: {"sha256": hashes[f], "mutants": len(names[f]), "killed": killed[f]} for f in names
         },
     }
-    return module, entry, names
+
+
+METHOD = """class K:
+    SIZE = 2
+
+    def m(self, x):
+        return x + self.SIZE
+"""
+
+
+@pytest.mark.parametrize(
+    ("edit", "rerun"),
+    [
+        (lambda s: s.replace("x + self", "x - self"), ["xǁKǁm"]),
+        (lambda s: s.replace("2", "3"), None),
+    ],
+    ids=["method-body", "class-attribute"],
+)
+def test_a_method_reruns_alone_unless_its_class_moved_outside_its_methods(
+    kept_per_function, edit, rerun
+):
+    module = Path("pkg/k.py")
+    module.write_text(METHOD)
+    entry = kept_entry("pkg/k.py", {"xǁKǁm": 1})
+    module.write_text(edit(METHOD))
+    assert mutation_ratchet.functions_to_rerun("pkg/k.py", entry) == rerun
 
 
 @pytest.mark.parametrize(
