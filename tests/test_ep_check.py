@@ -44,7 +44,8 @@ def row(passed: bool, error: float, note: str = "", exact: bool | None = True) -
 
 @pytest.mark.parametrize("failing_rank", [0, 1, 3])
 def test_a_case_fails_when_any_rank_failed_it(failing_rank):
-    """Before, a merge of rank 0's verdict alone passed when another rank failed."""
+    """Any one failing rank fails the case, whichever it is (a merge of rank 0's
+    verdict alone would pass here)."""
     rows = [row(True, 1e-3) for _ in range(4)]
     rows[failing_rank] = row(False, 0.5, note=f"rank {failing_rank}: combine off", exact=False)
     merged = merge_case_rows("naive", rows)

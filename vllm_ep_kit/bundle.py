@@ -227,7 +227,7 @@ def write_dist_info(site: Path, name: str, version: str) -> None:
     vLLM reads its own distribution version to pick the platform: without it
     (``importlib.metadata`` finds no ``vllm``) CUDA is not detected and vLLM
     runs with its unspecified platform, without CUDA device communicators
-    (measured on the H200 host, docs/gpu-validation.md run #8).
+    (measured on an H200 host with vLLM shipped as sources).
     """
     info = site / f"{name}-{version}.dist-info"
     info.mkdir(parents=True, exist_ok=True)

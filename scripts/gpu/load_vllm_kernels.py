@@ -3,8 +3,8 @@
 
     python3 scripts/gpu/load_vllm_kernels.py LIB.so [LIB.so ...]
 
-Answers issue 6's question on a real GPU host: does vLLM's wheel (built for a
-newer torch on the libtorch stable ABI) load into the torch installed here?
+Answers, on a real GPU host: does vLLM's wheel (built for a newer torch on the
+libtorch stable ABI) load into the torch installed here?
 For each library: dlopen with immediate binding (names a missing symbol),
 ``torch.ops.load_library``, the ops it registered; for ``_moe_C`` also
 ``topk_softmax`` (vs softmax + topk), for ``_C`` ``silu_and_mul`` (vs torch).

@@ -435,7 +435,8 @@ def test_tests_marked_for_more_gpus_than_any_step_that_runs_them(tree):
     ],
 )
 def test_explain_refuses_a_path_it_cannot_answer_for(tree, path, message):
-    """Before, '' ran the whole lint instead, and a path outside the tree said "run by 0"."""
+    """An empty path or one outside the tree is refused, not answered with the whole lint
+    or "run by 0"."""
     out = run_cli("--root", str(tree), "--explain", path)
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.count("\n") == 1 and message in out.stderr, out.stderr

@@ -208,8 +208,8 @@ def test_workspace_spans_ep_group(all2all, layout):
 
 @pytest.mark.parametrize("wrong", ["group", "rows", "mapping"])
 def test_each_workspace_fact_is_checked_on_its_own(wrong):
-    """Before, the Mapping-extent check could be removed unnoticed: the group check always
-    fired first.  Here exactly one fact of an otherwise right allocation is wrong."""
+    """Exactly one fact of an otherwise right allocation is wrong, so each check is seen on
+    its own (with the group wrong too, the group check would hide the Mapping extent's)."""
     from vllm_ep_kit.testing.flashinfer_recorder import Allocation
 
     ep_ranks = [0, 1, 2, 3]
@@ -643,7 +643,7 @@ def test_kernel_emulator_matches_flashinfer_kernels():
 def test_two_sided_kernel_emulator_matches_flashinfer_kernels():
     """The two-sided stand-in against FlashInfer's ``MnnvlMoe`` kernels: the same received
     rows (packed, any order; ids of experts the rank lacks as ``slot_count``), the same rows
-    marked invalid, the same combine.  Two ranks on one GPU work here (run #43)."""
+    marked invalid, the same combine.  Two ranks share one GPU here (passed on 1x H200)."""
     cases = default_cases(2) + format_cases(2)
     results = run_ranks(rank_two_sided_emulator_vs_kernels, 2, cases, backend="gloo", timeout_s=600)
     assert_emulator_matches(results, cases)
@@ -676,7 +676,8 @@ def test_flashinfer_moe_ep_one_sided_vs_oracle(world):
     equals the fp32 oracle, with the control that ignoring ownership fails in the same run.
 
     Unlike ``MoeAlltoAll`` it needs NVLink (one GPU per rank): on 1x H200 its collective
-    platform check refuses every rank ("NVLink backends are not supported", run #37)."""
+    platform check refuses every rank ("NVLink backends are not supported", seen on 1x
+    H200)."""
     needs_moe_ep()
     cases = default_cases(world)
     results = run_ranks(rank_moe_ep_roundtrip, world, cases, backend="gloo", timeout_s=600)
@@ -772,7 +773,7 @@ def test_vllm_manager_lifecycle_on_gpus(all2all, layout):
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "measured on 2x H200 (docs/gpu-validation.md run #7): FlashInfer keeps MNNVL workspaces "
+        "measured on 2x H200: FlashInfer keeps MNNVL workspaces "
         "in class-level caches (MnnvlMoe.moe_workspace for two-sided, MoeAlltoAll."
         "_WORKSPACE_CACHE keyed by size for one-sided); vLLM's cleanup drops only its own "
         "references, so memory stays in use, and a one-sided workspace grown to a larger size "

@@ -383,8 +383,8 @@ def rank_dies_after_reporting(ctx, how):
     "how, headline", [("exit3", "exited with code 3"), ("kill", "killed by signal SIGKILL")]
 )
 def test_a_rank_that_dies_after_reporting_ok_is_a_failure(marked, how, headline, deadline):
-    """Before, untested: an ok outcome hid a rank's crash after it (a leak checker, an
-    exit handler, the OOM killer)."""
+    """An ok outcome does not hide a rank's crash after it (a leak checker, an exit
+    handler, the OOM killer)."""
     with deadline(TIMEOUT_S + 60), pytest.raises(RankFailures) as info:
         run_ranks(rank_dies_after_reporting, 2, how, backend="gloo", timeout_s=TIMEOUT_S)
     assert info.value.failed_ranks == [1], str(info.value)[:2000]

@@ -246,8 +246,8 @@ def test_all_ranks_skipping_skips_the_test(no_leftovers, monkeypatch):
 
 
 def test_strict_mode_turns_a_rank_skip_into_a_failure(no_leftovers, monkeypatch):
-    """Any outcome but the failure fails this test: before, a strict mode that skipped
-    escaped ``pytest.raises`` and the test itself was reported skipped."""
+    """Any outcome but the failure fails this test: a strict mode that skipped would
+    escape ``pytest.raises``, and the test itself would be reported skipped."""
     monkeypatch.setenv("VLLM_EP_KIT_STRICT", "1")
     try:
         run_ranks(rank_skips, 2, backend="gloo", timeout_s=60)
@@ -302,8 +302,8 @@ def rank_fails_its_own_way(ctx):
 
 
 def test_each_failing_rank_shows_its_own_exception_and_traceback(no_leftovers):
-    """Before, only the first failing rank's section was checked: dropping the others'
-    tracebacks passed."""
+    """Every failing rank's section is checked, not only the first one's: the others'
+    tracebacks cannot be dropped unseen."""
     with pytest.raises(RankFailures) as info:
         run_ranks(rank_fails_its_own_way, 3, backend="gloo", timeout_s=60, failure_grace_s=5)
     assert sorted(info.value.failed_ranks) == [1, 2]

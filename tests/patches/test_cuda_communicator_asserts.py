@@ -134,8 +134,8 @@ print(json.dumps({{"status": status.status, "reason": status.reason, "after": af
 
 
 def test_a_signature_the_wrapper_cannot_read_is_refused_not_applied():
-    """Before, the patch wrapped a ``*args, **kwargs`` method and every call then raised
-    ``KeyError: 'input_'``."""
+    """A method whose arguments the wrapper cannot read by name (``*args, **kwargs``) is
+    refused: wrapped, every call would raise ``KeyError: 'input_'``."""
     result = run_json(RENAMED)
     assert result["status"] == "refused", result
     assert "lacks the parameters input_, dim, sizes" in result["reason"]

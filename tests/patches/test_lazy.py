@@ -236,7 +236,8 @@ class FixThatDoesNotTake(FakePatch):
 
 
 def test_a_fix_that_does_not_take_is_refused_and_reverted(module_name):
-    """Before, with the post-apply probe removed, such a patch reported applied."""
+    """A fix whose post-apply probe still finds the bug is refused and reverted, not
+    reported applied."""
     importlib.import_module(module_name)
     patch = FixThatDoesNotTake(module_name)
     status = patch.run(enabled=True)

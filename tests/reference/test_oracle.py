@@ -86,7 +86,8 @@ def test_random_tokens_against_the_loop(dtype):
 @pytest.mark.parametrize("dtype", sorted(TOLERANCE))
 @pytest.mark.parametrize("factor, close", [(0.5, True), (3.0, False), (5.0, False)])
 def test_comparison_just_inside_and_outside_the_tolerance(dtype, factor, close):
-    """Before, the only negative control was an fp32 error above 0.1: tolerances x100 passed."""
+    """Controls just inside and just outside each dtype's tolerance: one far outside
+    would let a tolerance 100x too loose pass."""
     expected = torch.linspace(-3.0, 3.0, 64).reshape(8, 8)
     actual = expected.clone()
     tol = TOLERANCE[dtype]

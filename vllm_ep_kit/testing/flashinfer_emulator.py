@@ -29,8 +29,8 @@ and ids, the ids of experts it does not own replaced by ``slot_count`` (by the
 sender); the rows past them carry ``slot_count`` (the kernels' memset) and junk; combine returns every received row to its source and sums
 per token.  The one-sided stand-in is checked against the real kernels on a GPU
 (``test_kernel_emulator_matches_flashinfer_kernels``), the two-sided one too
-(``test_two_sided_kernel_emulator_matches_flashinfer_kernels``; run #43 found
-the id rewrite this stand-in first lacked).
+(``test_two_sided_kernel_emulator_matches_flashinfer_kernels``, 1x H200: it holds the
+rewrite of ids the receiving rank does not own, as the kernels do it).
 """
 
 from __future__ import annotations
