@@ -10,7 +10,7 @@ bundle_tar=${VLLM_EP_KIT_BUNDLE:-device/bundle.tar.xz}
 # folder makes FlashInfer rebuild its modules (minutes; assets/flashinfer-jit/README.md).
 work=${VLLM_EP_KIT_GPU_WORK:-/tmp/vllm-ep-kit-gpu}
 if [ ! -f "$bundle_tar" ]; then
-    echo "run_tests.sh: bundle $bundle_tar not found (VLLM_EP_KIT_BUNDLE)" >&2
+    echo "run_with_bundle.sh: bundle $bundle_tar not found (VLLM_EP_KIT_BUNDLE)" >&2
     exit 2
 fi
 mkdir -p "$work/unpacked" "$work/flashinfer-workspace"
