@@ -82,16 +82,14 @@ def patterns_for(module: str, functions: list[str] | None) -> list[str]:
     return [f"{mutation_report.dotted(module)}.{f}__mutmut_*" for f in functions]
 
 
-def combined_score(
-    module: str, functions: list[str], kept_entry: dict, now_entry: dict
-) -> float | None:
-    """The score of ``module`` when only ``functions`` were re-run: their results now, the
-    kept ones for every other function, over every mutant the module has now."""
-    _, names = mutation_report.function_index(module)
-    total = sum(len(n) for n in names.values())
+def combined_score(functions: list[str], kept_entry: dict, now_entry: dict) -> float | None:
+    """The score of a module when only ``functions`` were re-run: their results now, the
+    kept ones for every other function, over every mutant the module has now (this run's
+    report counts them all, the ones it did not run as not checked)."""
+    total = now_entry["mutants"]
     killed = sum(
         (now_entry if f in functions else kept_entry)["functions"].get(f, {}).get("killed", 0)
-        for f in names
+        for f in now_entry["functions"]
     )
     return round(killed / total, 4) if total else None
 
@@ -152,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         entry = dict(report["modules"][m])
         functions = plans[m]
         if functions is not None:  # the other functions' mutants were not run: kept results
-            entry["score"] = combined_score(m, functions, kept["modules"][m], entry)
+            entry["score"] = combined_score(functions, kept["modules"][m], entry)
         shown[m] = entry
         before = kept["modules"].get(m, {}).get("score")
         ran = sum(entry["functions"].get(f, {}).get("mutants", 0) for f in functions or [])

@@ -36,15 +36,11 @@ MARK = re.compile(r"#\s*pragma:\s*no mutate\b(.*)$")
 REASON = re.compile(r"^\s*\(equivalent: (?P<why>.+)\)\s*$")
 
 
-def statuses() -> dict[str, dict[str, str]]:
-    """{module path: {mutant name: status}} from mutants/**/*.py.meta."""
+def statuses_of(meta: dict) -> dict[str, str]:
+    """{mutant name: status} from mutmut's record of one module."""
     from mutmut.stats import status_by_exit_code
 
-    found = {}
-    for module, meta in metas().items():
-        codes = meta["exit_code_by_key"]
-        found[module] = {name: status_by_exit_code[code] for name, code in codes.items()}
-    return found
+    return {name: status_by_exit_code[code] for name, code in meta["exit_code_by_key"].items()}
 
 
 def metas() -> dict[str, dict]:
@@ -73,8 +69,8 @@ def function_index(module: str) -> tuple[dict[str, str], dict[str, list[str]]]:
 
     made = mutate_file_contents(module, Path(module).read_text())
     names: dict[str, list[str]] = defaultdict(list)
-    for name in made.mutant_names:
-        names[name.rsplit("__mutmut_", 1)[0]].append(name)
+    for name in made.mutant_names:  # unqualified here: x_f__mutmut_3
+        names[function_of(name, module)].append(name)
     return dict(made.hash_by_function_name), dict(names)
 
 
@@ -150,8 +146,8 @@ def functions_of(module: str, by_name: dict[str, str], hashes: dict[str, str]) -
 
 def build_report() -> tuple[dict, list[str]]:
     modules, problems = {}, []
-    records = metas()
-    for module, by_name in statuses().items():
+    for module, meta in metas().items():
+        by_name = statuses_of(meta)
         counts = Counter(by_name.values())
         killed = sum(counts[s] for s in KILLED)
         marks, bad = equivalent_marks(module)
@@ -171,9 +167,7 @@ def build_report() -> tuple[dict, list[str]]:
             "score": round(killed / len(by_name), 4) if by_name else None,
             "equivalent_lines": marks,
             "outside_sha256": outside_hash(module),
-            "functions": functions_of(
-                module, by_name, records[module].get("hash_by_function_name", {})
-            ),
+            "functions": functions_of(module, by_name, meta.get("hash_by_function_name", {})),
             "survivors": [
                 {"name": n, "status": by_name[n], "diff": diff_of(n, module)} for n in survivors
             ],

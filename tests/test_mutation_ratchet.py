@@ -200,10 +200,16 @@ def test_a_partial_rerun_scores_rerun_functions_now_and_the_others_as_kept(
 ):
     """f re-run (its result now counts, not its kept 3), g as kept (every mutant killed)."""
     _, entry, names = kept_per_function
-    now = {"functions": {"x_f": {"killed": f_killed_now}, "x_g": {"killed": 0}}}
     total = len(names["x_f"]) + len(names["x_g"])
+    now = {  # this run's report: g's mutants not run, so none killed now
+        "mutants": total,
+        "functions": {
+            "x_f": {"mutants": len(names["x_f"]), "killed": f_killed_now},
+            "x_g": {"mutants": len(names["x_g"]), "killed": 0},
+        },
+    }
     expected = round((score_f_part + len(names["x_g"])) / total, 4)
-    assert mutation_ratchet.combined_score("pkg/two.py", ["x_f"], entry, now) == expected
+    assert mutation_ratchet.combined_score(["x_f"], entry, now) == expected
 
 
 def test_a_dry_run_names_the_functions_it_would_rerun(kept_per_function, tmp_path, capsys):
