@@ -109,12 +109,17 @@ def plant_config(folder: Path) -> Path:
     return config
 
 
+def plant_module(plant: str) -> str:
+    """The file name of ``plant``'s module."""
+    return f"typed_use_{plant.replace('-', '_')}.py"
+
+
 @pytest.fixture(scope="module")
 def mypy_on_plants(tmp_path_factory) -> str:
     """One mypy run over a module per plant (each named after it); its report."""
     folder = tmp_path_factory.mktemp("typed_use")
     for plant, (fields, _) in TYPE_PLANTS.items():
-        module = folder / f"typed_use_{plant.replace('-', '_')}.py"
+        module = folder / plant_module(plant)
         module.write_text(TYPED_USE.format(name="PlantedTransport", **fields))
     result = subprocess.run(
         [
@@ -144,8 +149,7 @@ def test_mypy_refuses_a_wrong_type_on_a_public_interface(mypy_on_plants, plant):
     as text: mypy, with this project's configuration, finds each in its own module; the
     same module typed right has no finding."""
     _, message = TYPE_PLANTS[plant]
-    module = f"typed_use_{plant.replace('-', '_')}.py:"
-    findings = [line for line in mypy_on_plants.splitlines() if module in line]
+    findings = [line for line in mypy_on_plants.splitlines() if f"{plant_module(plant)}:" in line]
     if message is None:
         assert findings == [], mypy_on_plants
     else:
