@@ -89,6 +89,7 @@ lint: $(STAMP)
 	$(BIN)/typos || rc=1; \
 	$(BIN)/python scripts/check_noqa.py || rc=1; \
 	$(BIN)/mypy || rc=1; \
+	$(BIN)/lint-imports --no-cache || rc=1; \
 	[ $$rc = 0 ] && echo "make lint: clean" || echo "make lint: findings above"; \
 	exit $$rc
 

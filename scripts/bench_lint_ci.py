@@ -20,7 +20,7 @@ PROGRAM = r"""
 import json, sys, time
 start = time.perf_counter()
 from pathlib import Path
-from vllm_ep_kit.buildkite.lint import lint
+from vllm_ep_kit.lint.lint import lint
 findings = lint(Path(sys.argv[1]))
 print(json.dumps({"seconds": time.perf_counter() - start, "findings": len(findings)}))
 """

@@ -94,7 +94,7 @@ MUTANTS = [
     ),
     M(
         "check-merges-rank-0",
-        "vllm_ep_kit/results.py",
+        "vllm_ep_kit/reference/results.py",
         "passed=not failing,",
         "passed=rows[0].passed,",
         ("tests/test_ep_check.py",),
@@ -104,7 +104,7 @@ MUTANTS = [
     # the SP wrapper and the reverted vLLM fix
     M(
         "sp-wrapper-keeps-padding",
-        "vllm_ep_kit/forward.py",
+        "vllm_ep_kit/backends/forward.py",
         "return gathered[: num_tokens if trim == TRIM_TO_TOKENS else local_rows]",
         "return gathered",
         ("tests/kernels/moe/test_moe_layer.py", "-k", "allgather_reducescatter and ep-sp"),
@@ -113,7 +113,7 @@ MUTANTS = [
     ),
     M(
         "reverted-fix-control-is-a-no-op",
-        "vllm_ep_kit/mnnvl_managers.py",
+        "tests/drivers/mnnvl_managers.py",
         "super().__init__(ps.get_dp_group().cpu_group)",
         "super().__init__(group)",
         ("tests/distributed/test_mnnvl_alltoall.py", "-k", "fix_reverted and not gpus"),
@@ -122,7 +122,7 @@ MUTANTS = [
     ),
     M(
         "recorder-skips-mapping-extent",
-        "vllm_ep_kit/testing/flashinfer_recorder.py",
+        "tests/drivers/flashinfer_recorder.py",
         "if alloc.mapping_ep_extent != ep_size:",
         "if False:",
         ("tests/distributed/test_mnnvl_alltoall.py", "-k", "each_workspace_fact"),
@@ -131,7 +131,7 @@ MUTANTS = [
     ),
     M(
         "recorder-skips-rows",
-        "vllm_ep_kit/testing/flashinfer_recorder.py",
+        "tests/drivers/flashinfer_recorder.py",
         "if alloc.rows != ep_size:",
         "if False:",
         ("tests/distributed/test_mnnvl_alltoall.py", "-k", "each_workspace_fact"),
@@ -178,7 +178,7 @@ MUTANTS = [
     # the harness: reporting, signals, watchdog, strict mode, torchrun
     M(
         "report-shows-first-rank-only",
-        "vllm_ep_kit/testing/supervision.py",
+        "vllm_ep_kit/harness/supervision.py",
         "    for report in failed:\n        lines.append",
         "    for report in failed[:1]:\n        lines.append",
         ("tests/harness/test_runner.py", "-k", "own_exception"),
@@ -187,7 +187,7 @@ MUTANTS = [
     ),
     M(
         "ok-then-crash-passes",
-        "vllm_ep_kit/testing/supervision.py",
+        "vllm_ep_kit/harness/supervision.py",
         "        return self.exit_code not in (0, None) and not self.killed_at_teardown",
         "        return False",
         ("tests/harness/test_faults.py", "-k", "dies_after_reporting"),
@@ -196,7 +196,7 @@ MUTANTS = [
     ),
     M(
         "signal-deaths-unnamed",
-        "vllm_ep_kit/testing/supervision.py",
+        "vllm_ep_kit/harness/supervision.py",
         "elif self.exit_code is not None and self.exit_code < 0:",
         "elif self.exit_code is not None and self.exit_code < -100:",
         ("tests/harness/test_faults.py", "-k", "dies_after_reporting and kill"),
@@ -205,7 +205,7 @@ MUTANTS = [
     ),
     M(
         "watchdog-never-fires",
-        "vllm_ep_kit/testing/supervision.py",
+        "vllm_ep_kit/harness/supervision.py",
         "            if now - last_beat(self.workdir, item.report.rank) > limit:",
         "            if False:",
         ("tests/harness/test_runner.py", "-k", "watchdog_stops"),
@@ -214,16 +214,16 @@ MUTANTS = [
     ),
     M(
         "strict-mode-skips",
-        "vllm_ep_kit/testing/skips.py",
+        "vllm_ep_kit/harness/pytest_plugin.py",
         "    if strict_mode():",
         "    if False:",
-        ("tests/harness/test_runner.py", "-k", "strict_mode"),
-        "the strict-mode test must fail, not be reported skipped",
+        ("tests/harness/test_pytest_plugin.py", "-k", "cannot_run and strict"),
+        "a run whose ranks cannot run must fail in strict mode, not be reported skipped",
         ("statement", "out-of-scope"),
     ),
     M(
         "torchrun-loses-the-leaver",
-        "vllm_ep_kit/testing/torchrun.py",
+        "vllm_ep_kit/harness/torchrun.py",
         "        missing = sorted(set(range(world_size))",
         "        missing = [] and sorted(set(range(world_size))",
         ("tests/harness/test_torchrun.py", "-k", "faults and 2"),
@@ -233,7 +233,7 @@ MUTANTS = [
     # lint-ci
     M(
         "gated-branch-never-fires",
-        "vllm_ep_kit/buildkite/rules/gated_branches.py",
+        "vllm_ep_kit/lint/rules/gated_branches.py",
         "            if any(name in env and opens(env[name], required) for env in envs):",
         "            if True:",
         ("tests/buildkite",),
@@ -242,7 +242,7 @@ MUTANTS = [
     ),
     M(
         "gated-branch-ignores-callers",
-        "vllm_ep_kit/buildkite/rules/gated_branches.py",
+        "vllm_ep_kit/lint/rules/gated_branches.py",
         "            for callee, env in calls(ctx.root, script):",
         "            for callee, env in []:",
         ("tests/buildkite/test_conventions.py", "-k", "calls_it"),
@@ -251,7 +251,7 @@ MUTANTS = [
     ),
     M(
         "gated-branch-counts-knobs",
-        "vllm_ep_kit/buildkite/rules/gated_branches.py",
+        "vllm_ep_kit/lint/rules/gated_branches.py",
         "        if used & arrays or RUNS_TESTS.search(line):",
         "        if used or RUNS_TESTS.search(line):",
         ("tests/buildkite/test_conventions.py", "-k", "branch"),
@@ -260,7 +260,7 @@ MUTANTS = [
     ),
     M(
         "flag-spelling-never-fires",
-        "vllm_ep_kit/buildkite/rules/flag_spelling.py",
+        "vllm_ep_kit/lint/rules/flag_spelling.py",
         "        if len(styles) < 2:",
         "        if True:",
         ("tests/buildkite",),
@@ -269,7 +269,7 @@ MUTANTS = [
     ),
     M(
         "lint-default-working-dir",
-        "vllm_ep_kit/buildkite/conventions.py",
+        "vllm_ep_kit/lint/conventions.py",
         "        return VLLM_DEFAULT_WORKING_DIR",
         "        return WORKSPACE",
         ("tests/buildkite/test_conventions.py",),
@@ -278,7 +278,7 @@ MUTANTS = [
     ),
     M(
         "lint-prefix-matching",
-        "vllm_ep_kit/buildkite/conventions.py",
+        "vllm_ep_kit/lint/conventions.py",
         '    return path == entry or path.startswith(entry + "/")',
         "    return path.startswith(entry)",
         ("tests/buildkite/test_conventions.py",),
@@ -287,7 +287,7 @@ MUTANTS = [
     ),
     M(
         "lint-judges-optional-steps",
-        "vllm_ep_kit/buildkite/pipeline.py",
+        "vllm_ep_kit/lint/pipeline.py",
         "        if not step.optional:\n            for index, entry",
         "        if True:\n            for index, entry",
         ("tests/buildkite/test_conventions.py",),
@@ -296,7 +296,7 @@ MUTANTS = [
     ),
     M(
         "gpu-marks-never-judged",
-        "vllm_ep_kit/buildkite/rules/gpu_count.py",
+        "vllm_ep_kit/lint/rules/gpu_count.py",
         "            findings += _unmet_marks(ctx, step)",
         "            findings += []",
         ("tests/buildkite/test_conventions.py", "-k", "marked"),
@@ -305,7 +305,7 @@ MUTANTS = [
     ),
     M(
         "listed-not-run-ignores-optional",
-        "vllm_ep_kit/buildkite/rules/listed_not_run.py",
+        "vllm_ep_kit/lint/rules/listed_not_run.py",
         "        if any(not other.optional for other in runners):",
         "        if runners:",
         ("tests/buildkite/test_conventions.py",),
@@ -315,7 +315,7 @@ MUTANTS = [
     # bench's check, the pool's isolation
     M(
         "bench-all-gather-counted-as-routed",
-        "vllm_ep_kit/bench/drivers.py",
+        "vllm_ep_kit/commands/bench/drivers.py",
         "copies = torch.full((tokens.x.shape[0],), world) if group else inputs.copies",
         "copies = inputs.copies",
         ("tests/bench/test_bench.py", "-k", "end_to_end_on_cpu"),
@@ -324,7 +324,7 @@ MUTANTS = [
     ),
     M(
         "pool-ignores-replaced-vllm-code",
-        "vllm_ep_kit/testing/vllm_isolation.py",
+        "vllm_ep_kit/harness/vllm_isolation.py",
         "        elif new is not old:",
         "        elif False:",
         ("tests/harness/test_pool.py", "-k", "vllm_method_replaced"),
@@ -351,7 +351,7 @@ MUTANTS = [
     ),
     M(
         "growth-forgets-earlier-layers",
-        "vllm_ep_kit/testing/flashinfer_recorder.py",
+        "tests/drivers/flashinfer_recorder.py",
         "for earlier in steps[: index + 1]:",
         "for earlier in steps[index: index + 1]:",
         ("tests/distributed/test_mnnvl_alltoall.py", "-k", "shrunk"),
@@ -360,7 +360,7 @@ MUTANTS = [
     ),
     M(
         "growth-no-rebuild",
-        "vllm_ep_kit/testing/flashinfer_recorder.py",
+        "tests/drivers/flashinfer_recorder.py",
         "        newest = made[-1]\n",
         "        newest = made[0]\n",
         ("tests/distributed/test_mnnvl_alltoall.py", "-k", "union_of_layers"),
@@ -370,7 +370,7 @@ MUTANTS = [
     # vLLM's one-sided prepare/finalize over the emulated kernels
     M(
         "pf-no-late-reduce",
-        "vllm_ep_kit/prepare_finalize_check.py",
+        "tests/drivers/prepare_finalize_check.py",
         "    return _late_reduce_rule()(runner, states, None, output_is_reduced)\n",
         "    return states\n",
         ("tests/distributed/test_mnnvl_alltoall.py", "-k", "double_reduce"),
@@ -379,7 +379,7 @@ MUTANTS = [
     ),
     M(
         "emulator-combine-own-rows",
-        "vllm_ep_kit/testing/flashinfer_emulator.py",
+        "tests/drivers/flashinfer_emulator.py",
         "                for r in range(self.ep_size):\n                    total[sent[r]]",
         "                for r in [self.ep_rank]:\n                    total[sent[r]]",
         (
@@ -392,7 +392,7 @@ MUTANTS = [
     ),
     M(
         "emulator-no-sanitize",
-        "vllm_ep_kit/testing/flashinfer_emulator.py",
+        "tests/drivers/flashinfer_emulator.py",
         "                    if index == expert_id_payload_index and invalid_token_expert_id "
         "is not None:\n",
         "                    if False:\n",
@@ -406,7 +406,7 @@ MUTANTS = [
     ),
     M(
         "emulator-two-sided-own-rows",
-        "vllm_ep_kit/testing/flashinfer_emulator.py",
+        "tests/drivers/flashinfer_emulator.py",
         "                for r in range(ep_size):\n                    total[route.sent[r]]",
         "                for r in [ep_rank]:\n                    total[route.sent[r]]",
         ("tests/distributed/test_mnnvl_alltoall.py", "-k", "prepare_finalize_vs_oracle"),
@@ -415,7 +415,7 @@ MUTANTS = [
     ),
     M(
         "emulator-two-sided-no-memset",
-        "vllm_ep_kit/testing/flashinfer_emulator.py",
+        "tests/drivers/flashinfer_emulator.py",
         "got_ids = torch.full((rows, top_k), int(slot_count), dtype=expert_ids.dtype)",
         "got_ids = torch.zeros((rows, top_k), dtype=expert_ids.dtype)",
         ("tests/distributed/test_mnnvl_alltoall.py", "-k", "prepare_finalize_vs_oracle"),
@@ -424,7 +424,7 @@ MUTANTS = [
     ),
     M(
         "emulator-two-sided-global-ids",
-        "vllm_ep_kit/testing/flashinfer_emulator.py",
+        "tests/drivers/flashinfer_emulator.py",
         "torch.where(owners[rows] == r, expert_ids.cpu()[rows], int(slot_count))",
         "torch.where(owners[rows] >= 0, expert_ids.cpu()[rows], int(slot_count))",
         ("tests/distributed/test_mnnvl_alltoall.py", "-k", "prepare_finalize_vs_oracle"),
@@ -453,7 +453,7 @@ MUTANTS = [
     # the rank pool's opt-out, its environment, and the suite's vllm-marker rule
     M(
         "fresh-ranks-ignored",
-        "vllm_ep_kit/testing/pool.py",
+        "vllm_ep_kit/harness/pool.py",
         "previous_env = os.environ.pop(POOL_ENV, None)",
         "previous_env = os.environ.get(POOL_ENV)",
         (
@@ -469,7 +469,7 @@ MUTANTS = [
     ),
     M(
         "pool-task-keeps-the-start-environment",
-        "vllm_ep_kit/testing/pool.py",
+        "vllm_ep_kit/harness/pool.py",
         "os.environ.update(env_set)",
         "os.environ.update({})",
         ("tests/harness/test_pool.py", "-k", "parents_environment"),
@@ -478,7 +478,7 @@ MUTANTS = [
     ),
     M(
         "forked-rank-keeps-the-servers-environment",
-        "vllm_ep_kit/testing/rank.py",
+        "vllm_ep_kit/harness/rank.py",
         "    if spec.inherit_env is not None:\n",
         "    if False:\n",
         ("tests/harness/test_pool.py", "-k", "fork_from"),
@@ -487,7 +487,7 @@ MUTANTS = [
     ),
     M(
         "forked-rank-outlives-its-parent",
-        "vllm_ep_kit/testing/rank.py",
+        "vllm_ep_kit/harness/rank.py",
         "                parent is not None\n                and parent.is_running()",
         "                parent is not None\n                or parent.is_running()",
         ("tests/harness/test_faults.py", "-k", "killed_parent and pool"),
@@ -506,7 +506,7 @@ MUTANTS = [
     # the CLI
     M(
         "bench-report-unchecked",
-        "vllm_ep_kit/bench/report.py",
+        "vllm_ep_kit/commands/bench/report.py",
         "    if error is not None:\n",
         "    if False:\n",
         ("tests/test_cli_fuzz.py", "-k", "from_json"),
@@ -517,7 +517,7 @@ MUTANTS = [
     # through: each must fail a test of make test
     M(
         "case-verdict-ignores-dispatch",
-        "vllm_ep_kit/results.py",
+        "vllm_ep_kit/reference/results.py",
         "        passed=exact is not False and close,\n",
         "        passed=close,\n",
         ("tests/test_results.py",),
@@ -544,7 +544,7 @@ MUTANTS = [
     ),
     M(
         "unique-labels-one-field",
-        "vllm_ep_kit/buildkite/rules/unique_labels.py",
+        "vllm_ep_kit/lint/rules/unique_labels.py",
         'for field in ("label", "key"):',
         'for field in ("label",):',
         ("tests/buildkite/rules/test_unique_labels.py",),

@@ -8,7 +8,7 @@ import pytest
 
 from tests.vllm_marker import unmarked_vllm_tests
 
-PLUGIN = "vllm_ep_kit.testing.pytest_plugin"
+PLUGIN = "vllm_ep_kit.harness.pytest_plugin"
 _installed = any(ep.value == PLUGIN for ep in entry_points(group="pytest11"))
 
 pytest_plugins = ["pytester"] + ([] if _installed else [PLUGIN])

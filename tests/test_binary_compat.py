@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from vllm_ep_kit import stable_abi
-from vllm_ep_kit.testing import probes
+from tests.drivers import stable_abi
+from vllm_ep_kit.harness import probes
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler")
 

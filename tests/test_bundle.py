@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vllm_ep_kit import bundle
+from vllm_ep_kit.commands import bundle
 
 pytestmark = pytest.mark.flashinfer
 
@@ -85,7 +85,7 @@ def _tiny_wheel(directory: Path) -> Path:
 def test_bootstrap_installs_the_wheels_once(tmp_path):
     """Sourcing the bootstrap puts the wheels on the path; sourcing it again (one shell per
     test command on a GPU host) does not reinstall them."""
-    from vllm_ep_kit.bundle import BOOTSTRAP
+    from vllm_ep_kit.commands.bundle import BOOTSTRAP
 
     bundle, site = tmp_path / "bundle", tmp_path / "site"
     (bundle / "wheels").mkdir(parents=True)
@@ -112,7 +112,7 @@ def test_bootstrap_installs_the_wheels_once(tmp_path):
 
 
 def test_kernel_stubs_stand_in_only_where_the_library_is_absent(tmp_path):
-    from vllm_ep_kit.bundle import VLLM_KERNEL_STUBS, write_kernel_stubs
+    from vllm_ep_kit.commands.bundle import VLLM_KERNEL_STUBS, write_kernel_stubs
 
     assert write_kernel_stubs(tmp_path) == list(VLLM_KERNEL_STUBS)
     assert (tmp_path / "_C_stable_libtorch.py").is_file()
@@ -134,7 +134,9 @@ def test_shipped_sources_are_older_than_the_committed_jit_cache(tmp_path, flashi
     site = tmp_path / "b" / "site"
     mtimes = {p.lstat().st_mtime for p in site.rglob("*")}
     assert mtimes == {bundle.SOURCE_MTIME}
-    caches = sorted(Path(bundle.__file__).resolve().parents[1].glob("assets/flashinfer-jit/*.xz"))
+    caches = sorted(
+        (Path(__file__).resolve().parents[1] / "assets" / "flashinfer-jit").glob("*.xz")
+    )
     assert caches, "no committed JIT cache"
     for cache in caches:
         with tarfile.open(cache) as tar:

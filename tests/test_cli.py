@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from vllm_ep_kit.ep_check import CheckArgumentError, make_plan
+from vllm_ep_kit.commands.check import CheckArgumentError, make_plan
 
 USABLE = ["allgather_reducescatter", "naive"]
 
@@ -144,7 +144,7 @@ def test_cli_bad_argument_is_one_line_with_exit_2():
 def test_argument_errors_are_answered_before_vllm_is_imported(argv):
     """Importing vLLM costs seconds (about ten on this CI machine): a typo in an argument
     gets its one line without it."""
-    from vllm_ep_kit.fresh_python import run_json
+    from vllm_ep_kit.harness.fresh_python import run_json
 
     code = (
         "import contextlib, io, json, sys; from vllm_ep_kit.cli import main\n"
@@ -454,3 +454,18 @@ def test_ctrl_c_during_check_exits_130_with_one_line_and_no_process_left(monkeyp
     assert err.strip().splitlines() == ["vllm-ep-kit check: interrupted"], err[-3000:]
 
     assert_none_alive(mark, 5)
+
+
+def test_a_command_that_cannot_run_here_says_why_in_one_line(monkeypatch, capsys):
+    """The harness's "not runnable here" reaching the command line: the reason on one
+    line, exit 1, no traceback."""
+    from vllm_ep_kit import cli
+    from vllm_ep_kit.harness import skip_or_fail
+
+    monkeypatch.setattr(
+        cli, "cmd_doctor", lambda args: skip_or_fail("needs 4 CUDA GPUs, 0 visible")
+    )
+    assert cli.main(["doctor"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == "vllm-ep-kit doctor: cannot run here: needs 4 CUDA GPUs, 0 visible\n"
+    assert captured.out == ""

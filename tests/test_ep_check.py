@@ -10,7 +10,7 @@ import re
 import pytest
 
 from vllm_ep_kit import backends as registry
-from vllm_ep_kit.ep_check import (
+from vllm_ep_kit.commands.check import (
     DEFAULT_TOKEN_PATTERNS,
     CaseResult,
     CheckArgumentError,
@@ -24,7 +24,8 @@ from vllm_ep_kit.ep_check import (
     token_counts,
     validate_arguments,
 )
-from vllm_ep_kit.layout import ParallelLayout
+from vllm_ep_kit.harness.skips import NotRunnableHere
+from vllm_ep_kit.reference.layout import ParallelLayout
 from vllm_ep_kit.reference.moe import RoutingCase
 
 
@@ -371,8 +372,8 @@ def test_a_run_hands_the_harness_its_plan_and_merges_what_the_ranks_return(monke
     limit) and how it merges the rows that come back, read in this process: rank 1 fails
     the second case.  The runs below start real ranks for the same; this one is what a
     mutation run can afford for every mutant."""
-    from vllm_ep_kit import testing
-    from vllm_ep_kit.exchange import rank_cases
+    from vllm_ep_kit import harness
+    from vllm_ep_kit.backends.exchange import rank_cases
 
     calls = []
 
@@ -387,7 +388,7 @@ def test_a_run_hands_the_harness_its_plan_and_merges_what_the_ranks_return(monke
             for rank in range(world_size)
         ]
 
-    monkeypatch.setattr(testing, "run_ranks", recorded_run_ranks)
+    monkeypatch.setattr(harness, "run_ranks", recorded_run_ranks)
     made = dataclasses.replace(
         agrs_plan_with(RefusesToOpen, vllm_name="flashinfer_nvlink_two_sided"),
         device_backend="nccl",
@@ -419,8 +420,8 @@ def test_a_run_whose_ranks_fail_fails_its_cases_and_the_next_run_still_runs(monk
     failed, not run, with that rank's headline, and on_error gets the ranks' whole report;
     the second run (another backend, another layout) runs and reports as usual.  Every
     callback gets what it names, in the plan's order, in this process."""
-    from vllm_ep_kit import testing
-    from vllm_ep_kit.testing import RankFailures, RankReport
+    from vllm_ep_kit import harness
+    from vllm_ep_kit.harness import RankFailures, RankReport
 
     failing = RankFailures("2 of 2 ranks failed\n(the whole report)", [RankReport(1, 3)])
 
@@ -429,7 +430,7 @@ def test_a_run_whose_ranks_fail_fails_its_cases_and_the_next_run_still_runs(monk
             raise failing
         return [[row(True, 0.5, note="fine") for _ in cases] for _ in range(world_size)]
 
-    monkeypatch.setattr(testing, "run_ranks", recorded_run_ranks)
+    monkeypatch.setattr(harness, "run_ranks", recorded_run_ranks)
     made = agrs_plan()
     (first,) = made.runs
     second = dataclasses.replace(first, backend="second", layout=ParallelLayout(tp=2, dp=1))
@@ -487,12 +488,12 @@ def run_with(transport, vllm_name: str = AGRS, timeout_s: float = 120) -> list:
 def test_a_run_gets_the_plans_process_group_and_its_backends_vllm_name(monkeypatch):
     """The plan's process-group backend, not the host's default (pretended NCCL here), and
     vLLM configured with the run's own all-to-all backend, not vLLM's default."""
-    from vllm_ep_kit.testing import runner
+    from vllm_ep_kit.harness import runner
 
     monkeypatch.setattr(runner, "default_backend", lambda: "nccl")
     try:
         notes = run_with(NamesWhatItWasGiven, vllm_name="flashinfer_nvlink_two_sided")
-    except pytest.skip.Exception as exc:  # NCCL on a host without GPUs skips the run
+    except NotRunnableHere as exc:  # NCCL on a host without GPUs cannot run here
         pytest.fail(f"the run asked for the host's default process group: {exc}")
     assert len(notes) == 3
     for note in notes:

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from vllm_ep_kit import exit_codes
-from vllm_ep_kit.bench.report import CHECK_TOLERANCE, merge_point
-from vllm_ep_kit.buildkite.area import Finding
-from vllm_ep_kit.results import CaseResult
+from vllm_ep_kit.commands import exit_codes
+from vllm_ep_kit.commands.bench.report import CHECK_TOLERANCE, merge_point
+from vllm_ep_kit.lint.area import Finding
+from vllm_ep_kit.reference.results import CaseResult
 
 from .bench.conftest import AGRS, TWO, rank_row
 

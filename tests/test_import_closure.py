@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vllm_ep_kit.bundle import compatible_platforms
-from vllm_ep_kit.import_closure import minimal_distributions
+from vllm_ep_kit.commands.bundle import compatible_platforms
+from vllm_ep_kit.commands.import_closure import minimal_distributions
 
 
 def make_dist(site: Path, name: str, code: str, requires: tuple[str, ...] = ()) -> None:

@@ -62,7 +62,7 @@ TYPED_USE = """from __future__ import annotations
 import torch
 
 from vllm_ep_kit.backends.transport import Dispatched, Transport
-from vllm_ep_kit.testing import run_ranks
+from vllm_ep_kit.harness import run_ranks
 
 
 class {name}(Transport):

@@ -72,7 +72,7 @@ def import_graph() -> nx.DiGraph:
 def test_the_graph_sees_lazy_imports():
     """The reader must find an import made inside a function (check's rank function)."""
     graph = import_graph()
-    assert graph.has_edge("vllm_ep_kit.ep_check", "vllm_ep_kit.exchange")
+    assert graph.has_edge("vllm_ep_kit.commands.check", "vllm_ep_kit.backends.exchange")
     assert graph.has_edge("vllm_ep_kit.backends.agrs", "vllm_ep_kit.backends.registry")
 
 

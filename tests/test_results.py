@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from vllm_ep_kit.reference.moe import TOLERANCE, RoutingCase, moe_reference, source_tokens
-from vllm_ep_kit.results import (
+from vllm_ep_kit.reference.results import (
     VIA_COMBINE,
     CaseResult,
     merge_case_rows,

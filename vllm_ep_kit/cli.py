@@ -9,7 +9,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from vllm_ep_kit import exit_codes
+from vllm_ep_kit.commands import exit_codes
 
 OK = "[green]yes[/green]"
 NO = "[red]no[/red]"
@@ -82,7 +82,7 @@ def _print_doctor(report: dict, console: Console) -> None:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from vllm_ep_kit import doctor
+    from vllm_ep_kit.commands import doctor
 
     report = doctor.collect()
     if args.json:
@@ -181,7 +181,7 @@ def _world_for_job(
     torchrun every run uses the whole job (its ranks may span nodes), so the
     world size is the job's and the GPU check is per node (one rank per GPU).
     """
-    from vllm_ep_kit.testing import torchrun
+    from vllm_ep_kit.harness import torchrun
 
     job = torchrun.job_world_size()
     if job is None:
@@ -196,8 +196,9 @@ def _world_for_job(
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from vllm_ep_kit import backends, ep_check
-    from vllm_ep_kit.testing import probes, torchrun
+    from vllm_ep_kit import backends
+    from vllm_ep_kit.commands import check as ep_check
+    from vllm_ep_kit.harness import probes, torchrun
 
     console = _console(args.width, stderr=args.json, quiet=not torchrun.is_lead())
     try:
@@ -359,7 +360,7 @@ def _bench_table(report: dict, console: Console) -> None:
 
 
 def _bench_plot(report: dict, path, console: Console) -> None:
-    from vllm_ep_kit.bench.plot import plot_report
+    from vllm_ep_kit.commands.bench.plot import plot_report
 
     try:
         console.print(f"plot: {plot_report(report, path)}")
@@ -401,10 +402,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from vllm_ep_kit import backends
-    from vllm_ep_kit.bench import plan as bench_plan
-    from vllm_ep_kit.bench import report as bench_report
-    from vllm_ep_kit.bench.sweep import run_bench
-    from vllm_ep_kit.testing import probes, torchrun
+    from vllm_ep_kit.commands.bench import plan as bench_plan
+    from vllm_ep_kit.commands.bench import report as bench_report
+    from vllm_ep_kit.commands.bench.sweep import run_bench
+    from vllm_ep_kit.harness import probes, torchrun
 
     lead = torchrun.is_lead()
     console = _console(args.width, stderr=args.json, quiet=not lead)
@@ -568,7 +569,7 @@ def _finding_line(finding, form: str) -> str:
 
 def _explain(root, path: str, form: str) -> int:
     """``lint-ci --explain PATH``: which steps run it or are selected by a change to it."""
-    from vllm_ep_kit.buildkite.lint import explain
+    from vllm_ep_kit.lint.lint import explain
 
     rows = explain(root, path)
     if form == "json":
@@ -601,8 +602,8 @@ def cmd_lint_ci(args: argparse.Namespace) -> int:
     """Exit 0 clean, 1 findings, 2 usage error, 3 internal error (a bug of ours)."""
     from pathlib import Path
 
-    from vllm_ep_kit.buildkite.lint import lint
-    from vllm_ep_kit.buildkite.rules import RULE_NAMES
+    from vllm_ep_kit.lint.lint import lint
+    from vllm_ep_kit.lint.rules import RULE_NAMES
 
     root = Path(args.root)
     if not root.is_dir():
@@ -671,7 +672,7 @@ def cmd_lint_ci(args: argparse.Namespace) -> int:
         )
         return 3
     if baseline is not None:
-        from vllm_ep_kit.buildkite.lint import without_baseline
+        from vllm_ep_kit.lint.lint import without_baseline
 
         findings = without_baseline(findings, baseline)
     if args.format == "json":
@@ -700,7 +701,7 @@ def cmd_lint_ci(args: argparse.Namespace) -> int:
 def cmd_bundle(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from vllm_ep_kit import bundle
+    from vllm_ep_kit.commands import bundle
 
     out = Path(args.out)
     why = _unusable_out_dir(out)
@@ -975,7 +976,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from vllm_ep_kit.torch_logs import quiet_opaque_type_deprecations
+    from vllm_ep_kit.harness.skips import NotRunnableHere
+    from vllm_ep_kit.harness.torch_logs import quiet_opaque_type_deprecations
 
     quiet_opaque_type_deprecations()
     parser = build_parser()
@@ -986,6 +988,9 @@ def main(argv: list[str] | None = None) -> int:
         # The rank runner's teardown (its finally blocks) has stopped the ranks by now.
         print(f"vllm-ep-kit {args.command}: interrupted", file=sys.stderr)
         return 130
+    except NotRunnableHere as exc:  # a requirement of the run is missing on this machine
+        print(f"vllm-ep-kit {args.command}: cannot run here: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

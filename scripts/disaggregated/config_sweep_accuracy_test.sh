@@ -47,7 +47,7 @@ fi
 run_one_config() {
     local model=$1 prefill_args=$2 decode_args=$3
     # shellcheck disable=SC2086  # the args strings are word lists by design
-    python -m vllm_ep_kit.e2e.disagg_pair --model "$model" \
+    python -m tests.e2e.disagg_pair --model "$model" \
         --prefill-args "$prefill_args" --decode-args "$decode_args" \
         --threshold "$ACCURACY_THRESHOLD"
 }

@@ -3,4 +3,4 @@
 # Usage: scripts/e2e/run_async_eplb_accuracy.sh [--model M] [--threshold 0.8]
 #        [--num-questions N] [--port P] [--output-dir DIR]
 set -euo pipefail
-exec python -m vllm_ep_kit.e2e.eplb_accuracy "$@"
+exec python -m tests.e2e.eplb_accuracy "$@"

@@ -25,7 +25,7 @@ if [ ! -f "$stamp" ]; then
     done
     # The bootstrap of this checkout (installs wheels once, pins their mtimes) replaces
     # the one the bundle was made with, so older bundles get its fixes too.
-    python3 -c 'import sys; sys.path.insert(0, "."); from vllm_ep_kit.bundle import BOOTSTRAP; print(BOOTSTRAP, end="")' \
+    python3 -c 'import sys; sys.path.insert(0, "."); from vllm_ep_kit.commands.bundle import BOOTSTRAP; print(BOOTSTRAP, end="")' \
         > "$work/unpacked/bundle/bootstrap.sh"
     touch "$stamp"
 fi
@@ -81,7 +81,7 @@ fi
 # A bundle made without --vllm has no vLLM: no stand-ins then (they would make an empty
 # namespace package of vllm/).
 if [ -f "$work/unpacked/bundle/site/vllm/__init__.py" ]; then
-    python3 -c 'import sys; sys.path.insert(0, "."); from vllm_ep_kit.bundle import write_kernel_stubs; write_kernel_stubs(sys.argv[1])' \
+    python3 -c 'import sys; sys.path.insert(0, "."); from vllm_ep_kit.commands.bundle import write_kernel_stubs; write_kernel_stubs(sys.argv[1])' \
         "$work/unpacked/bundle/site/vllm"
 fi
 # shellcheck source=/dev/null

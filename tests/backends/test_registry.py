@@ -17,9 +17,9 @@ import torch.distributed as dist
 
 from vllm_ep_kit import backends
 from vllm_ep_kit.backends import TO_GROUP, Backend, Dispatched, Needs, Transport
-from vllm_ep_kit.layout import ParallelLayout
+from vllm_ep_kit.harness import run_ranks
+from vllm_ep_kit.reference.layout import ParallelLayout
 from vllm_ep_kit.reference.moe import Tokens, concat_tokens
-from vllm_ep_kit.testing import run_ranks
 
 pytestmark = pytest.mark.vllm
 
@@ -94,7 +94,7 @@ def toy(request):
 
 
 def test_check_runs_a_registered_backend(toy):
-    from vllm_ep_kit.ep_check import make_plan, run_check
+    from vllm_ep_kit.commands.check import make_plan, run_check
 
     plan = make_plan(
         [2], [1], [TOY], ["fp32", "bf16"], gpu_count=0, usable=backends.usable_backend_names()
@@ -110,7 +110,7 @@ def test_check_runs_a_registered_backend(toy):
 
 
 def test_layer_matrix_runs_a_registered_backend(toy):
-    from vllm_ep_kit.moe_layer import (
+    from tests.drivers.moe_layer import (
         MoeLayerCell,
         all_cells,
         cell_outcome,
@@ -143,9 +143,9 @@ def test_layer_matrix_runs_a_registered_backend(toy):
 
 
 def test_bench_runs_a_registered_backend(toy, tmp_path):
-    from vllm_ep_kit.bench.plan import BenchSettings, make_bench_plan
-    from vllm_ep_kit.bench.report import CHECK_TOLERANCE
-    from vllm_ep_kit.bench.sweep import run_bench
+    from vllm_ep_kit.commands.bench.plan import BenchSettings, make_bench_plan
+    from vllm_ep_kit.commands.bench.report import CHECK_TOLERANCE
+    from vllm_ep_kit.commands.bench.sweep import run_bench
 
     settings = BenchSettings(top_k=2, num_experts=8, warmup=1, repeats=2)
     plan = make_bench_plan(
@@ -167,7 +167,7 @@ def test_bench_runs_a_registered_backend(toy, tmp_path):
 
 
 def test_doctor_lists_a_registered_backend(toy):
-    from vllm_ep_kit import doctor
+    from vllm_ep_kit.commands import doctor
 
     rows = {row["name"]: row for row in doctor.collect()["backends"]}
     assert rows[TOY]["usable"] and rows[TOY]["driven"]

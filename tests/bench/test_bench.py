@@ -14,17 +14,17 @@ import pytest
 import torch
 
 from tests.test_cli import cli, torchrun_cli
-from vllm_ep_kit.bench.drivers import roundtrip_error
-from vllm_ep_kit.bench.plan import BenchPoint, BenchRun, BenchSettings
-from vllm_ep_kit.bench.report import CHECK_TOLERANCE, merge_ranks
-from vllm_ep_kit.bench.traffic import (
+from vllm_ep_kit.commands.bench.drivers import roundtrip_error
+from vllm_ep_kit.commands.bench.plan import BenchPoint, BenchRun, BenchSettings
+from vllm_ep_kit.commands.bench.report import CHECK_TOLERANCE, merge_ranks
+from vllm_ep_kit.commands.bench.traffic import (
     destinations,
     dispatch_row_bytes,
     rank_inputs,
     routed_remote_bytes,
 )
-from vllm_ep_kit.layout import ParallelLayout
 from vllm_ep_kit.reference.formats import dequantize, quantize
+from vllm_ep_kit.reference.layout import ParallelLayout
 from vllm_ep_kit.reference.moe import Tokens, expert_owner
 
 from .conftest import AGRS, ONE, TWO
@@ -197,7 +197,7 @@ def rank_bench_with_doubled_combine(ctx, run, settings, partial_dir):
     """Negative control: vLLM's AGRS combine returning twice the sum."""
     from vllm.distributed.device_communicators.all2all import AgRsAll2AllManager
 
-    from vllm_ep_kit.bench.rank import rank_bench
+    from vllm_ep_kit.commands.bench.rank import rank_bench
     from vllm_ep_kit.patches.base import swapped
 
     original = AgRsAll2AllManager.combine
@@ -208,7 +208,7 @@ def rank_bench_with_doubled_combine(ctx, run, settings, partial_dir):
 
 @pytest.mark.vllm
 def test_bench_round_trip_check_fails_on_a_broken_combine(tmp_path):
-    from vllm_ep_kit.testing import run_ranks
+    from vllm_ep_kit.harness import run_ranks
 
     layout = ParallelLayout.for_world(2, tp=1)
     run = BenchRun(AGRS, layout, (BenchPoint(4, 512, "bf16"),))
@@ -241,8 +241,8 @@ def test_bench_from_json_rejects_other_files(tmp_path):
 @pytest.mark.parametrize("backend", [ONE, TWO])
 def test_bench_flashinfer_round_trip_on_gpus(tmp_path, backend):
     """The bench's FlashInfer drivers on 2 GPUs: every point's round trip checks out."""
-    from vllm_ep_kit.bench.rank import rank_bench
-    from vllm_ep_kit.testing import run_ranks
+    from vllm_ep_kit.commands.bench.rank import rank_bench
+    from vllm_ep_kit.harness import run_ranks
 
     layout = ParallelLayout.for_world(2, tp=1)
     points = tuple(

@@ -7,14 +7,14 @@ import pytest
 
 from vllm_ep_kit import backends as registry
 from vllm_ep_kit.backends.spec import Backend
-from vllm_ep_kit.bench.plan import (
+from vllm_ep_kit.commands.bench.plan import (
     BenchArgumentError,
     BenchPoint,
     BenchRun,
     BenchSettings,
     make_bench_plan,
 )
-from vllm_ep_kit.layout import ParallelLayout
+from vllm_ep_kit.reference.layout import ParallelLayout
 
 from .conftest import AGRS, ONE, TWO
 

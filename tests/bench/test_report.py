@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from vllm_ep_kit.bench.report import (
+from vllm_ep_kit.commands.bench.report import (
     CHECK_TOLERANCE,
     check_report,
     link_summary,

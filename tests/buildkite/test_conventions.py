@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from vllm_ep_kit.buildkite.lint import lint
+from vllm_ep_kit.lint.lint import lint
 
 AREA = """\
 group: Distributed

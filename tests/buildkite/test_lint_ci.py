@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from vllm_ep_kit.buildkite.lint import lint
+from vllm_ep_kit.lint.lint import lint
 
 REPO = Path(__file__).resolve().parents[2]
 COPIED = [".buildkite", "scripts", "tests", "vllm_ep_kit", "requirements"]
@@ -107,10 +107,10 @@ def test_missing_dependency(tree):
     area = tree / ".buildkite/test_areas/distributed.yaml"
     text = area.read_text()
     block = text.split("  - label: EP kit harness (CPU)")[1].split("  - label:")[0]
-    area.write_text(text.replace(block, block.replace("      - vllm_ep_kit/testing/\n", ""), 1))
+    area.write_text(text.replace(block, block.replace("      - vllm_ep_kit/harness/\n", ""), 1))
     (finding,) = rules_at(lint(tree), "dependencies")
     assert "EP kit harness (CPU)" in finding.message
-    assert "vllm_ep_kit/testing/" in finding.message + finding.hint
+    assert "vllm_ep_kit/harness/" in finding.message + finding.hint
     lines = area.read_text().splitlines()
     assert lines[finding.line - 2].strip() == "source_file_dependencies:"  # at its list
 
@@ -243,7 +243,7 @@ def test_any_step_shape_gives_findings_never_an_exception(tmp_path_factory):
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from vllm_ep_kit.buildkite import conventions
+    from vllm_ep_kit.lint import conventions
 
     values = st.recursive(
         st.none()

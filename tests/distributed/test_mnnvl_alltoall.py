@@ -17,11 +17,7 @@ import itertools
 
 import pytest
 
-from vllm_ep_kit import backends as registry
-from vllm_ep_kit.backends import flashinfer_one_sided, flashinfer_two_sided
-from vllm_ep_kit.backends.mnnvl import manager_transport
-from vllm_ep_kit.ep_check import plan_cases, token_counts
-from vllm_ep_kit.flashinfer_direct import (
+from tests.drivers.flashinfer_direct import (
     alternating_layers,
     default_cases,
     format_cases,
@@ -32,31 +28,35 @@ from vllm_ep_kit.flashinfer_direct import (
     rank_one_sided_roundtrip,
     rank_two_sided_roundtrip,
 )
-from vllm_ep_kit.layout import ParallelLayout
-from vllm_ep_kit.manager_roundtrip import (
+from tests.drivers.flashinfer_emulator import (
+    rank_emulator_vs_kernels,
+    rank_two_sided_emulator_vs_kernels,
+)
+from tests.drivers.flashinfer_recorder import (
+    FlashInferAllocationRecorder,
+    growth_findings,
+    workspace_group_findings,
+)
+from tests.drivers.manager_roundtrip import (
     lifecycle_findings,
     rank_manager_lifecycle,
     rank_manager_roundtrip,
     release_findings,
 )
-from vllm_ep_kit.mnnvl_managers import (
+from tests.drivers.mnnvl_managers import (
     build_manager,
     ensure_workspace,
     manager_backends,
     mnnvl_on_dp_group,
 )
+from vllm_ep_kit import backends as registry
+from vllm_ep_kit.backends import flashinfer_one_sided, flashinfer_two_sided
+from vllm_ep_kit.backends.mnnvl import manager_transport
+from vllm_ep_kit.commands.check import plan_cases, token_counts
+from vllm_ep_kit.harness import run_ranks
 from vllm_ep_kit.patches.flashinfer_managers import WorkspaceShape
+from vllm_ep_kit.reference.layout import ParallelLayout
 from vllm_ep_kit.reference.moe import RoutingCase
-from vllm_ep_kit.testing import run_ranks
-from vllm_ep_kit.testing.flashinfer_emulator import (
-    rank_emulator_vs_kernels,
-    rank_two_sided_emulator_vs_kernels,
-)
-from vllm_ep_kit.testing.flashinfer_recorder import (
-    FlashInferAllocationRecorder,
-    growth_findings,
-    workspace_group_findings,
-)
 
 MANAGER_BACKENDS = manager_backends()
 LAYOUTS = [ParallelLayout(tp=1, dp=2), ParallelLayout(tp=2, dp=2), ParallelLayout(tp=1, dp=4)]
@@ -210,7 +210,7 @@ def test_workspace_spans_ep_group(all2all, layout):
 def test_each_workspace_fact_is_checked_on_its_own(wrong):
     """Exactly one fact of an otherwise right allocation is wrong, so each check is seen on
     its own (with the group wrong too, the group check would hide the Mapping extent's)."""
-    from vllm_ep_kit.testing.flashinfer_recorder import Allocation
+    from tests.drivers.flashinfer_recorder import Allocation
 
     ep_ranks = [0, 1, 2, 3]
     alloc = Allocation(
@@ -317,7 +317,7 @@ def prepare_finalize_steps(layout: ParallelLayout) -> list[RoutingCase]:
 
 
 def rank_prepare_finalize(ctx, all2all, cases, reduces_twice=False):
-    from vllm_ep_kit.prepare_finalize_check import rank_prepare_finalize_steps
+    from tests.drivers.prepare_finalize_check import rank_prepare_finalize_steps
 
     return rank_prepare_finalize_steps(ctx, all2all, cases, reduces_twice=reduces_twice)
 
@@ -393,7 +393,7 @@ AGRS_LAYOUTS = [ParallelLayout(tp=1, dp=2), ParallelLayout(tp=1, dp=4), Parallel
 
 def rank_agrs_check(ctx, cases):
     """Every case through vLLM's ``AgRsAll2AllManager`` on this rank."""
-    from vllm_ep_kit.exchange import rank_cases
+    from vllm_ep_kit.backends.exchange import rank_cases
 
     return rank_cases(ctx, registry.get("allgather_reducescatter"), cases)
 

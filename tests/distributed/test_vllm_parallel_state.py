@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from vllm_ep_kit.layout import LayoutError, ParallelLayout
-from vllm_ep_kit.testing import run_ranks
+from vllm_ep_kit.harness import run_ranks
+from vllm_ep_kit.reference.layout import LayoutError, ParallelLayout
 
 pytestmark = pytest.mark.vllm
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from vllm_ep_kit.e2e.eplb_accuracy import task_manager
+from tests.e2e.eplb_accuracy import task_manager
 
 pytest.importorskip("lm_eval", reason="lm-eval not installed (requirements/test.txt)")
 
@@ -84,7 +84,7 @@ def script(tmp_path, task_dir, mode, threshold, extra=(), delay=0.0):
     cmd = [
         sys.executable,
         "-m",
-        "vllm_ep_kit.e2e.eplb_accuracy",
+        "tests.e2e.eplb_accuracy",
         "--model",
         "stand-in",
         "--threshold",
@@ -178,7 +178,7 @@ def test_ctrl_c_stops_the_server(tmp_path, task_dir):
 
 def test_bad_threshold_is_rejected():
     result = subprocess.run(
-        [sys.executable, "-m", "vllm_ep_kit.e2e.eplb_accuracy", "--threshold", "80"],
+        [sys.executable, "-m", "tests.e2e.eplb_accuracy", "--threshold", "80"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -24,8 +24,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from vllm_ep_kit.testing import RankFailures, proctree, run_ranks
-from vllm_ep_kit.testing.pool import PoolKey, RankPool
+from vllm_ep_kit.harness import RankFailures, proctree, run_ranks
+from vllm_ep_kit.harness.pool import PoolKey, RankPool
 
 from .conftest import OWN_PROCESSES
 
@@ -279,7 +279,7 @@ def test_pool_close_reaps_a_child_in_a_new_session(tmp_path, marked):
 PARENT_SCRIPT = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from vllm_ep_kit.testing import run_ranks
+    from vllm_ep_kit.harness import run_ranks
     from tests.harness.test_faults import rank_waits_with_a_daemon
 
     run_ranks(rank_waits_with_a_daemon, int(sys.argv[1]), sys.argv[2], backend="gloo",
@@ -289,7 +289,7 @@ PARENT_SCRIPT = textwrap.dedent("""
 # The same, on a rank pool: its ranks are forked by a fork server, not by this process.
 POOL_PARENT_SCRIPT = textwrap.dedent("""
     import sys
-    from vllm_ep_kit.testing.pool import PoolKey, RankPool
+    from vllm_ep_kit.harness.pool import PoolKey, RankPool
     from tests.harness.test_faults import rank_waits_with_a_daemon
 
     RankPool(PoolKey(int(sys.argv[1]), "gloo")).run(rank_waits_with_a_daemon, sys.argv[2],

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from vllm_ep_kit.testing.flashinfer_emulator import FlashInferKernelEmulator
+from tests.drivers.flashinfer_emulator import FlashInferKernelEmulator
 
 
 class OneRank:

@@ -14,10 +14,10 @@ import time
 import psutil
 import pytest
 
-from vllm_ep_kit.layout import ParallelLayout
-from vllm_ep_kit.testing import RankFailures, run_ranks
-from vllm_ep_kit.testing import pool as pool_module
-from vllm_ep_kit.testing.pool import POOL_ENV, PoolKey, RankPool, pooled_run
+from vllm_ep_kit.harness import RankFailures, run_ranks
+from vllm_ep_kit.harness import pool as pool_module
+from vllm_ep_kit.harness.pool import POOL_ENV, PoolKey, RankPool, pooled_run
+from vllm_ep_kit.reference.layout import ParallelLayout
 
 KEY = PoolKey(world_size=2, backend="gloo")
 
@@ -122,8 +122,8 @@ def test_a_task_sees_the_parents_environment_of_now_as_a_fresh_rank_would(pool, 
 
 
 def where_started(ctx, name):
-    preloaded = "vllm_ep_kit.testing.rank_imports" in sys.modules  # before this task imports
-    from vllm_ep_kit.testing.rank_imports import VLLM_MODULES
+    preloaded = "vllm_ep_kit.harness.rank_imports" in sys.modules  # before this task imports
+    from vllm_ep_kit.harness.rank_imports import VLLM_MODULES
 
     every = all(m in sys.modules for m in VLLM_MODULES)
     return os.getppid(), os.environ.get(name), os.environ.get("HOME"), preloaded, every
@@ -226,7 +226,7 @@ def vllm_state_left(ctx):
 def leave_vllm_state_built(ctx):
     from vllm.distributed import parallel_state as ps
 
-    from vllm_ep_kit.testing.vllm_state import build_vllm_config
+    from vllm_ep_kit.harness.vllm_state import build_vllm_config
 
     with set_config(build_vllm_config(ParallelLayout(dp=2), ctx.rank, "cpu", None)):
         ps.init_distributed_environment(

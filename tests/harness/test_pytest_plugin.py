@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from vllm_ep_kit.testing import probes
+from vllm_ep_kit.harness import probes
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -55,6 +55,38 @@ def test_strict_env_turns_the_skip_into_a_failure(pytester, monkeypatch):
     result.assert_outcomes(passed=1, errors=1)
 
 
+RANK_CASES = """
+from vllm_ep_kit.harness import run_ranks, skip_or_fail
+
+def rank_cannot_run(ctx):
+    skip_or_fail(f"rank {ctx.rank} lacks a planted capability")
+
+def test_ranks_that_cannot_run():
+    run_ranks(rank_cannot_run, 2, backend="gloo", timeout_s=60)
+"""
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["default", "strict"])
+def test_ranks_that_cannot_run_skip_the_test_or_fail_it_in_strict_mode(
+    pytester, monkeypatch, strict
+):
+    """The harness's own "not runnable here", raised in ranks and re-raised in the test's
+    body (no pytest in the harness): the plugin makes it a skip with every rank's reason,
+    or under --ep-strict a failure that names strict mode and the reason."""
+    monkeypatch.delenv("VLLM_EP_KIT_STRICT", raising=False)
+    monkeypatch.delenv("VLLM_EP_KIT_POOL", raising=False)
+    _cases(pytester)
+    pytester.makepyfile(test_ranks=RANK_CASES)
+    result = pytester.runpytest("-rs", "test_ranks.py", *(["--ep-strict"] if strict else []))
+    reason = "rank 0 lacks a planted capability; rank 1 lacks a planted capability"
+    if strict:
+        result.assert_outcomes(failed=1)
+        result.stdout.fnmatch_lines([f"*strict mode*required capability missing: {reason}*"])
+    else:
+        result.assert_outcomes(skipped=1)
+        result.stdout.fnmatch_lines([f"SKIPPED*test_ranks.py*{reason}*"])
+
+
 @pytest.mark.skipif(probes.gpu_count() >= 2, reason="machine has 2+ GPUs")
 def test_nvlink_probe_reason_without_gpus():
     probe = probes.nvlink()
@@ -100,7 +132,7 @@ def test_handle_exchange_needs_ptrace_where_flashinfer_uses_pidfd_getfd(tmp_path
     (comm / "__init__.py").write_text("")
     (comm / "mnnvl.py").write_text(OLD_MNNVL)
     code = (
-        "from vllm_ep_kit.testing import probes; h = probes.handle_exchange(); "
+        "from vllm_ep_kit.harness import probes; h = probes.handle_exchange(); "
         "print(probes.flashinfer_fd_exchange(), h.ok == probes.ptrace().ok, "
         "'pidfd_getfd' in h.detail)"
     )
@@ -155,7 +187,7 @@ def test_own_version_from_a_source_tree_without_metadata(monkeypatch):
 FRESH_CASES = """
 import pytest
 
-from vllm_ep_kit.testing import pool
+from vllm_ep_kit.harness import pool
 
 
 @pytest.mark.fresh_ranks("measures process-wide state")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from vllm_ep_kit.testing import skip_or_fail
+from vllm_ep_kit.harness import skip_or_fail
+from vllm_ep_kit.harness.skips import NotRunnableHere
 
 from .conftest import OWN_PROCESSES
 
@@ -164,7 +165,7 @@ TORCHRUN_ENV = {
 
 def test_a_multi_node_job_needs_gpus_for_this_nodes_ranks_only(monkeypatch):
     """2 nodes x 4 GPUs: each node checks for its 4 ranks' GPUs, not the job's 8."""
-    from vllm_ep_kit.testing import torchrun
+    from vllm_ep_kit.harness import torchrun
 
     monkeypatch.delenv(torchrun.SPAWN_ENV, raising=False)
     assert torchrun.ranks_on_this_node(8) == 8 and not torchrun.active()  # spawning: all here
@@ -178,12 +179,10 @@ def test_a_multi_node_job_needs_gpus_for_this_nodes_ranks_only(monkeypatch):
     with pytest.raises(ValueError, match="this node runs 4 torchrun ranks but has 2 GPUs"):
         torchrun.gpus_for_job(2)
     # And run_ranks asks this node for its 4 GPUs (on a host with fewer, it skips saying so).
-    from vllm_ep_kit.testing import probes, run_ranks
+    from vllm_ep_kit.harness import probes, run_ranks
 
     if probes.gpu_count() >= 4:
         pytest.skip("this host has 4 GPUs: run_ranks would start the job")
     monkeypatch.setenv("VLLM_EP_KIT_STRICT", "0")
-    with pytest.raises(
-        pytest.skip.Exception, match=f"needs 4 CUDA GPUs, {probes.gpu_count()} visible"
-    ):
+    with pytest.raises(NotRunnableHere, match=f"needs 4 CUDA GPUs, {probes.gpu_count()} visible"):
         run_ranks(print, 8, backend="nccl")

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from vllm_ep_kit.testing import RankFailures, run_ranks
+from vllm_ep_kit.harness import RankFailures, run_ranks
 
 
 def rank_sum(ctx):

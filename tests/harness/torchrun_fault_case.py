@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from vllm_ep_kit.testing import RankFailures, run_ranks
+from vllm_ep_kit.harness import RankFailures, run_ranks
 
 
 def rank_returns_a_class_only_it_can_import(ctx, folder):

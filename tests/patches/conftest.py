@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from vllm_ep_kit.testing import skip_or_fail
+from vllm_ep_kit.harness import skip_or_fail
 
 AFFECTED_ENV = "VLLM_EP_KIT_AFFECTED_VLLM"
 

@@ -17,9 +17,9 @@ import sys
 import pytest
 
 from tests.patches.releases import has_bug
-from vllm_ep_kit.fresh_python import run_json
-from vllm_ep_kit.layout import ParallelLayout
-from vllm_ep_kit.testing import run_ranks
+from vllm_ep_kit.harness import run_ranks
+from vllm_ep_kit.harness.fresh_python import run_json
+from vllm_ep_kit.reference.layout import ParallelLayout
 
 pytestmark = [pytest.mark.vllm, pytest.mark.flashinfer]
 

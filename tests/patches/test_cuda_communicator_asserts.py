@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tests.patches.releases import has_bug
-from vllm_ep_kit.fresh_python import run_json
+from vllm_ep_kit.harness.fresh_python import run_json
 from vllm_ep_kit.patches.vllm.distributed.device_communicators.cuda_communicator import (
     check_reduce_scatterv_sizes,
 )

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from vllm_ep_kit.fresh_python import run_json
+from vllm_ep_kit.harness.fresh_python import run_json
 
 pytestmark = pytest.mark.vllm
 

@@ -18,14 +18,14 @@ import torch
 from vllm_ep_kit.backends import registry
 from vllm_ep_kit.backends.spec import DP_SOURCES, TO_GROUP, Backend, Needs
 from vllm_ep_kit.backends.transport import Dispatched, Transport, received
-from vllm_ep_kit.layout import ParallelLayout
+from vllm_ep_kit.reference.layout import ParallelLayout
 from vllm_ep_kit.reference.moe import RoutingCase, Tokens, concat_tokens
 
 if TYPE_CHECKING:
     from vllm.distributed.device_communicators.all2all import AgRsAll2AllManager
     from vllm.distributed.parallel_state import GroupCoordinator
 
-    from vllm_ep_kit.testing.rank import RankContext
+    from vllm_ep_kit.harness.rank import RankContext
 
 NAME = "allgather_reducescatter"
 
@@ -49,7 +49,7 @@ class AgrsTransport(Transport):
         from vllm.distributed import parallel_state as ps
         from vllm.distributed.device_communicators.all2all import AgRsAll2AllManager
 
-        from vllm_ep_kit.testing.gloo_collectives import ensure_v_collectives
+        from vllm_ep_kit.harness.gloo_collectives import ensure_v_collectives
 
         if ctx.backend == "gloo":
             for group in (ps.get_dp_group(), ps.get_ep_group(), ps.get_tp_group()):
@@ -91,7 +91,7 @@ class AgrsTransport(Transport):
         return concat_tokens([source(rank) for rank in self.group.ranks])
 
     def forward_context(self, case: RoutingCase) -> contextlib.AbstractContextManager[object]:
-        from vllm_ep_kit.forward import dp_forward_context
+        from vllm_ep_kit.backends.forward import dp_forward_context
 
         return dp_forward_context(self.ctx, case.tokens, self.sp)
 

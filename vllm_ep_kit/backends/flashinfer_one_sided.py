@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from flashinfer.comm.trtllm_moe_alltoall import MoeAlltoAll
     from flashinfer.moe_ep import MoEEpCommunication, NVLinkOneSidedAlltoAll
 
-    from vllm_ep_kit.testing.rank import RankContext
+    from vllm_ep_kit.harness.rank import RankContext
 
 NAME = "flashinfer_nvlink_one_sided"
 MANAGER_COMBINE_DTYPES = (torch.bfloat16,)

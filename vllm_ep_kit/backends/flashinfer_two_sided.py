@@ -22,7 +22,7 @@ from vllm_ep_kit.patches.flashinfer_managers import TWO_SIDED_MANAGER, Workspace
 from vllm_ep_kit.reference.moe import RoutingCase, Tokens
 
 if TYPE_CHECKING:
-    from vllm_ep_kit.testing.rank import RankContext
+    from vllm_ep_kit.harness.rank import RankContext
 
 NAME = "flashinfer_nvlink_two_sided"
 

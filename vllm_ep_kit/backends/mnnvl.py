@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from flashinfer.comm.mnnvl import CommBackend, MnnvlConfig
     from torch.distributed import ProcessGroup
 
-    from vllm_ep_kit.testing.rank import RankContext
+    from vllm_ep_kit.harness.rank import RankContext
 
 # vLLM's all-to-all manager objects are Any here: their attributes differ between the
 # vLLM releases this kit drives (e.g. 0.33's one-sided manager wraps flashinfer.moe_ep).

@@ -15,11 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
-from vllm_ep_kit.layout import ParallelLayout
+from vllm_ep_kit.reference.layout import ParallelLayout
 
 if TYPE_CHECKING:  # the transport module imports torch: not when reading the registry
     from vllm_ep_kit.backends.transport import Transport
-    from vllm_ep_kit.testing.rank import RankContext
+    from vllm_ep_kit.harness.rank import RankContext
 
 # Whose tokens enter ``dispatch``:
 DP_SOURCES = "dp"  # each DP rank's tokens (replicated over TP; TP-chunked under SP), as vLLM's AGRS

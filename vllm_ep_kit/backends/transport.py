@@ -21,7 +21,7 @@ from vllm_ep_kit.reference.moe import RoutingCase, Tokens
 
 if TYPE_CHECKING:
     from vllm_ep_kit.backends.spec import Backend
-    from vllm_ep_kit.testing.rank import RankContext
+    from vllm_ep_kit.harness.rank import RankContext
 
 
 @dataclass

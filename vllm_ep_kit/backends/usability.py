@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from vllm_ep_kit.backends import registry
 from vllm_ep_kit.backends.spec import Backend, Needs
-from vllm_ep_kit.testing import probes
+from vllm_ep_kit.harness import probes
 
 
 @dataclass

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from vllm_ep_kit.buildkite.area import Finding
-from vllm_ep_kit.buildkite.lint import lint
+from vllm_ep_kit.lint.area import Finding
+from vllm_ep_kit.lint.lint import lint
 
 
 class CiTree:

@@ -4,7 +4,7 @@ error is found at the line of the value that breaks it, named by its path in the
 from __future__ import annotations
 
 AREA = ".buildkite/test_areas/area.yaml"
-HINT = "see vllm_ep_kit/buildkite/schema.json"
+HINT = "see vllm_ep_kit/lint/schema.json"
 
 
 def test_a_file_that_matches_the_schema_is_clean(ci):

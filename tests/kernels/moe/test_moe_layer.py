@@ -1,6 +1,6 @@
 """The MoE layer parallel matrix, with sequence-parallel (SP) cases (upstream PR 41299).
 
-Every (backend, activation dtype, layout) cell of ``vllm_ep_kit.moe_layer`` is
+Every (backend, activation dtype, layout) cell of ``tests.drivers.moe_layer`` is
 either exercised here or skipped with the reason from its tables.  On CPU the
 layer runs through vLLM's real parallel state over gloo (2 and 4 ranks): SP
 chunking with vLLM's ``sequence_parallel_chunk``, dispatch and combine through
@@ -14,10 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vllm_ep_kit.backends import all_backends
-from vllm_ep_kit.forward import TRIM_NONE, TRIM_TO_LOCAL_CHUNK, TRIM_TO_TOKENS
-from vllm_ep_kit.layout import ParallelLayout
-from vllm_ep_kit.moe_layer import (
+from tests.drivers.moe_layer import (
     NOT_APPLICABLE,
     NOT_HERE,
     PARALLEL_COMBOS,
@@ -28,15 +25,9 @@ from vllm_ep_kit.moe_layer import (
     layer_cases,
     rank_moe_layer,
 )
-from vllm_ep_kit.reference.mlp_moe import (
-    LAYER_TOLERANCE,
-    MlpExperts,
-    mlp_moe_partial,
-    softmax_topk,
-)
-from vllm_ep_kit.reference.moe import RoutingCase, source_tokens
-from vllm_ep_kit.testing import probes, run_ranks, skip_or_fail
-from vllm_ep_kit.vllm_experts import (
+from vllm_ep_kit.backends import all_backends
+from vllm_ep_kit.backends.forward import TRIM_NONE, TRIM_TO_LOCAL_CHUNK, TRIM_TO_TOKENS
+from vllm_ep_kit.backends.vllm_experts import (
     default_impl,
     expert_partial,
     kernels_missing,
@@ -45,6 +36,15 @@ from vllm_ep_kit.vllm_experts import (
     rank_fused_moe_layer,
     tolerance_key,
 )
+from vllm_ep_kit.harness import probes, run_ranks, skip_or_fail
+from vllm_ep_kit.reference.layout import ParallelLayout
+from vllm_ep_kit.reference.mlp_moe import (
+    LAYER_TOLERANCE,
+    MlpExperts,
+    mlp_moe_partial,
+    softmax_topk,
+)
+from vllm_ep_kit.reference.moe import RoutingCase, source_tokens
 
 pytestmark = pytest.mark.vllm
 
@@ -204,7 +204,7 @@ def test_expert_impl_choice_and_dispatch_on_cpu():
 
 def test_moe_kernels_probe_reports_why_not():
     """The doctor's probe: on a CPU host it names the missing GPU, never claims success."""
-    from vllm_ep_kit.testing import probes as capability
+    from vllm_ep_kit.harness import probes as capability
 
     probe = capability.vllm_moe_kernels()
     assert probe.ok == (kernels_missing() == "")

@@ -1,0 +1,76 @@
+"""``doctor``: what works on this machine, as data (``cli`` renders it)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+from collections.abc import Iterator
+from dataclasses import asdict
+
+from vllm_ep_kit import backends
+from vllm_ep_kit.harness import probes
+
+
+def collect() -> dict:
+    """Run every probe once; return a JSON-ready report."""
+    with _library_notes_held_back():
+        return _collect()
+
+
+@contextlib.contextmanager
+def _library_notes_held_back() -> Iterator[None]:
+    """What the libraries log at warning level or below while the probes import them
+    (vLLM's platform notes on a host without its compiled ops, torch's guess of CUDA_HOME)
+    stays out of the output: doctor's output is its report, and the report says what those
+    notes are about (the vllm, gpus and kernel rows).  Errors still get through."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
+def _collect() -> dict:
+    checks = [
+        probes.gpus(),
+        probes.nvlink(),
+        probes.mnnvl_handles(),
+        probes.handle_exchange(),
+        probes.ptrace(),
+        probes.flashinfer_comm(),
+        probes.vllm(),
+    ]
+    if probes.gpu_count():
+        checks += [probes.vllm_pynccl(), probes.vllm_moe_kernels()]
+    return {
+        "host": {
+            "hostname": platform.node(),
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+        },
+        "versions": probes.versions(),
+        "capabilities": [c.as_dict() for c in checks],
+        "backends": [asdict(b) for b in backends.usability(software=True)],
+        "patches": _patch_statuses(),
+    }
+
+
+def _patch_statuses() -> list[dict]:
+    """What the hotfix plugin does with the installed vLLM (probed in this process)."""
+    from vllm_ep_kit import patches
+
+    try:
+        return [s.as_dict() for s in patches.apply_all()]
+    except (patches.PatchConfigError, patches.RequiredPatchError) as exc:
+        return [
+            {
+                "name": "(configuration)",
+                "status": "error",
+                "reason": str(exc),
+                "upstream": "",
+                "affected": "",
+            }
+        ]

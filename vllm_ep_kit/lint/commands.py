@@ -1,0 +1,138 @@
+"""What a step's shell commands run and which variables they set.
+
+Commands are shell lines; we read them with ``shlex`` (no execution): leading
+``NAME=value`` words are environment for that command, ``export NAME=value``
+sets it for the following commands, and file-like words (``tests/...``,
+``scripts/...``, ``*.py``, ``*.sh``) are the files the step runs.  Buildkite runs
+a step's commands in one shell, so a ``cd`` holds for the commands after it; each
+file is resolved against the folder it is named in (the step's ``working_dir``
+first) to a repository path.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import shlex
+from dataclasses import dataclass, field
+
+from vllm_ep_kit.lint import conventions
+
+ASSIGNMENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
+# Options whose value names a file to leave out or a pattern, not a file that runs.
+NOT_RUN_AFTER = frozenset(
+    {"-name", "-iname", "-path", "-ipath", "--ignore", "--deselect", "--ignore-glob", "-k", "-m"}
+)
+RUNNERS = frozenset({"pytest", "find"})  # their operands are test paths
+OPERAND = re.compile(r"[\w.*/-]*[A-Za-z_][\w.*/-]*")
+FILE_LIKE = re.compile(r"^(tests|scripts|benchmarks|examples)/|\.(py|sh|yaml|yml)$")
+
+
+@dataclass
+class CommandInfo:
+    index: int  # position in the step's commands
+    text: str
+    env: dict[str, str] = field(default_factory=dict)  # exported before + inline
+    files: list[str] = field(default_factory=list)  # as written
+    # each file as a repository path ("" when it lies outside the workspace)
+    repo_files: list[str] = field(default_factory=list)
+    selectors: list[str] = field(default_factory=list)  # pytest's ``::name`` part, or ''
+    # other operands of ``pytest`` / ``find`` (folders such as ``model_executor``), as
+    # repository paths: what the command runs, but not certain enough to call missing
+    run_paths: list[str] = field(default_factory=list)
+
+
+def _resolve(cwd: str | None, word: str) -> str | None:
+    """``word`` named in image folder ``cwd`` as a repository path (None: outside it)."""
+    if word.startswith("/"):
+        target = conventions.to_repo_path(word)
+        return None if target is None else posixpath.normpath(str(target) or ".")
+    if cwd is None:
+        return None
+    joined = posixpath.normpath(posixpath.join(cwd or ".", word))
+    return None if joined.startswith("..") else joined
+
+
+def parse_commands(
+    commands: list[str],
+    step_env: dict | None = None,
+    working_dir: str = conventions.WORKSPACE,
+    depth: int = 0,
+) -> list[CommandInfo]:
+    exported = {k: str(v) for k, v in (step_env or {}).items()}
+    start = conventions.to_repo_path(working_dir)
+    cwd: str | None = None if start is None else posixpath.normpath(str(start) or ".")
+    parsed = []
+    for index, text in enumerate(commands):
+        try:
+            words = shlex.split(text, comments=True)
+        except ValueError:
+            words = text.split()
+        info = CommandInfo(index=index, text=text, env=dict(exported))
+        inline = True
+        runner = ""
+        for pos, word in enumerate(words):
+            if word in ("&&", "||", ";", "|"):
+                inline, runner = True, ""
+                continue
+            if posixpath.basename(word) in RUNNERS:
+                runner = posixpath.basename(word)
+                inline = False
+                continue
+            match = ASSIGNMENT.match(word)
+            if match and (inline or (pos > 0 and words[pos - 1] == "export")):
+                info.env[match.group(1)] = match.group(2)
+                if pos > 0 and words[pos - 1] == "export":
+                    exported[match.group(1)] = match.group(2)
+                continue
+            if word == "export":
+                continue
+            if (
+                pos > 0
+                and words[pos - 1] == "cd"
+                and (pos < 2 or words[pos - 2] in ("&&", "||", ";", "|"))
+            ):
+                cwd = _resolve(cwd, word)
+                continue
+            inline = False
+            if pos > 0 and words[pos - 1] in NOT_RUN_AFTER:
+                continue
+            if any(c.isspace() for c in word):
+                if any(FILE_LIKE.search(token) for token in word.split()):
+                    # a runner script's argument holding command lines; a folder of the
+                    # image named before it (run-multi-node-test.sh's first argument) is
+                    # where they run, else the checkout's root
+                    folder = next(
+                        (w for w in reversed(words[:pos]) if w.startswith(conventions.WORKSPACE)),
+                        conventions.WORKSPACE,
+                    )
+                    _embedded(info, word, folder, depth)
+                continue
+            path, _, selector = word.partition("::")
+            if FILE_LIKE.search(path) and not path.startswith("-") and len(path) < 256:
+                info.files.append(path)
+                info.selectors.append(selector)
+                resolved = _resolve(cwd, path)
+                info.repo_files.append("" if resolved is None else resolved)
+            elif runner and not path.startswith("-") and OPERAND.fullmatch(path):
+                resolved = _resolve(cwd, path)
+                if resolved:
+                    info.run_paths.append(resolved)
+        parsed.append(info)
+    return parsed
+
+
+def _embedded(info: CommandInfo, text: str, folder: str, depth: int) -> None:
+    """Files named by command lines handed to a runner script as one argument
+    (``bash run-cpu-test.sh 30m "pytest tests/a.py ..."``), read from ``folder``
+    (a ``cd`` among them holds for the lines after it)."""
+    if depth >= 2:
+        return
+    lines = [
+        line for line in text.replace("&&", "\n").replace(";", "\n").splitlines() if line.strip()
+    ]
+    for inner in parse_commands(lines, None, folder, depth=depth + 1):
+        info.files.extend(inner.files)
+        info.selectors.extend(inner.selectors)
+        info.repo_files.extend(inner.repo_files)
+        info.run_paths.extend(inner.run_paths)

@@ -1,0 +1,143 @@
+"""The steps of a repository's CI, read as vLLM's pipeline generator reads them.
+
+One walk of the tree: the YAML files under every ``job_dirs`` folder that hold
+``steps``; each step (and each ``mirror:`` block, a step of its own on other
+hardware) becomes a :class:`Step` with the generator's defaults applied
+(conventions.py).  Steps whose fields break the schema's types are left out (the
+schema rule reports them), so no rule meets a ``commands: 5``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vllm_ep_kit.lint import conventions
+from vllm_ep_kit.lint.area import Area, Finding
+
+
+@dataclass
+class Step:
+    area: Area
+    keys: tuple  # where the step is in its file: ("steps", i) or ("steps", i, "mirror", name)
+    raw: dict
+    working_dir: str
+    mirror: str = ""  # "" for the step itself, else the mirror's name (amd)
+    parent: Step | None = None
+    _parsed: list | None = field(default=None, repr=False)
+
+    @property
+    def label(self) -> str:
+        name = str(self.raw.get("label") or (self.parent.label if self.parent else "?"))
+        return f"{name} [mirror {self.mirror}]" if self.mirror else name
+
+    @property
+    def commands(self) -> list[str]:
+        return list(self.raw.get("commands") or [])
+
+    @property
+    def env(self) -> dict:
+        return dict(self.raw.get("env") or {})
+
+    @property
+    def device(self) -> str | None:
+        return self.raw.get("device")
+
+    @property
+    def gpus(self) -> int:
+        return conventions.gpus_of(self.device, self.raw.get("num_devices"))
+
+    @property
+    def optional(self) -> bool:
+        return bool(self.raw.get("optional"))
+
+    @property
+    def dependencies(self) -> list[str]:
+        return list(self.raw.get("source_file_dependencies") or [])
+
+    def parsed(self) -> list:
+        """Its commands as ``commands.CommandInfo`` (files resolved from working_dir and cd)."""
+        if self._parsed is None:
+            from vllm_ep_kit.lint.commands import parse_commands
+
+            self._parsed = parse_commands(
+                self.commands, self.env, conventions.commands_folder(self.raw, self.working_dir)
+            )
+        return self._parsed
+
+    def line(self, *more) -> int:
+        return self.area.line(*self.keys, *more)
+
+    def finding(
+        self, more: tuple[str | int, ...], rule: str, message: str, hint: str = ""
+    ) -> Finding:
+        return self.area.finding(self.keys + more, rule, message, hint)
+
+
+@dataclass
+class Pipeline:
+    """What every rule reads: the tree, its area files and their steps."""
+
+    root: Path
+    areas: list[Area]
+    steps: list[Step] = field(default_factory=list)
+    vllm_tree: bool = False
+    pipelines: dict[str, set[str]] = field(default_factory=dict)  # ci_config -> area paths
+
+
+def consulted_entries(steps: list[Step]):
+    """(step, index, entry) of every dependency entry the generator consults: those of
+    non-optional steps (an optional step runs only when asked for)."""
+    for step in steps:
+        if not step.optional:
+            for index, entry in enumerate(step.dependencies):
+                yield step, index, entry
+
+
+def _mirror_step(step: Step, name: object, block: dict) -> Step:
+    """A mirror block inherits what it does not say (commands, dependencies, working_dir).
+    ``name`` is the block's key as YAML read it (``1:`` is an int); ``mirror`` its text."""
+    merged = {k: v for k, v in step.raw.items() if k != "mirror"}
+    merged.update(block)
+    return Step(
+        area=step.area,
+        keys=step.keys + ("mirror", name),
+        raw=merged,
+        working_dir=str(block.get("working_dir") or step.working_dir),
+        mirror=str(name),
+        parent=step,
+    )
+
+
+def read_steps(root: Path, areas: list[Area]) -> Pipeline:
+    pipeline = Pipeline(
+        root=root,
+        areas=areas,
+        vllm_tree=conventions.is_vllm_tree(root),
+        pipelines=conventions.pipeline_members(root, [a.display for a in areas]),
+    )
+    for area in areas:
+        group_depends = isinstance(area.data, dict) and bool(area.data.get("depends_on"))
+        default_dir = conventions.default_working_dir(root, group_depends)
+        for index, raw in area.indexed_steps():
+            step = Step(
+                area=area,
+                keys=("steps", index),
+                raw=raw,
+                working_dir=str(raw.get("working_dir") or default_dir),
+            )
+            pipeline.steps.append(step)
+            for name, block in (raw.get("mirror") or {}).items():
+                if isinstance(block, dict) and area.shape_ok(block):
+                    pipeline.steps.append(_mirror_step(step, name, block))
+    return pipeline
+
+
+def area_files(root: Path) -> list[Path]:
+    """The YAML files the generator reads: every ``job_dirs`` folder, walked."""
+    files: list[Path] = []
+    for folder in conventions.job_dirs(root):
+        base = root / folder
+        if base.is_dir():
+            files.extend(sorted(p for p in base.rglob("*.yaml") if p.is_file()))
+    return files

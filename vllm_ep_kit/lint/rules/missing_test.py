@@ -1,0 +1,114 @@
+"""``pytest file.py::name`` where ``name`` is no test in that file.
+
+pytest then reports "no tests ran" or errors, and a step that greps its output or
+allows exit code 5 passes with nothing run.  Names are read with ``ast``: module-level
+``test*`` functions (or names bound to something), ``Test*`` classes and their
+``test*`` methods; ``[params]`` ids are stripped.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vllm_ep_kit.lint.sources import python_tree
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from vllm_ep_kit.lint.area import Finding
+    from vllm_ep_kit.lint.commands import CommandInfo
+    from vllm_ep_kit.lint.pipeline import Pipeline
+
+RULE = "missing-test"
+
+
+# statements whose blocks bind names at the level they are in (a test defined under an
+# ``if`` or a ``try`` at module level is a module-level test)
+BLOCKS = (ast.If, ast.Try, ast.TryStar, ast.With, ast.AsyncWith, ast.For, ast.AsyncFor, ast.While)
+
+
+def _statements(body: list[ast.stmt]) -> Iterator[ast.stmt]:
+    for node in body:
+        yield node
+        if isinstance(node, BLOCKS):
+            for block in ("body", "orelse", "finalbody"):
+                yield from _statements(getattr(node, block, []))
+            for handler in getattr(node, "handlers", []):
+                yield from _statements(handler.body)
+
+
+def _bound(node: ast.stmt) -> list[str]:
+    """The names a statement binds in its scope ("*" for a star import: any name)."""
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return [node.name]
+    if isinstance(node, (ast.Assign, ast.AnnAssign)):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        return [t.id for t in targets if isinstance(t, ast.Name)]
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+        return [alias.asname or alias.name.split(".")[0] for alias in node.names]
+    return []
+
+
+def _names(path: Path) -> dict[str, set[str]] | None:
+    """{module-level name: the names its class body binds ("*": not judged)}; None when the
+    file does not parse or a star import may bind any name."""
+    tree = python_tree(path)
+    if tree is None:
+        return None
+    names: dict[str, set[str]] = {}
+    for node in _statements(tree.body):
+        for name in _bound(node):
+            if isinstance(node, ast.ClassDef):
+                inner = {n for item in _statements(node.body) for n in _bound(item)}
+                names[name] = inner | ({"*"} if node.bases else set())  # inherited: not judged
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                names[name] = set()
+            else:  # an assignment or an import: what it holds is not read
+                names[name] = {"*"}
+    return None if "*" in names else names
+
+
+def missing(path: Path, selector: str) -> str:
+    """What of ``selector`` (``name`` or ``Class::method``) the file lacks, or ''."""
+    names = _names(path)
+    if names is None:
+        return ""
+    parts = [part.partition("[")[0] for part in selector.split("::") if part]
+    if not parts or parts[0] not in names:
+        return parts[0] if parts else ""
+    if len(parts) > 1 and "*" not in names[parts[0]] and parts[1] not in names[parts[0]]:
+        return f"{parts[0]}::{parts[1]}"
+    return ""
+
+
+def _named(i: CommandInfo) -> Iterator[tuple[str, str, str]]:
+    """(as written, as a repository path, ``::`` selector) of each file command ``i`` names;
+    commands.py fills the three lists together, so ``strict`` never decides."""
+    lists = (i.files, i.repo_files, i.selectors)
+    return zip(*lists, strict=True)  # pragma: no mutate (equivalent: same length)
+
+
+def check(ctx: Pipeline) -> list[Finding]:
+    findings = []
+    for step in ctx.steps:
+        for info in step.parsed():
+            for written, repo, selector in _named(info):
+                if not selector or not repo.endswith(".py"):
+                    continue  # "" (outside the workspace) is no .py file either
+                path = ctx.root / repo
+                if not path.is_file():
+                    continue  # path-exists reports it
+                lacking = missing(path, selector)
+                if lacking:
+                    findings.append(
+                        step.finding(
+                            ("commands", info.index),
+                            RULE,
+                            f"step {step.label!r} runs {written}::{selector}, but {repo} has no "
+                            f"test {lacking}",
+                            f"fix the name, or run {written} whole",
+                        )
+                    )
+    return findings
