@@ -31,15 +31,14 @@ from typing import Any
 import torch
 
 from vllm_ep_kit.reference.moe import (
-    TOLERANCE,
     RoutingCase,
     Tokens,
     expert_owner,
-    mismatch,
     moe_partial,
     moe_reference,
     source_tokens,
 )
+from vllm_ep_kit.reference.tolerance import COMBINE, mismatch
 
 RUNNER_MODULE = "vllm.model_executor.layers.fused_moe.runner.moe_runner"
 
@@ -294,8 +293,7 @@ def rank_prepare_finalize_steps(
                     )
                     out = late_all_reduce(out, pf.output_is_reduced(), layout.tp, ep_size)
                 expected = moe_reference(mine, case.num_experts)
-                tol = TOLERANCE[case.dtype]
-                wrong = mismatch(out, expected, tol, tol)
+                wrong = mismatch(out, expected, COMBINE[case.dtype])
                 if wrong:
                     findings.append(f"output vs oracle: {wrong}")
                 steps.append(

@@ -22,13 +22,13 @@ import torch
 from vllm_ep_kit.harness.probes import vllm_moe_kernels_missing as kernels_missing
 from vllm_ep_kit.reference.mlp_moe import (
     MlpExperts,
-    layer_close,
     layer_row,
     mlp_moe_partial,
     mlp_moe_reference,
     softmax_topk,
 )
 from vllm_ep_kit.reference.moe import RoutingCase, Tokens, expert_owner, max_error, source_tokens
+from vllm_ep_kit.reference.tolerance import LAYER, close
 
 if TYPE_CHECKING:
     from vllm_ep_kit.harness.rank import RankContext
@@ -42,7 +42,7 @@ def default_impl(device: torch.device) -> str:
 
 
 def tolerance_key(impl: str, dtype: str) -> str:
-    """Which ``LAYER_TOLERANCE`` entry applies to experts computed by ``impl``.
+    """Which ``reference.tolerance.LAYER`` entry applies to experts computed by ``impl``.
 
     vLLM's Triton GEMMs read fp32 as TF32, and in bf16 they keep both GEMM
     outputs and the activation in bf16 (the torch experts keep fp32 between).
@@ -256,12 +256,12 @@ def rank_expert_partials(
                     "want": want,
                     "other": other,
                     "max_error": max_error(got, want),
-                    "passed": layer_close(got, want, check),
+                    "passed": close(got, want, LAYER[check]),
                     # None: the two references agree (no tokens, or none routed
                     # to either rank), so there is nothing to tell apart
                     "control_rejected": None
-                    if layer_close(want, other, check)
-                    else not layer_close(got, other, check),
+                    if close(want, other, LAYER[check])
+                    else not close(got, other, LAYER[check]),
                 }
             )
             total += got
@@ -275,7 +275,7 @@ def rank_expert_partials(
                 "total": total,
                 "want_total": want_total,
                 "sum_max_error": max_error(total, want_total),
-                "sum_passed": layer_close(total, want_total, check),
+                "sum_passed": close(total, want_total, LAYER[check]),
                 "seconds": time.perf_counter() - start,
             }
         )

@@ -14,24 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from vllm_ep_kit.reference.moe import Tokens, expert_owner, max_error, mismatch
-
-# (atol, rtol) of a MoE layer's output against this fp32 reference, per activation dtype.
-# fp8 is upstream's value for its MoE layer tests (vLLM PR 41299 moved it from 6e-2).
-# "tf32": fp32 activations through kernels whose matmuls read fp32 as TF32 (10-bit
-# mantissa, about 1e-3 relative per product), as Triton's tl.dot does by default.
-# "bf16-fused": bf16 through vLLM's fused_experts, which rounds to bf16 three times
-# per expert (first GEMM, activation, weighted second GEMM) before the top-k sum;
-# measured on an H200 (hidden 512, 64 tokens): max error 0.027 with fp32 weights and
-# 0.024 with these bf16-exact ones, where (2e-2, 2e-2) failed an element; so 3e-2
-# (docs/gpu-validation.md: test_vllm_fused_experts_per_ep_rank, H200).
-LAYER_TOLERANCE = {
-    "fp32": (1e-4, 1e-4),
-    "tf32": (5e-3, 5e-3),
-    "bf16": (2e-2, 2e-2),
-    "bf16-fused": (3e-2, 3e-2),
-    "fp8": (6.5e-2, 6.5e-2),
-}
+from vllm_ep_kit.reference.moe import Tokens, expert_owner, max_error
+from vllm_ep_kit.reference.tolerance import LAYER, close, mismatch
 
 
 @dataclass(frozen=True)
@@ -120,7 +104,7 @@ def layer_row(
     ``tolerance`` key, so a test compares them itself and its failure says
     which elements differ and by how much.
     """
-    passed = layer_close(out, want, tolerance)
+    passed = close(out, want, LAYER[tolerance])
     return {
         "case": case.describe(),
         "rows": int(out.shape[0]),
@@ -132,12 +116,5 @@ def layer_row(
         "want": want,
         **extra,
         "seconds": time.perf_counter() - start,
-        "mismatch": mismatch(out, want, *LAYER_TOLERANCE[tolerance]),
+        "mismatch": mismatch(out, want, LAYER[tolerance]),
     }
-
-
-def layer_close(actual: torch.Tensor, expected: torch.Tensor, dtype: str) -> bool:
-    atol, rtol = LAYER_TOLERANCE[dtype]
-    return actual.shape == expected.shape and bool(
-        torch.allclose(actual.float(), expected.float(), atol=atol, rtol=rtol)
-    )

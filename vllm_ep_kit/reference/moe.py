@@ -25,10 +25,6 @@ from vllm_ep_kit.reference.formats import (
 # The payload dtypes ``check`` and ``bench`` offer (every format of ``FORMATS`` runs in
 # the kernel tests).
 DTYPES = {name: FORMATS[name].value_dtype for name in ("bf16", "fp16", "fp32", "fp8")}
-# Combine tolerances (atol = rtol) per payload dtype; dispatch must be exact.  fp8
-# payloads (per-token scales) are combined in bf16 and compared with the reference
-# of the *dequantised* inputs, so only the bf16 combine rounds: bf16's tolerance.
-TOLERANCE = {"bf16": 2e-2, "fp16": 2e-3, "fp32": 1e-5, "fp8": 2e-2, "mxfp8": 2e-2, "nvfp4": 2e-2}
 FP8_GROUP = FORMATS["fp8"].group  # fp8 scales per (token, 128 columns), as vLLM's block fp8
 
 
@@ -190,21 +186,3 @@ def max_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     if actual.numel() == 0:
         return 0.0
     return float((actual.float() - expected.float()).abs().max())
-
-
-def mismatch(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float) -> str:
-    """ "" when close, else torch.testing's account in one line: how many elements differ,
-    the greatest differences and where (a rank's note says what went wrong, not just that)."""
-    try:
-        torch.testing.assert_close(actual.float(), expected.float(), atol=atol, rtol=rtol)
-    except AssertionError as exc:
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        return "; ".join(lines)
-    return ""
-
-
-def within_tolerance(actual: torch.Tensor, expected: torch.Tensor, dtype: str) -> bool:
-    tol = TOLERANCE[dtype]
-    return actual.shape == expected.shape and bool(
-        torch.allclose(actual.float(), expected.float(), atol=tol, rtol=tol)
-    )

@@ -14,15 +14,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from vllm_ep_kit.reference.moe import (
-    TOLERANCE,
-    RoutingCase,
-    Tokens,
-    max_error,
-    mismatch,
-    moe_reference,
-    within_tolerance,
-)
+from vllm_ep_kit.reference.moe import RoutingCase, Tokens, max_error, moe_reference
+from vllm_ep_kit.reference.tolerance import COMBINE, close, mismatch
 
 VIA_COMBINE = "dispatch checked through the combined output"
 
@@ -103,13 +96,12 @@ def oracle_result(
     oracle of ``source``, the tokens this rank sent; ``exact`` is the dispatch's own verdict
     where the backend's received rows are known (None: checked through ``out`` alone)."""
     got, want = out.float().cpu(), moe_reference(source, case.num_experts)
-    close = within_tolerance(got, want, case.dtype)
+    within = close(got, want, COMBINE[case.dtype])
     note = "" if exact is not None else VIA_COMBINE
     if exact is False:
         note = "dispatch delivered other rows than the sources sent"
-    elif not close:
-        tol = TOLERANCE[case.dtype]
-        note = mismatch(got, want, tol, tol)
+    elif not within:
+        note = mismatch(got, want, COMBINE[case.dtype])
     return CaseResult(
         backend=backend_name,
         layout=where,
@@ -117,7 +109,7 @@ def oracle_result(
         tokens=str(list(case.tokens)),
         dispatch_exact=exact,
         max_error=max_error(got, want),
-        passed=exact is not False and close,
+        passed=exact is not False and within,
         seconds=time.perf_counter() - start,
         note=note,
     )

@@ -39,12 +39,12 @@ from vllm_ep_kit.backends.vllm_experts import (
 from vllm_ep_kit.harness import probes, run_ranks, skip_or_fail
 from vllm_ep_kit.reference.layout import ParallelLayout
 from vllm_ep_kit.reference.mlp_moe import (
-    LAYER_TOLERANCE,
     MlpExperts,
     mlp_moe_partial,
     softmax_topk,
 )
 from vllm_ep_kit.reference.moe import RoutingCase, source_tokens
+from vllm_ep_kit.reference.tolerance import LAYER
 
 pytestmark = pytest.mark.vllm
 
@@ -54,7 +54,7 @@ def assert_matches_reference(
 ) -> None:
     """``actual`` is ``expected`` within the layer tolerance ``tolerance`` names; a failure
     says which elements differ and by how much (or that the shapes differ)."""
-    atol, rtol = LAYER_TOLERANCE[tolerance]
+    atol, rtol = LAYER[tolerance].atol, LAYER[tolerance].rtol
     torch.testing.assert_close(
         actual.float(),
         expected.float(),
