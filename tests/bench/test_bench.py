@@ -55,11 +55,16 @@ def test_fp8_rows_travel_as_bytes_with_their_scales():
     q, scale = quantize("fp8", values, 0)
     x, s, got_ids, got_w = Tokens(q, ids, weights, scale).wire("cpu")
     assert x.dtype == torch.uint8 and x.shape == (5, 256)
-    assert torch.equal(x, q.view(torch.uint8)) and torch.equal(s, scale)
-    assert torch.equal(
-        dequantize(x.view(torch.float8_e4m3fn), s), Tokens(q, ids, weights, scale).values()
+    torch.testing.assert_close(x, q.view(torch.uint8), rtol=0, atol=0)
+    torch.testing.assert_close(s, scale, rtol=0, atol=0)
+    torch.testing.assert_close(
+        dequantize(x.view(torch.float8_e4m3fn), s),
+        Tokens(q, ids, weights, scale).values(),
+        rtol=0,
+        atol=0,
     )
-    assert torch.equal(got_ids, ids) and torch.equal(got_w, weights)
+    torch.testing.assert_close(got_ids, ids, rtol=0, atol=0)
+    torch.testing.assert_close(got_w, weights, rtol=0, atol=0)
     bf16 = values.to(torch.bfloat16)
     x, s, _, _ = Tokens(bf16, ids, weights).wire("cpu")
     assert s is None and x.dtype == torch.bfloat16 and torch.equal(x, bf16)

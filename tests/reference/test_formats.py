@@ -34,7 +34,7 @@ def test_nvfp4_bytes_by_hand():
     assert packed.dtype == torch.uint8 and scale.dtype == torch.float8_e4m3fn
     assert packed[0, :2].tolist() == [7 | (13 << 4), 1 | (3 << 4)]  # even column low nibble
     assert scale.float().tolist() == [[1.0]]
-    assert torch.equal(dequantize(packed, scale), row)
+    torch.testing.assert_close(dequantize(packed, scale), row, rtol=0, atol=0)
 
 
 def test_nvfp4_rounds_to_the_nearest_e2m1_value():
@@ -51,14 +51,14 @@ def test_mxfp8_scale_is_a_power_of_two_byte():
     values, scale = quantize("mxfp8", row, 0)
     assert scale.dtype == torch.uint8 and scale.tolist() == [[129]]
     assert values.float()[0, :3].tolist() == [448.0, -0.25, 2.0]
-    assert torch.equal(dequantize(values, scale), row)
+    torch.testing.assert_close(dequantize(values, scale), row, rtol=0, atol=0)
 
 
 def test_fp8_block_scale_by_hand():
     row = torch.cat([torch.full((1, 128), 896.0), torch.full((1, 128), -0.5)], dim=1)
     values, scale = quantize("fp8", row, 0)
     assert scale.tolist() == [[2.0, pytest.approx(0.5 / 448.0, rel=1e-6)]]
-    assert torch.equal(dequantize(values, scale), row)
+    torch.testing.assert_close(dequantize(values, scale), row, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name", QUANTISED)
@@ -96,7 +96,7 @@ def test_wire_round_trip_keeps_every_byte(name):
     assert x.dtype.itemsize > 1 or x.dtype == torch.uint8  # one-byte floats go as bytes
     back, back_scale = from_wire(name, x, scale)
     assert format_of(back, back_scale) is FORMATS[name]
-    assert torch.equal(dequantize(back, back_scale), tokens.values())
+    torch.testing.assert_close(dequantize(back, back_scale), tokens.values(), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(
@@ -130,7 +130,7 @@ def test_nvfp4_sends_each_code_and_reads_it_back():
     packed, scale = quantize("nvfp4", row, 0)
     codes = torch.stack([packed & 0xF, packed >> 4], dim=-1).flatten(-2)[0].tolist()
     assert codes == [*range(1, 8), *range(9, 16), 0, 0]
-    assert torch.equal(dequantize(packed, scale), row)
+    torch.testing.assert_close(dequantize(packed, scale), row, rtol=0, atol=0)
 
 
 def test_nvfp4_zero_has_one_code_and_a_block_too_small_for_its_scale_sends_zeros():
@@ -155,10 +155,16 @@ def test_quantising_reads_any_leading_shape_as_rows(name, alignment):
     x = torch.randn(2, 3, 512, generator=torch.Generator().manual_seed(3))
     values, scale = quantize(name, x, alignment)
     rows = [quantize(name, x[i], alignment) for i in range(2)]
-    assert torch.equal(values.float(), torch.stack([v for v, _ in rows]).float())
-    assert torch.equal(scale.float(), torch.stack([s for _, s in rows]).float())
+    torch.testing.assert_close(
+        values.float(), torch.stack([v for v, _ in rows]).float(), rtol=0, atol=0
+    )
+    torch.testing.assert_close(
+        scale.float(), torch.stack([s for _, s in rows]).float(), rtol=0, atol=0
+    )
     assert scale.shape == (2, 3, FORMATS[name].scale_columns(512, alignment))
-    assert torch.equal(dequantize(values, scale), torch.stack([dequantize(*r) for r in rows]))
+    torch.testing.assert_close(
+        dequantize(values, scale), torch.stack([dequantize(*r) for r in rows]), rtol=0, atol=0
+    )
 
 
 @pytest.mark.parametrize("name", sorted(FORMATS))

@@ -59,7 +59,7 @@ def test_weights_have_the_layer_shapes_and_are_exact_in_bf16():
     assert w13.shape == (4, 12, 8) and w2.shape == (4, 8, 6)
     assert w13.dtype == w2.dtype == torch.float32
     for w in (w13, w2):
-        assert torch.equal(w.bfloat16().float(), w)
+        torch.testing.assert_close(w.bfloat16().float(), w, rtol=0, atol=0)
         assert w.abs().max() > 0
 
 
@@ -103,14 +103,14 @@ def test_a_rank_owning_none_of_a_tokens_experts_adds_nothing_for_it():
     # experts 0-1 on rank 0, 2-3 on rank 1; token 0 goes to rank 1 only
     tokens = routed([[2, 3], [0, 2]], [[0.5, 0.5], [0.5, 0.5]])
     rank0 = mlp_moe_partial(tokens, EXPERTS, 2, 0)
-    assert torch.equal(rank0[0], torch.zeros(8))
+    torch.testing.assert_close(rank0[0], torch.zeros(8), rtol=0, atol=0)
     assert rank0[1].abs().max() > 0
 
 
 def test_ids_outside_the_experts_add_nothing():
     tokens = routed([[-1, 4], [1, 9]], [[0.5, 0.5], [0.5, 0.5]])
     out = mlp_moe_reference(tokens, EXPERTS)
-    assert torch.equal(out[0], torch.zeros(8))
+    torch.testing.assert_close(out[0], torch.zeros(8), rtol=0, atol=0)
     only_one = routed([[1, 1]], [[0.5, 0.0]])
     only_one = Tokens(
         x=tokens.x[1:], topk_ids=only_one.topk_ids, topk_weights=only_one.topk_weights
@@ -202,7 +202,8 @@ def test_a_layer_row_keeps_both_tensors_and_times_the_case_alone():
     want, out = torch.ones(2, 4), torch.full((2, 4), 1.5)
     start = time.perf_counter()
     row = layer_row(case, out, want, "bf16", start)
-    assert torch.equal(row["want"], want) and torch.equal(row["out"], out)
+    torch.testing.assert_close(row["want"], want, rtol=0, atol=0)
+    torch.testing.assert_close(row["out"], out, rtol=0, atol=0)
     assert 0 <= row["seconds"] < 60
 
 
@@ -210,6 +211,6 @@ def test_softmax_topk_routes_over_the_last_dimension_of_any_leading_shape():
     logits = torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(1))
     weights, ids = softmax_topk(logits, 3)
     rows = [softmax_topk(logits[i], 3) for i in range(2)]
-    assert torch.equal(ids, torch.stack([i for _, i in rows]))
+    torch.testing.assert_close(ids, torch.stack([i for _, i in rows]), rtol=0, atol=0)
     torch.testing.assert_close(weights, torch.stack([w for w, _ in rows]), rtol=0, atol=0)
     torch.testing.assert_close(weights.sum(dim=-1), torch.ones(2, 5))

@@ -43,7 +43,9 @@ def test_hand_computed_tokens():
     out = moe_reference(hand_tokens(), num_experts=8)
     token0 = 0.25 * 1.0 + 0.75 * 1.375  # 1.28125
     token1 = 0.5 * 1.625 + 0.5 * 1.75  # 1.6875
-    assert torch.equal(out, torch.tensor([[token0, 2 * token0], [4 * token1, -8 * token1]]))
+    torch.testing.assert_close(
+        out, torch.tensor([[token0, 2 * token0], [4 * token1, -8 * token1]]), rtol=0, atol=0
+    )
 
 
 def test_hand_computed_partials_per_ep_rank():
@@ -51,8 +53,8 @@ def test_hand_computed_partials_per_ep_rank():
     tokens = hand_tokens()
     rank0 = moe_partial(tokens, 8, 2, 0)
     rank1 = moe_partial(tokens, 8, 2, 1)
-    assert torch.equal(rank0, torch.tensor([[1.28125, 2.5625], [0.0, 0.0]]))
-    assert torch.equal(rank1, torch.tensor([[0.0, 0.0], [6.75, -13.5]]))
+    torch.testing.assert_close(rank0, torch.tensor([[1.28125, 2.5625], [0.0, 0.0]]), rtol=0, atol=0)
+    torch.testing.assert_close(rank1, torch.tensor([[0.0, 0.0], [6.75, -13.5]]), rtol=0, atol=0)
 
 
 def loop_reference(tokens: Tokens, num_experts: int) -> torch.Tensor:
@@ -74,11 +76,31 @@ def test_random_tokens_against_the_loop(dtype):
     for source in range(2):
         tokens = source_tokens(case, source)
         want = loop_reference(tokens, case.num_experts)
-        assert torch.allclose(
-            moe_reference(tokens, case.num_experts).double(), want, atol=1e-5, rtol=1e-5
+        torch.testing.assert_close(
+            moe_reference(tokens, case.num_experts).double(), want, rtol=1e-05, atol=1e-05
         )
         parts = sum(moe_partial(tokens, case.num_experts, 4, r).double() for r in range(4))
-        assert torch.allclose(parts, want, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(parts, want, rtol=1e-05, atol=1e-05)
+
+
+def test_a_numeric_error_planted_in_the_oracle_fails_with_the_mismatched_element_count(
+    monkeypatch,
+):
+    """The comparison above, run against an oracle off by 1e-3 in one element: the failure
+    says how many elements differ, by how much and where, not just "False"."""
+    right = moe_reference
+
+    def off_by_a_little(tokens: Tokens, num_experts: int) -> torch.Tensor:
+        out = right(tokens, num_experts).clone()
+        out[1, 3] += 1e-3
+        return out
+
+    monkeypatch.setitem(globals(), "moe_reference", off_by_a_little)
+    with pytest.raises(AssertionError) as failure:
+        test_random_tokens_against_the_loop("fp32")
+    message = str(failure.value)
+    assert "Mismatched elements: 1 / 160" in message, message
+    assert re.search(r"Greatest absolute difference: 0\.00099\d* at index \(1, 3\)", message)
 
 
 def test_fp8_dequantisation_scales_each_group_of_columns():
@@ -92,7 +114,7 @@ def test_fp8_dequantisation_scales_each_group_of_columns():
         ],
         dim=-1,
     )
-    assert torch.equal(dequantize(x, scale), want)
+    torch.testing.assert_close(dequantize(x, scale), want, rtol=0, atol=0)
 
 
 def hidden_for(dtype: str) -> int:
@@ -236,8 +258,11 @@ def test_tokens_travel_as_bytes_and_read_back_as_sent(dtype):
     x, scale, ids, weights = tokens.wire("cpu")
     assert x.dtype == (torch.bfloat16 if dtype == "bf16" else torch.uint8)
     assert (scale is None) == (dtype == "bf16")
-    assert torch.equal(dequantize(*from_wire(dtype, x, scale)), tokens.values())
-    assert torch.equal(ids, tokens.topk_ids) and torch.equal(weights, tokens.topk_weights)
+    torch.testing.assert_close(
+        dequantize(*from_wire(dtype, x, scale)), tokens.values(), rtol=0, atol=0
+    )
+    torch.testing.assert_close(ids, tokens.topk_ids, rtol=0, atol=0)
+    torch.testing.assert_close(weights, tokens.topk_weights, rtol=0, atol=0)
     on_meta = tokens.wire("meta")
     assert {t.device.type for t in on_meta if t is not None} == {"meta"}
 
@@ -247,9 +272,11 @@ def test_concatenated_tokens_are_the_parts_rows_in_order(dtype):
     case = RoutingCase(tokens=(2, 3), dtype=dtype, hidden=hidden_for(dtype))
     a, b = source_tokens(case, 0), source_tokens(case, 1)
     both = concat_tokens([a, b])
-    assert torch.equal(both.values(), torch.cat([a.values(), b.values()]))
-    assert torch.equal(both.topk_ids, torch.cat([a.topk_ids, b.topk_ids]))
-    assert torch.equal(both.topk_weights, torch.cat([a.topk_weights, b.topk_weights]))
+    torch.testing.assert_close(both.values(), torch.cat([a.values(), b.values()]), rtol=0, atol=0)
+    torch.testing.assert_close(both.topk_ids, torch.cat([a.topk_ids, b.topk_ids]), rtol=0, atol=0)
+    torch.testing.assert_close(
+        both.topk_weights, torch.cat([a.topk_weights, b.topk_weights]), rtol=0, atol=0
+    )
     assert (both.x_scale is None) == (dtype == "bf16")
 
 

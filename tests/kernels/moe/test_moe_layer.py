@@ -190,9 +190,11 @@ def test_expert_impl_choice_and_dispatch_on_cpu():
     if not torch.cuda.is_available():
         assert kernels_missing() == "no CUDA GPU"
     assert default_impl(torch.device("cpu")) == "torch"
-    assert torch.equal(
+    torch.testing.assert_close(
         expert_partial("torch", tokens, experts, 2, 1, dtype=torch.float32),
         mlp_moe_partial(tokens, experts, 2, 1),
+        rtol=0,
+        atol=0,
     )
     with pytest.raises(ValueError, match=r"impl='triton'.*torch.*vllm"):
         expert_partial("triton", tokens, experts)
@@ -216,8 +218,10 @@ def test_softmax_topk_renormalises_the_top_experts():
     logits = torch.tensor([[0.0, 3.0, 1.0, 2.0], [5.0, -1.0, 4.0, 0.0]])
     weights, ids = softmax_topk(logits, 2)
     assert ids.tolist() == [[1, 3], [0, 2]] and ids.dtype == torch.int32
-    assert torch.allclose(weights.sum(dim=1), torch.ones(2))
-    assert torch.allclose(weights[0], torch.softmax(torch.tensor([3.0, 2.0]), dim=0))
+    torch.testing.assert_close(weights.sum(dim=1), torch.ones(2), rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(
+        weights[0], torch.softmax(torch.tensor([3.0, 2.0]), dim=0), rtol=1e-5, atol=1e-8
+    )
 
 
 # vLLM's own expert kernels and MoE layer on one GPU.  The multi-rank
