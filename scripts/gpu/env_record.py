@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
 import importlib.metadata
 import json
 import platform
@@ -39,11 +40,18 @@ def gpus() -> tuple[list[str], str | None]:
     return [name for name, _ in rows], (rows[0][1] if rows else None)
 
 
-def version(distribution: str) -> str | None:
+def version(distribution: str, module: str) -> str | None:
+    """The installed version: the distribution's metadata, else the module's
+    ``__version__`` (a bundle ships FlashInfer's package without its metadata)."""
     try:
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
+        pass
+    try:
+        found = importlib.import_module(module)
+    except ImportError:
         return None
+    return str(getattr(found, "__version__", None) or "unknown")
 
 
 def record(commit: str, command: list[str]) -> dict[str, object]:
@@ -61,8 +69,8 @@ def record(commit: str, command: list[str]) -> dict[str, object]:
         "cuda": torch.version.cuda,
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "flashinfer": version("flashinfer-python"),
-        "vllm": version("vllm"),
+        "flashinfer": version("flashinfer-python", "flashinfer"),
+        "vllm": version("vllm", "vllm"),
         "command": " ".join(command),
     }
 
