@@ -3,7 +3,7 @@
 # `vllm-ep-kit bundle device/bundle --vllm ...` (tarred as device/bundle.tar.xz) and the
 # committed FlashInfer JIT cache, e.g.
 #   scripts/gpu/run_with_bundle.sh python3 -m pytest tests/distributed -v
-# docs/gpu-validation.md lists the runs made this way.
+# docs/gpu-evidence.md lists the runs made this way.
 set -euo pipefail
 bundle_tar=${VLLM_EP_KIT_BUNDLE:-device/bundle.tar.xz}
 # The committed JIT cache records absolute source paths under this folder: another

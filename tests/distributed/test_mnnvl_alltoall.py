@@ -704,7 +704,7 @@ def test_flashinfer_two_sided_kernel_check_catches_double_counting():
 @pytest.mark.gpus(1)
 def test_flashinfer_two_sided_kernel_vs_oracle():
     """FlashInfer's MnnvlMoe alltoallv (real kernels) prepare + dispatch + combine vs the
-    oracle.  Two ranks may share one GPU (measured: runs #43, #44)."""
+    oracle.  Two ranks may share one GPU (measured on 1x H200, docs/gpu-evidence.md)."""
     cases = default_cases(2) + format_cases(2)
     results = run_ranks(rank_two_sided_roundtrip, 2, cases, backend="gloo", timeout_s=600)
     assert_every_case_passed(results, cases)

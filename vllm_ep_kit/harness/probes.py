@@ -527,7 +527,7 @@ def vllm_moe_kernels() -> Probe:
 
     vLLM's wheels build ``_C`` / ``_moe_C`` on the libtorch stable ABI for a
     newer torch than many hosts have; measured on an H200 with torch 2.11, vLLM
-    0.32.0's load and run (docs/gpu-validation.md, runs #15-#20).
+    0.32.0's load and run (1x H200, 2026-11-24).
     """
     missing = vllm_moe_kernels_missing()
     return Probe(

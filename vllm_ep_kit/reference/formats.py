@@ -29,8 +29,8 @@ import torch
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
 # bytes: FlashInfer's two-sided alltoallv refuses other rows ("input.size(1) must be aligned
-# to 16 bytes"); the one-sided MoeAlltoAll moved 90-byte scale rows exactly (on an H200:
-# docs/gpu-validation.md, unpadded MXFP8 scale rows).  Cases are checked against the
+# to 16 bytes"); the one-sided MoeAlltoAll moved 90-byte scale rows exactly (unpadded
+# MXFP8 scale rows, 1x H200).  Cases are checked against the
 # stricter rule so that every backend can run them.
 ROW_ALIGN = 16
 E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)  # magnitudes of codes 0..7
