@@ -101,3 +101,20 @@ def test_stable_abi_load_reports_the_loader_error(tmp_path):
     assert error is not None and re.search(
         r"undefined symbol: aoti_torch_from_a_future_release", error
     ), error
+
+
+def test_running_a_library_that_cannot_load_reports_the_missing_symbol_as_data(tmp_path):
+    """The ``run`` command's row: not loaded, no ops, the loader's error naming the symbol
+    (in this process: dlopen with immediate binding, before torch sees the library)."""
+    ext = _compile(
+        tmp_path,
+        "_moe_C_stable_libtorch",
+        """
+        extern int aoti_torch_from_a_future_release(void);
+        int use(void) { return aoti_torch_from_a_future_release(); }
+    """,
+    )
+    row = stable_abi.run_library(ext)
+    assert row["loaded"] is False and "ops" not in row and "kernel" not in row, row
+    assert "undefined symbol: aoti_torch_from_a_future_release" in str(row["error"]), row
+    assert stable_abi.main(["run", str(ext)]) == 1

@@ -10,7 +10,9 @@ libtorch.  This module answers that two ways:
   local torch libraries define (works on a machine without the extension's
   GPU, and from a symbol list made elsewhere: :func:`write_symbol_list`);
 * dynamically: ``torch.ops.load_library`` in a fresh interpreter, whose
-  error names the first missing symbol (:func:`try_load`).
+  error names the first missing symbol (:func:`try_load`);
+* on a GPU host: each library loaded into this process's torch, one of its kernels
+  run against torch (:func:`run_library`, the ``run`` command).
 """
 
 from __future__ import annotations
@@ -144,11 +146,82 @@ def vllm_extensions() -> list[Path]:
     return sorted(root.glob("*stable_libtorch*.so"))
 
 
+def _registered_ops(namespace: str) -> list[str]:
+    import torch
+
+    return sorted(
+        n for n in torch._C._dispatch_get_all_op_names() if n.startswith(namespace + "::")
+    )
+
+
+def _run_topk_softmax() -> dict[str, object]:
+    """vLLM's fused router top-k vs softmax + topk in fp32."""
+    import torch
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    logits = torch.randn(64, 16, device="cuda", generator=gen)
+    k = 4
+    weights = torch.empty(64, k, device="cuda")
+    ids = torch.empty(64, k, dtype=torch.int32, device="cuda")
+    token_expert = torch.empty(64, k, dtype=torch.int32, device="cuda")
+    torch.ops._moe_C.topk_softmax(weights, ids, token_expert, logits, False, None, None)
+    want_w, want_ids = torch.softmax(logits, dim=-1).topk(k, dim=-1)
+    return {
+        "op": "_moe_C.topk_softmax",
+        "ids_equal": bool(torch.equal(ids.long(), want_ids)),
+        "max_weight_error": float((weights - want_w).abs().max()),
+    }
+
+
+def _run_silu_and_mul() -> dict[str, object]:
+    """vLLM's fused SiLU-and-multiply (the MoE experts' activation) vs torch in bf16."""
+    import torch
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(64, 2 * 512, device="cuda", generator=gen).bfloat16()
+    out = torch.empty(64, 512, device="cuda", dtype=torch.bfloat16)
+    torch.ops._C.silu_and_mul(out, x)
+    want = torch.nn.functional.silu(x[:, :512].float()) * x[:, 512:].float()
+    return {"op": "_C.silu_and_mul", "max_error": float((out.float() - want).abs().max())}
+
+
+KERNEL_RUNS = {"_moe_C": _run_topk_softmax, "_C": _run_silu_and_mul}
+
+
+def run_library(path: Path) -> dict[str, object]:
+    """Load ``path`` into this process's torch (dlopen with immediate binding first, whose
+    error names a missing symbol), list the ops it registered and, on a GPU, run one of its
+    kernels against torch.  Every failure is part of the answer, as data."""
+    import ctypes
+    import os
+
+    import torch
+
+    row: dict[str, object] = {
+        "library": path.name,
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+    try:
+        ctypes.CDLL(str(path), mode=os.RTLD_NOW)
+        torch.ops.load_library(str(path))
+        namespace = path.name.split("_stable_libtorch")[0]
+        row["ops"] = _registered_ops(namespace)
+        if namespace in KERNEL_RUNS and torch.cuda.is_available():
+            row["kernel"] = KERNEL_RUNS[namespace]()
+        row["loaded"] = True
+    except Exception as exc:  # noqa: BLE001 (every failure is the answer, reported as data)
+        row["loaded"] = row.get("ops") is not None
+        row["error"] = f"{type(exc).__name__}: {exc}"
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m tests.drivers.stable_abi dump OUT_DIR [SO...]`` | ``check FILE...``.
 
     ``dump`` writes symbol lists (default: the installed vLLM's extensions);
-    ``check`` takes extensions or symbol lists and prints one JSON verdict each.
+    ``check`` takes extensions or symbol lists and prints one JSON verdict each;
+    ``run SO...`` loads each library here and runs one of its kernels (a JSON row each).
     """
     import argparse
 
@@ -160,7 +233,14 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check")
     check.add_argument("files", type=Path, nargs="+")
     check.add_argument("--load", action="store_true", help="also load .so files with torch")
+    run = sub.add_parser("run")
+    run.add_argument("libraries", type=Path, nargs="+")
     args = parser.parse_args(argv)
+    if args.cmd == "run":
+        rows = [run_library(path) for path in args.libraries]
+        for row in rows:
+            print(json.dumps(row))
+        return 0 if all("error" not in row for row in rows) else 1
     if args.cmd == "dump":
         args.out_dir.mkdir(parents=True, exist_ok=True)
         for ext in args.extensions or vllm_extensions():
