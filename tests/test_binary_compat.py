@@ -22,6 +22,14 @@ from vllm_ep_kit.harness import probes
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler")
 
 
+# An extension calling a stable-ABI function no torch has: what a wheel built for a newer
+# torch looks like to this one.
+NEEDS_A_FUTURE_TORCH = """
+extern int aoti_torch_from_a_future_release(void);
+int use(void) { return aoti_torch_from_a_future_release(); }
+"""
+
+
 def _compile(tmp_path: Path, name: str, source: str) -> Path:
     src = tmp_path / f"{name}.c"
     src.write_text(source)
@@ -92,10 +100,7 @@ def test_stable_abi_load_reports_the_loader_error(tmp_path):
     ext = _compile(
         tmp_path,
         "fake_ext2",
-        """
-        extern int aoti_torch_from_a_future_release(void);
-        int use(void) { return aoti_torch_from_a_future_release(); }
-    """,
+        NEEDS_A_FUTURE_TORCH,
     )
     error = stable_abi.try_load(ext)
     assert error is not None and re.search(
@@ -109,10 +114,7 @@ def test_running_a_library_that_cannot_load_reports_the_missing_symbol_as_data(t
     ext = _compile(
         tmp_path,
         "_moe_C_stable_libtorch",
-        """
-        extern int aoti_torch_from_a_future_release(void);
-        int use(void) { return aoti_torch_from_a_future_release(); }
-    """,
+        NEEDS_A_FUTURE_TORCH,
     )
     row = stable_abi.run_library(ext)
     assert row["loaded"] is False and "ops" not in row and "kernel" not in row, row

@@ -21,7 +21,6 @@ PATCH = "two_sided_dispatch_x_sf_guard"
 
 
 def rank_dispatch_without_scales(ctx, apply_plugin):
-    import types
 
     import torch
     import vllm
@@ -35,20 +34,7 @@ def rank_dispatch_without_scales(ctx, apply_plugin):
     statuses = {s.name: s.status for s in patches.apply_all()} if apply_plugin else {}
     module = fix.dispatch_module()  # wherever this release defines the dispatch
     recorder = fix._PayloadRecorder()
-    manager = types.SimpleNamespace(
-        ensure_alltoall_workspace_initialized=lambda: True,
-        rank=0,
-        world_size=2,
-        workspace_tensor=None,
-        prepare_workspace_tensor=None,
-    )
-    quant = types.SimpleNamespace(
-        quant_dtype=None,
-        per_act_token_quant=False,
-        block_shape=None,
-        is_scale_swizzled=False,
-        mx_alignment=None,
-    )
+    manager, quant = fix.probe_stand_ins()
     x = torch.randn(3, 16, dtype=torch.bfloat16)
     outcome = {"vllm": vllm.__version__, "statuses": statuses}
     with swapped(fix._flashinfer_alltoall_module(), MnnvlMoe=recorder.MnnvlMoe):

@@ -59,7 +59,7 @@ from vllm_ep_kit.harness.rank import (
     RankOutcome,
     RankSpec,
     child_environment,
-    init_world,
+    join_world,
     outcome_bytes,
     outcome_from_exception,
     prepare_rank_process,
@@ -180,15 +180,7 @@ def pool_rank_main(spec: RankSpec, conn: multiprocessing.connection.Connection) 
     """A pooled rank: set up once, then run tasks from ``conn`` until told to stop."""
     ctx = prepare_rank_process(spec)
     try:
-        init_world(
-            spec.backend,
-            spec.rank,
-            spec.world_size,
-            spec.master_addr,
-            spec.master_port,
-            spec.timeout_s,
-            ctx.local_rank,
-        )
+        join_world(spec, ctx)
         from vllm_ep_kit.harness.vllm_isolation import snapshot
 
         code = snapshot()

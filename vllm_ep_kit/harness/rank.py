@@ -185,6 +185,19 @@ def init_world(
     return store
 
 
+def join_world(spec: RankSpec, ctx: RankContext) -> torch.distributed.TCPStore:
+    """:func:`init_world` with what ``spec`` and ``ctx`` say of this rank and its world."""
+    return init_world(
+        spec.backend,
+        spec.rank,
+        spec.world_size,
+        spec.master_addr,
+        spec.master_port,
+        spec.timeout_s,
+        ctx.local_rank,
+    )
+
+
 def wait_for_all_outcomes(store: torch.distributed.Store, world_size: int) -> None:
     """Exit barrier: a rank that finished stays alive until every rank has an outcome.
 
@@ -317,15 +330,7 @@ def rank_main(spec: RankSpec) -> None:
     work = Path(spec.workdir)
     store = None
     try:
-        store = init_world(
-            spec.backend,
-            spec.rank,
-            spec.world_size,
-            spec.master_addr,
-            spec.master_port,
-            spec.timeout_s,
-            ctx.local_rank,
-        )
+        store = join_world(spec, ctx)
         ctx.heartbeat()
         if spec.fn is None:
             raise TypeError("rank_main runs a function: this spec has none (a pooled rank's)")

@@ -109,6 +109,26 @@ class _PayloadRecorder:
         self.MnnvlMoe = MnnvlMoe
 
 
+def probe_stand_ins() -> tuple[types.SimpleNamespace, types.SimpleNamespace]:
+    """The manager (rank 0 of 2, workspace ready) and the unquantised config the probe
+    dispatches with: what the dispatch function reads of each, nothing more."""
+    manager = types.SimpleNamespace(
+        ensure_alltoall_workspace_initialized=lambda: True,
+        rank=0,
+        world_size=2,
+        workspace_tensor=None,
+        prepare_workspace_tensor=None,
+    )
+    quant = types.SimpleNamespace(
+        quant_dtype=None,
+        per_act_token_quant=False,
+        block_shape=None,
+        is_scale_swizzled=False,
+        mx_alignment=None,
+    )
+    return manager, quant
+
+
 def scale_payloads_when_no_scales() -> list[str]:
     """Payload kinds the installed dispatch sends when quantisation gives no scales."""
     import torch
@@ -124,20 +144,7 @@ def scale_payloads_when_no_scales() -> list[str]:
     if dispatch is None or not hasattr(module, "moe_kernel_quantize_input"):
         raise UnrecognisedShape(f"{module.__name__} has no {FUNCTION} / moe_kernel_quantize_input")
     rec = _PayloadRecorder()
-    manager = types.SimpleNamespace(
-        ensure_alltoall_workspace_initialized=lambda: True,
-        rank=0,
-        world_size=2,
-        workspace_tensor=None,
-        prepare_workspace_tensor=None,
-    )
-    quant = types.SimpleNamespace(
-        quant_dtype=None,
-        per_act_token_quant=False,
-        block_shape=None,
-        is_scale_swizzled=False,
-        mx_alignment=None,
-    )
+    manager, quant = probe_stand_ins()
     values = dict(
         all2all_manager=manager,
         global_num_tokens_cpu=[2, 2],
