@@ -16,7 +16,9 @@ An unknown name in either variable is an error naming the variable.
 
 from __future__ import annotations
 
+import importlib
 import os
+import pkgutil
 
 from vllm_ep_kit.patches.base import (
     APPLIED,
@@ -47,15 +49,17 @@ class RequiredPatchError(RuntimeError):
 
 
 def all_patches() -> list[Patch]:
-    from vllm_ep_kit.patches.vllm.distributed.device_communicators import (
-        all2all,
-        cuda_communicator,
-    )
-    from vllm_ep_kit.patches.vllm.model_executor.layers.fused_moe.prepare_finalize import (
-        flashinfer_nvlink_two_sided,
-    )
+    """Every patch: the ``PATCHES`` of each module under ``patches/vllm/`` (one module per
+    patched vLLM module, at vLLM's path), in module name order.  Adding a hotfix is adding
+    its module, or its patch to the module's ``PATCHES`` (docs/contributing.md)."""
+    from vllm_ep_kit.patches import vllm as mirror
 
-    return [*all2all.PATCHES, *flashinfer_nvlink_two_sided.PATCHES, *cuda_communicator.PATCHES]
+    found: list[Patch] = []
+    modules = pkgutil.walk_packages(mirror.__path__, f"{mirror.__name__}.")
+    for module in sorted(modules, key=lambda module: module.name):
+        if not module.ispkg:
+            found.extend(importlib.import_module(module.name).PATCHES)
+    return found
 
 
 def _names_from_env(variable: str, known: list[str]) -> set[str]:

@@ -1,32 +1,15 @@
-"""One module per lint rule; each exposes ``RULE`` and ``check(ctx) -> list[Finding]``."""
+"""One module per lint rule; each exposes ``RULE`` and ``check(ctx) -> list[Finding]``.
 
-from vllm_ep_kit.lint.rules import (
-    dead_key,
-    dependencies,
-    flag_spelling,
-    gated_branches,
-    gpu_count,
-    listed_not_run,
-    missing_test,
-    paths_exist,
-    schema,
-    stale_dependency,
-    uncovered,
-    unique_labels,
-)
+Every module of this package is a rule and is imported here, in name order:
+adding a rule is adding its module (docs/contributing.md, "Add a lint rule").  The
+order rules run in does not show: findings are reported sorted by file, line and rule.
+"""
+
+import importlib
+import pkgutil
 
 ALL_RULES = [
-    schema,
-    dead_key,
-    unique_labels,
-    gpu_count,
-    paths_exist,
-    stale_dependency,
-    uncovered,
-    listed_not_run,
-    missing_test,
-    flag_spelling,
-    gated_branches,
-    dependencies,
+    importlib.import_module(f"{__name__}.{module.name}")
+    for module in sorted(pkgutil.iter_modules(__path__), key=lambda module: module.name)
 ]
 RULE_NAMES = [rule.RULE for rule in ALL_RULES]
