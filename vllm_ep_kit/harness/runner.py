@@ -176,9 +176,10 @@ def default_backend() -> str:
 
 
 def _visible_gpus() -> int:
-    import torch
+    """The one GPU count (the capability probes': NVML, no CUDA context in this process)."""
+    from vllm_ep_kit.harness.probes import gpu_count
 
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return gpu_count()
 
 
 def _require_gpus(ranks_here: int) -> None:
