@@ -746,6 +746,23 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     return exit_codes.bundle(manifest)
 
 
+def _add_run_options(command: argparse.ArgumentParser) -> None:
+    """What every command that runs ranks takes: its watchdog, JSON output, table width."""
+    command.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=300.0,
+        help="watchdog: seconds without progress before ranks are stopped",
+    )
+    command.add_argument("--json", action="store_true", help="machine-readable results")
+    command.add_argument(
+        "--width",
+        type=_positive_int,
+        default=None,
+        help="table width in columns (default: the terminal's; wide in a pipe)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="vllm-ep-kit",
@@ -801,19 +818,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="D[,D]",
         help="payload dtypes (default bf16,fp32)",
     )
-    check.add_argument(
-        "--timeout",
-        type=_positive_seconds,
-        default=300.0,
-        help="watchdog: seconds without progress before ranks are stopped",
-    )
-    check.add_argument("--json", action="store_true", help="machine-readable results")
-    check.add_argument(
-        "--width",
-        type=_positive_int,
-        default=None,
-        help="table width in columns (default: the terminal's; wide in a pipe)",
-    )
+    _add_run_options(check)
     check.set_defaults(func=cmd_check)
 
     bench = sub.add_parser(
@@ -884,19 +889,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="print and plot a saved bench.json instead of measuring",
     )
-    bench.add_argument(
-        "--timeout",
-        type=_positive_seconds,
-        default=300.0,
-        help="watchdog: seconds without progress before ranks are stopped",
-    )
-    bench.add_argument("--json", action="store_true", help="machine-readable results")
-    bench.add_argument(
-        "--width",
-        type=_positive_int,
-        default=None,
-        help="table width in columns (default: the terminal's; wide in a pipe)",
-    )
+    _add_run_options(bench)
     bench.set_defaults(func=cmd_bench)
 
     lint_ci = sub.add_parser(

@@ -174,8 +174,11 @@ class FlashInferKernelEmulator(FlashInferAllocationRecorder):
 
     def _one_sided_class(self):
         emulator = self
+        recorder_class: type = super()._one_sided_class()
 
-        class EmulatedMoeAlltoAll:
+        class EmulatedMoeAlltoAll(recorder_class):
+            # the constructor of every FlashInfer release vLLM calls (it passes the
+            # arguments this signature names); the recorder records the workspace
             def __init__(
                 self,
                 mapping,
@@ -189,14 +192,13 @@ class FlashInferKernelEmulator(FlashInferAllocationRecorder):
                 enable_rank_mask=False,
                 **kwargs,
             ):
-                self.workspace = emulator._record(
-                    "one_sided",
+                super().__init__(
                     mapping,
-                    mnnvl_config,
-                    max_num_tokens=max_num_tokens,
-                    top_k=top_k,
-                    num_experts=num_experts,
-                    workspace_size_per_rank=workspace_size_per_rank,
+                    max_num_tokens,
+                    top_k,
+                    num_experts,
+                    workspace_size_per_rank,
+                    mnnvl_config=mnnvl_config,
                 )
                 self.comm = mnnvl_config.comm_backend
                 self.ep_rank, self.ep_size = self.comm.Get_rank(), self.comm.Get_size()
