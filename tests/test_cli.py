@@ -1,12 +1,12 @@
 """The command line: argument errors name the argument; doctor and check produce data."""
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
+from tests.torchrun_job import torchrun
 from vllm_ep_kit.commands.check import CheckArgumentError, make_plan
 
 USABLE = ["allgather_reducescatter", "naive"]
@@ -24,29 +24,7 @@ def cli(*args, timeout=600):
 def torchrun_cli(nproc, *args, timeout=600):
     """The CLI launched by torchrun on this host (env:// rendezvous), as each node of a
     multi-node job launches it."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-    }
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node",
-            str(nproc),
-            "-m",
-            "vllm_ep_kit.cli",
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        check=False,
-    )
+    return torchrun(nproc, "-m", "vllm_ep_kit.cli", *args, timeout=timeout)
 
 
 @pytest.mark.parametrize(

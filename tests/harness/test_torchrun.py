@@ -1,12 +1,10 @@
 """The same rank functions under torchrun (env:// rendezvous), as on multi-node MNNVL."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.torchrun_job import torchrun
 from vllm_ep_kit.harness import skip_or_fail
 from vllm_ep_kit.harness.skips import NotRunnableHere
 
@@ -18,36 +16,13 @@ HERE = Path(__file__).parent
 
 
 def test_run_ranks_runs_in_process_under_torchrun(tmp_path, no_leftovers):
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
-    env["VLLM_EP_KIT_STRICT"] = "0"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "--log-dir",
-        str(tmp_path / "logs"),
-        "--tee",
-        "3",
-        "-m",
-        "pytest",
-        str(HERE / "torchrun_case.py"),
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        "-rs",
-        "-s",
-    ]
-    result = subprocess.run(
-        cmd,
+    result = torchrun(
+        2,
+        *("-m", "pytest", str(HERE / "torchrun_case.py"), "-q", "-p", "no:cacheprovider"),
+        *("-rs", "-s"),
+        env={"VLLM_EP_KIT_STRICT": "0"},
         cwd=HERE.parent.parent,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+        log_dir=tmp_path / "logs",
     )
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-4000:]
@@ -67,31 +42,12 @@ def test_nccl_world_under_torchrun(tmp_path, no_leftovers):
     if gpus == 0:
         skip_or_fail("needs 1 CUDA GPU, 0 visible")
     nproc = min(gpus, 2)
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
-    env["VLLM_EP_KIT_STRICT"] = "0"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        str(nproc),
-        "-m",
-        "pytest",
-        str(HERE / "torchrun_nccl_case.py"),
-        "-q",
-        "-p",
-        "no:cacheprovider",
+    result = torchrun(
+        nproc,
+        *("-m", "pytest", str(HERE / "torchrun_nccl_case.py"), "-q", "-p", "no:cacheprovider"),
         "-s",
-    ]
-    result = subprocess.run(
-        cmd,
+        env={"VLLM_EP_KIT_STRICT": "0"},
         cwd=HERE.parent.parent,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
     )
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-4000:]
@@ -102,32 +58,18 @@ def test_nccl_world_under_torchrun(tmp_path, no_leftovers):
 
 @pytest.mark.parametrize("world", [2, 4])
 def test_faults_under_torchrun_name_the_rank(tmp_path, world, no_leftovers):
-    """Before: a value the other processes could not unpickle escaped as a raw
-    ModuleNotFoundError, and a rank leaving with os._exit(0) gave the others gloo's
-    "Connection closed by peer" RuntimeError, naming no rank."""
+    """A value the other processes cannot unpickle, and a rank leaving with os._exit(0),
+    fail the others' runs naming that rank: not a raw ModuleNotFoundError, not gloo's
+    "Connection closed by peer" RuntimeError that names no rank."""
     import json
     import time
 
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
-    env["FAULT_CASE_OUT"] = str(tmp_path)
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        str(world),
-        str(HERE / "torchrun_fault_case.py"),
-    ]
     start = time.monotonic()
-    result = subprocess.run(
-        cmd,
+    result = torchrun(
+        world,
+        str(HERE / "torchrun_fault_case.py"),
+        env={"FAULT_CASE_OUT": str(tmp_path)},
         cwd=HERE.parent.parent,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
     )
     out = result.stdout + result.stderr
     assert time.monotonic() - start < 60 + 15 + 30, out[-4000:]  # timeout_s + 15 + start-up

@@ -1,4 +1,4 @@
-"""Run by test_torchrun.py under torchrun: faults that used to escape as raw errors.
+"""Run by test_torchrun.py under torchrun: faults that must fail every rank's run naming the rank.
 
 Not collected by pytest (a script): after the last case one rank has left the job.
 Writes one JSON line per case to ``$FAULT_CASE_OUT/rank<N>.jsonl``: what ``run_ranks``
