@@ -145,13 +145,17 @@ def entry_point_modules() -> set[str]:
 def test_every_module_of_the_wheel_serves_a_command_or_a_plugin():
     """What only tests run lives under tests/: each module of the package is reached from
     an entry point, by an import or by name (the pool's fork-server preload), or is a
-    built-in backend (the registry imports those by scanning its package)."""
-    from vllm_ep_kit import backends
+    member its package loads by scanning itself (the built-in backends, the lint rules,
+    the hotfix modules)."""
+    from vllm_ep_kit import backends, patches
     from vllm_ep_kit.harness import pool
+    from vllm_ep_kit.lint.rules import ALL_RULES
 
     graph = import_graph()
     roots = entry_point_modules() | set(pool.PRELOAD)
     roots |= {f"{backends.__name__}.{name}" for name in backends.BUILT_IN}
+    roots |= {rule.__name__ for rule in ALL_RULES}
+    roots |= {type(patch).__module__ for patch in patches.all_patches()}
     assert roots <= set(graph.nodes), roots - set(graph.nodes)
     reached = set(roots).union(*(nx.descendants(graph, root) for root in roots))
     parents = {name.rsplit(".", 1)[0] for name in reached if "." in name}
