@@ -17,14 +17,16 @@ import torch
 
 from vllm_ep_kit.reference.moe import RoutingCase, moe_reference, source_tokens
 from vllm_ep_kit.reference.results import (
+    OTHER_ROWS,
     VIA_COMBINE,
     CaseResult,
+    compared,
     merge_case_rows,
     not_run_result,
     oracle_result,
     same_rows,
 )
-from vllm_ep_kit.reference.tolerance import COMBINE
+from vllm_ep_kit.reference.tolerance import COMBINE, LAYER
 
 FIELDS = [
     "backend",
@@ -36,6 +38,7 @@ FIELDS = [
     "passed",
     "seconds",
     "note",
+    "detail",
 ]
 
 
@@ -51,6 +54,7 @@ def rank_row(rank: int, **changes) -> CaseResult:
         "passed": True,
         "seconds": 0.1 * (rank + 1),
         "note": f"note of rank {rank}",
+        "detail": {"rank": rank},
     }
     return CaseResult(**{**fields, **changes})
 
@@ -172,7 +176,7 @@ def test_an_output_off_by_more_than_the_tolerance_fails_saying_where(exact):
 def test_an_inexact_dispatch_fails_even_when_the_output_matches():
     result = verdict(oracle_out(), False)
     assert not result.passed and result.dispatch_exact is False
-    assert result.note == "dispatch delivered other rows than the sources sent"
+    assert result.note == OTHER_ROWS
 
 
 def test_the_oracle_is_of_the_tokens_this_rank_sent():
@@ -193,3 +197,78 @@ def test_dispatched_rows_are_the_same_only_if_values_ids_and_weights_all_are():
         changed = getattr(want, field).clone()
         changed[1, 0] += 1
         assert not same_rows(dataclasses.replace(want, **{field: changed}), want), field
+
+
+def test_an_inexact_dispatch_with_a_wrong_output_says_both():
+    out = oracle_out()
+    out[0, 0] += 1.0
+    result = verdict(out, False)
+    assert result.note.startswith(OTHER_ROWS + "; ")
+    assert "Mismatched elements: 1 / 96" in result.note
+
+
+def test_as_dict_leaves_the_tensors_out_and_copies_the_detail():
+    result = verdict(oracle_out(), True)
+    data = result.as_dict()
+    assert list(data) == FIELDS
+    data["detail"]["added"] = 1
+    assert result.detail == {}
+
+
+def test_merge_takes_the_detail_of_the_first_failing_rank_and_no_tensors():
+    rows = [rank_row(r, passed=r != 1) for r in range(3)]
+    merged = merge_case_rows("b", rows)
+    assert merged.detail == {"rank": 1}
+    with pytest.raises(ValueError, match="kept no tensors"):
+        merged.assert_close()
+
+
+LAYER_CASE = RoutingCase(tokens=(3,), num_experts=4, top_k=2, hidden=4)
+
+
+def layer_result(out: torch.Tensor, want: torch.Tensor, **detail) -> CaseResult:
+    return compared(
+        "b", "tp=1", LAYER_CASE, out, want, LAYER["fp32"], time.perf_counter(), **detail
+    )
+
+
+def test_a_compared_case_keeps_both_tensors_its_tolerance_and_its_detail():
+    want = torch.ones(3, 4)
+    good = layer_result(want.clone(), want, experts="torch")
+    assert good.passed and good.note == "" and good.max_error == 0.0
+    assert good.dispatch_exact is None and good.detail == {"experts": "torch"}
+    assert (good.dtype, good.tokens) == ("bf16", "[3]") and 0 <= good.seconds < 60
+    assert good.tolerance == LAYER["fp32"]
+    torch.testing.assert_close(good.out, want, rtol=0, atol=0)
+    torch.testing.assert_close(good.want, want, rtol=0, atol=0)
+    good.assert_close()
+
+
+def test_a_compared_case_off_by_one_element_fails_saying_which_and_by_how_much():
+    want = torch.ones(3, 4)
+    off = want.clone()
+    off[1, 2] += 0.5
+    bad = layer_result(off, want)
+    assert not bad.passed and bad.max_error == pytest.approx(0.5)
+    assert "Mismatched elements: 1 / 12" in bad.note
+    with pytest.raises(AssertionError, match=r"(?s)rank 3 \(atol 0.0001, rtol 0.0001\).*1 / 12"):
+        bad.assert_close("rank 3")
+
+
+def test_a_compared_case_of_the_wrong_shape_fails_with_an_infinite_error():
+    want = torch.ones(3, 4)
+    short = layer_result(want[:2], want)
+    assert (short.out.shape[0], short.want.shape[0]) == (2, 3)
+    assert not short.passed and short.max_error == math.inf
+    assert "'shape' do not match" in short.note
+    with pytest.raises(AssertionError, match="shape"):
+        short.assert_close()
+
+
+def test_dispatch_findings_fail_a_case_and_lead_its_note():
+    want = torch.ones(3, 4)
+    result = layer_result(want.clone(), want, dispatch=["2 rows not sent here"])
+    assert not result.passed and result.dispatch_exact is False
+    assert result.note == "2 rows not sent here"
+    exact = layer_result(want.clone(), want, dispatch=[])
+    assert exact.passed and exact.dispatch_exact is True

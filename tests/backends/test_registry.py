@@ -137,9 +137,9 @@ def test_layer_matrix_runs_a_registered_backend(toy):
         )
         for row in per_rank
     ]
-    assert rows and all(r["transport"] == LoopbackTransport.name for r in rows)
-    moved = [r for r in rows if r["tokens"]]
-    assert all(r["passed"] for r in moved) != toy, rows
+    assert rows and all(r.detail["transport"] == LoopbackTransport.name for r in rows)
+    moved = [r for r in rows if len(r.want)]
+    assert all(r.passed for r in moved) != toy, [r.describe() + ": " + r.note for r in rows]
 
 
 def test_bench_runs_a_registered_backend(toy, tmp_path):

@@ -347,10 +347,10 @@ def test_prepare_finalize_vs_oracle(all2all, layout):
             f"rank {rank}: one layer, one set of workspaces"
         )
         for step in shipped["steps"]:
-            assert step["findings"] == [], (
-                f"rank {rank} tokens {step['tokens']}: {step['findings']}"
-            )
-            assert step["scale"] in (None, pytest.approx(1.0, rel=0.02))
+            where = f"rank {rank}, {step.describe()}"
+            assert step.dispatch_exact, f"{where}: {step.note}"
+            step.assert_close(where)
+            assert step.detail["scale"] in (None, pytest.approx(1.0, rel=0.02))
 
 
 @pytest.mark.vllm
@@ -364,12 +364,13 @@ def test_prepare_finalize_check_catches_a_double_reduce(all2all):
     for rank, control in enumerate(prepare_finalize(all2all, layout, reduces_twice=True)):
         assert control["output_is_reduced"] is False
         for step in control["steps"]:
-            if not step["tokens"][layout.dp_rank(rank)]:
+            if not len(step.want):
                 continue  # nothing of this rank's to get wrong
-            assert any("output vs oracle" in f for f in step["findings"]), (
-                f"rank {rank} tokens {step['tokens']}: the double reduce went unseen"
-            )
-            assert step["scale"] == pytest.approx(layout.tp, rel=0.02)
+            where = f"rank {rank}, {step.describe()}"
+            assert step.dispatch_exact, f"{where}: {step.note}"
+            with pytest.raises(AssertionError, match="Mismatched elements"):
+                step.assert_close(where)
+            assert step.detail["scale"] == pytest.approx(layout.tp, rel=0.02)
 
 
 @pytest.mark.vllm
@@ -383,7 +384,9 @@ def test_a_double_reduce_is_invisible_at_tp_1(all2all):
     ):
         assert control["output_is_reduced"] is False
         for step in control["steps"]:
-            assert step["findings"] == [], f"rank {rank} tokens {step['tokens']}"
+            where = f"rank {rank}, {step.describe()}"
+            assert step.dispatch_exact, f"{where}: {step.note}"
+            step.assert_close(where)
 
 
 # ----------------------------------------------------------------- dispatch + combine (AGRS)

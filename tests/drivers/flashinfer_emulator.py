@@ -65,8 +65,8 @@ class FlashInferKernelEmulator(FlashInferAllocationRecorder):
         self.combines = 0
         self._comms: dict[int, object] = {}  # two-sided workspace address -> its communicator
 
-    def _record(self, kind, mapping, config, **details):
-        workspace = super()._record(kind, mapping, config, **details)
+    def allocate(self, kind, mapping, config, **details):
+        workspace = super().allocate(kind, mapping, config, **details)
         self._comms[workspace.data_ptr()] = config.comm_backend
         return workspace
 
@@ -75,22 +75,22 @@ class FlashInferKernelEmulator(FlashInferAllocationRecorder):
             raise RuntimeError("a workspace this emulator did not allocate")
         return self._comms[workspace.data_ptr()]
 
-    def replacements(self):
+    def places(self):
         """The recorder's places, plus FlashInfer's own module for the two-sided stand-in:
         vLLM's two-sided prepare/finalize imports ``MnnvlMoe`` from there at call time."""
-        places = super().replacements()
+        places = super().places()
         two_sided = importlib.import_module("flashinfer.comm.trtllm_alltoall")
         if not any(module is two_sided for module, _ in places):
-            places.append((two_sided, {"MnnvlMoe": self._two_sided_class()}))
+            places.append((two_sided, {"MnnvlMoe": self.two_sided_class()}))
         return places
 
-    def _two_sided_class(self):
+    def two_sided_class(self):
         """FlashInfer's ``MnnvlMoe`` (alltoallv): prepare exchanges the routing and decides
         who receives what; the received tokens lie packed from row 0 in source-rank order
         (rows past them: expert id ``slot_count``, as the kernels' memset leaves them, and
         junk); combine returns each rank's rows to their sources and sums them per token."""
         emulator = self
-        recorder_class: type = super()._two_sided_class()
+        recorder_class: type = super().two_sided_class()
 
         class EmulatedMnnvlMoe(recorder_class):
             @staticmethod
@@ -172,9 +172,9 @@ class FlashInferKernelEmulator(FlashInferAllocationRecorder):
 
         return EmulatedMnnvlMoe
 
-    def _one_sided_class(self):
+    def one_sided_class(self):
         emulator = self
-        recorder_class: type = super()._one_sided_class()
+        recorder_class: type = super().one_sided_class()
 
         class EmulatedMoeAlltoAll(recorder_class):
             # the constructor of every FlashInfer release vLLM calls (it passes the
@@ -317,7 +317,7 @@ class FlashInferKernelEmulator(FlashInferAllocationRecorder):
 
         return EmulatedMoeAlltoAll
 
-    def _moe_ep_places(self, moe_ep):
+    def moe_ep_places(self, moe_ep):
         """vLLM 0.33: FlashInfer's ``NVLinkOneSidedAlltoAll`` runs as is; its kernels'
         ``MoeAlltoAll`` is this stand-in, its NVLink platform checks say yes."""
         comm_class = moe_ep.NVLinkOneSidedAlltoAll
@@ -335,8 +335,8 @@ class FlashInferKernelEmulator(FlashInferAllocationRecorder):
             (
                 kernels,
                 {
-                    "MoeAlltoAll": self._one_sided_class(),
-                    "moe_a2a_get_workspace_size_per_rank": self._workspace_size,
+                    "MoeAlltoAll": self.one_sided_class(),
+                    "moe_a2a_get_workspace_size_per_rank": self.workspace_size,
                 },
             ),
             (common, {"nvlink_platform_supported": lambda: True}),
@@ -388,7 +388,7 @@ def rank_emulator_vs_kernels(ctx, cases) -> list[dict]:
 
     transport = DIRECT.transport_class()(ctx, DIRECT)
     assert isinstance(transport, DirectOneSidedTransport)
-    emulated_class = FlashInferKernelEmulator()._one_sided_class()
+    emulated_class = FlashInferKernelEmulator().one_sided_class()
     results = []
     for case in cases:
         transport.prepare(case)  # FlashInfer's MoeAlltoAll for the case: transport.a2a
@@ -453,7 +453,7 @@ def rank_two_sided_emulator_vs_kernels(ctx, cases) -> list[dict]:
 
     transport = DIRECT.transport_class()(ctx, DIRECT)
     assert isinstance(transport, DirectTwoSidedTransport)
-    fake = FlashInferKernelEmulator()._two_sided_class()
+    fake = FlashInferKernelEmulator().two_sided_class()
     config = transport.mnnvl_config()
     fake_workspaces = (
         fake.get_moe_workspaces(transport.mapping(), config),

@@ -5,28 +5,22 @@ communicator spans and how the workspace is sized; FlashInfer then allocates
 one workspace row per rank of that group (measured on H200: a (2, 17303616)
 uint64 workspace on 2 ranks).  The EP-group bug (upstream PR 40893) lived in
 the first half, which is pure Python, so on a CPU-only machine we run vLLM's
-real manager code and replace only the second half with this recorder.  It
-talks through the communicator vLLM built (an ``allgather`` of global ranks,
-as the real handle exchange does) so it learns the group's actual members.
-
-Where the recorder goes is read from the installed code, not its version:
-vLLM up to 0.32 imports FlashInfer's ``MnnvlMoe``, ``MoeAlltoAll`` and the
-workspace-size helper into its all2all module; 0.33 imports them inside the
-managers' ``initialize``, and its one-sided manager goes through
-``flashinfer.moe_ep.create_communication`` (an ``NVLinkOneSidedAlltoAll``
-whose ``comm_backend`` exchanges the MNNVL handles).  Each name is replaced
-where the managers look it up.
+real manager code and replace only the second half with this recorder: the
+kit's one FlashInfer stand-in (``patches.flashinfer_managers.FlashInferStandIn``,
+which knows where each release looks FlashInfer up), whose allocations talk
+through the communicator vLLM built (an ``allgather`` of global ranks, as the
+real handle exchange does) so it learns the group's actual members.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from vllm_ep_kit.patches.flashinfer_managers import FlashInferStandIn
 
 WORKSPACE_WORDS = 8  # tiny stand-in rows; the shape's first dimension is what matters
 
@@ -42,14 +36,15 @@ class Allocation:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-class FlashInferAllocationRecorder:
-    """Patches vLLM's all2all module's FlashInfer names while installed."""
+class FlashInferAllocationRecorder(FlashInferStandIn):
+    """The kit's FlashInfer stand-in, recording each allocation vLLM's managers make (a
+    tiny workspace of the group's row count) and each workspace-size query."""
 
     def __init__(self) -> None:
         self.allocations: list[Allocation] = []
         self.size_queries: list[int] = []  # ep_size passed to the workspace-size helper
 
-    def _record(self, kind: str, mapping, config, **details) -> torch.Tensor:
+    def allocate(self, kind: str, mapping, config, **details) -> torch.Tensor:
         comm = config.comm_backend
         members = comm.allgather(dist.get_rank())
         rows = comm.Get_size()
@@ -68,55 +63,7 @@ class FlashInferAllocationRecorder:
         )
         return torch.zeros(rows, WORKSPACE_WORDS, dtype=torch.int64)
 
-    def _two_sided_class(self):
-        recorder = self
-
-        class RecordingMnnvlMoe:
-            @staticmethod
-            def get_moe_workspaces(mapping, config):
-                return recorder._record("two_sided_workspace", mapping, config)
-
-            @staticmethod
-            def get_moe_prepare_workspace(mapping, config):
-                return recorder._record("two_sided_prepare", mapping, config)
-
-        return RecordingMnnvlMoe
-
-    def _one_sided_class(self):
-        recorder = self
-
-        class RecordingMoeAlltoAll:
-            def __init__(
-                self,
-                mapping,
-                max_num_tokens,
-                top_k,
-                num_experts,
-                workspace_size_per_rank,
-                mnnvl_config=None,
-                **kwargs,
-            ):
-                self.workspace = recorder._record(
-                    "one_sided",
-                    mapping,
-                    mnnvl_config,
-                    max_num_tokens=max_num_tokens,
-                    top_k=top_k,
-                    num_experts=num_experts,
-                    workspace_size_per_rank=workspace_size_per_rank,
-                )
-
-            def dispatch(self, *args, **kwargs):
-                raise NotImplementedError("allocation recorder: no FlashInfer kernels here")
-
-            def combine(
-                self, payload, runtime_max_tokens_per_rank, output=None, use_low_precision=False
-            ):
-                raise NotImplementedError("allocation recorder: no FlashInfer kernels here")
-
-        return RecordingMoeAlltoAll
-
-    def _workspace_size(
+    def workspace_size(
         self,
         ep_size,
         max_num_tokens,
@@ -133,94 +80,20 @@ class FlashInferAllocationRecorder:
             combine_payload_size_per_token,
         )
 
-    def _moe_ep_classes(self, moe_ep):
-        """``create_communication`` and the class vLLM 0.33 asserts it returns, recording."""
-        recorder = self
-        real_class: type = moe_ep.NVLinkOneSidedAlltoAll
-
-        class RecordingNVLinkOneSidedAlltoAll(real_class):
-            def __init__(self, bootstrap, params, config):  # never FlashInfer's own
-                self.params, self.config, self.bootstrap = params, config, bootstrap
-                mapping = _BootstrapMapping(bootstrap)
-                self.workspace: torch.Tensor | None = recorder._record(
-                    "one_sided",
-                    mapping,
-                    config,
-                    max_num_tokens=params.max_tokens_per_rank,
-                    top_k=params.top_k,
-                    num_experts=params.num_experts,
-                    hidden_size=params.hidden_size,
-                    extra_payload_bytes_per_token=config.extra_payload_bytes_per_token,
-                    dispatch_bytes_per_token=(
-                        params.dispatch_bytes_per_token + config.extra_payload_bytes_per_token
-                    ),
-                )
-
-            def destroy(self):
-                self.workspace = None
-
-            def dispatch(self, *args, **kwargs):
-                raise NotImplementedError("allocation recorder: no FlashInfer kernels here")
-
-            combine = dispatch
-
-        def create_communication(bootstrap, params, backend, **options):
-            return RecordingNVLinkOneSidedAlltoAll(bootstrap, params, backend)
-
-        return {
-            "NVLinkOneSidedAlltoAll": RecordingNVLinkOneSidedAlltoAll,
-            "create_communication": create_communication,
-        }
-
-    def replacements(self) -> list[tuple[object, dict[str, object]]]:
-        """(module, {name: stand-in}) for every place the installed managers look up."""
-        from vllm.distributed.device_communicators import all2all
-
-        two_sided = {"MnnvlMoe": self._two_sided_class()}
-        legacy_one_sided = {
-            "MoeAlltoAll": self._one_sided_class(),
-            "moe_a2a_get_workspace_size_per_rank": self._workspace_size,
-        }
-        places: list[tuple[object, dict[str, object]]] = []
-        if hasattr(all2all, "MnnvlMoe"):  # imported into vLLM's module (vLLM <= 0.32)
-            places.append((all2all, two_sided))
-        else:  # imported at initialise time from FlashInfer
-            places.append((importlib.import_module("flashinfer.comm.trtllm_alltoall"), two_sided))
-        if hasattr(all2all, "MoeAlltoAll"):
-            places.append((all2all, legacy_one_sided))
-        else:
-            try:
-                moe_ep = importlib.import_module("flashinfer.moe_ep")
-            except ImportError as exc:
-                raise RuntimeError(
-                    f"vllm {all2all.__name__} has no MoeAlltoAll and flashinfer.moe_ep does "
-                    f"not import ({exc}): a one-sided manager this recorder does not know"
-                ) from exc
-            if not hasattr(moe_ep, "create_communication"):
-                raise RuntimeError(
-                    "flashinfer.moe_ep has no create_communication: a "
-                    "one-sided manager this recorder does not know"
-                )
-            places.extend(self._moe_ep_places(moe_ep))
-        return places
-
-    def _moe_ep_places(self, moe_ep) -> list[tuple[object, dict[str, object]]]:
-        """Where vLLM 0.33's one-sided manager meets FlashInfer: its communication class."""
-        return [(moe_ep, self._moe_ep_classes(moe_ep))]
-
-    @contextlib.contextmanager
-    def installed(self):
-        """Replace FlashInfer's allocators as seen by vLLM's managers."""
-        from vllm_ep_kit.patches.base import swapped
-        from vllm_ep_kit.patches.flashinfer_managers import accelerator_stand_ins
-
-        stack = contextlib.ExitStack()
-        with stack:
-            for module, names in self.replacements():
-                stack.enter_context(swapped(module, **names))
-            if not torch.accelerator.is_available():  # nothing to pick, empty or wait for
-                stack.enter_context(accelerator_stand_ins())
-            yield self
+    def communication(self, bootstrap, params, config) -> torch.Tensor:
+        return self.allocate(
+            "one_sided",
+            _BootstrapMapping(bootstrap),
+            config,
+            max_num_tokens=params.max_tokens_per_rank,
+            top_k=params.top_k,
+            num_experts=params.num_experts,
+            hidden_size=params.hidden_size,
+            extra_payload_bytes_per_token=config.extra_payload_bytes_per_token,
+            dispatch_bytes_per_token=(
+                params.dispatch_bytes_per_token + config.extra_payload_bytes_per_token
+            ),
+        )
 
 
 def workspace_bytes(

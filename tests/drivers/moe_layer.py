@@ -25,8 +25,10 @@ from vllm_ep_kit import backends as registry
 from vllm_ep_kit.backends.spec import Backend
 from vllm_ep_kit.backends.vllm_experts import default_impl, tolerance_key
 from vllm_ep_kit.reference.layout import ParallelLayout
-from vllm_ep_kit.reference.mlp_moe import MlpExperts, layer_row, mlp_moe_reference
+from vllm_ep_kit.reference.mlp_moe import MlpExperts, mlp_moe_reference
 from vllm_ep_kit.reference.moe import RoutingCase, Tokens, source_tokens
+from vllm_ep_kit.reference.results import CaseResult, compared
+from vllm_ep_kit.reference.tolerance import LAYER
 
 PARALLEL_COMBOS: dict[str, ParallelLayout] = {
     "dp2-ep": ParallelLayout(tp=1, dp=2),
@@ -171,7 +173,7 @@ def sp_moe_forward(
 
 def rank_moe_layer(
     ctx, cell: MoeLayerCell, cases: list[RoutingCase], trim: str = "tokens"
-) -> list[dict]:
+) -> list[CaseResult]:
     """The MoE layer on this rank through vLLM's parallel state, vs the fp32 reference.
 
     Dispatch and combine are the cell's backend's transport (under SP every
@@ -179,7 +181,8 @@ def rank_moe_layer(
     SP) every rank has all tokens and the EP ranks' partials are all-reduced
     over TP, as vLLM's layer does.  Experts are this rank's SiLU-MLP experts
     in the case's dtype: vLLM's ``fused_experts`` kernels on GPUs where they
-    load, the torch reference elsewhere (each row records which, ``experts``).
+    load, the torch reference elsewhere (each result's ``detail`` records which,
+    ``experts``, and the transport).
     """
     from vllm.distributed import parallel_state as ps
 
@@ -224,15 +227,19 @@ def rank_moe_layer(
                 if transport is not None:
                     out = reduce_tp_partials(out, layout.tp)
         want = mlp_moe_reference(source, experts)
+        key = tolerance_key(impl, case.dtype)
         results.append(
-            layer_row(
+            compared(
+                cell.backend,
+                layout.describe(),
                 case,
-                out.cpu(),
+                out,
                 want,
-                tolerance_key(impl, case.dtype),
+                LAYER[key],
                 start,
                 experts=impl,
                 transport=name,
+                tolerance_key=key,
             )
         )
         if transport is not None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import time
 from collections import Counter
 from types import SimpleNamespace
 from typing import Any
@@ -38,7 +39,8 @@ from vllm_ep_kit.reference.moe import (
     moe_reference,
     source_tokens,
 )
-from vllm_ep_kit.reference.tolerance import COMBINE, mismatch
+from vllm_ep_kit.reference.results import compared
+from vllm_ep_kit.reference.tolerance import COMBINE
 
 RUNNER_MODULE = "vllm.model_executor.layers.fused_moe.runner.moe_runner"
 
@@ -223,7 +225,8 @@ def rank_prepare_finalize_steps(
 ) -> dict:
     """Forward steps ``cases`` (one per step, ``tokens`` per DP rank) through one of vLLM's
     prepare/finalize for ``backend``, over FlashInfer's kernels emulated on CPU; per step
-    the findings (empty: right) and the output's scale against the oracle.  The steps are
+    a case result: the dispatch's findings (``dispatch_exact``, the note), the output
+    against the oracle, and the output's ``scale`` against it (``detail``).  The steps are
     one layer's: they must share experts, top-k, hidden size and dtype."""
     from vllm.distributed import parallel_state as ps
     from vllm.model_executor.layers.fused_moe.config import FUSED_MOE_UNQUANTIZED_CONFIG
@@ -259,6 +262,7 @@ def rank_prepare_finalize_steps(
         with _manager_on_ep_group(manager):
             pf = cls(**prepare_finalize_kwargs(cls, cases[0], bound, ep_size))
             for case in cases:
+                start = time.perf_counter()
                 mine = source_tokens(case, layout.dp_rank(ctx.rank))
                 with dp_forward_context(ctx, case.tokens, sp=False):
                     x, x_sf, _, ids, w = pf.prepare(
@@ -293,15 +297,18 @@ def rank_prepare_finalize_steps(
                     )
                     out = late_all_reduce(out, pf.output_is_reduced(), layout.tp, ep_size)
                 expected = moe_reference(mine, case.num_experts)
-                wrong = mismatch(out, expected, COMBINE[case.dtype])
-                if wrong:
-                    findings.append(f"output vs oracle: {wrong}")
                 steps.append(
-                    {
-                        "tokens": list(case.tokens),
-                        "findings": findings,
-                        "scale": output_scale(out, expected),
-                    }
+                    compared(
+                        backend,
+                        layout.describe(),
+                        case,
+                        out,
+                        expected,
+                        COMBINE[case.dtype],
+                        start,
+                        dispatch=findings,
+                        scale=output_scale(out, expected),
+                    )
                 )
                 ctx.heartbeat()
         manager.cleanup()

@@ -34,7 +34,7 @@ def a2a(tmp_path):
     try:
         mapping = type("Mapping", (), {"world_size": 1, "moe_ep_size": 1})()
         config = type("Config", (), {"comm_backend": OneRank()})()
-        yield FlashInferKernelEmulator()._one_sided_class()(
+        yield FlashInferKernelEmulator().one_sided_class()(
             mapping, 8, 2, 4, 1 << 20, mnnvl_config=config
         )
     finally:

@@ -5,14 +5,12 @@ inside and just outside each layer tolerance."""
 from __future__ import annotations
 
 import math
-import time
 
 import pytest
 import torch
 
 from vllm_ep_kit.reference.mlp_moe import (
     MlpExperts,
-    layer_row,
     mlp_moe_partial,
     mlp_moe_reference,
     softmax_topk,
@@ -148,26 +146,6 @@ def test_softmax_topk_reads_low_precision_logits_in_fp32():
     torch.testing.assert_close(weights.sum(dim=-1), torch.ones(1))
 
 
-def test_a_layer_row_reports_rows_error_verdict_and_what_differs():
-    case = RoutingCase(tokens=(3,), num_experts=4, top_k=2, hidden=4)
-    want = torch.ones(3, 4)
-    start = time.perf_counter()
-    good = layer_row(case, want.clone(), want, "fp32", start, experts="torch")
-    assert (good["case"], good["rows"], good["tokens"]) == (case.describe(), 3, 3)
-    assert good["passed"] is True and good["mismatch"] == "" and good["max_error"] == 0.0
-    assert good["experts"] == "torch" and good["tolerance"] == "fp32"
-    assert good["seconds"] >= 0 and torch.equal(good["out"], want)
-    off = want.clone()
-    off[1, 2] += 0.5
-    bad = layer_row(case, off, want, "fp32", start)
-    assert bad["passed"] is False and bad["max_error"] == pytest.approx(0.5)
-    assert "Mismatched elements: 1 / 12" in bad["mismatch"]
-    short = layer_row(case, want[:2], want, "fp32", start)
-    assert short["rows"] == 2 and short["tokens"] == 3
-    assert short["passed"] is False and short["max_error"] == math.inf
-    assert "'shape' do not match" in short["mismatch"]
-
-
 def test_weights_are_scaled_by_the_fan_in_of_each_matmul():
     """w13 ~ N(0, 1/hidden), w2 ~ N(0, 1/intermediate): outputs keep the inputs' scale."""
     big = MlpExperts(num_experts=16, hidden=64, intermediate=32)
@@ -195,16 +173,6 @@ def test_softmax_topk_renormalises_each_token_on_its_own():
     torch.testing.assert_close(
         weights, torch.tensor([[e5 / (e5 + 3), 3 / (e5 + 3)], [2 / 3, 1 / 3]])
     )
-
-
-def test_a_layer_row_keeps_both_tensors_and_times_the_case_alone():
-    case = RoutingCase(tokens=(2,), num_experts=4, top_k=2, hidden=4)
-    want, out = torch.ones(2, 4), torch.full((2, 4), 1.5)
-    start = time.perf_counter()
-    row = layer_row(case, out, want, "bf16", start)
-    torch.testing.assert_close(row["want"], want, rtol=0, atol=0)
-    torch.testing.assert_close(row["out"], out, rtol=0, atol=0)
-    assert 0 <= row["seconds"] < 60
 
 
 def test_softmax_topk_routes_over_the_last_dimension_of_any_leading_shape():

@@ -22,13 +22,13 @@ import torch
 from vllm_ep_kit.harness.probes import vllm_moe_kernels_missing as kernels_missing
 from vllm_ep_kit.reference.mlp_moe import (
     MlpExperts,
-    layer_row,
     mlp_moe_partial,
     mlp_moe_reference,
     softmax_topk,
 )
-from vllm_ep_kit.reference.moe import RoutingCase, Tokens, expert_owner, max_error, source_tokens
-from vllm_ep_kit.reference.tolerance import LAYER, close
+from vllm_ep_kit.reference.moe import RoutingCase, Tokens, expert_owner, source_tokens
+from vllm_ep_kit.reference.results import CaseResult, compared
+from vllm_ep_kit.reference.tolerance import LAYER
 
 if TYPE_CHECKING:
     from vllm_ep_kit.harness.rank import RankContext
@@ -221,13 +221,14 @@ def _require_kernels() -> None:
 
 def rank_expert_partials(
     ctx: RankContext, cases: list[RoutingCase], ep_sizes: tuple[int, ...]
-) -> list[dict[str, Any]]:
+) -> list[CaseResult]:
     """Each EP rank's ``fused_experts`` partial (simulated on this one GPU) vs the reference.
 
-    Per case, EP size and EP rank r: vLLM's partial against the fp32 partial of
-    rank r's experts; the sum over ranks against the full fp32 MoE; and, as a
-    control that the comparison discriminates, the partial against another
-    rank's (with one rank, other weights') reference, which must not match.
+    Per case, EP size and EP rank r (``detail``: ``check``, ``ep_size``, ``ep_rank``):
+    ``"partial"``, vLLM's partial against the fp32 partial of rank r's experts;
+    ``"control"``, the same partial against another rank's reference (with one
+    rank, other weights'), which must not match where the two references differ;
+    and per case and EP size ``"sum"``, the sum over ranks against the full MoE.
     """
     _require_kernels()
     results = []
@@ -237,9 +238,8 @@ def rank_expert_partials(
         tokens = source_tokens(case, 0)
         on_gpu = tokens.to(ctx.device)
         compute = torch.float32 if case.dtype == "fp32" else torch.bfloat16
-        check = tolerance_key("vllm", case.dtype)
+        key = tolerance_key("vllm", case.dtype)
         total = torch.zeros(case.tokens[0], case.hidden)
-        per_rank = []
         for rank in range(ep_size):
             got = fused_experts_partial(on_gpu, experts, ep_size, rank, dtype=compute).cpu()
             want = mlp_moe_partial(tokens, experts, ep_size, rank)
@@ -249,35 +249,37 @@ def rank_expert_partials(
                 other = mlp_moe_partial(
                     tokens, MlpExperts(case.num_experts, case.hidden, seed=experts.seed + 1)
                 )
-            per_rank.append(
-                {
-                    "ep_rank": rank,
-                    "got": got,
-                    "want": want,
-                    "other": other,
-                    "max_error": max_error(got, want),
-                    "passed": close(got, want, LAYER[check]),
-                    # None: the two references agree (no tokens, or none routed
-                    # to either rank), so there is nothing to tell apart
-                    "control_rejected": None
-                    if close(want, other, LAYER[check])
-                    else not close(got, other, LAYER[check]),
-                }
-            )
+            where = f"ep={ep_size} rank {rank}"
+            for check, reference in (("partial", want), ("control", other)):
+                results.append(
+                    compared(
+                        "vllm fused_experts",
+                        where,
+                        case,
+                        got,
+                        reference,
+                        LAYER[key],
+                        start,
+                        check=check,
+                        ep_size=ep_size,
+                        ep_rank=rank,
+                        tolerance_key=key,
+                    )
+                )
             total += got
-        want_total = mlp_moe_reference(tokens, experts)
         results.append(
-            {
-                "case": case.describe(),
-                "ep_size": ep_size,
-                "per_rank": per_rank,
-                "tolerance": check,
-                "total": total,
-                "want_total": want_total,
-                "sum_max_error": max_error(total, want_total),
-                "sum_passed": close(total, want_total, LAYER[check]),
-                "seconds": time.perf_counter() - start,
-            }
+            compared(
+                "vllm fused_experts",
+                f"ep={ep_size} sum",
+                case,
+                total,
+                mlp_moe_reference(tokens, experts),
+                LAYER[key],
+                start,
+                check="sum",
+                ep_size=ep_size,
+                tolerance_key=key,
+            )
         )
         ctx.heartbeat()
     return results
@@ -292,7 +294,7 @@ def layer_case_inputs(case: RoutingCase, source: int) -> tuple[torch.Tensor, tor
     return x, logits
 
 
-def rank_fused_moe_layer(ctx: RankContext, cases: list[RoutingCase]) -> list[dict[str, Any]]:
+def rank_fused_moe_layer(ctx: RankContext, cases: list[RoutingCase]) -> list[CaseResult]:
     """vLLM's MoE layer on this rank, one forward per case, vs the fp32 MoE reference.
 
     The reference routes with softmax top-k (renormalised) in fp32 from the same
@@ -325,14 +327,18 @@ def rank_fused_moe_layer(ctx: RankContext, cases: list[RoutingCase]) -> list[dic
             out = layer(x.to(ctx.device), logits.to(ctx.device)).float().cpu()
         weights, ids = softmax_topk(logits, case.top_k)
         want = mlp_moe_reference(Tokens(x=x, topk_ids=ids, topk_weights=weights), experts)
+        key = tolerance_key("vllm", case.dtype)
         results.append(
-            layer_row(
+            compared(
+                "vllm FusedMoE",
+                layout.describe(),
                 case,
                 out,
                 want,
-                tolerance_key("vllm", case.dtype),
+                LAYER[key],
                 start,
                 kernels=layer_kernels(layer),
+                tolerance_key=key,
             )
         )
         ctx.heartbeat()

@@ -9,13 +9,11 @@ reference is computed on one process from the same weights the ranks use.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
 
-from vllm_ep_kit.reference.moe import Tokens, expert_owner, max_error
-from vllm_ep_kit.reference.tolerance import LAYER, close, mismatch
+from vllm_ep_kit.reference.moe import Tokens, expert_owner
 
 
 @dataclass(frozen=True)
@@ -93,28 +91,3 @@ def softmax_topk(logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.
     """
     weights, ids = torch.softmax(logits.float(), dim=-1).topk(top_k)
     return weights / weights.sum(dim=-1, keepdim=True), ids.to(torch.int32)
-
-
-def layer_row(
-    case, out: torch.Tensor, want: torch.Tensor, tolerance: str, start: float, **extra
-) -> dict:
-    """One case's result row: output rows vs the reference's tokens, error, verdict, time.
-
-    The row carries both tensors (``out``, ``want``: small, on the CPU) and the
-    ``tolerance`` key, so a test compares them itself and its failure says
-    which elements differ and by how much.
-    """
-    passed = close(out, want, LAYER[tolerance])
-    return {
-        "case": case.describe(),
-        "rows": int(out.shape[0]),
-        "tokens": int(want.shape[0]),
-        "max_error": max_error(out, want),
-        "passed": passed,
-        "tolerance": tolerance,
-        "out": out,
-        "want": want,
-        **extra,
-        "seconds": time.perf_counter() - start,
-        "mismatch": mismatch(out, want, LAYER[tolerance]),
-    }

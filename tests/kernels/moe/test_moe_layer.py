@@ -11,6 +11,8 @@ Outputs are compared with the fp32 MoE computed on one process.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -44,30 +46,15 @@ from vllm_ep_kit.reference.mlp_moe import (
     softmax_topk,
 )
 from vllm_ep_kit.reference.moe import RoutingCase, source_tokens
-from vllm_ep_kit.reference.tolerance import LAYER
+from vllm_ep_kit.reference.results import CaseResult
 
 pytestmark = pytest.mark.vllm
 
 
-def assert_matches_reference(
-    actual: torch.Tensor, expected: torch.Tensor, tolerance: str, where: str
-) -> None:
-    """``actual`` is ``expected`` within the layer tolerance ``tolerance`` names; a failure
-    says which elements differ and by how much (or that the shapes differ)."""
-    atol, rtol = LAYER[tolerance].atol, LAYER[tolerance].rtol
-    torch.testing.assert_close(
-        actual.float(),
-        expected.float(),
-        atol=atol,
-        rtol=rtol,
-        msg=lambda m: f"{where} ({tolerance}: atol {atol}, rtol {rtol}): {m}",
-    )
-
-
-def matches_reference(row: dict) -> bool:
-    """Whether a row's output passes :func:`assert_matches_reference` (negative controls)."""
+def matches_reference(result: CaseResult) -> bool:
+    """Whether a result's output passes its own ``assert_close`` (negative controls)."""
     try:
-        assert_matches_reference(row["out"], row["want"], row["tolerance"], row["case"])
+        result.assert_close()
     except AssertionError:
         return False
     return True
@@ -129,9 +116,8 @@ def test_moe_layer_cell(cell):
     if kind:
         skip_or_fail(reason)
     for rank, per_rank in enumerate(run_cell(cell.backend, cell.quant, cell.combo)):
-        for row in per_rank:
-            where = f"rank {rank}, {row['case']}, experts {row['experts']}"
-            assert_matches_reference(row["out"], row["want"], row["tolerance"], where)
+        for result in per_rank:
+            result.assert_close(f"rank {rank}, {result.describe()}, {result.detail}")
 
 
 SP_CONTROL_BACKENDS = ["allgather_reducescatter", "flashinfer_nvlink_one_sided"]
@@ -149,9 +135,9 @@ def sp_control_rows(backend: str, trim: str) -> list:
 @pytest.mark.parametrize("backend", SP_CONTROL_BACKENDS)
 def test_sp_layer_fails_without_the_trim(backend):
     """Negative control: the SP wrapper without the trim keeps chunk padding rows."""
-    uneven = [r for r in sp_control_rows(backend, TRIM_NONE) if r["tokens"] % 2]
+    uneven = [r for r in sp_control_rows(backend, TRIM_NONE) if len(r.want) % 2]
     assert uneven, "the cases need an odd token count on some rank"
-    assert all(r["rows"] == r["tokens"] + 1 and not matches_reference(r) for r in uneven)
+    assert all(len(r.out) == len(r.want) + 1 and not matches_reference(r) for r in uneven)
 
 
 @pytest.mark.parametrize("backend", SP_CONTROL_BACKENDS)
@@ -159,10 +145,10 @@ def test_sp_layer_fails_with_upstreams_trim_to_the_local_chunk(backend):
     """Negative control: upstream's wrapper cuts the gathered output to the local chunk's
     ceil(n / 2) rows, TP rank 0's tokens only; the check must see the missing rows."""
     rows = sp_control_rows(backend, TRIM_TO_LOCAL_CHUNK)
-    several = [r for r in rows if r["tokens"] >= 2]
+    several = [r for r in rows if len(r.want) >= 2]
     assert several, "the cases need a rank with 2 or more tokens"
-    kept = [(r["case"], r["rows"]) for r in several]
-    assert all(r["rows"] == -(-r["tokens"] // 2) and not matches_reference(r) for r in several), (
+    kept = [(r.describe(), len(r.out)) for r in several]
+    assert all(len(r.out) == -(-len(r.want) // 2) and not matches_reference(r) for r in several), (
         kept
     )
 
@@ -230,7 +216,7 @@ EXPERT_DTYPES = ("bf16", "fp32", "fp8")
 EXPERT_EP_SIZES = (1, 2, 4)
 
 
-def expert_partials(dtype: str, ep_size: int) -> list[dict]:
+def expert_partials(dtype: str, ep_size: int) -> list[CaseResult]:
     """Every case x EP rank of ``ep_size`` through ``fused_experts``, on one GPU."""
     cases = [
         RoutingCase(tokens=(n,), num_experts=8, top_k=2, hidden=512, dtype=dtype)
@@ -252,35 +238,27 @@ def expert_partials(dtype: str, ep_size: int) -> list[dict]:
 @pytest.mark.parametrize("dtype", EXPERT_DTYPES)
 def test_vllm_fused_experts_per_ep_rank(dtype, ep_size):
     """vLLM's ``fused_experts`` with an EP expert map, per simulated EP rank, vs fp32."""
-    rows = expert_partials(dtype, ep_size)
-    assert [r["ep_size"] for r in rows] == [ep_size] * len(rows) and rows
-    for row in rows:
-        print(
-            row["case"],
-            "ep",
-            ep_size,
-            "sum max error",
-            row["sum_max_error"],
-            "per rank",
-            [r["max_error"] for r in row["per_rank"]],
-        )
-        tolerance = row["tolerance"]
-        for rank in row["per_rank"]:
-            where = f"{row['case']}, EP rank {rank['ep_rank']} of {ep_size}"
-            assert_matches_reference(rank["got"], rank["want"], tolerance, where)
-            # the control: where the two references differ, the output must not match the
-            # other one, or the comparison could not tell experts apart
-            other = {"out": rank["got"], "want": rank["other"], "tolerance": tolerance}
-            references_differ = not matches_reference(
-                {"out": rank["want"], "want": rank["other"], "tolerance": tolerance, "case": ""}
+    results = expert_partials(dtype, ep_size)
+    assert results and {r.detail["ep_size"] for r in results} == {ep_size}
+    by_check = {
+        check: [r for r in results if r.detail["check"] == check]
+        for check in ("partial", "control", "sum")
+    }
+    assert len(by_check["partial"]) == len(by_check["control"]) == 4 * ep_size
+    assert len(by_check["sum"]) == 4
+    for result in results:
+        print(result.describe(), result.detail["check"], "max error", result.max_error)
+    for partial, control in zip(by_check["partial"], by_check["control"], strict=True):
+        partial.assert_close()
+        # the control: where the two references differ, the output must not match the
+        # other one, or the comparison could not tell experts apart
+        references_differ = not matches_reference(dataclasses.replace(control, out=partial.want))
+        if references_differ:
+            assert not matches_reference(control), (
+                f"{control.describe()}: the output also matches another rank's reference"
             )
-            if references_differ:
-                assert not matches_reference({**other, "case": where}), (
-                    f"{where}: the output also matches another rank's reference"
-                )
-        assert_matches_reference(
-            row["total"], row["want_total"], tolerance, f"{row['case']}, sum over {ep_size}"
-        )
+    for total in by_check["sum"]:
+        total.assert_close()
 
 
 @pytest.mark.gpus(1)
@@ -301,18 +279,9 @@ def test_vllm_fused_moe_layer_on_one_gpu(dtype):
         timeout_s=420,
     )[0]
     for result in results:
-        print(
-            result["case"],
-            "max error",
-            result["max_error"],
-            "kernels",
-            result["kernels"],
-            "seconds",
-            result["seconds"],
-        )
-    for row in results:
-        where = f"{row['case']}, kernels {row['kernels']}"
-        assert_matches_reference(row["out"], row["want"], row["tolerance"], where)
+        print(result.describe(), "max error", result.max_error, result.detail, result.seconds)
+    for result in results:
+        result.assert_close(f"{result.describe()}, kernels {result.detail['kernels']}")
 
 
 def test_what_a_four_gpu_host_runs(monkeypatch):

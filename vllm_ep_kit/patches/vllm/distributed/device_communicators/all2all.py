@@ -63,6 +63,7 @@ clear error; the pinned vLLM is left untouched).
 from __future__ import annotations
 
 import contextlib
+import importlib
 import types
 from typing import Any, ClassVar
 
@@ -77,18 +78,20 @@ from vllm_ep_kit.patches.flashinfer_managers import (
     ALL2ALL,
     MANAGER_CLASSES,
     TWO_SIDED_MANAGER,
+    FlashInferStandIn,
     WorkspaceShape,
-    accelerator_stand_ins,
     one_sided_initialize_kwargs,
 )
 
 _PATCHED_ATTR = "__vllm_ep_kit_ep_group__"
 
 
-class _Recorder:
-    """Everything ``initialize`` reaches outside vLLM, answering harmlessly."""
+class _GroupRecorder(FlashInferStandIn):
+    """The FlashInfer stand-in, with a communicator class that records the group each
+    MNNVL communicator is built on, and ``Mapping`` / ``MnnvlConfig`` that keep their
+    arguments (nothing of FlashInfer's or torch.distributed's runs)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.comm_groups: list[Any] = []  # the groups vLLM built communicators on
         recorder = self
 
@@ -104,68 +107,21 @@ class _Recorder:
             def __init__(self, *args, **kwargs):
                 self.args, self.kwargs = args, kwargs
 
-        class MnnvlMoe:
-            @staticmethod
-            def get_moe_workspaces(mapping, config):
-                return None
-
-            @staticmethod
-            def get_moe_prepare_workspace(mapping, config):
-                return None
-
-        class MoeAlltoAll:
-            def __init__(self, *args, **kwargs):
-                pass
-
-            def combine(
-                self, payload, runtime_max_tokens_per_rank, output=None, use_low_precision=False
-            ):
-                return None
-
         self.Communicator, self.Config, self.Mapping = Communicator, Config, Mapping
-        self.MnnvlMoe, self.MoeAlltoAll = MnnvlMoe, MoeAlltoAll
 
-    @staticmethod
-    def moe_ep_names(moe_ep) -> dict:
-        """Stand-ins for ``flashinfer.moe_ep`` (the one-sided manager from vLLM 0.33),
-        which checks that what ``create_communication`` returns is its class."""
-
-        class Communication(moe_ep.NVLinkOneSidedAlltoAll):
-            def __init__(self):  # nothing of FlashInfer's own runs
-                pass
-
-            def destroy(self):
-                pass
-
-        return {
-            "NVLinkOneSidedAlltoAll": Communication,
-            "create_communication": lambda *args, **kwargs: Communication(),
-        }
-
-    def flashinfer_places(self) -> list[tuple[object, dict]]:
-        """FlashInfer's own modules with their stand-ins: releases that import FlashInfer's
-        names inside ``initialize`` (vLLM 0.33) find them there, not in vLLM's module."""
-        import importlib
-
-        wanted: list[tuple[str, dict[str, Any]]] = [
+    def config_places(self) -> list[tuple[object, dict]]:
+        """FlashInfer's ``Mapping`` and ``MnnvlConfig`` where 0.33's ``initialize`` imports
+        them (FlashInfer's own modules)."""
+        places: list[tuple[object, dict[str, Any]]] = []
+        for module_name, names in (
             ("flashinfer.comm", {"Mapping": self.Mapping}),
             ("flashinfer.comm.mnnvl", {"MnnvlConfig": self.Config}),
-            ("flashinfer.comm.trtllm_alltoall", {"MnnvlMoe": self.MnnvlMoe}),
-            ("flashinfer.comm.trtllm_moe_alltoall", {"MoeAlltoAll": self.MoeAlltoAll}),
-        ]
-        places: list[tuple[object, dict[str, Any]]] = []
-        for module_name, names in wanted:
+        ):
             try:
                 module = importlib.import_module(module_name)
             except Exception:  # noqa: BLE001 (a FlashInfer without it: nothing to replace)
                 continue
             places.append((module, {n: v for n, v in names.items() if hasattr(module, n)}))
-        try:
-            moe_ep = importlib.import_module("flashinfer.moe_ep")
-        except Exception:  # noqa: BLE001 (no usable flashinfer.moe_ep: nothing there)
-            return places
-        if hasattr(moe_ep, "NVLinkOneSidedAlltoAll"):
-            places.append((moe_ep, self.moe_ep_names(moe_ep)))
         return places
 
 
@@ -206,25 +162,22 @@ def observed_mnnvl_group(class_name: str) -> str:
     if cls is None:
         raise UnrecognisedShape(f"vLLM has no {class_name}")
     own, dp = object(), object()
-    rec = _Recorder()
+    rec = _GroupRecorder()
     manager = _bare_manager(cls, own)
     fake_dist = types.SimpleNamespace(barrier=lambda *a, **k: None)
     module_names = dict(
         get_dp_group=lambda: types.SimpleNamespace(cpu_group=dp),
         Mapping=rec.Mapping,
         MnnvlConfig=rec.Config,
-        MnnvlMoe=rec.MnnvlMoe,
-        MoeAlltoAll=rec.MoeAlltoAll,
         dist=fake_dist,
-        moe_a2a_get_workspace_size_per_rank=lambda *a, **k: 0,
     )
     try:
         with contextlib.ExitStack() as stack:
+            stack.enter_context(rec.installed(accelerator=False))
             stack.enter_context(swapped(all2all, **module_names))
-            for module, names in rec.flashinfer_places():
+            for module, names in rec.config_places():
                 stack.enter_context(swapped(module, **names))
             stack.enter_context(swapped(mnnvl_compat, CustomCommunicator=rec.Communicator))
-            stack.enter_context(accelerator_stand_ins())
             if class_name == TWO_SIDED_MANAGER:
                 manager.initialize(world_size=2, rank=0, gpus_per_node=2)
             else:
