@@ -518,7 +518,7 @@ MUTANTS = [
     M(
         "case-verdict-ignores-dispatch",
         "vllm_ep_kit/reference/results.py",
-        "        passed=exact is not False and within,\n",
+        "        passed=within and not dispatch,\n",
         "        passed=within,\n",
         ("tests/test_results.py",),
         "a dispatch that delivered the wrong rows must fail its case however close the output",

@@ -236,6 +236,7 @@ def test_a_compared_case_keeps_both_tensors_its_tolerance_and_its_detail():
     want = torch.ones(3, 4)
     good = layer_result(want.clone(), want, experts="torch")
     assert good.passed and good.note == "" and good.max_error == 0.0
+    assert (good.backend, good.layout) == ("b", "tp=1")
     assert good.dispatch_exact is None and good.detail == {"experts": "torch"}
     assert (good.dtype, good.tokens) == ("bf16", "[3]") and 0 <= good.seconds < 60
     assert good.tolerance == LAYER["fp32"]
@@ -272,3 +273,18 @@ def test_dispatch_findings_fail_a_case_and_lead_its_note():
     assert result.note == "2 rows not sent here"
     exact = layer_result(want.clone(), want, dispatch=[])
     assert exact.passed and exact.dispatch_exact is True
+
+
+def test_a_failure_without_a_place_names_the_case():
+    want = torch.ones(3, 4)
+    bad = layer_result(want + 1, want)
+    with pytest.raises(AssertionError, match=r"^b, tp=1, bf16, tokens \[3\] \(atol"):
+        bad.assert_close()
+
+
+@pytest.mark.parametrize("dropped", ["out", "want", "tolerance"])
+def test_a_result_missing_any_of_its_tensors_or_tolerance_cannot_be_re_checked(dropped):
+    want = torch.ones(3, 4)
+    partial = dataclasses.replace(layer_result(want.clone(), want), **{dropped: None})
+    with pytest.raises(ValueError, match="kept no tensors"):
+        partial.assert_close()
