@@ -66,6 +66,7 @@ class Run:
     name: str
     env: dict[str, object]
     results: dict[str, str]  # test id -> passed | failed | error | skipped
+    started: str = ""  # the JUnit report's timestamp, where pytest wrote one
 
     @property
     def hardware(self) -> str:
@@ -103,18 +104,26 @@ def load(folder: Path) -> Run:
         message = exc.message if isinstance(exc, jsonschema.ValidationError) else str(exc)
         raise ValueError(f"{_shown(env_path)}: {message}") from None
     try:
-        cases = list(ET.parse(junit_path).iter("testcase"))
+        report = ET.parse(junit_path)
     except ET.ParseError as exc:
         raise ValueError(f"{_shown(junit_path)}: {exc}") from None
+    cases = list(report.iter("testcase"))
     if not cases:
         raise ValueError(f"{_shown(junit_path)}: no test cases")
-    return Run(folder.name, env, {test_id(case): outcome(case) for case in cases})
+    stamps = [suite.get("timestamp", "") for suite in report.iter("testsuite")]
+    return Run(
+        folder.name,
+        env,
+        {test_id(case): outcome(case) for case in cases},
+        min((t for t in stamps if t), default=""),
+    )
 
 
 def runs(root: Path = RUNS) -> list[Run]:
-    """Every run, oldest first (by date, then folder name)."""
+    """Every run, oldest first: by date, then the time its report was started (runs of one
+    day), then folder name."""
     found = [load(folder) for folder in sorted(root.iterdir()) if folder.is_dir()]
-    return sorted(found, key=lambda run: (str(run.env["date"]), run.name))
+    return sorted(found, key=lambda run: (str(run.env["date"]), run.started, run.name))
 
 
 def render(all_runs: list[Run]) -> str:

@@ -51,6 +51,22 @@ def test_a_later_run_replaces_an_earlier_result_on_the_same_hardware(one_run):
     assert str(json.loads((one_run / "env.json").read_text())["commit"])[:9] not in table
 
 
+def test_of_two_runs_of_one_day_the_one_started_later_is_the_latest(one_run):
+    """Folder names do not order runs of one day: the reports' start times do."""
+    junit = (one_run / "junit.xml").read_text()
+    stamp = gpu_evidence.load(one_run).started
+    assert stamp, "the fixture run's report has no timestamp"
+    later = one_run.parent / "0-started-later"  # sorts first by name
+    shutil.copytree(one_run, later)
+    env = json.loads((later / "env.json").read_text())
+    env["commit"] = "abcdef1"
+    (later / "env.json").write_text(json.dumps(env))
+    (later / "junit.xml").write_text(junit.replace(stamp, "2999" + stamp[4:]))
+    assert [run.name for run in gpu_evidence.runs(one_run.parent)] == [one_run.name, later.name]
+    table = gpu_evidence.render(gpu_evidence.runs(one_run.parent)).split("## Tests that ran")[1]
+    assert "`abcdef1`" in table
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

@@ -327,3 +327,22 @@ def test_a_rank_killed_between_tasks_gets_a_fresh_pool_not_a_broken_pipe():
     finally:
         pool_module._POOLS.pop(key).close()
     assert gone(old.pids)
+
+
+def test_a_vllm_layout_on_a_gloo_pool_needs_a_cpu_host_or_a_gpu_per_rank(monkeypatch):
+    """With fewer GPUs than ranks, vLLM's CUDA platform binds ranks to GPUs that are not
+    there (on 1x H200 two pooled gloo ranks hung in the CUDA communicator's rendezvous):
+    the pool says so before it sends the task, and stays usable."""
+    from vllm_ep_kit.harness import probes
+    from vllm_ep_kit.harness.skips import NotRunnableHere
+
+    pool = RankPool(PoolKey(2, "gloo"))
+    try:
+        monkeypatch.setattr(probes, "gpu_count", lambda: 1)
+        with pytest.raises(NotRunnableHere, match="binds each of the 2 ranks to its own GPU"):
+            pool.run(whoami, layout=ParallelLayout(tp=1, dp=2), timeout_s=60)
+        monkeypatch.undo()
+        assert not pool.closed
+        assert len(pool.run(whoami, timeout_s=60)) == 2
+    finally:
+        pool.close()

@@ -65,6 +65,7 @@ from vllm_ep_kit.harness.rank import (
     prepare_rank_process,
     run_in_context,
 )
+from vllm_ep_kit.harness.skips import require_cpu_host_or_gpus
 from vllm_ep_kit.harness.supervision import (
     POLL_S,
     LiveRank,
@@ -313,6 +314,8 @@ class RankPool:
         """
         if self.closed:
             raise PoolBroken("this pool was torn down")
+        if layout is not None and self.key.backend == "gloo":
+            require_cpu_host_or_gpus(self.key.world_size)
         if layout is not None and layout.world_size != self.key.world_size:
             raise ValueError(
                 f"layout={layout.describe()} needs {layout.world_size} ranks, "

@@ -28,7 +28,7 @@ from typing import Any
 from vllm_ep_kit.harness import proctree, torchrun
 from vllm_ep_kit.harness.ports import open_rendezvous
 from vllm_ep_kit.harness.rank import RankSpec, child_environment, rank_main
-from vllm_ep_kit.harness.skips import skip_or_fail
+from vllm_ep_kit.harness.skips import require_cpu_host_or_gpus, require_gpus
 from vllm_ep_kit.harness.supervision import (
     POLL_S,
     LiveRank,
@@ -94,9 +94,9 @@ def run_ranks(
     # spawning, this node's share under torchrun (a multi-node job's world is larger).
     here = torchrun.ranks_on_this_node(world_size)
     if backend == "nccl":
-        _require_gpus(here)
+        require_gpus(here)
     elif layout is not None:
-        _require_cpu_host_or_gpus(here)
+        require_cpu_host_or_gpus(here)
 
     from vllm_ep_kit.harness import pool
 
@@ -173,34 +173,6 @@ def default_backend() -> str:
     import torch
 
     return "nccl" if torch.cuda.is_available() else "gloo"
-
-
-def _visible_gpus() -> int:
-    """The one GPU count (the capability probes': NVML, no CUDA context in this process)."""
-    from vllm_ep_kit.harness.probes import gpu_count
-
-    return gpu_count()
-
-
-def _require_gpus(ranks_here: int) -> None:
-    have = _visible_gpus()
-    if have < ranks_here:
-        skip_or_fail(f"needs {ranks_here} CUDA GPU{'s' if ranks_here > 1 else ''}, {have} visible")
-
-
-def _require_cpu_host_or_gpus(world_size: int) -> None:
-    """A gloo world with vLLM's parallel state, on a host that has GPUs.
-
-    There vLLM picks its CUDA platform and binds rank r to ``cuda:r`` whatever
-    the process-group backend (measured on 2x H200: 4 gloo ranks fail with
-    "invalid device ordinal" on ranks 2 and 3), so the case needs a GPU per rank.
-    """
-    have = _visible_gpus()
-    if 0 < have < world_size:
-        skip_or_fail(
-            f"vLLM's CUDA platform binds each of the {world_size} ranks to its own "
-            f"GPU, {have} visible (this gloo case runs on CPU-only hosts)"
-        )
 
 
 def _supervise(

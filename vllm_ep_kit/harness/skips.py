@@ -35,3 +35,31 @@ def skip_or_fail(reason: str) -> NoReturn:
 def strict_failure(reason: str) -> str:
     """The failure strict mode reports for a missing requirement."""
     return f"strict mode ({STRICT_ENV}=1), required capability missing: {reason}"
+
+
+def require_gpus(ranks_here: int) -> None:
+    """One CUDA GPU per rank on this host (the probes' NVML count: no CUDA context here)."""
+    from vllm_ep_kit.harness.probes import gpu_count
+
+    have = gpu_count()
+    if have < ranks_here:
+        skip_or_fail(f"needs {ranks_here} CUDA GPU{'s' if ranks_here > 1 else ''}, {have} visible")
+
+
+def require_cpu_host_or_gpus(world_size: int) -> None:
+    """A gloo world with vLLM's parallel state, on a host that has GPUs.
+
+    There vLLM picks its CUDA platform and binds rank r to ``cuda:r`` whatever
+    the process-group backend (measured on 2x H200: 4 gloo ranks fail with
+    "invalid device ordinal" on ranks 2 and 3; on 1x H200, 2 gloo ranks of a
+    pooled task hang in the CUDA communicator's symmetric-memory rendezvous), so
+    the case needs a GPU per rank.
+    """
+    from vllm_ep_kit.harness.probes import gpu_count
+
+    have = gpu_count()
+    if 0 < have < world_size:
+        skip_or_fail(
+            f"vLLM's CUDA platform binds each of the {world_size} ranks to its own "
+            f"GPU, {have} visible (this gloo case runs on CPU-only hosts)"
+        )
