@@ -93,11 +93,6 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
-# Ranks on a CPU-only machine: each is a process holding torch (and vLLM); more than this
-# is a typo, not a test (1000 ranks were accepted and spawned).
-CPU_MAX_RANKS = 16
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors: ``PROG: error: argument --x: why`` and exit 2."""
 
@@ -161,54 +156,21 @@ def _str_list(text: str) -> list[str]:
     return values
 
 
-def _cpu_rank_limit(flag: str, sizes: list[int], gpu_count: int) -> str:
-    """The error for a CPU-only world larger than ``CPU_MAX_RANKS``, or ''."""
-    big = [n for n in sizes if n > CPU_MAX_RANKS]
-    if gpu_count or not big:
-        return ""
-    return (
-        f"{flag}: {big[0]} ranks on a CPU-only machine (gloo): at most {CPU_MAX_RANKS} "
-        "(each rank is a process holding torch and vLLM)"
-    )
-
-
-def _world_for_job(
-    flag: str, given: list[int] | None, default: list[int], local_gpus: int
-) -> tuple[list[int], int]:
-    """(world sizes to run, GPU count the plan may assume) for this process.
-
-    Outside torchrun: ``given`` or ``default``, and this host's GPUs.  Under
-    torchrun every run uses the whole job (its ranks may span nodes), so the
-    world size is the job's and the GPU check is per node (one rank per GPU).
-    """
-    from vllm_ep_kit.harness import torchrun
-
-    job = torchrun.job_world_size()
-    if job is None:
-        return list(given or default), local_gpus
-    if given and given != [job]:
-        raise ValueError(
-            f"{flag}: this torchrun job has {job} ranks and every run uses all of "
-            f"them; got {','.join(map(str, given))} (omit {flag}, or launch "
-            "torchrun with that many processes)"
-        )
-    return [job], torchrun.gpus_for_job(local_gpus)
-
-
 def cmd_check(args: argparse.Namespace) -> int:
     from vllm_ep_kit import backends
     from vllm_ep_kit.commands import check as ep_check
+    from vllm_ep_kit.commands import jobs
     from vllm_ep_kit.harness import probes, torchrun
 
     console = _console(args.width, stderr=args.json, quiet=not torchrun.is_lead())
     try:
-        world_sizes, gpu_count = _world_for_job(
+        world_sizes, gpu_count = jobs.world_for_job(
             "--world-sizes", args.world_sizes, [2, 4], probes.gpu_count()
         )
-    except ValueError as exc:
+    except jobs.JobArgumentError as exc:
         print(f"vllm-ep-kit check: error: {exc}", file=sys.stderr)
         return 2
-    too_many = _cpu_rank_limit("--world-sizes", world_sizes, gpu_count)
+    too_many = jobs.cpu_rank_limit("--world-sizes", world_sizes, gpu_count)
     if too_many:
         print(f"vllm-ep-kit check: error: {too_many}", file=sys.stderr)
         return 2
@@ -373,137 +335,47 @@ def _bench_plot(report: dict, path, console: Console) -> None:
         console.print(f"[yellow]plot not drawn:[/yellow] {exc}")
 
 
-def _unusable_out_dir(out) -> str:
-    """Why ``out`` cannot take the results (checked before any work), or ''.
-
-    A folder that does not exist yet is created and removed again: the only
-    reliable test that it can be (permission bits do not tell root's story).
-    """
-    if out.exists() and not out.is_dir():
-        return "exists and is not a folder"
-    if out.is_dir():
-        return "exists and is not empty" if any(out.iterdir()) else ""
-    made = []
-    try:
-        for folder in reversed([out, *out.parents]):
-            if not folder.exists():
-                folder.mkdir()
-                made.append(folder)
-    except OSError as exc:
-        return f"cannot be created: {exc.strerror or exc}"
-    finally:
-        for folder in reversed(made):
-            folder.rmdir()
-    return ""
-
-
 def cmd_bench(args: argparse.Namespace) -> int:
-    import datetime
     from pathlib import Path
 
-    from vllm_ep_kit import backends
-    from vllm_ep_kit.commands.bench import plan as bench_plan
-    from vllm_ep_kit.commands.bench import report as bench_report
-    from vllm_ep_kit.commands.bench.sweep import run_bench
-    from vllm_ep_kit.harness import probes, torchrun
+    from vllm_ep_kit.commands.bench import job as bench_job
+    from vllm_ep_kit.commands.bench.plan import BASELINE, BenchArgumentError
+    from vllm_ep_kit.harness import torchrun
 
     lead = torchrun.is_lead()
     console = _console(args.width, stderr=args.json, quiet=not lead)
-    if args.from_json:
-        source = Path(args.from_json)
-        try:
-            report = json.loads(source.read_text())
-            bench_report.check_report(report)
-        except (OSError, ValueError) as exc:
-            print(
-                f"vllm-ep-kit bench: error: --from-json: {source}: not a bench report ({exc})",
-                file=sys.stderr,
-            )
-            return 2
-        _bench_table(report, console)
-        _bench_plot(report, source.with_suffix(".png"), console)
-        return 0
-    gpu = probes.gpus()
-    local_gpus = gpu.data.get("count", 0)
     try:
-        (world,), gpu_count = _world_for_job(
-            "--world-size",
-            [args.world_size] if args.world_size else None,
-            [max(local_gpus, 2)],
-            local_gpus,
+        if args.from_json:
+            source = Path(args.from_json)
+            saved = bench_job.load_report(source)
+            _bench_table(saved, console)
+            _bench_plot(saved, source.with_suffix(".png"), console)
+            return 0
+        request = bench_job.BenchRequest(
+            **{name: getattr(args, name) for name in bench_job.BenchRequest.__dataclass_fields__}
         )
-    except ValueError as exc:
+        job = bench_job.plan_job(request, lead=lead)
+    except BenchArgumentError as exc:
         print(f"vllm-ep-kit bench: error: {exc}", file=sys.stderr)
         return 2
-    too_many = _cpu_rank_limit("--world-size", [world], gpu_count)
-    if too_many:
-        print(f"vllm-ep-kit bench: error: {too_many}", file=sys.stderr)
-        return 2
-    tokens = args.tokens or list(
-        bench_plan.DEFAULT_TOKENS if gpu_count else bench_plan.CPU_DEFAULT_TOKENS
-    )
-    hiddens = args.hidden or list(
-        bench_plan.DEFAULT_HIDDEN if gpu_count else bench_plan.CPU_DEFAULT_HIDDEN
-    )
-    dtypes = args.dtypes or list(bench_plan.DEFAULT_DTYPES)
-    given = {
-        "top_k": args.top_k,
-        "num_experts": args.experts,
-        "warmup": args.warmup,
-        "repeats": args.repeats,
-    }
-    settings = bench_plan.BenchSettings(**{k: v for k, v in given.items() if v is not None})
-    if torchrun.active() and not args.out:
-        print(
-            "vllm-ep-kit bench: error: --out: required under torchrun (every rank writes "
-            "its partial rows there; a default named by each process's clock could differ)",
-            file=sys.stderr,
-        )
-        return 2
-    out = Path(args.out or datetime.datetime.now().strftime("bench-%Y%m%d-%H%M%S"))
-    # Under torchrun the lead checks; the others would race with its partial folder.
-    if lead:
-        why = _unusable_out_dir(out)
-        if why:
-            print(f"vllm-ep-kit bench: error: --out: {out} {why}", file=sys.stderr)
-            return 2
-    # usability imports vLLM (seconds): every argument above is answered before it
-    status = backends.usability()
-    try:
-        plan = bench_plan.make_bench_plan(
-            world,
-            args.backends,
-            tokens,
-            hiddens,
-            dtypes,
-            settings,
-            gpu_count,
-            usable=[row.name for row in status if row.usable],
-            unusable={row.name: row.reason for row in status if not row.usable},
-        )
-    except bench_plan.BenchArgumentError as exc:
-        print(f"vllm-ep-kit bench: error: {exc}", file=sys.stderr)
-        return 2
-    for what, why in plan.skipped:
+    for what, why in job.plan.skipped:
         console.print(f"[yellow]not run[/yellow] {what}: {why}")
-    if not plan.runs:
+    if not job.plan.runs:
         print(
             "vllm-ep-kit bench: error: no benchmarkable all-to-all backend is usable here "
             "(see `vllm-ep-kit doctor`)",
             file=sys.stderr,
         )
         return 2
-    timer = "CUDA events" if gpu_count else "wall clock on CPU ranks (gloo): not GPU figures"
     console.print(
-        f"bench: {world} ranks, {timer}, {settings.warmup} warm-up + "
-        f"{settings.repeats} timed repeats per point; writing {out}"
+        f"bench: {job.world} ranks, {job.timer}, {job.settings.warmup} warm-up + "
+        f"{job.settings.repeats} timed repeats per point; writing {job.out}"
     )
 
     def on_start(run):
         console.print(
-            f"starting {run.backend} on {world} ranks ({run.layout.describe()}, "
-            f"{plan.device_backend}): {len(run.points)} points, each beside "
-            f"{bench_plan.BASELINE}"
+            f"starting {run.backend} on {job.world} ranks ({run.layout.describe()}, "
+            f"{job.plan.device_backend}): {len(run.points)} points, each beside {BASELINE}"
         )
 
     def on_point(run, row, done):
@@ -517,43 +389,29 @@ def cmd_bench(args: argparse.Namespace) -> int:
         console.print(f"[red]{run.backend} failed:[/red]")
         console.print(message, markup=False, highlight=False)
 
-    measured = run_bench(
-        plan,
-        out / "partial",
+    report = bench_job.run_job(
+        job,
+        " ".join(["vllm-ep-kit", *sys.argv[1:]]),
         on_start=on_start,
         on_point=on_point,
         on_error=on_error,
         timeout_s=args.timeout,
+        write=lead,
     )
-    report = {
-        "meta": {
-            "command": " ".join(["vllm-ep-kit", *sys.argv[1:]]),
-            "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "world_size": world,
-            "device": gpu.detail if gpu_count else "CPU",
-            "timer": timer,
-            "transport": plan.device_backend,
-            "versions": probes.versions(),
-            "settings": settings.__dict__,
-        },
-        **measured,
-        "not_run": [{"what": w, "why": y} for w, y in plan.skipped],
-    }
     if lead:
-        (out / "bench.json").write_text(json.dumps(report, indent=2))
         if args.json:
             json.dump(report, sys.stdout, indent=2)
             sys.stdout.write("\n")
         else:
             _bench_table(report, console)
-        _bench_plot(report, out / "bench.png", console)
-        console.print(f"results: {out / 'bench.json'}")
-    bad = exit_codes.failed_points(report)
+        _bench_plot(report, job.out / "bench.png", console)
+        console.print(f"results: {job.out / 'bench.json'}")
     for failure in report["failures"]:
         console.print(
             f"[red]{failure['backend']}: failed after {failure['points_measured']}/"
             f"{failure['points_planned']} points: {failure['error']}[/red]"
         )
+    bad = exit_codes.failed_points(report)
     if bad:
         console.print(f"[red]{len(bad)} point(s) failed the round-trip check[/red]")
     return exit_codes.bench(report)
@@ -701,10 +559,10 @@ def cmd_lint_ci(args: argparse.Namespace) -> int:
 def cmd_bundle(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from vllm_ep_kit.commands import bundle
+    from vllm_ep_kit.commands import bundle, jobs
 
     out = Path(args.out)
-    why = _unusable_out_dir(out)
+    why = jobs.unusable_out_dir(out)
     if why:
         print(f"vllm-ep-kit bundle: error: OUT: {out} {why}", file=sys.stderr)
         return 2
