@@ -501,6 +501,13 @@ def cmd_lint_ci(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
+        if not (root / target).exists():
+            print(
+                f"vllm-ep-kit lint-ci: error: --explain: {target.as_posix()} does not exist "
+                f"under --root {root}",
+                file=sys.stderr,
+            )
+            return 2
         return _explain(root, target.as_posix(), args.format)
     baseline = None
     if args.baseline:

@@ -432,11 +432,12 @@ def test_tests_marked_for_more_gpus_than_any_step_that_runs_them(tree):
         ("", "--explain: expected a path in the repository"),
         (".", "--explain: expected a path in the repository"),
         ("/etc/passwd", "--explain: /etc/passwd is outside --root"),
+        ("tests/distributed/test_gone.py", "--explain: tests/distributed/test_gone.py does not"),
     ],
 )
 def test_explain_refuses_a_path_it_cannot_answer_for(tree, path, message):
-    """An empty path or one outside the tree is refused, not answered with the whole lint
-    or "run by 0"."""
+    """An empty path, one outside the tree or one that is not there is refused, not answered
+    with the whole lint or "run by 0"."""
     out = run_cli("--root", str(tree), "--explain", path)
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.count("\n") == 1 and message in out.stderr, out.stderr
