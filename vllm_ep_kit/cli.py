@@ -419,17 +419,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def _finding_line(finding, form: str) -> str:
     if form == "github":  # a workflow annotation: shown on the line of the PR's diff
-        text = finding.message + (f" (fix: {finding.hint})" if finding.hint else "")
-        text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+        text = finding.text().replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
         return f"::error file={finding.path},line={finding.line},title={finding.rule}::{text}"
     return finding.format()
 
 
-def _explain(root, path: str, form: str) -> int:
+def _explain(root, path: str, form: str, generator) -> int:
     """``lint-ci --explain PATH``: which steps run it or are selected by a change to it."""
     from vllm_ep_kit.lint.lint import explain
 
-    rows = explain(root, path)
+    rows = explain(root, path, generator)
     if form == "json":
         print(json.dumps(rows, indent=2))
         return 0
@@ -447,13 +446,42 @@ def _explain(root, path: str, form: str) -> int:
             + (", optional (runs only when asked for)" if row["optional"] else "")
         )
     automatic = [r for r in rows if r["runs_it"] and not r["optional"]]
+    optional = sum(r["runs_it"] for r in rows) - len(automatic)
+    if automatic:
+        verdict = ""
+    elif optional:
+        verdict = f" -- only {generator.optional_runs()} run it"
+    else:
+        verdict = " -- no build runs it"
     print(
-        f"{path}: run by {len(automatic)} non-optional step(s), "
-        f"{sum(r['runs_it'] for r in rows) - len(automatic)} optional"
-        + ("" if automatic else " -- no automatic build runs it"),
+        f"{path}: run by {len(automatic)} non-optional step(s), {optional} optional{verdict}",
         file=sys.stderr,
     )
     return 0
+
+
+def _lint_generator(root, as_of: str | None, rev: str | None):
+    """The generator to read the tree as (ValueError: one line on the flag at fault)."""
+    from vllm_ep_kit.lint import conventions
+    from vllm_ep_kit.lint.lint import tree_generator
+
+    if rev is not None:
+        date = conventions.revision_date(rev)
+        if date is None:
+            known = ", ".join(c.rev for c in conventions.HISTORY)
+            raise ValueError(
+                f"--generator-rev: {rev!r} is not a ci-infra commit that changed the "
+                f"conventions (known: {known}); use --as-of DATE for any other"
+            )
+        return conventions.generator(date)
+    if as_of is not None:
+        try:
+            conventions.utc(as_of)
+        except ValueError:
+            raise ValueError(
+                f"--as-of: {as_of!r} is not a date (expected YYYY-MM-DD or an ISO 8601 time)"
+            ) from None
+    return tree_generator(root, as_of)
 
 
 def cmd_lint_ci(args: argparse.Namespace) -> int:
@@ -483,6 +511,11 @@ def cmd_lint_ci(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
+    try:
+        generator = _lint_generator(root, args.as_of, args.generator_rev)
+    except ValueError as exc:
+        print(f"vllm-ep-kit lint-ci: error: {exc}", file=sys.stderr)
+        return 2
     if args.explain is not None:
         target = Path(args.explain)
         if target.is_absolute():
@@ -508,7 +541,7 @@ def cmd_lint_ci(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-        return _explain(root, target.as_posix(), args.format)
+        return _explain(root, target.as_posix(), args.format, generator)
     baseline = None
     if args.baseline:
         try:
@@ -528,6 +561,7 @@ def cmd_lint_ci(args: argparse.Namespace) -> int:
             [Path(f) for f in args.files] or None,
             select=set(args.select) if args.select else None,
             ignore=set(args.ignore or []),
+            generator=generator,
         )
     except Exception as exc:  # noqa: BLE001 (a bug of ours: say so, exit 3, no traceback)
         print(
@@ -550,6 +584,7 @@ def cmd_lint_ci(args: argparse.Namespace) -> int:
                         "rule": f.rule,
                         "message": f.message,
                         "fix": f.hint,
+                        "also": list(f.also),
                     }
                     for f in findings
                 ],
@@ -559,7 +594,7 @@ def cmd_lint_ci(args: argparse.Namespace) -> int:
     else:
         for finding in findings:
             print(_finding_line(finding, args.format))
-    print(f"lint-ci: {len(findings)} finding(s)", file=sys.stderr)
+    print(f"lint-ci: {len(findings)} finding(s), read as {generator.describe()}", file=sys.stderr)
     return exit_codes.lint_ci(findings)
 
 
@@ -788,6 +823,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="which steps run PATH (a test, script or folder) or are selected "
         "by a change to it, on which device, and whether optional",
+    )
+    era = lint_ci.add_mutually_exclusive_group()
+    era.add_argument(
+        "--as-of",
+        default=None,
+        metavar="DATE",
+        help="read the tree as the generator of DATE did (default: the date of the tree's "
+        "last commit under .buildkite/, else the newest)",
+    )
+    era.add_argument(
+        "--generator-rev",
+        default=None,
+        metavar="REV",
+        help="read the tree as this ci-infra commit's generator (docs/ci.md lists them)",
     )
     lint_ci.add_argument(
         "--baseline",

@@ -258,7 +258,9 @@ def test_any_step_shape_gives_findings_never_an_exception(tmp_path_factory):
         max_leaves=6,
     )
     step = st.dictionaries(
-        st.sampled_from(sorted(conventions.STEP_KEYS) + ["num_gpus", "x"]), values, max_size=6
+        st.sampled_from(sorted(conventions.NEWEST_GENERATOR.step_keys) + ["num_gpus", "x"]),
+        values,
+        max_size=6,
     )
     area = st.fixed_dictionaries({"group": values, "steps": st.lists(step | values, max_size=3)})
 

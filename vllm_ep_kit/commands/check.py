@@ -229,7 +229,7 @@ def run_check(
     the reported error is the largest over ranks.
     """
     from vllm_ep_kit.backends.exchange import rank_cases
-    from vllm_ep_kit.harness import RankFailures, run_ranks
+    from vllm_ep_kit.harness.runner import RankFailures, run_ranks
 
     merged_all = []
     for run in plan.runs:

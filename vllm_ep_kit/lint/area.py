@@ -81,10 +81,25 @@ class Finding:
     rule: str
     message: str
     hint: str = ""
+    # other places of the same cause, folded into this finding (``mirror amd``, ``f.yaml:12``)
+    also: tuple[str, ...] = ()
+    # what the finding is about, where one cause shows in several places (a stale entry
+    # repeated in six steps): findings of one rule and cause are folded into the first
+    cause: str = field(default="", compare=False)
+
+    SHOWN = 4  # places of ``also`` a line shows; JSON has them all
+
+    def text(self) -> str:
+        """The message, the places folded into it and the fix."""
+        text = self.message
+        if self.also:
+            shown = ", ".join(self.also[: self.SHOWN])
+            more = len(self.also) - self.SHOWN
+            text += f" (also {shown}{f' and {more} more' if more > 0 else ''})"
+        return text + (f" (fix: {self.hint})" if self.hint else "")
 
     def format(self) -> str:
-        text = f"{self.path}:{self.line}: {self.rule}: {self.message}"
-        return text + (f" (fix: {self.hint})" if self.hint else "")
+        return f"{self.path}:{self.line}: {self.rule}: {self.text()}"
 
 
 @dataclass

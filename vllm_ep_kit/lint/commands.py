@@ -23,6 +23,8 @@ ASSIGNMENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
 NOT_RUN_AFTER = frozenset(
     {"-name", "-iname", "-path", "-ipath", "--ignore", "--deselect", "--ignore-glob", "-k", "-m"}
 )
+# pytest's options that leave a path out of what its other operands collect.
+LEAVE_OUT = frozenset({"--ignore", "--ignore-glob", "--deselect"})
 RUNNERS = frozenset({"pytest", "find"})  # their operands are test paths
 OPERAND = re.compile(r"[\w.*/-]*[A-Za-z_][\w.*/-]*")
 FILE_LIKE = re.compile(r"^(tests|scripts|benchmarks|examples)/|\.(py|sh|yaml|yml)$")
@@ -40,6 +42,8 @@ class CommandInfo:
     # other operands of ``pytest`` / ``find`` (folders such as ``model_executor``), as
     # repository paths: what the command runs, but not certain enough to call missing
     run_paths: list[str] = field(default_factory=list)
+    # what ``--ignore`` / ``--ignore-glob`` / ``--deselect`` leave out, as repository paths
+    ignored: list[str] = field(default_factory=list)
 
 
 def _resolve(cwd: str | None, word: str) -> str | None:
@@ -51,6 +55,19 @@ def _resolve(cwd: str | None, word: str) -> str | None:
         return None
     joined = posixpath.normpath(posixpath.join(cwd or ".", word))
     return None if joined.startswith("..") else joined
+
+
+def _left_out(words: list[str], pos: int) -> str | None:
+    """The path ``words[pos]`` leaves out (``--ignore=P``, or ``P`` after ``--ignore``); ''
+    for a test id (``--deselect f.py::t`` leaves the rest of the file in); None otherwise."""
+    option, equals, value = words[pos].partition("=")
+    if option in LEAVE_OUT and equals:
+        path = value
+    elif pos > 0 and words[pos - 1] in LEAVE_OUT:
+        path = words[pos]
+    else:
+        return None
+    return "" if "::" in path else path.rstrip("/")
 
 
 def parse_commands(
@@ -95,6 +112,12 @@ def parse_commands(
                 cwd = _resolve(cwd, word)
                 continue
             inline = False
+            left_out = _left_out(words, pos)
+            if left_out is not None:
+                resolved = _resolve(cwd, left_out) if left_out else None
+                if resolved:
+                    info.ignored.append(resolved)
+                continue
             if pos > 0 and words[pos - 1] in NOT_RUN_AFTER:
                 continue
             if any(c.isspace() for c in word):
@@ -136,3 +159,4 @@ def _embedded(info: CommandInfo, text: str, folder: str, depth: int) -> None:
         info.selectors.extend(inner.selectors)
         info.repo_files.extend(inner.repo_files)
         info.run_paths.extend(inner.run_paths)
+        info.ignored.extend(inner.ignored)

@@ -6,6 +6,7 @@ One walk of the tree: the files of every ``job_dirs`` folder that hold steps
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Set as AbstractSet
 from pathlib import Path, PurePosixPath
@@ -59,13 +60,21 @@ def load_areas(
     return areas, findings
 
 
+def tree_generator(root: Path, as_of: str | None = None) -> conventions.Generator:
+    """The generator that read this tree: of ``as_of``, else of the tree's last change to its
+    CI files, else the newest."""
+    return conventions.generator(as_of or conventions.tree_date(root.resolve()))
+
+
 def lint(
     root: Path,
     files: list[Path] | None = None,
     select: set[str] | None = None,
     ignore: AbstractSet[str] = frozenset(),
+    generator: conventions.Generator | None = None,
 ) -> list[Finding]:
     root = root.resolve()
+    generator = generator or tree_generator(root)
     listed = files is not None and len(files) > 0
     files = files or area_files(root)
     areas, findings = load_areas(root, files, keep_all=listed)
@@ -80,7 +89,7 @@ def lint(
                 "pass files or run from the repository root",
             )
         )
-    ctx = read_steps(root, areas)
+    ctx = read_steps(root, areas, generator)
     for rule in ALL_RULES:
         if (select and rule.RULE not in select) or rule.RULE in ignore:
             continue
@@ -91,10 +100,43 @@ def lint(
         if (not select or f.rule in select or f.rule in ("yaml", "encoding", "no-areas"))
         and f.rule not in ignore
     ]
-    unique = {(f.path, f.line, f.rule, f.message): f for f in findings}  # a file run twice
-    return sorted(
-        apply_suppressions(root, list(unique.values())), key=lambda f: (f.path, f.line, f.rule)
-    )
+    return sorted(apply_suppressions(root, fold(findings)), key=lambda f: (f.path, f.line, f.rule))
+
+
+MIRROR_LABEL = re.compile(r" \[mirror ([^\]]+)\]")
+
+
+def fold(findings: list[Finding]) -> list[Finding]:
+    """One finding per cause: the same finding twice (a file a command runs twice) is one; a
+    mirror's finding on a value it inherits joins its step's (``also mirror amd``); findings of
+    one rule that name the same cause (the same stale entry in six steps) join the first,
+    which lists the other places."""
+    groups: dict[tuple, list[Finding]] = {}
+    for finding in sorted(findings, key=lambda f: (f.path, f.line)):
+        if finding.cause:
+            key: tuple = (finding.rule, finding.cause)
+        else:
+            key = (finding.path, finding.line, finding.rule, MIRROR_LABEL.sub("", finding.message))
+        groups.setdefault(key, []).append(finding)
+    folded = []
+    for members in groups.values():
+        own = [m for m in members if not MIRROR_LABEL.search(m.message)]
+        kept = (own or members)[0]
+        also: list[str] = []
+        for member in members:
+            if member is kept:
+                continue
+            match = MIRROR_LABEL.search(member.message)
+            if (member.path, member.line) != (kept.path, kept.line):
+                place = f"{member.path}:{member.line}"
+            elif match:
+                place = f"mirror {match.group(1)}"
+            else:
+                continue
+            if place not in also:
+                also.append(place)
+        folded.append(dataclasses.replace(kept, also=(*kept.also, *also)) if also else kept)
+    return folded
 
 
 SUPPRESSION = re.compile(r"#\s*lint-ci:\s*ignore\[([a-z0-9_,\s-]+)\]\s*:?\s*(.*)$")
@@ -149,22 +191,23 @@ def without_baseline(findings: list[Finding], baseline: list[dict]) -> list[Find
 __all__ = ["explain", "lint"]
 
 
-def explain(root: Path, path: str) -> list[dict]:
+def explain(root: Path, path: str, generator: conventions.Generator | None = None) -> list[dict]:
     """Every step that runs ``path`` (a test, a script, or a folder holding it) or lists it
     (a change to it selects the step): where, on what, and whether it runs on its own."""
     root = root.resolve()
+    generator = generator or tree_generator(root)
     target = str(PurePosixPath(path))
     run_all = conventions.run_all_patterns(root)
     rows = []
-    for step in read_steps(root, load_areas(root, area_files(root))[0]).steps:
+    for step in read_steps(root, load_areas(root, area_files(root))[0], generator).steps:
         runs = listed_not_run.runs(step, target)
         # no dependencies: the generator runs it on every change
         lists = (
             not step.dependencies
-            or conventions.covered(target, step.dependencies)
+            or generator.covered(target, step.dependencies)
             or conventions.runs_everything(target, run_all)
         )
-        if not runs and not (step.dependencies and conventions.covered(target, step.dependencies)):
+        if not runs and not (step.dependencies and generator.covered(target, step.dependencies)):
             continue  # neither runs it nor names it
         rows.append(
             {

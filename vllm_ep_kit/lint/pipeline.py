@@ -9,6 +9,7 @@ schema rule reports them), so no rule meets a ``commands: 5``.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,7 @@ class Step:
     working_dir: str
     mirror: str = ""  # "" for the step itself, else the mirror's name (amd)
     parent: Step | None = None
+    generator: conventions.Generator = conventions.NEWEST_GENERATOR
     _parsed: list | None = field(default=None, repr=False)
 
     @property
@@ -45,7 +47,7 @@ class Step:
 
     @property
     def gpus(self) -> int:
-        return conventions.gpus_of(self.device, self.raw.get("num_devices"))
+        return self.generator.gpus_of(self.device, self.raw.get("num_devices"))
 
     @property
     def optional(self) -> bool:
@@ -71,6 +73,10 @@ class Step:
     def finding(
         self, more: tuple[str | int, ...], rule: str, message: str, hint: str = ""
     ) -> Finding:
+        """A finding at ``more`` under this step; a mirror's finding on a value it inherits
+        points at the step's own line (lint folds the two into one)."""
+        if self.parent and more and more[0] not in self.parent.raw["mirror"][self.keys[-1]]:
+            return self.area.finding(self.parent.keys + more, rule, message, hint)
         return self.area.finding(self.keys + more, rule, message, hint)
 
 
@@ -83,6 +89,20 @@ class Pipeline:
     steps: list[Step] = field(default_factory=list)
     vllm_tree: bool = False
     pipelines: dict[str, set[str]] = field(default_factory=dict)  # ci_config -> area paths
+    generator: conventions.Generator = conventions.NEWEST_GENERATOR
+    _files: list[str] | None = field(default=None, repr=False)
+
+    def tree_files(self) -> list[str]:
+        """Every file of the tree as a repository path (version control's own folder left
+        out), listed once."""
+        if self._files is None:
+            self._files = []
+            for folder, dirs, files in os.walk(self.root):
+                dirs[:] = [d for d in dirs if d not in (".git", ".hg")]
+                base = os.path.relpath(folder, self.root).replace(os.sep, "/")
+                prefix = "" if base == "." else base + "/"
+                self._files.extend(prefix + name for name in files)
+        return self._files
 
 
 def consulted_entries(steps: list[Step]):
@@ -106,15 +126,19 @@ def _mirror_step(step: Step, name: object, block: dict) -> Step:
         working_dir=str(block.get("working_dir") or step.working_dir),
         mirror=str(name),
         parent=step,
+        generator=step.generator,
     )
 
 
-def read_steps(root: Path, areas: list[Area]) -> Pipeline:
+def read_steps(
+    root: Path, areas: list[Area], generator: conventions.Generator = conventions.NEWEST_GENERATOR
+) -> Pipeline:
     pipeline = Pipeline(
         root=root,
         areas=areas,
         vllm_tree=conventions.is_vllm_tree(root),
         pipelines=conventions.pipeline_members(root, [a.display for a in areas]),
+        generator=generator,
     )
     for area in areas:
         group_depends = isinstance(area.data, dict) and bool(area.data.get("depends_on"))
@@ -125,6 +149,7 @@ def read_steps(root: Path, areas: list[Area]) -> Pipeline:
                 keys=("steps", index),
                 raw=raw,
                 working_dir=str(raw.get("working_dir") or default_dir),
+                generator=generator,
             )
             pipeline.steps.append(step)
             for name, block in (raw.get("mirror") or {}).items():

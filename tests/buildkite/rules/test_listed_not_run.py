@@ -113,7 +113,9 @@ def test_only_optional_runners_are_named(ci):
     (finding,) = ci.findings(RULE)
     assert finding.message == (
         "step 'lister' lists tests/test_a.py but does not run it; "
-        "only optional steps run it: 'four gpus', 'eight gpus'"
+        "only optional steps run it ('four gpus', 'eight gpus'), which only nightly builds "
+        "(NIGHTLY=1), PRs labelled ready-run-all-tests and builds that name its key in "
+        "VLLM_CI_ONLY_STEP_KEYS run"
     )
 
 

@@ -48,7 +48,7 @@ def run_bench(
     run, without ``vs_link``, which needs the finished link measurement);
     ``on_error(run, report)`` with the ranks' full failure report.
     """
-    from vllm_ep_kit.harness import RankFailures, run_ranks
+    from vllm_ep_kit.harness.runner import RankFailures, run_ranks
 
     # The ranks create partial_dir once they have met (rank_bench): under torchrun
     # the lead checks that --out is new before it joins them.

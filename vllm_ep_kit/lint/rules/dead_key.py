@@ -43,12 +43,38 @@ def _finding(step: Step, keys: tuple[str | int, ...], key: object, known: Iterab
     )
 
 
+def _not_yet(ctx: Pipeline, key: str, places: list[tuple[Step, tuple]]) -> Finding:
+    """A key a later generator reads: one cause however many steps carry it."""
+    since = next(c for c in conventions.HISTORY if key in c.keys)
+    step, keys = places[0]
+    finding = step.area.finding(
+        keys,
+        RULE,
+        f"key {key!r} is not read by {ctx.generator.describe()}: it is read from "
+        f"{since.since[:10]} ({since.rev}); until then it does nothing in any step",
+        f"do not rely on it before {since.since[:10]}",
+    )
+    if len(places) > 1:
+        files = {s.area.display for s, _ in places}
+        finding.also = (f"{len(places) - 1} more step(s) in {len(files)} file(s)",)
+    return finding
+
+
 def check(ctx: Pipeline) -> list[Finding]:
     findings = []
+    later: dict[str, list[tuple[Step, tuple]]] = {}
+    newest = conventions.NEWEST_GENERATOR
     for step in ctx.steps:
         if step.parent:  # a mirror block: a step of its own, whose keys are the block's
-            block, known = step.parent.raw["mirror"][step.keys[-1]], conventions.MIRROR_KEYS
+            block = step.parent.raw["mirror"][step.keys[-1]]
+            known, read_later = ctx.generator.mirror_keys, newest.mirror_keys
         else:
-            block, known = step.raw, conventions.STEP_KEYS
-        findings += [_finding(step, step.keys + (k,), k, known) for k in block if k not in known]
-    return findings
+            block, known, read_later = step.raw, ctx.generator.step_keys, newest.step_keys
+        for key in block:
+            if key in known:
+                continue
+            if key in read_later:
+                later.setdefault(key, []).append((step, step.keys + (key,)))
+            else:
+                findings.append(_finding(step, step.keys + (key,), key, known))
+    return findings + [_not_yet(ctx, key, places) for key, places in later.items()]

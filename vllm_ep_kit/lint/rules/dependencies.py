@@ -18,7 +18,7 @@ from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vllm_ep_kit.lint import conventions
+from vllm_ep_kit.lint.rules.stale_dependency import meant
 from vllm_ep_kit.lint.sources import python_tree
 
 if TYPE_CHECKING:
@@ -139,7 +139,10 @@ def check(ctx: Pipeline) -> list[Finding]:
         needed = {str(f.relative_to(ctx.root)) for f in files | set(scripts)}
         if uses_vllm:
             needed.add(VLLM_PIN)
-        missing = sorted(rel for rel in needed if not conventions.covered(rel, deps))
+        misspelt = {meant(ctx.root, entry) for entry in deps}  # stale-dependency's finding
+        missing = sorted(
+            rel for rel in needed if not ctx.generator.covered(rel, deps) and rel not in misspelt
+        )
         if missing:
             shown = ", ".join(missing[:5]) + (
                 f" and {len(missing) - 5} more" if len(missing) > 5 else ""

@@ -25,7 +25,6 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vllm_ep_kit.lint import conventions
 from vllm_ep_kit.lint.sources import python_tree
 
 if TYPE_CHECKING:
@@ -110,6 +109,12 @@ def marked_gpus(path: Path) -> dict[str, int]:
     """Test name -> the most GPUs its marks ask for (only tests that carry such a mark): a
     module's functions, and a class's methods under the class's name (a mark on the class
     counts for each of them)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return {}
+    if not any(marker in text for marker in MARKERS):
+        return {}  # no mark: not worth parsing (most test files of a vLLM-sized tree)
     tree = python_tree(path)
     found = {}
     for node in tree.body if tree is not None else []:
@@ -177,7 +182,7 @@ def _unmet_marks(ctx, step) -> list:
 def check(ctx: Pipeline) -> list[Finding]:
     findings = []
     for step in ctx.steps:
-        if step.device in conventions.CPU_DEVICES or (step.raw.get("num_nodes") or 1) > 1:
+        if step.device in ctx.generator.cpu_devices or (step.raw.get("num_nodes") or 1) > 1:
             continue
         if not step.optional:
             findings += _unmet_marks(ctx, step)

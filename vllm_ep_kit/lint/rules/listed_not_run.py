@@ -54,7 +54,8 @@ def check(ctx: Pipeline) -> list[Finding]:
         if any(not other.optional for other in runners):
             continue
         where = (
-            f"only optional steps run it: {', '.join(repr(o.label) for o in runners)}"
+            f"only optional steps run it ({', '.join(repr(o.label) for o in runners)}), "
+            f"which only {ctx.generator.optional_runs()} run"
             if runners
             else "no step runs it"
         )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import posixpath
 from typing import TYPE_CHECKING
 
+from vllm_ep_kit.lint import conventions
 from vllm_ep_kit.lint.pipeline import consulted_entries
 
 if TYPE_CHECKING:
@@ -20,45 +21,78 @@ if TYPE_CHECKING:
     from vllm_ep_kit.lint.pipeline import Pipeline
 
 RULE = "stale-dependency"
+NEAR = (".py", ".sh", ".yaml")  # what an entry without its suffix usually meant
+
+
+def meant(root, entry: str) -> str | None:
+    """The file an entry that names nothing meant (``tests/a`` for ``tests/a.py``)."""
+    path = entry.lstrip("!").rstrip("/")
+    if not path or (root / path).exists():
+        return None
+    return next((path + s for s in NEAR if (root / (path + s)).is_file()), None)
 
 
 def check(ctx: Pipeline) -> list[Finding]:
-    findings = []
+    findings: list[Finding] = []
+    run_all = conventions.run_all_patterns(ctx.root)
+
+    def report(step, index: int, entry: str, message: str, hint: str) -> None:
+        finding = step.finding(
+            ("source_file_dependencies", index), RULE, f"step {step.label!r}: {message}", hint
+        )
+        finding.cause = entry  # the same entry in other steps: one cause, one finding
+        findings.append(finding)
+
     for step, index, entry in consulted_entries(ctx.steps):
         path = entry[1:] if entry.startswith("!") else entry
         if not path or any(mark in path for mark in ("*", "$")):
             continue
+        if conventions.runs_everything(path, run_all):
+            continue  # whatever it names, a change there runs every step (csrc/): no effect
+        if ctx.generator.match == "substring":
+            if not any(path in tree_path for tree_path in ctx.tree_files()):
+                report(
+                    step,
+                    index,
+                    entry,
+                    f"entry {entry!r} is part of no path in the tree "
+                    f"({ctx.generator.describe()} matches an entry as a substring)",
+                    "fix the path or remove the entry",
+                )
+            continue
         bare = path.rstrip("/")
         written = posixpath.normpath(bare)
         if path.startswith("/") or written != bare:
-            findings.append(
-                step.finding(
-                    ("source_file_dependencies", index),
-                    RULE,
-                    f"step {step.label!r}: entry {entry!r} matches no change: changed paths are "
-                    "written from the repository root, without ./, .., // or a leading /",
-                    "write it from the repository root"
-                    if path.startswith("/")
-                    else f"write `{entry[: len(entry) - len(path)]}{written}`",
-                )
+            report(
+                step,
+                index,
+                entry,
+                f"entry {entry!r} matches no change: changed paths are "
+                "written from the repository root, without ./, .., // or a leading /",
+                "write it from the repository root"
+                if path.startswith("/")
+                else f"write `{entry[: len(entry) - len(path)]}{written}`",
             )
             continue
-        target = ctx.root / path  # a Path drops a trailing slash
-        if target.exists():
+        if (ctx.root / path).exists():  # a Path drops a trailing slash
             continue
-        near = [s for s in (".py", ".sh", ".yaml") if target.with_name(target.name + s).exists()]
-        if near:
+        file = meant(ctx.root, entry)
+        if file:
             message = (
-                f"entry {entry!r} matches no change: {bare}{near[0]} exists, and an "
+                f"entry {entry!r} matches no change: {file} exists, and an "
                 "entry matches only a path or a folder"
             )
-            hint = f"write `{entry[: len(entry) - len(path)]}{bare}{near[0]}`"
+            if not ctx.generator.covered(file, step.dependencies) and any(
+                file in info.repo_files for info in step.parsed()
+            ):
+                message += f"; the step runs {file}, so a change to it does not re-run the step"
+            report(step, index, entry, message, f"write `{entry[: len(entry) - len(path)]}{file}`")
         else:
-            message = f"entry {entry!r} names nothing in the tree"
-            hint = "fix the path or remove the entry"
-        findings.append(
-            step.finding(
-                ("source_file_dependencies", index), RULE, f"step {step.label!r}: {message}", hint
+            report(
+                step,
+                index,
+                entry,
+                f"entry {entry!r} names nothing in the tree",
+                "fix the path or remove the entry",
             )
-        )
     return findings

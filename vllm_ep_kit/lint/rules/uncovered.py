@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from vllm_ep_kit.lint import conventions
+from vllm_ep_kit.lint.rules.stale_dependency import meant
 
 if TYPE_CHECKING:
     from vllm_ep_kit.lint.area import Finding
@@ -25,21 +26,23 @@ def check(ctx: Pipeline) -> list[Finding]:
     for step in ctx.steps:
         if step.optional or not step.dependencies:
             continue  # no dependencies: the generator runs it on every change
+        # an entry that lost its suffix is the cause: stale-dependency reports it
+        misspelt = {meant(ctx.root, entry) for entry in step.dependencies}
         for info in step.parsed():
             for repo in info.repo_files:
-                if not repo or not (ctx.root / repo).exists():
+                if not repo or not (ctx.root / repo).exists() or repo in misspelt:
                     continue  # outside the tree (path-exists reports missing files)
-                if conventions.covered(repo, step.dependencies) or conventions.runs_everything(
+                if ctx.generator.covered(repo, step.dependencies) or conventions.runs_everything(
                     repo, run_all
                 ):
                     continue  # listed, or a change to it runs every step
-                findings.append(
-                    step.finding(
-                        ("commands", info.index),
-                        RULE,
-                        f"step {step.label!r} runs {repo}, which no entry of its "
-                        "source_file_dependencies covers (a change to it does not re-run the step)",
-                        f"add `{repo}` (or its folder) to source_file_dependencies",
-                    )
+                finding = step.finding(
+                    ("commands", info.index),
+                    RULE,
+                    f"step {step.label!r} runs {repo}, which no entry of its "
+                    "source_file_dependencies covers (a change to it does not re-run the step)",
+                    f"add `{repo}` (or its folder) to source_file_dependencies",
                 )
+                finding.cause = repo  # other steps running it uncovered: one cause
+                findings.append(finding)
     return findings

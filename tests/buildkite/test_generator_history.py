@@ -1,0 +1,321 @@
+"""A tree is read as the pipeline generator of its own date read it: each convention that
+changed (dependency matching, the keys read, devices, which builds run optional steps)
+turns on at its ci-infra commit, and findings of one cause are folded into one."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.buildkite.rules.conftest import CiTree
+from vllm_ep_kit.lint import conventions
+from vllm_ep_kit.lint.lint import lint
+
+APRIL = "2026-04-23"  # substring matching, no timeouts, the label does not run optional steps
+AUGUST = "2026-08-22"
+
+
+@pytest.fixture
+def ci(tmp_path: Path) -> CiTree:
+    return CiTree(tmp_path)
+
+
+def found(ci: CiTree, rule: str, as_of: str | None = None):
+    return [
+        f
+        for f in lint(ci.root, select={rule}, generator=conventions.generator(as_of))
+        if f.rule == rule
+    ]
+
+
+def test_each_change_holds_from_its_own_commit_on():
+    before, after = conventions.generator("2026-06-22"), conventions.generator("2026-06-24")
+    assert (before.match, after.match) == ("substring", "folder")
+    assert "timeout_in_minutes" not in conventions.generator("2026-07-09").step_keys
+    assert "timeout_in_minutes" in conventions.generator("2026-07-11").step_keys
+    assert not conventions.generator("2026-08-04").exclusions
+    assert conventions.generator("2026-08-06").exclusions
+    assert conventions.generator("2026-03-22").gpus_of("cpu-small", None) == 1  # unknown: a GPU
+    assert conventions.generator("2026-03-24").gpus_of("cpu-small", None) == 0
+    assert conventions.generator("2026-04-30").k8s_devices == {"h100", "a100"}
+    assert "b200-k8s" in conventions.generator("2026-05-02").k8s_devices
+
+
+def test_a_change_holds_from_its_minute_in_utc():
+    change = next(c for c in conventions.HISTORY if c.rev == "09da344")
+    assert change.since == "2026-06-23T04:04Z"
+    assert conventions.generator("2026-06-23T04:03Z").match == "substring"
+    assert conventions.generator("2026-06-23T04:04Z").match == "folder"
+    # a time in another zone is compared in UTC: 21:30 on the 22nd in California is after
+    assert conventions.generator("2026-06-22T21:30:00-07:00").match == "folder"
+
+
+def test_the_ready_run_all_tests_label_ran_optional_steps_in_three_spans():
+    runs = {
+        day: conventions.generator(day).label_runs_optional
+        for day in ("2026-02-01", "2026-04-07", "2026-04-09", "2026-04-25", "2026-04-27", AUGUST)
+    }
+    assert runs == {
+        "2026-02-01": True,
+        "2026-04-07": True,
+        "2026-04-09": False,
+        "2026-04-25": False,
+        "2026-04-27": True,
+        AUGUST: True,
+    }
+    assert conventions.generator("2026-04-09").optional_runs() == "nightly builds (NIGHTLY=1)"
+
+
+def test_no_date_is_the_newest_and_a_date_before_the_history_is_its_first_change():
+    assert conventions.generator().rev == conventions.HISTORY[-1].rev
+    assert conventions.generator("2025-06-01").rev == conventions.HISTORY[0].rev
+
+
+def test_a_known_revision_gives_its_date_and_an_unknown_one_none():
+    assert conventions.revision_date("09da344") == "2026-06-23T04:04Z"
+    assert conventions.revision_date("09da3441234") == "2026-06-23T04:04Z"
+    assert conventions.revision_date("0000000") is None
+    assert conventions.revision_date("09d") is None  # too short to name a commit
+
+
+SUBSTRING_STEP = """\
+group: g
+steps:
+  - label: unit
+    commands:
+      - pytest -v tests/unit/test_a.py
+    source_file_dependencies:
+      - '{entry}'
+"""
+
+
+def substring_tree(ci: CiTree, entry: str) -> CiTree:
+    ci.write("tests/unit/test_a.py", "def test_a():\n    pass\n")
+    return ci.area(SUBSTRING_STEP.format(entry=entry))
+
+
+def test_an_entry_without_its_suffix_matched_before_folder_matching(ci):
+    substring_tree(ci, "tests/unit/test_a")
+    assert found(ci, "stale-dependency", APRIL) == []
+    assert found(ci, "uncovered", APRIL) == []
+    (finding,) = found(ci, "stale-dependency", AUGUST)
+    assert "tests/unit/test_a.py exists" in finding.message
+
+
+def test_an_entry_that_is_part_of_no_path_is_stale_in_either_era(ci):
+    substring_tree(ci, "tests/unit/test_gone")
+    (april,) = found(ci, "stale-dependency", APRIL)
+    assert april.message == (
+        "step 'unit': entry 'tests/unit/test_gone' is part of no path in the tree "
+        "(ci-infra's pipeline generator (of 2026-04-23: 5779cfd) matches an entry as a "
+        "substring)"
+    )
+    (august,) = found(ci, "stale-dependency", AUGUST)
+    assert "names nothing in the tree" in august.message
+
+
+def test_an_entry_part_of_a_longer_path_matched_before_folder_matching(ci):
+    substring_tree(ci, "tests/unit/test_")  # a part of tests/unit/test_a.py
+    assert found(ci, "stale-dependency", APRIL) == []
+    assert len(found(ci, "stale-dependency", AUGUST)) == 1
+
+
+def test_an_exclusion_excluded_only_from_its_commit_on(ci):
+    ci.write("tests/unit/test_a.py", "def test_a():\n    pass\n")
+    ci.area(
+        SUBSTRING_STEP.format(entry="tests/").replace(
+            "      - 'tests/'\n", "      - 'tests/'\n      - '!tests/unit/'\n"
+        )
+    )
+    assert found(ci, "uncovered", "2026-08-04") == []  # `!tests/unit/` was a path: no effect
+    (finding,) = found(ci, "uncovered", AUGUST)
+    assert "runs tests/unit/test_a.py" in finding.message
+
+
+TIMEOUTS = """\
+group: g
+steps:
+  - label: one
+    timeout_in_minutes: 10
+    commands: [echo one]
+  - label: two
+    timeout_in_minutes: 20
+    commands: [echo two]
+"""
+
+
+def test_a_key_a_later_generator_reads_is_one_finding_with_its_date(ci):
+    ci.area(TIMEOUTS).area(TIMEOUTS, name="other.yaml")
+    (finding,) = found(ci, "dead-key", APRIL)
+    assert finding.path == ".buildkite/test_areas/area.yaml"
+    assert finding.line == ci.line_of("timeout_in_minutes: 10")
+    assert finding.message == (
+        "key 'timeout_in_minutes' is not read by ci-infra's pipeline generator (of "
+        "2026-04-23: 5779cfd): it is read from 2026-07-10 (e0a048e); until then it does "
+        "nothing in any step"
+    )
+    assert finding.also == ("3 more step(s) in 2 file(s)",)
+    assert found(ci, "dead-key", AUGUST) == []
+
+
+def test_a_key_no_generator_reads_is_still_found_per_step(ci):
+    ci.area(TIMEOUTS.replace("timeout_in_minutes", "num_gpus"))
+    assert len(found(ci, "dead-key", APRIL)) == 2
+
+
+SHARED_ENTRY = """\
+group: g
+steps:
+  - label: one
+    commands: [pytest -v tests/test_a.py]
+    source_file_dependencies: [tests/test_a.py, vllm/gone/]
+  - label: two
+    commands: [pytest -v tests/test_a.py]
+    source_file_dependencies: [tests/test_a.py, vllm/gone/]
+    mirror:
+      amd:
+        device: mi325_1
+"""
+
+
+def test_one_stale_entry_in_several_steps_and_a_mirror_is_one_finding_listing_the_others(ci):
+    ci.write("tests/test_a.py", "def test_a():\n    pass\n").area(SHARED_ENTRY)
+    (finding,) = found(ci, "stale-dependency", AUGUST)
+    assert finding.line == 5
+    assert finding.message == "step 'one': entry 'vllm/gone/' names nothing in the tree"
+    assert finding.also == (".buildkite/test_areas/area.yaml:8",)
+
+
+def test_a_mirror_inheriting_a_stale_entry_is_folded_into_its_step(ci):
+    ci.write("tests/test_a.py", "def test_a():\n    pass\n").area(
+        SHARED_ENTRY.split("  - label: two")[0].replace(
+            "tests/test_a.py, vllm/gone/]", "vllm/gone/]\n    mirror: {amd: {device: mi325_1}}"
+        )
+    )
+    (finding,) = found(ci, "stale-dependency", AUGUST)
+    assert finding.also == ("mirror amd",)
+    assert "[mirror" not in finding.message
+
+
+def test_one_uncovered_script_of_several_steps_is_one_finding(ci):
+    ci.write("tests/test_a.py").write("scripts/run.sh")
+    ci.area(
+        """\
+        group: g
+        steps:
+          - label: one
+            commands: [bash scripts/run.sh]
+            source_file_dependencies: [vllm/]
+          - label: two
+            commands: [bash scripts/run.sh]
+            source_file_dependencies: [vllm/]
+        """
+    )
+    (finding,) = found(ci, "uncovered", AUGUST)
+    assert finding.message.startswith("step 'one' runs scripts/run.sh")
+    assert finding.also == (".buildkite/test_areas/area.yaml:7",)
+    assert "(also .buildkite/test_areas/area.yaml:7)" in finding.format()
+
+
+def test_an_entry_whose_every_change_runs_every_step_is_not_judged(ci):
+    ci.write("tests/test_a.py").write(".buildkite/ci_config.yaml", RUN_ALL)
+    ci.write(".buildkite/test_areas/area.yaml", SUBSTRING_STEP.format(entry="csrc/gone/"))
+    assert found(ci, "stale-dependency", AUGUST) == []
+    ci.write(".buildkite/test_areas/area.yaml", SUBSTRING_STEP.format(entry="csrc/cpu/gone/"))
+    assert len(found(ci, "stale-dependency", AUGUST)) == 1  # excluded from run-all: it matters
+
+
+RUN_ALL = """\
+job_dirs: [.buildkite/test_areas]
+run_all_patterns: [csrc/]
+run_all_exclude_patterns: [csrc/cpu/]
+"""
+
+
+def git(root: Path, *args: str, date: str = "") -> None:
+    env = {**os.environ, "GIT_AUTHOR_DATE": date, "GIT_COMMITTER_DATE": date} if date else None
+    subprocess.run(
+        ["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
+
+
+def test_a_git_tree_is_read_as_of_its_last_change_to_its_ci_files(ci):
+    substring_tree(ci, "tests/unit/test_a")
+    git(ci.root, "init", "-q")
+    git(ci.root, "add", "-A")
+    git(ci.root, "commit", "-q", "-m", "ci", date="2026-04-23T10:00:00+00:00")
+    assert conventions.tree_date(ci.root).startswith("2026-04-23T10:00:00")
+    assert [f for f in lint(ci.root) if f.rule == "stale-dependency"] == []  # April: substring
+    ci.write("README.md", "later, not CI\n")
+    git(ci.root, "add", "-A")
+    git(ci.root, "commit", "-q", "-m", "docs", date="2026-09-01T10:00:00+00:00")
+    assert conventions.tree_date(ci.root).startswith("2026-04-23")  # only .buildkite/ counts
+
+
+def test_a_tree_without_git_has_no_date(ci):
+    assert conventions.tree_date(substring_tree(ci, "tests/unit/test_a").root) is None
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "vllm_ep_kit.cli", "lint-ci", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_the_cli_reads_as_of_a_date_or_a_revision_and_says_which(ci):
+    substring_tree(ci, "tests/unit/test_a")
+    april = run_cli("--root", str(ci.root), "--as-of", APRIL)
+    assert april.returncode == 0, april.stdout
+    assert "read as ci-infra's pipeline generator (of 2026-04-23: 5779cfd)" in april.stderr
+    by_rev = run_cli("--root", str(ci.root), "--generator-rev", "09da344", "--format", "json")
+    assert by_rev.returncode == 1
+    (row,) = json.loads(by_rev.stdout)
+    assert row["rule"] == "stale-dependency" and row["also"] == []
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--as-of", "yesterday"], "--as-of: 'yesterday' is not a date"),
+        (["--generator-rev", "abcdef0"], "--generator-rev: 'abcdef0' is not a ci-infra commit"),
+    ],
+)
+def test_a_bad_date_or_revision_is_one_line_and_exit_2(ci, args, says):
+    out = run_cli("--root", str(substring_tree(ci, "tests/unit/test_a").root), *args)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.count("\n") == 1 and says in out.stderr
+
+
+def test_as_of_and_a_revision_together_are_refused(ci):
+    out = run_cli("--root", str(ci.root), "--as-of", APRIL, "--generator-rev", "09da344")
+    assert out.returncode == 2 and "not allowed with" in out.stderr
+
+
+def test_explain_names_the_builds_that_run_an_optional_step_in_its_era(ci):
+    ci.write("tests/test_a.py").area(
+        """\
+        group: g
+        steps:
+          - label: heavy
+            optional: true
+            commands: [pytest -v tests/test_a.py]
+        """
+    )
+    out = run_cli("--root", str(ci.root), "--as-of", "2026-04-09", "--explain", "tests/test_a.py")
+    assert out.returncode == 0
+    assert "only nightly builds (NIGHTLY=1) run it" in out.stderr
+    out = run_cli("--root", str(ci.root), "--as-of", "2026-04-27", "--explain", "tests/test_a.py")
+    assert (
+        "only nightly builds (NIGHTLY=1) and PRs labelled ready-run-all-tests run it" in out.stderr
+    )

@@ -1,0 +1,167 @@
+"""A test file under ``tests/`` that no step runs: a PR changing it is checked by nothing.
+
+A step runs a file when a command names it, a folder holding it (less what its
+``--ignore`` options leave out) or a glob matching it, or when a script a step runs
+names it; the shell scripts under ``.buildkite/`` and CI files the generator does not read
+(another pipeline's) count as running what they name.  Test files are pytest's
+(``test_*.py``, ``*_test.py``); ``conftest.py``, ``__init__.py``, helpers and data are
+not tests.  A tree whose steps run no test under ``tests/`` at all is not judged (its
+tests run elsewhere).  Folders whose every test is orphaned are reported once, at the folder's
+first file, with the count.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import posixpath
+import re
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vllm_ep_kit.lint.area import Finding
+    from vllm_ep_kit.lint.pipeline import Pipeline
+
+RULE = "orphaned-test"
+TESTS = "tests"
+GLOB = re.compile(r"[*?\[]")
+
+
+def is_test_file(name: str) -> bool:
+    """pytest's default ``python_files``: ``test_*.py`` and ``*_test.py``."""
+    return name.endswith(".py") and (name.startswith("test_") or name.endswith("_test.py"))
+
+
+def test_files(root) -> list[str]:
+    """Every test file under ``tests/`` as a repository path, in walk order."""
+    found: list[str] = []
+    for folder, dirs, files in os.walk(root / TESTS):
+        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "__")))
+        relative = posixpath.relpath(folder.replace(os.sep, "/"), str(root).replace(os.sep, "/"))
+        found.extend(f"{relative}/{name}" for name in sorted(files) if is_test_file(name))
+    return found
+
+
+def _ancestors(path: str) -> list[str]:
+    """``path`` and every folder above it (``a/b/c.py``, ``a/b``, ``a``)."""
+    parts = path.split("/")
+    return ["/".join(parts[:n]) for n in range(len(parts), 0, -1)]
+
+
+def _matches(pattern: str, path: str) -> bool:
+    """``pattern`` (a path or a shell glob, one folder level per ``*``) names ``path`` or a
+    folder holding it."""
+    parts, names = pattern.split("/"), path.split("/")
+    return len(names) >= len(parts) and all(
+        fnmatch.fnmatchcase(names[level], part) for level, part in enumerate(parts)
+    )
+
+
+class RunIndex:
+    """What the steps run, indexed so a vLLM-sized tree is judged in milliseconds."""
+
+    def __init__(self) -> None:
+        self.plain: dict[str, list[tuple[str, ...]]] = defaultdict(list)  # path -> its ignores
+        self.globs: list[tuple[str, tuple[str, ...]]] = []
+        self.named: set[str] = set()  # words scripts and other pipelines' files name
+
+    def add(self, path: str, ignored: tuple[str, ...] = ()) -> None:
+        if not path or path.startswith(".."):
+            return
+        if GLOB.search(path):
+            self.globs.append((path, ignored))
+        else:
+            self.plain[path.rstrip("/") or "."].append(ignored)
+
+    def runs(self, path: str) -> bool:
+        def kept(ignored: tuple[str, ...]) -> bool:
+            return not any(_matches(i, path) for i in ignored)
+
+        for folder in [*_ancestors(path), "."]:
+            if any(kept(ignored) for ignored in self.plain.get(folder, ())):
+                return True
+        if any(_matches(g, path) and kept(ignored) for g, ignored in self.globs):
+            return True
+        tail = path.split("/", 1)[-1]  # from the tests folder, where vLLM's steps start
+        return path in self.named or tail in self.named
+
+
+def _words(text: str) -> set[str]:
+    """Path-like words of a script or CI file (what it may run); a word built on a variable
+    (``${GIT_ROOT}/tests/a/test_b.py``) from its ``tests/`` on."""
+    words = set()
+    for word in re.findall(r"[\w./*${}-]+\.py\b", text):
+        at = word.find(TESTS + "/")
+        words.add(word[at:] if at >= 0 else word.strip("'\"`$(){}").lstrip("./"))
+    return words
+
+
+def run_index(ctx: Pipeline) -> RunIndex:
+    index = RunIndex()
+    scripts: set[str] = set()
+    for step in ctx.steps:
+        for info in step.parsed():
+            ignored = tuple(info.ignored)
+            for path in [*info.repo_files, *info.run_paths]:
+                index.add(path, ignored)
+                if path.endswith(".sh") or (path.endswith(".py") and not path.startswith(TESTS)):
+                    scripts.add(path)
+    read = {area.display for area in ctx.areas}
+    others = (
+        [
+            str(p.relative_to(ctx.root))
+            for p in (ctx.root / ".buildkite").rglob("*")
+            if p.suffix in (".yaml", ".yml", ".sh") and p.is_file()
+        ]
+        if (ctx.root / ".buildkite").is_dir()
+        else []
+    )
+    for path in sorted(scripts | {o for o in others if o not in read}):
+        # a script named from the tests folder by a runner that starts there
+        file = next((f for f in (ctx.root / path, ctx.root / TESTS / path) if f.is_file()), None)
+        if file is None:
+            continue
+        try:
+            text = file.read_text(errors="replace")
+        except OSError:
+            continue
+        for word in _words(text):
+            index.named.add(word)
+            for start in (TESTS, posixpath.dirname(path)):
+                index.named.add(posixpath.normpath(posixpath.join(start, word)))
+    return index
+
+
+def check(ctx: Pipeline) -> list[Finding]:
+    from vllm_ep_kit.lint.area import Finding
+
+    if not (ctx.root / TESTS).is_dir() or not ctx.steps:
+        return []
+    index = run_index(ctx)
+    files = test_files(ctx.root)
+    if not any(index.runs(f) for f in files):
+        return []  # this tree's steps run no test of tests/: they run elsewhere
+    orphans = [f for f in files if not index.runs(f)]
+    by_folder: dict[str, list[str]] = defaultdict(list)
+    for path in files:
+        by_folder[posixpath.dirname(path)].append(path)
+    findings, reported = [], set()
+    for path in orphans:
+        folder = posixpath.dirname(path)
+        if folder in reported:
+            continue
+        siblings = by_folder[folder]
+        whole = len(siblings) > 1 and all(s in orphans for s in siblings)
+        if whole:
+            reported.add(folder)
+            message = (
+                f"no step runs any of the {len(siblings)} test files of {folder}/ "
+                "(a change to them is checked by nothing)"
+            )
+            hint = f"run `pytest {folder}/` in the step that covers its code"
+        else:
+            message = "no step runs this test file (a change to it is checked by nothing)"
+            hint = "run it in the step that runs its neighbours, or delete it"
+        findings.append(Finding(path, 1, RULE, message, hint))
+    return findings
