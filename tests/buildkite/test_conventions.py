@@ -230,11 +230,12 @@ def test_a_command_needing_more_gpus_than_the_default_pool_gives(tree):
     line = plant(
         tree,
         "  - cd .. && python3 examples/offline.py -tp 2\n",
-        "  - cd .. && python3 examples/offline.py -tp 2 -dp 2\n",
+        "  - cd .. && python3 examples/offline.py -tp 2 -dp 4\n",
     )
     finding = only(lint(tree), "gpu-count")
     assert finding.line == line
-    assert "gets 2 GPU(s) but a command needs 4 (DP=2 x TP=2)" in finding.message
+    # 2 devices choose gpu_4_queue, whose runner passes its 4 GPUs
+    assert "gets 4 GPU(s) but a command needs 8 (DP=4 x TP=2)" in finding.message
 
 
 def test_a_one_gpu_slice_holds_one_gpu(tree):
@@ -409,29 +410,29 @@ def test_one():
 
 
 def test_tests_marked_for_more_gpus_than_any_step_that_runs_them(tree):
-    (tree / "tests/distributed/test_comm.py").write_text(MARKED)
+    (tree / "tests/distributed/test_comm.py").write_text(MARKED.replace("=4", "=8"))
     findings = [f for f in lint(tree) if f.rule == "gpu-count"]
     assert len(findings) == 2, findings  # both steps that run the file have fewer GPUs
     assert all(
-        "tests/distributed/test_comm.py::test_four is marked for 4" in f.message for f in findings
+        "tests/distributed/test_comm.py::test_four is marked for 8" in f.message for f in findings
     )
-    assert "gets 2 GPU(s)" in findings[0].message
-    # a non-optional 4-GPU step running the file: the 4-GPU test runs there
+    assert "gets 4 GPU(s)" in findings[0].message  # gpu_4_queue's whole runner
+    # an 8-GPU pod running the file: the 8-GPU test runs there
     plant(
         tree,
         "- label: Two nodes\n",
-        "- label: Four GPUs\n  key: four\n  num_devices: 4\n"
+        "- label: Eight GPUs\n  key: eight\n  device: h100\n  num_devices: 8\n"
         "  source_file_dependencies:\n  - tests/distributed\n  commands:\n"
         "  - pytest -v -s distributed/test_comm.py\n- label: Two nodes\n",
     )
     assert [f for f in lint(tree) if f.rule == "gpu-count"] == []
-    # selecting the 1-GPU test alone asks for nothing more
+    # the 8-GPU step selecting the 1-GPU test alone: the 8-GPU test runs nowhere again
     plant(
         tree,
         "  - pytest -v -s distributed/test_comm.py\n- label: Two nodes\n",
         "  - pytest -v -s distributed/test_comm.py::test_one\n- label: Two nodes\n",
     )
-    assert len([f for f in lint(tree) if "test_four is marked for 4" in f.message]) == 2
+    assert len([f for f in lint(tree) if "test_four is marked for 8" in f.message]) == 2
 
 
 @pytest.mark.parametrize(

@@ -112,7 +112,7 @@ def test_an_entry_that_is_part_of_no_path_is_stale_in_either_era(ci):
     (april,) = found(ci, "stale-dependency", APRIL)
     assert april.message == (
         "step 'unit': entry 'tests/unit/test_gone' is part of no path in the tree "
-        "(ci-infra's pipeline generator (of 2026-04-23: 5779cfd) matches an entry as a "
+        "(ci-infra's pipeline generator (as of 2026-04-23, conventions of 5779cfd) matches an entry as a "
         "substring)"
     )
     (august,) = found(ci, "stale-dependency", AUGUST)
@@ -155,8 +155,8 @@ def test_a_key_a_later_generator_reads_is_one_finding_with_its_date(ci):
     assert finding.path == ".buildkite/test_areas/area.yaml"
     assert finding.line == ci.line_of("timeout_in_minutes: 10")
     assert finding.message == (
-        "key 'timeout_in_minutes' is not read by ci-infra's pipeline generator (of "
-        "2026-04-23: 5779cfd): it is read from 2026-07-10 (e0a048e); until then it does "
+        "key 'timeout_in_minutes' is not read by ci-infra's pipeline generator (as of "
+        "2026-04-23, conventions of 5779cfd): it is read from 2026-07-10 (e0a048e); until then it does "
         "nothing in any step"
     )
     assert finding.also == ("3 more step(s) in 2 file(s)",)
@@ -277,7 +277,10 @@ def test_the_cli_reads_as_of_a_date_or_a_revision_and_says_which(ci):
     substring_tree(ci, "tests/unit/test_a")
     april = run_cli("--root", str(ci.root), "--as-of", APRIL)
     assert april.returncode == 0, april.stdout
-    assert "read as ci-infra's pipeline generator (of 2026-04-23: 5779cfd)" in april.stderr
+    assert (
+        "read as ci-infra's pipeline generator (as of 2026-04-23, conventions of 5779cfd)"
+        in april.stderr
+    )
     by_rev = run_cli("--root", str(ci.root), "--generator-rev", "09da344", "--format", "json")
     assert by_rev.returncode == 1
     (row,) = json.loads(by_rev.stdout)
@@ -319,3 +322,115 @@ def test_explain_names_the_builds_that_run_an_optional_step_in_its_era(ci):
     assert (
         "only nightly builds (NIGHTLY=1) and PRs labelled ready-run-all-tests run it" in out.stderr
     )
+
+
+def test_a_folder_a_step_runs_is_covered_by_its_entry_with_a_slash_in_either_era(ci):
+    ci.write("tests/unit/test_a.py", "def test_a():\n    pass\n")
+    ci.area(
+        SUBSTRING_STEP.format(entry="tests/unit/").replace("tests/unit/test_a.py", "tests/unit")
+    )
+    assert found(ci, "uncovered", APRIL) == []
+    assert found(ci, "uncovered", AUGUST) == []
+    ci.area(
+        SUBSTRING_STEP.format(entry="tests/other/").replace("tests/unit/test_a.py", "tests/unit")
+    )
+    assert len(found(ci, "uncovered", APRIL)) == 1
+
+
+AMD = """\
+steps:
+- label: Kernels
+  agent_pool: mi325_1
+  mirror_hardwares: [amdproduction]
+  source_file_dependencies:
+  - tests/kernels/test_a
+  - vllm/gone/
+  commands:
+  - pytest -v -s kernels/test_a.py
+- label: Kernels
+  agent_pool: mi325_4
+  num_gpus: 2
+  fast_check: true
+  source_file_dependencies: [tests/kernels/]
+  commands:
+  - pytest -v -s kernels/test_a.py
+  - vllm serve m -tp 4
+- label: Other
+  agent_pool: mi325_1
+  fast_check: true
+  source_file_dependencies: [tests/kernels/]
+  commands: [pytest -v -s kernels/test_a.py]
+"""
+
+
+def amd_tree(ci: CiTree) -> CiTree:
+    ci.write("tests/kernels/test_a.py", "def test_a():\n    pass\n")
+    return ci.write(".buildkite/test-amd.yaml", AMD).area(
+        "group: g\nsteps:\n- label: Kernels\n  commands: [pytest -v tests/kernels/test_a.py]\n"
+    )
+
+
+def amd_findings(ci: CiTree, rule: str) -> list:
+    return [f for f in found(ci, rule, AUGUST) if f.path == ".buildkite/test-amd.yaml"]
+
+
+def test_the_amd_pipeline_matches_an_entry_as_a_prefix(ci):
+    amd_tree(ci)
+    (stale,) = amd_findings(ci, "stale-dependency")
+    assert stale.message == (
+        "step 'Kernels': entry 'vllm/gone/' is part of no path in the tree (ci-infra's AMD "
+        "template (test-template-amd.j2) matches an entry as a prefix)"
+    )  # tests/kernels/test_a is a prefix of tests/kernels/test_a.py: no finding
+    assert amd_findings(ci, "uncovered") == []
+
+
+def test_the_amd_pipeline_reads_its_own_keys_and_folds_one_dropped_key(ci):
+    amd_tree(ci)
+    (dead,) = amd_findings(ci, "dead-key")
+    assert dead.message == (
+        "step 'Kernels': key 'fast_check' is not read by the AMD template (dropped silently)"
+    )
+    assert dead.also == (".buildkite/test-amd.yaml:20",)
+
+
+def test_the_amd_pipeline_names_a_job_by_its_pool_and_needs_no_group(ci):
+    amd_tree(ci)
+    assert amd_findings(ci, "unique-labels") == []  # mi325_1: Kernels, mi325_4: Kernels
+    assert amd_findings(ci, "schema") == []
+    ci.write(".buildkite/test-amd.yaml", AMD.replace("agent_pool: mi325_4", "agent_pool: mi325_1"))
+    (twice,) = amd_findings(ci, "unique-labels")
+    assert twice.message.startswith("label 'mi325_1: Kernels' is already used at")
+
+
+def test_an_amd_pod_gets_exactly_its_num_gpus(ci):
+    amd_tree(ci)
+    (finding,) = amd_findings(ci, "gpu-count")
+    assert finding.message == "step 'Kernels' gets 2 GPU(s) but a command needs 4 (TP=4)"
+    assert finding.hint == "set `num_gpus: 4` or run it with fewer ranks"
+
+
+def test_a_test_only_the_amd_pipeline_runs_is_not_orphaned(ci):
+    amd_tree(ci).write("tests/kernels/test_b.py", "def test_b():\n    pass\n")
+    assert [f.path for f in found(ci, "orphaned-test", AUGUST)] == ["tests/kernels/test_b.py"]
+    ci.write(
+        ".buildkite/test-amd.yaml", AMD + "- label: B\n  commands: [pytest kernels/test_b.py]\n"
+    )
+    assert found(ci, "orphaned-test", AUGUST) == []
+
+
+def test_a_mirror_adds_its_entries_to_its_steps(ci):
+    ci.write("tests/test_a.py").write("tests/test_b.py")
+    ci.area(
+        """\
+        group: g
+        steps:
+          - label: one
+            commands: [pytest -v tests/test_a.py tests/test_b.py]
+            source_file_dependencies: [tests/test_a.py, tests/test_b.py]
+            mirror:
+              amd:
+                device: mi325_1
+                source_file_dependencies: [tests/test_a.py]
+        """
+    )
+    assert found(ci, "uncovered", AUGUST) == []  # test_b.py: the step's own entry holds

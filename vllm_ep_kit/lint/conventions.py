@@ -12,6 +12,7 @@ functions instead of assuming; fixtures in tests/buildkite reproduce each.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path, PurePosixPath
@@ -197,7 +198,9 @@ class Generator:
     cpu_devices: frozenset[str] = frozenset()
     one_gpu_devices: frozenset[str] = frozenset()
     k8s_devices: frozenset[str] = frozenset()
-    match: str = "substring"  # how a dependency entry matches a changed path
+    match: str = "substring"  # how a dependency entry matches a changed path (or "prefix")
+    gpu_key: str = "num_devices"  # the key that asks for GPUs
+    pipeline: str = "ci-infra's pipeline generator"
     exclusions: bool = False  # whether ``!`` entries exclude
     label_runs_optional: bool = False
     only_step_keys: bool = False
@@ -209,9 +212,12 @@ class Generator:
 
     def dependency_matches(self, entry: str, path: str) -> bool:
         """An entry (without ``!``) matches a changed path: exactly or as a folder prefix;
-        before 2026-06-23 as a substring (``tests/a`` matched ``tests/a.py``)."""
+        before 2026-06-23 as a substring (``tests/a`` matched ``tests/a.py``); in the AMD
+        template as a prefix."""
         if self.match == "substring":
             return bool(entry) and entry in path
+        if self.match == "prefix":
+            return bool(entry) and path.startswith(entry)
         entry = entry.rstrip("/")
         return bool(entry) and (path == entry or path.startswith(entry + "/"))
 
@@ -234,6 +240,34 @@ class Generator:
             return 1
         return num_devices if num_devices else 1
 
+    def visible_gpus(self, raw: dict) -> int | None:
+        """GPUs a step's job sees (None: the whole runner of its device, whose size the tree
+        does not say).  Kubernetes pods (``h100``, ``a100``, ``b200-k8s``; every AMD pod) get
+        exactly what the step asks for; the default pool's Docker runners pass every GPU of
+        the runner (``gpu_4_queue`` for 2 or 4 devices: 4, else ``gpu_1_queue``: 1)."""
+        device, asked = raw.get("device"), raw.get(self.gpu_key)
+        if raw.get("no_gpu") or device in self.cpu_devices:
+            return 0
+        if device in self.one_gpu_devices:
+            return 1
+        if self.gpu_key == "num_gpus" or device in self.k8s_devices:
+            return asked or 1
+        amd = re.fullmatch(r"mi\d+_(\d+)", str(device))  # an AMD pod: mi325_4 has 4
+        if amd:
+            return int(amd.group(1))
+        if device is None:
+            return 4 if asked in (2, 4) else 1
+        return None
+
+    def exact(self, raw: dict) -> bool:
+        """Whether the step's job gets exactly the GPUs it asks for (a Kubernetes pod)."""
+        device = str(raw.get("device"))
+        return (
+            self.gpu_key == "num_gpus"
+            or device in self.k8s_devices
+            or re.fullmatch(r"mi\d+_\d+", device) is not None
+        )
+
     def optional_runs(self) -> str:
         """The builds that run an optional step."""
         ways = ["nightly builds (NIGHTLY=1)"]
@@ -244,8 +278,10 @@ class Generator:
         return ", ".join(ways[:-1]) + (" and " if len(ways) > 1 else "") + ways[-1]
 
     def describe(self) -> str:
-        when = f"of {self.as_of[:10]}" if self.as_of else "newest"
-        return f"ci-infra's pipeline generator ({when}: {self.rev})"
+        if self.rev.endswith(".j2"):  # a template of ci-infra's main, not a dated generator
+            return f"{self.pipeline} ({self.rev})"
+        when = f"as of {self.as_of[:10]}" if self.as_of else "newest"
+        return f"{self.pipeline} ({when}, conventions of {self.rev})"
 
 
 def generator(as_of: str | None = None) -> Generator:
@@ -292,6 +328,54 @@ def revision_date(rev: str) -> str | None:
 
 
 NEWEST_GENERATOR = generator()
+
+# The AMD pipeline: .buildkite/test-amd.yaml, rendered by ci-infra's test-template-amd.j2
+# (bootstrap-amd.sh), not by the Python generator.  Its steps are read with the template's
+# own keys; an entry matches a changed path as a prefix (``file[:len(entry)] == entry``);
+# each step is a Kubernetes pod with ``num_gpus`` GPUs (1 when absent, none with
+# ``no_gpu``); every step runs in /vllm-workspace/tests unless it says otherwise; optional
+# steps run in nightly builds only.
+AMD_PIPELINE = ".buildkite/test-amd.yaml"
+AMD_STEP_KEYS = frozenset(
+    {
+        "label",
+        "command",
+        "commands",
+        "working_dir",
+        "source_file_dependencies",
+        "num_gpus",
+        "num_nodes",
+        "agent_pool",
+        "agent_tags",
+        "no_gpu",
+        "no_plugin",
+        "dind",
+        "parallelism",
+        "optional",
+        "mirror_hardwares",
+        "env",
+        "autorun_on_main",
+        "timeout_in_minutes",
+    }
+)
+
+
+def amd_template(as_of: str | None = None) -> Generator:
+    """How ci-infra's AMD template reads test-amd.yaml (its keys as of ci-infra's main)."""
+    return dataclasses.replace(
+        generator(as_of),
+        rev="test-template-amd.j2",
+        pipeline="ci-infra's AMD template",
+        step_keys=AMD_STEP_KEYS,
+        cpu_devices=frozenset(),
+        one_gpu_devices=frozenset(),
+        k8s_devices=frozenset(),
+        match="prefix",
+        gpu_key="num_gpus",
+        exclusions=False,
+        label_runs_optional=False,
+        only_step_keys=False,
+    )
 
 
 def tree_date(root: Path) -> str | None:
@@ -385,17 +469,22 @@ def job_dirs(root: Path) -> list[str]:
 
 
 def pipeline_members(root: Path, displays: list[str]) -> dict[str, set[str]]:
-    """Which of the area files (repository paths) each pipeline reads ('' when none is set)."""
+    """Which of the area files (repository paths) each pipeline reads ('' when none is set;
+    the AMD template's test-amd.yaml is a pipeline of its own)."""
+    amd = {d for d in displays if d == AMD_PIPELINE}
+    others = [d for d in displays if d not in amd]
     result = {
         name: {
             d
-            for d in displays
+            for d in others
             for folder in _strings(config, "job_dirs")
             if d.startswith(folder.rstrip("/") + "/")
         }
         for name, config in pipeline_configs(root).items()
-    }
-    return result or {"": set(displays)}
+    } or {"": set(others)}
+    if amd:
+        result[AMD_PIPELINE] = amd
+    return result
 
 
 def run_all_patterns(root: Path) -> tuple[list[str], list[str]]:
@@ -409,7 +498,6 @@ def run_all_patterns(root: Path) -> tuple[list[str], list[str]]:
 
 
 def runs_everything(path: str, patterns: tuple[list[str], list[str]]) -> bool:
-    import re
 
     include, exclude = patterns
 

@@ -112,7 +112,10 @@ def fold(findings: list[Finding]) -> list[Finding]:
     one rule that name the same cause (the same stale entry in six steps) join the first,
     which lists the other places."""
     groups: dict[tuple, list[Finding]] = {}
-    for finding in sorted(findings, key=lambda f: (f.path, f.line)):
+    # the place a cause is reported at: the first, the AMD template's file last (a copy)
+    for finding in sorted(
+        findings, key=lambda f: (f.path == conventions.AMD_PIPELINE, f.path, f.line)
+    ):
         if finding.cause:
             key: tuple = (finding.rule, finding.cause)
         else:

@@ -47,7 +47,13 @@ class Step:
 
     @property
     def gpus(self) -> int:
-        return self.generator.gpus_of(self.device, self.raw.get("num_devices"))
+        """GPUs the step asks for (its pool is chosen by them)."""
+        return self.generator.gpus_of(self.device, self.raw.get(self.generator.gpu_key))
+
+    @property
+    def visible_gpus(self) -> int | None:
+        """GPUs its job sees (None: the whole runner, whose size the tree does not say)."""
+        return self.generator.visible_gpus(self.raw)
 
     @property
     def optional(self) -> bool:
@@ -119,6 +125,10 @@ def _mirror_step(step: Step, name: object, block: dict) -> Step:
     ``name`` is the block's key as YAML read it (``1:`` is an int); ``mirror`` its text."""
     merged = {k: v for k, v in step.raw.items() if k != "mirror"}
     merged.update(block)
+    # its own entries add to its step's (buildkite_step.py _get_amd_mirror_effective_step)
+    own = block.get("source_file_dependencies")
+    if isinstance(own, list):
+        merged["source_file_dependencies"] = list(dict.fromkeys([*own, *step.dependencies]))
     return Step(
         area=step.area,
         keys=step.keys + ("mirror", name),
@@ -140,29 +150,37 @@ def read_steps(
         pipelines=conventions.pipeline_members(root, [a.display for a in areas]),
         generator=generator,
     )
+    amd = conventions.amd_template(generator.as_of or None)
     for area in areas:
         group_depends = isinstance(area.data, dict) and bool(area.data.get("depends_on"))
         default_dir = conventions.default_working_dir(root, group_depends)
+        reader = generator
+        if area.display == conventions.AMD_PIPELINE:
+            reader, default_dir = amd, conventions.VLLM_DEFAULT_WORKING_DIR
         for index, raw in area.indexed_steps():
             step = Step(
                 area=area,
                 keys=("steps", index),
                 raw=raw,
                 working_dir=str(raw.get("working_dir") or default_dir),
-                generator=generator,
+                generator=reader,
             )
             pipeline.steps.append(step)
-            for name, block in (raw.get("mirror") or {}).items():
+            mirrors = raw.get("mirror") if reader is generator else None
+            for name, block in (mirrors or {}).items():
                 if isinstance(block, dict) and area.shape_ok(block):
                     pipeline.steps.append(_mirror_step(step, name, block))
     return pipeline
 
 
 def area_files(root: Path) -> list[Path]:
-    """The YAML files the generator reads: every ``job_dirs`` folder, walked."""
+    """The YAML files the generators read: every ``job_dirs`` folder, walked, and the AMD
+    template's test-amd.yaml."""
     files: list[Path] = []
     for folder in conventions.job_dirs(root):
         base = root / folder
         if base.is_dir():
             files.extend(sorted(p for p in base.rglob("*.yaml") if p.is_file()))
+    if (root / conventions.AMD_PIPELINE).is_file():
+        files.append(root / conventions.AMD_PIPELINE)
     return files

@@ -17,7 +17,11 @@ def step(*commands: str, label: str = "serve", **fields) -> dict:
 
 
 def lint_steps(ci, *steps: dict) -> list:
-    """The rule's findings on one area file holding ``steps``."""
+    """The rule's findings on one area file holding ``steps``; a step that asks for GPUs and
+    names no device runs on ``h100``, a Kubernetes pod that gets exactly what it asks for."""
+    steps = tuple(
+        {"device": "h100", **s} if "num_devices" in s and "device" not in s else s for s in steps
+    )
     ci.area(yaml.safe_dump({"group": "g", "steps": list(steps)}, sort_keys=False, width=1000))
     return ci.findings(RULE)
 
@@ -195,7 +199,7 @@ def test_two():
 def unmet(label: str, gpus: int, test: str, need: int, file: str = "tests/test_m.py") -> str:
     return (
         f"step {label!r} gets {gpus} GPU(s) but {file}::{test} is marked for {need}, and no "
-        f"non-optional step with {need} runs it: it skips in every automatic build"
+        f"step with {need} runs it: it skips in every build"
     )
 
 
@@ -400,9 +404,16 @@ def test_a_selector_naming_another_test_is_clean(ci, selector):
         step("pytest -v tests/test_m.py::test_two", label="big", num_devices=2),
         step("pytest -v tests/test_m.py::test_two[x]", label="big", num_devices=2),
         step("echo", "pytest tests/test_z.py tests/test_m.py", label="big", num_devices=2),
+        # an optional step runs in nightly builds
+        step("pytest -v tests/test_m.py", label="big", num_devices=2, optional=True),
+        # a folder holding it, a glob matching it
+        step("pytest -v tests", label="big", num_devices=2),
+        step("pytest -v 'tests/test_*.py'", label="big", num_devices=2),
+        # the whole runner of a device whose size the tree does not say may have enough
+        step("pytest -v tests/test_m.py", label="big", device="b200"),
     ],
 )
-def test_a_marked_test_a_bigger_non_optional_step_runs_is_clean_on_the_smaller(ci, bigger):
+def test_a_marked_test_a_bigger_step_runs_is_clean_on_the_smaller(ci, bigger):
     ci.write("tests/test_m.py", MARKED)
     assert lint_steps(ci, step("pytest -v tests/test_m.py", label="small"), bigger) == []
 
@@ -410,14 +421,14 @@ def test_a_marked_test_a_bigger_non_optional_step_runs_is_clean_on_the_smaller(c
 @pytest.mark.parametrize(
     "bigger",
     [
-        step("pytest -v tests/test_m.py", label="big", num_devices=2, optional=True),
         step("pytest -v tests/test_m.py", label="big", num_devices=1),
+        step("pytest -v tests --ignore=tests/test_m.py", label="big", num_devices=2),
         step("pytest -v tests/test_m.py", label="big", device="cpu", num_devices=2),
         step("pytest -v tests/test_z.py", label="big", num_devices=2),
         step("pytest -v tests/test_m.py::test_one", label="big", num_devices=2),
     ],
 )
-def test_a_marked_test_no_bigger_non_optional_step_runs_is_found(ci, bigger):
+def test_a_marked_test_no_bigger_step_runs_is_found(ci, bigger):
     ci.write("tests/test_m.py", MARKED)
     findings = lint_steps(ci, step("pytest -v tests/test_m.py", label="small"), bigger)
     assert unmet("small", 1, "test_two", 2) in [f.message for f in findings]
@@ -429,9 +440,10 @@ def test_a_selected_test_a_bigger_step_runs_whole_is_clean(ci):
     assert lint_steps(ci, small, step("pytest tests/test_m.py", label="big", num_devices=2)) == []
 
 
-def test_an_optional_small_step_is_not_judged_for_marks(ci):
+def test_an_optional_small_step_is_judged_for_marks_too(ci):
     ci.write("tests/test_m.py", MARKED)
-    assert lint_steps(ci, step("pytest -v tests/test_m.py", optional=True)) == []
+    (finding,) = lint_steps(ci, step("pytest -v tests/test_m.py", optional=True, label="small"))
+    assert finding.message == unmet("small", 1, "test_two", 2)
 
 
 @pytest.mark.parametrize("fields", [{"device": "cpu"}, {"num_nodes": 2}])
@@ -488,3 +500,44 @@ def test_a_file_after_one_a_bigger_step_runs_in_one_command_is_judged(ci):
         step("pytest tests/test_m.py", label="big", num_devices=2),
     )
     assert [f.message for f in findings] == [unmet("small", 1, "test_two", 2, "tests/test_n.py")]
+
+
+# --- the GPUs a job sees: its runner ---------------------------------------------------
+
+
+def raw_steps(ci, *steps: dict) -> list:
+    """Findings on steps written as they are (no device added)."""
+    ci.area(yaml.safe_dump({"group": "g", "steps": list(steps)}, sort_keys=False, width=1000))
+    return ci.findings(RULE)
+
+
+@pytest.mark.parametrize(("asked", "sees"), [(None, 1), (2, 4), (4, 4), (3, 1), (8, 1)])
+def test_the_default_pool_passes_its_whole_runner(ci, asked, sees):
+    """2 or 4 devices choose gpu_4_queue (4 GPUs, all passed); any other count gpu_1_queue."""
+    fields = {} if asked is None else {"num_devices": asked}
+    assert raw_steps(ci, step(f"vllm serve m -tp {sees}", **fields)) == []
+    (finding,) = raw_steps(ci, step(f"vllm serve m -tp {sees + 1}", **fields))
+    assert finding.message == too_few("serve", sees, sees + 1, f"TP={sees + 1}")
+
+
+@pytest.mark.parametrize("device", ["h100", "a100", "b200-k8s"])
+def test_a_kubernetes_pod_gets_exactly_what_it_asks_for(ci, device):
+    (finding,) = raw_steps(ci, step("vllm serve m -tp 4", device=device, num_devices=2))
+    assert finding.message == too_few("serve", 2, 4, "TP=4")
+
+
+@pytest.mark.parametrize("device", ["h200", "b200", "intel_gpu", "gh200", "some_new_gpu"])
+def test_a_whole_runner_of_unwritten_size_is_not_judged(ci, device):
+    assert raw_steps(ci, step("vllm serve m -tp 8", device=device, num_devices=2)) == []
+
+
+@pytest.mark.parametrize(
+    "command", ["torchrun --nproc-per-node=4 t.py", "torchrun --nproc_per_node 4 t.py"]
+)
+def test_torchrun_beyond_a_pod_is_found_and_on_a_whole_runner_is_not(ci, command):
+    (finding,) = raw_steps(ci, step(command, device="b200-k8s", num_devices=2))
+    assert finding.message == too_few(
+        "serve", 2, 4, "torchrun --nproc-per-node=4 on a pod that gets exactly 2"
+    )
+    assert raw_steps(ci, step(command, num_devices=2)) == []  # gpu_4_queue: gloo may run 4
+    assert raw_steps(ci, step(command, device="b200-k8s", num_devices=4)) == []

@@ -67,15 +67,39 @@ def test_every_test_run_by_name_folder_or_glob_is_clean(ci, command):
 @pytest.mark.parametrize(
     "command",
     [
-        "pytest -v tests --ignore=tests/other/test_c.py",
-        "pytest -v tests --ignore tests/other/test_c.py",
         "pytest -v tests --ignore=tests/other",
         "pytest -v tests --ignore-glob='tests/other/*.py'",
-        "pytest -v tests --deselect tests/other/test_c.py",
     ],
 )
 def test_what_ignore_leaves_out_of_a_folder_is_found(ci, command):
     assert orphans(tree(ci, command)) == ["tests/other/test_c.py"]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "pytest -v tests --ignore=tests/other/test_c.py",
+        "pytest -v tests --ignore tests/other/test_c.py",
+        "pytest -v tests --deselect tests/other/test_c.py",
+    ],
+)
+def test_a_file_a_command_leaves_out_by_name_is_left_out_on_purpose(ci, command):
+    assert orphans(tree(ci, command)) == []
+
+
+def test_a_test_file_pytest_collects_nothing_from_is_not_judged(ci):
+    tree(ci, "pytest -v tests/unit tests/other")
+    ci.write("tests/extra/test_script.py", "if __name__ == '__main__':\n    print('a program')\n")
+    assert orphans(ci) == []
+    ci.write("tests/extra/test_class.py", "class TestA:\n    def test_a(self):\n        pass\n")
+    assert orphans(ci) == ["tests/extra/test_class.py"]
+
+
+def test_a_test_run_by_a_script_that_a_script_of_a_step_calls_is_clean(ci):
+    tree(ci, "pytest -v tests/unit && bash tests/other/sweep.sh")
+    ci.write("tests/other/sweep.sh", 'SCRIPT="${GIT_ROOT}/tests/other/run.sh"\nbash "$SCRIPT"\n')
+    ci.write("tests/other/run.sh", "pytest tests/other/test_c.py\n")
+    assert orphans(ci) == []
 
 
 def test_a_deselected_test_id_leaves_the_rest_of_its_file_run(ci):

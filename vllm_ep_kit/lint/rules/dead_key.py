@@ -34,13 +34,18 @@ def _finding(step: Step, keys: tuple[str | int, ...], key: object, known: Iterab
     # difflib's best match first (its default cutoff, 0.6, is the one wanted)
     close = [MEANT[key]] if key in MEANT else difflib.get_close_matches(str(key), sorted(known))
     hint = f"did you mean `{close[0]}`?" if close else "remove it (the generator ignores it)"
-    return step.area.finding(
+    main = step.generator.pipeline == conventions.NEWEST_GENERATOR.pipeline
+    finding = step.area.finding(
         keys,
         RULE,
         f"step {step.label!r}: key {key!r} is not read by the "
-        "pipeline generator (dropped silently)",
+        + ("pipeline generator" if main else step.generator.pipeline.removeprefix("ci-infra's "))
+        + " (dropped silently)",
         hint,
     )
+    if not main:  # a key a whole file uses that its template drops: one cause
+        finding.cause = f"{step.area.display}:{key}"
+    return finding
 
 
 def _not_yet(ctx: Pipeline, key: str, places: list[tuple[Step, tuple]]) -> Finding:
@@ -50,7 +55,7 @@ def _not_yet(ctx: Pipeline, key: str, places: list[tuple[Step, tuple]]) -> Findi
     finding = step.area.finding(
         keys,
         RULE,
-        f"key {key!r} is not read by {ctx.generator.describe()}: it is read from "
+        f"key {key!r} is not read by {step.generator.describe()}: it is read from "
         f"{since.since[:10]} ({since.rev}); until then it does nothing in any step",
         f"do not rely on it before {since.since[:10]}",
     )
@@ -67,9 +72,11 @@ def check(ctx: Pipeline) -> list[Finding]:
     for step in ctx.steps:
         if step.parent:  # a mirror block: a step of its own, whose keys are the block's
             block = step.parent.raw["mirror"][step.keys[-1]]
-            known, read_later = ctx.generator.mirror_keys, newest.mirror_keys
+            known, read_later = step.generator.mirror_keys, newest.mirror_keys
         else:
-            block, known, read_later = step.raw, ctx.generator.step_keys, newest.step_keys
+            block, known, read_later = step.raw, step.generator.step_keys, newest.step_keys
+        if step.generator.pipeline != newest.pipeline:
+            read_later = frozenset()  # another pipeline's template: no later release of it
         for key in block:
             if key in known:
                 continue

@@ -141,7 +141,7 @@ def check(ctx: Pipeline) -> list[Finding]:
             needed.add(VLLM_PIN)
         misspelt = {meant(ctx.root, entry) for entry in deps}  # stale-dependency's finding
         missing = sorted(
-            rel for rel in needed if not ctx.generator.covered(rel, deps) and rel not in misspelt
+            rel for rel in needed if not step.generator.covered(rel, deps) and rel not in misspelt
         )
         if missing:
             shown = ", ".join(missing[:5]) + (

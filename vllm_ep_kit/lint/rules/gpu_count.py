@@ -1,19 +1,21 @@
-"""A command needs no more GPUs than its step's job gets.
+"""A command needs no more GPUs than its step's job sees.
 
-The job gets ``num_devices`` GPUs (1 when absent, also on the default pool; one
-for an ``h200_18gb``/``h200_35gb`` slice); a vLLM command asking for more (tensor
-x data x pipeline parallel sizes: one GPU per rank) fails or waits on hardware the
-step never has.  Each command of a line (``&&``, ``;``, ``|``, ``&``) is judged on its
+What a job sees depends on its runner (conventions.Generator.visible_gpus): a Kubernetes
+pod (``h100``, ``a100``, ``b200-k8s``, every AMD step) gets exactly the GPUs the step asks
+for; the default pool's Docker runners pass the whole runner (``gpu_4_queue``, chosen for
+2 or 4 devices, has 4; ``gpu_1_queue`` 1); an ``h200_18gb``/``h200_35gb`` slice is one
+GPU; other devices give the whole runner, whose size the tree does not say, so their steps
+are not judged.  A vLLM command asking for more (tensor x data x pipeline parallel sizes:
+one GPU per rank) fails or waits on hardware the step never has; so does ``torchrun
+--nproc-per-node`` beyond what a pod gets (elsewhere gloo tests oversubscribe on purpose).  Each command of a line (``&&``, ``;``, ``|``, ``&``) is judged on its
 own, a size given twice counts its last value (as argparse reads it), and vLLM's
-``--tensor_parallel_size`` spelling is its ``--tensor-parallel-size``.  ``torchrun
---nproc-per-node`` is not judged (gloo tests run more
-processes than GPUs on purpose), nor are CPU steps or multi-node steps (their
-sizes span nodes).
+``--tensor_parallel_size`` spelling is its ``--tensor-parallel-size``.  CPU steps and
+multi-node steps (their sizes span nodes) are not judged.
 
 Tests marked for more GPUs (vLLM's ``@multi_gpu_test(num_gpus=N)`` /
 ``multi_gpu_only``, this kit's ``@pytest.mark.gpus(N)``, read with ``ast``) skip on a
-smaller step; that is a finding only when no non-optional step with enough GPUs
-runs the file (then those tests run in no automatic build).
+smaller step; that is a finding only when no step that may see enough GPUs runs
+them (by name, folder or glob; an optional step counts, as nightly builds run it).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from vllm_ep_kit.lint.rules.listed_not_run import glob_runs
 from vllm_ep_kit.lint.sources import python_tree
 
 if TYPE_CHECKING:
@@ -139,17 +142,32 @@ def _named_files(step) -> Iterator[tuple[int, str, str]]:
             yield info.index, repo, info.selectors[pos]
 
 
-def _runs_test(step, repo: str, test: str) -> bool:
-    """Whether ``step`` runs ``repo`` whole, or that test of it."""
-    return any(
-        path == repo and (not selector or _selected_test(selector) == test)
-        for _, path, selector in _named_files(step)
-    )
+def _runs_file(step, repo: str, test: str) -> bool:
+    """Whether ``step`` runs that test of ``repo``: the file whole or that test, a folder
+    holding it or a glob matching it (less what its ``--ignore`` leaves out)."""
+    for info in step.parsed():
+        if any(glob_runs(left, repo) for left in info.ignored):
+            continue
+        for pos, path in enumerate(info.repo_files):
+            selector = info.selectors[pos]
+            if path == repo and (not selector or _selected_test(selector) == test):
+                return True
+            if path != repo and path and glob_runs(path, repo):
+                return True
+        if any(glob_runs(path, repo) for path in info.run_paths if path):
+            return True
+    return False
+
+
+def _enough(step, need: int) -> bool:
+    """The step's job may see ``need`` GPUs (a whole runner of unknown size may)."""
+    visible = step.visible_gpus
+    return visible is None or visible >= need
 
 
 def _unmet_marks(ctx, step) -> list:
-    """Findings for tests marked for more GPUs than the step has, that no bigger
-    non-optional step runs."""
+    """Findings for tests marked for more GPUs than the step's job sees, that no step whose
+    job may see enough runs (an optional step counts: nightly builds run it)."""
     findings = []
     for index, repo, selector in _named_files(step):
         if not repo.endswith(".py"):
@@ -160,42 +178,60 @@ def _unmet_marks(ctx, step) -> list:
             continue
         test = max(marks, key=lambda k: marks[k])
         need = marks[test]
-        # a non-optional step with enough GPUs runs it: this one, when it has them
-        if any(
-            not other.optional and other.gpus >= need and _runs_test(other, repo, test)
-            for other in ctx.steps
-        ):
+        if any(_enough(other, need) and _runs_file(other, repo, test) for other in ctx.steps):
             continue
         findings.append(
             step.finding(
                 ("commands", index),
                 RULE,
-                f"step {step.label!r} gets {step.gpus} GPU(s) but {repo}::{test} is marked for "
-                f"{need}, and no non-optional step with {need} runs it: it skips in every "
-                "automatic build",
+                f"step {step.label!r} gets {step.visible_gpus} GPU(s) but {repo}::{test} is "
+                f"marked for {need}, and no step with {need} runs it: it skips in every build",
                 f"run {repo} in a step with `num_devices: {need}`",
             )
         )
     return findings
 
 
+def torchrun_processes(text: str) -> int:
+    """The processes per node the line's ``torchrun`` asks for (0 when none)."""
+    most = 0
+    for words in _commands(text):
+        if not words or words[0].rsplit("/", 1)[-1] != "torchrun":
+            continue
+        for pos, word in enumerate(words):
+            flag, _, value = word.partition("=")
+            if flag.replace("_", "-") != "--nproc-per-node":
+                continue
+            if not value and pos + 1 < len(words):
+                value = words[pos + 1]
+            if re.fullmatch(r"\d+", value):
+                most = max(most, int(value))
+    return most
+
+
 def check(ctx: Pipeline) -> list[Finding]:
     findings = []
     for step in ctx.steps:
-        if step.device in ctx.generator.cpu_devices or (step.raw.get("num_nodes") or 1) > 1:
+        if step.device in step.generator.cpu_devices or (step.raw.get("num_nodes") or 1) > 1:
             continue
-        if not step.optional:
-            findings += _unmet_marks(ctx, step)
+        visible = step.visible_gpus
+        if not visible:
+            continue  # no GPU (a CPU job), or the whole runner of a device of unwritten size
+        findings += _unmet_marks(ctx, step)
         for index, text in enumerate(step.commands):
             need, why = needed_gpus(text)
-            if need > step.gpus:
+            procs = torchrun_processes(text) if step.generator.exact(step.raw) else 0
+            if procs > max(need, visible):
+                need, why = procs, f"torchrun --nproc-per-node={procs} on a pod that gets exactly "
+                why += f"{visible}"
+            if need > visible:
                 findings.append(
                     step.finding(
                         ("commands", index),
                         RULE,
-                        f"step {step.label!r} gets {step.gpus} GPU(s) but a command needs {need} "
+                        f"step {step.label!r} gets {visible} GPU(s) but a command needs {need} "
                         f"({why})",
-                        f"set `num_devices: {need}` or run it with fewer ranks",
+                        f"set `{step.generator.gpu_key}: {need}` or run it with fewer ranks",
                     )
                 )
     return findings

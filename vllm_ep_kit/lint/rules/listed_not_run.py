@@ -28,12 +28,12 @@ def runs(step, path: str) -> bool:
         for repo in [*info.repo_files, *info.run_paths]:
             if not repo:
                 continue
-            if _glob_runs(repo, path):  # repo: normalized, no "/" at the end
+            if glob_runs(repo, path):  # repo: normalized, no "/" at the end
                 return True
     return False
 
 
-def _glob_runs(pattern: str, path: str) -> bool:
+def glob_runs(pattern: str, path: str) -> bool:
     """Whether ``pattern`` names ``path`` or a folder holding it, as written or as the
     shell expands it (``*``, ``?``, ``[...]`` within one folder level)."""
     parts, names = pattern.split("/"), path.split("/")
@@ -55,7 +55,7 @@ def check(ctx: Pipeline) -> list[Finding]:
             continue
         where = (
             f"only optional steps run it ({', '.join(repr(o.label) for o in runners)}), "
-            f"which only {ctx.generator.optional_runs()} run"
+            f"which only {step.generator.optional_runs()} run"
             if runners
             else "no step runs it"
         )

@@ -12,12 +12,13 @@ first file, with the count.
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import posixpath
 import re
 from collections import defaultdict
 from typing import TYPE_CHECKING
+
+from vllm_ep_kit.lint.rules.listed_not_run import glob_runs
 
 if TYPE_CHECKING:
     from vllm_ep_kit.lint.area import Finding
@@ -49,15 +50,6 @@ def _ancestors(path: str) -> list[str]:
     return ["/".join(parts[:n]) for n in range(len(parts), 0, -1)]
 
 
-def _matches(pattern: str, path: str) -> bool:
-    """``pattern`` (a path or a shell glob, one folder level per ``*``) names ``path`` or a
-    folder holding it."""
-    parts, names = pattern.split("/"), path.split("/")
-    return len(names) >= len(parts) and all(
-        fnmatch.fnmatchcase(names[level], part) for level, part in enumerate(parts)
-    )
-
-
 class RunIndex:
     """What the steps run, indexed so a vLLM-sized tree is judged in milliseconds."""
 
@@ -65,6 +57,7 @@ class RunIndex:
         self.plain: dict[str, list[tuple[str, ...]]] = defaultdict(list)  # path -> its ignores
         self.globs: list[tuple[str, tuple[str, ...]]] = []
         self.named: set[str] = set()  # words scripts and other pipelines' files name
+        self.left_out: set[str] = set()  # what a command's --ignore names: left out on purpose
 
     def add(self, path: str, ignored: tuple[str, ...] = ()) -> None:
         if not path or path.startswith(".."):
@@ -76,22 +69,22 @@ class RunIndex:
 
     def runs(self, path: str) -> bool:
         def kept(ignored: tuple[str, ...]) -> bool:
-            return not any(_matches(i, path) for i in ignored)
+            return not any(glob_runs(i, path) for i in ignored)
 
         for folder in [*_ancestors(path), "."]:
             if any(kept(ignored) for ignored in self.plain.get(folder, ())):
                 return True
-        if any(_matches(g, path) and kept(ignored) for g, ignored in self.globs):
+        if any(glob_runs(g, path) and kept(ignored) for g, ignored in self.globs):
             return True
         tail = path.split("/", 1)[-1]  # from the tests folder, where vLLM's steps start
         return path in self.named or tail in self.named
 
 
-def _words(text: str) -> set[str]:
+def _words(text: str, suffix: str = "py") -> set[str]:
     """Path-like words of a script or CI file (what it may run); a word built on a variable
     (``${GIT_ROOT}/tests/a/test_b.py``) from its ``tests/`` on."""
     words = set()
-    for word in re.findall(r"[\w./*${}-]+\.py\b", text):
+    for word in re.findall(r"[\w./*${}-]+\." + suffix + r"\b", text):
         at = word.find(TESTS + "/")
         words.add(word[at:] if at >= 0 else word.strip("'\"`$(){}").lstrip("./"))
     return words
@@ -103,6 +96,7 @@ def run_index(ctx: Pipeline) -> RunIndex:
     for step in ctx.steps:
         for info in step.parsed():
             ignored = tuple(info.ignored)
+            index.left_out.update(ignored)
             for path in [*info.repo_files, *info.run_paths]:
                 index.add(path, ignored)
                 if path.endswith(".sh") or (path.endswith(".py") and not path.startswith(TESTS)):
@@ -117,20 +111,37 @@ def run_index(ctx: Pipeline) -> RunIndex:
         if (ctx.root / ".buildkite").is_dir()
         else []
     )
-    for path in sorted(scripts | {o for o in others if o not in read}):
+    queue, done = sorted(scripts | {o for o in others if o not in read}), set()
+    while queue:  # scripts call scripts (SCRIPT=.../run_accuracy_test.sh; bash "$SCRIPT")
+        path = queue.pop()
         # a script named from the tests folder by a runner that starts there
         file = next((f for f in (ctx.root / path, ctx.root / TESTS / path) if f.is_file()), None)
-        if file is None:
+        if file is None or file in done:
             continue
+        done.add(file)
         try:
             text = file.read_text(errors="replace")
         except OSError:
             continue
+        folder = posixpath.dirname(str(file.relative_to(ctx.root)))
         for word in _words(text):
             index.named.add(word)
-            for start in (TESTS, posixpath.dirname(path)):
+            for start in (TESTS, folder):
                 index.named.add(posixpath.normpath(posixpath.join(start, word)))
+        for word in _words(text, "sh"):
+            for start in ("", folder):
+                queue.append(posixpath.normpath(posixpath.join(start, word)))
     return index
+
+
+def collects_tests(root, path: str) -> bool:
+    """Whether pytest would collect a test from the file (a ``test`` function or a ``Test``
+    class); a script named test_*.py that only runs as a program has none."""
+    try:
+        text = (root / path).read_text(errors="replace")
+    except OSError:
+        return False
+    return re.search(r"^\s*(async\s+)?def test|^\s*class Test", text, re.MULTILINE) is not None
 
 
 def check(ctx: Pipeline) -> list[Finding]:
@@ -142,7 +153,11 @@ def check(ctx: Pipeline) -> list[Finding]:
     files = test_files(ctx.root)
     if not any(index.runs(f) for f in files):
         return []  # this tree's steps run no test of tests/: they run elsewhere
-    orphans = [f for f in files if not index.runs(f)]
+    orphans = [
+        f
+        for f in files
+        if not index.runs(f) and f not in index.left_out and collects_tests(ctx.root, f)
+    ]
     by_folder: dict[str, list[str]] = defaultdict(list)
     for path in files:
         by_folder[posixpath.dirname(path)].append(path)

@@ -49,14 +49,15 @@ def check(ctx: Pipeline) -> list[Finding]:
             continue
         if conventions.runs_everything(path, run_all):
             continue  # whatever it names, a change there runs every step (csrc/): no effect
-        if ctx.generator.match == "substring":
-            if not any(path in tree_path for tree_path in ctx.tree_files()):
+        reader = step.generator
+        if reader.match in ("substring", "prefix"):
+            if not any(reader.dependency_matches(path, f) for f in ctx.tree_files()):
                 report(
                     step,
                     index,
                     entry,
                     f"entry {entry!r} is part of no path in the tree "
-                    f"({ctx.generator.describe()} matches an entry as a substring)",
+                    f"({reader.describe()} matches an entry as a {reader.match})",
                     "fix the path or remove the entry",
                 )
             continue
@@ -82,7 +83,7 @@ def check(ctx: Pipeline) -> list[Finding]:
                 f"entry {entry!r} matches no change: {file} exists, and an "
                 "entry matches only a path or a folder"
             )
-            if not ctx.generator.covered(file, step.dependencies) and any(
+            if not reader.covered(file, step.dependencies) and any(
                 file in info.repo_files for info in step.parsed()
             ):
                 message += f"; the step runs {file}, so a change to it does not re-run the step"

@@ -32,9 +32,11 @@ def check(ctx: Pipeline) -> list[Finding]:
             for repo in info.repo_files:
                 if not repo or not (ctx.root / repo).exists() or repo in misspelt:
                     continue  # outside the tree (path-exists reports missing files)
-                if ctx.generator.covered(repo, step.dependencies) or conventions.runs_everything(
-                    repo, run_all
-                ):
+                # a folder changes through the files in it: test a path inside it
+                changed = repo + "/" if (ctx.root / repo).is_dir() else repo
+                if step.generator.covered(
+                    changed, step.dependencies
+                ) or conventions.runs_everything(changed, run_all):
                     continue  # listed, or a change to it runs every step
                 finding = step.finding(
                     ("commands", info.index),

@@ -26,6 +26,9 @@ def check(ctx: Pipeline) -> list[Finding]:
                 value = step.raw.get(field)
                 if value is None:
                     continue
+                if step.generator.gpu_key == "num_gpus" and field == "label":
+                    # the AMD template names a job "<agent_pool>: <label>"
+                    value = f"{step.raw.get('agent_pool') or ''}: {value}"
                 if (field, value) in seen:
                     findings.append(
                         step.finding(
