@@ -48,9 +48,7 @@ FOLDER = re.compile(r"test files of (\S+)/ ")
 
 
 def git(git_dir: str, *args: str) -> bytes:
-    return subprocess.run(
-        ["git", "-C", git_dir, *args], check=True, capture_output=True
-    ).stdout
+    return subprocess.run(["git", "-C", git_dir, *args], check=True, capture_output=True).stdout
 
 
 def commit_date(git_dir: str, rev: str) -> str:
@@ -108,7 +106,12 @@ class Case:
     @classmethod
     def of(cls, row: dict) -> Case:
         return cls(
-            row["id"], row["fix"], row["parent"], row["kind"], row["file"], int(row["line"]),
+            row["id"],
+            row["fix"],
+            row["parent"],
+            row["kind"],
+            row["file"],
+            int(row["line"]),
             row["defect"],
         )
 
@@ -140,9 +143,11 @@ def reports(case: Case, finding: Finding, span: tuple[int, int]) -> bool:
         return False
     if case.kind == "orphaned-test":
         folder = FOLDER.search(finding.message)
-        return finding.path == case.file or bool(
-            folder and case.file.startswith(folder.group(1) + "/")
-        ) or (finding.rule == "listed-not-run" and case.file in finding.message)
+        return (
+            finding.path == case.file
+            or bool(folder and case.file.startswith(folder.group(1) + "/"))
+            or (finding.rule == "listed-not-run" and case.file in finding.message)
+        )
     return any(path == case.file and span[0] <= line <= span[1] for path, line in places(finding))
 
 
@@ -228,7 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps(summary, indent=2))
     if args.out:
-        Path(args.out).write_text(json.dumps({"summary": summary, "cases": results}, indent=2) + "\n")
+        Path(args.out).write_text(
+            json.dumps({"summary": summary, "cases": results}, indent=2) + "\n"
+        )
     return 0
 
 

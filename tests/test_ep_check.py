@@ -372,8 +372,8 @@ def test_a_run_hands_the_harness_its_plan_and_merges_what_the_ranks_return(monke
     limit) and how it merges the rows that come back, read in this process: rank 1 fails
     the second case.  The runs below start real ranks for the same; this one is what a
     mutation run can afford for every mutant."""
-    from vllm_ep_kit.harness import runner
     from vllm_ep_kit.backends.exchange import rank_cases
+    from vllm_ep_kit.harness import runner
 
     calls = []
 
@@ -420,8 +420,7 @@ def test_a_run_whose_ranks_fail_fails_its_cases_and_the_next_run_still_runs(monk
     failed, not run, with that rank's headline, and on_error gets the ranks' whole report;
     the second run (another backend, another layout) runs and reports as usual.  Every
     callback gets what it names, in the plan's order, in this process."""
-    from vllm_ep_kit.harness import runner
-    from vllm_ep_kit.harness import RankFailures, RankReport
+    from vllm_ep_kit.harness import RankFailures, RankReport, runner
 
     failing = RankFailures("2 of 2 ranks failed\n(the whole report)", [RankReport(1, 3)])
 
