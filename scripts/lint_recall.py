@@ -148,6 +148,8 @@ def reports(case: Case, finding: Finding, span: tuple[int, int]) -> bool:
             or bool(folder and case.file.startswith(folder.group(1) + "/"))
             or (finding.rule == "listed-not-run" and case.file in finding.message)
         )
+    if case.kind in ("stale-dependency", "dead-key", "path-exists", "missing-test"):
+        span = (case.line, case.line)  # the entry, key or command itself, not its step
     return any(path == case.file and span[0] <= line <= span[1] for path, line in places(finding))
 
 
@@ -159,7 +161,9 @@ def same(a: Finding, b: Finding) -> bool:
 def lint_at(git_dir: str, rev: str, scratch: Path) -> tuple[list[Finding], Path]:
     tree = Path(tempfile.mkdtemp(prefix=f"tree-{rev[:10]}-", dir=scratch))
     extract(git_dir, rev, tree)
-    return lint(tree, generator=conventions.generator(commit_date(git_dir, rev))), tree
+    # each place on its own: a fix may mend one step of several that share a defect
+    generator = conventions.generator(commit_date(git_dir, rev))
+    return lint(tree, generator=generator, fold_causes=False), tree
 
 
 def run_case(git_dir: str, case: Case, scratch: Path) -> dict:

@@ -279,8 +279,8 @@ MUTANTS = [
     M(
         "lint-prefix-matching",
         "vllm_ep_kit/lint/conventions.py",
-        '    return path == entry or path.startswith(entry + "/")',
-        "    return path.startswith(entry)",
+        '        return bool(entry) and (path == entry or path.startswith(entry + "/"))',
+        "        return bool(entry) and path.startswith(entry)",
         ("tests/buildkite/test_conventions.py",),
         "an entry without .py matches nothing",
         ("operand", "out-of-scope"),
@@ -297,8 +297,8 @@ MUTANTS = [
     M(
         "gpu-marks-never-judged",
         "vllm_ep_kit/lint/rules/gpu_count.py",
-        "            findings += _unmet_marks(ctx, step)",
-        "            findings += []",
+        "        findings += _unmet_marks(ctx, step)",
+        "        findings += []",
         ("tests/buildkite/test_conventions.py", "-k", "marked"),
         "4-GPU tests that skip in every build",
         ("statement",),

@@ -72,7 +72,11 @@ def lint(
     select: set[str] | None = None,
     ignore: AbstractSet[str] = frozenset(),
     generator: conventions.Generator | None = None,
+    fold_causes: bool = True,
 ) -> list[Finding]:
+    """The findings of every rule (``select`` / ``ignore`` by name), suppressions applied;
+    one per cause unless ``fold_causes`` is false (then each place is a finding of its own,
+    for tools that follow one place across commits)."""
     root = root.resolve()
     generator = generator or tree_generator(root)
     listed = files is not None and len(files) > 0
@@ -100,7 +104,11 @@ def lint(
         if (not select or f.rule in select or f.rule in ("yaml", "encoding", "no-areas"))
         and f.rule not in ignore
     ]
-    return sorted(apply_suppressions(root, fold(findings)), key=lambda f: (f.path, f.line, f.rule))
+    if fold_causes:
+        findings = fold(findings)
+    else:  # still one finding per place: a file a command runs twice
+        findings = list({(f.path, f.line, f.rule, f.message): f for f in findings}.values())
+    return sorted(apply_suppressions(root, findings), key=lambda f: (f.path, f.line, f.rule))
 
 
 MIRROR_LABEL = re.compile(r" \[mirror ([^\]]+)\]")

@@ -541,3 +541,66 @@ def test_torchrun_beyond_a_pod_is_found_and_on_a_whole_runner_is_not(ci, command
     )
     assert raw_steps(ci, step(command, num_devices=2)) == []  # gpu_4_queue: gloo may run 4
     assert raw_steps(ci, step(command, device="b200-k8s", num_devices=4)) == []
+
+
+POD = {"device": "b200-k8s", "num_devices": 2}
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "/usr/local/bin/torchrun --nproc-per-node=4 t.py",
+        "cd distributed && torchrun --nproc-per-node=4 t.py",
+        "torchrun t.py --nproc-per-node 4",
+    ],
+)
+def test_torchrun_is_read_by_its_name_after_other_commands_and_with_its_value_last(ci, command):
+    (finding,) = raw_steps(ci, step(command, **POD))
+    assert finding.message.endswith("(torchrun --nproc-per-node=4 on a pod that gets exactly 2)")
+
+
+@pytest.mark.parametrize(
+    "command", ["echo --nproc-per-node=4", "torchrun t.py --nproc-per-node", "true ;; true"]
+)
+def test_no_torchrun_process_count_is_no_finding(ci, command):
+    assert raw_steps(ci, step(command, **POD)) == []
+
+
+def test_a_torchrun_as_big_as_the_model_says_what_the_model_needs(ci):
+    command = "torchrun --nproc-per-node=4 t.py && vllm serve m -tp 4"
+    (finding,) = raw_steps(ci, step(command, **POD))
+    assert finding.message == too_few("serve", 2, 4, "TP=4")
+
+
+def test_a_step_of_unwritten_size_does_not_stop_the_steps_after_it(ci):
+    findings = raw_steps(ci, step("vllm serve m -tp 8", device="h200"), step("vllm serve m -tp 2"))
+    assert [f.message for f in findings] == [too_few("serve", 1, 2, "TP=2")]
+
+
+def test_a_marked_file_with_undecodable_bytes_is_read(ci):
+    (ci.root / "tests").mkdir()
+    (ci.root / "tests/test_m.py").write_bytes(b"# caf\xe9\n" + MARKED.encode())
+    (finding,) = lint_steps(ci, step("pytest -v tests/test_m.py", label="small"))
+    assert finding.message == unmet("small", 1, "test_two", 2)
+
+
+def test_a_file_naming_every_marker_is_read(ci):
+    ci.write("tests/test_m.py", "# multi_gpu_test, multi_gpu_only\n" + MARKED)
+    (finding,) = lint_steps(ci, step("pytest -v tests/test_m.py", label="small"))
+    assert finding.message == unmet("small", 1, "test_two", 2)
+
+
+def test_a_marked_file_that_does_not_parse_is_no_finding(ci):
+    ci.write("tests/test_m.py", "@multi_gpu_test(num_gpus=4)\ndef broken(:\n")
+    assert lint_steps(ci, step("pytest -v tests/test_m.py")) == []
+
+
+def test_a_bigger_step_running_it_after_leaving_it_out_runs_it(ci):
+    ci.write("tests/test_m.py", MARKED)
+    bigger = step(
+        "pytest -v tests --ignore=tests/test_m.py",
+        "pytest -v tests/test_m.py",
+        label="big",
+        num_devices=2,
+    )
+    assert lint_steps(ci, step("pytest -v tests/test_m.py", label="small"), bigger) == []

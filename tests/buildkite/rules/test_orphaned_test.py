@@ -93,6 +93,8 @@ def test_a_test_file_pytest_collects_nothing_from_is_not_judged(ci):
     assert orphans(ci) == []
     ci.write("tests/extra/test_class.py", "class TestA:\n    def test_a(self):\n        pass\n")
     assert orphans(ci) == ["tests/extra/test_class.py"]
+    ci.write("tests/extra/test_class.py", "class TestA:\n    attempts = 3\n")
+    assert orphans(ci) == []
 
 
 def test_a_test_run_by_a_script_that_a_script_of_a_step_calls_is_clean(ci):
@@ -153,4 +155,87 @@ def test_a_tree_whose_steps_run_no_test_is_not_judged(ci):
 
 def test_a_tree_without_a_tests_folder_is_clean(ci):
     ci.write("src/test_a.py").area(STEP.format(command="pytest -v src/test_a.py"))
+    assert orphans(ci) == []
+
+
+def test_a_lone_orphan_gets_the_hint_for_one_file(ci):
+    (finding,) = tree(ci, "pytest -v tests/unit").findings(RULE)
+    assert finding.hint == "run it in the step that runs its neighbours, or delete it"
+
+
+def test_an_orphaned_folder_does_not_stop_the_orphans_after_it(ci):
+    tree(ci, "pytest -v tests/other", "tests/zz/test_z.py")
+    ci.write("tests/zz/helper.py")
+    assert orphans(ci) == ["tests/unit/test_a.py", "tests/zz/test_z.py"]
+
+
+def test_hidden_and_dunder_folders_are_not_walked(ci):
+    command = "pytest -v tests/unit tests/other"
+    assert orphans(tree(ci, command, "tests/.cache/test_h.py", "tests/__snap__/test_s.py")) == []
+
+
+def test_a_file_outside_the_checkout_runs_nothing_of_the_tree(ci):
+    assert orphans(tree(ci, "python /opt/tool.py tests/unit")) == ["tests/other/test_c.py"]
+
+
+def test_a_glob_runs_only_what_it_matches(ci):
+    assert orphans(tree(ci, "pytest -v 'tests/unit/test_*.py'")) == ["tests/other/test_c.py"]
+
+
+def test_a_python_script_a_step_runs_runs_what_it_names(ci):
+    tree(ci, "pytest -v tests/unit && python examples/runner.py")
+    ci.write("examples/runner.py", "subprocess.run(['pytest', 'tests/other/test_c.py'])\n")
+    assert orphans(ci) == []
+
+
+def test_a_test_file_naming_another_does_not_run_it(ci):
+    tree(ci, "pytest -v tests/unit/test_a.py tests/unit/test_b.py")
+    ci.write("tests/unit/test_a.py", "def test_a():\n    assert 'tests/other/test_c.py'\n")
+    assert orphans(ci) == ["tests/other/test_c.py"]
+
+
+@pytest.mark.parametrize("name", ["other-pipeline.yml", "scripts/nightly.sh"])
+def test_other_ci_files_of_every_kind_run_what_they_name(ci, name):
+    tree(ci, "pytest -v tests/unit")
+    ci.write(f".buildkite/{name}", "pytest tests/other/test_c.py\n")
+    assert orphans(ci) == []
+
+
+def test_a_file_that_is_no_ci_file_runs_nothing(ci):
+    tree(ci, "pytest -v tests/unit")
+    ci.write(".buildkite/notes.txt", "pytest tests/other/test_c.py\n")
+    assert orphans(ci) == ["tests/other/test_c.py"]
+
+
+def test_a_script_naming_a_test_from_its_own_folder_runs_it(ci):
+    tree(ci, "pytest -v tests/unit && bash tests/other/run.sh")
+    ci.write("tests/other/run.sh", 'cd "$(dirname "$0")" && pytest test_c.py\n')
+    assert orphans(ci) == []
+
+
+def test_a_script_calling_a_sibling_by_its_folder_and_itself_ends(ci):
+    tree(ci, "pytest -v tests/unit && bash tests/other/sweep.sh")
+    ci.write("tests/other/sweep.sh", 'bash "$(dirname "$0")/run.sh"\nbash tests/other/sweep.sh\n')
+    ci.write("tests/other/run.sh", "pytest tests/other/test_c.py\n")
+    assert orphans(ci) == []
+
+
+def test_undecodable_bytes_in_scripts_and_tests_are_read_past(ci):
+    tree(ci, "pytest -v tests/unit && bash tests/other/run.sh")
+    (ci.root / "tests/other/run.sh").write_bytes(b"# caf\xe9\npytest tests/other/test_c.py\n")
+    (ci.root / "tests/extra/test_e.py").parent.mkdir()
+    (ci.root / "tests/extra/test_e.py").write_bytes(b"# caf\xe9\ndef test_e():\n    pass\n")
+    assert orphans(ci) == ["tests/extra/test_e.py"]
+
+
+def test_a_test_after_imports_and_an_async_test_are_collected(ci):
+    tree(ci, "pytest -v tests/unit tests/other")
+    ci.write("tests/extra/test_late.py", "import os\n\n\ndef test_late():\n    pass\n")
+    ci.write("tests/more/test_async.py", "async def test_async():\n    pass\n")
+    assert orphans(ci) == ["tests/extra/test_late.py", "tests/more/test_async.py"]
+
+
+def test_a_script_naming_a_test_from_the_tests_folder_runs_it(ci):
+    tree(ci, "pytest -v tests/unit && bash tests/run.sh", "tests/Xdir/test_x.py")
+    ci.write("tests/run.sh", "pytest other/test_c.py Xdir/test_x.py\n")
     assert orphans(ci) == []

@@ -34,21 +34,20 @@ def _finding(step: Step, keys: tuple[str | int, ...], key: object, known: Iterab
     # difflib's best match first (its default cutoff, 0.6, is the one wanted)
     close = [MEANT[key]] if key in MEANT else difflib.get_close_matches(str(key), sorted(known))
     hint = f"did you mean `{close[0]}`?" if close else "remove it (the generator ignores it)"
-    main = step.generator.pipeline == conventions.NEWEST_GENERATOR.pipeline
+    reader = step.generator.pipeline.removeprefix("ci-infra's ")
     finding = step.area.finding(
         keys,
         RULE,
-        f"step {step.label!r}: key {key!r} is not read by the "
-        + ("pipeline generator" if main else step.generator.pipeline.removeprefix("ci-infra's "))
-        + " (dropped silently)",
+        f"step {step.label!r}: key {key!r} is not read by the {reader} (dropped silently)",
         hint,
     )
-    if not main:  # a key a whole file uses that its template drops: one cause
+    if step.generator.pipeline != conventions.NEWEST_GENERATOR.pipeline:
+        # a key a whole file uses that its template drops: one cause
         finding.cause = f"{step.area.display}:{key}"
     return finding
 
 
-def _not_yet(ctx: Pipeline, key: str, places: list[tuple[Step, tuple]]) -> Finding:
+def _not_yet(key: str, places: list[tuple[Step, tuple]]) -> Finding:
     """A key a later generator reads: one cause however many steps carry it."""
     since = next(c for c in conventions.HISTORY if key in c.keys)
     step, keys = places[0]
@@ -84,4 +83,4 @@ def check(ctx: Pipeline) -> list[Finding]:
                 later.setdefault(key, []).append((step, step.keys + (key,)))
             else:
                 findings.append(_finding(step, step.keys + (key,), key, known))
-    return findings + [_not_yet(ctx, key, places) for key, places in later.items()]
+    return findings + [_not_yet(key, places) for key, places in later.items()]

@@ -56,38 +56,42 @@ class RunIndex:
     def __init__(self) -> None:
         self.plain: dict[str, list[tuple[str, ...]]] = defaultdict(list)  # path -> its ignores
         self.globs: list[tuple[str, tuple[str, ...]]] = []
-        self.named: set[str] = set()  # words scripts and other pipelines' files name
+        self.named: set[str] = set()  # what scripts and other pipelines' files name
         self.left_out: set[str] = set()  # what a command's --ignore names: left out on purpose
 
     def add(self, path: str, ignored: tuple[str, ...] = ()) -> None:
-        if not path or path.startswith(".."):
+        """A path a command runs ('' for one outside the checkout: nothing of the tree)."""
+        if not path:
             return
         if GLOB.search(path):
             self.globs.append((path, ignored))
         else:
-            self.plain[path.rstrip("/") or "."].append(ignored)
+            self.plain[path].append(ignored)
 
     def runs(self, path: str) -> bool:
         def kept(ignored: tuple[str, ...]) -> bool:
             return not any(glob_runs(i, path) for i in ignored)
 
-        for folder in [*_ancestors(path), "."]:
+        for folder in _ancestors(path):
             if any(kept(ignored) for ignored in self.plain.get(folder, ())):
                 return True
-        if any(glob_runs(g, path) and kept(ignored) for g, ignored in self.globs):
-            return True
-        tail = path.split("/", 1)[-1]  # from the tests folder, where vLLM's steps start
-        return path in self.named or tail in self.named
+        return path in self.named or any(
+            glob_runs(g, path) and kept(ignored) for g, ignored in self.globs
+        )
+
+
+def text_of(path) -> str:
+    """A file's text, undecodable bytes replaced ('' when it cannot be read)."""
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""  # pragma: no mutate (equivalent: any text without a path names nothing)
 
 
 def _words(text: str, suffix: str = "py") -> set[str]:
-    """Path-like words of a script or CI file (what it may run); a word built on a variable
-    (``${GIT_ROOT}/tests/a/test_b.py``) from its ``tests/`` on."""
-    words = set()
-    for word in re.findall(r"[\w./*${}-]+\." + suffix + r"\b", text):
-        at = word.find(TESTS + "/")
-        words.add(word[at:] if at >= 0 else word.strip("'\"`$(){}").lstrip("./"))
-    return words
+    """Path-like words of a script or CI file (what it may run), without a leading ``./``
+    or ``/``; a word built on a variable (``${GIT_ROOT}/tests/a/test_b.py``) from after it."""
+    return {w.lstrip("./") for w in re.findall(r"[\w./-]+\." + suffix + r"\b", text)}
 
 
 def run_index(ctx: Pipeline) -> RunIndex:
@@ -102,31 +106,23 @@ def run_index(ctx: Pipeline) -> RunIndex:
                 if path.endswith(".sh") or (path.endswith(".py") and not path.startswith(TESTS)):
                     scripts.add(path)
     read = {area.display for area in ctx.areas}
-    others = (
-        [
-            str(p.relative_to(ctx.root))
-            for p in (ctx.root / ".buildkite").rglob("*")
-            if p.suffix in (".yaml", ".yml", ".sh") and p.is_file()
-        ]
-        if (ctx.root / ".buildkite").is_dir()
-        else []
-    )
+    others = [
+        str(p.relative_to(ctx.root))
+        for p in (ctx.root / ".buildkite").rglob("*")
+        if p.suffix in (".yaml", ".yml", ".sh") and p.is_file()
+    ]
     queue, done = sorted(scripts | {o for o in others if o not in read}), set()
-    while queue:  # scripts call scripts (SCRIPT=.../run_accuracy_test.sh; bash "$SCRIPT")
+    while queue:  # scripts call scripts (SCRIPT="$(dirname "$0")/run.sh"; bash "$SCRIPT")
         path = queue.pop()
         # a script named from the tests folder by a runner that starts there
         file = next((f for f in (ctx.root / path, ctx.root / TESTS / path) if f.is_file()), None)
         if file is None or file in done:
             continue
         done.add(file)
-        try:
-            text = file.read_text(errors="replace")
-        except OSError:
-            continue
+        text = text_of(file)
         folder = posixpath.dirname(str(file.relative_to(ctx.root)))
         for word in _words(text):
-            index.named.add(word)
-            for start in (TESTS, folder):
+            for start in ("", TESTS, folder):
                 index.named.add(posixpath.normpath(posixpath.join(start, word)))
         for word in _words(text, "sh"):
             for start in ("", folder):
@@ -135,24 +131,18 @@ def run_index(ctx: Pipeline) -> RunIndex:
 
 
 def collects_tests(root, path: str) -> bool:
-    """Whether pytest would collect a test from the file (a ``test`` function or a ``Test``
-    class); a script named test_*.py that only runs as a program has none."""
-    try:
-        text = (root / path).read_text(errors="replace")
-    except OSError:
-        return False
-    return re.search(r"^\s*(async\s+)?def test|^\s*class Test", text, re.MULTILINE) is not None
+    """Whether pytest would collect a test from the file (a ``test`` function or method); a
+    script named test_*.py that only runs as a program has none."""
+    return re.search(r"^\s*(async\s+)?def test", text_of(root / path), re.MULTILINE) is not None
 
 
 def check(ctx: Pipeline) -> list[Finding]:
     from vllm_ep_kit.lint.area import Finding
 
-    if not (ctx.root / TESTS).is_dir() or not ctx.steps:
-        return []
     index = run_index(ctx)
     files = test_files(ctx.root)
     if not any(index.runs(f) for f in files):
-        return []  # this tree's steps run no test of tests/: they run elsewhere
+        return []  # no steps, or they run no test of tests/: the tests run elsewhere
     orphans = [
         f
         for f in files

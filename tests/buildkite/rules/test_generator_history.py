@@ -20,11 +20,6 @@ APRIL = "2026-04-23"  # substring matching, no timeouts, the label does not run 
 AUGUST = "2026-08-22"
 
 
-@pytest.fixture
-def ci(tmp_path: Path) -> CiTree:
-    return CiTree(tmp_path)
-
-
 def found(ci: CiTree, rule: str, as_of: str | None = None):
     return [
         f
@@ -434,3 +429,111 @@ def test_a_mirror_adds_its_entries_to_its_steps(ci):
         """
     )
     assert found(ci, "uncovered", AUGUST) == []  # test_b.py: the step's own entry holds
+
+
+def test_two_steps_with_a_later_key_are_one_finding_and_one_more(ci):
+    ci.area(TIMEOUTS)
+    (finding,) = found(ci, "dead-key", APRIL)
+    assert finding.also == ("1 more step(s) in 1 file(s)",)
+
+
+def test_a_later_keys_finding_names_the_date_to_wait_for_and_one_step_folds_nothing(ci):
+    ci.area(TIMEOUTS.split("  - label: two")[0])
+    (finding,) = found(ci, "dead-key", APRIL)
+    assert finding.hint == "do not rely on it before 2026-07-10"
+    assert finding.also == ()
+
+
+def test_a_substring_era_stale_entry_is_found_at_its_line_and_folded_across_steps(ci):
+    ci.write("tests/test_a.py", "def test_a():\n    pass\n").area(SHARED_ENTRY)
+    (finding,) = found(ci, "stale-dependency", APRIL)
+    assert finding.line == 5
+    assert finding.hint == "fix the path or remove the entry"
+    assert finding.also == (".buildkite/test_areas/area.yaml:8",)
+
+
+@pytest.mark.parametrize("entry", ["./tests/gone.py", "tests/unit/test_a"])
+def test_one_misspelt_entry_in_two_steps_is_one_finding(ci, entry):
+    ci.write("tests/unit/test_a.py", "def test_a():\n    pass\n")
+    ci.area(
+        SHARED_ENTRY.replace("vllm/gone/", entry).replace("tests/test_a.py", "tests/unit/test_a.py")
+    )
+    (finding,) = found(ci, "stale-dependency", AUGUST)
+    assert finding.also == (".buildkite/test_areas/area.yaml:8",)
+
+
+def test_an_entry_ending_in_x_is_judged_as_written(ci):
+    (finding,) = substring_tree(ci, "vllm/gone_X").findings("stale-dependency")
+    assert finding.message == "step 'unit': entry 'vllm/gone_X' names nothing in the tree"
+
+
+def test_an_entry_without_its_suffix_starting_with_x_is_found_with_its_file(ci):
+    substring_tree(ci, "Xlib/run").write("Xlib/run.sh")
+    (finding,) = ci.findings("stale-dependency")
+    assert finding.hint == "write `Xlib/run.sh`"
+
+
+def test_a_run_all_entry_does_not_stop_the_entries_after_it(ci):
+    ci.write("tests/unit/test_a.py").write(".buildkite/ci_config.yaml", RUN_ALL)
+    ci.write(
+        ".buildkite/test_areas/area.yaml",
+        SUBSTRING_STEP.format(entry="csrc/gone/") + "      - 'vllm/gone/'\n",
+    )
+    (finding,) = found(ci, "stale-dependency", AUGUST)
+    assert "'vllm/gone/' names nothing" in finding.message
+
+
+def test_a_file_next_to_a_listed_folder_of_its_name_is_still_uncovered(ci):
+    ci.write("tests/unit/test_x.py").write("tests/unit.py", "def test_u():\n    pass\n")
+    ci.area(
+        SUBSTRING_STEP.format(entry="tests/unit/").replace("tests/unit/test_a.py", "tests/unit.py")
+    )
+    (finding,) = found(ci, "uncovered", AUGUST)
+    assert "runs tests/unit.py" in finding.message
+
+
+def test_a_file_matched_by_an_anchored_run_all_pattern_is_covered(ci):
+    ci.write("scripts/run.sh").write(
+        ".buildkite/ci_config.yaml",
+        "job_dirs: [.buildkite/test_areas]\nrun_all_patterns: ['scripts/run.sh$']\n",
+    )
+    ci.write(
+        ".buildkite/test_areas/area.yaml",
+        "group: g\nsteps:\n- label: s\n  commands: [bash scripts/run.sh]\n"
+        "  source_file_dependencies: [vllm/]\n",
+    )
+    assert found(ci, "uncovered", AUGUST) == []
+
+
+def test_an_amd_file_with_a_key_no_pipeline_reads_at_its_top_is_a_schema_finding(ci):
+    amd_tree(ci).write(".buildkite/test-amd.yaml", "stepz: 1\n" + AMD)
+    (finding,) = amd_findings(ci, "schema")
+    assert "'stepz' was unexpected" in finding.message
+
+
+def test_amd_jobs_without_a_pool_are_named_by_their_label(ci):
+    amd_tree(ci).write(
+        ".buildkite/test-amd.yaml",
+        "steps:\n- label: K\n  commands: [x]\n- label: K\n  commands: [y]\n",
+    )
+    (twice,) = amd_findings(ci, "unique-labels")
+    assert twice.message.startswith("label ': K' is already used at")
+
+
+def test_unfolded_each_place_of_a_cause_is_a_finding_of_its_own(ci):
+    ci.write("tests/test_a.py", "def test_a():\n    pass\n").area(SHARED_ENTRY)
+    every = lint(ci.root, select={"stale-dependency"}, fold_causes=False)
+    assert [(f.line, f.also) for f in every] == [(5, ()), (8, ()), (8, ())]
+    assert sum("[mirror amd]" in f.message for f in every) == 1
+
+
+def test_a_substring_era_stale_entry_after_another_is_found_at_its_own_line(ci):
+    ci.write("tests/unit/test_a.py", "def test_a():\n    pass\n")
+    ci.area(SUBSTRING_STEP.format(entry="tests/unit/test_a") + "      - 'vllm/gone/'\n")
+    (finding,) = found(ci, "stale-dependency", APRIL)
+    assert finding.line == ci.line_of("'vllm/gone/'")
+
+
+def test_an_entry_written_from_here_ending_in_x_is_shown_whole(ci):
+    (finding,) = substring_tree(ci, "./vllm/X").findings("stale-dependency")
+    assert finding.hint == "write `vllm/X`"
