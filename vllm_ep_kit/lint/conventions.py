@@ -185,7 +185,6 @@ HISTORY: tuple[Change, ...] = (
         keys=frozenset({"concurrency", "concurrency_group"}),
     ),
 )
-NEWEST = HISTORY[-1].since
 
 
 @dataclass(frozen=True)
@@ -240,33 +239,36 @@ class Generator:
             return 1
         return num_devices if num_devices else 1
 
+    def pod_gpus(self, raw: dict) -> int | None:
+        """The GPUs of a step that runs as a Kubernetes pod, exactly what it asks for (None:
+        not a pod).  Pods: ``h100``, ``a100``, ``b200-k8s``, an AMD device (``mi325_4`` has
+        4), every step of the AMD template (``num_gpus``)."""
+        device, asked = raw.get("device"), raw.get(self.gpu_key)
+        if self.gpu_key == "num_gpus" or device in self.k8s_devices:
+            return asked or 1
+        amd = re.fullmatch(r"mi\d+_(\d+)", str(device))
+        return int(amd.group(1)) if amd else None
+
     def visible_gpus(self, raw: dict) -> int | None:
         """GPUs a step's job sees (None: the whole runner of its device, whose size the tree
-        does not say).  Kubernetes pods (``h100``, ``a100``, ``b200-k8s``; every AMD pod) get
-        exactly what the step asks for; the default pool's Docker runners pass every GPU of
-        the runner (``gpu_4_queue`` for 2 or 4 devices: 4, else ``gpu_1_queue``: 1)."""
-        device, asked = raw.get("device"), raw.get(self.gpu_key)
+        does not say).  A pod gets exactly what it asks for (:meth:`pod_gpus`); the default
+        pool's Docker runners pass every GPU of the runner (``gpu_4_queue`` for 2 or 4
+        devices: 4, else ``gpu_1_queue``: 1)."""
+        device = raw.get("device")
         if raw.get("no_gpu") or device in self.cpu_devices:
             return 0
         if device in self.one_gpu_devices:
             return 1
-        if self.gpu_key == "num_gpus" or device in self.k8s_devices:
-            return asked or 1
-        amd = re.fullmatch(r"mi\d+_(\d+)", str(device))  # an AMD pod: mi325_4 has 4
-        if amd:
-            return int(amd.group(1))
+        pod = self.pod_gpus(raw)
+        if pod is not None:
+            return pod
         if device is None:
-            return 4 if asked in (2, 4) else 1
+            return 4 if raw.get(self.gpu_key) in (2, 4) else 1
         return None
 
     def exact(self, raw: dict) -> bool:
         """Whether the step's job gets exactly the GPUs it asks for (a Kubernetes pod)."""
-        device = str(raw.get("device"))
-        return (
-            self.gpu_key == "num_gpus"
-            or device in self.k8s_devices
-            or re.fullmatch(r"mi\d+_\d+", device) is not None
-        )
+        return self.pod_gpus(raw) is not None
 
     def optional_runs(self) -> str:
         """The builds that run an optional step."""

@@ -95,7 +95,6 @@ class Pipeline:
     steps: list[Step] = field(default_factory=list)
     vllm_tree: bool = False
     pipelines: dict[str, set[str]] = field(default_factory=dict)  # ci_config -> area paths
-    generator: conventions.Generator = conventions.NEWEST_GENERATOR
     _files: list[str] | None = field(default=None, repr=False)
 
     def tree_files(self) -> list[str]:
@@ -148,7 +147,6 @@ def read_steps(
         areas=areas,
         vllm_tree=conventions.is_vllm_tree(root),
         pipelines=conventions.pipeline_members(root, [a.display for a in areas]),
-        generator=generator,
     )
     amd = conventions.amd_template(generator.as_of or None)
     for area in areas:
