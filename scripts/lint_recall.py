@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -244,4 +245,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # a stop from outside unwinds like Ctrl-C: the scratch trees are removed on the way
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # the scratch trees and git's reader are gone by now
+        print("lint_recall: interrupted", file=sys.stderr)
+        sys.exit(130)
