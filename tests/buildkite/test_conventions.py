@@ -61,7 +61,7 @@ steps:
   device: h100
   num_devices: 2
   source_file_dependencies:
-  - tests/distributed/test_pynccl
+  - tests/distributed/test_pynccl.py
   commands:
   - pytest -v -s distributed/test_pynccl.py
 - label: Comm ops from the workspace root
@@ -201,15 +201,19 @@ def test_entry_without_py_matches_nothing(tree):
     assert finding.hint == "write `tests/v1/test_engine.py`"
 
 
-def test_an_optional_steps_entries_are_not_judged_until_it_is_not_optional(tree):
-    plant(tree, "  optional: true\n", "")
+def test_an_optional_steps_entries_are_judged_and_say_when_they_count(tree):
+    plant(tree, "  - tests/distributed/test_pynccl.py\n", "  - tests/distributed/test_pynccl\n")
     finding = only(lint(tree), "stale-dependency")
     assert "'tests/distributed/test_pynccl' matches no change" in finding.message
     # the test it runs is then uncovered: the same cause, said by the same finding
     assert finding.message.endswith(
-        "the step runs tests/distributed/test_pynccl.py, so a change to it does not re-run the step"
+        "the step runs tests/distributed/test_pynccl.py, so a change to it does not re-run the "
+        "step (an optional step: this counts once it is not)"
     )
     assert [f for f in lint(tree) if f.rule == "uncovered"] == []
+    plant(tree, "  optional: true\n", "")
+    finding = only(lint(tree), "stale-dependency")
+    assert finding.message.endswith("so a change to it does not re-run the step")
 
 
 def test_an_entry_naming_nothing(tree):

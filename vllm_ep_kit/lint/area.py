@@ -108,7 +108,7 @@ class Area:
     data: Any
     root: yaml.Node | None
     display: str = ""
-    _lines: dict = field(default_factory=dict)
+    text: list[str] = field(default_factory=list, repr=False)  # the file's lines
 
     @classmethod
     def load(cls, path: Path, display: str | None = None) -> Area:
@@ -122,7 +122,9 @@ class Area:
                 f"expands to more than {MAX_NODES:,} YAML nodes (aliases of aliases?): not read",
             )
         data = None if root is None else yaml.SafeLoader("").construct_document(root)
-        return cls(path=path, data=data, root=root, display=display or str(path))
+        return cls(
+            path=path, data=data, root=root, display=display or str(path), text=text.splitlines()
+        )
 
     @staticmethod
     def shape_ok(step) -> bool:
@@ -159,5 +161,37 @@ class Area:
             line = node.start_mark.line + 1
         return line
 
-    def finding(self, keys: tuple, rule: str, message: str, hint: str = "") -> Finding:
-        return Finding(self.display, self.line(*keys), rule, message, hint)
+    def node(self, *keys) -> yaml.Node | None:
+        """The node at ``keys``, or None where the path leads nowhere."""
+        node = self.root
+        for key in keys:
+            if isinstance(node, yaml.MappingNode):
+                node = next((v for k, v in node.value if k.value == str(key)), None)
+            elif isinstance(node, yaml.SequenceNode) and isinstance(key, int):
+                node = node.value[key] if key < len(node.value) else None
+            else:
+                return None
+        return node
+
+    def word_line(self, keys: tuple, word: str) -> int:
+        """The line of ``word`` in the multi-line value at ``keys`` (a folded command),
+        trying shorter tails of a path (``v1/core`` for ``tests/v1/core``); else the value's
+        first line."""
+        line = self.line(*keys)
+        node = self.node(*keys)
+        if not isinstance(node, yaml.ScalarNode) or node.end_mark.line <= node.start_mark.line:
+            return line
+        span = self.text[node.start_mark.line : node.end_mark.line + 1]
+        parts = word.split("/")
+        for tail in ("/".join(parts[n:]) for n in range(len(parts))):
+            found = next((n for n, text in enumerate(span) if tail in text), None)
+            if tail and found is not None:
+                return node.start_mark.line + found + 1
+        return line
+
+    def finding(
+        self, keys: tuple, rule: str, message: str, hint: str = "", word: str = ""
+    ) -> Finding:
+        """A finding at the value at ``keys`` (at the line holding ``word`` in it, if given)."""
+        line = self.word_line(keys, word) if word else self.line(*keys)
+        return Finding(self.display, line, rule, message, hint)

@@ -25,6 +25,7 @@ NOT_RUN_AFTER = frozenset(
 )
 # pytest's options that leave a path out of what its other operands collect.
 LEAVE_OUT = frozenset({"--ignore", "--ignore-glob", "--deselect"})
+DESELECT = frozenset({"--deselect"})
 RUNNERS = frozenset({"pytest", "find"})  # their operands are test paths
 OPERAND = re.compile(r"[\w.*/-]*[A-Za-z_][\w.*/-]*")
 FILE_LIKE = re.compile(r"^(tests|scripts|benchmarks|examples)/|\.(py|sh|yaml|yml)$")
@@ -44,6 +45,9 @@ class CommandInfo:
     run_paths: list[str] = field(default_factory=list)
     # what ``--ignore`` / ``--ignore-glob`` / ``--deselect`` leave out, as repository paths
     ignored: list[str] = field(default_factory=list)
+    # each ``--deselect`` value as written, with the folder it was named in (a repository
+    # path; None outside the workspace): pytest matches it as a prefix of test ids
+    deselected: list[tuple[str, str | None]] = field(default_factory=list)
 
 
 def _resolve(cwd: str | None, word: str) -> str | None:
@@ -57,15 +61,22 @@ def _resolve(cwd: str | None, word: str) -> str | None:
     return None if joined.startswith("..") else joined
 
 
+def _option_value(words: list[str], pos: int, options: frozenset[str]) -> str | None:
+    """The value ``words[pos]`` gives one of ``options`` (``--opt=V``, or ``V`` after
+    ``--opt``), else None."""
+    option, equals, value = words[pos].partition("=")
+    if option in options and equals:
+        return value
+    if pos > 0 and words[pos - 1] in options:
+        return words[pos]
+    return None
+
+
 def _left_out(words: list[str], pos: int) -> str | None:
     """The path ``words[pos]`` leaves out (``--ignore=P``, or ``P`` after ``--ignore``); ''
     for a test id (``--deselect f.py::t`` leaves the rest of the file in); None otherwise."""
-    option, equals, value = words[pos].partition("=")
-    if option in LEAVE_OUT and equals:
-        path = value
-    elif pos > 0 and words[pos - 1] in LEAVE_OUT:
-        path = words[pos]
-    else:
+    path = _option_value(words, pos, LEAVE_OUT)
+    if path is None:
         return None
     return "" if "::" in path else path.rstrip("/")
 
@@ -112,6 +123,9 @@ def parse_commands(
                 cwd = _resolve(cwd, word)
                 continue
             inline = False
+            deselect = _option_value(words, pos, DESELECT)
+            if deselect:
+                info.deselected.append((deselect, cwd))
             left_out = _left_out(words, pos)
             if left_out is not None:
                 resolved = _resolve(cwd, left_out) if left_out else None
@@ -160,3 +174,4 @@ def _embedded(info: CommandInfo, text: str, folder: str, depth: int) -> None:
         info.repo_files.extend(inner.repo_files)
         info.run_paths.extend(inner.run_paths)
         info.ignored.extend(inner.ignored)
+        info.deselected.extend(inner.deselected)

@@ -77,13 +77,14 @@ class Step:
         return self.area.line(*self.keys, *more)
 
     def finding(
-        self, more: tuple[str | int, ...], rule: str, message: str, hint: str = ""
+        self, more: tuple[str | int, ...], rule: str, message: str, hint: str = "", word: str = ""
     ) -> Finding:
-        """A finding at ``more`` under this step; a mirror's finding on a value it inherits
-        points at the step's own line (lint folds the two into one)."""
+        """A finding at ``more`` under this step (at the line of ``word`` in a multi-line
+        value); a mirror's finding on a value it inherits points at the step's own line
+        (lint folds the two into one)."""
         if self.parent and more and more[0] not in self.parent.raw["mirror"][self.keys[-1]]:
-            return self.area.finding(self.parent.keys + more, rule, message, hint)
-        return self.area.finding(self.keys + more, rule, message, hint)
+            return self.area.finding(self.parent.keys + more, rule, message, hint, word)
+        return self.area.finding(self.keys + more, rule, message, hint, word)
 
 
 @dataclass

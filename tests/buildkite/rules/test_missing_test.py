@@ -273,3 +273,53 @@ def test_a_name_bound_nowhere_in_such_a_module_is_still_found(ci, selector, lack
 def test_a_star_import_may_bind_any_test_so_none_is_judged(ci):
     module = "from shared import *\n\n\ndef test_a():\n    pass\n"
     assert lint(ci, "pytest -v tests/test_mod.py::test_anything", module) == []
+
+
+def test_a_deselect_value_no_path_starts_with_is_found(ci):
+    (finding,) = lint(
+        ci, "pytest -v tests/test_mod.py --deselect=tests/test_plain[1-2] --deselect tests/test_m"
+    )
+    assert finding.line == ci.line_of("--deselect")
+    assert finding.message == (
+        "step 'unit' deselects tests/test_plain[1-2], but no test id starts with it: no path "
+        "in the tree does (nothing is deselected)"
+    )
+    assert finding.hint == "write the test id from the checkout's root: path.py::test[params]"
+
+
+def test_a_deselect_id_of_a_test_its_file_lacks_is_found(ci):
+    (finding,) = lint(ci, "pytest -v tests/test_mod.py --deselect tests/test_mod.py::test_gone[1]")
+    assert finding.message == (
+        "step 'unit' deselects tests/test_mod.py::test_gone[1], but tests/test_mod.py has no test "
+        "test_gone (nothing is deselected)"
+    )
+
+
+def test_a_deselect_id_of_a_file_that_does_not_exist_is_found(ci):
+    (finding,) = lint(ci, "pytest -v tests/test_mod.py --deselect=tests/test_lost.py::test_plain")
+    assert finding.message.endswith("but tests/test_lost.py is no file (nothing is deselected)")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "tests/test_mod.py::test_plain[1-2]",
+        "tests/test_mod.py::TestGroup::test_method",
+        "tests/test_mod.py",
+        "tests/test_m",  # a prefix of ids: pytest matches it as such
+        "test_mod.py::test_plain",  # from the folder it was named in
+        "$TESTS/test_mod.py::gone",  # the shell decides
+    ],
+)
+def test_a_deselect_value_that_deselects_something_is_clean(ci, value):
+    ci.write("tests/test_mod.py", MODULE).area(
+        """\
+        group: g
+        steps:
+          - label: unit
+            working_dir: /vllm-workspace/tests
+            commands:
+              - pytest -v test_mod.py --deselect {value}
+        """.replace("{value}", value)
+    )
+    assert ci.findings(RULE) == []

@@ -54,7 +54,7 @@ def test_each_missing_file_of_one_command_is_found(ci):
 
 
 def test_a_file_is_looked_up_from_the_working_dir_and_the_message_says_so(ci):
-    ci.write("test_gone.py").area(
+    ci.write("tests/other.py").area(
         """\
         group: g
         steps:
@@ -71,6 +71,77 @@ def test_a_file_is_looked_up_from_the_working_dir_and_the_message_says_so(ci):
         "step 'unit' runs test_gone.py (tests/test_gone.py from /vllm-workspace/tests), "
         "which does not exist"
     )
+
+
+def test_a_path_that_exists_from_another_folder_blames_the_working_dir(ci):
+    ci.write("tests/evals/test_gpqa.py").area(
+        """\
+        group: g
+        steps:
+          - label: eval
+            working_dir: /vllm-workspace/
+            commands:
+              - echo start
+              - pytest -v evals/test_gpqa.py
+        """
+    )
+    (finding,) = ci.findings(RULE)
+    assert finding.line == ci.line_of("working_dir:")
+    assert finding.message == (
+        "step 'eval' runs evals/test_gpqa.py from working_dir /vllm-workspace/, where it does "
+        "not exist; tests/evals/test_gpqa.py does"
+    )
+    assert finding.hint == (
+        "set working_dir to /vllm-workspace/tests, or write the path from /vllm-workspace/"
+    )
+
+
+def test_a_path_named_after_a_cd_does_not_blame_the_working_dir(ci):
+    ci.write("tests/evals/test_gpqa.py").area(
+        """\
+        group: g
+        steps:
+          - label: eval
+            working_dir: /vllm-workspace/tests
+            commands:
+              - cd /vllm-workspace && pytest -v evals/test_gpqa.py
+        """
+    )
+    (finding,) = ci.findings(RULE)
+    assert finding.line == ci.line_of("cd /vllm-workspace")
+    assert finding.message == "step 'eval' runs evals/test_gpqa.py, which does not exist"
+
+
+def test_a_default_working_dir_is_not_blamed(ci):
+    ci.write("tests/evals/test_gpqa.py").area(
+        """\
+        group: g
+        steps:
+          - label: eval
+            commands: [pytest -v evals/test_gpqa.py]
+        """
+    )
+    (finding,) = ci.findings(RULE)
+    assert finding.message == "step 'eval' runs evals/test_gpqa.py, which does not exist"
+
+
+def test_a_missing_file_in_a_folded_command_is_found_at_its_own_line(ci):
+    ci.area(
+        """\
+        group: g
+        steps:
+          - label: xpu
+            commands:
+              - >-
+                bash run.sh
+                'cd tests &&
+                pytest -v a/test_here.py &&
+                pytest -v a/test_gone.py'
+        """
+    )
+    ci.write("tests/a/test_here.py").write("run.sh")
+    (finding,) = ci.findings(RULE)
+    assert finding.line == ci.line_of("pytest -v a/test_gone.py")
 
 
 def test_a_file_that_exists_under_the_working_dir_is_clean(ci):

@@ -127,7 +127,7 @@ def test_an_entry_with_a_variable_is_not_checked(ci):
     assert _step(ci, "$GONE/tests") == []
 
 
-def test_an_optional_steps_entries_are_not_checked(ci):
+def test_an_optional_steps_entries_are_checked_and_say_when_they_count(ci):
     ci.area(
         """\
         group: g
@@ -138,7 +138,10 @@ def test_an_optional_steps_entries_are_not_checked(ci):
             source_file_dependencies: [tests/gone.py]
         """
     )
-    assert ci.findings("stale-dependency") == []
+    assert ci.messages("stale-dependency") == [
+        "step 'nightly': entry 'tests/gone.py' names nothing in the tree (an optional step: "
+        "this counts once it is not)"
+    ]
 
 
 def test_each_stale_entry_is_found_at_its_own_line_naming_its_step(ci):

@@ -1,5 +1,6 @@
-"""uncovered: a non-optional step runs a test or script in the tree that none of its
-``source_file_dependencies`` entries covers (a change to it does not re-run the step)."""
+"""uncovered: a step runs a test or script in the tree that none of its
+``source_file_dependencies`` entries covers (a change to it does not re-run the step); the
+uncovered paths of a step that share a folder are one finding."""
 
 from __future__ import annotations
 
@@ -59,13 +60,99 @@ def test_a_test_its_folder_lists_but_an_exclusion_removes_is_found(ci):
     assert finding.message.startswith("step 'unit' runs tests/unit/test_a.py, which ")
 
 
-def test_each_uncovered_file_of_a_command_is_found(ci):
-    found = _step(ci, "pytest -v tests/unit/test_a.py tests/unit/test_b.py")
-    assert [f.message.split(",")[0] for f in found] == [
-        "step 'unit' runs tests/unit/test_a.py",
-        "step 'unit' runs tests/unit/test_b.py",
+def test_the_uncovered_files_of_one_folder_are_one_finding(ci):
+    (finding,) = _step(ci, "pytest -v tests/unit/test_a.py tests/unit/test_b.py")
+    assert finding.message == (
+        "step 'unit' runs 2 paths under tests/unit/ that no entry of its "
+        "source_file_dependencies covers: tests/unit/test_a.py, tests/unit/test_b.py (a change "
+        "to them does not re-run the step)"
+    )
+    assert finding.hint == "add `tests/unit/` (or each path) to source_file_dependencies"
+    assert finding.line == ci.line_of("pytest -v")
+    assert finding.also == ()
+
+
+def test_a_group_is_found_at_its_first_line_and_lists_the_others(ci):
+    ci.write("tests/unit/test_a.py")
+    ci.write("tests/unit/test_b.py")
+    ci.write("tests/unit/deep/test_c.py")
+    ci.area(
+        """\
+        group: g
+        steps:
+          - label: unit
+            commands:
+              - pytest -v tests/unit/test_b.py
+              - pytest -v tests/unit/deep/test_c.py
+              - pytest -v tests/unit/test_a.py
+            source_file_dependencies: [tests/other.py]
+        """
+    )
+    (finding,) = ci.findings("uncovered")
+    assert finding.message.startswith(
+        "step 'unit' runs 3 paths under tests/unit/ that no entry of its "
+        "source_file_dependencies covers: tests/unit/test_b.py, tests/unit/deep/test_c.py, "
+        "tests/unit/test_a.py ("
+    )
+    assert finding.line == ci.line_of("test_b.py")
+    area = ".buildkite/test_areas/area.yaml"
+    assert finding.also == (
+        f"{area}:{ci.line_of('test_c.py')}",
+        f"{area}:{ci.line_of('test_a.py')}",
+    )
+
+
+def test_a_long_group_names_its_first_paths_and_counts_the_rest(ci):
+    names = [f"tests/many/test_{n}.py" for n in range(6)]
+    for name in names:
+        ci.write(name)
+    (finding,) = _step(ci, "pytest -v " + " ".join(names))
+    assert ", ".join(names[:4]) + " and 2 more (a change" in finding.message
+    assert names[4] not in finding.message
+
+
+def test_uncovered_files_of_two_folders_are_two_findings(ci):
+    ci.write("tests/other/test_c.py")
+    found = _step(ci, "pytest -v tests/unit/test_a.py tests/other/test_c.py", deps="[tests/x.py]")
+    assert [f.hint for f in found] == [
+        "add `tests/unit/test_a.py` (or its folder) to source_file_dependencies",
+        "add `tests/other/test_c.py` (or its folder) to source_file_dependencies",
     ]
-    assert {f.line for f in found} == {ci.line_of("pytest -v")}
+
+
+def test_a_folder_pytest_is_handed_is_checked_where_it_exists(ci):
+    ci.write("tests/reasoning/test_r.py")
+    ci.area(
+        """\
+        group: g
+        steps:
+          - label: unit
+            working_dir: /vllm-workspace/tests
+            commands: [pytest -v -s reasoning -p no:cacheprovider, pytest -v gone]
+            source_file_dependencies: [tests/other.py]
+        """
+    )
+    (finding,) = ci.findings("uncovered")
+    assert finding.message.startswith("step 'unit' runs tests/reasoning, which no entry ")
+
+
+def test_a_path_in_a_folded_command_is_found_at_its_own_line(ci):
+    ci.write("tests/unit/test_a.py")
+    ci.area(
+        """\
+        group: g
+        steps:
+          - label: unit
+            commands:
+              - >-
+                bash run.sh
+                'cd tests &&
+                pytest -v unit/test_a.py'
+            source_file_dependencies: [tests/other.py]
+        """
+    )
+    (finding,) = ci.findings("uncovered")
+    assert finding.line == ci.line_of("pytest -v unit/test_a.py")
 
 
 def test_only_the_uncovered_file_of_a_command_is_found(ci):
@@ -87,7 +174,7 @@ def test_a_step_without_dependencies_is_clean_as_it_runs_on_every_change(ci):
     assert _step(ci, "pytest -v tests/unit/test_a.py", deps="[]") == []
 
 
-def test_an_optional_step_is_not_checked(ci):
+def test_an_optional_step_is_checked_and_its_finding_says_when_it_counts(ci):
     ci.write("tests/unit/test_a.py")
     ci.area(
         """\
@@ -99,7 +186,10 @@ def test_an_optional_step_is_not_checked(ci):
             source_file_dependencies: [tests/other.py]
         """
     )
-    assert ci.findings("uncovered") == []
+    (finding,) = ci.findings("uncovered")
+    assert finding.message.endswith(
+        "(a change to it does not re-run the step) (an optional step: this counts once it is not)"
+    )
 
 
 def test_a_file_whose_change_runs_every_step_is_clean(ci):
@@ -174,7 +264,7 @@ def test_a_file_after_one_outside_the_tree_is_still_checked(ci):
     assert [f.message.split(",")[0] for f in found] == ["step 'unit' runs tests/unit/test_b.py"]
 
 
-def test_steps_after_an_optional_or_unlisted_step_are_still_checked(ci):
+def test_steps_after_an_unlisted_step_are_still_checked(ci):
     ci.write("tests/a.py")
     ci.area(
         """\
@@ -191,6 +281,9 @@ def test_steps_after_an_optional_or_unlisted_step_are_still_checked(ci):
             source_file_dependencies: [tests/b.py]
         """
     )
-    assert [f.message.split(",")[0] for f in ci.findings("uncovered")] == [
-        "step 'listed' runs tests/a.py"
-    ]
+    # one cause (tests/a.py uncovered): the listed step's place joins the first finding
+    (finding,) = ci.findings("uncovered")
+    assert finding.message.startswith("step 'nightly' runs tests/a.py")
+    area = ci.root / ".buildkite/test_areas/area.yaml"
+    lines = [n for n, t in enumerate(area.read_text().splitlines(), 1) if "tests/a.py]" in t]
+    assert finding.also == (f".buildkite/test_areas/area.yaml:{lines[-1]}",)

@@ -1,14 +1,21 @@
-"""``pytest file.py::name`` where ``name`` is no test in that file.
+"""``pytest file.py::name`` where ``name`` is no test in that file, and ``--deselect``
+values that deselect nothing.
 
 pytest then reports "no tests ran" or errors, and a step that greps its output or
 allows exit code 5 passes with nothing run.  Names are read with ``ast``: module-level
 ``test*`` functions (or names bound to something), ``Test*`` classes and their
 ``test*`` methods; ``[params]`` ids are stripped.
+
+pytest leaves out each test whose id starts with a ``--deselect`` value, silently: a
+value naming no file, or a test its file lacks, leaves everything in.  Ids are written
+from pytest's rootdir (vLLM's: the checkout's root); a value is judged wrong only when
+it fits neither that nor the folder it was named in.
 """
 
 from __future__ import annotations
 
 import ast
+import posixpath
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -90,10 +97,43 @@ def _named(i: CommandInfo) -> Iterator[tuple[str, str, str]]:
     return zip(*lists, strict=True)  # pragma: no mutate (equivalent: same length)
 
 
+def deselects_nothing(ctx: Pipeline, value: str, folder: str | None) -> str:
+    """Why ``--deselect value`` (named in ``folder``) deselects nothing, or ''."""
+    if any(mark in value for mark in ("$", "*", "{")):
+        return ""  # the shell decides
+    bases = dict.fromkeys(["", *([folder] if folder else [])])
+    file, marks, selector = value.partition("::")
+    if not marks:  # a prefix of test ids: a path, or where one starts
+        for base in bases:
+            start = posixpath.join(base, value) if base else value
+            if any(path.startswith(start) for path in ctx.tree_files()):
+                return ""
+        return "no test id starts with it: no path in the tree does"
+    for base in bases:
+        path = ctx.root / posixpath.normpath(posixpath.join(base, file))
+        if path.is_file():
+            lacking = missing(path, selector) if file.endswith(".py") else ""
+            return f"{file} has no test {lacking}" if lacking else ""
+    return f"{file} is no file"
+
+
 def check(ctx: Pipeline) -> list[Finding]:
     findings = []
     for step in ctx.steps:
         for info in step.parsed():
+            for value, folder in info.deselected:
+                why = deselects_nothing(ctx, value, folder)
+                if why:
+                    findings.append(
+                        step.finding(
+                            ("commands", info.index),
+                            RULE,
+                            f"step {step.label!r} deselects {value}, but {why} (nothing is "
+                            "deselected)",
+                            "write the test id from the checkout's root: path.py::test[params]",
+                            word=value,
+                        )
+                    )
             for written, repo, selector in _named(info):
                 if not selector or not repo.endswith(".py"):
                     continue  # "" (outside the workspace) is no .py file either
@@ -109,6 +149,7 @@ def check(ctx: Pipeline) -> list[Finding]:
                             f"step {step.label!r} runs {written}::{selector}, but {repo} has no "
                             f"test {lacking}",
                             f"fix the name, or run {written} whole",
+                            word=written,
                         )
                     )
     return findings

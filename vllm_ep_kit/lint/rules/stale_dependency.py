@@ -4,8 +4,8 @@ An entry matches a changed path exactly or as a folder prefix, so
 ``tests/distributed/test_pynccl`` (no ``.py``) matches no change at all: the step
 does not re-run when that test changes.  Nor does an entry written otherwise than the
 changed paths are (from the repository root, without ``./``, ``..``, ``//`` or a leading
-``/``), even where the file it points at exists.  Optional steps are skipped (the
-generator never consults their dependencies).
+``/``), even where the file it points at exists.  An optional step's entries are read
+only once it stops being optional; its findings say so.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import posixpath
 from typing import TYPE_CHECKING
 
 from vllm_ep_kit.lint import conventions
-from vllm_ep_kit.lint.pipeline import consulted_entries
 
 if TYPE_CHECKING:
     from vllm_ep_kit.lint.area import Finding
@@ -37,13 +36,18 @@ def check(ctx: Pipeline) -> list[Finding]:
     run_all = conventions.run_all_patterns(ctx.root)
 
     def report(step, index: int, entry: str, message: str, hint: str) -> None:
+        if step.optional:
+            message += " (an optional step: this counts once it is not)"
         finding = step.finding(
             ("source_file_dependencies", index), RULE, f"step {step.label!r}: {message}", hint
         )
         finding.cause = entry  # the same entry in other steps: one cause, one finding
         findings.append(finding)
 
-    for step, index, entry in consulted_entries(ctx.steps):
+    every = (
+        (step, index, entry) for step in ctx.steps for index, entry in enumerate(step.dependencies)
+    )
+    for step, index, entry in every:
         path = entry[1:] if entry.startswith("!") else entry
         if not path or any(mark in path for mark in ("*", "$")):
             continue
