@@ -882,6 +882,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+NEXT_TO = frozenset({"torch", "vllm"})  # what the kit installs next to, not with
+
+
 def main(argv: list[str] | None = None) -> int:
     from vllm_ep_kit.harness.skips import NotRunnableHere
     from vllm_ep_kit.harness.torch_logs import quiet_opaque_type_deprecations
@@ -897,6 +900,17 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except NotRunnableHere as exc:  # a requirement of the run is missing on this machine
         print(f"vllm-ep-kit {args.command}: cannot run here: {exc}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as exc:
+        # the kit installs next to vLLM; without it only lint-ci works (pyproject.toml)
+        if (exc.name or "").partition(".")[0] not in NEXT_TO:
+            raise
+        print(
+            f"vllm-ep-kit {args.command}: cannot run here: it needs torch and vLLM, and "
+            f"{exc.name} is not installed (pip install 'vllm-ep-kit[vllm]', or install the "
+            "kit into vLLM's environment)",
+            file=sys.stderr,
+        )
         return 1
 
 
