@@ -323,3 +323,32 @@ def test_a_deselect_value_that_deselects_something_is_clean(ci, value):
         """.replace("{value}", value)
     )
     assert ci.findings(RULE) == []
+
+
+@pytest.mark.parametrize("value", ["tests/test_*.py::gone", "tests/{a,b}.py::gone"])
+def test_a_deselect_value_the_shell_expands_is_not_judged(ci, value):
+    assert lint(ci, f"pytest -v tests/test_mod.py --deselect '{value}'") == []
+
+
+def test_a_deselect_id_of_a_file_that_is_not_python_is_not_judged_by_its_names(ci):
+    ci.write("tests/conf.yaml", "a: 1\n")
+    assert lint(ci, "pytest -v tests/test_mod.py --deselect tests/conf.yaml::x") == []
+
+
+def test_a_deselect_and_a_missing_test_in_a_folded_command_are_found_at_their_lines(ci):
+    ci.write("tests/test_mod.py", MODULE).area(
+        """\
+        group: g
+        steps:
+          - label: unit
+            commands:
+              - >-
+                pytest -v
+                tests/test_mod.py::test_gone
+                --deselect=tests/test_lost.py::test_plain
+        """
+    )
+    assert [(f.line, f.message.split(",")[0][:30]) for f in ci.findings(RULE)] == [
+        (ci.line_of("::test_gone"), "step 'unit' runs tests/test_mo"),
+        (ci.line_of("--deselect"), "step 'unit' deselects tests/te"),
+    ]

@@ -194,3 +194,57 @@ def test_a_missing_file_after_a_glob_in_the_same_command_is_still_found(ci):
 def test_a_missing_file_after_one_outside_the_checkout_is_still_found(ci):
     ci.area(STEP.format(command="python /opt/tools/runner.py tests/test_gone.py"))
     assert ci.messages(RULE) == ["step 'unit' runs tests/test_gone.py, which does not exist"]
+
+
+def test_a_working_dir_that_serves_the_steps_other_paths_is_not_blamed(ci):
+    ci.write("examples/features/tensorize.py").write("examples/basic/run.py").area(
+        """\
+        group: g
+        steps:
+          - label: examples
+            working_dir: /vllm-workspace/examples
+            commands:
+              - python3 basic/run.py
+              - python3 examples/features/tensorize.py
+        """
+    )
+    (finding,) = ci.findings(RULE)
+    assert finding.line == ci.line_of("python3 examples/features")
+    assert finding.message == (
+        "step 'examples' runs examples/features/tensorize.py (examples/examples/features/"
+        "tensorize.py from /vllm-workspace/examples), which does not exist"
+    )
+
+
+def test_a_path_that_exists_from_the_root_names_the_root_as_working_dir(ci):
+    ci.write("scripts/run.sh").area(
+        """\
+        group: g
+        steps:
+          - label: tools
+            working_dir: /vllm-workspace/tests
+            commands: [bash scripts/run.sh, bash scripts/gone.sh]
+        """
+    )
+    found = ci.findings(RULE)
+    assert [f.hint for f in found] == [
+        "set working_dir to /vllm-workspace, or write the path from /vllm-workspace/tests",
+        "fix the path or add the file",  # a path that exists nowhere: the path is wrong
+    ]
+    assert found[0].line == ci.line_of("working_dir:")
+
+
+def test_each_path_blaming_the_working_dir_is_its_own_finding(ci):
+    ci.write("tests/evals/test_a.py").write("tests/evals/test_b.py").area(
+        """\
+        group: g
+        steps:
+          - label: eval
+            working_dir: /vllm-workspace/
+            commands: [pytest -v evals/test_a.py evals/test_b.py]
+        """
+    )
+    assert [f.message.split(" from ")[0] for f in ci.findings(RULE)] == [
+        "step 'eval' runs evals/test_a.py",
+        "step 'eval' runs evals/test_b.py",
+    ]

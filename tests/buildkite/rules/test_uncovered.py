@@ -47,6 +47,10 @@ def test_a_test_folder_counts_as_itself(ci):
     assert _step(ci, "pytest -v tests/unit", deps="[tests/unit]") == []
 
 
+def test_a_test_whose_entry_lost_its_suffix_is_left_to_stale_dependency(ci):
+    assert _step(ci, "pytest -v tests/unit/test_a.py", deps="[tests/unit/test_a]") == []
+
+
 def test_a_test_its_own_entry_lists_is_clean(ci):
     assert _step(ci, "pytest -v tests/unit/test_a.py", deps="[tests/unit/test_a.py]") == []
 
@@ -82,8 +86,8 @@ def test_a_group_is_found_at_its_first_line_and_lists_the_others(ci):
         steps:
           - label: unit
             commands:
-              - pytest -v tests/unit/test_b.py
               - pytest -v tests/unit/deep/test_c.py
+              - pytest -v tests/unit/test_b.py
               - pytest -v tests/unit/test_a.py
             source_file_dependencies: [tests/other.py]
         """
@@ -91,13 +95,13 @@ def test_a_group_is_found_at_its_first_line_and_lists_the_others(ci):
     (finding,) = ci.findings("uncovered")
     assert finding.message.startswith(
         "step 'unit' runs 3 paths under tests/unit/ that no entry of its "
-        "source_file_dependencies covers: tests/unit/test_b.py, tests/unit/deep/test_c.py, "
+        "source_file_dependencies covers: tests/unit/deep/test_c.py, tests/unit/test_b.py, "
         "tests/unit/test_a.py ("
     )
-    assert finding.line == ci.line_of("test_b.py")
+    assert finding.line == ci.line_of("test_c.py")
     area = ".buildkite/test_areas/area.yaml"
     assert finding.also == (
-        f"{area}:{ci.line_of('test_c.py')}",
+        f"{area}:{ci.line_of('test_b.py')}",
         f"{area}:{ci.line_of('test_a.py')}",
     )
 
@@ -109,6 +113,14 @@ def test_a_long_group_names_its_first_paths_and_counts_the_rest(ci):
     (finding,) = _step(ci, "pytest -v " + " ".join(names))
     assert ", ".join(names[:4]) + " and 2 more (a change" in finding.message
     assert names[4] not in finding.message
+
+
+def test_a_group_of_four_names_them_all(ci):
+    names = [f"tests/many/test_{n}.py" for n in range(4)]
+    for name in names:
+        ci.write(name)
+    (finding,) = _step(ci, "pytest -v " + " ".join(names))
+    assert ", ".join(names) + " (a change" in finding.message
 
 
 def test_uncovered_files_of_two_folders_are_two_findings(ci):
@@ -128,12 +140,16 @@ def test_a_folder_pytest_is_handed_is_checked_where_it_exists(ci):
         steps:
           - label: unit
             working_dir: /vllm-workspace/tests
-            commands: [pytest -v -s reasoning -p no:cacheprovider, pytest -v gone]
+            commands: [pytest -v -s reasoning lora -p no:cacheprovider, pytest -v gone]
             source_file_dependencies: [tests/other.py]
         """
     )
-    (finding,) = ci.findings("uncovered")
-    assert finding.message.startswith("step 'unit' runs tests/reasoning, which no entry ")
+    ci.write("tests/lora/test_l.py")
+    # two folders of tests/: two entries to add, two findings
+    assert [f.hint for f in ci.findings("uncovered")] == [
+        "add `tests/reasoning` (or its folder) to source_file_dependencies",
+        "add `tests/lora` (or its folder) to source_file_dependencies",
+    ]
 
 
 def test_a_path_in_a_folded_command_is_found_at_its_own_line(ci):

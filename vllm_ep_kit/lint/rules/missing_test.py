@@ -101,11 +101,11 @@ def deselects_nothing(ctx: Pipeline, value: str, folder: str | None) -> str:
     """Why ``--deselect value`` (named in ``folder``) deselects nothing, or ''."""
     if any(mark in value for mark in ("$", "*", "{")):
         return ""  # the shell decides
-    bases = dict.fromkeys(["", *([folder] if folder else [])])
+    bases = dict.fromkeys(("", folder or ""))
     file, marks, selector = value.partition("::")
     if not marks:  # a prefix of test ids: a path, or where one starts
         for base in bases:
-            start = posixpath.join(base, value) if base else value
+            start = posixpath.join(base, value)
             if any(path.startswith(start) for path in ctx.tree_files()):
                 return ""
         return "no test id starts with it: no path in the tree does"

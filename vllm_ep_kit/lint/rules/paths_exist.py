@@ -3,7 +3,8 @@
 Each file is looked up from the folder it is named in: the step's ``working_dir``
 (vLLM's default ``/vllm-workspace/tests``), then any ``cd`` before it.  Where a path
 named from the step's own ``working_dir`` exists from the root or from ``tests/``
-instead, the ``working_dir`` is the cause, and the finding points at it.
+instead, and no path the step names exists where it looks, the ``working_dir`` is the
+cause, and the finding points at it.
 """
 
 from __future__ import annotations
@@ -64,9 +65,11 @@ def _working_dir_cause(ctx: Pipeline, step: Step, written: str, repo: str) -> Fi
         return None
     if repo != posixpath.normpath(posixpath.join(str(start), written)):
         return None  # named after a ``cd``: the working_dir is not the cause
+    if any((ctx.root / p).exists() for info in step.parsed() for p in info.repo_files if p):
+        return None  # it serves the step's other paths: the path is the cause
     for base in BASES:
         there = posixpath.normpath(posixpath.join(base, written))
-        if there != repo and (ctx.root / there).exists():
+        if (ctx.root / there).exists():  # not ``repo``: that one does not exist
             folder = posixpath.join(conventions.WORKSPACE, base) if base else conventions.WORKSPACE
             return step.finding(
                 ("working_dir",),
