@@ -308,6 +308,7 @@ def test_a_deselect_id_of_a_file_that_does_not_exist_is_found(ci):
         "tests/test_mod.py",
         "tests/test_m",  # a prefix of ids: pytest matches it as such
         "test_mod.py::test_plain",  # from the folder it was named in
+        "test_mod",  # a prefix of ids, from the folder it was named in
         "$TESTS/test_mod.py::gone",  # the shell decides
     ],
 )

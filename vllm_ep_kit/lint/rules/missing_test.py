@@ -101,7 +101,9 @@ def deselects_nothing(ctx: Pipeline, value: str, folder: str | None) -> str:
     """Why ``--deselect value`` (named in ``folder``) deselects nothing, or ''."""
     if any(mark in value for mark in ("$", "*", "{")):
         return ""  # the shell decides
-    bases = dict.fromkeys(("", folder or ""))
+    # from the root, then the folder it was named in (None: outside the workspace: a base
+    # naming no folder finds nothing)
+    bases = dict.fromkeys(("", folder or ""))  # pragma: no mutate (equivalent: finds nothing)
     file, marks, selector = value.partition("::")
     if not marks:  # a prefix of test ids: a path, or where one starts
         for base in bases:
