@@ -442,7 +442,8 @@ def _explain(root, path: str, form: str, generator) -> int:
             if on
         )
         print(
-            f"{row['where']}: {row['step']!r} {how}; {row['device']}, {row['gpus']} GPU(s)"
+            f"{row['where']}: {row['step']!r} {how}; {row['device']}, {row['gpus']} GPU(s) "
+            f"asked, its job sees {row['sees']}"
             + (", optional (runs only when asked for)" if row["optional"] else "")
         )
     automatic = [r for r in rows if r["runs_it"] and not r["optional"]]

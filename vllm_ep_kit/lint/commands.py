@@ -48,6 +48,8 @@ class CommandInfo:
     # each ``--deselect`` value as written, with the folder it was named in (a repository
     # path; None outside the workspace): pytest matches it as a prefix of test ids
     deselected: list[tuple[str, str | None]] = field(default_factory=list)
+    # the ``-k`` expression of the command that names each path (files and run paths)
+    keyword_of: dict[str, str] = field(default_factory=dict)
 
 
 def _resolve(cwd: str | None, word: str) -> str | None:
@@ -99,10 +101,17 @@ def parse_commands(
         info = CommandInfo(index=index, text=text, env=dict(exported))
         inline = True
         runner = ""
-        for pos, word in enumerate(words):
+        named: list[str] = []  # what this command of the line names, for its -k
+        keyword = ""
+        for pos, word in enumerate([*words, ";"]):  # a last separator ends the last command
             if word in ("&&", "||", ";", "|"):
-                inline, runner = True, ""
+                for path in named:  # a path also run without -k ("") runs whole
+                    if info.keyword_of.get(path) != "":
+                        info.keyword_of[path] = keyword
+                inline, runner, named, keyword = True, "", [], ""
                 continue
+            if pos > 0 and words[pos - 1] == "-k":
+                keyword = word
             if posixpath.basename(word) in RUNNERS:
                 runner = posixpath.basename(word)
                 inline = False
@@ -151,10 +160,12 @@ def parse_commands(
                 info.selectors.append(selector)
                 resolved = _resolve(cwd, path)
                 info.repo_files.append("" if resolved is None else resolved)
+                named.append(info.repo_files[-1])
             elif runner and not path.startswith("-") and OPERAND.fullmatch(path):
                 resolved = _resolve(cwd, path)
                 if resolved:
                     info.run_paths.append(resolved)
+                    named.append(resolved)
         parsed.append(info)
     return parsed
 
@@ -175,3 +186,4 @@ def _embedded(info: CommandInfo, text: str, folder: str, depth: int) -> None:
         info.run_paths.extend(inner.run_paths)
         info.ignored.extend(inner.ignored)
         info.deselected.extend(inner.deselected)
+        info.keyword_of.update(inner.keyword_of)

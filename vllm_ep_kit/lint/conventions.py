@@ -266,6 +266,25 @@ class Generator:
             return 4 if raw.get(self.gpu_key) in (2, 4) else 1
         return None
 
+    def gpu_floor(self, raw: dict) -> int | None:
+        """The GPUs a step's agent tags promise at least (``gpu: 2+``, Intel's runners;
+        Buildkite matches the tag as written, so the runners carrying it have them), or None."""
+        tags = raw.get("agent_tags") if "agent_tags" in self.step_keys else None
+        match = (
+            re.fullmatch(r"(\d+)\+?", str(tags.get("gpu", ""))) if isinstance(tags, dict) else None
+        )
+        return int(match.group(1)) if match else None
+
+    def sees(self, raw: dict) -> str:
+        """What a step's job sees, in words."""
+        visible = self.visible_gpus(raw)
+        if visible is not None:
+            return f"exactly {visible}" if self.exact(raw) else str(visible)
+        floor = self.gpu_floor(raw)
+        if floor is not None:
+            return f"at least {floor} (agent tag gpu: {raw['agent_tags']['gpu']})"
+        return "its whole runner (size not written in the tree)"
+
     def exact(self, raw: dict) -> bool:
         """Whether the step's job gets exactly the GPUs it asks for (a Kubernetes pod)."""
         return self.pod_gpus(raw) is not None

@@ -224,8 +224,9 @@ def explain(root: Path, path: str, generator: conventions.Generator | None = Non
             {
                 "step": step.label,
                 "where": f"{step.area.display}:{step.line()}",
-                "device": step.device or "default GPU pool",
+                "device": step.device or step.raw.get("agent_pool") or "default GPU pool",
                 "gpus": step.gpus,
+                "sees": step.generator.sees(step.raw),
                 "optional": step.optional,
                 "runs_it": runs,
                 "selected_by_it": lists,

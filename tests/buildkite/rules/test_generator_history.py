@@ -537,3 +537,31 @@ def test_a_substring_era_stale_entry_after_another_is_found_at_its_own_line(ci):
 def test_an_entry_written_from_here_ending_in_x_is_shown_whole(ci):
     (finding,) = substring_tree(ci, "./vllm/X").findings("stale-dependency")
     assert finding.hint == "write `vllm/X`"
+
+
+@pytest.mark.parametrize(
+    ("raw", "sees"),
+    [
+        ({"device": "h100", "num_devices": 2}, "exactly 2"),
+        ({"num_devices": 2}, "4"),  # gpu_4_queue passes its whole runner
+        ({"device": "h200_18gb"}, "1"),
+        ({"device": "cpu-small"}, "0"),
+        (
+            {"device": "intel_gpu", "agent_tags": {"label": "production", "gpu": "2+"}},
+            "at least 2 (agent tag gpu: 2+)",
+        ),
+        (
+            {"device": "intel_gpu", "agent_tags": {"gpu": "many"}},
+            "its whole runner (size not written in the tree)",
+        ),
+        ({"device": "b200"}, "its whole runner (size not written in the tree)"),
+    ],
+)
+def test_what_a_job_sees_is_said_in_words(raw, sees):
+    assert conventions.generator().sees(raw) == sees
+
+
+def test_agent_tags_promise_gpus_only_where_the_generator_reads_them():
+    raw = {"device": "intel_gpu", "agent_tags": {"gpu": "4+"}}
+    assert conventions.generator().gpu_floor(raw) == 4
+    assert conventions.generator("2026-05-01").gpu_floor(raw) is None  # read from 2026-06-15

@@ -4,6 +4,8 @@ for them run (so they skip in every automatic build)."""
 
 from __future__ import annotations
 
+import shlex
+
 import pytest
 import yaml
 
@@ -604,3 +606,41 @@ def test_a_bigger_step_running_it_after_leaving_it_out_runs_it(ci):
         num_devices=2,
     )
     assert lint_steps(ci, step("pytest -v tests/test_m.py", label="small"), bigger) == []
+
+
+# --- pytest -k: the marked tests a command leaves out --------------------------------------
+
+
+def test_a_marked_test_the_small_steps_k_leaves_out_is_clean(ci):
+    ci.write("tests/test_m.py", MARKED)
+    assert lint_steps(ci, step("pytest -v tests/test_m.py -k 'not two'", label="small")) == []
+
+
+@pytest.mark.parametrize(
+    "keyword",
+    ["two", "not one", "FLASHINFER", "not FLASHINFER", "test_m and not one", "(unclosed"],
+)
+def test_a_k_that_may_keep_the_marked_test_still_counts(ci, keyword):
+    ci.write("tests/test_m.py", MARKED)
+    small = step(f"pytest -v tests/test_m.py -k {shlex.quote(keyword)}", label="small")
+    assert [f.message for f in lint_steps(ci, small)] == [unmet("small", 1, "test_two", 2)]
+
+
+def test_a_bigger_step_whose_k_leaves_the_marked_test_out_does_not_run_it(ci):
+    ci.write("tests/test_m.py", MARKED)
+    small = step("pytest -v tests/test_m.py", label="small")
+    big = step("pytest -v tests/test_m.py -k 'not two'", label="big", num_devices=2)
+    assert [f.message for f in lint_steps(ci, small, big)] == [unmet("small", 1, "test_two", 2)]
+
+
+def test_a_bigger_steps_k_on_a_folder_counts_and_holds_only_for_its_command(ci):
+    ci.write("tests/test_m.py", MARKED)
+    small = step("pytest -v tests/test_m.py", label="small")
+    left_out = step("pytest -v tests -k 'not two'", label="big", num_devices=2)
+    assert len(lint_steps(ci, small, left_out)) == 1
+    for line in (
+        "pytest -v tests -k 'not two' && pytest -v tests",
+        "pytest -v tests && pytest -v tests -k 'not two'",
+    ):
+        kept = step(line, label="big", num_devices=2)
+        assert lint_steps(ci, small, kept) == [], line

@@ -15,7 +15,8 @@ multi-node steps (their sizes span nodes) are not judged.
 Tests marked for more GPUs (vLLM's ``@multi_gpu_test(num_gpus=N)`` /
 ``multi_gpu_only``, this kit's ``@pytest.mark.gpus(N)``, read with ``ast``) skip on a
 smaller step; that is a finding only when no step that may see enough GPUs runs
-them (by name, folder or glob; an optional step counts, as nightly builds run it).
+them (by name, folder or glob, less what its ``-k`` surely leaves out; an optional step
+counts, as nightly builds run it).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from vllm_ep_kit.lint.keywords import leaves_out
 from vllm_ep_kit.lint.rules.listed_not_run import glob_runs
 from vllm_ep_kit.lint.sources import python_tree
 
@@ -136,27 +138,37 @@ def _selected_test(selector: str) -> str:
     return selector.split("::")[0].split("[")[0]
 
 
-def _named_files(step) -> Iterator[tuple[int, str, str]]:
-    """(command index, repository path, pytest selector) of each file the step's commands name."""
+def _named_files(step) -> Iterator[tuple[int, str, str, str]]:
+    """(command index, repository path, pytest selector, its ``-k``) of each file the
+    step's commands name."""
     for info in step.parsed():
         for pos, repo in enumerate(info.repo_files):
-            yield info.index, repo, info.selectors[pos]
+            yield info.index, repo, info.selectors[pos], info.keyword_of.get(repo, "")
+
+
+def _kept(keyword: str, repo: str, test: str) -> bool:
+    """Whether a ``-k keyword`` may keep ``test`` of ``repo`` (its names: the test, the
+    file and the folders above it)."""
+    return not keyword or not leaves_out(keyword, [test, *repo.split("/")])
 
 
 def _runs_file(step, repo: str, test: str) -> bool:
     """Whether ``step`` runs that test of ``repo``: the file whole or that test, a folder
-    holding it or a glob matching it (less what its ``--ignore`` leaves out)."""
+    holding it or a glob matching it (less what its ``--ignore`` and ``-k`` leave out)."""
     for info in step.parsed():
         if any(glob_runs(left, repo) for left in info.ignored):
             continue
         for pos, path in enumerate(info.repo_files):
             selector = info.selectors[pos]
+            if not _kept(info.keyword_of.get(path, ""), repo, test):
+                continue
             if path == repo and (not selector or _selected_test(selector) == test):
                 return True
             if path != repo and path and glob_runs(path, repo):
                 return True
-        if any(glob_runs(path, repo) for path in info.run_paths if path):
-            return True
+        for path in info.run_paths:
+            if glob_runs(path, repo) and _kept(info.keyword_of.get(path, ""), repo, test):
+                return True
     return False
 
 
@@ -170,11 +182,15 @@ def _unmet_marks(ctx, step) -> list:
     """Findings for tests marked for more GPUs than the step's job sees, that no step whose
     job may see enough runs (an optional step counts: nightly builds run it)."""
     findings = []
-    for index, repo, selector in _named_files(step):
+    for index, repo, selector, keyword in _named_files(step):
         if not repo.endswith(".py"):
             continue
         name = _selected_test(selector)
-        marks = {k: v for k, v in marked_gpus(ctx.root / repo).items() if not name or k == name}
+        marks = {
+            k: v
+            for k, v in marked_gpus(ctx.root / repo).items()
+            if (not name or k == name) and _kept(keyword, repo, k)
+        }
         if not marks:
             continue
         test = max(marks, key=lambda k: marks[k])
