@@ -9,6 +9,7 @@ schema rule reports them), so no rule meets a ``commands: 5``.
 
 from __future__ import annotations
 
+import bisect
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,6 +98,8 @@ class Pipeline:
     vllm_tree: bool = False
     pipelines: dict[str, set[str]] = field(default_factory=dict)  # ci_config -> area paths
     _files: list[str] | None = field(default=None, repr=False)
+    _sorted: list[str] | None = field(default=None, repr=False)
+    _joined: str = field(default="", repr=False)
 
     def tree_files(self) -> list[str]:
         """Every file of the tree as a repository path (version control's own folder left
@@ -109,6 +112,20 @@ class Pipeline:
                 prefix = "" if base == "." else base + "/"
                 self._files.extend(prefix + name for name in files)
         return self._files
+
+    def has_path_with(self, part: str, how: str) -> bool:
+        """Whether a file of the tree starts with ``part`` (``how`` "prefix") or holds it
+        (``how`` "substring"): a sorted list and one joined text, built once, so each of a
+        vLLM tree's thousand entries costs a lookup, not a walk of its files."""
+        if not part:
+            return False
+        if self._sorted is None:
+            self._sorted = sorted(self.tree_files())
+            self._joined = "\n".join(self._sorted)
+        if how == "substring":
+            return "\n" not in part and part in self._joined
+        at = bisect.bisect_left(self._sorted, part)
+        return at < len(self._sorted) and self._sorted[at].startswith(part)
 
 
 def consulted_entries(steps: list[Step]):

@@ -55,7 +55,7 @@ def check(ctx: Pipeline) -> list[Finding]:
             continue  # whatever it names, a change there runs every step (csrc/): no effect
         reader = step.generator
         if reader.match in ("substring", "prefix"):
-            if not any(reader.dependency_matches(path, f) for f in ctx.tree_files()):
+            if not ctx.has_path_with(path, reader.match):
                 report(
                     step,
                     index,
