@@ -77,6 +77,10 @@ class Step:
     def line(self, *more) -> int:
         return self.area.line(*self.keys, *more)
 
+    def at(self, more: tuple[str | int, ...], word: str = "") -> Finding:
+        """A place under this step (a finding yet to be said), as :meth:`finding` chooses it."""
+        return self.finding(more, "", "", "", word)
+
     def finding(
         self, more: tuple[str | int, ...], rule: str, message: str, hint: str = "", word: str = ""
     ) -> Finding:

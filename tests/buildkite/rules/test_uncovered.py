@@ -303,3 +303,24 @@ def test_steps_after_an_unlisted_step_are_still_checked(ci):
     area = ci.root / ".buildkite/test_areas/area.yaml"
     lines = [n for n, t in enumerate(area.read_text().splitlines(), 1) if "tests/a.py]" in t]
     assert finding.also == (f".buildkite/test_areas/area.yaml:{lines[-1]}",)
+
+
+def test_a_folder_named_as_dot_is_the_whole_tree_and_not_judged(ci):
+    ci.write("tests/unit/test_a.py")
+    ci.area(
+        """\
+        group: g
+        steps:
+          - label: unit
+            working_dir: /vllm-workspace
+            commands: [pytest -v .]
+            source_file_dependencies: [tests/other.py]
+        """
+    )
+    assert ci.findings("uncovered") == []
+
+
+def test_a_file_after_one_whose_change_runs_every_step_is_still_checked(ci):
+    ci.write(".buildkite/ci_config.yaml", "run_all_patterns: ['scripts/']\n")
+    found = _step(ci, "bash scripts/run.sh tests/unit/test_a.py")
+    assert [f.message.split(",")[0] for f in found] == ["step 'unit' runs tests/unit/test_a.py"]

@@ -48,7 +48,7 @@ def check(ctx: Pipeline) -> list[Finding]:
                     continue
                 if conventions.runs_everything(changed, run_all):
                     continue  # a change to it runs every step
-                found[repo] = step.finding(("commands", info.index), RULE, "", word=repo)
+                found[repo] = step.at(("commands", info.index), word=repo)
         by_folder: dict[str, list[str]] = {}
         for repo in sorted(found, key=lambda path: path.count("/")):
             # its folder (a top-level one such as tests/ is too wide to be one entry)
@@ -79,6 +79,7 @@ def check(ctx: Pipeline) -> list[Finding]:
             others = (f"{found[p].path}:{found[p].line}" for p in paths[1:])
             finding = dataclasses.replace(
                 first,
+                rule=RULE,
                 message=message + optional,
                 hint=hint,
                 also=tuple(dict.fromkeys(place for place in others if place != here)),
