@@ -51,6 +51,10 @@ class CommandInfo:
     # the ``-k`` expression of the command that names each path (files and run paths)
     keyword_of: dict[str, str] = field(default_factory=dict)
 
+    def keyword(self, path: str) -> str:
+        """The ``-k`` the command gives ``path`` ('' for none: every test of it runs)."""
+        return self.keyword_of.get(path, "")
+
 
 def _resolve(cwd: str | None, word: str) -> str | None:
     """``word`` named in image folder ``cwd`` as a repository path (None: outside it)."""

@@ -117,19 +117,23 @@ class Pipeline:
                 self._files.extend(prefix + name for name in files)
         return self._files
 
-    def has_path_with(self, part: str, how: str) -> bool:
-        """Whether a file of the tree starts with ``part`` (``how`` "prefix") or holds it
-        (``how`` "substring"): a sorted list and one joined text, built once, so each of a
-        vLLM tree's thousand entries costs a lookup, not a walk of its files."""
-        if not part:
-            return False
+    def _index(self) -> list[str]:
         if self._sorted is None:
             self._sorted = sorted(self.tree_files())
             self._joined = "\n".join(self._sorted)
-        if how == "substring":
-            return "\n" not in part and part in self._joined
-        at = bisect.bisect_left(self._sorted, part)
-        return at < len(self._sorted) and self._sorted[at].startswith(part)
+        return self._sorted
+
+    def has_path_starting(self, part: str) -> bool:
+        """Whether a file of the tree starts with ``part``: a sorted list, built once, so each
+        of a vLLM tree's thousand entries costs a lookup, not a walk of its files."""
+        files = self._index()
+        at = bisect.bisect_left(files, part)
+        return bool(part) and at < len(files) and files[at].startswith(part)
+
+    def has_path_holding(self, part: str) -> bool:
+        """Whether a file of the tree holds ``part`` (one joined text, built once)."""
+        self._index()
+        return bool(part) and "\n" not in part and part in self._joined
 
 
 def consulted_entries(steps: list[Step]):

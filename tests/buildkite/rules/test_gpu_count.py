@@ -644,3 +644,10 @@ def test_a_bigger_steps_k_on_a_folder_counts_and_holds_only_for_its_command(ci):
     ):
         kept = step(line, label="big", num_devices=2)
         assert lint_steps(ci, small, kept) == [], line
+
+
+def test_a_bigger_step_runs_a_marked_test_after_another_file_its_k_leaves_out(ci):
+    ci.write("tests/test_m.py", MARKED).write("tests/test_z.py", MARKED)
+    small = step("pytest -v tests/test_m.py", label="small")
+    line = "pytest -v 'tests/test_*.py' -k 'not two' && pytest -v tests/test_m.py"
+    assert lint_steps(ci, small, step(line, label="big", num_devices=2)) == []

@@ -143,7 +143,7 @@ def _named_files(step) -> Iterator[tuple[int, str, str, str]]:
     step's commands name."""
     for info in step.parsed():
         for pos, repo in enumerate(info.repo_files):
-            yield info.index, repo, info.selectors[pos], info.keyword_of.get(repo, "")
+            yield info.index, repo, info.selectors[pos], info.keyword(repo)
 
 
 def _kept(keyword: str, repo: str, test: str) -> bool:
@@ -160,14 +160,14 @@ def _runs_file(step, repo: str, test: str) -> bool:
             continue
         for pos, path in enumerate(info.repo_files):
             selector = info.selectors[pos]
-            if not _kept(info.keyword_of.get(path, ""), repo, test):
+            if not _kept(info.keyword(path), repo, test):
                 continue
             if path == repo and (not selector or _selected_test(selector) == test):
                 return True
             if path != repo and path and glob_runs(path, repo):
                 return True
         for path in info.run_paths:
-            if glob_runs(path, repo) and _kept(info.keyword_of.get(path, ""), repo, test):
+            if glob_runs(path, repo) and _kept(info.keyword(path), repo, test):
                 return True
     return False
 

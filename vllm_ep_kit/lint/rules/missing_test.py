@@ -107,7 +107,7 @@ def deselects_nothing(ctx: Pipeline, value: str, folder: str | None) -> str:
     file, marks, selector = value.partition("::")
     if not marks:  # a prefix of test ids: a path, or where one starts
         for base in bases:
-            if ctx.has_path_with(posixpath.join(base, value), "prefix"):
+            if ctx.has_path_starting(posixpath.join(base, value)):
                 return ""
         return "no test id starts with it: no path in the tree does"
     for base in bases:

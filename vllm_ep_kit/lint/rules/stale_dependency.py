@@ -55,7 +55,10 @@ def check(ctx: Pipeline) -> list[Finding]:
             continue  # whatever it names, a change there runs every step (csrc/): no effect
         reader = step.generator
         if reader.match in ("substring", "prefix"):
-            if not ctx.has_path_with(path, reader.match):
+            anywhere = (
+                ctx.has_path_holding if reader.match == "substring" else ctx.has_path_starting
+            )
+            if not anywhere(path):
                 report(
                     step,
                     index,
