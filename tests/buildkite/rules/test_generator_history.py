@@ -565,3 +565,16 @@ def test_agent_tags_promise_gpus_only_where_the_generator_reads_them():
     raw = {"device": "intel_gpu", "agent_tags": {"gpu": "4+"}}
     assert conventions.generator().gpu_floor(raw) == 4
     assert conventions.generator("2026-05-01").gpu_floor(raw) is None  # read from 2026-06-15
+
+
+def test_a_substring_era_entry_matching_the_middle_of_a_path_is_not_stale(ci):
+    substring_tree(ci, "unit/test_a")  # inside tests/unit/test_a.py, not at its start
+    assert found(ci, "stale-dependency", APRIL) == []
+
+
+def test_the_amd_pipeline_finds_an_entry_that_only_the_middle_of_a_path_holds(ci):
+    amd_tree(ci)
+    amd = (ci.root / ".buildkite/test-amd.yaml").read_text()
+    (ci.root / ".buildkite/test-amd.yaml").write_text(amd.replace("vllm/gone/", "kernels/test_a"))
+    (stale,) = amd_findings(ci, "stale-dependency")
+    assert stale.message.startswith("step 'Kernels': entry 'kernels/test_a' is part of no path")

@@ -36,7 +36,7 @@ def check(ctx: Pipeline) -> list[Finding]:
         if not step.dependencies:
             continue  # no dependencies: the generator runs it on every change
         # an entry that lost its suffix is the cause: stale-dependency reports it
-        skip = {"", ".", *(meant(ctx.root, entry) for entry in step.dependencies)}
+        skip = {"", *(meant(ctx.root, entry) for entry in step.dependencies)}
         found: dict[str, Finding] = {}  # each uncovered path, at the line naming it
         for info in step.parsed():
             for repo in [*info.repo_files, *info.run_paths]:
