@@ -37,7 +37,8 @@ def torchrun_cli(nproc, *args, timeout=600):
         ({"world_sizes": [1]}, "--world-sizes: 1 is too small"),
         (
             {"backends": ["flashinfer_nvlink_one_sided"]},
-            "--backends: flashinfer_nvlink_one_sided is not usable on this machine",
+            "--backends: flashinfer_nvlink_one_sided is not usable on this machine: see "
+            "`vllm-ep-kit doctor`",
         ),
     ],
 )
@@ -186,6 +187,9 @@ def test_cli_doctor_json():
     }
     assert {"torch", "vllm", "flashinfer-python"} <= set(data["versions"])
     assert any(b["name"] == "flashinfer_nvlink_one_sided" for b in data["backends"])
+    # every name the installed vLLM accepts, each known to the kit's registry
+    assert data["accepted"]["readable"] and len(data["accepted"]["names"]) >= 12
+    assert all(row["kit_knows"] for row in data["accepted"]["names"]), data["accepted"]
     statuses = {p["name"]: p["status"] for p in data["patches"]}
     assert statuses == {
         "mnnvl_workspace_ep_group": "not needed",  # the pin has these fixes
@@ -252,8 +256,8 @@ def test_cli_check_table_in_a_pipe_keeps_every_name_whole():
     ) in result.stdout.splitlines()
 
 
-def test_doctor_tables_in_a_pipe_keep_every_cell_on_one_line(capsys):
-    from vllm_ep_kit.cli import _console, _print_doctor
+def test_doctor_in_a_pipe_fits_a_ci_log_with_names_whole_and_reasons_folded(capsys):
+    from vllm_ep_kit.cli import DOCTOR_PIPE_WIDTH, _console, _print_doctor
 
     long_reason = "needs CUDA GPUs; " + "none visible, " * 12 + "end of reason"
     report = {
@@ -268,6 +272,28 @@ def test_doctor_tables_in_a_pipe_keep_every_cell_on_one_line(capsys):
                 "software": "ok",
             }
         ],
+        "accepted": {
+            "readable": True,
+            "why": "",
+            "names": [
+                {
+                    "name": "flashinfer_all2allv",
+                    "runs_as": "flashinfer_nvlink_two_sided",
+                    "how": "alias",
+                    "sequence_parallel": False,
+                    "note": "alias of flashinfer_nvlink_two_sided",
+                    "kit_knows": True,
+                },
+                {
+                    "name": "moonep",
+                    "runs_as": "moonep",
+                    "how": "",
+                    "sequence_parallel": False,
+                    "note": "",
+                    "kit_knows": False,
+                },
+            ],
+        },
         "patches": [
             {
                 "name": "two_sided_dispatch_x_sf_guard",
@@ -277,17 +303,24 @@ def test_doctor_tables_in_a_pipe_keep_every_cell_on_one_line(capsys):
             }
         ],
     }
-    _print_doctor(report, _console(None))  # captured stdout is not a terminal
+    _print_doctor(report, _console(None, pipe_width=DOCTOR_PIPE_WIDTH))  # stdout: no terminal
     out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= 100
     for whole in (
         "flashinfer_nvlink_two_sided",
         "two_sided_dispatch_x_sf_guard",
         "vllm-project/vllm#41299",
         "handle_exchange",
+        "flashinfer_all2allv",
     ):
-        line = next(line for line in out.splitlines() if whole in line)
-        assert long_reason in line, line
+        assert any(whole in line for line in lines), whole
     assert "…" not in out
+    # a folded reason is all there, read down its column
+    cells = " ".join(line.split("│")[-2].strip() for line in lines if line.count("│") >= 4)
+    assert long_reason in cells
+    assert "names the installed vLLM accepts (2)" in out
+    assert "a backend of its own (unknown to this kit)" in " ".join(lines)
 
 
 @pytest.mark.parametrize("command", ["doctor", "check", "bench"])

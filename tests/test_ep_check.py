@@ -505,3 +505,12 @@ def test_a_run_gets_the_watchdog_limit_check_was_given():
     assert len(notes) == 3
     for note in notes:
         assert "no progress for 3 s" in note, note
+
+
+def test_a_named_backend_not_usable_here_is_refused_with_the_reason():
+    why = "Python module 'deep_ep' not installed"
+    with pytest.raises(CheckArgumentError) as raised:
+        plan(backends=["deepep_v2"], usable=[AGRS], unusable={"deepep_v2": why})
+    assert str(raised.value) == f"--backends: deepep_v2 is not usable on this machine: {why}"
+    with pytest.raises(CheckArgumentError, match=r"machine: see `vllm-ep-kit doctor`$"):
+        plan(backends=["deepep_v2"], usable=[AGRS], unusable={})

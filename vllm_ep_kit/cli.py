@@ -17,17 +17,24 @@ NO = "[red]no[/red]"
 # Width for output that is not a terminal (a CI log, a pipe, a file): wide enough that
 # no table cell is cut or wrapped; tables still take only the width their content needs.
 PIPE_WIDTH = 1000
+DOCTOR_PIPE_WIDTH = 100  # a CI log's width: doctor's long reasons fold, names stay whole
 
 
-def _console(width: int | None, *, stderr: bool = False, quiet: bool = False) -> Console:
-    """A console for ``--width``, or the terminal's width, or ``PIPE_WIDTH`` in a pipe.
+def _console(
+    width: int | None,
+    *,
+    stderr: bool = False,
+    quiet: bool = False,
+    pipe_width: int = PIPE_WIDTH,
+) -> Console:
+    """A console for ``--width``, or the terminal's width, or ``pipe_width`` in a pipe.
 
     rich falls back to 80 columns when its stream is not a terminal, which cut
     backend names and layouts ("allga…") in CI logs.
     """
     stream = sys.stderr if stderr else sys.stdout
     if width is None and not stream.isatty():
-        width = PIPE_WIDTH
+        width = pipe_width
     return Console(width=width, stderr=stderr, quiet=quiet)
 
 
@@ -40,17 +47,17 @@ def _print_doctor(report: dict, console: Console) -> None:
     console.print(versions)
 
     caps = Table(title="Capabilities", show_header=True)
-    caps.add_column("capability")
-    caps.add_column("ok")
+    caps.add_column("capability", no_wrap=True)
+    caps.add_column("ok", no_wrap=True)
     caps.add_column("detail", overflow="fold")
     for cap in report["capabilities"]:
         caps.add_row(cap["name"], OK if cap["ok"] else NO, cap["detail"])
     console.print(caps)
 
     table = Table(title="All-to-all backends", show_header=True)
-    table.add_column("backend")
-    table.add_column("usable here")
-    table.add_column("software")
+    table.add_column("backend", no_wrap=True)
+    table.add_column("usable here", no_wrap=True)
+    table.add_column("software", no_wrap=True)
     table.add_column("why / note", overflow="fold")
     for row in report["backends"]:
         why = row["reason"] if not row["usable"] else (row["note"] or "ok")
@@ -58,11 +65,27 @@ def _print_doctor(report: dict, console: Console) -> None:
         table.add_row(row["name"], OK if row["usable"] else NO, software, why)
     console.print(table)
 
+    accepted = report.get("accepted")
+    if accepted is not None:
+        names = Table(
+            title=f"--all2all-backend names the installed vLLM accepts ({len(accepted['names'])})",
+            show_header=True,
+        )
+        names.add_column("name", no_wrap=True)
+        names.add_column("sequence parallel", no_wrap=True)
+        names.add_column("how vLLM treats it", overflow="fold")
+        for row in accepted["names"]:
+            how = row["note"] or "a backend of its own"
+            if not row["kit_knows"]:
+                how += " (unknown to this kit)"
+            names.add_row(row["name"], OK if row["sequence_parallel"] else "-", how)
+        console.print(names if accepted["readable"] else f"vLLM's names: {accepted['why']}")
+
     fixes = Table(title="Hotfixes (vllm.general_plugins)", show_header=True)
-    fixes.add_column("patch")
-    fixes.add_column("status")
+    fixes.add_column("patch", no_wrap=True)
+    fixes.add_column("status", no_wrap=True)
     fixes.add_column("why", overflow="fold")
-    fixes.add_column("upstream")
+    fixes.add_column("upstream", no_wrap=True)
     colour = {
         "applied": "green",
         "not needed": "dim",
@@ -89,7 +112,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         json.dump(report, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        _print_doctor(report, _console(args.width))
+        _print_doctor(report, _console(args.width, pipe_width=DOCTOR_PIPE_WIDTH))
     return 0
 
 

@@ -63,11 +63,13 @@ def refusal(**overrides) -> str:
         ),
         (
             {"backends": ["nope"]},
-            f"--backends: unknown backend 'nope'; expected one of {BENCHABLE}",
+            "--backends: unknown backend 'nope'; expected one of "
+            + ", ".join(registry.known_names()),
         ),
         (
             {"backends": ["deepep_low_latency"]},
-            f"--backends: unknown backend 'deepep_low_latency'; expected one of {BENCHABLE}",
+            "--backends: bench cannot drive deepep_low_latency: it has no transport for it yet "
+            f"(it drives {BENCHABLE})",
         ),
         (
             {"backends": [AGRS, ONE]},
@@ -257,9 +259,12 @@ def test_a_backend_runs_only_the_dtypes_it_is_timed_in(toys):
 
 def test_backends_without_a_transport_or_bench_dtypes_are_not_benchable(toys):
     expected = f"{BENCHABLE}, {TOY}"
-    for name in (UNDRIVEN, UNBENCHED):
+    for name, why in (
+        (UNDRIVEN, "it has no transport for it yet"),
+        (UNBENCHED, "it times no payload through it"),
+    ):
         assert refusal(backends=[name], usable=[name]) == (
-            f"--backends: unknown backend {name!r}; expected one of {expected}"
+            f"--backends: bench cannot drive {name}: {why} (it drives {expected})"
         )
     assert refusal(dtypes=["int4"], usable=[UNDRIVEN]) == (
         "--dtypes: unknown dtype 'int4'; expected one of bf16, fp8"
@@ -289,3 +294,8 @@ def test_a_repeated_value_plans_each_point_once():
         "tokens=8 hidden=1024 bf16",
         "tokens=8 hidden=1024 fp8",
     ]
+
+
+def test_an_alias_is_planned_as_its_backend():
+    got = plan(backends=["flashinfer_all2allv"], usable=[TWO], unusable={})
+    assert [run.backend for run in got.runs] == [TWO]

@@ -30,7 +30,17 @@ from vllm_ep_kit.backends.usability import (
 )
 
 SHARED = frozenset(
-    {"exchange", "forward", "mnnvl", "registry", "spec", "transport", "usability", "vllm_experts"}
+    {
+        "accepted",
+        "exchange",
+        "forward",
+        "mnnvl",
+        "registry",
+        "spec",
+        "transport",
+        "usability",
+        "vllm_experts",
+    }
 )
 BUILT_IN = tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name not in SHARED))
 for _name in BUILT_IN:  # each registers its backend (name order = the order tools list them)

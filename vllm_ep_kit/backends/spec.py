@@ -40,12 +40,19 @@ class Needs:
     modules: tuple[str, ...] = ()  # importable modules it needs (e.g. deep_ep)
     pynccl: bool = False  # on GPUs its collectives go through vLLM's PyNccl
     vllm: bool = True  # runs inside vLLM's parallel state
+    rocm: bool = False  # AMD GPUs under ROCm only
+    multicast: bool = False  # NVSwitch multicast (SHARP) between the GPUs
+    nccl: str = ""  # the NCCL release it needs at least ("" none beyond torch's)
 
     def describe(self) -> str:
         """One line for skip reasons: what it needs beyond a CUDA GPU."""
-        parts: list[str] = []
+        parts: list[str] = ["ROCm"] if self.rocm else []
         if self.min_gpus > 1:
             parts.append(f"{self.min_gpus}+ GPUs" + (" with NVLink" if self.nvlink else ""))
+        if self.multicast:
+            parts.append("NVSwitch multicast")
+        if self.nccl:
+            parts.append(f"NCCL >= {self.nccl}")
         parts += [m.split(".")[0] for m in self.modules]
         return ", ".join(parts) or "CUDA GPUs"
 
@@ -78,6 +85,8 @@ class Backend:
     # "module:function" of the installed vLLM answering whether the installed FlashInfer
     # (or other package) offers what vLLM uses with this backend; "" when vLLM has none.
     vllm_has: str = ""
+    # where vLLM shows what the kit states here (its needs, its note), for a reader to check
+    source: str = ""
     applies_to: Callable[[ParallelLayout], str] = _ep_wider_than_one  # "" or why not
 
     def __post_init__(self) -> None:

@@ -30,6 +30,8 @@ class BackendStatus:
 
 def unmet(needs: Needs) -> str:
     """The first of ``needs`` this machine lacks, or ""."""
+    if needs.rocm:
+        return "needs AMD GPUs under ROCm (this kit probes NVIDIA hosts)"
     gpu_count = probes.gpu_count()
     if gpu_count == 0:
         return "" if needs.cpu_ok else "needs CUDA GPUs; none visible"
@@ -46,6 +48,10 @@ def unmet(needs: Needs) -> str:
     missing = missing_module(needs.modules)
     if missing:
         return missing
+    if needs.multicast:
+        return (
+            "needs NVSwitch multicast, which this kit does not probe (vLLM checks it at start-up)"
+        )
     if needs.pynccl and not probes.vllm_pynccl().ok:
         return probes.vllm_pynccl().detail
     return ""

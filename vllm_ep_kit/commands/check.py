@@ -177,9 +177,8 @@ def make_plan(
     )
     for name in chosen:
         if name not in usable:
-            raise CheckArgumentError(
-                f"--backends: {name} is not usable on this machine (see `vllm-ep-kit doctor`)"
-            )
+            why = (unusable or {}).get(name, "see `vllm-ep-kit doctor`")
+            raise CheckArgumentError(f"--backends: {name} is not usable on this machine: {why}")
     runs: list[CheckRun] = []
     # the default selection says which checkable backends it left out, and why
     skipped = (

@@ -54,7 +54,26 @@ def _collect() -> dict:
         "versions": probes.versions(),
         "capabilities": [c.as_dict() for c in checks],
         "backends": [asdict(b) for b in backends.usability(software=True)],
+        "accepted": _accepted_names(),
         "patches": _patch_statuses(),
+    }
+
+
+def _accepted_names() -> dict:
+    """The ``--all2all-backend`` names the installed vLLM accepts, as it treats them."""
+    from vllm_ep_kit.backends import accepted
+
+    try:
+        rows = accepted.accepted()
+    except accepted.NotReadable as exc:
+        return {"readable": False, "why": str(exc), "names": []}
+    known = set(backends.known_names())
+    return {
+        "readable": True,
+        "why": "",
+        "names": [
+            {**asdict(row), "note": row.describe(), "kit_knows": row.name in known} for row in rows
+        ],
     }
 
 

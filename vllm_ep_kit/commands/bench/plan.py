@@ -95,9 +95,18 @@ def make_bench_plan(
     given = []
     for asked in backends or []:
         name = names.get(asked)
-        if name not in benchable:
+        if name is None:
             raise BenchArgumentError(
-                f"--backends: unknown backend {asked!r}; expected one of {', '.join(benchable)}"
+                f"--backends: unknown backend {asked!r}; expected one of {', '.join(names)}"
+            )
+        if name not in benchable:
+            why = (
+                "it times no payload through it"
+                if registry.get(name).driven
+                else "it has no transport for it yet"
+            )
+            raise BenchArgumentError(
+                f"--backends: bench cannot drive {name}: {why} (it drives {', '.join(benchable)})"
             )
         given.append(name)
         if name not in usable:
