@@ -578,3 +578,21 @@ def test_the_amd_pipeline_finds_an_entry_that_only_the_middle_of_a_path_holds(ci
     (ci.root / ".buildkite/test-amd.yaml").write_text(amd.replace("vllm/gone/", "kernels/test_a"))
     (stale,) = amd_findings(ci, "stale-dependency")
     assert stale.message.startswith("step 'Kernels': entry 'kernels/test_a' is part of no path")
+
+
+@pytest.mark.parametrize(
+    ("include", "exclude", "path", "runs"),
+    [
+        (["csrc/", "setup.py"], [], "csrc/ops.cu", True),
+        (["csrc/", "setup.py"], [], "vllm/a.py", False),
+        (["csrc/"], ["csrc/docs/"], "csrc/docs/a.md", False),
+        (["[unclosed", "docker/"], [], "docker/Dockerfile", True),  # no expression: skipped
+        (["(?i)DOCKER/"], [], "docker/Dockerfile", True),  # inline flags: one by one
+        (["a/", "(?i)DOCKER/"], [], "vllm/a.py", False),
+        ([], [], "csrc/ops.cu", False),
+    ],
+)
+def test_a_change_runs_everything_where_an_include_and_no_exclude_pattern_match(
+    include, exclude, path, runs
+):
+    assert conventions.runs_everything(path, (include, exclude)) is runs
