@@ -141,52 +141,49 @@ class Area:
             return []
         return [(i, s) for i, s in enumerate(steps) if self.shape_ok(s)]
 
-    def line(self, *keys) -> int:
-        """1-based line of the value at ``keys`` (dict keys / list indexes); best effort."""
+    def _reached(self, keys: tuple) -> list[yaml.Node]:
+        """The nodes from the root along ``keys`` (dict keys / list indexes), as far as the
+        path leads."""
         node = self.root
-        line = 1 if node is None else node.start_mark.line + 1
+        reached = [] if node is None else [node]
         for key in keys:
             if isinstance(node, yaml.MappingNode):
                 # a node's key is its text (``1:`` reads as the int 1, written "1")
-                match = next((v for k, v in node.value if k.value == str(key)), None)
-                if match is None:
-                    return line
-                node = match
-            elif isinstance(node, yaml.SequenceNode) and isinstance(key, int):
-                if key >= len(node.value):
-                    return line
-                node = node.value[key]
-            else:
-                return line
-            line = node.start_mark.line + 1
-        return line
-
-    def node(self, *keys) -> yaml.Node | None:
-        """The node at ``keys``, or None where the path leads nowhere."""
-        node = self.root
-        for key in keys:
-            if isinstance(node, yaml.MappingNode):
                 node = next((v for k, v in node.value if k.value == str(key)), None)
             elif isinstance(node, yaml.SequenceNode) and isinstance(key, int):
                 node = node.value[key] if key < len(node.value) else None
             else:
-                return None
-        return node
+                node = None
+            if node is None:
+                break
+            reached.append(node)
+        return reached
+
+    def line(self, *keys) -> int:
+        """1-based line of the value at ``keys``; best effort (where the path stops)."""
+        reached = self._reached(keys)
+        return reached[-1].start_mark.line + 1 if reached else 1
 
     def word_line(self, keys: tuple, word: str) -> int:
         """The line of ``word`` in the multi-line value at ``keys`` (a folded command),
         trying shorter tails of a path (``v1/core`` for ``tests/v1/core``); else the value's
-        first line."""
-        line = self.line(*keys)
-        node = self.node(*keys)
-        if not isinstance(node, yaml.ScalarNode) or node.end_mark.line <= node.start_mark.line:
+        first line (:meth:`line`)."""
+        reached = self._reached(keys)
+        if not reached:
+            return 1
+        node = reached[-1]
+        line = node.start_mark.line + 1
+        whole = len(reached) == len(keys) + 1
+        if not whole or not isinstance(node, yaml.ScalarNode):
             return line
         span = self.text[node.start_mark.line : node.end_mark.line + 1]
+        if len(span) < 2:
+            return line
         parts = word.split("/")
         for tail in ("/".join(parts[n:]) for n in range(len(parts))):
             found = next((n for n, text in enumerate(span) if tail in text), None)
             if tail and found is not None:
-                return node.start_mark.line + found + 1
+                return line + found
         return line
 
     def finding(

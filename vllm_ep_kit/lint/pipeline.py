@@ -10,6 +10,7 @@ schema rule reports them), so no rule meets a ``commands: 5``.
 from __future__ import annotations
 
 import bisect
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,8 +103,6 @@ class Pipeline:
     vllm_tree: bool = False
     pipelines: dict[str, set[str]] = field(default_factory=dict)  # ci_config -> area paths
     _files: list[str] | None = field(default=None, repr=False)
-    _sorted: list[str] | None = field(default=None, repr=False)
-    _joined: str = field(default="", repr=False)
 
     def tree_files(self) -> list[str]:
         """Every file of the tree as a repository path (version control's own folder left
@@ -117,23 +116,24 @@ class Pipeline:
                 self._files.extend(prefix + name for name in files)
         return self._files
 
-    def _index(self) -> list[str]:
-        if self._sorted is None:
-            self._sorted = sorted(self.tree_files())
-            self._joined = "\n".join(self._sorted)
-        return self._sorted
+    @functools.cached_property
+    def _sorted_files(self) -> list[str]:
+        return sorted(self.tree_files())
+
+    @functools.cached_property
+    def _joined_files(self) -> str:
+        return "\n".join(self.tree_files())
 
     def has_path_starting(self, part: str) -> bool:
         """Whether a file of the tree starts with ``part``: a sorted list, built once, so each
         of a vLLM tree's thousand entries costs a lookup, not a walk of its files."""
-        files = self._index()
+        files = self._sorted_files
         at = bisect.bisect_left(files, part)
         return bool(part) and at < len(files) and files[at].startswith(part)
 
     def has_path_holding(self, part: str) -> bool:
         """Whether a file of the tree holds ``part`` (one joined text, built once)."""
-        self._index()
-        return bool(part) and "\n" not in part and part in self._joined
+        return bool(part) and "\n" not in part and part in self._joined_files
 
 
 def consulted_entries(steps: list[Step]):
