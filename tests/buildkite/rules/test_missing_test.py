@@ -300,6 +300,11 @@ def test_a_deselect_id_of_a_file_that_does_not_exist_is_found(ci):
     assert finding.message.endswith("but tests/test_lost.py is no file (nothing is deselected)")
 
 
+def test_a_deselect_id_without_its_file_says_it_names_none(ci):
+    (finding,) = lint(ci, "pytest -v tests/test_mod.py --deselect=::test_plain")
+    assert finding.message.endswith("but it names no file (nothing is deselected)")
+
+
 @pytest.mark.parametrize(
     "value",
     [

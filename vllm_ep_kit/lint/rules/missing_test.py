@@ -115,7 +115,7 @@ def deselects_nothing(ctx: Pipeline, value: str, folder: str | None) -> str:
         if path.is_file():
             lacking = missing(path, selector) if file.endswith(".py") else ""
             return f"{file} has no test {lacking}" if lacking else ""
-    return f"{file} is no file"
+    return f"{file} is no file" if file else "it names no file"
 
 
 def check(ctx: Pipeline) -> list[Finding]:
