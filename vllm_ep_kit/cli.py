@@ -670,6 +670,54 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     return exit_codes.bundle(manifest)
 
 
+VERDICT_COLOUR = {"ok": "green", "risky": "yellow", "will fail": "red"}
+
+
+def _print_preflight(report: dict, console: Console) -> None:
+    table = Table(
+        title=f"preflight: {' '.join(report['command'])}",
+        caption=f"host: {report['host']['source']}; vLLM {report['vllm']}",
+        show_header=True,
+    )
+    table.add_column("check", no_wrap=True)
+    table.add_column("verdict", no_wrap=True)
+    table.add_column("why", overflow="fold")
+    table.add_column("source", overflow="fold")
+    for row in report["checks"]:
+        colour = VERDICT_COLOUR.get(row["verdict"], "white")
+        table.add_row(row["name"], f"[{colour}]{row['verdict']}[/]", row["reason"], row["source"])
+    console.print(table)
+    verdict = report["verdict"]
+    console.print(f"[{VERDICT_COLOUR.get(verdict, 'white')}]{verdict}[/]", highlight=False)
+
+
+def cmd_preflight(args: argparse.Namespace) -> int:
+    from vllm_ep_kit.commands import preflight
+
+    serve = list(args.serve)
+    if serve and serve[0] == "--":
+        serve.pop(0)
+    if not serve:
+        print(
+            "vllm-ep-kit preflight: error: no serve command: give it after --, as "
+            "`vllm-ep-kit preflight -- MODEL --data-parallel-size 2 ...`",
+            file=sys.stderr,
+        )
+        return exit_codes.BAD_ARGUMENT
+    try:
+        host = preflight.host_from(args.host)
+        report = preflight.run(serve, host)
+    except (preflight.PreflightUsageError, preflight.HostFileError) as exc:
+        print(f"vllm-ep-kit preflight: error: {exc}", file=sys.stderr)
+        return exit_codes.BAD_ARGUMENT
+    if args.json:
+        json.dump(report, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        _print_preflight(report, _console(args.width, pipe_width=DOCTOR_PIPE_WIDTH))
+    return exit_codes.preflight(report)
+
+
 def _add_run_options(command: argparse.ArgumentParser) -> None:
     """What every command that runs ranks takes: its watchdog, JSON output, table width."""
     command.add_argument(
@@ -903,6 +951,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="a FlashInfer JIT cache built on a matching host, to ship along",
     )
     bundle.set_defaults(func=cmd_bundle)
+
+    preflight = sub.add_parser(
+        "preflight",
+        help="will this `vllm serve` command work on this machine (or --host), "
+        "before the model loads",
+        description="Checks a `vllm serve` command against a host with the installed "
+        "vLLM's own parser and config rules, the backend registry and the known bugs. "
+        "Exit 0: nothing will fail; 1: something will; 2: a usage error.",
+    )
+    preflight.add_argument("--json", action="store_true", help="the report as JSON")
+    preflight.add_argument(
+        "--host",
+        default=None,
+        metavar="FILE",
+        help="YAML/JSON describing the machine to check for (default: this one)",
+    )
+    preflight.add_argument(
+        "--width",
+        type=_positive_int,
+        default=None,
+        help="table width in columns (default: the terminal's; 100 in a pipe)",
+    )
+    preflight.add_argument(
+        "serve",
+        nargs=argparse.REMAINDER,
+        metavar="-- SERVE_ARGS",
+        help="the arguments of `vllm serve` (the model first)",
+    )
+    preflight.set_defaults(func=cmd_preflight)
     return parser
 
 

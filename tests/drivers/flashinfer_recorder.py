@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from vllm_ep_kit.patches.flashinfer_managers import FlashInferStandIn
+from vllm_ep_kit.patches.flashinfer_managers import FlashInferStandIn, one_sided_workspace_bytes
 
 WORKSPACE_WORDS = 8  # tiny stand-in rows; the shape's first dimension is what matters
 
@@ -99,13 +99,13 @@ class FlashInferAllocationRecorder(FlashInferStandIn):
 def workspace_bytes(
     ep_size, max_num_tokens, dispatch_bytes_per_token, combine_bytes_per_token
 ) -> int:
-    """The stand-in's per-rank workspace size for FlashInfer's ``MoeAlltoAll``: every EP
-    rank's tokens, dispatch and combine payloads (FlashInfer adds alignment; the stand-in
-    need not)."""
-    return (
-        int(ep_size)
-        * int(max_num_tokens)
-        * (int(dispatch_bytes_per_token) + int(combine_bytes_per_token))
+    """FlashInfer's per-rank workspace size for ``MoeAlltoAll``, as the stand-in answers
+    vLLM's size query (the kit's restatement of FlashInfer's, which ``preflight`` reports)."""
+    return one_sided_workspace_bytes(
+        int(ep_size),
+        int(max_num_tokens),
+        int(dispatch_bytes_per_token),
+        int(combine_bytes_per_token),
     )
 
 

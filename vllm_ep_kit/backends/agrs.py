@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, cast
 import torch
 
 from vllm_ep_kit.backends import registry
-from vllm_ep_kit.backends.spec import DP_SOURCES, TO_GROUP, Backend, Needs
+from vllm_ep_kit.backends.spec import ALL_FORMATS, DP_SOURCES, TO_GROUP, Backend, Needs
 from vllm_ep_kit.backends.transport import Dispatched, Transport, received
 from vllm_ep_kit.reference.layout import ParallelLayout
 from vllm_ep_kit.reference.moe import RoutingCase, Tokens, concat_tokens
@@ -114,5 +114,8 @@ BACKEND = registry.register(
         layer_quants=("bf16", "fp32", "fp8"),
         layer_driven=("bf16", "fp32"),
         takes_sp=True,
+        formats=ALL_FORMATS,
+        formats_source="vllm/model_executor/layers/fused_moe/prepare_finalize/naive_dp_ep.py "
+        "(quantised before the all-gather, as the layer says)",
     )
 )

@@ -322,6 +322,10 @@ BACKEND = registry.register(
         layer_quants=("bf16", "fp8", "nvfp4"),
         layer_driven=("bf16", "fp8"),
         takes_sp=True,
+        formats=("bf16", "fp8-block", "nvfp4", "mxfp8"),
+        refuses=("fp8",),
+        formats_source="vllm/model_executor/layers/fused_moe/all2all_utils.py (one-sided "
+        "dispatch: nvfp4, mxfp8, DeepSeek blockwise fp8 and bf16; others NotImplementedError)",
     )
 )
 # The same kernels on FlashInfer's own MoeAlltoAll, for the kernel tests (not registered).

@@ -16,7 +16,7 @@ import torch
 
 from vllm_ep_kit.backends import registry
 from vllm_ep_kit.backends.mnnvl import NVLINK_NEEDS, DirectTransport, ManagerTransport
-from vllm_ep_kit.backends.spec import Backend
+from vllm_ep_kit.backends.spec import ALL_FORMATS, Backend
 from vllm_ep_kit.backends.transport import Dispatched, Transport, received
 from vllm_ep_kit.patches.flashinfer_managers import TWO_SIDED_MANAGER, WorkspaceShape
 from vllm_ep_kit.reference.moe import RoutingCase, Tokens
@@ -154,6 +154,9 @@ BACKEND = registry.register(
         layer_quants=("bf16", "fp8", "nvfp4"),
         layer_driven=("bf16", "fp8"),
         takes_sp=False,
+        formats=ALL_FORMATS,
+        formats_source="vllm/model_executor/layers/fused_moe/prepare_finalize/"
+        "flashinfer_nvlink_two_sided.py (quantised before the all-to-all, as the layer says)",
     )
 )
 # The same kernels on FlashInfer's own workspaces, for the kernel tests (not registered).

@@ -27,6 +27,8 @@ EP_SOURCES = "ep"  # every EP rank dispatches its own tokens
 # Where ``dispatch`` delivers a token:
 TO_OWNERS = "owners"  # once to each EP rank owning one of its experts (token-routed)
 TO_GROUP = "group"  # to every rank of the group (all-gather)
+# every MoE activation format the kit names (Backend.formats)
+ALL_FORMATS = ("bf16", "fp8", "fp8-block", "nvfp4", "mxfp8", "mxfp4")
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,16 @@ class Backend:
     vllm_has: str = ""
     # where vLLM shows what the kit states here (its needs, its note), for a reader to check
     source: str = ""
+    # The MoE activation formats vLLM moves through it as they are ("bf16", "fp8-block",
+    # "fp8", "nvfp4", "mxfp8", "mxfp4"); a format not named is dispatched in bf16 and
+    # quantised after.  ``refuses``: formats vLLM fails on with this backend ("quantized":
+    # any quantisation).  ``formats_source``: the vLLM code that shows both.
+    formats: tuple[str, ...] = ()
+    refuses: tuple[str, ...] = ()
+    formats_source: str = ""
+    # What vLLM does to CUDA graphs with it beyond what its CompilationConfig decides
+    # (preflight asks that): "" nothing, else the statement and its source.
+    graphs: str = ""
     applies_to: Callable[[ParallelLayout], str] = _ep_wider_than_one  # "" or why not
 
     def __post_init__(self) -> None:

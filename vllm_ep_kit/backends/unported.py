@@ -12,6 +12,14 @@ from vllm_ep_kit.backends import registry
 from vllm_ep_kit.backends.spec import Backend, Needs
 
 COMMUNICATOR = "vllm/distributed/device_communicators"
+PREPARE_FINALIZE = "vllm/model_executor/layers/fused_moe/prepare_finalize"
+# DeepEP moves block-quantised fp8 as it is (high throughput: any block shape; low
+# latency: 128x128 blocks only); other quantisations go as bf16 and are quantised after.
+DEEPEP_FORMATS = {
+    "deepep_high_throughput": ("bf16", "fp8-block"),
+    "deepep_low_latency": ("bf16", "fp8-block"),
+}
+DEEPEP_FILES = {"deepep_high_throughput": "deepep_ht.py", "deepep_low_latency": "deepep_ll.py"}
 
 for _name in ("deepep_high_throughput", "deepep_low_latency"):
     registry.register(
@@ -23,6 +31,8 @@ for _name in ("deepep_high_throughput", "deepep_low_latency"):
             layer_quants=("bf16", "fp8"),
             takes_sp=True,
             source=f"{COMMUNICATOR}/all2all.py (DeepEPAll2AllManagerBase: assert has_deep_ep())",
+            formats=DEEPEP_FORMATS[_name],
+            formats_source=f"{PREPARE_FINALIZE}/{DEEPEP_FILES[_name]}",
         )
     )
 registry.register(
@@ -35,6 +45,8 @@ registry.register(
         takes_sp=True,
         source="vllm/utils/import_utils.py (DEEPEP_V2_MIN_NCCL_VERSION_RAW, has_deep_ep_v2); "
         f"{COMMUNICATOR}/all2all.py (DeepEPV2All2AllManager)",
+        formats=("bf16", "fp8-block", "mxfp8"),
+        formats_source=f"{PREPARE_FINALIZE}/deepep_v2.py (combine requires bfloat16)",
     )
 )
 for _name in ("mori_high_throughput", "mori_low_latency"):
@@ -47,6 +59,8 @@ for _name in ("mori_high_throughput", "mori_low_latency"):
             vllm_has="vllm.utils.import_utils:has_mori",
             takes_sp=True,
             source=f"{COMMUNICATOR}/all2all.py (MoriAll2AllManager: on_gfx942() or on_gfx950())",
+            formats=("bf16", "fp8", "fp8-block", "mxfp4"),
+            formats_source="vllm/model_executor/layers/fused_moe/all2all_utils.py (MoRI)",
         )
     )
 registry.register(
@@ -58,6 +72,13 @@ registry.register(
         vllm_has="vllm.utils.import_utils:has_moonep",
         source="vllm/utils/import_utils.py (check_moonep_system_support: NVSwitch multicast); "
         "vllm/config/vllm.py (moonep: BF16 models only)",
+        formats=("bf16",),
+        refuses=("quantized",),
+        formats_source="vllm/config/vllm.py (VllmConfig: 'currently supports unquantized BF16 "
+        "models only'); "
+        f"{PREPARE_FINALIZE}/moonep.py",
+        graphs="vLLM runs it eager: it turns CUDA graphs off (vllm/config/vllm.py, 'MoonEP: "
+        "Disabling CUDA Graphs')",
     )
 )
 registry.register(
@@ -68,6 +89,8 @@ registry.register(
         vllm_has="vllm.utils.import_utils:has_nixl_ep",
         takes_sp=True,
         source=f"{COMMUNICATOR}/all2all.py (NixlEPAll2AllManager)",
+        formats=("bf16", "fp8-block"),
+        formats_source=f"{PREPARE_FINALIZE}/nixl_ep.py",
     )
 )
 registry.register(

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import platform
-from collections.abc import Iterator
 from dataclasses import asdict
 
 from vllm_ep_kit import backends
@@ -15,22 +12,8 @@ from vllm_ep_kit.harness import probes
 
 def collect() -> dict:
     """Run every probe once; return a JSON-ready report."""
-    with _library_notes_held_back():
+    with probes.library_notes_held_back():
         return _collect()
-
-
-@contextlib.contextmanager
-def _library_notes_held_back() -> Iterator[None]:
-    """What the libraries log at warning level or below while the probes import them
-    (vLLM's platform notes on a host without its compiled ops, torch's guess of CUDA_HOME)
-    stays out of the output: doctor's output is its report, and the report says what those
-    notes are about (the vllm, gpus and kernel rows).  Errors still get through."""
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        yield
-    finally:
-        logging.disable(previous)
 
 
 def _collect() -> dict:

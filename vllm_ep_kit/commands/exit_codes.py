@@ -45,3 +45,8 @@ def lint_ci(findings: Sequence[object]) -> int:
 def bundle(manifest: Mapping[str, Any]) -> int:
     """``bundle``: failed when any wheel could not be fetched (the bundle is incomplete)."""
     return FAILED if manifest["wheel_failures"] else PASSED
+
+
+def preflight(report: Mapping[str, Any]) -> int:
+    """``preflight``: failed when any check says the command will fail (risky passes)."""
+    return FAILED if any(c["verdict"] == "will fail" for c in report["checks"]) else PASSED

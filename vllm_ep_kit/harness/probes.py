@@ -8,13 +8,16 @@ CUDA context (spawned ranks must be able to own their GPUs).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata
 import importlib.util
+import logging
 import os
 import platform
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 CAP_SYS_PTRACE_BIT = 19
@@ -32,6 +35,20 @@ class Probe:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+@contextlib.contextmanager
+def library_notes_held_back() -> Iterator[None]:
+    """What the libraries log at warning level or below while a command imports them
+    (vLLM's platform notes on a host without its compiled ops, torch's guess of CUDA_HOME)
+    stays out of the output: doctor's and preflight's output is their report, which says
+    what those notes are about.  Errors still get through."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
 
 
 # --------------------------------------------------------------------------- versions
@@ -95,10 +112,9 @@ def gpus() -> Probe:
         return Probe("gpus", False, f"no NVIDIA driver ({exc})", {"count": 0})
     try:
         count = pynvml.nvmlDeviceGetCount()
-        names = [
-            _str(pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i)))
-            for i in range(count)
-        ]
+        handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+        names = [_str(pynvml.nvmlDeviceGetName(h)) for h in handles]
+        memory = [pynvml.nvmlDeviceGetMemoryInfo(h) for h in handles]
         driver = _str(pynvml.nvmlSystemGetDriverVersion())
     finally:
         pynvml.nvmlShutdown()
@@ -106,9 +122,16 @@ def gpus() -> Probe:
     if visible is not None:
         ids = [v for v in visible.split(",") if v.strip() and v.strip() != "-1"]
         count = min(count, len(ids))
-        names = names[:count]
+        names, memory = names[:count], memory[:count]
     detail = f"{count} GPU(s)" + (f": {', '.join(names)}; driver {driver}" if count else "")
-    return Probe("gpus", count > 0, detail, {"count": count, "names": names})
+    data = {
+        "count": count,
+        "names": names,
+        "driver": driver,
+        "total_bytes": [int(m.total) for m in memory],
+        "free_bytes": [int(m.free) for m in memory],
+    }
+    return Probe("gpus", count > 0, detail, data)
 
 
 def gpu_count() -> int:

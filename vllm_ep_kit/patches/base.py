@@ -40,8 +40,20 @@ class PatchStatus:
         return dict(self.__dict__)
 
 
+@dataclass(frozen=True)
+class Serving:
+    """What a serve command sets up, as far as a bug's reach depends on it (``Patch.bites``)."""
+
+    all2all_backend: str
+    tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
+    expert_parallel: bool = False
+    elastic_ep: bool = False
+    activation_format: str = "bf16"  # the MoE activations: "bf16" unquantised, "fp8-block", ...
+
+
 class Patch:
-    """Subclass and fill in the class attributes and the three methods."""
+    """Subclass and fill in the class attributes and the three methods (and ``bites``)."""
 
     name: str = ""
     summary: str = ""
@@ -55,6 +67,11 @@ class Patch:
     def probe(self) -> tuple[bool, str]:
         """(bug present?, what was observed).  May raise UnrecognisedShape."""
         raise NotImplementedError
+
+    def bites(self, serving: Serving) -> str:
+        """How serving ``serving`` fails where the bug is present ("": it does not reach
+        the bug, or the bug costs no failure).  ``preflight`` asks it."""
+        return ""
 
     def apply(self) -> None:
         raise NotImplementedError

@@ -37,6 +37,58 @@ class WorkspaceShape:
         return max(0, self.x_bytes_per_token + self.x_sf_bytes_per_token - row_bytes_per_token)
 
 
+# FlashInfer's MoeAlltoAll workspace, per rank (``moe_a2a_get_workspace_size_per_rank``):
+# a header of counters and flags, then every EP rank's dispatch and combine rows.  The
+# header's size is computed by FlashInfer's compiled module (host arithmetic, no GPU),
+# which a CPU machine cannot build; its layout is restated here: 128-byte aligned
+# regions for the flag and counters (8 bytes + two int32 per rank), the dispatch and
+# combine completion flags (an int32 per rank each), and two int32 tables of
+# ``MAX_TOP_K`` slots per token (target ranks, send indices).
+ALIGN = 128
+MAX_TOP_K = 22  # FlashInfer's kMaxTopK
+ROUTING_BYTES_PER_SLOT = 8  # per top-k slot of a token: an int32 expert id, an fp32 weight
+
+
+def _aligned(size: int) -> int:
+    return -(-size // ALIGN) * ALIGN
+
+
+def one_sided_header_bytes(ep_size: int, max_num_tokens: int) -> int:
+    """The header of FlashInfer's one-sided workspace, per rank."""
+    offset = _aligned(8 + 8 * ep_size)
+    offset = _aligned(offset + 4 * ep_size)
+    offset = _aligned(offset + 4 * ep_size)
+    offset = _aligned(offset + 4 * MAX_TOP_K * max_num_tokens)
+    return _aligned(offset + 4 * MAX_TOP_K * max_num_tokens)
+
+
+def one_sided_workspace_bytes(
+    ep_size: int, max_num_tokens: int, dispatch_bytes_per_token: int, combine_bytes_per_token: int
+) -> int:
+    """What FlashInfer's one-sided all-to-all allocates per rank for these sizes."""
+    return (
+        one_sided_header_bytes(ep_size, max_num_tokens)
+        + _aligned(ep_size * max_num_tokens * dispatch_bytes_per_token)
+        + _aligned(ep_size * max_num_tokens * combine_bytes_per_token)
+    )
+
+
+# FlashInfer's two-sided (MnnvlMoe) workspaces do not depend on the model: per rank, a
+# channel of 2 MiB + 256 bytes per peer for each channel the kernel runs (half the GPU's
+# SMs, split between send and receive and over the 8-GPU groups of the EP group), and
+# a prepare workspace of 1 MiB + 256 bytes per peer.  Measured on H200 (132 SMs): a
+# (2, 17303616) uint64 workspace on 2 ranks.
+TWO_SIDED_CHANNEL_BYTES = (2 << 20) + 256
+TWO_SIDED_PREPARE_BYTES = (1 << 20) + 256
+
+
+def two_sided_workspace_bytes(ep_size: int, sm_count: int) -> tuple[int, int]:
+    """(workspace, prepare workspace) bytes per rank of FlashInfer's two-sided all-to-all."""
+    groups = -(-ep_size // 8)
+    channels = max(sm_count // 2 // (2 * groups), 1)
+    return ep_size * channels * TWO_SIDED_CHANNEL_BYTES, ep_size * TWO_SIDED_PREPARE_BYTES
+
+
 def one_sided_initialize_kwargs(manager, shape: WorkspaceShape) -> dict:
     """Arguments for the one-sided ``initialize`` of the installed vLLM.
 

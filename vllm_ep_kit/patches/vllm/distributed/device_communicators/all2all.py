@@ -69,6 +69,7 @@ from typing import Any, ClassVar
 
 from vllm_ep_kit.patches.base import (
     Patch,
+    Serving,
     UnrecognisedShape,
     swapped,
     unwrap,
@@ -84,6 +85,11 @@ from vllm_ep_kit.patches.flashinfer_managers import (
 )
 
 _PATCHED_ATTR = "__vllm_ep_kit_ep_group__"
+FLASHINFER_NVLINK_BACKENDS = (
+    "flashinfer_nvlink_one_sided",
+    "flashinfer_nvlink_two_sided",
+    "flashinfer_all2allv",
+)
 
 
 class _GroupRecorder(FlashInferStandIn):
@@ -203,6 +209,19 @@ class MnnvlWorkspaceOnEpGroup(Patch):
     affected = "0.18.0, 0.19.0, 0.19.1"
     requires = ("vllm", "flashinfer")
     triggers = tuple(f"{ALL2ALL}:{cls}.initialize" for cls in MANAGER_CLASSES)
+
+    def bites(self, serving: Serving) -> str:
+        if (
+            serving.all2all_backend in FLASHINFER_NVLINK_BACKENDS
+            and serving.expert_parallel
+            and serving.tensor_parallel_size > 1
+            and serving.data_parallel_size > 1
+        ):
+            return (
+                "dies at the first MoE dispatch: the MNNVL workspace spans the DP group, "
+                "not the EP group (FlashInfer asserts workspace.size(0) == moe_ep_size)"
+            )
+        return ""
 
     def probe(self) -> tuple[bool, str]:
         seen = {name: observed_mnnvl_group(name) for name in MANAGER_CLASSES}
@@ -365,6 +384,14 @@ class NixlEpTcpStoreGroupRequired(Patch):
     upstream = "vllm-project/vllm#41299"
     affected = "0.18.0 - 0.21.0 (fixed in 0.22.0)"
     triggers = (f"{ALL2ALL}:NixlEPAll2AllManager.__init__",)
+
+    def bites(self, serving: Serving) -> str:
+        if serving.all2all_backend == "nixl_ep" and not serving.elastic_ep:
+            return (
+                "dies at the first MoE layer with AttributeError: 'NoneType' object has no "
+                "attribute 'store' (no tcp_store_group without elastic EP)"
+            )
+        return ""
 
     def probe(self) -> tuple[bool, str]:
         seen = observed_nixl_store_handling()

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from vllm_ep_kit.patches.base import (
     Patch,
+    Serving,
     UnrecognisedShape,
     swapped,
     unwrap,
@@ -185,6 +186,21 @@ class TwoSidedDispatchXsfGuard(Patch):
     affected = "0.18.0 - 0.21.0 (probe results in docs/patches.md)"
     requires = ("vllm", "flashinfer")
     triggers = tuple(f"{name}:{FUNCTION}" for name in MODULES)
+
+    def bites(self, serving: Serving) -> str:
+        if (
+            serving.all2all_backend
+            in (
+                "flashinfer_nvlink_two_sided",
+                "flashinfer_all2allv",
+            )
+            and serving.activation_format == "bf16"
+        ):
+            return (
+                "the first dispatch fails in FlashInfer's MnnvlMoe.mnnvl_moe_alltoallv: "
+                "activations without scales send None through the scale all-to-all"
+            )
+        return ""
 
     def probe(self) -> tuple[bool, str]:
         payloads = scale_payloads_when_no_scales()
