@@ -154,13 +154,12 @@ def parse(argv: list[str], host: Host) -> Any:
             with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
                 namespace = parser.parse_args(argv)
         except SystemExit as exc:
-            said = [line for line in err.getvalue().splitlines() if line.strip()]
             if exc.code == 0:  # --help and the like: vLLM's, not a check
                 raise ArgumentsRefused(
                     "that asks vLLM for its help, not a check: run `vllm serve --help`"
                 ) from None
             raise ArgumentsRefused(
-                said[-1] if said else f"vLLM's parser exited with {exc.code}"
+                parser_error(err.getvalue()) or f"vLLM's parser exited with {exc.code}"
             ) from None
         if getattr(namespace, "model_tag", None):
             namespace.model = namespace.model_tag
@@ -169,6 +168,15 @@ def parse(argv: list[str], host: Host) -> Any:
         except Exception as exc:
             # vLLM refusing a value (its message, one line): nothing else is raised here
             raise ArgumentsRefused(_one_line(exc)) from exc
+
+
+def parser_error(stderr: str) -> str:
+    """vLLM's parser error as one line: from its ``error:`` line on, without the usage
+    text before it or pydantic's links to its documentation."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    start = next((i for i, line in enumerate(lines) if "error:" in line), 0)
+    kept = [line for line in lines[start:] if not line.startswith("For further information")]
+    return " ".join(kept)
 
 
 def build(engine_args: Any, host: Host, is_moe: bool) -> tuple[Any, Any] | Refusal:
