@@ -72,13 +72,26 @@ def _print_doctor(report: dict, console: Console) -> None:
             show_header=True,
         )
         names.add_column("name", no_wrap=True)
-        names.add_column("sequence parallel", no_wrap=True)
+        names.add_column("SP", no_wrap=True)
+        names.add_column("DBO", no_wrap=True)
+        names.add_column("graphs", no_wrap=True)
         names.add_column("how vLLM treats it", overflow="fold")
         for row in accepted["names"]:
             how = row["note"] or "a backend of its own"
             if not row["kit_knows"]:
                 how += " (unknown to this kit)"
-            names.add_row(row["name"], OK if row["sequence_parallel"] else "-", how)
+            names.add_row(
+                row["name"],
+                OK if row["sequence_parallel"] else "-",
+                _yes_no(row.get("dbo")),
+                _yes_no(row.get("cuda_graphs")),
+                how,
+            )
+        if accepted["readable"]:
+            names.caption = (
+                "SP: sequence-parallel MoE; DBO: --enable-dbo takes it; graphs: CUDA graphs "
+                "stay on with DP 2 (read from the installed vLLM's configs)"
+            )
         console.print(names if accepted["readable"] else f"vLLM's names: {accepted['why']}")
 
     fixes = Table(title="Hotfixes (vllm.general_plugins)", show_header=True)
@@ -102,6 +115,10 @@ def _print_doctor(report: dict, console: Console) -> None:
             row["upstream"],
         )
     console.print(fixes)
+
+
+def _yes_no(value: bool | None) -> str:
+    return "?" if value is None else OK if value else NO
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

@@ -439,3 +439,24 @@ def test_workspace_figure_is_what_vllms_managers_allocate(tp, dp, tmp_path):
             assert report["workspace"]["bytes_per_gpu"] == recorded_bytes(seen[backend], sms), (
                 f"{backend} rank {rank}: preflight {report['workspace']}, vLLM asked {seen[backend]}"
             )
+
+
+def test_microbatching_and_graphs_are_read_from_vllms_configs():
+    """What doctor's DBO and graphs columns show comes from vLLM's own configs: its
+    microbatching rule refuses what its assert does not list, and its compilation
+    config turns graphs off for DeepEP high throughput only where DP > 1."""
+    from vllm_ep_kit.commands.preflight import vllm_side
+
+    takes = {
+        name: vllm_side.takes_microbatching(name)
+        for name in ("deepep_low_latency", "allgather_reducescatter", "deepep_v2", "passthrough")
+    }
+    assert takes == {
+        "deepep_low_latency": True,
+        "allgather_reducescatter": False,
+        "deepep_v2": False,
+        "passthrough": None,  # vLLM refuses it without a MoE kernel of its own, DBO or not
+    }
+    assert not vllm_side.graphs_kept("deepep_high_throughput", data_parallel_size=2)
+    assert vllm_side.graphs_kept("deepep_high_throughput", data_parallel_size=1)
+    assert vllm_side.graphs_kept("deepep_low_latency", data_parallel_size=2)

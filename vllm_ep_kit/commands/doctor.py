@@ -55,9 +55,30 @@ def _accepted_names() -> dict:
         "readable": True,
         "why": "",
         "names": [
-            {**asdict(row), "note": row.describe(), "kit_knows": row.name in known} for row in rows
+            {
+                **asdict(row),
+                "note": row.describe(),
+                "kit_knows": row.name in known,
+                **_vllm_rules(row.runs_as),
+            }
+            for row in rows
         ],
     }
+
+
+def _vllm_rules(name: str) -> dict:
+    """What the installed vLLM's configs do with ``name`` on a CUDA host: whether
+    microbatching (--enable-dbo) takes it, and whether CUDA graphs stay on with DP 2
+    (None: vLLM does not say, e.g. a backend it refuses without a MoE kernel)."""
+    from vllm_ep_kit.commands.preflight import vllm_side
+
+    try:
+        dbo = vllm_side.takes_microbatching(name)
+        graphs: bool | None = vllm_side.graphs_kept(name, data_parallel_size=2)
+    except Exception:  # noqa: BLE001 (a release whose configs differ: the row says so)
+        dbo, graphs = None, None
+    stated = backends.get(name).graphs if name in backends.known_names() else ""
+    return {"dbo": dbo, "cuda_graphs": graphs and not stated, "cuda_graphs_note": stated}
 
 
 def _patch_statuses() -> list[dict]:

@@ -308,3 +308,25 @@ def batched_tokens(engine_args: Any, host: Host) -> int:
             * int(engine_args.pipeline_parallel_size)
         )
     return int(defaults[UsageContext.OPENAI_API_SERVER])
+
+
+# The host the per-backend rules are read for: a CUDA node of 8 GPUs (the rules read
+# no more of it than that it is CUDA and has the GPUs).
+RULES_HOST = Host(count=8, gpu="H100", capability="9.0", memory_gib=80)
+
+
+def takes_microbatching(all2all_backend: str) -> bool | None:
+    """Whether vLLM's config takes ``all2all_backend`` with ``--enable-dbo`` on a CUDA host
+    (EP, DP 2); None when it refuses the backend without DBO already (passthrough)."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    verdicts = []
+    for dbo in (False, True):
+        args = EngineArgs(
+            data_parallel_size=2,
+            enable_expert_parallel=True,
+            all2all_backend=all2all_backend,  # type: ignore[arg-type]  # any accepted name
+            enable_dbo=dbo,
+        )
+        verdicts.append(not isinstance(build(args, RULES_HOST, is_moe=True), Refusal))
+    return verdicts[1] if verdicts[0] else None
