@@ -460,3 +460,79 @@ def test_microbatching_and_graphs_are_read_from_vllms_configs():
     assert not vllm_side.graphs_kept("deepep_high_throughput", data_parallel_size=2)
     assert vllm_side.graphs_kept("deepep_high_throughput", data_parallel_size=1)
     assert vllm_side.graphs_kept("deepep_low_latency", data_parallel_size=2)
+
+
+class BugOnTwoSidedBf16:
+    """A hotfix whose bug the installed vLLM has (its probe says so), reached by the
+    two-sided backend with unquantised activations: the installed releases carry none of
+    the kit's bugs, so the verdicts for a present one are decided on this stand-in."""
+
+    name = "stand_in_bug"
+    upstream = "vllm-project/vllm#1"
+
+    def bites(self, serving):
+        if serving.all2all_backend == "flashinfer_nvlink_two_sided":
+            return "dies at the first dispatch" if serving.activation_format == "bf16" else ""
+        return ""
+
+    def probe(self):
+        return True, "the bug is there"
+
+
+def two_sided_command(dp: int = 4):
+    from vllm_ep_kit.commands.preflight.checks import Command
+
+    return Command(
+        backend="flashinfer_nvlink_two_sided",
+        given_backend="flashinfer_nvlink_two_sided",
+        tensor_parallel=1,
+        data_parallel=dp,
+        pipeline_parallel=1,
+        data_parallel_local=None,
+        nnodes=1,
+        expert_parallel=True,
+        elastic_ep=False,
+        enforce_eager=False,
+        dbo=False,
+        quantization=None,
+        dtype="auto",
+    )
+
+
+@pytest.mark.parametrize(
+    ("fmt", "disabled", "verdict"),
+    [
+        ("bf16", "", "ok"),  # the plugin fixes it
+        ("bf16", "stand_in_bug", WILL_FAIL),  # the plugin is told not to
+        (None, "stand_in_bug", "risky"),  # the model's format unknown: it may reach it
+        ("fp8-block", "stand_in_bug", None),  # not reached: no row
+    ],
+)
+def test_a_present_bug_fails_the_command_unless_the_plugin_fixes_it(
+    fmt, disabled, verdict, monkeypatch
+):
+    from vllm_ep_kit import patches
+
+    monkeypatch.setattr(patches, "all_patches", lambda: [BugOnTwoSidedBf16()])
+    monkeypatch.delenv("VLLM_PLUGINS", raising=False)
+    monkeypatch.setenv(patches.ENV_DISABLE, disabled)
+    rows = preflight._known_bugs(two_sided_command(), fmt)
+    assert [r.verdict for r in rows] == ([verdict] if verdict else [])
+    if verdict == WILL_FAIL:
+        assert "dies at the first dispatch" in rows[0].reason
+        assert rows[0].source == "vllm-project/vllm#1"
+
+
+def test_without_host_file_it_checks_this_machine(tmp_path):
+    """No --host: the host is this machine as the kit's probes see it."""
+    from vllm_ep_kit.harness import probes
+
+    folder = model_folder(tmp_path, "moe", TINY_MOE)
+    report = preflight.run([str(folder), "-dp", "2", "--enable-expert-parallel"])
+    layout = next(c for c in report["checks"] if c["name"] == "layout")
+    assert report["host"]["source"] == "this machine"
+    assert report["host"]["count"] == probes.gpu_count()
+    if probes.gpu_count() == 0:
+        assert layout["verdict"] == WILL_FAIL and "has none" in layout["reason"]
+    else:
+        assert "has none" not in layout["reason"]

@@ -82,7 +82,7 @@ def _run(argv: list[str], host: Host) -> dict[str, Any]:
     model = facts if isinstance(facts, ModelFacts) else None
     runs_as = _runs_as(str(engine_args.all2all_backend))
     command = Command.from_engine_args(engine_args, runs_as)
-    report_checks: list[Check] = [_model_check(facts)]
+    report_checks: list[Check] = [_model_check(facts), _host_check(host)]
     built = vllm_side.build(engine_args, host, is_moe=model.is_moe if model else True)
     report_checks.append(checks.layout(command, host))
     if isinstance(built, Refusal):
@@ -140,6 +140,21 @@ def _runs_as(name: str) -> str:
     return row.runs_as if row else name
 
 
+def _host_check(host: Host) -> Check:
+    known = [
+        f"{name} {value}"
+        for name, value in (
+            ("NVLink", host.nvlink),
+            ("multicast", host.multicast),
+            ("NCCL", host.nccl),
+            ("driver", host.driver),
+        )
+        if value is not None
+    ]
+    said = f"{host.describe()} ({host.source})" + (f": {', '.join(known)}" if known else "")
+    return Check("host", OK, said + "".join(f"; {note}" for note in host.notes))
+
+
 def _model_check(facts: ModelFacts | str) -> Check:
     if isinstance(facts, str):
         return Check("model", RISKY, f"{facts}: its quantisation and size are not checked")
@@ -160,6 +175,8 @@ def _backend_checks(
     except backends.UnknownBackend:
         return [Check("backend", RISKY, f"{command.backend}: this kit knows nothing of its needs")]
     found = [checks.backend_needs(backend, command, host)]
+    if host.source == hosts.THIS_MACHINE and host.count:
+        found.append(_probed(backend))
     if command.given_backend != command.backend:
         found.append(_renamed(command))
     found.append(checks.formats(backend, command, model, fmt))
@@ -180,6 +197,18 @@ def _backend_checks(
             )
         )
     return found
+
+
+def _probed(backend: backends.Backend) -> Check:
+    """doctor's probes of this machine for ``backend``: NVLink peer access, the MNNVL
+    handle exchange, vLLM's NCCL wrapper, and the installed vLLM's own verdict on the
+    installed FlashInfer (``Backend.vllm_has``)."""
+    from vllm_ep_kit.backends import usability
+
+    gap = usability.unmet(backend.needs) or usability.software_gap(backend)
+    if gap:
+        return Check("host", WILL_FAIL, f"{backend.name}: {gap}", "vllm-ep-kit doctor")
+    return Check("host", OK, f"doctor's probes find what {backend.name} needs here")
 
 
 def _renamed(command: Command) -> Check:

@@ -27,6 +27,7 @@ import jsonschema
 import yaml
 
 NVIDIA, AMD = "nvidia", "amd"
+THIS_MACHINE = "this machine"
 
 # the EP packages a host may list; checks read only these
 EP_PACKAGES = ("deep_ep", "flashinfer", "mori", "moonep", "nixl_ep", "pplx_kernels")
@@ -70,7 +71,7 @@ class Host:
     nccl: str | None = None
     driver: str | None = None
     packages: frozenset[str] | None = None  # None: not known
-    source: str = "this machine"
+    source: str = THIS_MACHINE
     notes: tuple[str, ...] = field(default=())  # what the probes could not tell
 
     def has_package(self, module: str) -> bool | None:
@@ -137,6 +138,6 @@ def this_machine() -> Host:
         nvlink=nvlink,
         nccl=versions.get("nccl"),
         packages=installed,
-        source="this machine",
+        source=THIS_MACHINE,
         notes=notes,
     )
