@@ -102,3 +102,23 @@ def test_the_statuses_are_distinct():
         exit_codes.INTERNAL_ERROR,
     ]
     assert statuses == [0, 1, 2, 3]
+
+
+def preflight_report(*verdicts: str) -> dict:
+    return {"checks": [{"name": f"check {i}", "verdict": v} for i, v in enumerate(verdicts)]}
+
+
+def test_preflight_passes_when_nothing_will_fail():
+    assert exit_codes.preflight(preflight_report("ok", "ok")) == exit_codes.PASSED
+    assert exit_codes.preflight(preflight_report()) == exit_codes.PASSED
+
+
+def test_preflight_passes_when_a_check_is_only_risky():
+    assert exit_codes.preflight(preflight_report("ok", "risky", "risky")) == exit_codes.PASSED
+
+
+@pytest.mark.parametrize("failing", [0, 1, 3])
+def test_preflight_fails_when_one_check_of_many_will_fail(failing):
+    verdicts = ["ok", "risky", "ok", "ok"]
+    verdicts[failing] = "will fail"
+    assert exit_codes.preflight(preflight_report(*verdicts)) == exit_codes.FAILED

@@ -1142,3 +1142,12 @@ def test_apply_all_decided_armed_patch_does_not_keep_it_armed(registry, module_n
     patches.apply_all()
     importlib.import_module(module_name)
     assert not is_trigger(sys.modules[module_name].dispatch)
+
+
+def test_a_patch_that_says_nothing_of_its_reach_reaches_no_serve_setup():
+    """``Patch.bites`` by default: no serve setup is said to fail (preflight reports only
+    bugs a patch says it knows the reach of)."""
+    from vllm_ep_kit.patches.base import Serving
+
+    setup = Serving("flashinfer_nvlink_one_sided", 2, 4, expert_parallel=True)
+    assert Scripted().bites(setup) == ""
