@@ -536,3 +536,47 @@ def test_without_host_file_it_checks_this_machine(tmp_path):
         assert layout["verdict"] == WILL_FAIL and "has none" in layout["reason"]
     else:
         assert "has none" not in layout["reason"]
+
+
+def test_doctors_probes_of_this_machine_judge_each_backend():
+    """Checked on this machine, a backend's needs go through doctor's probes too."""
+    from vllm_ep_kit import backends
+    from vllm_ep_kit.harness import probes
+
+    agrs = preflight._probed(backends.get("allgather_reducescatter"))
+    one_sided = preflight._probed(backends.get("flashinfer_nvlink_one_sided"))
+    assert agrs.verdict == "ok", agrs
+    if probes.gpu_count() < 2:
+        assert one_sided.verdict == WILL_FAIL and "GPU" in one_sided.reason, one_sided
+
+
+def test_the_program_flushes_its_report_and_exits_with_its_status(h200_file, tmp_path):
+    """``vllm-ep-kit`` (``cli.entry``) skips the interpreter's teardown: its report must
+    still be whole and its exit status the command's."""
+    import subprocess
+    import sys
+
+    folder = model_folder(tmp_path, "moe", TINY_MOE)
+    program = "import sys; from vllm_ep_kit.cli import entry; sys.argv[0] = 'vllm-ep-kit'; entry()"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            program,
+            "preflight",
+            "--json",
+            "--host",
+            str(h200_file),
+            "--",
+            str(folder),
+            "-dp",
+            "2",
+            "--enable-expert-parallel",
+            "--enable-dbo",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert json.loads(done.stdout)["verdict"] == WILL_FAIL

@@ -203,9 +203,9 @@ def _probed(backend: backends.Backend) -> Check:
     """doctor's probes of this machine for ``backend``: NVLink peer access, the MNNVL
     handle exchange, vLLM's NCCL wrapper, and the installed vLLM's own verdict on the
     installed FlashInfer (``Backend.vllm_has``)."""
-    from vllm_ep_kit.backends import usability
+    from vllm_ep_kit.backends.usability import software_gap, unmet
 
-    gap = usability.unmet(backend.needs) or usability.software_gap(backend)
+    gap = unmet(backend.needs) or software_gap(backend)
     if gap:
         return Check("host", WILL_FAIL, f"{backend.name}: {gap}", "vllm-ep-kit doctor")
     return Check("host", OK, f"doctor's probes find what {backend.name} needs here")
@@ -249,6 +249,17 @@ def _known_bugs(command: Command, fmt: str | None) -> list[Check]:
         if not how:
             continue
         certain = all(bites)
+        plugin = plugin_state(patch.name)
+        if not plugin:  # fixed where present: the probe (it imports FlashInfer) is not needed
+            found.append(
+                Check(
+                    f"known bug: {patch.name}",
+                    OK,
+                    f"where the installed vLLM has it ({how}), the kit's plugin fixes it",
+                    patch.upstream,
+                )
+            )
+            continue
         try:
             present, observed = patch.probe()
         except UnrecognisedShape as exc:
@@ -273,13 +284,8 @@ def _known_bugs(command: Command, fmt: str | None) -> list[Check]:
             continue
         if not present:
             continue
-        plugin = plugin_state(patch.name)
-        if not plugin:
-            verdict = OK
-            reason = f"the installed vLLM has it ({observed}); the kit's plugin fixes it"
-        else:
-            verdict = WILL_FAIL if certain else RISKY
-            reason = f"{how}; the kit's hotfix plugin would fix it but {plugin}"
+        verdict = WILL_FAIL if certain else RISKY
+        reason = f"{how} ({observed}); the kit's hotfix plugin would fix it but {plugin}"
         found.append(Check(f"known bug: {patch.name}", verdict, reason, patch.upstream))
     return found
 
