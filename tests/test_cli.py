@@ -270,6 +270,7 @@ def test_doctor_in_a_pipe_fits_a_ci_log_with_names_whole_and_reasons_folded(caps
                 "reason": long_reason,
                 "note": "",
                 "software": "ok",
+                "formats": ["bf16", "nvfp4"],
             }
         ],
         "accepted": {
@@ -283,6 +284,8 @@ def test_doctor_in_a_pipe_fits_a_ci_log_with_names_whole_and_reasons_folded(caps
                     "sequence_parallel": False,
                     "note": "alias of flashinfer_nvlink_two_sided",
                     "kit_knows": True,
+                    "dbo": False,
+                    "cuda_graphs": True,
                 },
                 {
                     "name": "moonep",
@@ -321,6 +324,11 @@ def test_doctor_in_a_pipe_fits_a_ci_log_with_names_whole_and_reasons_folded(caps
     assert long_reason in cells
     assert "names the installed vLLM accepts (2)" in out
     assert "a backend of its own (unknown to this kit)" in " ".join(lines)
+    assert "dispatches bf16, nvfp4" in cells
+    alias_row = next(line for line in lines if "flashinfer_all2allv" in line)
+    assert [cell.strip() for cell in alias_row.split("│")[2:5]] == ["-", "no", "yes"]
+    moonep_row = next(line for line in lines if "│ moonep" in line)
+    assert [cell.strip() for cell in moonep_row.split("│")[2:5]] == ["-", "?", "?"]
 
 
 @pytest.mark.parametrize("command", ["doctor", "check", "bench"])

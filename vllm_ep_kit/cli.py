@@ -61,6 +61,8 @@ def _print_doctor(report: dict, console: Console) -> None:
     table.add_column("why / note", overflow="fold")
     for row in report["backends"]:
         why = row["reason"] if not row["usable"] else (row["note"] or "ok")
+        if row.get("formats"):
+            why += f"; dispatches {', '.join(row['formats'])}"
         software = {"ok": OK, "not checked": "-"}.get(row.get("software", "ok"), NO)
         table.add_row(row["name"], OK if row["usable"] else NO, software, why)
     console.print(table)

@@ -26,6 +26,7 @@ class BackendStatus:
     # what the installed packages lack for it, whatever the hardware ("not checked": the
     # hardware already rules it out and the caller did not ask, see ``usability``)
     software: str = "ok"
+    formats: tuple[str, ...] = ()  # the activation formats vLLM moves through it as they are
 
 
 def unmet(needs: Needs) -> str:
@@ -116,6 +117,7 @@ def usability(software: bool = False) -> list[BackendStatus]:
                 backend.aliases,
                 backend.driven,
                 "not checked" if gap is None else gap or "ok",
+                backend.formats,
             )
         )
     return rows
