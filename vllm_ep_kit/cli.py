@@ -737,6 +737,32 @@ def cmd_preflight(args: argparse.Namespace) -> int:
     return exit_codes.preflight(report)
 
 
+def cmd_patches_export(args: argparse.Namespace) -> int:
+    from vllm_ep_kit.commands import patches_export
+
+    try:
+        report = patches_export.export(args.vllm_tree, fmt=args.format, check=args.check)
+    except patches_export.NotATree as exc:
+        from vllm_ep_kit.patches import all_patches
+
+        for patch in all_patches():
+            print(f"{patch.name}: {patches_export.CANNOT}: {exc}")
+        return exit_codes.FAILED
+    if args.json:
+        json.dump(report, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return exit_codes.patches_export(report)
+    if args.format == "patch":
+        for diff in report["diffs"]:
+            sys.stdout.write(diff["text"])
+    for row in report["rows"]:
+        line = f"{row['patch']}: {row['status']}"
+        if row["files"]:
+            line += f" [{', '.join(row['files'])}]"
+        print(f"{line}: {row['why']}", file=sys.stderr if args.format == "patch" else sys.stdout)
+    return exit_codes.patches_export(report)
+
+
 def _add_run_options(command: argparse.ArgumentParser) -> None:
     """What every command that runs ranks takes: its watchdog, JSON output, table width."""
     command.add_argument(
@@ -999,6 +1025,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="the arguments of `vllm serve` (the model first)",
     )
     preflight.set_defaults(func=cmd_preflight)
+
+    patches = sub.add_parser(
+        "patches", help="the hotfixes as changes to a vLLM source tree (export)"
+    )
+    patches_sub = patches.add_subparsers(dest="patches_command", required=True, metavar="ACTION")
+    export = patches_sub.add_parser(
+        "export",
+        help="write each fix a vLLM source tree needs into it, as its upstream change",
+        description="Probes each hotfix against the tree's own code (the plugin's "
+        "detection), writes the fixes it needs into its files and probes again; a fix that "
+        "does not verify leaves every file as it was. Exit 0: nothing left to fix; 1: a "
+        "fix is needed (--check) or cannot be applied.",
+    )
+    export.add_argument(
+        "--vllm-tree",
+        required=True,
+        metavar="DIR",
+        help="a vLLM checkout, or a release's sources (DIR/src/vllm, DIR/deps)",
+    )
+    export.add_argument(
+        "--check", action="store_true", help="only probe: which fixes the tree needs"
+    )
+    export.add_argument(
+        "--format",
+        choices=("write", "patch"),
+        default="write",
+        help="write: change the files (default); patch: print unified diffs, change nothing",
+    )
+    export.add_argument("--json", action="store_true", help="the report as JSON")
+    export.set_defaults(func=cmd_patches_export)
     return parser
 
 

@@ -22,7 +22,7 @@ PROBED = {
     ),
     "nixl_ep_tcp_store_group": (
         {"0.18.0", "0.19.0", "0.19.1", "0.20.0", "0.21.0"},
-        {"0.22.0", "0.24.0", "0.26.0", "0.28.0", "0.32.0"},
+        {"0.22.0", "0.24.0", "0.26.0", "0.28.0", "0.32.0", "0.33.0"},
     ),
     # the bare asserts are in every release probed, the pins included
     "reduce_scatterv_asserts": (

@@ -50,3 +50,13 @@ def bundle(manifest: Mapping[str, Any]) -> int:
 def preflight(report: Mapping[str, Any]) -> int:
     """``preflight``: failed when any check says the command will fail (risky passes)."""
     return FAILED if any(c["verdict"] == "will fail" for c in report["checks"]) else PASSED
+
+
+def patches_export(report: Mapping[str, Any]) -> int:
+    """``patches export``: failed when a hotfix cannot be applied, or (``--check``) a fix is
+    still needed; written and not needed pass."""
+    return (
+        FAILED
+        if any(row["status"] in ("cannot apply", "needed") for row in report["rows"])
+        else PASSED
+    )

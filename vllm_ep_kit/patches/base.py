@@ -63,6 +63,11 @@ class Patch:
     # "module:Qualified.name" of the patched functions/methods: the plugin decides the
     # patch at the first call of any of them (lazy.py), not when vLLM loads it.
     triggers: tuple[str, ...] = ()
+    # The fix as the change it stands for in vLLM's sources (patches.source.SourceEdit),
+    # which ``patches export`` writes into a tree that needs it; () : no such change.
+    source_edits: tuple = ()
+    # When the patch can go: the first release that carries the fix, as probed.
+    removable: str = ""
 
     def probe(self) -> tuple[bool, str]:
         """(bug present?, what was observed).  May raise UnrecognisedShape."""

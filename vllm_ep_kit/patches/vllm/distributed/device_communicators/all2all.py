@@ -31,6 +31,10 @@ answers the manager's own group, which is the one line that differs.
 Proof: ``tests/patches/test_all2all_ep_group.py`` (runs vLLM 0.19.1's sources
 over gloo: the EP-group check fails without the patch and passes with it).
 
+In-tree: ``patches export`` writes the fix into a vLLM source tree (both managers'
+communicator on ``self.cpu_group``).  Removable: once the oldest vLLM served is 0.20.0,
+the first release probed with the fix.
+
 2. ``nixl_ep_tcp_store_group``: a clear error when the NIXL EP manager has no TCP store.
 
 Symptom: ``--all2all-backend nixl_ep`` without elastic EP dies at the first MoE
@@ -58,6 +62,9 @@ Fix: ``__init__`` raises a ``ValueError`` naming the manager, the missing
 Proof: ``tests/patches/test_all2all_nixl_ep.py`` (vLLM 0.19.1's sources: the
 unpatched manager fails with the AttributeError, the patched one with the
 clear error; the pinned vLLM is left untouched).
+
+In-tree: ``patches export`` writes the check at the top of ``__init__``.  Removable:
+once the oldest vLLM served is 0.22.0 (upstream's assert; 0.24.0 makes its own store).
 """
 
 from __future__ import annotations
@@ -83,6 +90,7 @@ from vllm_ep_kit.patches.flashinfer_managers import (
     WorkspaceShape,
     one_sided_initialize_kwargs,
 )
+from vllm_ep_kit.patches.source import SourceEdit
 
 _PATCHED_ATTR = "__vllm_ep_kit_ep_group__"
 FLASHINFER_NVLINK_BACKENDS = (
@@ -202,13 +210,27 @@ def observed_mnnvl_group(class_name: str) -> str:
     )
 
 
+ALL2ALL_FILE = "vllm/distributed/device_communicators/all2all.py"
+
+
 class MnnvlWorkspaceOnEpGroup(Patch):
     name = "mnnvl_workspace_ep_group"
     summary = "FlashInfer NVLink managers: MNNVL communicator and workspace on the EP group"
     upstream = "vllm-project/vllm#40893"
     affected = "0.18.0, 0.19.0, 0.19.1"
+    removable = "0.20.0"
     requires = ("vllm", "flashinfer")
     triggers = tuple(f"{ALL2ALL}:{cls}.initialize" for cls in MANAGER_CLASSES)
+    # in-tree: the MNNVL communicator of each manager on the manager's own group
+    source_edits = tuple(
+        SourceEdit(
+            (ALL2ALL_FILE,),
+            (f"{cls}.initialize",),
+            ("CustomCommunicator(get_dp_group().cpu_group)",),
+            "CustomCommunicator(self.cpu_group)",
+        )
+        for cls in MANAGER_CLASSES
+    )
 
     def bites(self, serving: Serving) -> str:
         if (
@@ -383,7 +405,24 @@ class NixlEpTcpStoreGroupRequired(Patch):
     summary = "NIXL EP manager: clear error when tcp_store_group is missing"
     upstream = "vllm-project/vllm#41299"
     affected = "0.18.0 - 0.21.0 (fixed in 0.22.0)"
+    removable = "0.22.0"
     triggers = (f"{ALL2ALL}:NixlEPAll2AllManager.__init__",)
+    # in-tree: the manager refuses a missing store before anything uses it
+    source_edits = (
+        SourceEdit(
+            (ALL2ALL_FILE,),
+            ("NixlEPAll2AllManager.__init__",),
+            ("    def __init__(self, cpu_group, tcp_store_group=None):\n",),
+            "    def __init__(self, cpu_group, tcp_store_group=None):\n"
+            "        if tcp_store_group is None:\n"
+            "            raise ValueError(\n"
+            '                "NixlEPAll2AllManager needs tcp_store_group (a "\n'
+            '                "StatelessProcessGroup whose TCP store NIXL\'s Buffer uses to "\n'
+            '                "exchange connection metadata); vLLM passes one only for "\n'
+            '                "elastic EP process groups."\n'
+            "            )\n",
+        ),
+    )
 
     def bites(self, serving: Serving) -> str:
         if serving.all2all_backend == "nixl_ep" and not serving.elastic_ep:

@@ -21,6 +21,10 @@ row count, the world size and the rank; then the original method runs.
 Still ``AssertionError``, so callers that catch it behave as before.
 
 Proof: ``tests/patches/test_cuda_communicator_asserts.py``.
+
+In-tree: ``patches export`` gives the three asserts their messages (in
+``_reduce_scatterv`` from 0.32, ``reduce_scatterv`` before).  Removable: not yet; no
+release probed, 0.33.0 included, carries messages that name the sizes.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import inspect
 import types
 
 from vllm_ep_kit.patches.base import Patch, UnrecognisedShape, unwrap, wrap
+from vllm_ep_kit.patches.source import SourceEdit
 
 MODULE = "vllm.distributed.device_communicators.cuda_communicator"
 METHODS = ("reduce_scatterv", "reduce_scatterv_into_output")
@@ -133,8 +138,45 @@ class ReduceScattervAsserts(Patch):
     name = "reduce_scatterv_asserts"
     summary = "reduce_scatterv: assertion messages that state the sizes that disagree"
     upstream = "vllm-project/vllm#41299"
-    affected = "every release probed, 0.18.0 - 0.32.0 (docs/patches.md)"
+    affected = "every release probed, 0.18.0 - 0.33.0 (docs/patches.md)"
+    removable = "not yet: no release probed carries the messages"
     triggers = tuple(f"{MODULE}:CudaCommunicator.{name}" for name in METHODS)
+    # in-tree: each of the three size asserts says what disagrees (0.32 moved them into
+    # _reduce_scatterv, shared by both public methods)
+    source_edits = tuple(
+        SourceEdit(
+            ("vllm/distributed/device_communicators/cuda_communicator.py",),
+            ("CudaCommunicator._reduce_scatterv", "CudaCommunicator.reduce_scatterv"),
+            old,
+            new,
+        )
+        for old, new in (
+            (
+                (
+                    'assert len(sizes) == world_size, f"{len(sizes)} == {world_size}"\n',
+                    "assert len(sizes) == world_size\n",
+                ),
+                "assert len(sizes) == world_size, (\n"
+                '                f"reduce_scatterv: {len(sizes)} sizes {sizes} for "\n'
+                '                f"{world_size} ranks"\n'
+                "            )\n",
+            ),
+            (
+                ("assert input_tensor.shape[0] == sum(sizes)\n",),
+                "assert input_tensor.shape[0] == sum(sizes), (\n"
+                '                f"reduce_scatterv: sizes {sizes} sum to {sum(sizes)}, "\n'
+                '                f"the input has {input_tensor.shape[0]} rows"\n'
+                "            )\n",
+            ),
+            (
+                ("assert input_tensor.shape[0] % world_size == 0\n",),
+                "assert input_tensor.shape[0] % world_size == 0, (\n"
+                '                f"reduce_scatterv: {input_tensor.shape[0]} rows do not "\n'
+                '                f"split evenly over {world_size} ranks"\n'
+                "            )\n",
+            ),
+        )
+    )
 
     def probe(self) -> tuple[bool, str]:
         message = assertion_message_for_bad_sizes()

@@ -27,6 +27,9 @@ guard in these releases: on the non-deferred path NVFP4 quantisation always
 returns scales.
 
 Proof: ``tests/patches/test_flashinfer_two_sided_x_sf.py``.
+
+In-tree: ``patches export`` guards the scale all-to-all with ``if x_sf is not None``.
+Removable: once the oldest vLLM served is 0.22.0, the first release probed with the guard.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from vllm_ep_kit.patches.base import (
     unwrap,
     wrap,
 )
+from vllm_ep_kit.patches.source import SourceEdit
 
 if TYPE_CHECKING:
     import torch
@@ -184,6 +188,36 @@ class TwoSidedDispatchXsfGuard(Patch):
     summary = "FlashInfer two-sided dispatch: no scale all-to-all when x_sf is None"
     upstream = "vllm-project/vllm#41299"
     affected = "0.18.0 - 0.21.0 (probe results in docs/patches.md)"
+    removable = "0.22.0"
+    # in-tree: the scale all-to-all only where there are scales
+    source_edits = (
+        SourceEdit(
+            (
+                "vllm/model_executor/layers/fused_moe/prepare_finalize/"
+                "flashinfer_nvlink_two_sided.py",
+                "vllm/model_executor/layers/fused_moe/"
+                "flashinfer_nvlink_two_sided_prepare_finalize.py",
+            ),
+            ("flashinfer_alltoall_dispatch",),
+            (
+                "        x_sf = MnnvlMoe.mnnvl_moe_alltoallv(\n"
+                "            x_sf,\n"
+                "            alltoall_info,\n"
+                "            all2all_manager.workspace_tensor,\n"
+                "            ep_rank,\n"
+                "            ep_size,\n"
+                "        )\n",
+            ),
+            "        if x_sf is not None:\n"
+            "            x_sf = MnnvlMoe.mnnvl_moe_alltoallv(\n"
+            "                x_sf,\n"
+            "                alltoall_info,\n"
+            "                all2all_manager.workspace_tensor,\n"
+            "                ep_rank,\n"
+            "                ep_size,\n"
+            "            )\n",
+        ),
+    )
     requires = ("vllm", "flashinfer")
     triggers = tuple(f"{name}:{FUNCTION}" for name in MODULES)
 
