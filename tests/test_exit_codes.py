@@ -122,3 +122,21 @@ def test_preflight_fails_when_one_check_of_many_will_fail(failing):
     verdicts = ["ok", "risky", "ok", "ok"]
     verdicts[failing] = "will fail"
     assert exit_codes.preflight(preflight_report(*verdicts)) == exit_codes.FAILED
+
+
+def export_report(*statuses: str) -> dict:
+    return {"rows": [{"patch": f"p{i}", "status": s} for i, s in enumerate(statuses)]}
+
+
+def test_patches_export_passes_when_every_fix_is_written_or_not_needed():
+    report = export_report("needed and written", "not needed", "needed (diff printed)")
+    assert exit_codes.patches_export(report) == exit_codes.PASSED
+    assert exit_codes.patches_export(export_report()) == exit_codes.PASSED
+
+
+@pytest.mark.parametrize("bad", ["cannot apply", "needed"])
+@pytest.mark.parametrize("where", [0, 2])
+def test_patches_export_fails_on_one_fix_left_undone(bad, where):
+    statuses = ["not needed", "needed and written", "not needed"]
+    statuses[where] = bad
+    assert exit_codes.patches_export(export_report(*statuses)) == exit_codes.FAILED
