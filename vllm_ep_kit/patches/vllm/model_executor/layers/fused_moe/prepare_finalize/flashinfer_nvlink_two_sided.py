@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import textwrap
 import types
 from typing import TYPE_CHECKING, Any
 
@@ -183,6 +184,18 @@ def scale_payloads_when_no_scales() -> list[str]:
     return ["none" if p is None else "tensor" for p in rec.payloads]
 
 
+# the scale all-to-all of the dispatch, as 0.18.0 - 0.21.0 write it
+SCALE_ALL2ALL = (
+    "        x_sf = MnnvlMoe.mnnvl_moe_alltoallv(\n"
+    "            x_sf,\n"
+    "            alltoall_info,\n"
+    "            all2all_manager.workspace_tensor,\n"
+    "            ep_rank,\n"
+    "            ep_size,\n"
+    "        )\n"
+)
+
+
 class TwoSidedDispatchXsfGuard(Patch):
     name = "two_sided_dispatch_x_sf_guard"
     summary = "FlashInfer two-sided dispatch: no scale all-to-all when x_sf is None"
@@ -199,23 +212,8 @@ class TwoSidedDispatchXsfGuard(Patch):
                 "flashinfer_nvlink_two_sided_prepare_finalize.py",
             ),
             ("flashinfer_alltoall_dispatch",),
-            (
-                "        x_sf = MnnvlMoe.mnnvl_moe_alltoallv(\n"
-                "            x_sf,\n"
-                "            alltoall_info,\n"
-                "            all2all_manager.workspace_tensor,\n"
-                "            ep_rank,\n"
-                "            ep_size,\n"
-                "        )\n",
-            ),
-            "        if x_sf is not None:\n"
-            "            x_sf = MnnvlMoe.mnnvl_moe_alltoallv(\n"
-            "                x_sf,\n"
-            "                alltoall_info,\n"
-            "                all2all_manager.workspace_tensor,\n"
-            "                ep_rank,\n"
-            "                ep_size,\n"
-            "            )\n",
+            (SCALE_ALL2ALL,),
+            "        if x_sf is not None:\n" + textwrap.indent(SCALE_ALL2ALL, "    "),
         ),
     )
     requires = ("vllm", "flashinfer")
