@@ -23,14 +23,23 @@ class CannotApply(ValueError):
 class SourceEdit:
     """In the first of ``functions`` ("Class.method" or "function") that the first of
     ``paths`` the tree has (relative to the folder holding the ``vllm`` package) defines,
-    each of the ``count`` occurrences of the first of ``old`` it holds becomes ``new``.
-    Alternatives are the same code as different releases keep or spell it."""
+    each of the ``count`` occurrences of the first of ``old`` it holds becomes ``new`` (or,
+    where ``new`` is a tuple, its entry of the same place).  Alternatives are the same code
+    as different releases keep or spell it."""
 
     paths: tuple[str, ...]
     functions: tuple[str, ...]
     old: tuple[str, ...]
-    new: str
+    new: str | tuple[str, ...]
     count: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.new, tuple) and len(self.new) != len(self.old):
+            raise ValueError(f"{self.functions[0]}: {len(self.old)} old texts, {len(self.new)} new")
+
+    def new_for(self, old: str) -> str:
+        """The text that replaces ``old`` (one of :attr:`old`)."""
+        return self.new[self.old.index(old)] if isinstance(self.new, tuple) else self.new
 
     def path_in(self, root: Path) -> Path:
         """The file of ``root`` this edit changes; CannotApply if it has none of them."""
@@ -87,7 +96,7 @@ def apply(text: str, edit: SourceEdit, where: str) -> str:
         raise CannotApply(
             f"{where}: {function} holds {found} of `{first}`, the fix expects {edit.count}"
         )
-    changed = text[:start] + span.replace(old, edit.new) + text[end:]
+    changed = text[:start] + span.replace(old, edit.new_for(old)) + text[end:]
     try:
         ast.parse(changed)
     except SyntaxError as exc:  # the edit's own text is wrong for this code

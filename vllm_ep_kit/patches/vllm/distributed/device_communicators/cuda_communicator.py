@@ -157,8 +157,7 @@ class ReduceScattervAsserts(Patch):
                     "assert len(sizes) == world_size\n",
                 ),
                 "assert len(sizes) == world_size, (\n"
-                '                f"reduce_scatterv: {len(sizes)} sizes {sizes} for "\n'
-                '                f"{world_size} ranks"\n'
+                '                f"reduce_scatterv: {len(sizes)} sizes {sizes} for {world_size} ranks"\n'
                 "            )\n",
             ),
             (

@@ -184,15 +184,16 @@ def scale_payloads_when_no_scales() -> list[str]:
     return ["none" if p is None else "tensor" for p in rec.payloads]
 
 
-# the scale all-to-all of the dispatch, as 0.18.0 - 0.21.0 write it
-SCALE_ALL2ALL = (
+# the scale all-to-all of the dispatch, as 0.18.0 - 0.19.1 and 0.20.0 - 0.21.0 write it
+SCALE_ALL2ALL = tuple(
     "        x_sf = MnnvlMoe.mnnvl_moe_alltoallv(\n"
     "            x_sf,\n"
     "            alltoall_info,\n"
-    "            all2all_manager.workspace_tensor,\n"
+    f"            all2all_manager.workspace_tensor,{comment}\n"
     "            ep_rank,\n"
     "            ep_size,\n"
     "        )\n"
+    for comment in ("", "  # type: ignore[attr-defined]")
 )
 
 
@@ -212,8 +213,11 @@ class TwoSidedDispatchXsfGuard(Patch):
                 "flashinfer_nvlink_two_sided_prepare_finalize.py",
             ),
             ("flashinfer_alltoall_dispatch",),
-            (SCALE_ALL2ALL,),
-            "        if x_sf is not None:\n" + textwrap.indent(SCALE_ALL2ALL, "    "),
+            SCALE_ALL2ALL,
+            tuple(
+                "        if x_sf is not None:\n" + textwrap.indent(old, "    ")
+                for old in SCALE_ALL2ALL
+            ),
         ),
     )
     requires = ("vllm", "flashinfer")
