@@ -580,3 +580,22 @@ def test_the_program_flushes_its_report_and_exits_with_its_status(h200_file, tmp
     )
     assert done.returncode == 1, done.stderr[-2000:]
     assert json.loads(done.stdout)["verdict"] == WILL_FAIL
+
+
+def test_the_two_sided_workspace_needs_the_sm_count_a_host_file_can_give(tmp_path):
+    folder = model_folder(tmp_path, "moe", TINY_MOE)
+    argv = [
+        str(folder),
+        "-dp",
+        "2",
+        "--enable-expert-parallel",
+        "--all2all-backend",
+        "flashinfer_nvlink_two_sided",
+    ]
+    unknown = {**H200, "gpu": "RTX PRO 6000"}
+    report = preflight.run(argv, hosts.from_dict(unknown, "pro6000"))
+    sized = next(c for c in report["checks"] if c["name"] == "workspace")
+    assert sized["verdict"] == "risky" and "sms" in sized["reason"]
+    assert report["workspace"] is None
+    report = preflight.run(argv, hosts.from_dict({**unknown, "sms": 188}, "pro6000"))
+    assert report["workspace"]["bytes_per_gpu"] == workspace.two_sided(2, 188).bytes_per_gpu

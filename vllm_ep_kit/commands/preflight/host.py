@@ -8,6 +8,7 @@ every case of their corpus on a CPU machine.  YAML or JSON, for example::
     nodes: 2
     memory_gib: 141      # per GPU
     capability: "9.0"    # CUDA compute capability (AMD: leave out)
+    sms: 132             # streaming multiprocessors per GPU (sizes the two-sided workspace)
     vendor: nvidia       # or amd
     nvlink: true         # peer access over NVLink between the node's GPUs
     multicast: true      # NVSwitch multicast (NVLS / SHARP)
@@ -43,6 +44,7 @@ SCHEMA = {
         "memory_gib": {"type": "number", "exclusiveMinimum": 0},
         "free_gib": {"type": "number", "minimum": 0},
         "capability": {"type": "string", "pattern": r"^\d+\.\d+$"},
+        "sms": {"type": "integer", "minimum": 1},
         "vendor": {"enum": [NVIDIA, AMD]},
         "nvlink": {"type": "boolean"},
         "multicast": {"type": "boolean"},
@@ -66,6 +68,7 @@ class Host:
     memory_gib: float | None = None
     free_gib: float | None = None
     capability: str | None = None
+    sms: int | None = None  # streaming multiprocessors per GPU
     nvlink: bool | None = None
     multicast: bool | None = None
     nccl: str | None = None

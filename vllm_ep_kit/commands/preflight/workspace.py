@@ -76,6 +76,9 @@ def two_sided(ep_size: int, sm_count: int) -> Workspace:
 
 
 def sm_count(host: Host) -> int | None:
+    """The host's SMs per GPU: its file's ``sms``, else known for its GPU model."""
+    if host.sms:
+        return host.sms
     for name, count in SM_COUNTS.items():
         if name.lower() in host.gpu.lower():
             return count
@@ -98,7 +101,7 @@ def check(
                 "workspace",
                 RISKY,
                 f"the two-sided workspace depends on the GPU's SM count; {host.gpu or 'the GPU'}"
-                f" is not one of {', '.join(SM_COUNTS)}",
+                f" is not one of {', '.join(SM_COUNTS)} (a host file's sms gives it)",
             ), None
         figure = two_sided(ep_size, sms)
     elif backend == ONE_SIDED:
