@@ -1151,3 +1151,25 @@ def test_a_patch_that_says_nothing_of_its_reach_reaches_no_serve_setup():
 
     setup = Serving("flashinfer_nvlink_one_sided", 2, 4, expert_parallel=True)
     assert Scripted().bites(setup) == ""
+
+
+@pytest.mark.parametrize(
+    ("value", "disabled"), [("", set()), ("b", {"b"}), (" c, b ", {"b", "c"}), ("all", set("abc"))]
+)
+def test_disabled_names_reads_the_configuration_as_the_plugin_does(
+    registry, monkeypatch, value, disabled
+):
+    registry(Probed("a"), Probed("b"), Probed("c"))
+    monkeypatch.setenv(patches.ENV_DISABLE, value)
+    assert patches.disabled_names() == disabled
+
+
+def test_disabled_names_refuses_what_the_plugin_refuses(registry, monkeypatch):
+    registry(Probed("a"), Probed("b"))
+    monkeypatch.setenv(patches.ENV_DISABLE, "zeta")
+    with pytest.raises(patches.PatchConfigError, match="unknown patch name"):
+        patches.disabled_names()
+    monkeypatch.setenv(patches.ENV_DISABLE, "a")
+    monkeypatch.setenv(patches.ENV_REQUIRE, "a")
+    with pytest.raises(patches.PatchConfigError, match="both name a"):
+        patches.disabled_names()

@@ -87,6 +87,12 @@ def _configuration(patches: list[Patch]) -> tuple[set[str], set[str]]:
     return disabled, required
 
 
+def disabled_names() -> set[str]:
+    """The patches the environment disables, read as the plugin reads it (``all``: every
+    one); PatchConfigError for a configuration the plugin would refuse."""
+    return _configuration(all_patches())[0]
+
+
 def _check_required(results: list[PatchStatus], required: set[str]) -> None:
     failed = [r for r in results if r.name in required and r.status not in (APPLIED, NOT_NEEDED)]
     if failed:

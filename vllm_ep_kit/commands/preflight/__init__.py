@@ -84,6 +84,7 @@ def _run(argv: list[str], host: Host) -> dict[str, Any]:
     command = Command.from_engine_args(engine_args, runs_as)
     report_checks: list[Check] = [_model_check(facts), _host_check(host)]
     built = vllm_side.build(engine_args, host, is_moe=model.is_moe if model else True)
+    refused = isinstance(built, Refusal)
     report_checks.append(checks.layout(command, host))
     if isinstance(built, Refusal):
         if built.rule:
@@ -109,10 +110,9 @@ def _run(argv: list[str], host: Host) -> dict[str, Any]:
     if shards is not None:
         report_checks.append(shards)
     fmt = checks.activation_format(command, model)
-    built_refused = isinstance(built, Refusal)
     figure = None
     if uses_all2all:
-        report_checks += _backend_checks(command, host, model, fmt, refused=built_refused)
+        report_checks += _backend_checks(command, host, model, fmt, refused=refused)
         tokens = vllm_side.batched_tokens(engine_args, host)
         sized, figure = workspace.check(command.backend, command.ep_size, tokens, model, fmt, host)
         report_checks.append(sized)
@@ -129,14 +129,18 @@ def _run(argv: list[str], host: Host) -> dict[str, Any]:
     }
 
 
-def _runs_as(name: str) -> str:
+def _accepted(name: str) -> Any:
+    """The installed vLLM's row for the backend name ``name`` (None: it says nothing)."""
     from vllm_ep_kit.backends import accepted
 
     try:
-        rows = {row.name: row for row in accepted.accepted()}
+        return next((row for row in accepted.accepted() if row.name == name), None)
     except accepted.NotReadable:
-        return name
-    row = rows.get(name)
+        return None
+
+
+def _runs_as(name: str) -> str:
+    row = _accepted(name)
     return row.runs_as if row else name
 
 
@@ -212,13 +216,7 @@ def _probed(backend: backends.Backend) -> Check:
 
 
 def _renamed(command: Command) -> Check:
-    from vllm_ep_kit.backends import accepted
-
-    try:
-        rows = {row.name: row for row in accepted.accepted()}
-    except accepted.NotReadable:
-        rows = {}
-    row = rows.get(command.given_backend)
+    row = _accepted(command.given_backend)
     what = row.describe() if row else f"runs as {command.backend}"
     return Check("backend name", RISKY, f"{command.given_backend}: {what}")
 
@@ -305,10 +303,12 @@ def plugin_state(name: str) -> str:
     allowed = os.environ.get("VLLM_PLUGINS")
     if allowed is not None and points[0].name not in allowed.split(","):
         return f"VLLM_PLUGINS={allowed} leaves it out"
-    disabled = os.environ.get(patches.ENV_DISABLE, "")
-    names = {n.strip() for n in disabled.split(",") if n.strip()}
-    if "all" in names or name in names:
-        return f"{patches.ENV_DISABLE}={disabled} disables it"
+    try:
+        disabled = patches.disabled_names()
+    except patches.PatchConfigError as exc:
+        return f"the plugin refuses its configuration, which stops vLLM's processes ({exc})"
+    if name in disabled:
+        return f"{patches.ENV_DISABLE}={os.environ[patches.ENV_DISABLE]} disables it"
     return ""
 
 

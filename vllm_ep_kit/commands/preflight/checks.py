@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from vllm_ep_kit.backends.spec import Backend
+from vllm_ep_kit.commands.preflight import vllm_side
 from vllm_ep_kit.commands.preflight.host import AMD, Host
 from vllm_ep_kit.commands.preflight.model import ModelFacts
 
@@ -48,7 +49,7 @@ class Command:
     elastic_ep: bool
     enforce_eager: bool
     dbo: bool
-    quantization: str | None  # --quantization
+    quantization: str | None  # --quantization (None: not given)
     dtype: str  # --dtype ("auto": the checkpoint's)
 
     @classmethod
@@ -65,7 +66,7 @@ class Command:
             elastic_ep=bool(getattr(args, "enable_elastic_ep", False)),
             enforce_eager=bool(args.enforce_eager),
             dbo=bool(getattr(args, "enable_dbo", False)),
-            quantization=args.quantization,
+            quantization=None if args.quantization in (None, "None") else args.quantization,
             dtype=str(args.dtype),
         )
 
@@ -77,7 +78,7 @@ class Command:
     def ep_size(self) -> int:
         return self.tensor_parallel * self.data_parallel if self.expert_parallel else 1
 
-    def gpus_per_node(self, nodes: int) -> int:
+    def gpus_per_node(self) -> int:
         """The GPUs this command's ranks take on one node."""
         if self.data_parallel_local is not None:
             return self.world_size * self.data_parallel_local
@@ -91,15 +92,12 @@ def activation_format(command: Command, model: ModelFacts | None) -> str | None:
     """What the MoE activations are, as the all-to-all moves them; None: not known."""
     if command.quantization in ("fp8", "ptpc_fp8"):
         return "fp8"  # online fp8: per-tensor (or per-token) scales
-    if command.quantization not in (None, "None"):
+    if command.quantization is not None:
         return model.quant_format if model and model.quant_format else None
     if model is None:
         return None
-    if model.quant_format:
-        return model.quant_format
-    if model.quantization:  # weight-only schemes: activations in the model's dtype
-        return _float_format(command.dtype, model.dtype)
-    return _float_format(command.dtype, model.dtype)
+    # unquantised, or a weight-only scheme: activations in the model's dtype
+    return model.quant_format or _float_format(command.dtype, model.dtype)
 
 
 def _float_format(dtype: str, checkpoint: str | None) -> str:
@@ -110,7 +108,7 @@ def _float_format(dtype: str, checkpoint: str | None) -> str:
 
 
 def layout(command: Command, host: Host) -> Check:
-    need = command.gpus_per_node(host.nodes)
+    need = command.gpus_per_node()
     shape = (
         f"TP {command.tensor_parallel} x PP {command.pipeline_parallel} x DP "
         f"{command.data_parallel}"
@@ -169,10 +167,7 @@ def backend_needs(backend: Backend, command: Command, host: Host) -> Check:
     where = backend.source
     if needs.rocm and host.vendor != AMD:
         return Check("backend", WILL_FAIL, f"{name} runs on AMD GPUs under ROCm only", where)
-    if host.vendor == AMD and name in (
-        "flashinfer_nvlink_one_sided",
-        "flashinfer_nvlink_two_sided",
-    ):
+    if needs.nvlink and host.vendor == AMD:
         return Check("backend", WILL_FAIL, f"{name} needs NVIDIA NVLink", where)
     risky: list[str] = []
     for module in needs.modules:
@@ -224,7 +219,7 @@ def _release(text: str) -> tuple[int, ...]:
 def formats(backend: Backend, command: Command, model: ModelFacts | None, fmt: str | None) -> Check:
     """The MoE activations against what vLLM moves through the backend."""
     name = backend.name
-    quantized = bool(command.quantization not in (None, "None") or (model and model.quantization))
+    quantized = bool(command.quantization or (model and model.quantization))
     if "quantized" in backend.refuses and quantized:
         method = command.quantization or (model.quantization if model else "")
         return Check(
@@ -280,8 +275,6 @@ def moe_tensor_parallel(command: Command) -> int:
 
 def expert_shards(command: Command, model: ModelFacts | None) -> Check | None:
     """vLLM's own fp8 block rule for the experts' shards (None: not a block-fp8 MoE)."""
-    from vllm_ep_kit.commands.preflight import vllm_side
-
     if model is None or not model.is_moe or model.quant_format != "fp8-block":
         return None
     if not model.weight_block or not model.expert_intermediate:

@@ -27,11 +27,15 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from vllm_ep_kit import backends
+
 NVIDIA, AMD = "nvidia", "amd"
 THIS_MACHINE = "this machine"
 
-# the EP packages a host may list; checks read only these
-EP_PACKAGES = ("deep_ep", "flashinfer", "mori", "moonep", "nixl_ep", "pplx_kernels")
+# the EP packages a host may list: the top packages the registry's backends need
+EP_PACKAGES = tuple(
+    sorted({m.split(".")[0] for b in backends.all_backends() for m in b.needs.modules})
+)
 
 SCHEMA = {
     "type": "object",

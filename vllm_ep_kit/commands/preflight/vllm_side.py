@@ -126,6 +126,8 @@ def standing_in(host: Host) -> Iterator[Any]:
 
 @cache
 def _parser(vendor: str) -> argparse.ArgumentParser:
+    """``vllm serve``'s parser, built once per kind of platform (its defaults may ask
+    the platform) while the platform stands in for a host of ``vendor``."""
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
     for module_name in SERVE_PARSER_MODULES:

@@ -21,6 +21,7 @@ from vllm_ep_kit.patches.flashinfer_managers import (
     one_sided_workspace_bytes,
     two_sided_workspace_bytes,
 )
+from vllm_ep_kit.reference.formats import FORMATS
 
 ONE_SIDED, TWO_SIDED = "flashinfer_nvlink_one_sided", "flashinfer_nvlink_two_sided"
 MiB, GiB = 1 << 20, 1 << 30
@@ -30,17 +31,19 @@ SM_COUNTS = {"H100": 132, "H200": 132, "H800": 132, "B200": 148}
 SHARE_WORTH_SAYING = 0.05  # of a GPU's memory: below this the workspace is not a risk
 
 
+# preflight's name of a format -> the payload format of ``reference.formats`` it is
+# (the oracle's fp8 is vLLM's block fp8)
+PAYLOADS = {"fp8-block": "fp8"}
+
+
 def activation_bytes(fmt: str, hidden: int) -> int | None:
     """Bytes of one token's activations in ``fmt`` with their scales (None: not known)."""
-    return {
-        "bf16": 2 * hidden,
-        "fp16": 2 * hidden,
-        "fp32": 4 * hidden,
-        "fp8": hidden + 4,  # one fp32 scale per token
-        "fp8-block": hidden + 4 * (hidden // 128),  # fp32 scale per 128 values
-        "nvfp4": hidden // 2 + hidden // 16,  # fp8 scale per 16 values
-        "mxfp8": hidden + hidden // 32,  # e8m0 scale per 32 values
-    }.get(fmt)
+    if fmt == "fp8":  # per-token fp8: one fp32 scale per token, not a payload format
+        return hidden + 4
+    payload = FORMATS.get(PAYLOADS.get(fmt, fmt))
+    if payload is None:
+        return None
+    return payload.x_bytes(hidden) + payload.scale_row_bytes(hidden, alignment=0)
 
 
 @dataclass(frozen=True)
