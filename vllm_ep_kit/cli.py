@@ -756,10 +756,8 @@ def cmd_patches_export(args: argparse.Namespace) -> int:
         for diff in report["diffs"]:
             sys.stdout.write(diff["text"])
     for row in report["rows"]:
-        line = f"{row['patch']}: {row['status']}"
-        if row["files"]:
-            line += f" [{', '.join(row['files'])}]"
-        print(f"{line}: {row['why']}", file=sys.stderr if args.format == "patch" else sys.stdout)
+        line = patches_export.row_line(row)
+        print(line, file=sys.stderr if args.format == "patch" else sys.stdout)
     return exit_codes.patches_export(report)
 
 

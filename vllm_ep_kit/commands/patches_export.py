@@ -87,9 +87,11 @@ class Row:
     removable: str
     files: list[str]
 
-    def line(self) -> str:
-        files = f" [{', '.join(self.files)}]" if self.files else ""
-        return f"{self.patch}: {self.status}{files}: {self.why}"
+
+def row_line(row: dict) -> str:
+    """One report row (a :class:`Row` as data) as the line the command prints."""
+    files = f" [{', '.join(row['files'])}]" if row["files"] else ""
+    return f"{row['patch']}: {row['status']}{files}: {row['why']}"
 
 
 def probe(tree: Tree, patches: list[Patch]) -> dict[str, tuple[str, str]]:
