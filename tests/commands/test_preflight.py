@@ -59,6 +59,11 @@ def model_folder(root: Path, name: str, config: dict) -> Path:
     return folder
 
 
+def ep_serve(folder: Path, *extra: str, dp: int = 2) -> list[str]:
+    """``vllm serve``'s arguments for the model in ``folder``, EP over ``dp`` DP ranks."""
+    return [str(folder), "-dp", str(dp), "--enable-expert-parallel", *extra]
+
+
 def run_case(case: dict, root: Path) -> dict:
     folder = model_folder(root, case["id"], case["config"])
     argv = [str(folder) if word == "{model}" else word for word in case["argv"]]
@@ -118,9 +123,7 @@ def h200_file(tmp_path) -> Path:
 def test_cli_reports_json_and_exits_1_on_a_failure(h200_file, tmp_path, capsys):
     folder = model_folder(tmp_path, "moe", TINY_MOE)
     argv = ["--host", str(h200_file), "--json", "--"]
-    rc = cli.main(
-        ["preflight", *argv, str(folder), "-dp", "2", "--enable-expert-parallel", "--enable-dbo"]
-    )
+    rc = cli.main(["preflight", *argv, *ep_serve(folder, "--enable-dbo")])
     report = json.loads(capsys.readouterr().out)
     assert rc == 1
     assert [c["name"] for c in failures(report)] == ["vllm config"]
@@ -137,12 +140,7 @@ def test_cli_table_names_each_check_and_the_verdict(h200_file, tmp_path, capsys)
             "--",
             "vllm",
             "serve",
-            str(folder),
-            "-dp",
-            "2",
-            "--enable-expert-parallel",
-            "--all2all-backend",
-            "flashinfer_nvlink_two_sided",
+            *ep_serve(folder, "--all2all-backend", "flashinfer_nvlink_two_sided"),
         ]
     )
     out = capsys.readouterr().out
@@ -308,6 +306,8 @@ def test_the_plugin_state_reads_the_environment(monkeypatch):
     monkeypatch.setenv(patches.ENV_DISABLE, "mnnvl_workspace_ep_group")
     assert "disables it" in preflight.plugin_state("mnnvl_workspace_ep_group")
     assert preflight.plugin_state("nixl_ep_tcp_store_group") == ""
+    monkeypatch.setenv(patches.ENV_DISABLE, "no_such_patch")
+    assert "refuses its configuration" in preflight.plugin_state("mnnvl_workspace_ep_group")
     monkeypatch.delenv(patches.ENV_DISABLE)
     monkeypatch.setenv("VLLM_PLUGINS", "some_other_plugin")
     assert "leaves it out" in preflight.plugin_state("mnnvl_workspace_ep_group")
@@ -419,21 +419,13 @@ def test_workspace_figure_is_what_vllms_managers_allocate(tp, dp, tmp_path):
     folder = model_folder(tmp_path, "moe", config)
     sms = workspace.SM_COUNTS["H200"]
     for backend in ranks[0]:
-        report = preflight.run(
-            [
-                str(folder),
-                "-tp",
-                str(tp),
-                "-dp",
-                str(dp),
-                "--enable-expert-parallel",
-                "--all2all-backend",
-                backend,
-                "--max-num-batched-tokens",
-                str(SHAPE["max_num_tokens"]),
-            ],
-            hosts.from_dict(H200, "H200"),
+        argv = ep_serve(
+            folder,
+            *("-tp", str(tp), "--all2all-backend", backend),
+            *("--max-num-batched-tokens", str(SHAPE["max_num_tokens"])),
+            dp=dp,
         )
+        report = preflight.run(argv, hosts.from_dict(H200, "H200"))
         for rank, seen in enumerate(ranks):
             assert seen[backend], f"rank {rank}: {backend} allocated nothing"
             assert report["workspace"]["bytes_per_gpu"] == recorded_bytes(seen[backend], sms), (
@@ -528,7 +520,7 @@ def test_without_host_file_it_checks_this_machine(tmp_path):
     from vllm_ep_kit.harness import probes
 
     folder = model_folder(tmp_path, "moe", TINY_MOE)
-    report = preflight.run([str(folder), "-dp", "2", "--enable-expert-parallel"])
+    report = preflight.run(ep_serve(folder))
     layout = next(c for c in report["checks"] if c["name"] == "layout")
     assert report["host"]["source"] == "this machine"
     assert report["host"]["count"] == probes.gpu_count()
@@ -568,11 +560,7 @@ def test_the_program_flushes_its_report_and_exits_with_its_status(h200_file, tmp
             "--host",
             str(h200_file),
             "--",
-            str(folder),
-            "-dp",
-            "2",
-            "--enable-expert-parallel",
-            "--enable-dbo",
+            *ep_serve(folder, "--enable-dbo"),
         ],
         capture_output=True,
         text=True,
@@ -584,14 +572,7 @@ def test_the_program_flushes_its_report_and_exits_with_its_status(h200_file, tmp
 
 def test_the_two_sided_workspace_needs_the_sm_count_a_host_file_can_give(tmp_path):
     folder = model_folder(tmp_path, "moe", TINY_MOE)
-    argv = [
-        str(folder),
-        "-dp",
-        "2",
-        "--enable-expert-parallel",
-        "--all2all-backend",
-        "flashinfer_nvlink_two_sided",
-    ]
+    argv = ep_serve(folder, "--all2all-backend", "flashinfer_nvlink_two_sided")
     unknown = {**H200, "gpu": "RTX PRO 6000"}
     report = preflight.run(argv, hosts.from_dict(unknown, "pro6000"))
     sized = next(c for c in report["checks"] if c["name"] == "workspace")
